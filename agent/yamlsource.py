@@ -1,0 +1,111 @@
+"""Load YAML while remembering the line of every value.
+
+Validation errors must point at the user's own line, so documents are loaded
+as a plain Python value plus a map from value path (a tuple of keys and list
+indices) to its 1-based line number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agent.errors import BasaltError, Problem
+
+PathKey = tuple[str | int, ...]
+
+
+@dataclass
+class Located:
+    """A loaded document: its value, its source name and its line map."""
+
+    value: Any
+    source: str
+    lines: dict[PathKey, int] = field(default_factory=dict)
+
+    def line_of(self, path: Sequence[str | int]) -> int | None:
+        """Line of ``path``, or of its nearest ancestor that has one."""
+        key = tuple(path)
+        while True:
+            if key in self.lines:
+                return self.lines[key]
+            if not key:
+                return None
+            key = key[:-1]
+
+    def problem(self, path: Sequence[str | int], message: str, hint: str | None = None) -> Problem:
+        return Problem(message, self.source, self.line_of(path), format_path(path), hint)
+
+
+def format_path(path: Sequence[str | int]) -> str:
+    """``('outputs', 1, 'format')`` -> ``outputs[1].format``."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (a silent override hides typos)."""
+
+
+def _construct(loader: _Loader, node: yaml.Node, path: PathKey, lines: dict[PathKey, int], source: str) -> Any:
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        loader.flatten_mapping(node)
+        result: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int, float, bool)) or key is None:
+                raise BasaltError(Problem("mapping keys must be plain scalars", source,
+                                          key_node.start_mark.line + 1, format_path(path)))
+            key = str(key) if not isinstance(key, str) else key
+            if key in result:
+                raise BasaltError(Problem(f"duplicate key '{key}'", source, key_node.start_mark.line + 1,
+                                          format_path((*path, key)),
+                                          hint=f"'{key}' is already set on line {lines[(*path, key)]}"))
+            result[key] = _construct(loader, value_node, (*path, key), lines, source)
+        return result
+    if isinstance(node, yaml.SequenceNode):
+        return [_construct(loader, item, (*path, i), lines, source) for i, item in enumerate(node.value)]
+    return loader.construct_object(node, deep=True)
+
+
+def loads(text: str, source: str = "<string>") -> Located:
+    """Parse one YAML document. Syntax errors become a located ``BasaltError``."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        lines: dict[PathKey, int] = {}
+        value = None if node is None else _construct(loader, node, (), lines, source)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        message = exc.problem or str(exc)
+        raise BasaltError(Problem(f"YAML syntax error: {message}", source, line,
+                                  hint="check indentation and quoting on this line or the one before")) from None
+    except yaml.YAMLError as exc:
+        raise BasaltError(Problem(f"YAML error: {exc}", source)) from None
+    finally:
+        loader.dispose()
+    return Located(value, source, lines)
+
+
+def load(path: Path | str) -> Located:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BasaltError(Problem(f"no such file: {path}")) from None
+    except UnicodeDecodeError as exc:
+        raise BasaltError(Problem(f"not UTF-8 text ({exc.reason} at byte {exc.start})", str(path))) from None
+    except OSError as exc:
+        raise BasaltError(Problem(f"cannot read: {exc.strerror}", str(path))) from None
+    return loads(text, str(path))

@@ -1,0 +1,41 @@
+"""The one place that knows how each architecture is spelled by each tool."""
+
+from __future__ import annotations
+
+import enum
+import platform
+
+
+class Architecture(enum.StrEnum):
+    X86_64 = "x86_64"
+    ARM64 = "arm64"
+
+    @classmethod
+    def host(cls) -> Architecture:
+        machine = platform.machine()
+        return cls.ARM64 if machine in ("aarch64", "arm64") else cls.X86_64
+
+    def to_debian(self) -> str:
+        return {Architecture.X86_64: "amd64", Architecture.ARM64: "arm64"}[self]
+
+    def to_qemu(self) -> str:
+        return {Architecture.X86_64: "x86_64", Architecture.ARM64: "aarch64"}[self]
+
+    def to_efi(self) -> str:
+        """Suffix of the removable-media EFI loader name (BOOTX64.EFI)."""
+        return {Architecture.X86_64: "X64", Architecture.ARM64: "AA64"}[self]
+
+    def to_grub_efi(self) -> str:
+        return {Architecture.X86_64: "x86_64-efi", Architecture.ARM64: "arm64-efi"}[self]
+
+    def to_grub_bios(self) -> str | None:
+        return {Architecture.X86_64: "i386-pc", Architecture.ARM64: None}[self]
+
+    def to_oci(self) -> str:
+        return self.to_debian()
+
+    def to_k3s_asset(self) -> str:
+        return {Architecture.X86_64: "k3s", Architecture.ARM64: "k3s-arm64"}[self]
+
+    def kernel_image_name(self) -> str:
+        return "vmlinuz"

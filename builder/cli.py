@@ -1,0 +1,78 @@
+"""``python -m builder``: the host CLI behind the invoke tasks.
+
+Every user error ends here as ``file:line: path: message`` + ``hint:`` and
+exit status 2 (1 for a failed boot check); ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from agent.errors import BasaltError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="basalt-build", description="Build and boot Basalt images")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("plan", help="print the resolved stage plan without building")
+    p.add_argument("--image", default="x86_64-iso")
+    p.add_argument("--config", help="site config.yaml to bake in")
+    p.add_argument("--json", action="store_true")
+    b = sub.add_parser("build", help="build an image into out/<image>/")
+    b.add_argument("--image", default="x86_64-iso")
+    b.add_argument("--config", help="site config.yaml to bake in")
+    b.add_argument("--until", choices=["fetch", "rootfs", "squashfs", "initramfs", "iso"],
+                   help="stop after this stage (e.g. rootfs, to inspect the tree)")
+    v = sub.add_parser("validate", help="validate an image definition")
+    v.add_argument("image")
+    q = sub.add_parser("boot", help="boot a built image in QEMU")
+    q.add_argument("--image", default="x86_64-iso")
+    q.add_argument("--firmware", choices=["bios", "uefi"], default="bios")
+    q.add_argument("--accel", choices=["tcg", "kvm"], default="tcg")
+    q.add_argument("--check", action="store_true", help="wait for the ready line, report, power off")
+    q.add_argument("--timeout", type=float, default=180.0)
+    q.add_argument("--ssh-port", type=int, default=0, help="host port forwarded to the guest's SSH (0: pick)")
+    q.add_argument("--iso", help="boot this ISO instead of out/<image>/")
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except BasaltError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc.render()}" if len(exc.problems) == 1 else
+              f"error: {len(exc.problems)} problems:\n{exc.render()}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def run(args: argparse.Namespace) -> int:
+    from builder import imagedef, pipeline, plan
+    if args.command == "validate":
+        img = imagedef.load_image(args.image)
+        print(f"{img.source}: ok ({img.name}, {img.arch})")
+        return 0
+    if args.command == "plan":
+        compiled = plan.plan(args.image, args.config)
+        print(json.dumps(compiled.to_json(), indent=2) if args.json else compiled.describe())
+        return 0
+    if args.command == "build":
+        compiled = plan.plan(args.image, args.config)
+        out = pipeline.build(compiled, until=args.until)
+        print(out)
+        return 0
+    if args.command == "boot":
+        from builder import qemu
+        img = imagedef.load_image(args.image)
+        iso = Path(args.iso) if args.iso else qemu.find_iso(img)
+        return qemu.boot_command(img, iso, args.firmware, args.accel, args.check, args.timeout, args.ssh_port)
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Image definitions (``images/<name>.yaml``): load, validate, and type."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.errors import BasaltError, Problem
+from agent.yamlsource import Located, load
+from builder.arch import Architecture
+from builder.validate import load_schema, validate
+
+ROOT = Path(__file__).resolve().parent.parent
+IMAGES = ROOT / "images"
+OVERLAYS = ROOT / "overlays"
+
+DEFAULT_PRUNE = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale")
+DEFAULT_INITRAMFS_MODULES = ("loop", "squashfs", "isofs", "overlay", "sr_mod")
+
+
+@dataclass(frozen=True)
+class Output:
+    format: str
+    firmware: tuple[str, ...]
+    volume_id: str
+
+
+@dataclass(frozen=True)
+class ImageDefinition:
+    name: str
+    arch: Architecture
+    source: Path
+    description: str
+    version: str
+    suite: str
+    mirror: str | None
+    components: tuple[str, ...]
+    keyring: str | None
+    packages: tuple[str, ...]
+    exclude: tuple[str, ...]
+    backend: str
+    prune: tuple[str, ...]
+    overlays: tuple[str, ...]
+    kernel_package: str
+    cmdline: str
+    modules_exclude: tuple[str, ...]
+    modules_keep: tuple[str, ...]
+    initramfs_modules: tuple[str, ...]
+    initramfs_compression: str
+    k3s: dict[str, Any]
+    squashfs: dict[str, Any]
+    outputs: tuple[Output, ...]
+    memory_mb: int
+    cpus: int
+    raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
+
+
+def project_version() -> str:
+    import tomllib
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    return str(data["project"]["version"])
+
+
+def find(name_or_path: str) -> Path:
+    """``x86_64-iso`` -> ``images/x86_64-iso.yaml``; a path is taken as is."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or "/" in name_or_path:
+        return path
+    candidate = IMAGES / f"{name_or_path}.yaml"
+    if not candidate.is_file():
+        known = sorted(p.stem for p in IMAGES.glob("*.yaml"))
+        raise BasaltError(Problem(f"no image definition named '{name_or_path}'",
+                                  hint=f"available: {', '.join(known)} (or pass a path to a .yaml file)"))
+    return candidate
+
+
+def load_image(name_or_path: str) -> ImageDefinition:
+    doc = load(find(name_or_path))
+    if not isinstance(doc.value, dict):
+        raise BasaltError(doc.problem([], "an image definition must be a mapping",
+                                      hint="start from images/x86_64-iso.yaml"))
+    problems = validate(doc, load_schema("image"))
+    if problems:
+        raise BasaltError(problems)
+    problems = [p for check in CHECKS for p in check(doc)]
+    if problems:
+        raise BasaltError(problems)
+    return _typed(doc)
+
+
+def _typed(doc: Located) -> ImageDefinition:
+    v = doc.value
+    arch = Architecture(v["arch"])
+    deb = v["debian"]
+    kernel = v["kernel"]
+    outputs = tuple(Output(o["format"], tuple(o.get("firmware", default_firmware(arch))),
+                           o.get("volume_id", "BASALT")) for o in v["outputs"])
+    return ImageDefinition(
+        name=v["name"], arch=arch, source=Path(doc.source), description=v.get("description", ""),
+        version=v.get("version") or project_version(), suite=deb["suite"], mirror=deb.get("mirror"),
+        components=tuple(deb.get("components", ["main"])), keyring=deb.get("keyring"),
+        packages=tuple(v["packages"]), exclude=tuple(v.get("exclude", [])),
+        backend=v.get("rootfs", {}).get("backend", "mmdebstrap"),
+        prune=tuple(v.get("rootfs", {}).get("prune", DEFAULT_PRUNE)),
+        overlays=tuple(v.get("overlays", ["base"])), kernel_package=kernel["package"],
+        cmdline=kernel.get("cmdline", ""),
+        modules_exclude=tuple(kernel.get("modules", {}).get("exclude", [])),
+        modules_keep=tuple(kernel.get("modules", {}).get("keep", [])),
+        initramfs_modules=tuple(kernel.get("initramfs", {}).get("modules", DEFAULT_INITRAMFS_MODULES)),
+        initramfs_compression=kernel.get("initramfs", {}).get("compression", "gzip"),
+        k3s=dict(v.get("k3s", {"enabled": False})), squashfs=dict(v.get("squashfs", {})),
+        outputs=outputs, memory_mb=v.get("qemu", {}).get("memory_mb", 512),
+        cpus=v.get("qemu", {}).get("cpus", 2), raw=v,
+    )
+
+
+def default_firmware(arch: Architecture) -> list[str]:
+    return ["bios", "uefi"] if arch.to_grub_bios() else ["uefi"]
+
+
+# --- semantic checks: each explains the fix -----------------------------------
+
+def check_overlays_exist(doc: Located) -> list[Problem]:
+    out = []
+    for i, name in enumerate(doc.value.get("overlays", [])):
+        if not (OVERLAYS / name / "overlay.yaml").is_file():
+            known = sorted(p.name for p in OVERLAYS.iterdir() if (p / "overlay.yaml").is_file())
+            out.append(doc.problem(["overlays", i], f"overlay '{name}' does not exist",
+                                   f"available overlays: {', '.join(known)}"))
+    return out
+
+
+def check_firmware_fits_arch(doc: Located) -> list[Problem]:
+    arch = Architecture(doc.value["arch"])
+    out = []
+    for i, o in enumerate(doc.value.get("outputs", [])):
+        for j, fw in enumerate(o.get("firmware", [])):
+            if fw == "bios" and arch.to_grub_bios() is None:
+                out.append(doc.problem(["outputs", i, "firmware", j], f"'bios' firmware does not exist on {arch}",
+                                       "use firmware: [uefi]"))
+    return out
+
+
+def check_k3s_pinned_for_arch(doc: Located) -> list[Problem]:
+    k3s = doc.value.get("k3s", {})
+    if k3s.get("enabled") and "sha256" in k3s and doc.value["arch"] not in k3s["sha256"]:
+        return [doc.problem(["k3s", "sha256"], f"no pinned sha256 for arch '{doc.value['arch']}'",
+                            "add the value from the release's sha256sum file")]
+    return []
+
+
+def check_kernel_console(doc: Located) -> list[Problem]:
+    cmdline = doc.value.get("kernel", {}).get("cmdline", "")
+    if "root=" in cmdline:
+        return [doc.problem(["kernel", "cmdline"], "root= is set by the boot loader, not the image definition",
+                            "remove root=...; the initramfs finds the root by label")]
+    return []
+
+
+CHECKS = (check_overlays_exist, check_firmware_fits_arch, check_k3s_pinned_for_arch, check_kernel_console)

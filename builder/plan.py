@@ -1,0 +1,152 @@
+"""Compile an image definition (and an optional site config) into a stage plan.
+
+The plan is plain data: an ordered list of stages with fully resolved
+options. ``inv plan`` prints it; ``build(plan)`` runs it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from agent.errors import BasaltError, Problem
+from agent.yamlsource import load
+from builder import debian
+from builder.imagedef import OVERLAYS, ROOT, ImageDefinition, load_image
+from builder.stages import ORDER, schema_for
+
+AGENT_DIR = ROOT / "agent"
+INITRAMFS_INIT = Path(__file__).parent / "initramfs" / "init"
+DEFAULT_EPOCH = 1735689600  # 2025-01-01: stable timestamps when SOURCE_DATE_EPOCH is unset
+
+
+@dataclass(frozen=True)
+class PlannedStage:
+    name: str
+    options: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Plan:
+    image: ImageDefinition
+    stages: tuple[PlannedStage, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"image": self.image.name, "source": str(self.image.source), "arch": str(self.image.arch),
+                "version": self.image.version,
+                "stages": [{"name": s.name, "options": s.options} for s in self.stages]}
+
+    def describe(self) -> str:
+        lines = [f"image {self.image.name} ({self.image.arch}, version {self.image.version}) "
+                 f"from {self.image.source}"]
+        for i, s in enumerate(self.stages, 1):
+            lines.append(f"{i}. {s.name}")
+            for key, value in s.options.items():
+                text = json.dumps(value) if not isinstance(value, str) else value
+                if len(text) > 100:
+                    text = text[:97] + "..."
+                lines.append(f"     {key}: {text}")
+        return "\n".join(lines)
+
+
+def tree_digest(root: Path) -> str:
+    """Hash of a source tree's file names, modes and contents (for cache keys)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if "__pycache__" not in p.parts):
+        rel = path.relative_to(root).as_posix()
+        if path.is_symlink():
+            digest.update(f"L {rel} {os.readlink(path)}\n".encode())
+        elif path.is_file():
+            digest.update(f"F {rel} {path.stat().st_mode & 0o111:o} ".encode())
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+        elif path.is_dir():
+            digest.update(f"D {rel}\n".encode())
+    return digest.hexdigest()
+
+
+def source_date_epoch() -> int:
+    value = os.environ.get("SOURCE_DATE_EPOCH", "")
+    return int(value) if value.isdigit() else DEFAULT_EPOCH
+
+
+def load_site_config(path: str | None) -> str | None:
+    """Read and syntax-check a site config; its text is baked onto the boot medium."""
+    if not path:
+        return None
+    doc = load(path)
+    if doc.value is not None and not isinstance(doc.value, dict):
+        raise BasaltError(doc.problem([], "config.yaml must be a mapping of keys",
+                                      hint="see docs/config.md for the keys"))
+    return Path(path).read_text()
+
+
+def plan(image_name: str, config_path: str | None = None, etc_apt: Path = debian.APT_SOURCES) -> Plan:
+    img = load_image(image_name)
+    config_text = load_site_config(config_path)
+    return compile_plan(img, config_text, etc_apt)
+
+
+def compile_plan(img: ImageDefinition, config_text: str | None = None,
+                 etc_apt: Path = debian.APT_SOURCES) -> Plan:
+    epoch = source_date_epoch()
+    sources = debian.sources_for(img.suite, img.mirror, etc_apt)
+    firmware = sorted({fw for o in img.outputs for fw in o.firmware})
+    boot_packages = []
+    if "bios" in firmware:
+        boot_packages.append("grub-pc-bin")
+    if "uefi" in firmware:
+        boot_packages.append(f"grub-efi-{img.arch.to_debian()}-bin")
+    iso = next(o for o in img.outputs if o.format == "iso")
+    stages = [
+        PlannedStage("fetch", {
+            "arch": img.arch.to_debian(),
+            "sources": [{"uri": s.uri, "suites": list(s.suites), "components": list(s.components)}
+                        for s in sources],
+            "keyring": str(debian.keyring_path(img.keyring)),
+            "packages": list(img.packages), "exclude": list(img.exclude),
+            "kernel": img.kernel_package, "boot_packages": boot_packages,
+        }),
+        PlannedStage("rootfs", {
+            "backend": img.backend, "arch": str(img.arch), "suite": img.suite, "mirror": sources[0].uri,
+            "prune": list(img.prune),
+            "overlays": [{"name": n, "digest": tree_digest(OVERLAYS / n)} for n in img.overlays],
+            "agent_digest": tree_digest(AGENT_DIR), "version": img.version,
+            "modules_exclude": list(img.modules_exclude), "modules_keep": list(img.modules_keep),
+            "source_date_epoch": epoch,
+        }),
+        PlannedStage("squashfs", {
+            "compression": img.squashfs.get("compression", "zstd"),
+            "level": img.squashfs.get("level", 15),
+            "block_size_kb": img.squashfs.get("block_size_kb", 256),
+            "source_date_epoch": epoch,
+        }),
+        PlannedStage("initramfs", {
+            "modules": list(img.initramfs_modules), "compression": img.initramfs_compression,
+            "init_digest": hashlib.sha256(INITRAMFS_INIT.read_bytes()).hexdigest(),
+            "source_date_epoch": epoch,
+        }),
+        PlannedStage("iso", {
+            "arch": str(img.arch), "firmware": firmware, "volume_id": iso.volume_id,
+            "cmdline": img.cmdline, "version": img.version, "name": img.name,
+            "config": config_text, "source_date_epoch": epoch,
+        }),
+    ]
+    assert tuple(s.name for s in stages) == ORDER
+    for s in stages:
+        check_options(s)
+    return Plan(img, tuple(stages))
+
+
+def check_options(stage: PlannedStage) -> None:
+    """A plan that does not fit a stage's schema is a bug in plan(), not a user error."""
+    try:
+        jsonschema.validate(stage.options, schema_for(stage.name))
+    except jsonschema.ValidationError as exc:
+        raise BasaltError(Problem(f"internal: stage {stage.name} options invalid: {exc.message}",
+                                  path=".".join(map(str, exc.absolute_path)))) from None

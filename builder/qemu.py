@@ -1,0 +1,200 @@
+"""Boot images in QEMU: TCG by default, user networking restricted to host
+forwards, serial console captured, always bounded in time and killed."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.errors import BasaltError, Problem
+from builder.arch import Architecture
+from builder.imagedef import ImageDefinition
+
+READY = re.compile(r"basalt: ready version=(\S+) boot_ms=(\d+) mem_used_kb=(\d+)")
+IDLE = re.compile(r"basalt: idle mem_used_kb=(\d+) rss_kb=(\d+)")
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+TOOLS = {"qemu-system-x86_64": "qemu-system-x86", "qemu-system-aarch64": "qemu-system-arm"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def find_iso(img: ImageDefinition) -> Path:
+    path = Path(__file__).resolve().parent.parent / "out" / img.name / f"{img.name}-{img.version}.iso"
+    if not path.is_file():
+        raise BasaltError(Problem(f"{path} does not exist", hint=f"build it first: inv build --image {img.name}"))
+    return path
+
+
+@dataclass
+class Guest:
+    """One QEMU guest. Use as a context manager: it is always killed on exit."""
+
+    iso: Path
+    arch: Architecture = Architecture.X86_64
+    firmware: str = "bios"
+    accel: str = "tcg"
+    memory_mb: int = 512
+    cpus: int = 2
+    ssh_port: int = 0
+    guestfwd: list[tuple[str, int]] = field(default_factory=list)  # (guest ip:port, host port on 127.0.0.1)
+    extra_cdroms: list[Path] = field(default_factory=list)
+    cmdline_override: str | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    workdir: Path | None = None
+
+    @property
+    def console_log(self) -> Path:
+        assert self.workdir
+        return self.workdir / "console.log"
+
+    def argv(self) -> list[str]:
+        assert self.workdir
+        binary = f"qemu-system-{self.arch.to_qemu()}"
+        if shutil.which(binary) is None:
+            raise BasaltError(Problem(f"{binary} not found", hint=f"apt-get install {TOOLS[binary]}"))
+        if not self.ssh_port:
+            self.ssh_port = free_port()
+        net = f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22"
+        for guest, host_port in self.guestfwd:
+            net += f",guestfwd=tcp:{guest}-tcp:127.0.0.1:{host_port}"
+        argv = [binary, "-machine", os.environ.get("BASALT_QEMU_MACHINE", "q35"), "-accel", self.accel, "-m", str(self.memory_mb),
+                "-smp", str(self.cpus), "-display", "none", "-no-user-config", "-nodefaults",
+                "-serial", f"file:{self.console_log}", "-vga", "std",
+                "-qmp", f"unix:{self.workdir / 'qmp.sock'},server=on,wait=off",
+                "-netdev", net, "-device", "virtio-net-pci,netdev=n0",
+                "-drive", f"file={self.iso},media=cdrom,readonly=on,if=ide,index=0",
+                "-boot", "order=d"]
+        for i, cd in enumerate(self.extra_cdroms, start=1):
+            argv += ["-drive", f"file={cd},media=cdrom,readonly=on,if=ide,index={i}"]
+        if self.firmware == "uefi":
+            if not OVMF_CODE.is_file():
+                raise BasaltError(Problem(f"{OVMF_CODE} not found", hint="apt-get install ovmf"))
+            vars_copy = self.workdir / "OVMF_VARS.fd"
+            shutil.copyfile(OVMF_VARS, vars_copy)
+            argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+                     "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}"]
+        return argv
+
+    def __enter__(self) -> Guest:
+        self.workdir = Path(tempfile.mkdtemp(prefix="basalt-qemu-"))
+        self.console_log.touch()
+        self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=open(self.workdir / "qemu.err", "wb"))
+        self.started = time.monotonic()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+        if self.workdir and not os.environ.get("BASALT_KEEP_QEMU_LOGS"):
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def console(self) -> str:
+        return self.console_log.read_text(errors="replace")
+
+    def wait_for(self, pattern: re.Pattern[str] | str, timeout: float) -> re.Match[str]:
+        """Wait until the serial console shows ``pattern``; raise TimeoutError with its tail."""
+        regex = re.compile(pattern) if isinstance(pattern, str) else pattern
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = regex.search(self.console())
+            if m:
+                return m
+            if self.proc and self.proc.poll() is not None:
+                err = (self.workdir / "qemu.err").read_text(errors="replace") if self.workdir else ""
+                raise RuntimeError(f"QEMU exited ({self.proc.returncode}) before {regex.pattern!r}: {err.strip()}\n"
+                                   f"console tail:\n{self.tail()}")
+            time.sleep(0.2)
+        raise TimeoutError(f"no {regex.pattern!r} on the console after {timeout:.0f}s; console tail:\n{self.tail()}")
+
+    def tail(self, lines: int = 25) -> str:
+        return "\n".join(self.console().splitlines()[-lines:])
+
+    def qmp(self, command: str) -> dict[str, object]:
+        assert self.workdir
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(10)
+            s.connect(str(self.workdir / "qmp.sock"))
+            f = s.makefile("rw")
+            f.readline()
+            for cmd in ("qmp_capabilities", command):
+                f.write(json.dumps({"execute": cmd}) + "\n")
+                f.flush()
+                while True:
+                    reply = json.loads(f.readline())
+                    if "return" in reply or "error" in reply:
+                        break
+            return reply  # type: ignore[no-any-return]
+
+    def powerdown(self, timeout: float = 60.0) -> bool:
+        """ACPI power button; True if the guest powered itself off in time."""
+        if not self.proc or self.proc.poll() is not None:
+            return self.proc is not None
+        with contextlib.suppress(OSError):
+            self.qmp("system_powerdown")
+        try:
+            self.proc.wait(timeout)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+
+    def wait_exit(self, timeout: float) -> int | None:
+        assert self.proc
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def boot_command(img: ImageDefinition, iso: Path, firmware: str, accel: str, check: bool, timeout: float,
+                 ssh_port: int) -> int:
+    if not check:
+        return interactive(img, iso, firmware, accel, ssh_port)
+    with Guest(iso, img.arch, firmware, accel, img.memory_mb, img.cpus, ssh_port) as guest:
+        print(f"booting {iso.name} ({firmware}, {accel}); waiting up to {timeout:.0f}s for the ready line",
+              file=sys.stderr)
+        try:
+            m = guest.wait_for(READY, timeout)
+        except (TimeoutError, RuntimeError) as exc:
+            print(f"error: boot check failed: {exc}", file=sys.stderr)
+            return 1
+        wall = time.monotonic() - guest.started
+        print(f"ready: version={m.group(1)} boot_ms={m.group(2)} mem_used_kb={m.group(3)} "
+              f"(wall {wall:.1f}s from QEMU start)")
+        off = guest.powerdown(60)
+        print("powered off cleanly" if off else "error: guest did not power off within 60s; killed")
+        return 0 if off else 1
+
+
+def interactive(img: ImageDefinition, iso: Path, firmware: str, accel: str, ssh_port: int) -> int:
+    """Serial console on this terminal (Ctrl-A X quits QEMU)."""
+    guest = Guest(iso, img.arch, firmware, accel, img.memory_mb, img.cpus, ssh_port or free_port())
+    guest.workdir = Path(tempfile.mkdtemp(prefix="basalt-qemu-"))
+    argv = guest.argv()
+    i = argv.index(f"file:{guest.console_log}")
+    argv[i] = "mon:stdio"
+    print(f"SSH: ssh -p {guest.ssh_port} root@127.0.0.1   (quit QEMU: Ctrl-A X)", file=sys.stderr)
+    try:
+        return subprocess.call(argv)
+    finally:
+        shutil.rmtree(guest.workdir, ignore_errors=True)

@@ -1,0 +1,225 @@
+"""rootfs: unpack packages, add the kernel's modules, prune, lay overlays and the agent.
+
+Output: ``root/`` (the inspectable tree that squashfs packs) and
+``kernel/vmlinuz`` + ``kernel/release``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agent.errors import BasaltError, Problem
+from builder import progress
+from builder.backends import BACKENDS
+from builder.imagedef import OVERLAYS, ROOT
+from builder.stages.fetch import blobs_by_role
+
+NAME = "rootfs"
+VERSION = 1
+SOURCES = ("builder/backends.py", "builder/debian.py")
+VOLATILE = False
+TOOLS = {"dpkg-deb": "dpkg", "depmod": "kmod"}
+SCHEMA: dict[str, Any] = {
+    "type": "object", "additionalProperties": False,
+    "required": ["backend", "arch", "suite", "mirror", "prune", "overlays", "agent_digest", "version",
+                 "modules_exclude", "modules_keep", "source_date_epoch"],
+    "properties": {
+        "backend": {"enum": sorted(BACKENDS)},
+        "arch": {"type": "string"}, "suite": {"type": "string"}, "mirror": {"type": "string"},
+        "prune": {"type": "array", "items": {"type": "string"}},
+        "overlays": {"type": "array", "items": {"type": "object", "required": ["name", "digest"]}},
+        "agent_digest": {"type": "string"}, "version": {"type": "string"},
+        "modules_exclude": {"type": "array", "items": {"type": "string"}},
+        "modules_keep": {"type": "array", "items": {"type": "string"}},
+        "source_date_epoch": {"type": "integer"},
+    },
+}
+
+# Mount points and state directories the read-only root must provide.
+SKELETON = ("proc", "sys", "dev", "run", "tmp", "var", "home", "opt", "mnt", "media", "root",
+            "etc/basalt", "var/lib/basalt", "usr/lib/basalt")
+
+
+def backend_tools(backend: str) -> dict[str, str]:
+    return BACKENDS[backend].TOOLS
+
+
+def run(ctx: Any, options: dict[str, Any]) -> None:
+    root = ctx.out / "root"
+    with progress.step(f"Unpacking packages ({options['backend']})"):
+        packages = blobs_by_role(ctx.input("fetch"), ctx.store, "rootfs")
+        BACKENDS[options["backend"]].unpack(packages, root, options, ctx.work)
+    merge_usr(root)
+    with progress.step("Installing kernel modules"):
+        install_kernel(ctx, root, options)
+    with progress.step("Pruning"):
+        prune(root, options["prune"])
+    for overlay in options["overlays"]:
+        with progress.step(f"Overlay {overlay['name']}"):
+            apply_overlay(OVERLAYS / overlay["name"], root)
+    with progress.step("Installing the agent"):
+        install_agent(root, options["version"])
+    finish(root, options["source_date_epoch"])
+
+
+def install_kernel(ctx: Any, root: Path, options: dict[str, Any]) -> None:
+    (row, blob), = blobs_by_role(ctx.input("fetch"), ctx.store, "kernel")
+    unpacked = ctx.work / "kernel"
+    subprocess.run(["dpkg-deb", "-x", str(blob), str(unpacked)], check=True)
+    kernels = sorted((unpacked / "boot").glob("vmlinuz-*"))
+    if not kernels:
+        raise BasaltError(Problem(f"kernel package {row['name']} has no /boot/vmlinuz-*",
+                                  hint="kernel.package must be a linux-image package"))
+    release = kernels[0].name.removeprefix("vmlinuz-")
+    (ctx.out / "kernel").mkdir()
+    shutil.copyfile(kernels[0], ctx.out / "kernel" / "vmlinuz")
+    (ctx.out / "kernel" / "release").write_text(release + "\n")
+    src = next(p for p in (unpacked / "lib/modules" / release, unpacked / "usr/lib/modules" / release) if p.is_dir())
+    dest = root / "usr/lib/modules" / release
+    kept = dropped = 0
+    for path in sorted(src.rglob("*")):
+        rel = path.relative_to(src).as_posix()
+        if path.is_dir():
+            continue
+        if module_excluded(rel, options["modules_exclude"], options["modules_keep"]):
+            dropped += path.stat().st_size
+            continue
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, dest / rel)
+        kept += path.stat().st_size
+    progress.log(f"kernel {release}: modules kept {kept / 1048576:.0f} MiB, dropped {dropped / 1048576:.0f} MiB")
+    if not (root / "lib").exists():
+        (root / "lib").symlink_to("usr/lib")
+    subprocess.run(["depmod", "-b", str(root), release], check=True)
+
+
+def merge_usr(root: Path) -> None:
+    """Move /bin, /sbin, /lib* into /usr and leave links (Debian's merged-/usr layout)."""
+    for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+        top = root / name
+        if not top.is_dir() or top.is_symlink():
+            continue
+        usr = root / "usr" / name
+        usr.mkdir(parents=True, exist_ok=True)
+        for src in sorted(top.rglob("*"), key=lambda p: len(p.parts)):
+            dest = usr / src.relative_to(top)
+            if src.is_dir() and not src.is_symlink():
+                dest.mkdir(exist_ok=True)
+            elif not dest.exists() and not dest.is_symlink():
+                os.rename(src, dest)
+        shutil.rmtree(top)
+        top.symlink_to(f"usr/{name}")
+
+
+def module_excluded(rel: str, exclude: list[str], keep: list[str]) -> bool:
+    def hit(patterns: list[str]) -> bool:
+        return any(rel == p or rel.startswith(p.rstrip("/") + "/") or fnmatch.fnmatch(rel, p) for p in patterns)
+    return hit(exclude) and not hit(keep)
+
+
+def prune(root: Path, patterns: list[str]) -> None:
+    for pattern in patterns:
+        for path in sorted(root.glob(pattern)):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+
+
+def apply_overlay(overlay: Path, root: Path) -> None:
+    spec = yaml.safe_load((overlay / "overlay.yaml").read_text()) or {}
+    tree = overlay / "rootfs"
+    if tree.is_dir():
+        for src in sorted(tree.rglob("*")):
+            dest = root / src.relative_to(tree)
+            if src.is_symlink():
+                dest.unlink(missing_ok=True)
+                dest.symlink_to(os.readlink(src))
+            elif src.is_dir():
+                dest.mkdir(parents=True, exist_ok=True)
+            else:
+                dest.unlink(missing_ok=True)
+                shutil.copyfile(src, dest)
+                dest.chmod(0o755 if src.stat().st_mode & 0o111 else 0o644)
+    for name in spec.get("busybox_applets", []):
+        link = root / "usr/bin" / name
+        if not link.exists() and not (root / "usr/sbin" / name).exists():
+            link.symlink_to("busybox")
+    for path, mode in spec.get("modes", {}).items():
+        (root / path).chmod(int(str(mode), 8))
+
+
+def install_agent(root: Path, version: str) -> None:
+    dest = root / "usr/lib/basalt/agent"
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    for src in sorted((ROOT / "agent").glob("*.py")):
+        shutil.copyfile(src, dest / src.name)
+    (root / "usr/lib/basalt/version").write_text(version + "\n")
+    launcher = root / "usr/sbin/basalt"
+    launcher.write_text("#!/usr/bin/python3\nimport sys\nsys.path.insert(0, '/usr/lib/basalt')\n"
+                        "from agent.cli import main\nsys.exit(main())\n")
+    launcher.chmod(0o755)
+    os_release = (f'NAME="Basalt"\nID=basalt\nID_LIKE=debian\nVERSION="{version}"\nVERSION_ID="{version}"\n'
+                  f'PRETTY_NAME="Basalt {version}"\nHOME_URL="https://basalt.invalid/"\n')
+    (root / "usr/lib/os-release").write_text(os_release)
+    etc = root / "etc/os-release"
+    etc.unlink(missing_ok=True)
+    etc.symlink_to("../usr/lib/os-release")
+
+
+def finish(root: Path, epoch: int) -> None:
+    """Remove host leftovers, add mount points, precompile Python, stamp every mtime."""
+    for leftover in ("etc/resolv.conf", "etc/hostname", "etc/apt", "etc/dpkg"):
+        path = root / leftover
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    dev = root / "dev"
+    if dev.is_dir():
+        shutil.rmtree(dev)
+    for d in SKELETON:
+        (root / d).mkdir(parents=True, exist_ok=True)
+    (root / "tmp").chmod(0o1777)
+    (root / "root").chmod(0o700)
+    bundle_ca_certificates(root)
+    compile_python(root)
+    for path in [root, *root.rglob("*")]:
+        os.utime(path, (epoch, epoch), follow_symlinks=False)
+
+
+def bundle_ca_certificates(root: Path) -> None:
+    certs = sorted((root / "usr/share/ca-certificates").rglob("*.crt"))
+    if certs:
+        out = root / "etc/ssl/certs/ca-certificates.crt"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(b"".join(c.read_bytes() for c in certs))
+
+
+def compile_python(root: Path) -> None:
+    """Debian compiles .pyc in maintainer scripts, which extract does not run.
+
+    Unchecked-hash pycs are reproducible and never rewritten; they need a host
+    interpreter of the target's minor version (same bytecode), else we skip."""
+    libs = sorted((root / "usr/lib").glob("python3.*"))
+    if not libs:
+        return
+    target = libs[-1].name  # python3.11
+    host = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    interpreter = shutil.which(target) or (sys.executable if host == target else None)
+    if interpreter is None:
+        progress.warn(f"no host {target}: the image's Python modules are not precompiled (slower agent start)")
+        return
+    dirs = [str(d) for d in (libs[-1], root / "usr/lib/python3/dist-packages", root / "usr/lib/basalt")
+            if d.is_dir()]
+    subprocess.run([interpreter, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash",
+                    "-s", str(root), "-p", "/", *dirs], check=True, stdout=subprocess.DEVNULL)

@@ -1,0 +1,43 @@
+"""squashfs: pack the rootfs tree into the read-only root image."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from typing import Any
+
+from agent.errors import BasaltError, Problem
+
+NAME = "squashfs"
+VERSION = 1
+VOLATILE = False
+TOOLS = {"mksquashfs": "squashfs-tools"}
+SCHEMA: dict[str, Any] = {
+    "type": "object", "additionalProperties": False,
+    "required": ["compression", "level", "block_size_kb", "source_date_epoch"],
+    "properties": {
+        "compression": {"enum": ["zstd", "xz", "gzip", "lz4"]},
+        "level": {"type": "integer", "minimum": 1, "maximum": 22},
+        "block_size_kb": {"enum": [128, 256, 512, 1024]},
+        "source_date_epoch": {"type": "integer"},
+    },
+}
+
+
+def command(src: str, dest: str, options: dict[str, Any]) -> list[str]:
+    argv = ["mksquashfs", src, dest, "-noappend", "-no-progress", "-quiet",
+            "-comp", options["compression"], "-b", f"{options['block_size_kb']}K",
+            "-mkfs-time", str(options["source_date_epoch"]), "-all-time", str(options["source_date_epoch"]),
+            "-processors", str(os.cpu_count() or 1)]
+    if options["compression"] in ("zstd", "gzip"):
+        argv += ["-Xcompression-level", str(min(options["level"], 9 if options["compression"] == "gzip" else 22))]
+    return argv
+
+
+def run(ctx: Any, options: dict[str, Any]) -> None:
+    dest = ctx.out / "rootfs.squashfs"
+    proc = subprocess.run(command(str(ctx.input("rootfs") / "root"), str(dest), options),
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise BasaltError(Problem(f"mksquashfs failed: {proc.stderr.strip()[-500:]}",
+                                  hint="is there enough free space in the cache directory?"))
