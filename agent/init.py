@@ -4,28 +4,31 @@ Early mounts, driver coldplug, hostname, supervised services (console shells
 or gettys, DHCP), zombie reaping, power button and signals, clean shutdown.
 Nothing that goes wrong in here may end PID 1 (the kernel would panic): each
 step and each loop turn is guarded, and a failure is logged and survived.
+
+Start-up speed matters (every import costs ~40x under emulation and on small
+boards), so the boot path imports only C modules: ``_signal`` rather than
+``signal`` (which pulls in ``enum``), ``select.poll`` rather than
+``selectors``, ``os.path`` rather than ``pathlib``; json, ctypes and traceback
+are imported only when needed.
 """
 
 from __future__ import annotations
 
+import _signal
 import fcntl
-import json
 import os
-import selectors
-import signal
+import select
 import struct
 import sys
 import termios
 import time
-import traceback
-from dataclasses import dataclass, field
-from pathlib import Path
 
-from agent import kmod, system
+from agent import system
 
-RUN = Path("/run/basalt")
-MEDIUM_CONFIG = RUN / "medium/basalt/config.yaml"
-VERSION_FILE = Path("/usr/lib/basalt/version")
+RUN = "/run/basalt"
+MEDIUM_CONFIG = RUN + "/medium/basalt/config.yaml"
+VERSION_FILE = "/usr/lib/basalt/version"
+MODPROBE = "/usr/bin/busybox"
 KEY_POWER = 116
 EV_KEY = 1
 INPUT_EVENT = struct.Struct("llHHi")
@@ -33,36 +36,40 @@ IDLE_REPORT_S = 5.0
 STOP_GRACE_S = 3.0
 
 # Signals the kernel and tools send PID 1 (busybox/sysvinit conventions).
-ACTIONS = {signal.SIGUSR1: "halt", signal.SIGUSR2: "poweroff", signal.SIGPWR: "poweroff",
-           signal.SIGTERM: "reboot", signal.SIGINT: "reboot"}
+ACTIONS = {_signal.SIGUSR1: "halt", _signal.SIGUSR2: "poweroff", _signal.SIGPWR: "poweroff",
+           _signal.SIGTERM: "reboot", _signal.SIGINT: "reboot"}
+HANDLED = (*ACTIONS, _signal.SIGCHLD, _signal.SIGHUP)
 
 
 def log(message: str) -> None:
     line = f"basalt: {message}\n"
-    for path in ("/dev/console",):
-        try:
-            with open(path, "w") as f:
-                f.write(line)
-        except OSError:
-            pass
     try:
-        with open(RUN / "agent.log", "a") as f:
+        with open("/dev/console", "w") as f:
+            f.write(line)
+    except OSError:
+        pass
+    try:
+        with open(RUN + "/agent.log", "a") as f:
             f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {message}\n")
     except OSError:
         pass
 
 
-@dataclass
+def format_exception() -> str:
+    import traceback
+    return traceback.format_exc().strip().replace("\n", " | ")
+
+
 class Service:
-    name: str
-    argv: list[str]
-    tty: str | None = None
-    env: dict[str, str] = field(default_factory=dict)
-    pid: int | None = None
-    started: float = 0.0
-    failures: int = 0
-    restart_at: float | None = None
-    state: str = "stopped"
+    __slots__ = ("argv", "env", "failures", "name", "pid", "restart_at", "started", "state", "tty")
+
+    def __init__(self, name: str, argv: list[str], tty: str | None = None, env: dict[str, str] | None = None):
+        self.name, self.argv, self.tty, self.env = name, argv, tty, env or {}
+        self.pid: int | None = None
+        self.started = 0.0
+        self.failures = 0
+        self.restart_at: float | None = None
+        self.state = "stopped"
 
     def backoff(self) -> float:
         return min(30.0, 0.5 * 2 ** min(self.failures, 6))
@@ -72,11 +79,10 @@ def spawn(argv: list[str], tty: str | None = None, env: dict[str, str] | None = 
     pid = os.fork()
     if pid:
         return pid
-    try:  # child: new session, optional controlling terminal, then exec
-        for sig in ACTIONS:
-            signal.signal(sig, signal.SIG_DFL)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        signal.set_wakeup_fd(-1)
+    try:  # child: default signals, new session, optional controlling terminal, exec
+        for sig in HANDLED:
+            _signal.signal(sig, _signal.SIG_DFL)
+        _signal.set_wakeup_fd(-1)
         os.setsid()
         if tty:
             fd = os.open(tty, os.O_RDWR)
@@ -99,20 +105,27 @@ def spawn(argv: list[str], tty: str | None = None, env: dict[str, str] | None = 
     raise AssertionError("unreachable")
 
 
-def cmdline() -> dict[str, str]:
+def spawn_wait(argv: list[str]) -> int:
+    pid = spawn(argv)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def parse_cmdline(text: str) -> dict[str, str]:
+    """Kernel arguments; ``console=`` may repeat, so its values are joined with spaces."""
     out: dict[str, str] = {}
-    try:
-        for arg in Path("/proc/cmdline").read_text().split():
-            key, _, value = arg.partition("=")
-            out.setdefault(key, value) if key != "console" else out.update({key: out.get(key, "") + " " + value})
-    except OSError:
-        pass
+    for arg in text.split():
+        key, _, value = arg.partition("=")
+        if key == "console":
+            out[key] = (out.get(key, "") + " " + value).strip()
+        else:
+            out.setdefault(key, value)
     return out
 
 
 def consoles(args: dict[str, str]) -> list[str]:
     """Terminal devices for console shells, from console= (tty0 means the first VT)."""
-    names = []
+    names: list[str] = []
     for value in args.get("console", "").split():
         dev = value.split(",")[0]
         dev = "tty1" if dev == "tty0" else dev
@@ -121,18 +134,40 @@ def consoles(args: dict[str, str]) -> list[str]:
     return [f"/dev/{n}" for n in names] or ["/dev/console"]
 
 
+def read(path: str, default: str = "") -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return default
+
+
+def device_aliases(sys_root: str = "/sys") -> list[str]:
+    """The modalias of every device present now."""
+    out = set()
+    bus_root = sys_root + "/bus"
+    for bus in sorted(os.listdir(bus_root)) if os.path.isdir(bus_root) else []:
+        devices = f"{bus_root}/{bus}/devices"
+        for dev in sorted(os.listdir(devices)) if os.path.isdir(devices) else []:
+            value = read(f"{devices}/{dev}/modalias").strip()
+            if value:
+                out.add(value)
+    return sorted(out)
+
+
 class Init:
     def __init__(self) -> None:
         self.services: dict[str, Service] = {}
         self.by_pid: dict[int, Service] = {}
         self.action: str | None = None
         self.errors: list[str] = []
-        self.args = cmdline()
-        self.version = VERSION_FILE.read_text().strip() if VERSION_FILE.is_file() else "unknown"
+        self.args = parse_cmdline(read("/proc/cmdline"))
+        self.version = read(VERSION_FILE, "unknown").strip()
         self.mode = "live"
         self.hostname = "basalt"
         self.power_fds: list[int] = []
         self.ready_ms = 0
+        self.phases: dict[str, int] = {"agent_start_ms": system.boot_ms()}
 
     # --- boot ---------------------------------------------------------------
     def guarded(self, what: str, fn: object, *args: object) -> object:
@@ -143,89 +178,73 @@ class Init:
             log(f"error: {what}: {exc}")
             return None
 
+    def phase(self, name: str, fn: object, *args: object) -> object:
+        result = self.guarded(name, fn, *args)
+        self.phases[f"{name}_done_ms"] = system.boot_ms()
+        return result
+
     def early_mounts(self) -> None:
-        table = [("proc", "/proc", "proc", system.MS_NOSUID | system.MS_NODEV | system.MS_NOEXEC, ""),
-                 ("sysfs", "/sys", "sysfs", system.MS_NOSUID | system.MS_NODEV | system.MS_NOEXEC, ""),
-                 ("devtmpfs", "/dev", "devtmpfs", system.MS_NOSUID, "mode=0755"),
-                 ("devpts", "/dev/pts", "devpts", system.MS_NOSUID | system.MS_NOEXEC, "gid=5,mode=0620,ptmxmode=0666"),
-                 ("tmpfs", "/dev/shm", "tmpfs", system.MS_NOSUID | system.MS_NODEV, "mode=1777"),
-                 ("tmpfs", "/run", "tmpfs", system.MS_NOSUID | system.MS_NODEV, "mode=0755"),
-                 ("tmpfs", "/tmp", "tmpfs", system.MS_NOSUID | system.MS_NODEV, "mode=1777"),
-                 ("cgroup2", "/sys/fs/cgroup", "cgroup2", system.MS_NOSUID | system.MS_NODEV | system.MS_NOEXEC,
-                  "nsdelegate")]
-        for source, target, fstype, flags, data in table:
-            if system.is_mounted(target):
-                continue
-            os.makedirs(target, exist_ok=True)
-            self.guarded(f"mount {target}", system.mount, source, target, fstype, flags, data)
-        RUN.mkdir(parents=True, exist_ok=True)
-        mode_file = RUN / "mode"
-        self.mode = mode_file.read_text().strip() if mode_file.is_file() else "live"
-        ptmx = Path("/dev/ptmx")
-        if not ptmx.exists():
-            ptmx.symlink_to("pts/ptmx")
+        """What the initramfs did not already mount (it normally mounts all of these)."""
+        for source, target, fstype, flags, data in system.EARLY_MOUNTS:
+            if not system.is_mounted(target):
+                os.makedirs(target, exist_ok=True)
+                self.guarded(f"mount {target}", system.mount, source, target, fstype, flags, data)
+        os.makedirs(RUN, exist_ok=True)
+        self.mode = read(RUN + "/mode", "live").strip() or "live"
 
     def load_config(self) -> dict[str, object]:
         """The baked-in config from the boot medium (the full config agent layers more sources)."""
-        if not MEDIUM_CONFIG.is_file():
+        if not os.path.isfile(MEDIUM_CONFIG):
             return {}
         import yaml  # only when there is a config: keeps the common path fast
-        data = yaml.safe_load(MEDIUM_CONFIG.read_text()) or {}
+        with open(MEDIUM_CONFIG) as f:
+            data = yaml.safe_load(f) or {}
         return data if isinstance(data, dict) else {}
 
     def set_hostname(self, config: dict[str, object]) -> None:
         name = config.get("hostname")
         if isinstance(name, str) and name:
             self.hostname = name
-        system.sethostname(self.hostname)
-        Path("/etc/hostname").write_text(self.hostname + "\n")
-        hosts = Path("/etc/hosts")
-        text = hosts.read_text() if hosts.is_file() else ""
-        if f" {self.hostname}\n" not in text:
-            hosts.write_text(text + f"127.0.1.1\t{self.hostname}\n")
+        with open("/proc/sys/kernel/hostname", "w") as f:
+            f.write(self.hostname)
+        with open("/etc/hostname", "w") as f:
+            f.write(self.hostname + "\n")
+        hosts = read("/etc/hosts")
+        if f"\t{self.hostname}\n" not in hosts:
+            with open("/etc/hosts", "a") as f:
+                f.write(f"127.0.1.1\t{self.hostname}\n")
 
     def coldplug(self) -> None:
-        index = kmod.ModuleIndex()
-        loaded: list[str] = []
+        """Load a driver for every device present (udev's job, done once with busybox modprobe)."""
+        before = set(read("/proc/modules").split("\n"))
         for _ in range(2):  # drivers create devices that want drivers (e.g. input -> evdev)
-            new, errors = kmod.coldplug(index)
-            loaded += new
-            for e in errors:
-                self.errors.append(f"module {e}")
-            if not new:
-                break
-        for name in ("button", "evdev"):
-            try:
-                loaded += kmod.load(index, name)
-            except (KeyError, OSError):
-                pass
-        (RUN / "modules-loaded").write_text("\n".join(loaded) + "\n")
+            aliases = device_aliases()
+            spawn_wait([MODPROBE, "modprobe", "-a", "-q", *aliases, "button", "evdev"])
+        loaded = sorted(line.split()[0] for line in set(read("/proc/modules").split("\n")) - before if line)
+        with open(RUN + "/modules-loaded", "w") as f:
+            f.write("\n".join(loaded) + "\n")
 
     def network(self) -> None:
-        self.guarded("loopback", spawn_wait, ["/usr/bin/ip", "link", "set", "lo", "up"])
-        for iface in sorted(Path("/sys/class/net").iterdir()):
-            if iface.name == "lo" or not (iface / "device").exists():
+        spawn_wait(["/usr/bin/ip", "link", "set", "lo", "up"])
+        for iface in sorted(os.listdir("/sys/class/net")):
+            if iface == "lo" or not os.path.exists(f"/sys/class/net/{iface}/device"):
                 continue
-            self.add(Service(f"dhcp-{iface.name}", ["/usr/bin/udhcpc", "-f", "-S", "-i", iface.name,
-                                                    "-s", "/usr/share/basalt/udhcpc.script", "-t", "10", "-T", "2"]))
+            self.add(Service(f"dhcp-{iface}", ["/usr/bin/udhcpc", "-f", "-S", "-i", iface,
+                                               "-s", "/usr/share/basalt/udhcpc.script", "-t", "10", "-T", "2"]))
 
     def console_services(self) -> None:
         autologin = self.mode == "live" and self.args.get("basalt.console") != "login"
-        for i, tty in enumerate(consoles(self.args)):
-            name = f"console-{Path(tty).name}"
+        for tty in consoles(self.args):
+            name = "console-" + os.path.basename(tty)
             if autologin:
                 self.add(Service(name, ["/bin/sh", "-l"], tty=tty, env={"BASALT_CONSOLE": "1"}))
             else:
-                self.add(Service(name, ["/usr/bin/getty", "-L", "115200", Path(tty).name, "vt100"]))
+                self.add(Service(name, ["/usr/bin/getty", "-L", "115200", os.path.basename(tty), "vt100"]))
 
     def power_button(self) -> None:
-        for dev in sorted(Path("/sys/class/input").glob("event*")):
-            try:
-                name = (dev / "device" / "name").read_text().strip()
-            except OSError:
-                continue
-            if name == "Power Button":
-                self.power_fds.append(os.open(f"/dev/input/{dev.name}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
+        for dev in sorted(os.listdir("/sys/class/input")):
+            if dev.startswith("event") and read(f"/sys/class/input/{dev}/device/name").strip() == "Power Button":
+                self.power_fds.append(os.open(f"/dev/input/{dev}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
 
     # --- supervision --------------------------------------------------------
     def add(self, svc: Service) -> None:
@@ -261,19 +280,21 @@ class Init:
             svc.failures = 0 if ran > 60 else svc.failures + 1
             svc.state = "backoff"
             if self.action is None:
-                svc.restart_at = time.monotonic() + (0.2 if svc.tty else svc.backoff())
-                code = os.waitstatus_to_exitcode(status)
+                delay = 0.2 if svc.tty else svc.backoff()
+                svc.restart_at = time.monotonic() + delay
                 if not svc.tty:
-                    log(f"service {svc.name} exited ({code}); restarting in {svc.restart_at - time.monotonic():.1f}s")
+                    code = os.waitstatus_to_exitcode(status)
+                    log(f"service {svc.name} exited ({code}); restarting in {delay:.1f}s")
 
     def write_status(self) -> None:
+        import json
         status = {"version": self.version, "mode": self.mode, "hostname": self.hostname,
-                  "ready_ms": self.ready_ms, "errors": self.errors,
+                  "ready_ms": self.ready_ms, "phases": self.phases, "errors": self.errors,
                   "services": {n: {"state": s.state, "pid": s.pid, "failures": s.failures}
                                for n, s in self.services.items()}}
-        tmp = RUN / "status.json.tmp"
-        tmp.write_text(json.dumps(status, indent=1))
-        tmp.replace(RUN / "status.json")
+        with open(RUN + "/status.json.tmp", "w") as f:
+            json.dump(status, f, indent=1)
+        os.replace(RUN + "/status.json.tmp", RUN + "/status.json")
 
     def handle_power(self, fd: int) -> None:
         try:
@@ -286,29 +307,34 @@ class Init:
                 log("power button pressed")
                 self.action = "poweroff"
 
-    def loop(self) -> None:
+    def install_signals(self) -> int:
         rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        signal.set_wakeup_fd(wfd)
-        for sig in (*ACTIONS, signal.SIGCHLD, signal.SIGHUP):
-            signal.signal(sig, lambda *_: None)
-        sel = selectors.DefaultSelector()
-        sel.register(rfd, selectors.EVENT_READ, "signal")
+        _signal.set_wakeup_fd(wfd)
+        for sig in HANDLED:
+            _signal.signal(sig, lambda *_: None)
+        return rfd
+
+    def loop(self, rfd: int) -> None:
+        poller = select.poll()
+        poller.register(rfd, select.POLLIN)
         for fd in self.power_fds:
-            sel.register(fd, selectors.EVENT_READ, "power")
+            poller.register(fd, select.POLLIN)
         idle_at: float | None = time.monotonic() + IDLE_REPORT_S
+        dirty = True
         while True:
             try:
                 now = time.monotonic()
                 deadlines = [s.restart_at for s in self.services.values() if s.restart_at] + \
                             ([idle_at] if idle_at else [])
-                timeout = max(0.0, min(deadlines) - now) if deadlines else None
-                for key, _ in sel.select(timeout):
-                    if key.data == "signal":
+                timeout = max(0, int((min(deadlines) - now) * 1000) + 1) if deadlines else None
+                for fd, _ in poller.poll(timeout):
+                    dirty = True
+                    if fd == rfd:
                         for signum in os.read(rfd, 256):
                             if signum in ACTIONS and self.action is None:
-                                self.action = ACTIONS[signal.Signals(signum)]
+                                self.action = ACTIONS[signum]
                     else:
-                        self.handle_power(key.fd)
+                        self.handle_power(fd)
                 self.reap()
                 if self.action:
                     self.shutdown(self.action)
@@ -316,12 +342,15 @@ class Init:
                 for svc in self.services.values():
                     if svc.restart_at is not None and svc.restart_at <= now:
                         self.start(svc)
+                        dirty = True
                 if idle_at and now >= idle_at:
                     idle_at = None
                     log(f"idle mem_used_kb={system.mem_used_kb()} rss_kb={rss_kb()}")
-                self.write_status()
+                if dirty:
+                    self.write_status()
+                    dirty = False
             except Exception:  # noqa: BLE001 - never leave the loop
-                log("error in main loop: " + traceback.format_exc().strip().replace("\n", " | "))
+                log("error in main loop: " + format_exception())
                 time.sleep(1)
 
     # --- shutdown -----------------------------------------------------------
@@ -331,11 +360,11 @@ class Init:
             svc.restart_at = None
             if svc.pid:
                 try:
-                    os.killpg(svc.pid, signal.SIGTERM)
+                    os.killpg(svc.pid, _signal.SIGTERM)
                 except ProcessLookupError:
                     pass
         try:
-            os.kill(-1, signal.SIGTERM)
+            os.kill(-1, _signal.SIGTERM)
         except ProcessLookupError:
             pass
         deadline = time.monotonic() + STOP_GRACE_S
@@ -343,7 +372,7 @@ class Init:
             self.reap()
             time.sleep(0.05)
         try:
-            os.kill(-1, signal.SIGKILL)
+            os.kill(-1, _signal.SIGKILL)
         except ProcessLookupError:
             pass
         self.reap()
@@ -356,34 +385,26 @@ class Init:
                     pass
         os.sync()
         log(f"{action} now")
-        cmd = {"poweroff": system.RB_POWER_OFF, "reboot": system.RB_AUTOBOOT, "halt": system.RB_HALT}[action]
-        system.reboot(cmd)
+        system.reboot(action)
         while True:  # reboot(2) does not return; if it fails we must still not exit
             time.sleep(60)
 
     def boot(self) -> None:
         self.early_mounts()
-        self.guarded("ctrl-alt-del", system.reboot, system.RB_DISABLE_CAD)
-        config = self.guarded("config", self.load_config) or {}
-        self.guarded("hostname", self.set_hostname, config)
-        self.guarded("coldplug", self.coldplug)
-        self.guarded("network", self.network)
-        self.guarded("consoles", self.console_services)
-        self.guarded("power button", self.power_button)
+        self.guarded("ctrl-alt-del", system.disable_ctrl_alt_del)
+        config = self.phase("config", self.load_config) or {}
+        self.phase("hostname", self.set_hostname, config)
+        self.phase("coldplug", self.coldplug)
+        self.phase("network", self.network)
+        self.phase("consoles", self.console_services)
+        self.phase("power_button", self.power_button)
         self.ready_ms = system.boot_ms()
-        self.guarded("status", self.write_status)
-        log(f"ready version={self.version} boot_ms={self.ready_ms} mem_used_kb={system.mem_used_kb()} "
-            f"errors={len(self.errors)}")
-
-
-def spawn_wait(argv: list[str]) -> int:
-    pid = spawn(argv)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
+        if "basalt.debug" in self.args:
+            log("phases " + " ".join(f"{k}={v}" for k, v in self.phases.items()))
 
 
 def rss_kb() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
+    for line in read("/proc/self/status").splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
@@ -394,15 +415,17 @@ def main() -> int:
         print("basalt init: must run as PID 1", file=sys.stderr)
         return 2
     init = Init()
+    rfd = init.install_signals()
     try:
         init.boot()
     except BaseException:  # noqa: BLE001
-        log("error during boot: " + traceback.format_exc().strip().replace("\n", " | "))
-        init.services.setdefault("rescue", Service("rescue", ["/bin/sh", "-l"], tty="/dev/console"))
-        init.start(init.services["rescue"])
+        log("error during boot: " + format_exception())
+        init.add(Service("rescue", ["/bin/sh", "-l"], tty="/dev/console"))
+    log(f"ready version={init.version} boot_ms={init.ready_ms or system.boot_ms()} "
+        f"mem_used_kb={system.mem_used_kb()} errors={len(init.errors)}")
     while True:
         try:
-            init.loop()
+            init.loop(rfd)
         except BaseException:  # noqa: BLE001 - even KeyboardInterrupt/SystemExit must not end PID 1
-            log("error: " + traceback.format_exc().strip().replace("\n", " | "))
+            log("error: " + format_exception())
             time.sleep(1)

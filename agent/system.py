@@ -1,57 +1,84 @@
-"""Thin wrappers over the system calls PID 1 needs (no fork/exec of tools)."""
+"""The system calls PID 1 needs that Python's os module lacks (mount, reboot).
+
+ctypes is imported on first use only: the normal boot never needs it (the
+initramfs mounts everything), and importing it costs noticeable time on slow
+boards.
+"""
 
 from __future__ import annotations
 
-import ctypes
 import os
 import time
-from pathlib import Path
+from typing import Any
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
-RB_AUTOBOOT, RB_HALT, RB_POWER_OFF, RB_DISABLE_CAD = 0x01234567, 0xCDEF0123, 0x4321FEDC, 0
+MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
 MNT_DETACH = 2
+REBOOT = {"reboot": 0x01234567, "halt": 0xCDEF0123 - (1 << 32), "poweroff": 0x4321FEDC}
+
+# (source, target, fstype, flags, data): what PID 1 needs mounted before anything runs.
+EARLY_MOUNTS = (
+    ("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, ""),
+    ("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, ""),
+    ("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755"),
+    ("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "gid=5,mode=0620,ptmxmode=0666"),
+    ("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777"),
+    ("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755"),
+    ("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777"),
+    ("cgroup2", "/sys/fs/cgroup", "cgroup2", MS_NOSUID | MS_NODEV | MS_NOEXEC, "nsdelegate"),
+)
+
+_libc: Any = None
+
+
+def libc() -> Any:
+    global _libc
+    if _libc is None:
+        import ctypes
+        _libc = ctypes.CDLL(None, use_errno=True)
+    return _libc
 
 
 def _check(ret: int, what: str) -> None:
     if ret != 0:
+        import ctypes
         err = ctypes.get_errno()
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
 def mount(source: str, target: str, fstype: str, flags: int = 0, data: str = "") -> None:
-    _check(_libc.mount(source.encode(), target.encode(), fstype.encode(), flags, data.encode() or None),
+    _check(libc().mount(source.encode(), target.encode(), fstype.encode(), flags, data.encode() or None),
            f"mount {fstype} on {target}")
 
 
 def umount(target: str, flags: int = 0) -> None:
-    _check(_libc.umount2(target.encode(), flags), f"umount {target}")
+    _check(libc().umount2(target.encode(), flags), f"umount {target}")
+
+
+def mounts() -> list[tuple[str, str, str]]:
+    """(source, target, fstype) of every mount, in mount order."""
+    rows = []
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            source, target, fstype = line.split()[:3]
+            rows.append((source, target.replace("\\040", " "), fstype))
+    return rows
 
 
 def is_mounted(target: str) -> bool:
     try:
-        return any(line.split()[1] == target for line in Path("/proc/self/mounts").read_text().splitlines())
+        return any(t == target for _, t, _ in mounts())
     except OSError:
         return False
 
 
-def mounts() -> list[tuple[str, str, str]]:
-    """(source, target, fstype) of every mount, innermost last."""
-    rows = []
-    for line in Path("/proc/self/mounts").read_text().splitlines():
-        source, target, fstype = line.split()[:3]
-        rows.append((source, target.replace("\\040", " "), fstype))
-    return rows
+def reboot(action: str) -> None:
+    _check(libc().reboot(REBOOT[action]), action)
 
 
-def sethostname(name: str) -> None:
-    data = name.encode()
-    _check(_libc.sethostname(data, len(data)), "sethostname")
-
-
-def reboot(cmd: int) -> None:
-    _check(_libc.reboot(ctypes.c_int(cmd & 0xFFFFFFFF if cmd < 0x80000000 else cmd - (1 << 32))), "reboot")
+def disable_ctrl_alt_del() -> None:
+    """Ctrl-Alt-Del then sends SIGINT to PID 1 (a clean reboot) instead of resetting at once."""
+    with open("/proc/sys/kernel/ctrl-alt-del", "w") as f:
+        f.write("0\n")
 
 
 def boot_ms() -> int:
@@ -61,12 +88,14 @@ def boot_ms() -> int:
 
 def meminfo() -> dict[str, int]:
     out = {}
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        out[key] = int(rest.split()[0])
+    with open("/proc/meminfo") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            out[key] = int(rest.split()[0])
     return out
 
 
 def mem_used_kb() -> int:
+    """MemTotal - MemAvailable: memory the system cannot give back."""
     info = meminfo()
     return info["MemTotal"] - info.get("MemAvailable", info["MemFree"])

@@ -54,7 +54,8 @@ class Guest:
     ssh_port: int = 0
     guestfwd: list[tuple[str, int]] = field(default_factory=list)  # (guest ip:port, host port on 127.0.0.1)
     extra_cdroms: list[Path] = field(default_factory=list)
-    cmdline_override: str | None = None
+    # Direct kernel boot (skips the firmware's boot loader): (vmlinuz, initrd, kernel command line).
+    direct: tuple[Path, Path, str] | None = None
     proc: subprocess.Popen[bytes] | None = None
     workdir: Path | None = None
 
@@ -80,6 +81,8 @@ class Guest:
                 "-netdev", net, "-device", "virtio-net-pci,netdev=n0",
                 "-drive", f"file={self.iso},media=cdrom,readonly=on,if=ide,index=0",
                 "-boot", "order=d"]
+        if self.direct:
+            argv += ["-kernel", str(self.direct[0]), "-initrd", str(self.direct[1]), "-append", self.direct[2]]
         for i, cd in enumerate(self.extra_cdroms, start=1):
             argv += ["-drive", f"file={cd},media=cdrom,readonly=on,if=ide,index={i}"]
         if self.firmware == "uefi":
