@@ -89,8 +89,10 @@ def loads(text: str, source: str = "<string>") -> Located:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
         message = exc.problem or str(exc)
-        raise BasaltError(Problem(f"YAML syntax error: {message}", source, line,
-                                  hint="check indentation and quoting on this line or the one before")) from None
+        hint = "check indentation and quoting on this line or the one before"
+        if exc.context_mark and exc.problem_mark and exc.context_mark.line != exc.problem_mark.line:
+            hint = f"{exc.context or 'the construct'} started on line {exc.context_mark.line + 1}; is it closed?"
+        raise BasaltError(Problem(f"YAML syntax error: {message}", source, line, hint=hint)) from None
     except yaml.YAMLError as exc:
         raise BasaltError(Problem(f"YAML error: {exc}", source)) from None
     finally:

@@ -71,7 +71,11 @@ class DiskImageBuilder:
 
     def unpack(self, packages: list[tuple[dict[str, Any], Path]], target: Path, options: dict[str, Any],
                work: Path) -> None:
-        env = {**os.environ, "DIB_RELEASE": options["suite"], "DIB_DISTRIBUTION_MIRROR": options["mirror"],
+        # DIB's apt gets exactly the plan's archives (its default adds a security host of its own).
+        sources = "\n".join(f"s{i}{j}:deb {src['uri']} {suite} {' '.join(src['components'])}"
+                            for i, src in enumerate(options["sources"]) for j, suite in enumerate(src["suites"]))
+        env = {**os.environ, "DIB_RELEASE": options["suite"], "DIB_DISTRIBUTION_MIRROR": options["sources"][0]["uri"],
+               "DIB_APT_SOURCES_CONF": sources + "\n",
                "DIB_DEBIAN_COMPONENTS": "main", "DIB_APT_MINIMAL_CREATE_INTERFACES": "0",
                "TMPDIR": str(work), "DIB_NO_TMPFS": "1", "DIB_DEBOOTSTRAP_CACHE": "0"}
         names = ",".join(row["name"] for row, _ in packages)

@@ -119,7 +119,8 @@ def download(url: str, dest: Path, label: str, retries: int = 4, expected_size: 
                 if bar is None:
                     shown.update(have)
                 with dest.open(mode) as f:
-                    for chunk in resp.iter_content(CHUNK):
+                    # Small chunks: what arrived before a dropped connection is kept and resumed.
+                    for chunk in resp.iter_content(64 * 1024):
                         f.write(chunk)
                         shown.update(len(chunk))
                 if bar is None:

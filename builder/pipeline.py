@@ -64,7 +64,7 @@ def check_tools(plan: Plan) -> None:
     if missing:
         pkgs = " ".join(sorted(set(missing.values())))
         raise BasaltError(Problem(f"missing host tools: {', '.join(sorted(missing))}",
-                                  hint=f"apt-get install {pkgs}  (or run: inv setup)"))
+                                  hint=f"apt-get install {pkgs}  (or run: ./inv setup)"))
 
 
 class Pipeline:

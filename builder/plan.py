@@ -103,17 +103,17 @@ def compile_plan(img: ImageDefinition, config_text: str | None = None,
     if "uefi" in firmware:
         boot_packages.append(f"grub-efi-{img.arch.to_debian()}-bin")
     iso = next(o for o in img.outputs if o.format == "iso")
+    source_list = [{"uri": s.uri, "suites": list(s.suites), "components": list(s.components)} for s in sources]
     stages = [
         PlannedStage("fetch", {
             "arch": img.arch.to_debian(),
-            "sources": [{"uri": s.uri, "suites": list(s.suites), "components": list(s.components)}
-                        for s in sources],
+            "sources": source_list,
             "keyring": str(debian.keyring_path(img.keyring)),
             "packages": list(img.packages), "exclude": list(img.exclude),
             "kernel": img.kernel_package, "boot_packages": boot_packages,
         }),
         PlannedStage("rootfs", {
-            "backend": img.backend, "arch": str(img.arch), "suite": img.suite, "mirror": sources[0].uri,
+            "backend": img.backend, "arch": str(img.arch), "suite": img.suite, "sources": source_list,
             "prune": list(img.prune),
             "overlays": [{"name": n, "digest": tree_digest(OVERLAYS / n)} for n in img.overlays],
             "agent_digest": tree_digest(AGENT_DIR), "version": img.version,

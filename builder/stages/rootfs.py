@@ -29,11 +29,11 @@ VOLATILE = False
 TOOLS = {"dpkg-deb": "dpkg", "depmod": "kmod"}
 SCHEMA: dict[str, Any] = {
     "type": "object", "additionalProperties": False,
-    "required": ["backend", "arch", "suite", "mirror", "prune", "overlays", "agent_digest", "version",
+    "required": ["backend", "arch", "suite", "sources", "prune", "overlays", "agent_digest", "version",
                  "modules_exclude", "modules_keep", "source_date_epoch"],
     "properties": {
         "backend": {"enum": sorted(BACKENDS)},
-        "arch": {"type": "string"}, "suite": {"type": "string"}, "mirror": {"type": "string"},
+        "arch": {"type": "string"}, "suite": {"type": "string"}, "sources": {"type": "array"},
         "prune": {"type": "array", "items": {"type": "string"}},
         "overlays": {"type": "array", "items": {"type": "object", "required": ["name", "digest"]}},
         "agent_digest": {"type": "string"}, "version": {"type": "string"},

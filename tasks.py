@@ -1,0 +1,90 @@
+"""invoke tasks: thin wrappers over builder/ (argument parsing only).
+
+Run through ./inv, which installs what a fresh Debian 12 machine lacks first.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from invoke import Context, task
+
+PY = sys.executable
+
+
+def _builder(c: Context, *args: str, debug: bool = False, pty: bool = False) -> None:
+    argv = [PY, "-m", "builder", *(["--debug"] if debug else []), *args]
+    c.run(" ".join(_quote(a) for a in argv), pty=pty and sys.stdin.isatty())
+
+
+def _quote(arg: str) -> str:
+    import shlex
+    return shlex.quote(arg)
+
+
+@task
+def setup(c: Context) -> None:
+    """Install host packages and the Python environment (what ./inv does before every task)."""
+    c.run("./inv --version")
+
+
+@task(help={"image": "image definition name or path", "config": "site config.yaml to bake in",
+            "json": "machine-readable output"})
+def plan(c: Context, image: str = "x86_64-iso", config: str = "", json: bool = False) -> None:
+    """Print the resolved stage plan without building."""
+    _builder(c, "plan", "--image", image, *(["--config", config] if config else []),
+             *(["--json"] if json else []))
+
+
+@task(help={"image": "image definition name or path", "config": "site config.yaml to bake in",
+            "until": "stop after this stage (fetch, rootfs, squashfs, initramfs, iso)",
+            "debug": "show tracebacks"})
+def build(c: Context, image: str = "x86_64-iso", config: str = "", until: str = "", debug: bool = False) -> None:
+    """Build an image into out/<image>/ (cached by stage)."""
+    _builder(c, "build", "--image", image, *(["--config", config] if config else []),
+             *(["--until", until] if until else []), debug=debug)
+
+
+@task
+def validate(c: Context, file: str) -> None:
+    """Validate an image definition (images/*.yaml)."""
+    _builder(c, "validate", file)
+
+
+@task(help={"firmware": "bios or uefi", "accel": "tcg (default) or kvm", "check": "wait for ready, power off",
+            "timeout": "seconds to wait for the ready line with --check"})
+def boot(c: Context, image: str = "x86_64-iso", firmware: str = "bios", accel: str = "tcg",
+         check: bool = False, timeout: int = 180) -> None:
+    """Boot a built image in QEMU (serial console on this terminal; --check for CI)."""
+    _builder(c, "boot", "--image", image, "--firmware", firmware, "--accel", accel,
+             *(["--check", "--timeout", str(timeout)] if check else []), pty=not check)
+
+
+@task(help={"tier": "unit, rootfs, image, boot, or all (default)", "k": "pytest -k expression"})
+def test(c: Context, tier: str = "all", k: str = "") -> None:
+    """Run the test suite (lint first), all tiers by default."""
+    lint(c)
+    marker = [] if tier == "all" else ["-m", tier]
+    c.run(" ".join([PY, "-m", "pytest", *marker, *(["-k", _quote(k)] if k else [])]), pty=False)
+
+
+@task
+def lint(c: Context) -> None:
+    """ruff and mypy."""
+    c.run(f"{PY} -m ruff check builder agent tests tasks.py")
+    c.run(f"{PY} -m mypy builder agent")
+
+
+@task(help={"image": "image to benchmark", "skip_boot": "only build figures"})
+def bench(c: Context, image: str = "x86_64-iso", skip_boot: bool = False) -> None:
+    """Benchmark builds, sizes, boot time and memory; writes out/bench.json."""
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    c.run(f"{PY} -m builder.bench --image {_quote(image)}" + (" --skip-boot" if skip_boot else ""))
+
+
+@task
+def quickstart(c: Context) -> None:
+    """Build the default ISO and boot it to the ready line (the README's first command)."""
+    build(c)
+    boot(c, check=True)

@@ -1,0 +1,105 @@
+"""Agent units that need no VM: kernel arguments, consoles, device aliases, supervision."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from agent import cli, init, system
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("quiet console=tty0 console=ttyS0,115200 basalt.mode=live basalt.rescue",
+     {"quiet": "", "console": "tty0 ttyS0,115200", "basalt.mode": "live", "basalt.rescue": ""}),
+    ("a=1 a=2", {"a": "1"}),
+    ("", {}),
+])
+def test_parse_cmdline(text: str, expected: dict[str, str]) -> None:
+    assert init.parse_cmdline(text) == expected
+
+
+@pytest.mark.parametrize(("console", "ttys"), [
+    ("tty0 ttyS0,115200", ["/dev/tty1", "/dev/ttyS0"]),
+    ("ttyS0,115200 ttyS0", ["/dev/ttyS0"]),
+    ("", ["/dev/console"]),
+])
+def test_consoles(console: str, ttys: list[str]) -> None:
+    assert init.consoles({"console": console} if console else {}) == ttys
+
+
+def test_device_aliases_reads_every_bus(tmp_path: Path) -> None:
+    for bus, dev, alias in [("pci", "0000:00:01.0", "pci:v00008086d00007010sv*"), ("acpi", "LNXPWRBN:00", "acpi:LNXPWRBN:"),
+                            ("pci", "0000:00:02.0", "pci:v00008086d00007010sv*"), ("platform", "serial8250", "")]:
+        d = tmp_path / "bus" / bus / "devices" / dev
+        d.mkdir(parents=True)
+        (d / "modalias").write_text(alias + "\n")
+    assert init.device_aliases(str(tmp_path)) == ["acpi:LNXPWRBN:", "pci:v00008086d00007010sv*"]
+
+
+def test_service_backoff_grows_and_caps() -> None:
+    svc = init.Service("x", ["/bin/true"])
+    delays = []
+    for failures in range(9):
+        svc.failures = failures
+        delays.append(svc.backoff())
+    assert delays[:4] == [0.5, 1.0, 2.0, 4.0] and max(delays) == 30.0
+
+
+def test_supervisor_restarts_a_crashing_service_and_reaps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real fork/exec/reap path, run in this (non-PID-1) process."""
+    monkeypatch.setattr(init, "log", lambda message: None)
+    it = init.Init()
+    it.add(init.Service("crasher", ["/bin/sh", "-c", "exit 3"]))
+    deadline = time.monotonic() + 10
+    while it.services["crasher"].failures < 2 and time.monotonic() < deadline:
+        it.reap()
+        svc = it.services["crasher"]
+        if svc.restart_at is not None and svc.restart_at <= time.monotonic():
+            it.start(svc)
+        time.sleep(0.05)
+    svc = it.services["crasher"]
+    assert svc.failures >= 2
+    assert svc.restart_at is not None or svc.pid is not None
+    with pytest.raises(ChildProcessError):  # nothing left unreaped (bar the running one)
+        if svc.pid:
+            os.waitpid(svc.pid, 0)
+        os.waitpid(-1, os.WNOHANG)
+
+
+def test_mem_used_matches_meminfo() -> None:
+    info = system.meminfo()
+    assert 0 < system.mem_used_kb() <= info["MemTotal"]
+
+
+def test_init_refuses_to_run_as_ordinary_process() -> None:
+    proc = subprocess.run([sys.executable, "-c", "from agent.init import main; raise SystemExit(main())"],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 2 and "must run as PID 1" in proc.stderr
+
+
+def test_status_reads_the_agents_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    status = {"version": "1.0", "mode": "live", "hostname": "edge", "ready_ms": 5000, "phases": {}, "errors": ["x: y"],
+              "services": {"console-ttyS0": {"state": "running", "pid": 9, "failures": 0}}}
+    (tmp_path / "status.json").write_text(json.dumps(status))
+    monkeypatch.setattr(cli, "STATUS", tmp_path / "status.json")
+    assert cli.main(["status", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["hostname"] == "edge" and shown["errors"] == ["x: y"] and shown["mem_used_kb"] > 0
+    assert cli.main(["status"]) == 0
+    text = capsys.readouterr().out
+    assert "Basalt 1.0 (live mode) on edge" in text and "error: x: y" in text
+
+
+def test_status_without_agent_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(cli, "STATUS", tmp_path / "missing.json")
+    assert cli.main(["status"]) == 1
+    assert capsys.readouterr().err == ("no status yet: the agent is not running as PID 1\n"
+                                       "hint: basalt status works on a booted Basalt node\n")

@@ -1,0 +1,160 @@
+"""Image definition schema: a good/bad table with the exact messages users see."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agent.errors import BasaltError
+from builder.imagedef import ROOT, load_image
+
+GOOD = (ROOT / "images" / "x86_64-iso.yaml").read_text()
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "img.yaml"
+    path.write_text(text)
+    return path
+
+
+def replace(old: str, new: str) -> str:
+    assert old in GOOD, old
+    return GOOD.replace(old, new, 1)
+
+
+def line_of(text: str, needle: str) -> int:
+    return next(i for i, line in enumerate(text.splitlines(), 1) if needle in line)
+
+
+def test_default_image_loads() -> None:
+    img = load_image("x86_64-iso")
+    assert img.name == "x86_64-iso"
+    assert img.arch.to_debian() == "amd64"
+    assert img.outputs[0].firmware == ("bios", "uefi")
+    assert img.k3s == {"enabled": False}
+    assert "python3-minimal" in img.packages
+
+
+BAD = [
+    # (edit, needle on the reported line, expected "path: message", expected hint or None)
+    (("  - format: iso", "  - format: sdimg"), "format: sdimg",
+     "outputs[0].format: 'sdimg' is not one of ['iso']", None),
+    (("arch: x86_64", "arch: riscv"), "arch: riscv",
+     "arch: 'riscv' is not one of ['x86_64', 'arm64']", None),
+    (("  suite: bookworm", "  suite: bookworm\n  mirorr: http://x"), "mirorr",
+     "debian.mirorr: unknown key 'mirorr'", "did you mean 'mirror'?"),
+    (("  memory_mb: 512", "  memory_mb: lots"), "memory_mb: lots",
+     "qemu.memory_mb: expected integer, got string", None),
+    (("  enabled: false", "  enabled: true"), "enabled: true",
+     "k3s: 'version' is required", None),
+    (("name: x86_64-iso", "name: Bad Name"), "name: Bad Name",
+     "name: 'Bad Name' is not valid here", "must match the pattern ^[a-z0-9][a-z0-9._-]*$"),
+    (("  - base", "  - nosuch"), "- nosuch",
+     "overlays[0]: overlay 'nosuch' does not exist", "available overlays: base"),
+    (("    firmware: [bios, uefi]", "    firmware: [bios, bios]"), "firmware: [bios, bios]",
+     "outputs[0].firmware: has duplicate items", "list each item once"),
+    (("  cmdline: console=tty0", "  cmdline: root=/dev/sda console=tty0"), "cmdline:",
+     "kernel.cmdline: root= is set by the boot loader, not the image definition",
+     "remove root=...; the initramfs finds the root by label"),
+]
+
+
+@pytest.mark.parametrize(("edit", "needle", "message", "hint"), BAD, ids=[b[2].split(":")[0] for b in BAD])
+def test_bad_definitions(tmp_path: Path, edit: tuple[str, str], needle: str, message: str, hint: str | None) -> None:
+    text = replace(*edit)
+    path = write(tmp_path, text)
+    with pytest.raises(BasaltError) as exc:
+        load_image(str(path))
+    problem = exc.value.problems[0]
+    assert problem.render().splitlines()[0] == f"{path}:{line_of(text, needle)}: {message}"
+    assert problem.hint == hint
+
+
+def test_arm64_bios_is_rejected(tmp_path: Path) -> None:
+    text = replace("arch: x86_64", "arch: arm64").replace("linux-image-amd64", "linux-image-arm64")
+    path = write(tmp_path, text)
+    with pytest.raises(BasaltError) as exc:
+        load_image(str(path))
+    assert exc.value.problems[0].render() == (
+        f"{path}:{line_of(text, 'firmware:')}: outputs[0].firmware[0]: 'bios' firmware does not exist on arm64\n"
+        "hint: use firmware: [uefi]")
+
+
+def test_every_problem_is_reported(tmp_path: Path) -> None:
+    text = replace("arch: x86_64", "arch: sparc").replace("  memory_mb: 512", "  memory_mb: -1")
+    with pytest.raises(BasaltError) as exc:
+        load_image(str(write(tmp_path, text)))
+    assert [p.path for p in exc.value.problems] == ["arch", "qemu.memory_mb"]
+
+
+def test_duplicate_key_points_at_second(tmp_path: Path) -> None:
+    text = replace("arch: x86_64", "arch: x86_64\narch: arm64")
+    path = write(tmp_path, text)
+    with pytest.raises(BasaltError) as exc:
+        load_image(str(path))
+    first = line_of(text, "arch: x86_64")
+    assert exc.value.render() == (f"{path}:{first + 1}: arch: duplicate key 'arch'\n"
+                                  f"hint: 'arch' is already set on line {first}")
+
+
+def test_yaml_syntax_error_has_line(tmp_path: Path) -> None:
+    text = replace("packages:\n", "packages:\n  - [unclosed\n")
+    path = write(tmp_path, text)
+    with pytest.raises(BasaltError) as exc:
+        load_image(str(path))
+    assert exc.value.problems[0].file == str(path)
+    problem = exc.value.problems[0]
+    assert problem.line == line_of(text, "- python3-minimal")  # where the parser gave up
+    assert problem.message == "YAML syntax error: expected ',' or ']', but got '-'"
+    assert problem.hint == f"while parsing a flow sequence started on line {line_of(text, '[unclosed')}; is it closed?"
+
+
+def test_unknown_image_name_lists_choices() -> None:
+    with pytest.raises(BasaltError) as exc:
+        load_image("no-such-image")
+    assert exc.value.render() == ("no image definition named 'no-such-image'\n"
+                                  "hint: available: x86_64-iso (or pass a path to a .yaml file)")
+
+
+def test_cli_reports_without_traceback(tmp_path: Path) -> None:
+    path = write(tmp_path, replace("  - format: iso", "  - format: sdimg"))
+    proc = subprocess.run([sys.executable, "-m", "builder", "validate", str(path)], capture_output=True,
+                          text=True, cwd=ROOT)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.startswith(f"error: {path}:")
+    assert "outputs[0].format: 'sdimg' is not one of ['iso']" in proc.stderr
+
+
+def test_cli_debug_shows_traceback(tmp_path: Path) -> None:
+    path = write(tmp_path, replace("  - format: iso", "  - format: sdimg"))
+    proc = subprocess.run([sys.executable, "-m", "builder", "--debug", "validate", str(path)],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_schema_documents_every_field() -> None:
+    """docs/image-definition.md names every field the schema accepts."""
+    import json
+    schema = json.loads((ROOT / "builder/schemas/image.schema.json").read_text())
+    docs = (ROOT / "docs/image-definition.md").read_text()
+
+    def fields(node: dict, prefix: str = "") -> list[str]:
+        out = []
+        for key, sub in node.get("properties", {}).items():
+            out.append(prefix + key)
+            if sub.get("type") == "object":
+                out += fields(sub, prefix + key + ".")
+            if sub.get("type") == "array" and isinstance(sub.get("items"), dict):
+                out += fields(sub["items"], prefix + key + "[].")
+        return out
+    missing = [f for f in fields(schema) if f"`{f}`" not in docs]
+    assert missing == []
+
+
+def test_example_definition_is_valid_yaml_mapping() -> None:
+    assert isinstance(yaml.safe_load(GOOD), dict)

@@ -1,0 +1,226 @@
+"""Stage units: command lines built, cpio bytes, module order, ISO names, plans, caching."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import stat
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from agent.errors import BasaltError
+from builder import cpio, pipeline
+from builder.plan import PlannedStage, compile_plan
+from builder.imagedef import load_image
+from builder.stages import initramfs, iso, rootfs, squashfs
+
+
+def read_cpio(data: bytes) -> dict[str, tuple[int, bytes, tuple[int, int]]]:
+    """Parse newc back: name -> (mode, data, rdev)."""
+    out, off = {}, 0
+    while True:
+        assert data[off:off + 6] == b"070701"
+        f = [int(data[off + 6 + i * 8: off + 14 + i * 8], 16) for i in range(13)]
+        namesize, size = f[11], f[6]
+        name = data[off + 110: off + 110 + namesize - 1].decode()
+        off = (off + 110 + namesize + 3) & ~3
+        body = data[off: off + size]
+        off = (off + size + 3) & ~3
+        if name == "TRAILER!!!":
+            return out
+        out[name] = (f[1], body, (f[9], f[10]))
+
+
+def test_cpio_roundtrip_and_determinism() -> None:
+    import io
+    entries = [cpio.directory("dev"), cpio.chardev("dev/console", 5, 1), cpio.file("init", b"#!/bin/sh\n", 0o755),
+               cpio.symlink("bin/sh", "busybox")]
+    a, b = io.BytesIO(), io.BytesIO()
+    cpio.write(a, entries)
+    cpio.write(b, list(reversed(entries)))
+    assert a.getvalue() == b.getvalue()
+    parsed = read_cpio(a.getvalue())
+    assert stat.S_ISCHR(parsed["dev/console"][0]) and parsed["dev/console"][2] == (5, 1)
+    assert parsed["init"][1] == b"#!/bin/sh\n" and parsed["init"][0] & 0o777 == 0o755
+    assert stat.S_ISLNK(parsed["bin/sh"][0]) and parsed["bin/sh"][1] == b"busybox"
+
+
+def test_squashfs_command_line() -> None:
+    argv = squashfs.command("/src", "/dst.sqfs", {"compression": "zstd", "level": 15, "block_size_kb": 256,
+                                                  "source_date_epoch": 42})
+    assert argv[:3] == ["mksquashfs", "/src", "/dst.sqfs"]
+    joined = " ".join(argv)
+    assert "-comp zstd" in joined and "-b 256K" in joined and "-Xcompression-level 15" in joined
+    assert "-mkfs-time 42" in joined and "-all-time 42" in joined and "-noappend" in argv
+
+
+def fake_modules(tmp_path: Path) -> Path:
+    mdir = tmp_path / "6.1.0"
+    mdir.mkdir(parents=True)
+    (mdir / "modules.dep").write_text(
+        "kernel/fs/isofs/isofs.ko:\nkernel/drivers/scsi/sr_mod.ko: kernel/drivers/cdrom/cdrom.ko "
+        "kernel/drivers/scsi/scsi_mod.ko\nkernel/drivers/cdrom/cdrom.ko:\nkernel/drivers/scsi/scsi_mod.ko:\n"
+        "kernel/drivers/usb/storage/usb-storage.ko: kernel/drivers/scsi/scsi_mod.ko\n")
+    (mdir / "modules.builtin").write_text("kernel/fs/ext4/ext4.ko\n")
+    return mdir
+
+
+def test_initramfs_module_order_puts_dependencies_first(tmp_path: Path) -> None:
+    order = initramfs.module_order(fake_modules(tmp_path), ["sr_mod", "usb_storage", "isofs", "ext4"])
+    assert order == ["kernel/drivers/cdrom/cdrom.ko", "kernel/drivers/scsi/scsi_mod.ko",
+                     "kernel/drivers/scsi/sr_mod.ko", "kernel/drivers/usb/storage/usb-storage.ko",
+                     "kernel/fs/isofs/isofs.ko"]
+
+
+def test_initramfs_unknown_module_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(BasaltError) as exc:
+        initramfs.module_order(fake_modules(tmp_path), ["nosuch"])
+    assert "initramfs module 'nosuch' is neither a module nor built into the kernel" in exc.value.render()
+
+
+def test_initramfs_archive_contents(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "usr/bin").mkdir(parents=True)
+    (root / "usr/bin/busybox").write_bytes(b"\x7fELF-busybox")
+    mdir = fake_modules(root / "usr/lib/modules")
+    for rel in ("kernel/fs/isofs/isofs.ko",):
+        (mdir / rel).parent.mkdir(parents=True)
+        (mdir / rel).write_bytes(b"ko")
+    out = tmp_path / "out"
+    out.mkdir()
+    ctx = SimpleNamespace(input=lambda name: tmp_path, out=out)
+    initramfs.run(ctx, {"modules": ["isofs"], "compression": "gzip", "init_digest": "x", "source_date_epoch": 7})
+    parsed = read_cpio(gzip.decompress((out / "initrd.img").read_bytes()))
+    assert parsed["etc/modules"][1] == b"isofs.ko\n"
+    assert parsed["lib/modules/isofs.ko"][1] == b"ko"
+    assert parsed["init"][1] == initramfs.INIT.read_bytes()
+    assert parsed["bin/busybox"][0] & 0o111
+
+
+@pytest.mark.parametrize(("path", "name"), [
+    ("/boot/grub/grub.cfg", "/BOOT/GRUB/GRUB.CFG;1"), ("/basalt/vmlinuz", "/BASALT/VMLINUZ.;1"),
+    ("/basalt/rootfs.squashfs", "/BASALT/ROOTFS.SQUASHFS;1"), ("/basalt/id-ab12", "/BASALT/ID_AB12.;1"),
+])
+def test_iso_names(path: str, name: str) -> None:
+    assert iso.iso_name(path) == name
+
+
+def test_grub_config_has_normal_and_rescue_entries() -> None:
+    cfg = iso.grub_cfg({"version": "1.2.3", "cmdline": "console=ttyS0", "volume_id": "BASALT"})
+    assert "terminal_output serial console" in cfg
+    assert cfg.count("menuentry") == 2
+    assert "linux /basalt/vmlinuz console=ttyS0 basalt.label=BASALT basalt.mode=live\n" in cfg
+    assert "basalt.rescue" in cfg.split("menuentry")[2]
+    early = iso.early_cfg("id-1")
+    assert "search --no-floppy --set=root --file /basalt/id-1" in early and " if " not in early
+
+
+@pytest.mark.parametrize(("rel", "excluded"), [
+    ("kernel/drivers/gpu/drm/drm.ko", True), ("kernel/drivers/gpu", True), ("kernel/drivers/gpux/a.ko", False),
+    ("kernel/drivers/net/wireless/mac80211_hwsim.ko", False), ("kernel/drivers/net/wireless/ath/ath.ko", True),
+    ("kernel/fs/isofs/isofs.ko", False), ("kernel/sound/x/y.ko", True),
+])
+def test_module_exclusion(rel: str, excluded: bool) -> None:
+    exclude = ["kernel/drivers/gpu", "kernel/drivers/net/wireless", "kernel/sound/*"]
+    keep = ["kernel/drivers/net/wireless/mac80211_hwsim.ko"]
+    assert rootfs.module_excluded(rel, exclude, keep) is excluded
+
+
+def test_merge_usr(tmp_path: Path) -> None:
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin/busybox").write_text("bb")
+    (tmp_path / "lib/x86_64-linux-gnu").mkdir(parents=True)
+    (tmp_path / "lib/x86_64-linux-gnu/libc.so.6").write_text("libc")
+    (tmp_path / "usr/lib/x86_64-linux-gnu").mkdir(parents=True)
+    rootfs.merge_usr(tmp_path)
+    assert (tmp_path / "bin").is_symlink() and (tmp_path / "usr/bin/busybox").read_text() == "bb"
+    assert (tmp_path / "lib/x86_64-linux-gnu/libc.so.6").read_text() == "libc"
+
+
+def plan_for_test(tmp_path: Path, config: str | None = None) -> Any:
+    apt = tmp_path / "apt"
+    (apt / "sources.list.d").mkdir(parents=True, exist_ok=True)
+    (apt / "sources.list").write_text("deb http://mirror.example/debian bookworm main\n")
+    return compile_plan(load_image("x86_64-iso"), config, apt)
+
+
+def test_plan_is_ordered_and_resolved(tmp_path: Path) -> None:
+    p = plan_for_test(tmp_path)
+    assert [s.name for s in p.stages] == ["fetch", "rootfs", "squashfs", "initramfs", "iso"]
+    fetch = p.stages[0].options
+    assert fetch["sources"] == [{"uri": "http://mirror.example/debian", "suites": ["bookworm"],
+                                 "components": ["main"]}]
+    assert fetch["boot_packages"] == ["grub-pc-bin", "grub-efi-amd64-bin"]
+    assert p.stages[4].options["firmware"] == ["bios", "uefi"]
+    assert "fetch" in p.describe() and json.loads(json.dumps(p.to_json()))["image"] == "x86_64-iso"
+
+
+def test_config_change_only_changes_the_iso_stage(tmp_path: Path) -> None:
+    a, b = plan_for_test(tmp_path), plan_for_test(tmp_path, "hostname: edge-1\n")
+    changed = [x.name for x, y in zip(a.stages, b.stages, strict=True) if x.options != y.options]
+    assert changed == ["iso"]
+
+
+class FakeStage:
+    """A stage module stand-in that records runs (the pipeline's caching is what is tested)."""
+
+    def __init__(self, name: str, volatile: bool = False):
+        self.NAME, self.VERSION, self.VOLATILE, self.SCHEMA = name, 1, volatile, {}
+        self.__file__ = __file__
+        self.runs = 0
+
+    def run(self, ctx: Any, options: dict[str, Any]) -> None:
+        self.runs += 1
+        (ctx.out / "data").write_text(json.dumps(options))
+        if self.VOLATILE:
+            (ctx.out / "key").write_text(options.get("key", "k"))
+
+
+def test_pipeline_caches_and_invalidates_downstream(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    mods = {"fetch": FakeStage("fetch", volatile=True), "rootfs": FakeStage("rootfs"), "iso": FakeStage("iso")}
+    monkeypatch.setattr(pipeline, "module", lambda name: mods[name])
+    monkeypatch.setattr(pipeline, "check_tools", lambda plan: None)
+
+    def run(rootfs_opt: str, iso_opt: str, key: str = "k") -> dict[str, Any]:
+        stages = (PlannedStage("fetch", {"key": key}), PlannedStage("rootfs", {"o": rootfs_opt}),
+                  PlannedStage("iso", {"o": iso_opt}))
+        plan = SimpleNamespace(stages=stages, image=SimpleNamespace(name="t"))
+        return pipeline.Pipeline(plan, cache=tmp_path / "cache", out=tmp_path / "out").run()  # type: ignore[arg-type]
+
+    first = run("a", "x")
+    assert [mods[n].runs for n in mods] == [1, 1, 1]
+    again = run("a", "x")
+    assert [mods[n].runs for n in mods] == [2, 1, 1]  # fetch always checks; the rest cached
+    assert again["iso"].cached and again["iso"].id == first["iso"].id
+    run("a", "y")
+    assert [mods[n].runs for n in mods] == [3, 1, 2]  # only iso re-ran
+    run("b", "y")
+    assert [mods[n].runs for n in mods] == [4, 2, 3]  # rootfs and everything after
+    run("b", "y", key="new-lock")
+    assert [mods[n].runs for n in mods] == [5, 3, 4]  # new package set: all downstream
+    assert not list((tmp_path / "cache" / "stages").glob("tmp-*"))
+
+
+def test_failed_stage_leaves_nothing_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    class Boom(FakeStage):
+        def run(self, ctx: Any, options: dict[str, Any]) -> None:
+            (ctx.out / "half").write_text("written")
+            raise BasaltError.simple("disk full")
+    mods = {"rootfs": Boom("rootfs")}
+    monkeypatch.setattr(pipeline, "module", lambda name: mods[name])
+    monkeypatch.setattr(pipeline, "check_tools", lambda plan: None)
+    plan = SimpleNamespace(stages=(PlannedStage("rootfs", {}),), image=SimpleNamespace(name="t"))
+    with pytest.raises(BasaltError):
+        pipeline.Pipeline(plan, cache=tmp_path, out=tmp_path / "out").run()  # type: ignore[arg-type]
+    assert [p.name for p in (tmp_path / "stages").iterdir()] == []
+
+
+def test_missing_tool_fails_first_naming_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pipeline.shutil, "which", lambda tool: None if tool == "mksquashfs" else "/bin/x")
+    with pytest.raises(BasaltError) as exc:
+        pipeline.check_tools(plan_for_test(tmp_path))
+    assert exc.value.render() == ("missing host tools: mksquashfs\n"
+                                  "hint: apt-get install squashfs-tools  (or run: ./inv setup)")
