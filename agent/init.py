@@ -94,6 +94,9 @@ def spawn(argv: list[str], tty: str | None = None, env: dict[str, str] | None = 
         else:
             null = os.open("/dev/null", os.O_RDWR)
             os.dup2(null, 0)
+            if env and env.get("BASALT_QUIET"):
+                os.dup2(null, 1)
+                os.dup2(null, 2)
         os.chdir("/")
         os.execve(argv[0], argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "TERM": "vt100",
                                   **(env or {})})
@@ -105,8 +108,8 @@ def spawn(argv: list[str], tty: str | None = None, env: dict[str, str] | None = 
     raise AssertionError("unreachable")
 
 
-def spawn_wait(argv: list[str]) -> int:
-    pid = spawn(argv)
+def spawn_wait(argv: list[str], quiet: bool = False) -> int:
+    pid = spawn(argv, env={"BASALT_QUIET": "1"} if quiet else None)
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status)
 
@@ -219,7 +222,8 @@ class Init:
         before = set(read("/proc/modules").split("\n"))
         for _ in range(2):  # drivers create devices that want drivers (e.g. input -> evdev)
             aliases = device_aliases()
-            spawn_wait([MODPROBE, "modprobe", "-a", "-q", *aliases, "button", "evdev"])
+            # Drivers that find no device of theirs (e.g. cpufreq in a VM) refuse to load: not an error.
+            spawn_wait([MODPROBE, "modprobe", "-a", "-q", *aliases, "button", "evdev"], quiet=True)
         loaded = sorted(line.split()[0] for line in set(read("/proc/modules").split("\n")) - before if line)
         with open(RUN + "/modules-loaded", "w") as f:
             f.write("\n".join(loaded) + "\n")

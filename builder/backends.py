@@ -15,14 +15,15 @@ import shutil
 import subprocess
 import tarfile
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from agent.errors import BasaltError, Problem
-from builder import progress
+from builder import host, progress
 
 
 class Backend(Protocol):
-    TOOLS: dict[str, str]
+    @property
+    def TOOLS(self) -> dict[str, str]: ...  # a class constant on each backend
 
     def unpack(self, packages: list[tuple[dict[str, Any], Path]], target: Path, options: dict[str, Any],
                work: Path) -> None: ...
@@ -38,7 +39,7 @@ def _run(argv: list[str], what: str, hint: str, env: dict[str, str] | None = Non
 
 
 class Mmdebstrap:
-    TOOLS = {"mmdebstrap": "mmdebstrap", "apt-get": "apt"}
+    TOOLS: ClassVar[dict[str, str]] = {"mmdebstrap": "mmdebstrap", "apt-get": "apt"}
 
     def unpack(self, packages: list[tuple[dict[str, Any], Path]], target: Path, options: dict[str, Any],
                work: Path) -> None:
@@ -66,15 +67,17 @@ class Mmdebstrap:
 
 
 class DiskImageBuilder:
-    TOOLS = {"disk-image-create": "the [dib] extra: pip install -e '.[dib]'", "debootstrap": "debootstrap",
-             "qemu-img": "qemu-utils", "kpartx": "kpartx"}
+    TOOLS: ClassVar[dict[str, str]] = {
+        "disk-image-create": "the [dib] extra: pip install -e '.[dib]'", "debootstrap": "debootstrap",
+        "qemu-img": "qemu-utils", "kpartx": "kpartx", "sudo": "sudo"}
 
     def unpack(self, packages: list[tuple[dict[str, Any], Path]], target: Path, options: dict[str, Any],
                work: Path) -> None:
         # DIB's apt gets exactly the plan's archives (its default adds a security host of its own).
         sources = "\n".join(f"s{i}{j}:deb {src['uri']} {suite} {' '.join(src['components'])}"
                             for i, src in enumerate(options["sources"]) for j, suite in enumerate(src["suites"]))
-        env = {**os.environ, "DIB_RELEASE": options["suite"], "DIB_DISTRIBUTION_MIRROR": options["sources"][0]["uri"],
+        env = {**os.environ, "PATH": host.search_path(), "DIB_RELEASE": options["suite"],
+               "DIB_DISTRIBUTION_MIRROR": options["sources"][0]["uri"],
                "DIB_APT_SOURCES_CONF": sources + "\n",
                "DIB_DEBIAN_COMPONENTS": "main", "DIB_APT_MINIMAL_CREATE_INTERFACES": "0",
                "TMPDIR": str(work), "DIB_NO_TMPFS": "1", "DIB_DEBOOTSTRAP_CACHE": "0"}

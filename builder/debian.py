@@ -20,7 +20,7 @@ from pathlib import Path
 
 from agent.errors import BasaltError, Problem
 from builder import progress
-from builder.download import BlobStore, download, sha256_file  # noqa: F401
+from builder.download import BlobStore, download, sha256_file
 
 DEFAULT_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 APT_SOURCES = Path("/etc/apt")
@@ -314,5 +314,13 @@ def keyring_path(value: str | None) -> Path:
     return path
 
 
-__all__ = ["Index", "Package", "Source", "compare_versions", "host_sources",
-           "keyring_path", "sources_for", "sha256_file"]
+__all__ = [
+    "Index",
+    "Package",
+    "Source",
+    "compare_versions",
+    "host_sources",
+    "keyring_path",
+    "sha256_file",
+    "sources_for",
+]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import BasaltError, Problem
-from builder import progress
+from builder import host, progress
 from builder.download import BlobStore, cache_root, sha256_file
 from builder.plan import Plan, PlannedStage
 from builder.stages import StageContext, module
@@ -57,14 +57,16 @@ def check_tools(plan: Plan) -> None:
     for s in plan.stages:
         tools: dict[str, str] = getattr(module(s.name), "TOOLS", {})
         if s.name == "rootfs":
-            tools = {**tools, **module("rootfs").backend_tools(s.options["backend"])}
+            from builder.backends import BACKENDS
+            tools = {**tools, **BACKENDS[s.options["backend"]].TOOLS}
         for tool, package in tools.items():
-            if shutil.which(tool) is None:
+            if host.which(tool) is None:
                 missing[tool] = package
     if missing:
-        pkgs = " ".join(sorted(set(missing.values())))
-        raise BasaltError(Problem(f"missing host tools: {', '.join(sorted(missing))}",
-                                  hint=f"apt-get install {pkgs}  (or run: ./inv setup)"))
+        apt = sorted({p for p in missing.values() if " " not in p})
+        other = sorted({p for p in missing.values() if " " in p})
+        hint = "; ".join([*([f"apt-get install {' '.join(apt)}  (or run: ./inv setup)"] if apt else []), *other])
+        raise BasaltError(Problem(f"missing host tools: {', '.join(sorted(missing))}", hint=hint))
 
 
 class Pipeline:

@@ -20,8 +20,10 @@ from agent.yamlsource import load
 from builder import debian
 from builder.imagedef import OVERLAYS, ROOT, ImageDefinition, load_image
 from builder.stages import ORDER, schema_for
+from builder.validate import validate
 
 AGENT_DIR = ROOT / "agent"
+CONFIG_SCHEMA = ROOT / "config" / "config.schema.json"
 INITRAMFS_INIT = Path(__file__).parent / "initramfs" / "init"
 DEFAULT_EPOCH = 1735689600  # 2025-01-01: stable timestamps when SOURCE_DATE_EPOCH is unset
 
@@ -83,6 +85,9 @@ def load_site_config(path: str | None) -> str | None:
     if doc.value is not None and not isinstance(doc.value, dict):
         raise BasaltError(doc.problem([], "config.yaml must be a mapping of keys",
                                       hint="see docs/config.md for the keys"))
+    problems = validate(doc, json.loads(CONFIG_SCHEMA.read_text()))
+    if problems:
+        raise BasaltError(problems)
     return Path(path).read_text()
 
 

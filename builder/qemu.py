@@ -12,8 +12,8 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +56,8 @@ class Guest:
     extra_cdroms: list[Path] = field(default_factory=list)
     # Direct kernel boot (skips the firmware's boot loader): (vmlinuz, initrd, kernel command line).
     direct: tuple[Path, Path, str] | None = None
+    machine: str = "q35"
+    _serial: socket.socket | None = None
     proc: subprocess.Popen[bytes] | None = None
     workdir: Path | None = None
 
@@ -74,9 +76,11 @@ class Guest:
         net = f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22"
         for guest, host_port in self.guestfwd:
             net += f",guestfwd=tcp:{guest}-tcp:127.0.0.1:{host_port}"
-        argv = [binary, "-machine", os.environ.get("BASALT_QEMU_MACHINE", "q35"), "-accel", self.accel, "-m", str(self.memory_mb),
+        argv = [binary, "-machine", self.machine, "-accel", self.accel, "-m", str(self.memory_mb),
                 "-smp", str(self.cpus), "-display", "none", "-no-user-config", "-nodefaults",
-                "-serial", f"file:{self.console_log}", "-vga", "std",
+                "-chardev", f"socket,id=ser0,path={self.workdir / 'serial.sock'},server=on,wait=off,"
+                            f"logfile={self.console_log}",
+                "-serial", "chardev:ser0", "-vga", "std",
                 "-qmp", f"unix:{self.workdir / 'qmp.sock'},server=on,wait=off",
                 "-netdev", net, "-device", "virtio-net-pci,netdev=n0",
                 "-drive", f"file={self.iso},media=cdrom,readonly=on,if=ide,index=0",
@@ -110,20 +114,64 @@ class Guest:
     def console(self) -> str:
         return self.console_log.read_text(errors="replace")
 
-    def wait_for(self, pattern: re.Pattern[str] | str, timeout: float) -> re.Match[str]:
-        """Wait until the serial console shows ``pattern``; raise TimeoutError with its tail."""
+    def wait_for(self, pattern: re.Pattern[str] | str, timeout: float, start: int = 0) -> re.Match[str]:
+        """Wait until the serial console shows ``pattern`` (after offset ``start``); raise
+        TimeoutError with the console's tail."""
         regex = re.compile(pattern) if isinstance(pattern, str) else pattern
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            m = regex.search(self.console())
+            m = regex.search(self.console(), start)
             if m:
                 return m
             if self.proc and self.proc.poll() is not None:
                 err = (self.workdir / "qemu.err").read_text(errors="replace") if self.workdir else ""
-                raise RuntimeError(f"QEMU exited ({self.proc.returncode}) before {regex.pattern!r}: {err.strip()}\n"
-                                   f"console tail:\n{self.tail()}")
+                raise RuntimeError(f"QEMU exited ({self.proc.returncode}) before {regex.pattern!r}: "
+                                   f"{err.strip()}\nconsole tail:\n{self.tail()}")
             time.sleep(0.2)
         raise TimeoutError(f"no {regex.pattern!r} on the console after {timeout:.0f}s; console tail:\n{self.tail()}")
+
+    def send(self, text: str) -> None:
+        """Type ``text`` on the serial console."""
+        assert self.workdir
+        if self._serial is None:
+            self._serial = socket.socket(socket.AF_UNIX)
+            self._serial.connect(str(self.workdir / "serial.sock"))
+            # QEMU logs only what the socket accepted: keep reading so output never stalls.
+            threading.Thread(target=self._drain, args=(self._serial,), daemon=True).start()
+        for ch in text:  # a character at a time: the guest UART has a 16-byte FIFO
+            self._serial.sendall(ch.encode())
+            time.sleep(0.005)
+
+    @staticmethod
+    def _drain(sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while sock.recv(65536):
+                pass
+
+    def settle(self, quiet: float = 1.5, timeout: float = 30.0) -> None:
+        """Wait until the console has printed nothing for ``quiet`` seconds. busybox's line
+        editor asks the terminal for the cursor position after each prompt and swallows
+        what is typed before it gives up waiting for the answer."""
+        deadline = time.monotonic() + timeout
+        size, since = len(self.console()), time.monotonic()
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+            now_size = len(self.console())
+            if now_size != size:
+                size, since = now_size, time.monotonic()
+            elif time.monotonic() - since >= quiet:
+                return
+
+    def run(self, command: str, timeout: float = 60.0) -> str:
+        """Run a shell command on the console shell and return its output."""
+        self.settle()
+        marker = f"__done_{time.monotonic_ns()}__"
+        start = len(self.console())
+        self.send(f"{command}; echo {marker[:6]}''{marker[6:]} $?\n")
+        m = self.wait_for(re.compile(re.escape(marker) + r" (\d+)"), timeout, start)
+        out = self.console()[start:m.start()]
+        lines = out.replace("\r", "").split("\n")[1:]  # drop the echoed command line
+        return "\n".join(lines).strip()
 
     def tail(self, lines: int = 25) -> str:
         return "\n".join(self.console().splitlines()[-lines:])
@@ -164,6 +212,9 @@ class Guest:
             return None
 
     def kill(self) -> None:
+        if self._serial is not None:
+            self._serial.close()
+            self._serial = None
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
@@ -194,8 +245,9 @@ def interactive(img: ImageDefinition, iso: Path, firmware: str, accel: str, ssh_
     guest = Guest(iso, img.arch, firmware, accel, img.memory_mb, img.cpus, ssh_port or free_port())
     guest.workdir = Path(tempfile.mkdtemp(prefix="basalt-qemu-"))
     argv = guest.argv()
-    i = argv.index(f"file:{guest.console_log}")
+    i = argv.index("chardev:ser0")
     argv[i] = "mon:stdio"
+    del argv[i - 3:i - 1]  # the socket chardev
     print(f"SSH: ssh -p {guest.ssh_port} root@127.0.0.1   (quit QEMU: Ctrl-A X)", file=sys.stderr)
     try:
         return subprocess.call(argv)

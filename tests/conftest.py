@@ -38,7 +38,7 @@ class Server:
             def log_message(self, *args: object) -> None:
                 pass
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 server.requests.append((self.path, self.headers.get("Range")))
                 cut = server.truncate.pop(self.path, None)
                 path = server.root / self.path.lstrip("/")

@@ -17,6 +17,7 @@ ORDER = ("fetch", "rootfs", "squashfs", "initramfs", "iso")
 
 
 class StageModule(Protocol):
+    __file__: str
     NAME: str
     VERSION: int
     SCHEMA: dict[str, Any]

@@ -111,14 +111,15 @@ def iso_name(path: str) -> str:
     """``/boot/grub/grub.cfg`` -> ISO 9660 level-3 identifier ``/BOOT/GRUB/GRUB.CFG;1``."""
     parts = path.strip("/").split("/")
     clean = [p.upper().replace("-", "_") for p in parts]
-    return "/" + "/".join(clean[:-1] + [clean[-1] + ("" if "." in clean[-1] else ".") + ";1"])
+    leaf = clean[-1] + ("" if "." in clean[-1] else ".") + ";1"
+    return "/" + "/".join([*clean[:-1], leaf])
 
 
 def run(ctx: Any, options: dict[str, Any]) -> None:
     arch = Architecture(options["arch"])
     epoch = options["source_date_epoch"]
     grub_root = ctx.work / "grub"
-    for row, blob in blobs_by_role(ctx.input("fetch"), ctx.store, "boot"):
+    for _row, blob in blobs_by_role(ctx.input("fetch"), ctx.store, "boot"):
         subprocess.run(["dpkg-deb", "-x", str(blob), str(grub_root)], check=True)
     marker = marker_name(options)
     early = ctx.work / "early.cfg"
@@ -137,13 +138,13 @@ def run(ctx: Any, options: dict[str, Any]) -> None:
     if "bios" in options["firmware"]:
         bios = ctx.work / "bios.img"
         grub_image(grub_root / "usr/lib/grub" / str(arch.to_grub_bios()), "i386-pc-eltorito",
-                   GRUB_MODULES_COMMON + GRUB_MODULES["bios"], early, bios)
+                   [*GRUB_MODULES_COMMON, *GRUB_MODULES["bios"]], early, bios)
         files["/boot/grub/bios.img"] = bios
         boot_entries.append(("/boot/grub/bios.img", False))
     if "uefi" in options["firmware"]:
         loader = ctx.work / "grub.efi"
         grub_image(grub_root / "usr/lib/grub" / arch.to_grub_efi(), arch.to_grub_efi(),
-                   GRUB_MODULES_COMMON + GRUB_MODULES["uefi"], early, loader)
+                   [*GRUB_MODULES_COMMON, *GRUB_MODULES["uefi"]], early, loader)
         efi_img = ctx.work / "efi.img"
         efi_fat_image(loader, arch, efi_img, epoch)
         files["/boot/grub/efi.img"] = efi_img

@@ -48,10 +48,6 @@ SKELETON = ("proc", "sys", "dev", "run", "tmp", "var", "home", "opt", "mnt", "me
             "etc/basalt", "var/lib/basalt", "usr/lib/basalt")
 
 
-def backend_tools(backend: str) -> dict[str, str]:
-    return BACKENDS[backend].TOOLS
-
-
 def run(ctx: Any, options: dict[str, Any]) -> None:
     root = ctx.out / "root"
     with progress.step(f"Unpacking packages ({options['backend']})"):

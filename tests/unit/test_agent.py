@@ -34,8 +34,9 @@ def test_consoles(console: str, ttys: list[str]) -> None:
 
 
 def test_device_aliases_reads_every_bus(tmp_path: Path) -> None:
-    for bus, dev, alias in [("pci", "0000:00:01.0", "pci:v00008086d00007010sv*"), ("acpi", "LNXPWRBN:00", "acpi:LNXPWRBN:"),
-                            ("pci", "0000:00:02.0", "pci:v00008086d00007010sv*"), ("platform", "serial8250", "")]:
+    devices = [("pci", "0000:00:01.0", "pci:v00008086d00007010sv*"), ("acpi", "LNXPWRBN:00", "acpi:LNXPWRBN:"),
+               ("pci", "0000:00:02.0", "pci:v00008086d00007010sv*"), ("platform", "serial8250", "")]
+    for bus, dev, alias in devices:
         d = tmp_path / "bus" / bus / "devices" / dev
         d.mkdir(parents=True)
         (d / "modalias").write_text(alias + "\n")

@@ -158,3 +158,25 @@ def test_schema_documents_every_field() -> None:
 
 def test_example_definition_is_valid_yaml_mapping() -> None:
     assert isinstance(yaml.safe_load(GOOD), dict)
+
+
+def test_site_config_is_validated_before_building(tmp_path: Path) -> None:
+    from builder.plan import load_site_config
+    path = tmp_path / "config.yaml"
+    path.write_text("# site\nhostname: bad_name!\n")
+    with pytest.raises(BasaltError) as exc:
+        load_site_config(str(path))
+    assert exc.value.render().splitlines()[0] == f"{path}:2: hostname: 'bad_name!' is not valid here"
+    path.write_text("- a list\n")
+    with pytest.raises(BasaltError) as exc:
+        load_site_config(str(path))
+    assert exc.value.render() == (f"{path}:1: config.yaml must be a mapping of keys\n"
+                                  "hint: see docs/config.md for the keys")
+    path.write_text("hostname: edge-1\nk3os: {password: x}\n")
+    assert load_site_config(str(path)) == "hostname: edge-1\nk3os: {password: x}\n"
+
+
+def test_example_site_configs_are_valid() -> None:
+    from builder.plan import load_site_config
+    for example in sorted((ROOT / "config" / "examples").glob("*.yaml")):
+        assert load_site_config(str(example))

@@ -13,8 +13,8 @@ import pytest
 
 from agent.errors import BasaltError
 from builder import cpio, pipeline
-from builder.plan import PlannedStage, compile_plan
 from builder.imagedef import load_image
+from builder.plan import PlannedStage, compile_plan
 from builder.stages import initramfs, iso, rootfs, squashfs
 
 
@@ -219,7 +219,7 @@ def test_failed_stage_leaves_nothing_cached(tmp_path: Path, monkeypatch: pytest.
 
 
 def test_missing_tool_fails_first_naming_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pipeline.shutil, "which", lambda tool: None if tool == "mksquashfs" else "/bin/x")
+    monkeypatch.setattr(pipeline.host, "which", lambda tool: None if tool == "mksquashfs" else "/bin/x")
     with pytest.raises(BasaltError) as exc:
         pipeline.check_tools(plan_for_test(tmp_path))
     assert exc.value.render() == ("missing host tools: mksquashfs\n"

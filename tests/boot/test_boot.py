@@ -1,0 +1,105 @@
+"""Boot the real ISO in QEMU (TCG): ready line, console, clean power-off, rescue paths.
+
+Each guest is bounded by timeouts and killed on exit (the Guest context manager)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from builder import pipeline, plan
+from builder.download import BlobStore
+from builder.qemu import IDLE, READY, Guest
+from builder.stages import iso as iso_stage
+
+BOOT_TIMEOUT = 300  # TCG on a loaded 2-core machine; a healthy boot takes ~10-25 s
+
+
+def iso_of(out: Path) -> Path:
+    return next(out.glob("*.iso"))
+
+
+@pytest.mark.parametrize("firmware", ["bios", "uefi"])
+def test_boots_to_ready_and_powers_off(built_iso: Path, firmware: str, qemu_available: None) -> None:
+    version = plan.load_image("x86_64-iso").version
+    with Guest(iso_of(built_iso), firmware=firmware) as guest:
+        m = guest.wait_for(READY, BOOT_TIMEOUT)
+        assert m.group(1) == version
+        assert 0 < int(m.group(2)) and 0 < int(m.group(3)) < 512 * 1024
+        assert "errors=0" in guest.console()[m.start():m.start() + 200]
+        assert guest.powerdown(90), f"no clean power-off; console tail:\n{guest.tail()}"
+        assert guest.proc is not None and guest.proc.returncode == 0
+        assert "basalt: poweroff now" in guest.console()
+
+
+def test_console_shell_status_reaping_and_basalt_poweroff(built_iso: Path, qemu_available: None,
+                                                          tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("hostname: edge-7\n")
+    out = pipeline.build(plan.plan("x86_64-iso", str(config)), out=tmp_path / "out")
+    with Guest(iso_of(out), firmware="bios") as guest:
+        guest.wait_for(READY, BOOT_TIMEOUT)
+        guest.wait_for(r"edge-7:/# ", 60)  # the live console shell, prompt showing the configured hostname
+        assert guest.run("cat /proc/1/cmdline | tr '\\0' ' '") == "/usr/bin/python3 -S /usr/sbin/basalt init"
+        assert guest.run("hostname") == "edge-7"
+        status = json.loads(guest.run("basalt status --json"))
+        assert status["hostname"] == "edge-7" and status["mode"] == "live" and status["errors"] == []
+        assert status["services"]["console-ttyS0"]["state"] == "running"
+        assert guest.run("touch /etc/probe && echo writable") == "writable"  # /etc is a writable overlay
+        assert "Read-only file system" in guest.run("touch /usr/probe 2>&1")  # the root is not
+        assert guest.run("grep -c cgroup2 /proc/mounts") == "1"
+        # Orphans are re-parented to PID 1 and reaped: no zombies after a double fork.
+        guest.run("sh -c 'sleep 1 & exit 0'; sleep 3")
+        assert guest.run("ps -o stat | grep -c '^Z' || true") == "0"
+        idle = guest.wait_for(IDLE, 60)
+        assert int(idle.group(1)) > 0
+        guest.send("basalt poweroff\n")
+        assert guest.wait_exit(90) == 0, f"basalt poweroff did not power off; tail:\n{guest.tail()}"
+        assert "basalt: stopping services (poweroff)" in guest.console()
+
+
+def broken_iso(tmp_path: Path, squashfs: bytes) -> Path:
+    """The default ISO with its root image replaced (the iso stage run on a doctored input)."""
+    compiled = plan.plan("x86_64-iso")
+    results = pipeline.Pipeline(compiled).run(until="initramfs")
+    inputs = {name: r.path for name, r in results.items()}
+    bad = tmp_path / "bad-squashfs"
+    bad.mkdir()
+    (bad / "rootfs.squashfs").write_bytes(squashfs)
+    inputs["squashfs"] = bad
+    out, work = tmp_path / "out", tmp_path / "work"
+    out.mkdir()
+    work.mkdir()
+    ctx = SimpleNamespace(out=out, work=work, store=BlobStore(), inputs=inputs, input=lambda n: inputs[n])
+    iso_stage.run(ctx, compiled.stages[-1].options)
+    return out / "basalt.iso"
+
+
+def test_corrupt_root_reaches_rescue_shell(built_iso: Path, tmp_path: Path, qemu_available: None) -> None:
+    good = (built_iso / "rootfs.squashfs").read_bytes()
+    corrupt = b"\0" * 4096 + good[4096:]  # superblock destroyed
+    with Guest(broken_iso(tmp_path, corrupt), firmware="bios") as guest:
+        guest.wait_for(r"basalt: rescue: root image /basalt/rootfs.squashfs on /dev/sr\d is corrupt or unreadable",
+                       BOOT_TIMEOUT)
+        guest.wait_for(r"basalt: rescue: dropping to a shell on the console", 30)
+        assert "Kernel panic" not in guest.console()
+        assert guest.run("echo rescue-shell-$((6*7))") == "rescue-shell-42"  # a usable shell
+
+
+def test_missing_medium_reaches_rescue_shell(built_iso: Path, qemu_available: None) -> None:
+    cmdline = "console=ttyS0,115200 quiet basalt.label=NOSUCH basalt.wait=3"
+    with Guest(iso_of(built_iso), direct=(built_iso / "vmlinuz", built_iso / "initrd.img", cmdline)) as guest:
+        guest.wait_for(r"basalt: rescue: no boot medium labelled NOSUCH found after 3s", BOOT_TIMEOUT)
+        assert "Kernel panic" not in guest.console()
+
+
+def test_qemu_missing_is_a_clear_error(built_iso: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.errors import BasaltError
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(BasaltError) as exc, Guest(iso_of(built_iso)):
+        pass
+    assert exc.value.render() == ("qemu-system-x86_64 not found\nhint: apt-get install qemu-system-x86")

@@ -1,0 +1,150 @@
+"""The default ISO, built for real and inspected: files, El Torito entries, EFI image, manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import struct
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import pycdlib
+
+from builder import pipeline, plan
+from builder.download import BlobStore
+from builder.stages import iso as iso_stage
+
+
+def open_iso(path: Path) -> pycdlib.PyCdlib:
+    iso = pycdlib.PyCdlib()
+    iso.open(str(path))
+    return iso
+
+
+def read(iso: pycdlib.PyCdlib, rr_path: str) -> bytes:
+    out = io.BytesIO()
+    iso.get_file_from_iso_fp(out, rr_path=rr_path)
+    return out.getvalue()
+
+
+def test_iso_layout(built_iso: Path) -> None:
+    iso_path = next(built_iso.glob("*.iso"))
+    iso = open_iso(iso_path)
+    try:
+        listing = {d: sorted(files) for d, _, files in iso.walk(rr_path="/")}
+        assert listing["/basalt"][:2] == sorted(listing["/basalt"])[:2]
+        assert {"vmlinuz", "initrd.img", "rootfs.squashfs", "version"} <= set(listing["/basalt"])
+        assert [f for f in listing["/basalt"] if f.startswith("id-")]  # the boot loaders' marker
+        assert {"grub.cfg", "bios.img", "efi.img", "boot.cat"} <= set(listing["/boot/grub"])
+        assert iso.pvd.volume_identifier.rstrip() == b"BASALT"
+        cfg = read(iso, "/boot/grub/grub.cfg").decode()
+        assert "menuentry \"Basalt" in cfg and "(rescue shell)" in cfg and "basalt.label=BASALT" in cfg
+        squashfs = read(iso, "/basalt/rootfs.squashfs")
+        assert squashfs[:4] == b"hsqs"
+        assert hashlib.sha256(squashfs).hexdigest() == hashlib.sha256(
+            (built_iso / "rootfs.squashfs").read_bytes()).hexdigest()
+    finally:
+        iso.close()
+
+
+def test_el_torito_entries(built_iso: Path) -> None:
+    iso = open_iso(next(built_iso.glob("*.iso")))
+    try:
+        catalog = iso.eltorito_boot_catalog
+        assert catalog.validation_entry.platform_id == 0  # x86 BIOS first
+        assert catalog.initial_entry.boot_media_type == 0  # no emulation
+        assert catalog.initial_entry.sector_count == 4
+        sections = catalog.sections
+        assert len(sections) == 1 and sections[0].platform_id == 0xEF  # UEFI
+        bios_extent = iso.get_record(rr_path="/boot/grub/bios.img").extent_location()
+        assert catalog.initial_entry.load_rba == bios_extent
+        efi_extent = iso.get_record(rr_path="/boot/grub/efi.img").extent_location()
+        assert sections[0].section_entries[0].load_rba == efi_extent
+        bios = read(iso, "/boot/grub/bios.img")
+        pvd, lba, length, _ = struct.unpack_from("<IIII", bios, 8)  # boot info table
+        assert (pvd, lba, length) == (16, bios_extent, len(bios))
+        assert struct.unpack_from("<Q", bios, 2548)[0] == bios_extent * 4 + 5  # GRUB2 boot info
+    finally:
+        iso.close()
+
+
+def test_efi_system_image_holds_the_loader(built_iso: Path, tmp_path: Path) -> None:
+    iso = open_iso(next(built_iso.glob("*.iso")))
+    try:
+        (tmp_path / "efi.img").write_bytes(read(iso, "/boot/grub/efi.img"))
+    finally:
+        iso.close()
+    listing = subprocess.run(["mdir", "-b", "-i", str(tmp_path / "efi.img"), "::/EFI/BOOT"], capture_output=True,
+                             text=True, env={"MTOOLS_SKIP_CHECK": "1"}, check=True).stdout
+    assert "::/EFI/BOOT/BOOTX64.EFI" in listing
+    subprocess.run(["mcopy", "-i", str(tmp_path / "efi.img"), "::/EFI/BOOT/BOOTX64.EFI", str(tmp_path / "x.efi")],
+                   check=True, env={"MTOOLS_SKIP_CHECK": "1"})
+    assert (tmp_path / "x.efi").read_bytes()[:2] == b"MZ"  # a PE/COFF executable
+
+
+def test_manifest_describes_every_artifact(built_iso: Path) -> None:
+    manifest = json.loads((built_iso / "manifest.json").read_text())
+    names = {o["file"] for o in manifest["outputs"]}
+    assert names == {f.name for f in built_iso.iterdir()} - {"manifest.json", "rootfs"}
+    for out in manifest["outputs"]:
+        data = (built_iso / out["file"]).read_bytes()
+        assert out["size"] == len(data) and out["sha256"] == hashlib.sha256(data).hexdigest()
+    kinds = {p["role"] for p in manifest["inputs"]["packages"]}
+    assert kinds == {"rootfs", "kernel", "boot"}
+    assert all(len(p["sha256"]) == 64 for p in manifest["inputs"]["packages"])
+    assert [s["name"] for s in manifest["stages"]] == ["fetch", "rootfs", "squashfs", "initramfs", "iso"]
+
+
+def test_iso_size_without_k3s_is_under_100_mb(built_iso: Path) -> None:
+    assert next(built_iso.glob("*.iso")).stat().st_size <= 100 * 1024 * 1024
+
+
+def test_config_only_rebuild_reruns_only_the_iso_stage(built_iso: Path, tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("hostname: edge-7\n")
+    out = pipeline.build(plan.plan("x86_64-iso", str(config)), out=tmp_path / "out")
+    manifest = json.loads((out / "manifest.json").read_text())
+    ran = [s["name"] for s in manifest["stages"] if not s["cached"]]
+    assert ran in (["fetch", "iso"], ["iso"])  # fetch re-checks the archive; it keeps its id when unchanged
+    assert {s["name"]: s["id"] for s in manifest["stages"]}["rootfs"] == \
+        {s["name"]: s["id"] for s in json.loads((built_iso / "manifest.json").read_text())["stages"]}["rootfs"]
+    iso = open_iso(next(out.glob("*.iso")))
+    try:
+        assert read(iso, "/basalt/config.yaml") == b"hostname: edge-7\n"
+    finally:
+        iso.close()
+
+
+def test_iso_stage_is_reproducible(built_iso: Path, tmp_path: Path) -> None:
+    compiled = plan.plan("x86_64-iso")
+    results = pipeline.Pipeline(compiled).run()
+    inputs = {name: r.path for name, r in results.items()}
+    digests = []
+    for n in range(2):
+        out = tmp_path / f"o{n}"
+        work = tmp_path / f"w{n}"
+        out.mkdir()
+        work.mkdir()
+        ctx = SimpleNamespace(out=out, work=work, inputs=inputs, store=BlobStore(),
+                              input=lambda name: inputs[name])
+        iso_stage.run(ctx, compiled.stages[-1].options)
+        digests.append(hashlib.sha256((out / "basalt.iso").read_bytes()).hexdigest())
+    assert digests[0] == digests[1]
+
+
+def test_failed_build_leaves_no_finished_looking_output(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from agent.errors import BasaltError
+
+    def explode(ctx, options):  # type: ignore[no-untyped-def]
+        (ctx.out / "basalt.iso").write_bytes(b"half")
+        raise BasaltError.simple("simulated failure in the iso stage")
+    monkeypatch.setattr(iso_stage, "run", explode)
+    config = tmp_path / "c.yaml"
+    config.write_text("hostname: never-built\n")
+    try:
+        pipeline.build(plan.plan("x86_64-iso", str(config)), out=tmp_path / "out")
+    except BasaltError:
+        pass
+    assert not (tmp_path / "out" / "x86_64-iso").exists()
