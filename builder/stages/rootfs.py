@@ -79,6 +79,12 @@ def install_kernel(ctx: Any, root: Path, options: dict[str, Any]) -> None:
     shutil.copyfile(kernels[0], ctx.out / "kernel" / "vmlinuz")
     (ctx.out / "kernel" / "release").write_text(release + "\n")
     src = next(p for p in (unpacked / "lib/modules" / release, unpacked / "usr/lib/modules" / release) if p.is_dir())
+    # The image's kernel is this one: a backend that installed its own (diskimage-builder
+    # does) must not leave a second, unpruned module tree or kernel behind.
+    for stale in (root / "usr/lib/modules", root / "boot"):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale)
+    (root / "boot").mkdir()
     dest = root / "usr/lib/modules" / release
     kept = dropped = 0
     for path in sorted(src.rglob("*")):

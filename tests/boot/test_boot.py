@@ -57,6 +57,13 @@ def test_console_shell_status_reaping_and_basalt_poweroff(built_iso: Path, qemu_
         assert guest.run("ps -o stat | grep -c '^Z' || true") == "0"
         idle = guest.wait_for(IDLE, 60)
         assert int(idle.group(1)) > 0
+        # basalt reboot: services stop, the machine resets and boots to a second ready line.
+        mark = len(guest.console())
+        guest.send("basalt reboot\n")
+        guest.wait_for(r"basalt: reboot now", 60, mark)
+        guest.wait_for(READY, BOOT_TIMEOUT, mark)
+        guest.wait_for(r"edge-7:/# ", 60, mark)
+        guest.settle()
         guest.send("basalt poweroff\n")
         assert guest.wait_exit(90) == 0, f"basalt poweroff did not power off; tail:\n{guest.tail()}"
         assert "basalt: stopping services (poweroff)" in guest.console()
