@@ -36,6 +36,3 @@ class Architecture(enum.StrEnum):
 
     def to_k3s_asset(self) -> str:
         return {Architecture.X86_64: "k3s", Architecture.ARM64: "k3s-arm64"}[self]
-
-    def kernel_image_name(self) -> str:
-        return "vmlinuz"

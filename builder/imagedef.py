@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,6 @@ class ImageDefinition:
     outputs: tuple[Output, ...]
     memory_mb: int
     cpus: int
-    raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
 
 def project_version() -> str:
@@ -111,7 +110,7 @@ def _typed(doc: Located) -> ImageDefinition:
         initramfs_compression=kernel.get("initramfs", {}).get("compression", "gzip"),
         k3s=dict(v.get("k3s", {"enabled": False})), squashfs=dict(v.get("squashfs", {})),
         outputs=outputs, memory_mb=v.get("qemu", {}).get("memory_mb", 512),
-        cpus=v.get("qemu", {}).get("cpus", 2), raw=v,
+        cpus=v.get("qemu", {}).get("cpus", 2),
     )
 
 

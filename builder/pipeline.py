@@ -102,6 +102,8 @@ class Pipeline:
         reasons = []
         if changed:
             reasons.append("options changed: " + ", ".join(changed))
+        if last.get("code") != code_digest(stage.name):
+            reasons.append("stage code changed")
         if last.get("prev") != prev:
             reasons.append("an earlier stage changed")
         return "; ".join(reasons) or "previous output was removed from the cache"
@@ -134,7 +136,7 @@ class Pipeline:
             if mod.VOLATILE:
                 sid = stage_id(stage, mod.VERSION, sha256_file(ctx.out / "key"))
             done = self.stages_dir / sid
-            record = {"name": stage.name, "options": stage.options, "prev": prev}
+            record = {"name": stage.name, "options": stage.options, "prev": prev, "code": code_digest(stage.name)}
             if (done / "stage.json").is_file():
                 shutil.rmtree(tmp)  # a volatile stage produced what we already had
                 cached = True

@@ -6,7 +6,7 @@ outputs of earlier stages; they never read image definitions."""
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Protocol
@@ -32,7 +32,6 @@ class StageContext:
     inputs: dict[str, Path]  # earlier stages' output directories, by stage name
     store: BlobStore
     work: Path  # scratch space, removed afterwards
-    facts: dict[str, Any] = field(default_factory=dict)
 
     def input(self, name: str) -> Path:
         return self.inputs[name]

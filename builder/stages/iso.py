@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import struct
 import subprocess
 import time
@@ -190,7 +191,6 @@ def write_iso(dest: Path, volume_id: str, files: dict[str, bytes | Path], boot: 
                 opened.append(fp)
                 length = content.stat().st_size
             else:
-                import io
                 fp = io.BytesIO(content)  # type: ignore[assignment]
                 length = len(content)
             iso.add_fp(fp, length, iso_name(path), rr_name=parts[-1], joliet_path=path)
