@@ -89,8 +89,11 @@ class DiskImageBuilder:
             _run(argv, "disk-image-create", "diskimage-builder needs root, debootstrap and the [dib] extra",
                  env, work / "dib.log")
         target.mkdir(parents=True, exist_ok=True)
+        # Our own build's tarball, owners kept. (The filter argument exists from Python 3.11.4;
+        # Debian 12 ships 3.11.2, which extracts this way by default.)
+        kwargs: dict[str, Any] = {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}
         with tarfile.open(work / "dib.tar") as tar:
-            tar.extractall(target, numeric_owner=True, filter="fully_trusted")
+            tar.extractall(target, numeric_owner=True, **kwargs)
 
 
 BACKENDS: dict[str, Backend] = {"mmdebstrap": Mmdebstrap(), "dib": DiskImageBuilder()}

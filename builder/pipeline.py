@@ -24,6 +24,7 @@ from builder.stages import StageContext, module
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "out"
+KEEP = 3  # cached outputs kept per image and stage
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,21 @@ class Pipeline:
                 break
         return self.results
 
+    def _remember(self, name: str, sid: str) -> None:
+        """Keep the last KEEP outputs of each stage per image; remove older ones that no
+        image still lists (a rootfs tree is hundreds of MB)."""
+        history_file = self.stages_dir / "last" / f"{self.plan.image.name}.{name}.history.json"
+        history = json.loads(history_file.read_text()) if history_file.is_file() else []
+        history = [sid, *(h for h in history if h != sid)]
+        dropped, history = history[KEEP:], history[:KEEP]
+        history_file.parent.mkdir(parents=True, exist_ok=True)
+        history_file.write_text(json.dumps(history))
+        if dropped:
+            kept = {h for f in history_file.parent.glob("*.history.json") for h in json.loads(f.read_text())}
+            for old in dropped:
+                if old not in kept:
+                    shutil.rmtree(self.stages_dir / old, ignore_errors=True)
+
     def _last_record(self, name: str) -> Path:
         return self.stages_dir / "last" / f"{self.plan.image.name}.{name}.json"
 
@@ -148,6 +164,7 @@ class Pipeline:
                 cached = False
             self._last_record(stage.name).parent.mkdir(parents=True, exist_ok=True)
             self._last_record(stage.name).write_text(json.dumps(record))
+        self._remember(stage.name, sid)
         return StageResult(stage.name, sid, done / "tree", cached, time.monotonic() - started)
 
 

@@ -104,6 +104,14 @@ def test_missing_medium_reaches_rescue_shell(built_iso: Path, qemu_available: No
         assert "Kernel panic" not in guest.console()
 
 
+def test_rescue_entry_stops_in_the_initramfs_with_root_mounted(built_iso: Path, qemu_available: None) -> None:
+    cmdline = "console=ttyS0,115200 quiet basalt.label=BASALT basalt.mode=live basalt.rescue"
+    with Guest(iso_of(built_iso), direct=(built_iso / "vmlinuz", built_iso / "initrd.img", cmdline)) as guest:
+        guest.wait_for(r"basalt: rescue: rescue requested on the kernel command line", BOOT_TIMEOUT)
+        assert guest.run("cat /newroot/usr/lib/basalt/version") == plan.load_image("x86_64-iso").version
+        assert READY.search(guest.console()) is None
+
+
 def test_qemu_missing_is_a_clear_error(built_iso: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from agent.errors import BasaltError
     monkeypatch.setattr(shutil, "which", lambda name: None)

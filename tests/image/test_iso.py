@@ -7,6 +7,7 @@ import io
 import json
 import struct
 import subprocess
+import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -102,8 +103,9 @@ def test_iso_size_without_k3s_is_under_100_mb(built_iso: Path) -> None:
 
 
 def test_config_only_rebuild_reruns_only_the_iso_stage(built_iso: Path, tmp_path: Path) -> None:
+    hostname = f"edge-{uuid.uuid4().hex[:8]}"  # a config no earlier build has seen
     config = tmp_path / "config.yaml"
-    config.write_text("hostname: edge-7\n")
+    config.write_text(f"hostname: {hostname}\n")
     out = pipeline.build(plan.plan("x86_64-iso", str(config)), out=tmp_path / "out")
     manifest = json.loads((out / "manifest.json").read_text())
     ran = [s["name"] for s in manifest["stages"] if not s["cached"]]
@@ -112,7 +114,7 @@ def test_config_only_rebuild_reruns_only_the_iso_stage(built_iso: Path, tmp_path
         {s["name"]: s["id"] for s in json.loads((built_iso / "manifest.json").read_text())["stages"]}["rootfs"]
     iso = open_iso(next(out.glob("*.iso")))
     try:
-        assert read(iso, "/basalt/config.yaml") == b"hostname: edge-7\n"
+        assert read(iso, "/basalt/config.yaml") == f"hostname: {hostname}\n".encode()
     finally:
         iso.close()
 

@@ -202,6 +202,12 @@ def test_pipeline_caches_and_invalidates_downstream(tmp_path: Path, monkeypatch:
     run("b", "y", key="new-lock")
     assert [mods[n].runs for n in mods] == [5, 3, 4]  # new package set: all downstream
     assert not list((tmp_path / "cache" / "stages").glob("tmp-*"))
+    # Old outputs beyond the last pipeline.KEEP per stage are collected.
+    for n in range(pipeline.KEEP + 2):
+        run("b", f"iso-{n}", key="new-lock")
+    iso_dirs = [d for d in (tmp_path / "cache" / "stages").iterdir()
+                if (d / "stage.json").is_file() and json.loads((d / "stage.json").read_text())["name"] == "iso"]
+    assert len(iso_dirs) == pipeline.KEEP
 
 
 def test_failed_stage_leaves_nothing_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
