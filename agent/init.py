@@ -220,8 +220,12 @@ class Init:
     def coldplug(self) -> None:
         """Load a driver for every device present (udev's job, done once with busybox modprobe)."""
         before = set(read("/proc/modules").split("\n"))
-        for _ in range(2):  # drivers create devices that want drivers (e.g. input -> evdev)
+        seen: list[str] = []
+        for _ in range(3):  # drivers create devices that want drivers; stop when nothing new appears
             aliases = device_aliases()
+            if aliases == seen:
+                break
+            seen = aliases
             # Drivers that find no device of theirs (e.g. cpufreq in a VM) refuse to load: not an error.
             spawn_wait([MODPROBE, "modprobe", "-a", "-q", *aliases, "button", "evdev"], quiet=True)
         loaded = sorted(line.split()[0] for line in set(read("/proc/modules").split("\n")) - before if line)
