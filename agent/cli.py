@@ -41,6 +41,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    from agent.config import load_config
+    path = args.file or "/run/basalt/medium/basalt/config.yaml"
+    loaded = load_config(path)
+    if loaded.problems:
+        print("\n".join(p.render() for p in loaded.problems), file=sys.stderr)
+        return 1
+    print(f"{path}: ok")
+    return 0
+
+
 def cmd_version(args: argparse.Namespace) -> int:
     path = Path("/usr/lib/basalt/version")
     print(path.read_text().strip() if path.is_file() else "unknown")
@@ -57,11 +68,16 @@ def main(argv: list[str] | None = None) -> int:
     st = sub.add_parser("status", help="version, mode, services, errors")
     st.add_argument("--json", action="store_true")
     sub.add_parser("version", help="print the OS version")
+    cfg = sub.add_parser("config", help="site configuration")
+    cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
+    val = cfg_sub.add_parser("validate", help="check a config.yaml; every problem as file:line: path: message")
+    val.add_argument("file", nargs="?", help="default: the config baked onto the boot medium")
     args = parser.parse_args(argv)
     if args.command == "init":
         from agent import init
         return init.main()
-    handlers = {"status": cmd_status, "version": cmd_version, **{n: cmd_power for n in POWER_SIGNALS}}
+    handlers = {"status": cmd_status, "version": cmd_version, "config": cmd_config,
+                **{n: cmd_power for n in POWER_SIGNALS}}
     try:
         return handlers[args.command](args)
     except BasaltError as exc:

@@ -7,6 +7,7 @@ indices) to its 1-based line number.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,8 @@ import yaml
 from agent.errors import BasaltError, Problem
 
 PathKey = tuple[str | int, ...]
+# Marks of common template languages left unrendered in a config.
+TEMPLATE = re.compile(r"\{\{|\{%|%\{|\$\{|##\w+##|%[A-Z_]+%|^\s*-?\s*\$[A-Za-z0-9_]+\s*$|<[a-z][\w -]*>")
 
 
 @dataclass
@@ -26,6 +29,8 @@ class Located:
     value: Any
     source: str
     lines: dict[PathKey, int] = field(default_factory=dict)
+    # For a normalised document: each value's path as the user wrote it (for messages).
+    display: dict[PathKey, PathKey] = field(default_factory=dict)
 
     def line_of(self, path: Sequence[str | int]) -> int | None:
         """Line of ``path``, or of its nearest ancestor that has one."""
@@ -65,7 +70,9 @@ def _construct(loader: _Loader, node: yaml.Node, path: PathKey, lines: dict[Path
             key = loader.construct_object(key_node, deep=True)
             if not isinstance(key, (str, int, float, bool)) or key is None:
                 raise BasaltError(Problem("mapping keys must be plain scalars", source,
-                                          key_node.start_mark.line + 1, format_path(path)))
+                                          key_node.start_mark.line + 1, format_path(path),
+                                          hint="an unquoted {{ ... }} is YAML for a nested mapping: is this an "
+                                               "unrendered template?"))
             key = str(key) if not isinstance(key, str) else key
             if key in result:
                 raise BasaltError(Problem(f"duplicate key '{key}'", source, key_node.start_mark.line + 1,
@@ -80,7 +87,12 @@ def _construct(loader: _Loader, node: yaml.Node, path: PathKey, lines: dict[Path
 
 def loads(text: str, source: str = "<string>") -> Located:
     """Parse one YAML document. Syntax errors become a located ``BasaltError``."""
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)
+    except yaml.reader.ReaderError as exc:  # raised while reading the stream, e.g. a control character
+        at = text[:exc.position].count("\n") + 1
+        raise BasaltError(Problem(f"not YAML text: character {exc.character!r} is not allowed", source, at,
+                                  hint="remove control characters; is this a binary file?")) from None
     try:
         node = loader.get_single_node()
         lines: dict[PathKey, int] = {}
@@ -90,6 +102,9 @@ def loads(text: str, source: str = "<string>") -> Located:
         line = mark.line + 1 if mark else None
         message = exc.problem or str(exc)
         hint = "check indentation and quoting on this line or the one before"
+        bad_line = text.splitlines()[line - 1] if line and line <= len(text.splitlines()) else ""
+        if TEMPLATE.search(bad_line):
+            hint = "this line looks like an unrendered template ({{ }}, {% %}, %VAR%, ${...}); render it first"
         if exc.context_mark and exc.problem_mark and exc.context_mark.line != exc.problem_mark.line:
             hint = f"{exc.context or 'the construct'} started on line {exc.context_mark.line + 1}; is it closed?"
         raise BasaltError(Problem(f"YAML syntax error: {message}", source, line, hint=hint)) from None

@@ -27,8 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--config", help="site config.yaml to bake in")
     b.add_argument("--until", choices=["fetch", "rootfs", "squashfs", "initramfs", "iso"],
                    help="stop after this stage (e.g. rootfs, to inspect the tree)")
-    v = sub.add_parser("validate", help="validate an image definition")
-    v.add_argument("image")
+    v = sub.add_parser("validate", help="validate a site config.yaml or an image definition")
+    v.add_argument("file")
     q = sub.add_parser("boot", help="boot a built image in QEMU")
     q.add_argument("--image", default="x86_64-iso")
     q.add_argument("--firmware", choices=["bios", "uefi"], default="bios")
@@ -54,8 +54,12 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     from builder import imagedef, pipeline, plan
     if args.command == "validate":
-        img = imagedef.load_image(args.image)
-        print(f"{img.source}: ok ({img.name}, {img.arch})")
+        if looks_like_image_definition(args.file):
+            img = imagedef.load_image(args.file)
+            print(f"{img.source}: ok (image definition {img.name}, {img.arch})")
+        else:
+            plan.load_site_config(args.file)
+            print(f"{args.file}: ok (site config)")
         return 0
     if args.command == "plan":
         compiled = plan.plan(args.image, args.config)
@@ -72,6 +76,14 @@ def run(args: argparse.Namespace) -> int:
         iso = Path(args.iso) if args.iso else qemu.find_iso(img)
         return qemu.boot_command(img, iso, args.firmware, args.accel, args.check, args.timeout, args.ssh_port)
     raise AssertionError(args.command)
+
+
+def looks_like_image_definition(name: str) -> bool:
+    from agent.yamlsource import load
+    from builder import imagedef
+    path = imagedef.find(name)
+    value = load(path).value
+    return isinstance(value, dict) and ("outputs" in value or "arch" in value)
 
 
 if __name__ == "__main__":

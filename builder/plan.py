@@ -15,15 +15,13 @@ from typing import Any
 
 import jsonschema
 
+from agent.config import load_config
 from agent.errors import BasaltError, Problem
-from agent.yamlsource import load
 from builder import debian
 from builder.imagedef import OVERLAYS, ROOT, ImageDefinition, load_image
 from builder.stages import ORDER, schema_for
-from builder.validate import validate
 
 AGENT_DIR = ROOT / "agent"
-CONFIG_SCHEMA = ROOT / "config" / "config.schema.json"
 INITRAMFS_INIT = Path(__file__).parent / "initramfs" / "init"
 DEFAULT_EPOCH = 1735689600  # 2025-01-01: stable timestamps when SOURCE_DATE_EPOCH is unset
 
@@ -81,13 +79,9 @@ def load_site_config(path: str | None) -> str | None:
     """Read and syntax-check a site config; its text is baked onto the boot medium."""
     if not path:
         return None
-    doc = load(path)
-    if doc.value is not None and not isinstance(doc.value, dict):
-        raise BasaltError(doc.problem([], "config.yaml must be a mapping of keys",
-                                      hint="see docs/config.md for the keys"))
-    problems = validate(doc, json.loads(CONFIG_SCHEMA.read_text()))
-    if problems:
-        raise BasaltError(problems)
+    loaded = load_config(path)  # the device's own loader: same normalisation, same verdicts
+    if loaded.problems:
+        raise BasaltError(loaded.problems)
     return Path(path).read_text()
 
 
@@ -121,7 +115,8 @@ def compile_plan(img: ImageDefinition, config_text: str | None = None,
             "backend": img.backend, "arch": str(img.arch), "suite": img.suite, "sources": source_list,
             "prune": list(img.prune),
             "overlays": [{"name": n, "digest": tree_digest(OVERLAYS / n)} for n in img.overlays],
-            "agent_digest": tree_digest(AGENT_DIR), "version": img.version,
+            "agent_digest": tree_digest(AGENT_DIR) + hashlib.sha256((ROOT / "config/config.schema.json").read_bytes())
+            .hexdigest()[:16], "version": img.version,
             "modules_exclude": list(img.modules_exclude), "modules_keep": list(img.modules_keep),
             "source_date_epoch": epoch,
         }),

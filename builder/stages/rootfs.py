@@ -166,6 +166,7 @@ def install_agent(root: Path, version: str) -> None:
     for src in sorted((ROOT / "agent").glob("*.py")):
         shutil.copyfile(src, dest / src.name)
     (root / "usr/lib/basalt/version").write_text(version + "\n")
+    shutil.copyfile(ROOT / "config" / "config.schema.json", root / "usr/lib/basalt/config.schema.json")
     launcher = root / "usr/sbin/basalt"
     # -S skips site.py (a tenth of a second on a slow board); dist-packages is added by hand.
     # `basalt init` (PID 1) skips the CLI's argparse: it is on the boot's critical path.

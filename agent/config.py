@@ -1,0 +1,184 @@
+"""Loading a site config.yaml: parse, forgive k3OS-style names, validate.
+
+k3OS accepted camelCase and singular/plural spellings, a scalar where a list
+belongs, "true"/"false" strings for booleans, and null for "not set"; so does
+Basalt. Normalisation follows the schema, so it knows what each key should
+be; every renamed value keeps its original name and line for errors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent import schema as schema_mod
+from agent.errors import Problem
+from agent.yamlsource import TEMPLATE, Located, PathKey, format_path, load, loads
+
+SCHEMA_PATHS = ("/usr/lib/basalt/config.schema.json",
+                os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config",
+                             "config.schema.json"))
+TRUE = {"true", "yes", "on", "1"}
+FALSE = {"false", "no", "off", "0"}
+# Spellings k3OS took that rules cannot derive (wifi's "pass" for "passphrase").
+EXTRA_ALIASES = {"pass": "passphrase", "password": "passphrase"}
+
+
+def load_schema() -> dict[str, Any]:
+    for path in SCHEMA_PATHS:
+        if os.path.isfile(path):
+            with open(path) as f:
+                data: dict[str, Any] = json.load(f)
+                return data
+    raise FileNotFoundError("config.schema.json not found in " + ", ".join(SCHEMA_PATHS))
+
+
+def snake(name: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).replace("-", "_").lower()
+
+
+def canonical_key(key: str, known: dict[str, Any]) -> str | None:
+    """The schema's name for ``key`` (sshAuthorizedKeys, datasource, sysctls...), or None."""
+    candidates = [key, snake(key)]
+    for c in list(candidates):
+        candidates += [c + "s", c[:-1] if c.endswith("s") else c, c.replace("datasource", "data_source")]
+        candidates += [c.replace("datasource", "data_source") + "s"]
+    for c in candidates:
+        if c in known:
+            return c
+    alias = EXTRA_ALIASES.get(key)
+    return alias if alias in known else None
+
+
+@dataclass
+class Normaliser:
+    validator: schema_mod.Validator
+    source: Located
+    lines: dict[PathKey, int] = field(default_factory=dict)
+    display: dict[PathKey, PathKey] = field(default_factory=dict)
+    notes: list[Problem] = field(default_factory=list)
+
+    def walk(self, value: Any, node: dict[str, Any], new: PathKey, old: PathKey) -> Any:
+        node = self.validator.resolve(node)
+        line = self.source.line_of(old)
+        if line is not None:
+            self.lines[new] = line
+        self.display[new] = old
+        want = node.get("type")
+        if want == "array" and value is not None and not isinstance(value, list):
+            value = [value]  # a scalar where a list is expected: a one-item list
+        if want == "boolean" and isinstance(value, str) and value.strip().lower() in TRUE | FALSE:
+            return value.strip().lower() in TRUE
+        if want == "string" and isinstance(value, (bool, int, float)):
+            return ("true" if value else "false") if isinstance(value, bool) else str(value)
+        if isinstance(value, dict) and isinstance(value.get("content"), bytes):
+            # YAML !!binary content: carried as base64 text, decoded when the file is written.
+            import base64
+            value = {**value, "content": base64.b64encode(value["content"]).decode(),
+                     "encoding": value.get("encoding") or "b64"}
+        if isinstance(value, list) and isinstance(node.get("items"), dict):
+            return [self.walk(item, node["items"], (*new, i), (*old, i)) for i, item in enumerate(value)]
+        if isinstance(value, dict):
+            return self.walk_object(value, node, new, old)
+        return value
+
+    def walk_object(self, value: dict[str, Any], node: dict[str, Any], new: PathKey, old: PathKey) -> dict[str, Any]:
+        props: dict[str, Any] = node.get("properties", {})
+        extra = node.get("additionalProperties", True)
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if item is None:  # k3OS (Go) reads null as "not set"
+                continue
+            name = canonical_key(key, props) if props else None
+            if name is None:
+                out[key] = self.walk(item, extra, (*new, key), (*old, key)) if isinstance(extra, dict) else item
+                if not isinstance(extra, dict):
+                    self._mark(item, (*new, key), (*old, key))
+                continue
+            if name in out:
+                self.notes.append(self.source.problem((*old, key), f"'{key}' repeats '{name}', set already",
+                                                      hint=f"keep one of them; '{key}' wins"))
+            out[name] = self.walk(item, props[name], (*new, name), (*old, key))
+        return out
+
+    def _mark(self, value: Any, new: PathKey, old: PathKey) -> None:
+        line = self.source.line_of(old)
+        if line is not None:
+            self.lines[new] = line
+        self.display[new] = old
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    value: dict[str, Any]
+    located: Located
+    problems: tuple[Problem, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def normalise(doc: Located, schema: dict[str, Any]) -> tuple[Located, list[Problem]]:
+    n = Normaliser(schema_mod.Validator(schema), doc)
+    value = n.walk(doc.value, schema, (), ())
+    return Located(value, doc.source, n.lines, n.display), n.notes
+
+
+def check(doc: Located, schema: dict[str, Any] | None = None) -> LoadedConfig:
+    """Normalise and validate one parsed document; every problem, ordered by line."""
+    schema = schema or load_schema()
+    if doc.value is None:
+        return LoadedConfig({}, doc, ())
+    if not isinstance(doc.value, dict):
+        return LoadedConfig({}, doc, (doc.problem([], "config.yaml must be a mapping of keys",
+                                                  hint="see docs/config.md for the keys"),))
+    located, notes = normalise(doc, schema)
+    problems = list(notes)
+    top, section = schema["properties"], schema_mod.Validator(schema).resolve(schema["properties"]["basalt"])
+    for path, message, hint in schema_mod.validate(located.value, schema):
+        shown = located.display.get(tuple(path), tuple(path))
+        hint = better_hint(path, message, hint, _value_at(located.value, path), top, section["properties"])
+        problems.append(Problem(message, doc.source, located.line_of(path), format_path(shown), hint))
+    problems.sort(key=lambda p: (p.line or 0, p.path or ""))
+    return LoadedConfig(located.value, located, tuple(problems))
+
+
+def _value_at(value: Any, path: schema_mod.Path) -> Any:
+    for part in path:
+        try:
+            value = value[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return value
+
+
+def better_hint(path: schema_mod.Path, message: str, hint: str | None, value: Any,
+                top: dict[str, Any], section: dict[str, Any]) -> str | None:
+    """Hints that need to know the whole schema: wrong level, unfilled template."""
+    if message.startswith("unknown key") and path:
+        key = str(path[-1])
+        if len(path) == 2 and path[0] in ("k3os", "basalt") and canonical_key(key, top):
+            return f"'{key}' is a top-level key: move it out of '{path[0]}:'"
+        if len(path) == 1 and canonical_key(key, section):
+            return f"'{key}' belongs under 'basalt:' (or 'k3os:')"
+    if isinstance(value, str) and TEMPLATE.search(value):
+        return f"{value!r} looks like an unfilled template placeholder: render the template first"
+    return hint
+
+
+def load_config(path: str) -> LoadedConfig:
+    """Parse and check ``path``. YAML syntax errors raise BasaltError; the rest are in ``problems``."""
+    return check(load(path))
+
+
+def check_text(text: str, source: str = "<config>") -> LoadedConfig:
+    return check(loads(text, source))
+
+
+def settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The k3OS/Basalt section, ``basalt:`` winning over ``k3os:`` key by key."""
+    return {**config.get("k3os", {}), **config.get("basalt", {})}

@@ -1,0 +1,168 @@
+"""Site config loading: k3OS compatibility, name forgiveness, exact errors, fuzzing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.config import check_text, load_config
+from agent.config import settings as section
+from agent.errors import BasaltError
+
+ROOT = Path(__file__).resolve().parents[2]
+CORPUS = ROOT.parent / "shared" / "testdata" / "k3os-configs"
+DATA = ROOT / "tests" / "data"
+
+# Real k3OS configs from public repositories (../shared/testdata/k3os-configs, SOURCES.md lists the
+# known defects). None: loads with no problem. A list: the exact "line: path: message" of each problem.
+# A string: the YAML syntax (or structure) error, line first.
+EXPECTED: dict[str, list[str] | str | None] = {
+    "01": None, "06": None, "12": None, "13": None, "14": None, "15": None, "16": None, "18": None, "19": None,
+    "20": None, "21": None, "22": None, "23": None, "25": None, "26": None, "27": None, "28": None, "29": None,
+    "02": ["2: ssh_authorized_keys[0]: '${tf_ssh_pubkey}' is not valid here",
+           "11: hostname: '${tf_appliance_hostname}' is not valid here"],
+    "03": "12: YAML syntax error: found character '%' that cannot start any token",
+    "04": "2: ssh_authorized_keys[0]: mapping keys must be plain scalars",
+    "05": "2: YAML syntax error: expected alphabetic or numeric character, but found '{'",
+    "07": ["10: write_files[0].path: 'etc/conf.d/qemu-guest-agent' is not valid here"],
+    "08": ["3: ssh_authorized_keys[0]: expected string, got null",
+           "19: write_files[0].enconding: unknown key 'enconding'"],
+    "09": ["3: ssh_authorized_keys[0]: expected string, got null", "6: k3os.token: expected string, got object",
+           "19: write_files[0].enconding: unknown key 'enconding'"],
+    "10": ["1: hostname: '$hostname' is not valid here", "2: write_files[0]: expected object, got string",
+           "23: k3os.server_url: '$k3os_server_url' is not valid here"],
+    "11": ["8: k3os.hostname: unknown key 'hostname'"],
+    "17": ["8: sshAuthorizedKeys[0]: 'github:<yourgithubname>' is not valid here"],
+    "24": "3: YAML syntax error: found character '%' that cannot start any token",
+    "30": "7: k3os: duplicate key 'k3os'",
+}
+
+
+def corpus_files() -> list[Path]:
+    if not CORPUS.is_dir():
+        pytest.skip(f"{CORPUS} is not present (shared/ sits beside the repository in CI)")
+    return sorted(CORPUS.glob("*.yaml"))
+
+
+def test_corpus_is_complete() -> None:
+    assert sorted(p.name[:2] for p in corpus_files()) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("number", sorted(EXPECTED))
+def test_real_k3os_configs(number: str) -> None:
+    path = next(p for p in corpus_files() if p.name.startswith(number))
+    expected = EXPECTED[number]
+    if isinstance(expected, str):
+        with pytest.raises(BasaltError) as exc:
+            load_config(str(path))
+        assert exc.value.problems[0].render().splitlines()[0] == f"{path}:{expected}"
+        return
+    loaded = load_config(str(path))
+    assert [p.render().splitlines()[0] for p in loaded.problems] == [f"{path}:{e}" for e in expected or []]
+
+
+def test_hints_explain_the_fix() -> None:
+    hints = {p.path: p.hint for p in load_config(str(next(CORPUS.glob("08-*")))).problems} if CORPUS.is_dir() \
+        else pytest.skip("corpus missing")
+    assert hints["write_files[0].enconding"] == "did you mean 'encoding'?"
+    eleven = load_config(str(next(CORPUS.glob("11-*")))).problems[0]
+    assert eleven.hint == "'hostname' is a top-level key: move it out of 'k3os:'"
+    two = load_config(str(next(CORPUS.glob("02-*")))).problems[0]
+    assert two.hint == "'${tf_ssh_pubkey}' looks like an unfilled template placeholder: render the template first"
+    with pytest.raises(BasaltError) as exc:
+        load_config(str(next(CORPUS.glob("24-*"))))
+    assert "unrendered template" in str(exc.value.problems[0].hint)
+
+
+def test_every_k3os_key_form_validates_unchanged() -> None:
+    loaded = load_config(str(DATA / "k3os-key-forms.yaml"))
+    assert loaded.problems == ()
+    s = section(loaded.value)
+    assert s["sysctl"]["kernel.printk"] == "4 4 1 7"
+    assert loaded.value["write_files"][2] == {"content": "f0VMRgIBAQAAAAAAAAAAAAIAPgABAAAA", "path": "/opt/bin/blob",
+                                              "permissions": "0555", "encoding": "b64"}  # !!binary
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    # camelCase and singular/plural spellings k3OS accepted
+    ("sshAuthorizedKeys: [github:a]", {"ssh_authorized_keys": ["github:a"]}),
+    ("k3os: {datasource: hetzner}", {"k3os": {"data_sources": ["hetzner"]}}),
+    ("k3os: {dataSources: [aws]}", {"k3os": {"data_sources": ["aws"]}}),
+    ("k3os: {dns_nameserver: 1.1.1.1}", {"k3os": {"dns_nameservers": ["1.1.1.1"]}}),
+    ("k3os: {label: {a: b}}", {"k3os": {"labels": {"a": "b"}}}),
+    ("k3os: {taint: 'k=v:NoSchedule'}", {"k3os": {"taints": ["k=v:NoSchedule"]}}),
+    ("k3os: {module: kvm}", {"k3os": {"modules": ["kvm"]}}),
+    ("k3os: {sysctls: {vm.swappiness: 10}}", {"k3os": {"sysctl": {"vm.swappiness": "10"}}}),
+    ("k3os: {k3sArgs: server}", {"k3os": {"k3s_args": ["server"]}}),
+    ("k3os: {serverUrl: 'https://s:6443'}", {"k3os": {"server_url": "https://s:6443"}}),
+    # wifi's pass/password mean passphrase
+    ("k3os: {wifi: [{name: n, pass: p}]}", {"k3os": {"wifi": [{"name": "n", "passphrase": "p"}]}}),
+    ("k3os: {wifi: {name: n, password: p}}", {"k3os": {"wifi": [{"name": "n", "passphrase": "p"}]}}),
+    # "true" strings become booleans; scalars become strings where strings are expected
+    ("k3os: {install: {silent: 'true', power_off: 'false'}}",
+     {"k3os": {"install": {"silent": True, "power_off": False}}}),
+    ("k3os: {labels: {upgrade: true}, token: 12345}", {"k3os": {"labels": {"upgrade": "true"}, "token": "12345"}}),
+    # null is "not set", as in k3OS
+    ("hostname: h\nrun_cmd:\nk3os: {labels: , taints: }", {"hostname": "h", "k3os": {}}),
+    ("basalt: {password: x}", {"basalt": {"password": "x"}}),
+])
+def test_name_forgiveness(text: str, expected: dict[str, object]) -> None:
+    loaded = check_text(text)
+    assert loaded.problems == ()
+    assert loaded.value == expected
+
+
+def test_basalt_section_wins_over_k3os() -> None:
+    loaded = check_text("k3os: {password: old, token: t}\nbasalt: {password: new}\n")
+    assert section(loaded.value) == {"password": "new", "token": "t"}
+
+
+def test_errors_keep_the_users_spelling_and_line() -> None:
+    loaded = check_text("# site\nk3os:\n  dataSources: [floppy]\n  taints: ['bad']\n", "site.yaml")
+    assert [p.render().splitlines()[0] for p in loaded.problems] == [
+        "site.yaml:3: k3os.dataSources[0]: 'floppy' is not one of ['aws', 'cdrom', 'digitalocean', 'gcp', 'hetzner', "
+        "'openstack', 'packet', 'scaleway', 'vultr', 'nocloud']",
+        "site.yaml:4: k3os.taints[0]: 'bad' is not valid here"]
+
+
+def test_key_at_wrong_level_says_where_it_belongs() -> None:
+    problem = check_text("password: x\n").problems[0]
+    assert problem.render() == "<config>:1: password: unknown key 'password'\n" \
+                               "hint: 'password' belongs under 'basalt:' (or 'k3os:')"
+
+
+def test_empty_and_non_mapping_documents() -> None:
+    assert check_text("").value == {} and check_text("").problems == ()
+    assert check_text("- a\n").problems[0].message == "config.yaml must be a mapping of keys"
+
+
+yaml_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    max_leaves=20)
+keys = st.sampled_from(["hostname", "k3os", "basalt", "write_files", "ssh_authorized_keys", "run_cmd", "users",
+                        "network", "k3s", "timezone", "sshAuthorizedKeys", "bogus"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(keys, yaml_values, max_size=6))
+def test_fuzz_structured_input_never_crashes(doc: dict[str, object]) -> None:
+    text = yaml.safe_dump(doc)
+    loaded = check_text(text)
+    for p in loaded.problems:  # every problem is located and renderable
+        assert p.render().startswith("<config>:")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=200))
+def test_fuzz_arbitrary_text_gives_a_clean_error_or_a_result(text: str) -> None:
+    try:
+        loaded = check_text(text)
+    except BasaltError as exc:
+        assert exc.problems and exc.render()
+        return
+    assert isinstance(loaded.value, dict)
