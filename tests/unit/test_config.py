@@ -166,3 +166,35 @@ def test_fuzz_arbitrary_text_gives_a_clean_error_or_a_result(text: str) -> None:
         assert exc.problems and exc.render()
         return
     assert isinstance(loaded.value, dict)
+
+
+def test_docs_name_every_config_key() -> None:
+    """docs/config.md documents every key the schema accepts."""
+    import json
+    schema = json.loads((ROOT / "config/config.schema.json").read_text())
+    docs = (ROOT / "docs/config.md").read_text()
+
+    def resolve(node: dict) -> dict:
+        while "$ref" in node:
+            node = schema["$defs"][node["$ref"].split("/")[-1]]
+        return node
+
+    def fields(node: dict, prefix: str = "") -> list[str]:
+        node = resolve(node)
+        out = []
+        for key, sub in node.get("properties", {}).items():
+            out.append(prefix + key)
+            sub = resolve(sub)
+            if key in ("k3os", "basalt"):
+                out += fields(sub, "")
+            elif sub.get("type") == "object" and "properties" in sub:
+                out += fields(sub, prefix + key + ".")
+            elif sub.get("type") == "array" and isinstance(sub.get("items"), dict) and \
+                    "properties" in resolve(sub["items"]):
+                out += fields(sub["items"], prefix + key + "[].")
+            elif sub.get("type") == "object" and isinstance(sub.get("additionalProperties"), dict) and \
+                    "properties" in sub["additionalProperties"]:
+                out += fields(sub["additionalProperties"], prefix + key + ".*.")
+        return out
+    missing = [f for f in fields(schema) if f"`{f}`" not in docs]
+    assert missing == [], missing
