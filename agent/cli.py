@@ -42,6 +42,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
+    if args.config_command == "show":
+        from agent import sources
+        merged = sources.gather(Path("/proc/cmdline").read_text())
+        print(sources.show(merged) or "(no config)")
+        for problem in merged.problems:
+            print(f"left out: {problem.render()}", file=sys.stderr)
+        return 1 if merged.problems else 0
     from agent.config import load_config
     path = args.file or "/run/basalt/medium/basalt/config.yaml"
     loaded = load_config(path)
@@ -72,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
     val = cfg_sub.add_parser("validate", help="check a config.yaml; every problem as file:line: path: message")
     val.add_argument("file", nargs="?", help="default: the config baked onto the boot medium")
+    cfg_sub.add_parser("show", help="the merged config, each value with the source that set it")
     args = parser.parse_args(argv)
     if args.command == "init":
         from agent import init

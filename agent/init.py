@@ -26,8 +26,8 @@ import time
 from agent import system
 
 RUN = "/run/basalt"
-MEDIUM_CONFIG = RUN + "/medium/basalt/config.yaml"
 VERSION_FILE = "/usr/lib/basalt/version"
+LOG_DIR = RUN + "/log"
 MODPROBE = "/usr/bin/busybox"
 KEY_POWER = 116
 EV_KEY = 1
@@ -75,7 +75,8 @@ class Service:
         return min(30.0, 0.5 * 2 ** min(self.failures, 6))
 
 
-def spawn(argv: list[str], tty: str | None = None, env: dict[str, str] | None = None) -> int:
+def spawn(argv: list[str], tty: str | None = None, env: dict[str, str] | None = None,
+          log_path: str | None = None) -> int:
     pid = os.fork()
     if pid:
         return pid
@@ -97,6 +98,10 @@ def spawn(argv: list[str], tty: str | None = None, env: dict[str, str] | None = 
             if env and env.get("BASALT_QUIET"):
                 os.dup2(null, 1)
                 os.dup2(null, 2)
+            elif log_path:  # a service's output goes to its log, not over the console
+                out = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+                os.dup2(out, 1)
+                os.dup2(out, 2)
         os.chdir("/")
         os.execve(argv[0], argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "TERM": "vt100",
                                   **(env or {})})
@@ -170,6 +175,7 @@ class Init:
         self.hostname = "basalt"
         self.power_fds: list[int] = []
         self.ready_ms = 0
+        self.config_sources: list[str] = []
         self.phases: dict[str, int] = {"agent_start_ms": system.boot_ms()}
 
     # --- boot ---------------------------------------------------------------
@@ -192,17 +198,24 @@ class Init:
             if not system.is_mounted(target):
                 os.makedirs(target, exist_ok=True)
                 self.guarded(f"mount {target}", system.mount, source, target, fstype, flags, data)
-        os.makedirs(RUN, exist_ok=True)
+        os.makedirs(LOG_DIR, exist_ok=True)
         self.mode = read(RUN + "/mode", "live").strip() or "live"
 
     def load_config(self) -> dict[str, object]:
-        """The baked-in config from the boot medium (the full config agent layers more sources)."""
-        if not os.path.isfile(MEDIUM_CONFIG):
-            return {}
-        import yaml  # only when there is a config: keeps the common path fast
-        with open(MEDIUM_CONFIG) as f:
-            data = yaml.safe_load(f) or {}
-        return data if isinstance(data, dict) else {}
+        """Merge the config sources (baked-in, kernel command line, state). A source that
+        fails validation is left out whole; its problems are logged and kept in the status."""
+        from agent import bootargs
+        text = read("/proc/cmdline")
+        if not bootargs.has_config(text):
+            return {}  # nothing to load: skip the parser and validator imports
+        from agent import sources
+        merged = sources.gather(text)
+        for problem in merged.problems:
+            message = problem.render().replace("\n", " - ")
+            self.errors.append(f"config: {message}")
+            log(f"error: config: {message}")
+        self.config_sources = merged.sources
+        return merged.value
 
     def set_hostname(self, config: dict[str, object]) -> None:
         name = config.get("hostname")
@@ -262,7 +275,8 @@ class Init:
     def start(self, svc: Service) -> None:
         svc.restart_at = None
         try:
-            svc.pid = spawn(svc.argv, svc.tty, svc.env)
+            log_path = None if svc.tty else f"{LOG_DIR}/{svc.name}.log"
+            svc.pid = spawn(svc.argv, svc.tty, svc.env, log_path)
         except OSError as exc:
             log(f"error: cannot start {svc.name}: {exc}")
             svc.failures += 1
@@ -298,6 +312,7 @@ class Init:
         import json
         status = {"version": self.version, "mode": self.mode, "hostname": self.hostname,
                   "ready_ms": self.ready_ms, "phases": self.phases, "errors": self.errors,
+                  "config_sources": self.config_sources,
                   "services": {n: {"state": s.state, "pid": s.pid, "failures": s.failures}
                                for n, s in self.services.items()}}
         with open(RUN + "/status.json.tmp", "w") as f:

@@ -5,6 +5,7 @@ Each guest is bounded by timeouts and killed on exit (the Guest context manager)
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -36,14 +37,21 @@ def test_boots_to_ready_and_powers_off(built_iso: Path, firmware: str, qemu_avai
         assert "basalt: poweroff now" in guest.console()
 
 
-def test_console_shell_status_reaping_and_basalt_poweroff(built_iso: Path, qemu_available: None,
-                                                          tmp_path: Path) -> None:
-    config = tmp_path / "config.yaml"
+@pytest.fixture(scope="module")
+def edge7(built_iso: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default image with a baked site config (hostname: edge-7)."""
+    tmp = tmp_path_factory.mktemp("edge7")
+    config = tmp / "config.yaml"
     config.write_text("hostname: edge-7\n")
-    out = pipeline.build(plan.plan("x86_64-iso", str(config)), out=tmp_path / "out")
+    return pipeline.build(plan.plan("x86_64-iso", str(config)), out=tmp / "out")
+
+
+def test_console_shell_status_reaping_and_basalt_poweroff(edge7: Path, qemu_available: None) -> None:
+    out = edge7
     with Guest(iso_of(out), firmware="bios") as guest:
         guest.wait_for(READY, BOOT_TIMEOUT)
         guest.wait_for(r"edge-7:/# ", 60)  # the live console shell, prompt showing the configured hostname
+        idle = guest.wait_for(IDLE, 60)  # the agent's last unprompted console line
         assert guest.run("cat /proc/1/cmdline | tr '\\0' ' '") == "/usr/bin/python3 -S /usr/sbin/basalt init"
         assert guest.run("hostname") == "edge-7"
         status = json.loads(guest.run("basalt status --json"))
@@ -52,10 +60,13 @@ def test_console_shell_status_reaping_and_basalt_poweroff(built_iso: Path, qemu_
         assert guest.run("touch /etc/probe && echo writable") == "writable"  # /etc is a writable overlay
         assert "Read-only file system" in guest.run("touch /usr/probe 2>&1")  # the root is not
         assert guest.run("grep -c cgroup2 /proc/mounts") == "1"
+        # DHCP on the virtio NIC (driver loaded by coldplug); udhcpc's output is in its service log.
+        leased = "for i in $(seq 30); do grep -q obtained /run/basalt/log/dhcp-eth0.log && break; sleep 1; done"
+        assert "lease of 10.0.2.15 obtained" in guest.run(f"{leased}; cat /run/basalt/log/dhcp-eth0.log")
+        assert "inet 10.0.2.15/24" in guest.run("ip -4 addr show eth0")
         # Orphans are re-parented to PID 1 and reaped: no zombies after a double fork.
         guest.run("sh -c 'sleep 1 & exit 0'; sleep 3")
         assert guest.run("ps -o stat | grep -c '^Z' || true") == "0"
-        idle = guest.wait_for(IDLE, 60)
         assert int(idle.group(1)) > 0
         # basalt reboot: services stop, the machine resets and boots to a second ready line.
         mark = len(guest.console())
@@ -67,6 +78,35 @@ def test_console_shell_status_reaping_and_basalt_poweroff(built_iso: Path, qemu_
         guest.send("basalt poweroff\n")
         assert guest.wait_exit(90) == 0, f"basalt poweroff did not power off; tail:\n{guest.tail()}"
         assert "basalt: stopping services (poweroff)" in guest.console()
+
+
+DIRECT = "console=ttyS0,115200 quiet basalt.label=BASALT basalt.mode=live"
+
+
+def test_kernel_command_line_config_overrides_baked(edge7: Path, qemu_available: None) -> None:
+    cmdline = f"{DIRECT} basalt.hostname=from-cmdline"
+    with Guest(iso_of(edge7), direct=(edge7 / "vmlinuz", edge7 / "initrd.img", cmdline)) as guest:
+        assert "errors=0" in guest.wait_for(READY.pattern + r" errors=\d+", BOOT_TIMEOUT).group(0)
+        guest.wait_for(r"from-cmdline:/# ", 60)
+        guest.wait_for(IDLE, 60)  # the agent's last unprompted console line
+        shown = guest.run("basalt config show")
+        assert shown == "hostname = 'from-cmdline'    # kernel command line"
+        status = json.loads(guest.run("basalt status --json"))
+        assert status["config_sources"] == ["/run/basalt/medium/basalt/config.yaml", "kernel command line"]
+
+
+def test_invalid_config_source_is_left_out_and_the_node_still_boots(edge7: Path, qemu_available: None) -> None:
+    cmdline = f"{DIRECT} basalt.hostname=bad_name!"
+    with Guest(iso_of(edge7), direct=(edge7 / "vmlinuz", edge7 / "initrd.img", cmdline)) as guest:
+        error = "kernel command line: hostname: 'bad_name!' is not valid here"
+        guest.wait_for(re.escape(f"basalt: error: config: {error}"), BOOT_TIMEOUT)
+        assert "errors=1" in guest.wait_for(READY.pattern + r" errors=\d+", BOOT_TIMEOUT).group(0)
+        guest.wait_for(r"edge-7:/# ", 60)  # the baked config still applies
+        guest.wait_for(IDLE, 60)
+        status = json.loads(guest.run("basalt status --json"))
+        assert status["hostname"] == "edge-7"
+        assert status["errors"][0].startswith(f"config: {error}")
+        assert guest.run("basalt config validate; echo rc=$?").endswith("ok\nrc=0")  # the baked file itself is fine
 
 
 def broken_iso(tmp_path: Path, squashfs: bytes) -> Path:

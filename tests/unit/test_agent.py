@@ -55,8 +55,9 @@ def test_service_backoff_grows_and_caps() -> None:
 def test_supervisor_restarts_a_crashing_service_and_reaps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The real fork/exec/reap path, run in this (non-PID-1) process."""
     monkeypatch.setattr(init, "log", lambda message: None)
+    monkeypatch.setattr(init, "LOG_DIR", str(tmp_path))
     it = init.Init()
-    it.add(init.Service("crasher", ["/bin/sh", "-c", "exit 3"]))
+    it.add(init.Service("crasher", ["/bin/sh", "-c", "echo hello-from-service; exit 3"]))
     deadline = time.monotonic() + 10
     while it.services["crasher"].failures < 2 and time.monotonic() < deadline:
         it.reap()
@@ -66,6 +67,7 @@ def test_supervisor_restarts_a_crashing_service_and_reaps(tmp_path: Path, monkey
         time.sleep(0.05)
     svc = it.services["crasher"]
     assert svc.failures >= 2
+    assert (tmp_path / "crasher.log").read_text().count("hello-from-service\n") >= 2  # its output, in its log
     assert svc.restart_at is not None or svc.pid is not None
     with pytest.raises(ChildProcessError):  # nothing left unreaped (bar the running one)
         if svc.pid:

@@ -1,0 +1,82 @@
+"""Config sources and merge order: kernel command line parsing, later-wins merging with
+provenance, invalid sources left out whole."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent import bootargs, sources
+
+TOP = {"hostname", "ssh_authorized_keys", "write_files", "run_cmd"}
+
+
+@pytest.mark.parametrize(("cmdline", "expected"), [
+    ("quiet basalt.label=BASALT basalt.mode=live basalt.debug", {}),
+    ("basalt.hostname=n1", {"hostname": "n1"}),
+    ("k3os.password=x basalt.token=t", {"k3os": {"password": "x"}, "basalt": {"token": "t"}}),
+    ("k3os.install.silent k3os.install.device=/dev/vda",
+     {"k3os": {"install": {"silent": "true", "device": "/dev/vda"}}}),
+    ("k3os.ssh_authorized_keys=github:a k3os.ssh_authorized_keys=github:b",
+     {"ssh_authorized_keys": ["github:a", "github:b"]}),
+    ("k3os.labels.zone=a k3os.labels.rack=7", {"k3os": {"labels": {"zone": "a", "rack": "7"}}}),
+    ("basalt. basalt.=x k3os..a=1 other.hostname=x", {}),
+])
+def test_cmdline_config(cmdline: str, expected: dict[str, object]) -> None:
+    assert sources.cmdline_config(cmdline, TOP) == expected
+
+
+@pytest.mark.parametrize(("cmdline", "baked", "expected"), [
+    ("basalt.label=X basalt.mode=live", False, False),
+    ("basalt.hostname=a", False, True),
+    ("k3os.password=x", False, True),
+    ("quiet", True, True),
+])
+def test_has_config(tmp_path: Path, cmdline: str, baked: bool, expected: bool) -> None:
+    path = tmp_path / "config.yaml"
+    if baked:
+        path.write_text("hostname: a\n")
+    assert bootargs.has_config(cmdline, str(path)) is expected
+
+
+def test_merge_maps_deeply_lists_replace_and_remember_sources() -> None:
+    merged = sources.Merged()
+    merged.add("baked", {"hostname": "a", "k3os": {"labels": {"x": "1", "y": "2"}, "ntp_servers": ["n1", "n2"]}})
+    merged.add("cmdline", {"k3os": {"labels": {"y": "3"}, "ntp_servers": ["n3"]}})
+    merged.add("state", {"hostname": "b"})
+    assert merged.value == {"hostname": "b", "k3os": {"labels": {"x": "1", "y": "3"}, "ntp_servers": ["n3"]}}
+    assert merged.origin == {("hostname",): "state", ("k3os", "labels", "x"): "baked",
+                             ("k3os", "labels", "y"): "cmdline", ("k3os", "ntp_servers"): "cmdline"}
+    assert sources.show(merged).splitlines() == [
+        "hostname = 'b'    # state", "k3os.labels.x = '1'    # baked", "k3os.labels.y = '3'    # cmdline",
+        "k3os.ntp_servers = ['n3']    # cmdline"]
+
+
+def test_gather_order_and_invalid_sources_left_out(tmp_path: Path) -> None:
+    baked = tmp_path / "baked.yaml"
+    baked.write_text("hostname: baked\nk3os: {password: p, token: t}\n")
+    state = tmp_path / "state.yaml"
+    state.write_text("k3os: {token: from-state}\n")
+    confd = tmp_path / "config.d"
+    confd.mkdir()
+    (confd / "10-good.yaml").write_text("k3os: {labels: {zone: a}}\n")
+    (confd / "20-bad.yaml").write_text("k3os:\n  taints: [nope]\n  labels: {zone: b}\n")
+    (confd / "30-broken.yaml").write_text("k3os: [unclosed\n")
+    merged = sources.gather("quiet basalt.hostname=cmd k3os.password=cmdpw", str(baked), str(state), str(confd))
+    assert merged.value == {"hostname": "cmd", "k3os": {"password": "cmdpw", "token": "from-state",
+                                                        "labels": {"zone": "a"}}}
+    assert merged.sources == [str(baked), "kernel command line", str(state), str(confd / "10-good.yaml")]
+    rendered = [p.render().splitlines()[0] for p in merged.problems]
+    assert rendered[0] == f"{confd / '20-bad.yaml'}:2: k3os.taints[0]: 'nope' is not valid here"
+    assert rendered[1].startswith(f"{confd / '30-broken.yaml'}:")
+    assert len(rendered) == 2
+
+
+def test_invalid_command_line_is_left_out_and_reported(tmp_path: Path) -> None:
+    baked = tmp_path / "baked.yaml"
+    baked.write_text("hostname: good\n")
+    merged = sources.gather("basalt.hostname=bad_name!", str(baked), str(tmp_path / "none"), str(tmp_path))
+    assert merged.value == {"hostname": "good"}
+    assert merged.problems[0].render().splitlines()[0] == \
+        "kernel command line: hostname: 'bad_name!' is not valid here"
