@@ -28,6 +28,8 @@ from agent import system
 RUN = "/run/basalt"
 VERSION_FILE = "/usr/lib/basalt/version"
 LOG_DIR = RUN + "/log"
+NETWORK_UP = RUN + "/network-up"  # touched by the DHCP hook on a lease
+RUNTIME_WAIT_S = 120.0
 MODPROBE = "/usr/bin/busybox"
 KEY_POWER = 116
 EV_KEY = 1
@@ -176,6 +178,8 @@ class Init:
         self.power_fds: list[int] = []
         self.ready_ms = 0
         self.config_sources: list[str] = []
+        self.config: dict[str, object] = {}
+        self.runtime_pending = False
         self.phases: dict[str, int] = {"agent_start_ms": system.boot_ms()}
 
     # --- boot ---------------------------------------------------------------
@@ -216,6 +220,23 @@ class Init:
             log(f"error: config: {message}")
         self.config_sources = merged.sources
         return merged.value
+
+    def run_phase(self, phase: str) -> None:
+        """Apply the config modules of ``phase``; each module's failure is recorded, the rest run."""
+        if not self.config:
+            return
+        from agent import modules
+        for name, actions in modules.plan_phase(phase, self.config, {"hostname": self.hostname}):
+            errors = modules.apply(actions, self.run_logged)
+            for error in errors:
+                self.errors.append(f"{phase}/{name}: {error}")
+                log(f"error: {phase}/{name}: {error}")
+        self.phases[f"{phase}_modules_done_ms"] = system.boot_ms()
+
+    def run_logged(self, argv: list[str]) -> int:
+        pid = spawn(argv, log_path=f"{LOG_DIR}/config-commands.log")
+        _, status = os.waitpid(pid, 0)
+        return os.waitstatus_to_exitcode(status)
 
     def set_hostname(self, config: dict[str, object]) -> None:
         name = config.get("hostname")
@@ -343,12 +364,13 @@ class Init:
         for fd in self.power_fds:
             poller.register(fd, select.POLLIN)
         idle_at: float | None = time.monotonic() + IDLE_REPORT_S
+        runtime_deadline = time.monotonic() + RUNTIME_WAIT_S
         dirty = True
         while True:
             try:
                 now = time.monotonic()
                 deadlines = [s.restart_at for s in self.services.values() if s.restart_at] + \
-                            ([idle_at] if idle_at else [])
+                            ([idle_at] if idle_at else []) + ([now + 0.5] if self.runtime_pending else [])
                 timeout = max(0, int((min(deadlines) - now) * 1000) + 1) if deadlines else None
                 for fd, _ in poller.poll(timeout):
                     dirty = True
@@ -366,6 +388,12 @@ class Init:
                     if svc.restart_at is not None and svc.restart_at <= now:
                         self.start(svc)
                         dirty = True
+                if self.runtime_pending and (os.path.exists(NETWORK_UP) or now >= runtime_deadline):
+                    self.runtime_pending = False
+                    if not os.path.exists(NETWORK_UP):
+                        log("network not up after 120s: running the runtime phase anyway")
+                    self.guarded("runtime modules", self.run_phase, "runtime")
+                    dirty = True
                 if idle_at and now >= idle_at:
                     idle_at = None
                     log(f"idle mem_used_kb={system.mem_used_kb()} rss_kb={rss_kb()}")
@@ -415,9 +443,12 @@ class Init:
     def boot(self) -> None:
         self.early_mounts()
         self.guarded("ctrl-alt-del", system.disable_ctrl_alt_del)
-        config = self.phase("config", self.load_config) or {}
-        self.phase("hostname", self.set_hostname, config)
+        self.config = self.phase("config", self.load_config) or {}  # type: ignore[assignment]
+        self.phase("hostname", self.set_hostname, self.config)
+        self.phase("initrd_modules", self.run_phase, "initrd")
         self.phase("coldplug", self.coldplug)
+        self.phase("boot_modules", self.run_phase, "boot")
+        self.runtime_pending = bool(self.config)
         self.phase("network", self.network)
         self.phase("consoles", self.console_services)
         self.phase("power_button", self.power_button)

@@ -165,13 +165,16 @@ class Guest:
     def run(self, command: str, timeout: float = 60.0) -> str:
         """Run a shell command on the console shell and return its output."""
         self.settle()
-        marker = f"__done_{time.monotonic_ns()}__"
+        n = time.monotonic_ns()
+        begin, end = f"__begin_{n}__", f"__done_{n}__"
         start = len(self.console())
-        self.send(f"{command}; echo {marker[:6]}''{marker[6:]} $?\n")
-        m = self.wait_for(re.compile(re.escape(marker) + r" (\d+)"), timeout, start)
-        out = self.console()[start:m.start()]
-        lines = out.replace("\r", "").split("\n")[1:]  # drop the echoed command line
-        return "\n".join(lines).strip()
+        # Typed with '' inside, so the echoed command line (which may wrap anywhere) never
+        # matches the markers the shell prints.
+        self.send(f"echo {begin[:6]}''{begin[6:]}; {command}; echo {end[:6]}''{end[6:]} $?\n")
+        m = self.wait_for(re.compile(re.escape(end) + r" (\d+)"), timeout, start)
+        text = self.console()[start:m.start()]
+        b = re.search(r"(?m)^" + re.escape(begin) + r"\r?$", text)
+        return (text[b.end():] if b else text).replace("\r", "").strip()
 
     def tail(self, lines: int = 25) -> str:
         return "\n".join(self.console().splitlines()[-lines:])

@@ -109,6 +109,60 @@ def test_invalid_config_source_is_left_out_and_the_node_still_boots(edge7: Path,
         assert guest.run("basalt config validate; echo rc=$?").endswith("ok\nrc=0")  # the baked file itself is fine
 
 
+PROVISION = """\
+hostname: provisioned
+write_files:
+- path: /etc/basalt-test/plain
+  content: "plain text\\n"
+- path: /etc/basalt-test/b64
+  encoding: b64
+  content: {b64}
+  permissions: '0600'
+- path: /etc/basalt-test/gz
+  encoding: gz+b64
+  content: {gzb64}
+  owner: nobody:nogroup
+init_cmd:
+- echo init > /run/init-ran
+boot_cmd:
+- echo boot > /run/boot-ran
+run_cmd:
+- ip -4 addr show eth0 > /run/run-ran
+k3os:
+  sysctl:
+    vm.swappiness: 7
+  modules:
+  - dummy numdummies=3
+  environment:
+    HTTP_PROXY: http://proxy.invalid:3128
+"""
+
+
+def test_config_modules_apply_at_boot(built_iso: Path, tmp_path: Path, qemu_available: None) -> None:
+    import base64
+    import gzip
+    config = tmp_path / "config.yaml"
+    config.write_text(PROVISION.format(b64=base64.b64encode(b"encoded\n").decode(),
+                                       gzb64=base64.b64encode(gzip.compress(b"zipped\n", mtime=0)).decode()))
+    out = pipeline.build(plan.plan("x86_64-iso", str(config)), out=tmp_path / "out")
+    with Guest(iso_of(out)) as guest:
+        assert "errors=0" in guest.wait_for(READY.pattern + r" errors=\d+", BOOT_TIMEOUT).group(0)
+        guest.wait_for(r"provisioned:/# ", 60)
+        guest.wait_for(IDLE, 60)
+        assert guest.run("cat /etc/basalt-test/plain /etc/basalt-test/b64 /etc/basalt-test/gz") == \
+            "plain text\nencoded\nzipped"
+        assert guest.run("stat -c '%a %U' /etc/basalt-test/b64 /etc/basalt-test/gz") == "600 root\n644 nobody"
+        assert guest.run("cat /proc/sys/vm/swappiness") == "7"
+        assert guest.run("ls -d /sys/class/net/dummy* | wc -l") == "3"  # module loaded with its parameter
+        assert guest.run("cat /etc/environment") == "HTTP_PROXY=http://proxy.invalid:3128"
+        assert guest.run("cat /run/init-ran /run/boot-ran") == "init\nboot"
+        ran = "for i in $(seq 60); do [ -s /run/run-ran ] && break; sleep 1; done; cat /run/run-ran"
+        assert "inet 10.0.2.15/24" in guest.run(ran)  # run_cmd ran after the network was up
+        status = json.loads(guest.run("basalt status --json"))
+        assert status["errors"] == []
+        assert status["phases"]["runtime_modules_done_ms"] > status["phases"]["boot_modules_done_ms"]
+
+
 def broken_iso(tmp_path: Path, squashfs: bytes) -> Path:
     """The default ISO with its root image replaced (the iso stage run on a doctored input)."""
     compiled = plan.plan("x86_64-iso")
