@@ -115,8 +115,8 @@ def spawn(argv: list[str], tty: str | None = None, env: dict[str, str] | None = 
     raise AssertionError("unreachable")
 
 
-def spawn_wait(argv: list[str], quiet: bool = False) -> int:
-    pid = spawn(argv, env={"BASALT_QUIET": "1"} if quiet else None)
+def spawn_wait(argv: list[str], quiet: bool = False, log_path: str | None = None) -> int:
+    pid = spawn(argv, env={"BASALT_QUIET": "1"} if quiet else None, log_path=log_path)
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status)
 
@@ -227,16 +227,11 @@ class Init:
             return
         from agent import modules
         for name, actions in modules.plan_phase(phase, self.config, {"hostname": self.hostname}):
-            errors = modules.apply(actions, self.run_logged)
+            errors = modules.apply(actions, lambda argv: spawn_wait(argv, log_path=f"{LOG_DIR}/config-commands.log"))
             for error in errors:
                 self.errors.append(f"{phase}/{name}: {error}")
                 log(f"error: {phase}/{name}: {error}")
         self.phases[f"{phase}_modules_done_ms"] = system.boot_ms()
-
-    def run_logged(self, argv: list[str]) -> int:
-        pid = spawn(argv, log_path=f"{LOG_DIR}/config-commands.log")
-        _, status = os.waitpid(pid, 0)
-        return os.waitstatus_to_exitcode(status)
 
     def set_hostname(self, config: dict[str, object]) -> None:
         name = config.get("hostname")
@@ -246,10 +241,8 @@ class Init:
             f.write(self.hostname)
         with open("/etc/hostname", "w") as f:
             f.write(self.hostname + "\n")
-        hosts = read("/etc/hosts")
-        if f"\t{self.hostname}\n" not in hosts:
-            with open("/etc/hosts", "a") as f:
-                f.write(f"127.0.1.1\t{self.hostname}\n")
+        with open("/etc/hosts", "w") as f:
+            f.write(system.hosts_text(self.hostname))
 
     def coldplug(self) -> None:
         """Load a driver for every device present (udev's job, done once with busybox modprobe)."""

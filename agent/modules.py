@@ -18,15 +18,13 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from agent.config import settings as section
+
 Action = tuple[Any, ...]
 Plan = Callable[[dict[str, Any], dict[str, Any]], list[Action]]
 ENCODINGS = {"": (), "b64": ("b64",), "base64": ("b64",), "gz": ("gz",), "gzip": ("gz",),
              "gz+b64": ("b64", "gz"), "gz+base64": ("b64", "gz"), "gzip+b64": ("b64", "gz"),
              "gzip+base64": ("b64", "gz")}
-
-
-def section(config: dict[str, Any]) -> dict[str, Any]:
-    return {**config.get("k3os", {}), **config.get("basalt", {})}
 
 
 def decode(content: str, encoding: str) -> bytes:
@@ -70,12 +68,6 @@ def plan_dns(config: dict[str, Any], facts: dict[str, Any]) -> list[Action]:
     return [("write", "/etc/resolv.conf", text.encode(), 0o644, "root:root")]
 
 
-def plan_hosts(config: dict[str, Any], facts: dict[str, Any]) -> list[Action]:
-    name = config.get("hostname") or facts.get("hostname", "basalt")
-    text = f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{name}\n"
-    return [("write", "/etc/hosts", text.encode(), 0o644, "root:root")]
-
-
 def _commands(key: str) -> Plan:
     def plan(config: dict[str, Any], facts: dict[str, Any]) -> list[Action]:
         return [("run", cmd) for cmd in config.get(key, [])]
@@ -94,7 +86,6 @@ def _shell_quote(value: str) -> str:
 MODULES: list[tuple[str, str, tuple[str, ...], Plan]] = [
     ("modules", "initrd", ("modules",), plan_modules),
     ("sysctl", "initrd", ("sysctl",), plan_sysctl),
-    ("hosts", "initrd", ("hostname",), plan_hosts),
     ("environment", "initrd", ("environment",), plan_environment),
     ("write_files", "initrd", ("write_files",), plan_write_files),
     ("init_cmd", "initrd", ("init_cmd",), _commands("init_cmd")),

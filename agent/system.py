@@ -80,6 +80,11 @@ def disable_ctrl_alt_del() -> None:
         f.write("0\n")
 
 
+def hosts_text(hostname: str) -> str:
+    """/etc/hosts for this node: loopback names and the host name on 127.0.1.1."""
+    return f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
+
+
 def boot_ms() -> int:
     """Milliseconds since the kernel started."""
     return int(time.clock_gettime(time.CLOCK_BOOTTIME) * 1000)

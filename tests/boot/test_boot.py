@@ -54,6 +54,7 @@ def test_console_shell_status_reaping_and_basalt_poweroff(edge7: Path, qemu_avai
         idle = guest.wait_for(IDLE, 60)  # the agent's last unprompted console line
         assert guest.run("cat /proc/1/cmdline | tr '\\0' ' '") == "/usr/bin/python3 -S /usr/sbin/basalt init"
         assert guest.run("hostname") == "edge-7"
+        assert guest.run("grep edge-7 /etc/hosts") == "127.0.1.1\tedge-7"
         status = json.loads(guest.run("basalt status --json"))
         assert status["hostname"] == "edge-7" and status["mode"] == "live" and status["errors"] == []
         assert status["services"]["console-ttyS0"]["state"] == "running"

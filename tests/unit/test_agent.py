@@ -106,3 +106,8 @@ def test_status_without_agent_is_a_clear_error(tmp_path: Path, monkeypatch: pyte
     assert cli.main(["status"]) == 1
     assert capsys.readouterr().err == ("no status yet: the agent is not running as PID 1\n"
                                        "hint: basalt status works on a booted Basalt node\n")
+
+
+def test_hosts_file_names_the_host() -> None:
+    assert system.hosts_text("edge-1").splitlines() == [
+        "127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback", "127.0.1.1\tedge-1"]
