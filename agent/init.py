@@ -180,6 +180,7 @@ class Init:
         self.config_sources: list[str] = []
         self.config: dict[str, object] = {}
         self.runtime_pending = False
+        self.seen_aliases: list[str] = []
         self.phases: dict[str, int] = {"agent_start_ms": system.boot_ms()}
 
     # --- boot ---------------------------------------------------------------
@@ -244,25 +245,38 @@ class Init:
         with open("/etc/hosts", "w") as f:
             f.write(system.hosts_text(self.hostname))
 
-    def coldplug(self) -> None:
-        """Load a driver for every device present (udev's job, done once with busybox modprobe)."""
+    def coldplug(self, passes: int = 1) -> bool:
+        """Load a driver for every device present (udev's job, done with busybox modprobe).
+
+        Drivers create devices that want drivers (a USB controller's devices, say), so a
+        later pass catches those; returns whether new devices appeared since the last pass."""
         before = set(read("/proc/modules").split("\n"))
-        seen: list[str] = []
-        for _ in range(3):  # drivers create devices that want drivers; stop when nothing new appears
+        changed = False
+        for _ in range(passes):
             aliases = device_aliases()
-            if aliases == seen:
+            if aliases == self.seen_aliases:
                 break
-            seen = aliases
+            changed = True
+            self.seen_aliases = aliases
             # Drivers that find no device of theirs (e.g. cpufreq in a VM) refuse to load: not an error.
             spawn_wait([MODPROBE, "modprobe", "-a", "-q", *aliases, "button", "evdev"], quiet=True)
         loaded = sorted(line.split()[0] for line in set(read("/proc/modules").split("\n")) - before if line)
-        with open(RUN + "/modules-loaded", "w") as f:
-            f.write("\n".join(loaded) + "\n")
+        with open(RUN + "/modules-loaded", "a") as f:
+            f.write("".join(m + "\n" for m in loaded))
+        return changed
+
+    def late_coldplug(self) -> None:
+        """After the ready line: drivers for devices the first drivers created, and DHCP on any
+        interface they brought (a USB NIC behind a USB controller)."""
+        if self.coldplug(passes=2):
+            self.network()
+        self.phases["late_coldplug_done_ms"] = system.boot_ms()
 
     def network(self) -> None:
         spawn_wait(["/usr/bin/ip", "link", "set", "lo", "up"])
         for iface in sorted(os.listdir("/sys/class/net")):
-            if iface == "lo" or not os.path.exists(f"/sys/class/net/{iface}/device"):
+            if iface == "lo" or not os.path.exists(f"/sys/class/net/{iface}/device") or \
+                    f"dhcp-{iface}" in self.services:
                 continue
             self.add(Service(f"dhcp-{iface}", ["/usr/bin/udhcpc", "-f", "-S", "-i", iface,
                                                "-s", "/usr/share/basalt/udhcpc.script", "-t", "10", "-T", "2"]))
@@ -356,6 +370,7 @@ class Init:
         poller.register(rfd, select.POLLIN)
         for fd in self.power_fds:
             poller.register(fd, select.POLLIN)
+        self.guarded("late coldplug", self.late_coldplug)
         idle_at: float | None = time.monotonic() + IDLE_REPORT_S
         runtime_deadline = time.monotonic() + RUNTIME_WAIT_S
         dirty = True
