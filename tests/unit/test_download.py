@@ -65,3 +65,45 @@ def test_unreachable_server_retries_then_explains(tmp_path: Path) -> None:
     with pytest.raises(BasaltError) as exc:
         download(f"http://127.0.0.1:{port}/x", tmp_path / "x", "x", retries=1, backoff=0, timeout=2)
     assert "download failed after 2 attempts (ConnectionError" in exc.value.render()
+
+
+def test_fetch_reuses_the_last_lock_when_the_archive_is_unreachable(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Offline warm rebuilds: the archive index cannot be fetched, every locked blob is cached."""
+    import json
+    from types import SimpleNamespace
+
+    from agent.errors import Problem
+    from builder.stages import fetch
+
+    store = BlobStore(tmp_path / "cache")
+    blob = tmp_path / "pkg.deb"
+    blob.write_bytes(b"deb contents")
+    digest = hashlib.sha256(b"deb contents").hexdigest()
+    rows = [{"name": "pkg", "version": "1", "arch": "amd64", "sha256": digest, "size": 12,
+             "url": "http://mirror.invalid/debian/pool/p/pkg.deb", "role": "rootfs"}]
+    options = {"arch": "amd64", "sources": [], "keyring": "/k", "packages": ["pkg"], "exclude": [],
+               "kernel": "linux-image-amd64", "boot_packages": []}
+
+    def offline(options: dict, store: BlobStore) -> list:  # type: ignore[type-arg]
+        raise BasaltError(Problem("http://mirror.invalid/debian/dists/x/InRelease: download failed after 5 attempts"))
+    monkeypatch.setattr(fetch, "resolve", offline)
+
+    def run() -> Path:
+        out = tmp_path / f"out{len(list(tmp_path.glob('out*')))}"
+        out.mkdir()
+        fetch.run(SimpleNamespace(out=out, store=store), options)
+        return out
+
+    with pytest.raises(BasaltError):  # no earlier lock: the failure stands
+        run()
+    monkeypatch.setattr(fetch, "resolve", lambda options, store: rows)
+    store.put_file(blob, digest)
+    first = run()  # online: records the lock
+    monkeypatch.setattr(fetch, "resolve", offline)
+    second = run()  # offline: the same lock, from the record
+    assert json.loads((second / "packages.lock.json").read_text()) == {"packages": rows}
+    assert (second / "key").read_text() == (first / "key").read_text()
+    store.path(digest).unlink()
+    with pytest.raises(BasaltError):  # offline and a locked blob is gone: nothing to fall back on
+        run()
