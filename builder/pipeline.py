@@ -46,9 +46,9 @@ def code_digest(name: str) -> str:
     return digest.hexdigest()
 
 
-def stage_id(stage: PlannedStage, version: int, prev: str) -> str:
+def stage_id(stage: PlannedStage, version: int, prev: str, code: str) -> str:
     blob = json.dumps({"name": stage.name, "version": version, "options": stage.options, "prev": prev,
-                       "code": code_digest(stage.name)}, sort_keys=True)
+                       "code": code}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
@@ -108,7 +108,7 @@ class Pipeline:
     def _last_record(self, name: str) -> Path:
         return self.stages_dir / "last" / f"{self.plan.image.name}.{name}.json"
 
-    def _explain_miss(self, stage: PlannedStage, prev: str) -> str:
+    def _explain_miss(self, stage: PlannedStage, prev: str, code: str) -> str:
         record = self._last_record(stage.name)
         if not record.is_file():
             return "first build"
@@ -118,7 +118,7 @@ class Pipeline:
         reasons = []
         if changed:
             reasons.append("options changed: " + ", ".join(changed))
-        if last.get("code") != code_digest(stage.name):
+        if last.get("code") != code:
             reasons.append("stage code changed")
         if last.get("prev") != prev:
             reasons.append("an earlier stage changed")
@@ -127,13 +127,14 @@ class Pipeline:
     def _run_stage(self, stage: PlannedStage, prev: str) -> StageResult:
         mod = module(stage.name)
         started = time.monotonic()
+        code = code_digest(stage.name)  # read once: ids, miss reasons and the record all use it
         if not mod.VOLATILE:
-            sid = stage_id(stage, mod.VERSION, prev)
+            sid = stage_id(stage, mod.VERSION, prev, code)
             done = self.stages_dir / sid
             if (done / "stage.json").is_file():
                 progress.log(f"✓ {stage.name}: cached ({sid[:12]})")
                 return StageResult(stage.name, sid, done / "tree", True, 0.0)
-            why = self._explain_miss(stage, prev)
+            why = self._explain_miss(stage, prev, code)
         else:
             why = "always checked"
         with progress.step(f"{stage.name} ({why})"):
@@ -150,9 +151,9 @@ class Pipeline:
                 raise
             shutil.rmtree(ctx.work, ignore_errors=True)
             if mod.VOLATILE:
-                sid = stage_id(stage, mod.VERSION, sha256_file(ctx.out / "key"))
+                sid = stage_id(stage, mod.VERSION, sha256_file(ctx.out / "key"), code)
             done = self.stages_dir / sid
-            record = {"name": stage.name, "options": stage.options, "prev": prev, "code": code_digest(stage.name)}
+            record = {"name": stage.name, "options": stage.options, "prev": prev, "code": code}
             if (done / "stage.json").is_file():
                 shutil.rmtree(tmp)  # a volatile stage produced what we already had
                 cached = True

@@ -8,13 +8,13 @@ import json
 import re
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from builder import pipeline, plan
 from builder.download import BlobStore
 from builder.qemu import IDLE, READY, Guest
+from builder.stages import StageContext
 from builder.stages import iso as iso_stage
 
 BOOT_TIMEOUT = 300  # TCG on a loaded 2-core machine; a healthy boot takes ~10-25 s
@@ -176,7 +176,7 @@ def broken_iso(tmp_path: Path, squashfs: bytes) -> Path:
     out, work = tmp_path / "out", tmp_path / "work"
     out.mkdir()
     work.mkdir()
-    ctx = SimpleNamespace(out=out, work=work, store=BlobStore(), inputs=inputs, input=lambda n: inputs[n])
+    ctx = StageContext(out=out, inputs=inputs, store=BlobStore(), work=work)
     iso_stage.run(ctx, compiled.stages[-1].options)
     return out / "basalt.iso"
 

@@ -9,12 +9,12 @@ import struct
 import subprocess
 import uuid
 from pathlib import Path
-from types import SimpleNamespace
 
 import pycdlib
 
 from builder import pipeline, plan
 from builder.download import BlobStore
+from builder.stages import StageContext
 from builder.stages import iso as iso_stage
 
 
@@ -129,8 +129,7 @@ def test_iso_stage_is_reproducible(built_iso: Path, tmp_path: Path) -> None:
         work = tmp_path / f"w{n}"
         out.mkdir()
         work.mkdir()
-        ctx = SimpleNamespace(out=out, work=work, inputs=inputs, store=BlobStore(),
-                              input=lambda name: inputs[name])
+        ctx = StageContext(out=out, inputs=inputs, store=BlobStore(), work=work)
         iso_stage.run(ctx, compiled.stages[-1].options)
         digests.append(hashlib.sha256((out / "basalt.iso").read_bytes()).hexdigest())
     assert digests[0] == digests[1]
