@@ -48,7 +48,7 @@ def build(c: Context, image: str = "x86_64-iso", config: str = "", until: str = 
 
 @task
 def validate(c: Context, file: str) -> None:
-    """Validate an image definition (images/*.yaml)."""
+    """Validate a site config.yaml or an image definition (images/*.yaml)."""
     _builder(c, "validate", file)
 
 
