@@ -53,12 +53,20 @@ def validate(c: Context, file: str) -> None:
 
 
 @task(help={"firmware": "bios or uefi", "accel": "tcg (default) or kvm", "check": "wait for ready, power off",
-            "timeout": "seconds to wait for the ready line with --check"})
+            "timeout": "seconds to wait for the ready line with --check",
+            "seed": "a NoCloud seed ISO to attach (inv seed)", "state": "a state disk (created if missing)"})
 def boot(c: Context, image: str = "x86_64-iso", firmware: str = "bios", accel: str = "tcg",
-         check: bool = False, timeout: int = 180) -> None:
+         check: bool = False, timeout: int = 180, seed: str = "", state: str = "") -> None:
     """Boot a built image in QEMU (serial console on this terminal; --check for CI)."""
     _builder(c, "boot", "--image", image, "--firmware", firmware, "--accel", accel,
-             *(["--check", "--timeout", str(timeout)] if check else []), pty=not check)
+             *(["--check", "--timeout", str(timeout)] if check else []),
+             *(["--seed", seed] if seed else []), *(["--state", state] if state else []), pty=not check)
+
+
+@task(help={"user_data": "config.yaml or #! script", "meta_data": "meta-data file", "output": "the ISO to write"})
+def seed(c: Context, user_data: str, meta_data: str = "", output: str = "out/seed.iso") -> None:
+    """Make a NoCloud seed ISO (label cidata) to boot with: inv boot --seed out/seed.iso."""
+    _builder(c, "seed", user_data, *(["--meta-data", meta_data] if meta_data else []), "--output", output)
 
 
 @task(help={"tier": "unit, rootfs, image, boot, or all (default)", "k": "pytest -k expression"})

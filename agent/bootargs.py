@@ -7,15 +7,30 @@ import os
 
 BAKED = "/run/basalt/medium/basalt/config.yaml"
 # basalt.* arguments read by the initramfs and init, not config keys.
-CONTROL = frozenset({"label", "root", "mode", "wait", "rescue", "console", "debug"})
+CONTROL = frozenset({"label", "state", "root", "mode", "wait", "rescue", "console", "debug"})
+# Where config may come from besides the command line (see sources.py and datasources.py).
+PLACES = (BAKED, "/var/lib/basalt/config.yaml", "/var/lib/basalt/config.d", "/var/lib/basalt/last-known-good.json",
+          "/run/basalt/datasource/nocloud", "/var/lib/basalt/datasource/http")
 
 
-def has_config(cmdline: str, baked: str = BAKED) -> bool:
-    """Is there any config to load at all (a baked file or config keys on the command line)?"""
-    if os.path.isfile(baked):
+def is_datasource_url(arg: str) -> bool:
+    """``basalt.datasource=http(s)://...``: the HTTP datasource, not a config key (k3OS's
+    ``k3os.datasource=cdrom`` still means ``data_sources``)."""
+    return arg.startswith(("basalt.datasource=http://", "basalt.datasource=https://"))
+
+
+def datasource_url(cmdline: str) -> str | None:
+    return next((arg.partition("=")[2] for arg in cmdline.split() if is_datasource_url(arg)), None)
+
+
+def has_config(cmdline: str, baked: str = BAKED, places: tuple[str, ...] = PLACES[1:]) -> bool:
+    """Is there any config to load at all (a file in one of its places, or config keys on the
+    command line)?"""
+    if os.path.isfile(baked) or any(os.path.exists(p) for p in places):
         return True
     for arg in cmdline.split():
         prefix, _, rest = arg.partition(".")
-        if prefix in ("basalt", "k3os") and rest and rest.split("=")[0].split(".")[0] not in CONTROL:
+        if (prefix in ("basalt", "k3os") and rest and rest.split("=")[0].split(".")[0] not in CONTROL) \
+                or is_datasource_url(arg):
             return True
     return False

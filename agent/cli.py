@@ -28,34 +28,120 @@ def cmd_status(args: argparse.Namespace) -> int:
     status = json.loads(STATUS.read_text())
     status["uptime_ms"] = system.boot_ms()
     status["mem_used_kb"] = system.mem_used_kb()
+    status["addresses"] = addresses()
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
     print(f"Basalt {status['version']} ({status['mode']} mode) on {status['hostname']}")
     print(f"ready after {status['ready_ms']} ms; up {status['uptime_ms'] // 1000} s; "
           f"memory used {status['mem_used_kb'] // 1024} MiB")
+    print(f"slot: {status.get('slot', '-')}; state: {status.get('state_device') or 'tmpfs (nothing persists)'}")
+    print("config: " + (", ".join(status.get("config_sources", [])) or "none"))
+    if status.get("config_fallback"):
+        print(f"  last known-good in use: {status['config_fallback']}")
+    if status.get("trial_deadline_s") is not None:
+        print(f"  trial config: reverts in {status['trial_deadline_s']} s unless 'basalt config confirm'")
+    print("addresses: " + (" ".join(status["addresses"]) or "none"))
+    print("services:")
     for name, svc in sorted(status["services"].items()):
         print(f"  {name:<20} {svc['state']:<10} pid={svc['pid']} failures={svc['failures']}")
     for err in status["errors"]:
-        print(f"  error: {err}")
+        print(f"error: {err}")
     return 0
 
 
+def addresses() -> list[str]:
+    """``iface address/prefix`` for every address but loopback's (busybox ip)."""
+    import subprocess
+    try:
+        out = subprocess.run(["ip", "-o", "addr", "show"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    rows = []
+    for line in out.splitlines():
+        fields = line.split()
+        if len(fields) > 3 and fields[1].rstrip(":") != "lo" and fields[2] in ("inet", "inet6"):
+            rows.append(f"{fields[1].rstrip(':')}={fields[3]}")
+    return rows
+
+
+def request(command: str, timeout: float = 300.0, **fields: object) -> dict[str, object]:
+    """Ask PID 1 (which owns the services) to apply or confirm, and wait for its answer."""
+    import time
+    if os.geteuid() != 0:
+        raise BasaltError.simple(f"basalt config {command}: permission denied", hint="run it as root")
+    ident = int(time.time() * 1000) % 10**9
+    result = Path(f"/run/basalt/result-{ident}.json")
+    tmp = Path("/run/basalt/request.json.tmp")
+    tmp.write_text(json.dumps({"command": command, "id": ident, **fields}))
+    tmp.replace("/run/basalt/request.json")
+    os.kill(1, signal.SIGHUP)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result.exists():
+            answer: dict[str, object] = json.loads(result.read_text())
+            result.unlink()
+            return answer
+        time.sleep(0.2)
+    raise BasaltError.simple(f"basalt config {command}: no answer from the agent in {timeout:.0f} s",
+                             hint="see /run/basalt/agent.log")
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from agent import sources
+    merged = sources.gather(Path("/proc/cmdline").read_text(), known_good="/nonexistent", rejected="/nonexistent")
+    if merged.problems:  # checked here too, so the problems print with their lines and hints
+        print("\n".join(p.render() for p in merged.problems), file=sys.stderr)
+        print("basalt config apply: nothing applied; the config in force stays", file=sys.stderr)
+        return 1
+    answer = request("apply", **{"try": args.try_s})
+    for error in answer.get("errors", []):  # type: ignore[attr-defined]
+        print(f"error: {error}", file=sys.stderr)
+    if answer.get("applied") and args.try_s:
+        print(f"applied on trial: reverts in {args.try_s:g} s unless 'basalt config confirm'")
+    elif answer.get("applied"):
+        print("applied" + (" (with errors above)" if answer.get("errors") else ""))
+    return 0 if answer.get("ok") else 1
+
+
+def cmd_confirm(args: argparse.Namespace) -> int:
+    answer = request("confirm")
+    for error in answer.get("errors", []):  # type: ignore[attr-defined]
+        print(f"error: {error}", file=sys.stderr)
+    if answer.get("ok"):
+        print("confirmed: this config is now the last known-good")
+    return 0 if answer.get("ok") else 1
+
+
 def cmd_config(args: argparse.Namespace) -> int:
+    if args.config_command == "apply":
+        return cmd_apply(args)
+    if args.config_command == "confirm":
+        return cmd_confirm(args)
     if args.config_command == "show":
         from agent import sources
         merged = sources.gather(Path("/proc/cmdline").read_text())
         print(sources.show(merged) or "(no config)")
+        if merged.fallback:
+            print(f"last known-good in use: {merged.fallback}", file=sys.stderr)
         for problem in merged.problems:
             print(f"left out: {problem.render()}", file=sys.stderr)
         return 1 if merged.problems else 0
+    if not args.file:  # every source this node reads, as the agent reads them
+        from agent import sources
+        merged = sources.gather(Path("/proc/cmdline").read_text(), known_good="/nonexistent",
+                                rejected="/nonexistent")
+        if merged.problems:
+            print("\n".join(p.render() for p in merged.problems), file=sys.stderr)
+            return 1
+        print(f"ok: {', '.join(merged.sources) or 'no config sources'}")
+        return 0
     from agent.config import load_config
-    path = args.file or "/run/basalt/medium/basalt/config.yaml"
-    loaded = load_config(path)
+    loaded = load_config(args.file)
     if loaded.problems:
         print("\n".join(p.render() for p in loaded.problems), file=sys.stderr)
         return 1
-    print(f"{path}: ok")
+    print(f"{args.file}: ok")
     return 0
 
 
@@ -78,8 +164,12 @@ def main(argv: list[str] | None = None) -> int:
     cfg = sub.add_parser("config", help="site configuration")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
     val = cfg_sub.add_parser("validate", help="check a config.yaml; every problem as file:line: path: message")
-    val.add_argument("file", nargs="?", help="default: the config baked onto the boot medium")
+    val.add_argument("file", nargs="?", help="default: every config source of this node")
     cfg_sub.add_parser("show", help="the merged config, each value with the source that set it")
+    app = cfg_sub.add_parser("apply", help="re-apply the config sources to the running node")
+    app.add_argument("--try", dest="try_s", type=float, metavar="SECONDS",
+                     help="revert unless 'basalt config confirm' comes within SECONDS")
+    cfg_sub.add_parser("confirm", help="keep the config applied with 'apply --try'")
     args = parser.parse_args(argv)
     if args.command == "init":
         from agent import init

@@ -30,6 +30,8 @@ VERSION_FILE = "/usr/lib/basalt/version"
 LOG_DIR = RUN + "/log"
 NETWORK_UP = RUN + "/network-up"  # touched by the DHCP hook on a lease
 RUNTIME_WAIT_S = 120.0
+REQUEST = RUN + "/request.json"  # from "basalt config apply|confirm", with SIGHUP
+RESULT = RUN + "/result-{}.json"
 MODPROBE = "/usr/bin/busybox"
 KEY_POWER = 116
 EV_KEY = 1
@@ -75,6 +77,29 @@ class Service:
 
     def backoff(self) -> float:
         return min(30.0, 0.5 * 2 ** min(self.failures, 6))
+
+
+class Trial:
+    """A config applied with ``--try``: what to put back if it is not confirmed in time."""
+
+    __slots__ = ("config", "deadline", "merged", "seconds", "sources")
+
+    def __init__(self, config: dict[str, object], merged: object, sources: list[str], seconds: float):
+        self.config, self.merged, self.sources, self.seconds = config, merged, sources, seconds
+        self.deadline = time.monotonic() + seconds
+
+
+class Supervisor:
+    """modules.Services for PID 1: config modules start and stop supervised services."""
+
+    def __init__(self, init: Init):
+        self.init = init
+
+    def start(self, name: str, argv: list[str]) -> None:
+        self.init.ensure(name, argv)
+
+    def stop(self, name: str) -> None:
+        self.init.remove(name)
 
 
 def spawn(argv: list[str], tty: str | None = None, env: dict[str, str] | None = None,
@@ -179,7 +204,12 @@ class Init:
         self.ready_ms = 0
         self.config_sources: list[str] = []
         self.config: dict[str, object] = {}
+        self.merged: object = None  # sources.Merged of the config in force
+        self.config_fallback: str | None = None
+        self.base_tables: dict[str, str] = {}  # the image's passwd/group, before users: added to them
+        self.trying: Trial | None = None  # an unconfirmed "config apply --try"
         self.runtime_pending = False
+        self.runtime_done = False
         self.seen_aliases: list[str] = []
         self.phases: dict[str, int] = {"agent_start_ms": system.boot_ms()}
 
@@ -207,11 +237,12 @@ class Init:
         self.mode = read(RUN + "/mode", "live").strip() or "live"
 
     def load_config(self) -> dict[str, object]:
-        """Merge the config sources (baked-in, kernel command line, state). A source that
-        fails validation is left out whole; its problems are logged and kept in the status."""
+        """Merge the config sources (see sources.py). A source that fails validation is not
+        applied: the last known-good config is, and the problems are logged and kept in the status."""
         from agent import bootargs
         text = read("/proc/cmdline")
-        if not bootargs.has_config(text):
+        seed = self.guarded("nocloud seed", self.collect_seed)
+        if not seed and not bootargs.has_config(text):
             return {}  # nothing to load: skip the parser and validator imports
         from agent import sources
         merged = sources.gather(text)
@@ -219,20 +250,92 @@ class Init:
             message = problem.render().replace("\n", " - ")
             self.errors.append(f"config: {message}")
             log(f"error: config: {message}")
+        if merged.fallback:
+            log(f"error: config: using the last known-good config ({merged.fallback})")
+        self.merged = merged
         self.config_sources = merged.sources
+        self.config_fallback = merged.fallback
         return merged.value
 
-    def run_phase(self, phase: str) -> None:
+    def collect_seed(self) -> str | None:
+        from agent import datasources
+        device = datasources.find_seed()
+        if device is None:
+            return None
+        datasources.collect_seed()
+        log(f"nocloud seed found on {device[0]}")
+        return device[0]
+
+    def facts(self) -> dict[str, object]:
+        """What plans need to know about the running system."""
+        if not self.base_tables:
+            self.base_tables = {name: read(f"/etc/{name}") for name in ("passwd", "group")}
+        net = "/sys/class/net"
+        ifaces = sorted(os.listdir(net)) if os.path.isdir(net) else []
+        wired = [i for i in ifaces if os.path.exists(f"{net}/{i}/device") and not os.path.exists(f"{net}/{i}/wireless")]
+        return {"hostname": self.hostname, **self.base_tables, "interfaces": wired,
+                "wireless": [i for i in ifaces if os.path.exists(f"{net}/{i}/wireless")],
+                "have_wpa_supplicant": os.path.exists("/usr/sbin/wpa_supplicant")}
+
+    def run_phase(self, phase: str, skip: tuple[str, ...] = ()) -> list[str]:
         """Apply the config modules of ``phase``; each module's failure is recorded, the rest run."""
         if not self.config:
-            return
+            return []
         from agent import modules
-        for name, actions in modules.plan_phase(phase, self.config, {"hostname": self.hostname}):
-            errors = modules.apply(actions, lambda argv: spawn_wait(argv, log_path=f"{LOG_DIR}/config-commands.log"))
-            for error in errors:
-                self.errors.append(f"{phase}/{name}: {error}")
+        errors = []
+        for name, actions in modules.plan_phase(phase, self.config, self.facts()):
+            if name in skip:
+                continue
+            for error in modules.apply(actions, self.run_command, services=Supervisor(self)):
+                errors.append(f"{phase}/{name}: {error}")
                 log(f"error: {phase}/{name}: {error}")
+        if phase == "runtime" and "scripts" not in skip:
+            for script in getattr(self.merged, "scripts", []):
+                code = self.run_command([script])
+                if code != 0:
+                    errors.append(f"runtime/user-data: {script} exited {code}")
+                    log(f"error: runtime/user-data: {script} exited {code}")
+        self.errors += errors
         self.phases[f"{phase}_modules_done_ms"] = system.boot_ms()
+        return errors
+
+    @staticmethod
+    def run_command(argv: list[str]) -> int:
+        return spawn_wait(argv, log_path=f"{LOG_DIR}/config-commands.log")
+
+    def runtime(self) -> None:
+        """Once the network is up: the HTTP datasource (a changed copy is applied), then the
+        runtime modules."""
+        from agent import bootargs
+        url = bootargs.datasource_url(read("/proc/cmdline"))
+        if url:
+            from agent import datasources
+            if self.guarded("datasource", datasources.fetch_url, url):
+                log(f"datasource {url}: new user-data, applying")
+                self.reconfigure(once_per_boot=True)
+                if not self.config:
+                    return
+        self.run_phase("runtime")
+        self.runtime_done = True
+
+    def reconfigure(self, once_per_boot: bool = False) -> list[str]:
+        """Re-read every source and apply the result to the running node (SIGHUP, ``basalt
+        config apply``). Commands run once per boot unless ``once_per_boot`` (a source that
+        first appears after boot)."""
+        from agent import modules
+        before = len(self.errors)
+        config = self.load_config()
+        if self.config_fallback and self.config:
+            return self.errors[before:]  # invalid: keep what is in force
+        self.config = config
+        skip = () if once_per_boot else (*modules.ONCE_PER_BOOT, "scripts")
+        self.guarded("hostname", self.set_hostname, self.config)
+        for phase in ("initrd", "boot"):
+            self.run_phase(phase, skip)
+        self.network()
+        if self.runtime_done:
+            self.run_phase("runtime", skip)
+        return self.errors[before:]
 
     def set_hostname(self, config: dict[str, object]) -> None:
         name = config.get("hostname")
@@ -273,13 +376,12 @@ class Init:
         self.phases["late_coldplug_done_ms"] = system.boot_ms()
 
     def network(self) -> None:
-        spawn_wait(["/usr/bin/ip", "link", "set", "lo", "up"])
-        for iface in sorted(os.listdir("/sys/class/net")):
-            if iface == "lo" or not os.path.exists(f"/sys/class/net/{iface}/device") or \
-                    f"dhcp-{iface}" in self.services:
-                continue
-            self.add(Service(f"dhcp-{iface}", ["/usr/bin/udhcpc", "-f", "-S", "-i", iface,
-                                               "-s", "/usr/share/basalt/udhcpc.script", "-t", "10", "-T", "2"]))
+        """DHCP on every wired interface, or what ``network:`` says (static, VLAN)."""
+        from agent import modules
+        for error in modules.apply(modules.plan_network(self.config, self.facts()), self.run_command,
+                                   services=Supervisor(self)):
+            self.errors.append(f"network: {error}")
+            log(f"error: network: {error}")
 
     def console_services(self) -> None:
         autologin = self.mode == "live" and self.args.get("basalt.console") != "login"
@@ -299,6 +401,23 @@ class Init:
     def add(self, svc: Service) -> None:
         self.services[svc.name] = svc
         self.start(svc)
+
+    def ensure(self, name: str, argv: list[str]) -> None:
+        """Service ``name`` running ``argv``: started, restarted with new arguments, or left be."""
+        svc = self.services.get(name)
+        if svc is not None and svc.argv == argv:
+            return
+        if svc is not None:
+            self.remove(name)
+        self.add(Service(name, argv))
+
+    def remove(self, name: str) -> None:
+        svc = self.services.pop(name, None)
+        if svc is not None and svc.pid:
+            try:
+                os.killpg(svc.pid, _signal.SIGTERM)
+            except ProcessLookupError:
+                pass
 
     def start(self, svc: Service) -> None:
         svc.restart_at = None
@@ -326,6 +445,9 @@ class Init:
             if svc is None:
                 continue  # an orphan re-parented to us: reaped, nothing more
             svc.pid = None
+            if self.services.get(svc.name) is not svc:
+                svc.state = "stopped"
+                continue  # removed (a config change): not restarted
             ran = time.monotonic() - svc.started
             svc.failures = 0 if ran > 60 else svc.failures + 1
             svc.state = "backoff"
@@ -336,11 +458,79 @@ class Init:
                     code = os.waitstatus_to_exitcode(status)
                     log(f"service {svc.name} exited ({code}); restarting in {delay:.1f}s")
 
+    # --- basalt config apply [--try] / confirm ------------------------------------
+    def handle_request(self) -> None:
+        import json
+        try:
+            with open(REQUEST) as f:
+                request = json.load(f)
+            os.unlink(REQUEST)
+        except (OSError, ValueError):
+            return  # a plain SIGHUP: nothing asked
+        if request.get("command") == "confirm":
+            result = self.confirm()
+        else:
+            result = self.apply_request(request.get("try"))
+        path = RESULT.format(int(request.get("id", 0)))
+        with open(path + ".tmp", "w") as f:
+            json.dump(result, f)
+        os.replace(path + ".tmp", path)
+
+    def apply_request(self, try_s: float | None) -> dict[str, object]:
+        from agent import sources
+        if self.trying:
+            return {"ok": False, "errors": ["a 'config apply --try' is waiting: confirm it, or wait for its revert"]}
+        previous = (self.config, self.merged, self.config_sources)
+        try:
+            os.unlink(sources.REJECTED)  # asked for again, explicitly: try it again
+        except FileNotFoundError:
+            pass
+        errors = self.reconfigure()
+        if self.config_fallback:
+            return {"ok": False, "errors": errors, "applied": False}
+        if try_s:
+            self.trying = Trial(*previous, seconds=float(try_s))
+            log(f"config applied on trial: reverts in {try_s}s unless 'basalt config confirm'")
+        else:
+            sources.save_known_good(self.merged)  # type: ignore[arg-type]
+            log("config applied")
+        return {"ok": not errors, "errors": errors, "applied": True, "trial_s": try_s}
+
+    def confirm(self) -> dict[str, object]:
+        from agent import sources
+        if not self.trying:
+            return {"ok": False, "errors": ["nothing to confirm: no 'config apply --try' is waiting"]}
+        self.trying = None
+        sources.save_known_good(self.merged)  # type: ignore[arg-type]
+        log("config confirmed")
+        return {"ok": True, "errors": []}
+
+    def revert(self) -> None:
+        """The trial ran out unconfirmed: put back the config in force before it, and remember
+        the rejected sources so the next boot does not apply them either."""
+        from agent import sources
+        trying, self.trying = self.trying, None
+        assert trying is not None
+        rejected = getattr(self.merged, "digest", "")
+        self.config, self.merged, self.config_sources = trying.config, trying.merged, trying.sources
+        self.config_fallback = f"reverted: 'config apply --try {trying.seconds:g}' was not confirmed in time"
+        if rejected:
+            sources.reject(rejected)
+        self.guarded("hostname", self.set_hostname, self.config)
+        from agent import modules
+        for phase in ("initrd", "boot"):
+            self.run_phase(phase, (*modules.ONCE_PER_BOOT, "scripts"))
+        self.network()
+        self.errors.append(f"config: {self.config_fallback}")
+        log(f"error: config: {self.config_fallback}; the previous config is back")
+
     def write_status(self) -> None:
         import json
         status = {"version": self.version, "mode": self.mode, "hostname": self.hostname,
                   "ready_ms": self.ready_ms, "phases": self.phases, "errors": self.errors,
-                  "config_sources": self.config_sources,
+                  "config_sources": self.config_sources, "config_fallback": self.config_fallback,
+                  "trial_deadline_s": round(self.trying.deadline - time.monotonic()) if self.trying else None,
+                  "slot": read(RUN + "/slot", self.mode).strip(), "state_device": read(RUN + "/state-device").strip(),
                   "services": {n: {"state": s.state, "pid": s.pid, "failures": s.failures}
                                for n, s in self.services.items()}}
         with open(RUN + "/status.json.tmp", "w") as f:
@@ -378,7 +568,8 @@ class Init:
             try:
                 now = time.monotonic()
                 deadlines = [s.restart_at for s in self.services.values() if s.restart_at] + \
-                            ([idle_at] if idle_at else []) + ([now + 0.5] if self.runtime_pending else [])
+                            ([idle_at] if idle_at else []) + ([now + 0.5] if self.runtime_pending else []) + \
+                            ([self.trying.deadline] if self.trying else [])
                 timeout = max(0, int((min(deadlines) - now) * 1000) + 1) if deadlines else None
                 for fd, _ in poller.poll(timeout):
                     dirty = True
@@ -386,6 +577,8 @@ class Init:
                         for signum in os.read(rfd, 256):
                             if signum in ACTIONS and self.action is None:
                                 self.action = ACTIONS[signum]
+                            elif signum == _signal.SIGHUP:
+                                self.guarded("config request", self.handle_request)
                     else:
                         self.handle_power(fd)
                 self.reap()
@@ -400,7 +593,10 @@ class Init:
                     self.runtime_pending = False
                     if not os.path.exists(NETWORK_UP):
                         log("network not up after 120s: running the runtime phase anyway")
-                    self.guarded("runtime modules", self.run_phase, "runtime")
+                    self.guarded("runtime modules", self.runtime)
+                    dirty = True
+                if self.trying and now >= self.trying.deadline:
+                    self.guarded("revert", self.revert)
                     dirty = True
                 if idle_at and now >= idle_at:
                     idle_at = None
@@ -455,9 +651,13 @@ class Init:
         self.phase("hostname", self.set_hostname, self.config)
         self.phase("initrd_modules", self.run_phase, "initrd")
         self.phase("coldplug", self.coldplug)
-        self.phase("boot_modules", self.run_phase, "boot")
-        self.runtime_pending = bool(self.config)
         self.phase("network", self.network)
+        self.phase("boot_modules", self.run_phase, "boot")
+        from agent import bootargs
+        self.runtime_pending = bool(self.config) or bootargs.datasource_url(read("/proc/cmdline")) is not None
+        if self.merged is not None and not self.merged.problems:  # type: ignore[attr-defined]
+            from agent import sources
+            self.guarded("known-good config", sources.save_known_good, self.merged)
         self.phase("consoles", self.console_services)
         self.phase("power_button", self.power_button)
         self.ready_ms = system.boot_ms()

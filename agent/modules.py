@@ -16,7 +16,7 @@ import base64
 import gzip
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from agent.config import settings as section
 
@@ -81,6 +81,222 @@ def _shell_quote(value: str) -> str:
     return "'" + value.replace("'", "'\\''") + "'"
 
 
+DEFAULT_USER = "root"  # k3OS's top-level ssh_authorized_keys and k3os.password go to this account
+SSH_STATE = "/var/lib/basalt/ssh"
+NETWORK_UP = "/run/basalt/network-up"
+WPA_CONF = "/etc/wpa_supplicant/basalt.conf"
+DHCP_SCRIPT = "/usr/share/basalt/udhcpc.script"
+FIRST_UID = 1000
+
+
+def dhcp_argv(iface: str) -> list[str]:
+    return ["/usr/bin/udhcpc", "-f", "-S", "-i", iface, "-s", DHCP_SCRIPT, "-t", "10", "-T", "2"]
+
+
+def _table(text: str) -> list[list[str]]:
+    return [line.split(":") for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def _join(rows: list[list[str]]) -> bytes:
+    return "".join(":".join(r) + "\n" for r in rows).encode()
+
+
+def _free_id(used: set[int]) -> int:
+    n = FIRST_UID
+    while n in used:
+        n += 1
+    return n
+
+
+def plan_users(config: dict[str, Any], facts: dict[str, Any]) -> list[Action]:
+    """/etc/passwd and /etc/group from the image's tables plus ``users:``, the shadow entries
+    (a locked password unless one is given; plain text is hashed by apply, never written),
+    and each home directory. /etc is rebuilt every boot, so this runs every boot."""
+    passwd, group = _table(facts.get("passwd", "")), _table(facts.get("group", ""))
+    passwords: dict[str, str | None] = {}
+    root_password = section(config).get("password")
+    if root_password:
+        passwords[DEFAULT_USER] = root_password
+    dirs: list[Action] = []
+    for user in config.get("users", []):
+        name = user["name"]
+        row = next((r for r in passwd if r[0] == name), None)
+        if row is None:
+            uid = _free_id({int(r[2]) for r in passwd} | {int(g[2]) for g in group})
+            if not any(g[0] == name for g in group):
+                group.append([name, "x", str(uid), ""])
+            gid = next(g[2] for g in group if g[0] == name)
+            home = f"/home/{name}"
+            passwd.append([name, "x", str(uid), gid, name, home, user.get("shell", "/bin/sh")])
+            dirs.append(("mkdir", home, 0o755, f"{name}:{name}"))
+        elif user.get("shell"):
+            row[6] = user["shell"]
+        for extra in user.get("groups", []):
+            grow = next((g for g in group if g[0] == extra), None)
+            if grow is None:
+                grow = [extra, "x", str(_free_id({int(g[2]) for g in group} | {int(r[2]) for r in passwd})), ""]
+                group.append(grow)
+            members = [m for m in grow[3].split(",") if m]
+            if name not in members:
+                grow[3] = ",".join([*members, name])
+        if user.get("password") and not user.get("lock_password"):
+            passwords[name] = user["password"]
+        else:
+            passwords.setdefault(name, None)
+    if not passwords and not dirs and not config.get("users"):
+        return []
+    return [("write", "/etc/passwd", _join(passwd), 0o644, "root:root"),
+            ("write", "/etc/group", _join(group), 0o644, "root:root"),
+            ("shadow", passwords), *dirs]
+
+
+def home_of(name: str, facts: dict[str, Any]) -> str:
+    for row in _table(facts.get("passwd", "")):
+        if row[0] == name and len(row) > 5:
+            return row[5]
+    return "/root" if name == "root" else f"/home/{name}"
+
+
+def key_sets(config: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    """(user, key entries) for the default user and every user with keys."""
+    out = []
+    if config.get("ssh_authorized_keys"):
+        out.append((DEFAULT_USER, config["ssh_authorized_keys"]))
+    out += [(u["name"], u["ssh_authorized_keys"]) for u in config.get("users", []) if u.get("ssh_authorized_keys")]
+    return out
+
+
+def remote(entry: str) -> bool:
+    return entry.startswith(("github:", "gitlab:", "http://", "https://"))
+
+
+def key_url(entry: str) -> str:
+    """Where a github:/gitlab:/URL entry's keys are published."""
+    if entry.startswith("github:"):
+        return f"https://github.com/{entry[7:]}.keys"
+    if entry.startswith("gitlab:"):
+        return f"https://gitlab.com/{entry[7:]}.keys"
+    return entry
+
+
+def _plan_keys(config: dict[str, Any], facts: dict[str, Any], fetch: bool) -> list[Action]:
+    out: list[Action] = []
+    for name, entries in key_sets(config):
+        if not fetch or any(remote(e) for e in entries):
+            home = home_of(name, facts)
+            lines = [e for e in entries if not remote(e)]
+            urls = [key_url(e) for e in entries if remote(e)] if fetch else []
+            out.append(("keys", f"{home}/.ssh/authorized_keys", lines, urls, f"{name}:{name}" if name != "root"
+                        else "root:root"))
+    return out
+
+
+def plan_ssh_keys(config: dict[str, Any], facts: dict[str, Any]) -> list[Action]:
+    """Boot: key lines only (a URL needs the network)."""
+    return _plan_keys(config, facts, fetch=False)
+
+
+def plan_ssh_keys_remote(config: dict[str, Any], facts: dict[str, Any]) -> list[Action]:
+    """Runtime: every key set with a github:/gitlab:/URL entry, rewritten with the fetched keys."""
+    return _plan_keys(config, facts, fetch=True)
+
+
+def plan_ssh_server(config: dict[str, Any], facts: dict[str, Any]) -> list[Action]:
+    """Dropbear with an ed25519 host key kept on the state partition; password logins off
+    unless ``ssh.password_authentication``."""
+    ssh = section(config).get("ssh", {})
+    if not ssh.get("enabled", True):
+        return [("stop", "sshd")]
+    key = f"{SSH_STATE}/dropbear_ed25519_host_key"
+    argv = ["/usr/sbin/dropbear", "-F", "-E", "-p", str(ssh.get("port", 22)), "-r", key]
+    if not ssh.get("password_authentication", False):
+        argv.append("-s")
+    return [("mkdir", SSH_STATE, 0o700, "root:root"), ("hostkey", key), ("service", "sshd", argv)]
+
+
+NTP_CONF = "/etc/openntpd/ntpd.conf"
+
+
+def plan_ntp(config: dict[str, Any], facts: dict[str, Any]) -> list[Action]:
+    """OpenNTPD (privilege-separated, 150 KB) syncing from ``ntp_servers``."""
+    servers = section(config).get("ntp_servers", [])
+    if not servers:
+        return [("stop", "ntpd")]
+    text = "".join(f"server {s}\n" for s in servers)
+    return [("write", NTP_CONF, text.encode(), 0o644, "root:root"), ("mkdir", "/run/openntpd", 0o755, "root:root"),
+            ("service", "ntpd", ["/usr/sbin/ntpd", "-d", "-f", NTP_CONF])]
+
+
+def plan_timezone(config: dict[str, Any], facts: dict[str, Any]) -> list[Action]:
+    zone = config["timezone"]
+    return [("symlink", f"/usr/share/zoneinfo/{zone}", "/etc/localtime"),
+            ("write", "/etc/timezone", f"{zone}\n".encode(), 0o644, "root:root")]
+
+
+def plan_network(config: dict[str, Any], facts: dict[str, Any]) -> list[Action]:
+    """DHCP on every wired interface present unless ``network.interfaces`` says otherwise;
+    static addresses, gateway, routes and DNS per interface; VLANs on top of a link.
+    Re-planning after a change converges: a static interface's DHCP client is stopped and its
+    addresses flushed before the new ones are added."""
+    present = facts.get("interfaces", [])
+    wanted: dict[str, Any] = config.get("network", {}).get("interfaces", {})
+    out: list[Action] = [("ip", ["link", "set", "lo", "up"])]
+    dns: list[str] = []
+    static = False
+    for iface in present:
+        if iface not in wanted:
+            out.append(("service", f"dhcp-{iface}", dhcp_argv(iface)))
+    for iface, spec in wanted.items():
+        vlan = spec.get("vlan")
+        if vlan:
+            out += [("modprobe", "8021q", ""),
+                    ("ip", ["link", "add", "link", vlan["link"], "name", iface, "type", "vlan", "id", str(vlan["id"])])]
+        elif iface not in present:
+            out.append(("error", f"network.interfaces.{iface}",
+                        f"no interface '{iface}' (present: {', '.join(present) or 'none'})"))
+            continue
+        if spec.get("dhcp", not spec.get("addresses")):
+            out += [("ip", ["link", "set", iface, "up"]), ("service", f"dhcp-{iface}", dhcp_argv(iface))]
+            continue
+        static = True
+        out += [("stop", f"dhcp-{iface}"), ("ip", ["addr", "flush", "dev", iface]),
+                ("ip", ["link", "set", iface, "up"])]
+        out += [("ip", ["addr", "add", a, "dev", iface]) for a in spec.get("addresses", [])]
+        if spec.get("gateway"):
+            out.append(("ip", ["route", "replace", "default", "via", spec["gateway"], "dev", iface]))
+        out += [("ip", ["route", "replace", r["to"], "via", r["via"], "dev", iface]) for r in spec.get("routes", [])]
+        dns += spec.get("dns", [])
+    if dns:
+        text = "".join(f"nameserver {s}\n" for s in dns)
+        out.append(("write", "/etc/resolv.conf", text.encode(), 0o644, "root:root"))
+    if static:
+        out.append(("touch", NETWORK_UP))
+    return out
+
+
+def plan_wifi(config: dict[str, Any], facts: dict[str, Any]) -> list[Action]:
+    """wpa_supplicant's config from ``wifi:`` (most preferred first), a supplicant and a DHCP
+    client on each wireless interface."""
+    networks = section(config).get("wifi", [])
+    if not networks:
+        return []
+    text = "ctrl_interface=/run/wpa_supplicant\nupdate_config=0\n"
+    for prio, net in enumerate(networks):
+        auth = f'\tpsk="{net["passphrase"]}"\n' if net.get("passphrase") else "\tkey_mgmt=NONE\n"
+        text += f'\nnetwork={{\n\tssid="{net["name"]}"\n{auth}\tpriority={len(networks) - prio}\n}}\n'
+    out: list[Action] = [("write", WPA_CONF, text.encode(), 0o600, "root:root")]
+    wireless = facts.get("wireless", [])
+    if not facts.get("have_wpa_supplicant"):
+        return [*out, ("error", "wifi", "wpa_supplicant is not in this image: add the wpasupplicant package "
+                                       "(and wireless drivers) to the image definition")]
+    if not wireless:
+        return [*out, ("error", "wifi", "wifi is configured but there is no wireless interface")]
+    for iface in wireless:
+        out += [("service", f"wifi-{iface}", ["/usr/sbin/wpa_supplicant", "-i", iface, "-c", WPA_CONF]),
+                ("service", f"dhcp-{iface}", dhcp_argv(iface))]
+    return out
+
+
 # (name, phase, keys that activate it, plan). Order within a phase is the order here:
 # files first (commands may run what they wrote), commands last.
 MODULES: list[tuple[str, str, tuple[str, ...], Plan]] = [
@@ -89,10 +305,21 @@ MODULES: list[tuple[str, str, tuple[str, ...], Plan]] = [
     ("environment", "initrd", ("environment",), plan_environment),
     ("write_files", "initrd", ("write_files",), plan_write_files),
     ("init_cmd", "initrd", ("init_cmd",), _commands("init_cmd")),
+    ("users", "boot", ("users", "password"), plan_users),
+    ("ssh_authorized_keys", "boot", ("ssh_authorized_keys", "users"), plan_ssh_keys),
+    ("ssh_server", "boot", ("ssh_authorized_keys", "users", "ssh", "password"), plan_ssh_server),
+    ("timezone", "boot", ("timezone",), plan_timezone),
     ("dns", "boot", ("dns_nameservers",), plan_dns),
+    ("ntp", "boot", ("ntp_servers",), plan_ntp),
+    ("wifi", "boot", ("wifi",), plan_wifi),
     ("boot_cmd", "boot", ("boot_cmd",), _commands("boot_cmd")),
+    ("ssh_authorized_keys_remote", "runtime", ("ssh_authorized_keys", "users"), plan_ssh_keys_remote),
     ("run_cmd", "runtime", ("run_cmd",), _commands("run_cmd")),
 ]
+# Modules whose effect "basalt config apply --try" reverts when the change is not confirmed.
+REVERTIBLE = ("network", "users", "ssh_authorized_keys", "ssh_server", "dns", "wifi")
+# Commands run once per boot; a live "basalt config apply" re-applies everything else.
+ONCE_PER_BOOT = ("init_cmd", "boot_cmd", "run_cmd")
 
 
 def plan_phase(phase: str, config: dict[str, Any], facts: dict[str, Any]) -> list[tuple[str, list[Action]]]:
@@ -143,19 +370,85 @@ def write_atomic(path: str, data: bytes, mode: int, uid: int, gid: int) -> None:
     os.replace(tmp, path)
 
 
-def apply(actions: list[Action], run: Callable[[list[str]], int], root: str = "/") -> list[str]:
+class Services(Protocol):
+    """What apply needs from the supervisor (PID 1): start or restart, and stop, a service."""
+
+    def start(self, name: str, argv: list[str]) -> None: ...
+
+    def stop(self, name: str) -> None: ...
+
+
+class NoSupervisor:
+    def start(self, name: str, argv: list[str]) -> None:
+        raise OSError(f"no supervisor to start {name}")
+
+    def stop(self, name: str) -> None:
+        pass
+
+
+def hash_password(secret: str) -> str:
+    """A crypt(3) SHA-512 hash; a value that already is a hash (``$...``) is kept."""
+    if secret.startswith("$"):
+        return secret
+    import _crypt  # crypt's C core: the crypt module itself warns of its removal in 3.13
+    alphabet = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+    salt = "".join(alphabet[b % 64] for b in os.urandom(16))
+    hashed: str | None = _crypt.crypt(secret, f"$6${salt}")
+    if not hashed or not hashed.startswith("$6$"):
+        raise ValueError("the C library cannot make SHA-512 crypt hashes")
+    return hashed
+
+
+def shadow_text(current: str, passwords: dict[str, str | None], days: int) -> bytes:
+    """``current`` with each named account's password set (None: locked ``!``); accounts
+    missing from it are added."""
+    rows = _table(current)
+    for name, secret in passwords.items():
+        value = hash_password(secret) if secret else "!"
+        row = next((r for r in rows if r[0] == name), None)
+        if row is None:
+            rows.append([name, value, str(days), "0", "99999", "7", "", "", ""])
+        elif secret or not row[1].startswith("$"):
+            row[1] = value
+    return _join(rows)
+
+
+def fetch_keys(url: str, attempts: int = 4, delay: float = 2.0, timeout: float = 10.0) -> list[str]:
+    """The public key lines published at ``url``, retried with backoff."""
+    import urllib.request
+    last: Exception | None = None
+    for attempt in range(attempts):
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as resp:
+                text = resp.read(1 << 20).decode()
+            return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+        except (OSError, ValueError) as exc:
+            last = exc
+            if attempt + 1 < attempts:
+                import time
+                time.sleep(delay * 2 ** attempt)
+    raise OSError(f"cannot fetch keys from {url} after {attempts} attempts: {last}")
+
+
+def apply(actions: list[Action], run: Callable[[list[str]], int], root: str = "/",
+          services: Services | None = None) -> list[str]:
     """Carry out ``actions``; returns the errors (each action is attempted regardless)."""
     errors = []
+    services = services or NoSupervisor()
+
+    def at(path: str) -> str:
+        return os.path.join(root, path.lstrip("/"))
+
     for action in actions:
         try:
             kind = action[0]
             if kind == "write":
                 _, path, data, mode, owner = action
                 uid, gid = owner_ids(owner, root)
-                write_atomic(os.path.join(root, path.lstrip("/")), data, mode, uid, gid)
+                write_atomic(at(path), data, mode, uid, gid)
             elif kind == "sysctl":
                 _, name, value = action
-                with open(os.path.join(root, "proc/sys", name.replace(".", "/")), "w") as f:
+                with open(at("proc/sys/" + name.replace(".", "/")), "w") as f:
                     f.write(value)
             elif kind == "modprobe":
                 _, name, params = action
@@ -166,8 +459,57 @@ def apply(actions: list[Action], run: Callable[[list[str]], int], root: str = "/
                 code = run(["/bin/sh", "-c", action[1]])
                 if code != 0:
                     raise OSError(f"exited {code}")
+            elif kind == "ip":
+                code = run(["/usr/bin/ip", *action[1]])
+                if code != 0:
+                    raise OSError(f"'ip {' '.join(action[1])}' exited {code}")
+            elif kind == "shadow":
+                import time
+                current = ""
+                if os.path.exists(at("etc/shadow")):
+                    with open(at("etc/shadow")) as f:
+                        current = f.read()
+                write_atomic(at("etc/shadow"), shadow_text(current, action[1], int(time.time() // 86400)),
+                             0o600, 0, 0)
+            elif kind == "mkdir":
+                _, path, mode, owner = action
+                if not os.path.isdir(at(path)):
+                    os.makedirs(at(path), mode)
+                    os.chown(at(path), *owner_ids(owner, root))
+            elif kind == "keys":
+                _, path, lines, urls, owner = action
+                keys = list(lines)
+                for url in urls:
+                    keys += fetch_keys(url)
+                uid, gid = owner_ids(owner, root)
+                ssh_dir = os.path.dirname(at(path))
+                os.makedirs(ssh_dir, 0o700, exist_ok=True)
+                os.chown(ssh_dir, uid, gid)
+                write_atomic(at(path), "".join(k + "\n" for k in keys).encode(), 0o600, uid, gid)
+            elif kind == "hostkey":
+                if not os.path.exists(at(action[1])):
+                    code = run(["/usr/bin/dropbearkey", "-t", "ed25519", "-f", action[1]])
+                    if code != 0:
+                        raise OSError(f"dropbearkey exited {code}")
+            elif kind == "symlink":
+                _, target, path = action
+                if not os.path.exists(at(target)):
+                    raise OSError(f"{target} does not exist in this image")
+                tmp = at(path) + ".basalt-tmp"
+                if os.path.lexists(tmp):
+                    os.unlink(tmp)
+                os.symlink(target, tmp)
+                os.replace(tmp, at(path))
+            elif kind == "touch":
+                with open(at(action[1]), "a"):
+                    pass
+            elif kind == "service":
+                services.start(action[1], action[2])
+            elif kind == "stop":
+                services.stop(action[1])
             elif kind == "error":
                 raise ValueError(action[2])
         except (OSError, LookupError, ValueError) as exc:
-            errors.append(f"{action[0]} {action[1]}: {exc}")
+            label = action[1] if isinstance(action[1], str) else ""
+            errors.append(f"{action[0]} {label}: {exc}" if label else f"{action[0]}: {exc}")
     return errors

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 
-MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MNT_DETACH = 2
 REBOOT = {"reboot": 0x01234567, "halt": 0xCDEF0123 - (1 << 32), "poweroff": 0x4321FEDC}
 

@@ -37,6 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--timeout", type=float, default=180.0)
     q.add_argument("--ssh-port", type=int, default=0, help="host port forwarded to the guest's SSH (0: pick)")
     q.add_argument("--iso", help="boot this ISO instead of out/<image>/")
+    q.add_argument("--seed", help="attach this NoCloud seed ISO as a second CD (see 'seed')")
+    q.add_argument("--state", help="attach this state disk (created, 512 MiB ext4, if it does not exist)")
+    s = sub.add_parser("seed", help="make a NoCloud seed ISO (label cidata) from user-data")
+    s.add_argument("user_data", help="a config.yaml (validated) or a #! script")
+    s.add_argument("--meta-data", help="a meta-data file (default: an instance-id only)")
+    s.add_argument("-o", "--output", default="out/seed.iso")
     args = parser.parse_args(argv)
     try:
         return run(args)
@@ -74,7 +80,18 @@ def run(args: argparse.Namespace) -> int:
         from builder import qemu
         img = imagedef.load_image(args.image)
         iso = Path(args.iso) if args.iso else qemu.find_iso(img)
-        return qemu.boot_command(img, iso, args.firmware, args.accel, args.check, args.timeout, args.ssh_port)
+        state = Path(args.state) if args.state else None
+        if state and not state.exists():
+            from builder import seed
+            seed.make_state_disk(state)
+        return qemu.boot_command(img, iso, args.firmware, args.accel, args.check, args.timeout, args.ssh_port,
+                                 Path(args.seed) if args.seed else None, state)
+    if args.command == "seed":
+        from builder import seed
+        out = seed.make_seed(Path(args.output), Path(args.user_data),
+                             Path(args.meta_data) if args.meta_data else None)
+        print(out)
+        return 0
     raise AssertionError(args.command)
 
 

@@ -53,7 +53,8 @@ class Guest:
     cpus: int = 2
     ssh_port: int = 0
     guestfwd: list[tuple[str, int]] = field(default_factory=list)  # (guest ip:port, host port on 127.0.0.1)
-    extra_cdroms: list[Path] = field(default_factory=list)
+    extra_cdroms: list[Path] = field(default_factory=list)  # e.g. a NoCloud seed
+    disks: list[Path] = field(default_factory=list)  # raw virtio disks, e.g. a state disk
     # Direct kernel boot (skips the firmware's boot loader): (vmlinuz, initrd, kernel command line).
     direct: tuple[Path, Path, str] | None = None
     machine: str = "q35"
@@ -89,6 +90,8 @@ class Guest:
             argv += ["-kernel", str(self.direct[0]), "-initrd", str(self.direct[1]), "-append", self.direct[2]]
         for i, cd in enumerate(self.extra_cdroms, start=1):
             argv += ["-drive", f"file={cd},media=cdrom,readonly=on,if=ide,index={i}"]
+        for i, disk in enumerate(self.disks):
+            argv += ["-drive", f"file={disk},format=raw,if=none,id=disk{i}", "-device", f"virtio-blk-pci,drive=disk{i}"]
         if self.firmware == "uefi":
             if not OVMF_CODE.is_file():
                 raise BasaltError(Problem(f"{OVMF_CODE} not found", hint="apt-get install ovmf"))
@@ -224,10 +227,11 @@ class Guest:
 
 
 def boot_command(img: ImageDefinition, iso: Path, firmware: str, accel: str, check: bool, timeout: float,
-                 ssh_port: int) -> int:
+                 ssh_port: int, seed: Path | None = None, state: Path | None = None) -> int:
+    media = {"extra_cdroms": [seed] if seed else [], "disks": [state] if state else []}
     if not check:
-        return interactive(img, iso, firmware, accel, ssh_port)
-    with Guest(iso, img.arch, firmware, accel, img.memory_mb, img.cpus, ssh_port) as guest:
+        return interactive(img, iso, firmware, accel, ssh_port, media)
+    with Guest(iso, img.arch, firmware, accel, img.memory_mb, img.cpus, ssh_port, **media) as guest:  # type: ignore[arg-type]
         print(f"booting {iso.name} ({firmware}, {accel}); waiting up to {timeout:.0f}s for the ready line",
               file=sys.stderr)
         try:
@@ -243,9 +247,10 @@ def boot_command(img: ImageDefinition, iso: Path, firmware: str, accel: str, che
         return 0 if off else 1
 
 
-def interactive(img: ImageDefinition, iso: Path, firmware: str, accel: str, ssh_port: int) -> int:
+def interactive(img: ImageDefinition, iso: Path, firmware: str, accel: str, ssh_port: int,
+                media: dict[str, list[Path]]) -> int:
     """Serial console on this terminal (Ctrl-A X quits QEMU)."""
-    guest = Guest(iso, img.arch, firmware, accel, img.memory_mb, img.cpus, ssh_port or free_port())
+    guest = Guest(iso, img.arch, firmware, accel, img.memory_mb, img.cpus, ssh_port or free_port(), **media)  # type: ignore[arg-type]
     guest.workdir = Path(tempfile.mkdtemp(prefix="basalt-qemu-"))
     argv = guest.argv()
     i = argv.index("chardev:ser0")

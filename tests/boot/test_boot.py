@@ -107,7 +107,10 @@ def test_invalid_config_source_is_left_out_and_the_node_still_boots(edge7: Path,
         status = json.loads(guest.run("basalt status --json"))
         assert status["hostname"] == "edge-7"
         assert status["errors"][0].startswith(f"config: {error}")
-        assert guest.run("basalt config validate; echo rc=$?").endswith("ok\nrc=0")  # the baked file itself is fine
+        baked = "/run/basalt/medium/basalt/config.yaml"
+        assert guest.run(f"basalt config validate {baked}; echo rc=$?").endswith("ok\nrc=0")  # the file is fine
+        every = guest.run("basalt config validate 2>&1; echo rc=$?")  # all sources: the command line is not
+        assert every.startswith(error) and every.endswith("rc=1")
 
 
 PROVISION = """\

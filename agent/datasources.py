@@ -1,0 +1,136 @@
+"""Datasources: a NoCloud seed (a filesystem labelled ``cidata``/``CIDATA`` holding
+``user-data`` and ``meta-data``) and an HTTP(S) URL given as ``basalt.datasource=URL``.
+
+At boot the agent copies what it finds to a fixed place (the seed under /run, the URL's
+last good copy on the state partition), so ``sources.gather`` and ``basalt config show``
+read plain files. User-data is config YAML (``#cloud-config`` or none), or a script when
+it starts with ``#!``. The URL is fetched once the network is up, with retries; a changed
+copy is re-applied by the agent.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+SEED_LABELS = (b"cidata", b"CIDATA")
+NOCLOUD_DIR = "/run/basalt/datasource/nocloud"
+HTTP_DIR = "/var/lib/basalt/datasource/http"
+SEED_MOUNT = "/run/basalt/cidata"
+DIRS = (NOCLOUD_DIR, HTTP_DIR)  # merge order: the seed, then the URL
+
+
+def fs_label(head: bytes) -> tuple[str, bytes] | None:
+    """(filesystem type, label) from the first 36 KiB of a block device: ISO 9660, FAT or ext."""
+    if head[32769:32774] == b"CD001":
+        return "iso9660", head[32808:32840].rstrip(b" \0")
+    if head[1080:1082] == b"\x53\xef":
+        return "ext4", head[1144:1160].rstrip(b"\0")
+    if head[510:512] == b"\x55\xaa":
+        if head[82:87] == b"FAT32":
+            return "vfat", head[71:82].rstrip(b" \0")
+        if head[54:57] == b"FAT":
+            return "vfat", head[43:54].rstrip(b" \0")
+    return None
+
+
+def find_seed(sys_block: str = "/sys/class/block", dev: str = "/dev") -> tuple[str, str] | None:
+    """The first block device whose filesystem is labelled cidata: (device, fstype)."""
+    for name in sorted(os.listdir(sys_block)) if os.path.isdir(sys_block) else []:
+        if name.startswith(("loop", "ram", "zram")):
+            continue
+        path = os.path.join(dev, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue  # e.g. an empty CD drive
+        try:
+            head = os.pread(fd, 36864, 0)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+        found = fs_label(head)
+        if found and found[1] in SEED_LABELS:
+            return path, found[0]
+    return None
+
+
+def copy_seed(mount_dir: str, dest: str = NOCLOUD_DIR) -> list[str]:
+    """Copy user-data and meta-data from a mounted seed; the names copied."""
+    os.makedirs(dest, exist_ok=True)
+    copied = []
+    for name in ("user-data", "meta-data"):
+        src = os.path.join(mount_dir, name)
+        if not os.path.isfile(src):
+            continue
+        with open(src, "rb") as f:
+            data = f.read()
+        write(os.path.join(dest, name), data)
+        copied.append(name)
+    return copied
+
+
+def collect_seed() -> str | None:
+    """Mount a cidata seed read-only, copy it to NOCLOUD_DIR, unmount; the device, or None."""
+    found = find_seed()
+    if found is None:
+        return None
+    from agent import system
+    device, fstype = found
+    os.makedirs(SEED_MOUNT, exist_ok=True)
+    system.mount(device, SEED_MOUNT, fstype, system.MS_RDONLY, "")
+    try:
+        copy_seed(SEED_MOUNT)
+    finally:
+        system.umount(SEED_MOUNT, 0)
+    return device
+
+
+def write(path: str, data: bytes) -> None:
+    """Atomic, owner-only (user-data may hold secrets); scripts are made executable."""
+    tmp = path + ".tmp"
+    mode = 0o700 if data.startswith(b"#!") else 0o600
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, data)
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def is_script(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(2) == b"#!"
+    except OSError:
+        return False
+
+
+def fetch_url(url: str, dest: str = HTTP_DIR, attempts: int = 5, delay: float = 2.0,
+              timeout: float = 15.0, sleep: object = time.sleep) -> bool:
+    """Fetch user-data from ``url`` into ``dest`` with retries and backoff; True when the
+    stored copy changed. Raises OSError after the last attempt."""
+    import urllib.request
+    last: Exception | None = None
+    for attempt in range(attempts):
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as resp:
+                data = resp.read(4 << 20)
+            break
+        except (OSError, ValueError) as exc:
+            last = exc
+            if attempt + 1 == attempts:
+                raise OSError(f"datasource {url}: no answer after {attempts} attempts: {last}") from None
+            sleep(delay * 2 ** attempt)  # type: ignore[operator]
+    os.makedirs(dest, exist_ok=True)
+    target = os.path.join(dest, "user-data")
+    try:
+        with open(target, "rb") as f:
+            if f.read() == data:
+                return False
+    except OSError:
+        pass
+    write(target, data)
+    return True
