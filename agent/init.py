@@ -279,7 +279,7 @@ class Init:
 
     def run_phase(self, phase: str, skip: tuple[str, ...] = ()) -> list[str]:
         """Apply the config modules of ``phase``; each module's failure is recorded, the rest run."""
-        if not self.config:
+        if not self.config and not getattr(self.merged, "scripts", None):
             return []
         from agent import modules
         errors = []
@@ -304,31 +304,29 @@ class Init:
         return spawn_wait(argv, log_path=f"{LOG_DIR}/config-commands.log")
 
     def runtime(self) -> None:
-        """Once the network is up: the HTTP datasource (a changed copy is applied), then the
-        runtime modules."""
+        """Once the network is up: the HTTP datasource (a new or changed copy is applied now;
+        its init_cmd and boot_cmd run from the next boot), then the runtime modules, run_cmd
+        and user-data scripts."""
         from agent import bootargs
         url = bootargs.datasource_url(read("/proc/cmdline"))
         if url:
             from agent import datasources
             if self.guarded("datasource", datasources.fetch_url, url):
                 log(f"datasource {url}: new user-data, applying")
-                self.reconfigure(once_per_boot=True)
-                if not self.config:
-                    return
+                self.reconfigure()
         self.run_phase("runtime")
         self.runtime_done = True
 
-    def reconfigure(self, once_per_boot: bool = False) -> list[str]:
-        """Re-read every source and apply the result to the running node (SIGHUP, ``basalt
-        config apply``). Commands run once per boot unless ``once_per_boot`` (a source that
-        first appears after boot)."""
+    def reconfigure(self) -> list[str]:
+        """Re-read every source and apply the result to the running node (``basalt config
+        apply``, a changed datasource). Commands and scripts run once per boot, so not here."""
         from agent import modules
         before = len(self.errors)
         config = self.load_config()
         if self.config_fallback and self.config:
             return self.errors[before:]  # invalid: keep what is in force
         self.config = config
-        skip = () if once_per_boot else (*modules.ONCE_PER_BOOT, "scripts")
+        skip = (*modules.ONCE_PER_BOOT, "scripts")
         self.guarded("hostname", self.set_hostname, self.config)
         for phase in ("initrd", "boot"):
             self.run_phase(phase, skip)

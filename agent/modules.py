@@ -300,12 +300,12 @@ def plan_wifi(config: dict[str, Any], facts: dict[str, Any]) -> list[Action]:
 # (name, phase, keys that activate it, plan). Order within a phase is the order here:
 # files first (commands may run what they wrote), commands last.
 MODULES: list[tuple[str, str, tuple[str, ...], Plan]] = [
+    ("users", "initrd", ("users", "password"), plan_users),  # before write_files, whose owners may be users
     ("modules", "initrd", ("modules",), plan_modules),
     ("sysctl", "initrd", ("sysctl",), plan_sysctl),
     ("environment", "initrd", ("environment",), plan_environment),
     ("write_files", "initrd", ("write_files",), plan_write_files),
     ("init_cmd", "initrd", ("init_cmd",), _commands("init_cmd")),
-    ("users", "boot", ("users", "password"), plan_users),
     ("ssh_authorized_keys", "boot", ("ssh_authorized_keys", "users"), plan_ssh_keys),
     ("ssh_server", "boot", ("ssh_authorized_keys", "users", "ssh", "password"), plan_ssh_server),
     ("timezone", "boot", ("timezone",), plan_timezone),

@@ -179,6 +179,31 @@ class Guest:
         b = re.search(r"(?m)^" + re.escape(begin) + r"\r?$", text)
         return (text[b.end():] if b else text).replace("\r", "").strip()
 
+    def ssh(self, command: str, key: Path, user: str = "root", timeout: float = 60.0, check: bool = True,
+            options: tuple[str, ...] = ("StrictHostKeyChecking=no", "UserKnownHostsFile=/dev/null")) -> str:
+        """Run ``command`` over SSH through the host forward; its stdout (stderr too when it fails)."""
+        argv = ["ssh", "-i", str(key), "-p", str(self.ssh_port), "-o", "BatchMode=yes", "-o", "ConnectTimeout=20",
+                "-o", "LogLevel=ERROR", "-o", "IdentitiesOnly=yes"]
+        for option in options:
+            argv += ["-o", option]
+        result = subprocess.run([*argv, f"{user}@127.0.0.1", command], capture_output=True, text=True,
+                                timeout=timeout, stdin=subprocess.DEVNULL)
+        if check and result.returncode != 0:
+            raise RuntimeError(f"ssh {user}: {command!r} exited {result.returncode}: {result.stderr.strip()}")
+        return result.stdout.rstrip("\n") if result.returncode == 0 else result.stdout + result.stderr
+
+    def wait_ssh(self, key: Path, user: str = "root", timeout: float = 120.0, **kw: object) -> None:
+        """Until an SSH login as ``user`` works (the server starts just before the ready line)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.ssh("true", key, user, timeout=40, **kw)  # type: ignore[arg-type]
+                return
+            except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no SSH login as {user} within {timeout:.0f}s: {exc}") from None
+                time.sleep(2)
+
     def tail(self, lines: int = 25) -> str:
         return "\n".join(self.console().splitlines()[-lines:])
 
