@@ -6,6 +6,9 @@ from __future__ import annotations
 import os
 
 BAKED = "/run/basalt/medium/basalt/config.yaml"
+SCHEMA_PATHS = ("/usr/lib/basalt/config.schema.json",
+                os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config",
+                             "config.schema.json"))
 # basalt.* arguments read by the initramfs and init, not config keys.
 CONTROL = frozenset({"label", "state", "root", "mode", "wait", "rescue", "console", "debug"})
 # Where config may come from besides the command line (see sources.py and datasources.py).
@@ -26,11 +29,15 @@ def datasource_url(cmdline: str) -> str | None:
 def has_config(cmdline: str, baked: str = BAKED, places: tuple[str, ...] = PLACES[1:]) -> bool:
     """Is there any config to load at all (a file in one of its places, or config keys on the
     command line)?"""
-    if os.path.isfile(baked) or any(os.path.exists(p) for p in places):
-        return True
+    return os.path.isfile(baked) or any(os.path.exists(p) for p in places) or has_config_args(cmdline) or \
+        datasource_url(cmdline) is not None
+
+
+def has_config_args(cmdline: str) -> bool:
+    """Config keys on the command line (``basalt.hostname=x``), not just boot control arguments."""
     for arg in cmdline.split():
         prefix, _, rest = arg.partition(".")
-        if (prefix in ("basalt", "k3os") and rest and rest.split("=")[0].split(".")[0] not in CONTROL) \
-                or is_datasource_url(arg):
+        if prefix in ("basalt", "k3os") and rest and rest.split("=")[0].split(".")[0] not in CONTROL \
+                and not is_datasource_url(arg):
             return True
     return False

@@ -15,12 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent import schema as schema_mod
+from agent.bootargs import SCHEMA_PATHS
 from agent.errors import Problem
 from agent.yamlsource import TEMPLATE, Located, PathKey, format_path, load, loads
 
-SCHEMA_PATHS = ("/usr/lib/basalt/config.schema.json",
-                os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config",
-                             "config.schema.json"))
 TRUE = {"true", "yes", "on", "1"}
 FALSE = {"false", "no", "off", "0"}
 # Spellings k3OS took that rules cannot derive (wifi's "pass" for "passphrase").
@@ -178,7 +176,3 @@ def load_config(path: str) -> LoadedConfig:
 def check_text(text: str, source: str = "<config>") -> LoadedConfig:
     return check(loads(text, source))
 
-
-def settings(config: dict[str, Any]) -> dict[str, Any]:
-    """The k3OS/Basalt section, ``basalt:`` winning over ``k3os:`` key by key."""
-    return {**config.get("k3os", {}), **config.get("basalt", {})}

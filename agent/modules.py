@@ -12,22 +12,35 @@ Actions are plain tuples, so plans compare equal in tests:
 
 from __future__ import annotations
 
-import base64
-import gzip
 import os
-from collections.abc import Callable
-from typing import Any, Protocol
 
-from agent.config import settings as section
+TYPE_CHECKING = False  # typing, base64 and gzip cost a tenth of a second each under emulation
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, Protocol
 
-Action = tuple[Any, ...]
-Plan = Callable[[dict[str, Any], dict[str, Any]], list[Action]]
+    Action = tuple[Any, ...]
+    Plan = Callable[[dict[str, Any], dict[str, Any]], list[Action]]
+
+    class Services(Protocol):
+        """What apply needs from the supervisor (PID 1): start or restart, and stop, a service."""
+
+        def start(self, name: str, argv: list[str]) -> None: ...
+
+        def stop(self, name: str) -> None: ...
+
+
+def section(config: dict[str, Any]) -> dict[str, Any]:
+    """The k3OS/Basalt section, ``basalt:`` winning over ``k3os:`` key by key."""
+    return {**config.get("k3os", {}), **config.get("basalt", {})}
 ENCODINGS = {"": (), "b64": ("b64",), "base64": ("b64",), "gz": ("gz",), "gzip": ("gz",),
              "gz+b64": ("b64", "gz"), "gz+base64": ("b64", "gz"), "gzip+b64": ("b64", "gz"),
              "gzip+base64": ("b64", "gz")}
 
 
 def decode(content: str, encoding: str) -> bytes:
+    import base64
+    import gzip
     data = content.encode()
     for step in ENCODINGS[encoding]:  # base64 first, then gunzip
         data = base64.b64decode(data, validate=False) if step == "b64" else gzip.decompress(data)
@@ -368,14 +381,6 @@ def write_atomic(path: str, data: bytes, mode: int, uid: int, gid: int) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
-
-
-class Services(Protocol):
-    """What apply needs from the supervisor (PID 1): start or restart, and stop, a service."""
-
-    def start(self, name: str, argv: list[str]) -> None: ...
-
-    def stop(self, name: str) -> None: ...
 
 
 class NoSupervisor:

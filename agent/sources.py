@@ -14,11 +14,14 @@ config yet, the valid sources are merged and the invalid ones left out.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
 
-from agent.bootargs import BAKED, CONTROL, is_datasource_url
+from agent.bootargs import BAKED, CONTROL, has_config_args, is_datasource_url
 
+TYPE_CHECKING = False  # typing costs a tenth of a second on the boot path under emulation
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
     from agent.config import LoadedConfig
     from agent.errors import Problem
     from agent.yamlsource import PathKey
@@ -105,31 +108,37 @@ def gather(cmdline: str, baked: str = BAKED, state: str = STATE, state_dir: str 
            rejected: str = REJECTED) -> Merged:
     """Every source in order, each validated alone; see the module docstring for what a
     problem in one of them does."""
-    import hashlib
-
-    from agent.config import check, load_schema
     from agent.datasources import DIRS, is_script
-    from agent.yamlsource import Located
-    schema = load_schema()
+    schema_raw = schema_bytes()
+    parsed: list[dict[str, Any]] = []
+
+    def schema() -> dict[str, Any]:  # parsed on first use: precompiled sources never need it
+        if not parsed:
+            import json
+            parsed.append(json.loads(schema_raw))
+        return parsed[0]
     merged = Merged()
-    digest = hashlib.sha256()
+    digest = sha256()
     files = [baked, state, *sorted(os.path.join(state_dir, f) for f in (os.listdir(state_dir)
                                    if os.path.isdir(state_dir) else []) if f.endswith(".yaml"))]
-    layers: list[tuple[str, LoadedConfig | list[Problem]]] = [(path, _load(path, schema)) for path in files[:1]]
-    cmd = cmdline_config(cmdline, set(schema["properties"]))
+    layers: list[tuple[str, LoadedConfig | Valid | list[Problem]]] = \
+        [(path, _load(path, schema, schema_raw)) for path in files[:1]]
+    cmd = cmdline_config(cmdline, set(schema()["properties"])) if has_config_args(cmdline) else {}
     if cmd:
-        layers.append(("kernel command line", check(Located(cmd, "kernel command line"), schema)))
+        from agent.config import check
+        from agent.yamlsource import Located
+        layers.append(("kernel command line", check(Located(cmd, "kernel command line"), schema())))
         digest.update(repr(sorted(cmd.items())).encode())
-    layers += [(path, _load(path, schema)) for path in files[1:]]
+    layers += [(path, _load(path, schema, schema_raw)) for path in files[1:]]
     for directory in DIRS if datasource_dirs is None else datasource_dirs:
         meta, user = os.path.join(directory, "meta-data"), os.path.join(directory, "user-data")
         if os.path.isfile(meta):
-            layers.append((meta, _meta_data(meta, schema)))
+            layers.append((meta, _meta_data(meta, schema())))
         if is_script(user):
             merged.scripts.append(user)
             files.append(user)
         elif os.path.isfile(user):
-            layers.append((user, _load(user, schema)))
+            layers.append((user, _load(user, schema, schema_raw)))
     for path in files + [name for name, _ in layers if name not in files]:
         if os.path.isfile(path):
             with open(path, "rb") as f:
@@ -158,15 +167,20 @@ def gather(cmdline: str, baked: str = BAKED, state: str = STATE, state_dir: str 
 
 def save_known_good(merged: Merged, path: str = KNOWN_GOOD) -> None:
     """Remember ``merged`` (which validated and applied) as the config to fall back to."""
+    try:
+        with open(path + ".digest") as f:
+            if f.read() == merged.digest:
+                return  # unchanged: spare the flash a write (and the boot a json import)
+    except OSError:
+        pass
     import json
-    if _read_json(path).get("digest") == merged.digest:
-        return  # unchanged: spare the flash a write every boot
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(merged.known_good(), f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(path + ".tmp", path)
+    for target, text in ((path, json.dumps(merged.known_good())), (path + ".digest", merged.digest)):
+        with open(target + ".tmp", "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(target + ".tmp", target)
 
 
 def reject(digest: str, path: str = REJECTED) -> None:
@@ -178,6 +192,8 @@ def reject(digest: str, path: str = REJECTED) -> None:
 
 
 def _read_json(path: str) -> dict[str, Any]:
+    if not os.path.exists(path):
+        return {}  # without importing json
     import json
     try:
         with open(path) as f:
@@ -210,15 +226,74 @@ def _meta_data(path: str, schema: dict[str, Any]) -> LoadedConfig | list[Problem
     return check(located, schema)
 
 
-def _load(path: str, schema: dict[str, Any]) -> LoadedConfig | list[Problem]:
+class Valid:
+    """A source known valid without parsing it again (see ``precompiled``)."""
+
+    __slots__ = ("problems", "value")
+
+    def __init__(self, value: dict[str, Any]):
+        self.value, self.problems = value, ()
+
+
+def sha256(data: bytes = b"") -> Any:
+    """hashlib.sha256 without hashlib's OpenSSL load (slow on the boot path)."""
+    try:
+        from _sha256 import sha256 as fast  # type: ignore[import-not-found]  # Python 3.11 (Debian 12)
+        return fast(data)
+    except ImportError:
+        import hashlib
+        return hashlib.sha256(data)
+
+
+def schema_bytes() -> bytes:
+    from agent.bootargs import SCHEMA_PATHS
+    for path in SCHEMA_PATHS:
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                return f.read()
+    raise FileNotFoundError("config.schema.json not found in " + ", ".join(SCHEMA_PATHS))
+
+
+def cache_key(schema_raw: bytes, data: bytes) -> str:
+    return str(sha256(sha256(schema_raw).digest() + data).hexdigest())
+
+
+def precompile(data: bytes, value: dict[str, Any], schema_raw: bytes) -> bytes:
+    """The sidecar (``config.bin`` beside ``config.yaml``) the builder bakes for a config it
+    validated: the normalised value, keyed by the YAML's and the schema's hashes, in marshal
+    format (built in, nothing to import). The node then skips the YAML parser and the
+    validator on the boot path (over a second under TCG). A sidecar that does not match is
+    ignored and the YAML parsed and checked as usual."""
+    import marshal
+    return marshal.dumps({"key": cache_key(schema_raw, data), "value": value}, 4)
+
+
+def precompiled(path: str, data: bytes, schema_raw: bytes) -> dict[str, Any] | None:
+    import marshal
+    try:
+        with open(os.path.splitext(path)[0] + ".bin", "rb") as f:
+            sidecar = marshal.loads(f.read())
+    except (OSError, ValueError, EOFError, TypeError):
+        return None
+    if not isinstance(sidecar, dict) or sidecar.get("key") != cache_key(schema_raw, data):
+        return None
+    value = sidecar.get("value")
+    return value if isinstance(value, dict) else None
+
+
+def _load(path: str, schema: Callable[[], dict[str, Any]], schema_raw: bytes) -> LoadedConfig | Valid | list[Problem]:
     """The checked source, or the problems that make it unusable ([] when it does not exist)."""
+    if not os.path.isfile(path):
+        return []
+    with open(path, "rb") as f:
+        cached = precompiled(path, f.read(), schema_raw)
+    if cached is not None:
+        return Valid(cached)
     from agent.config import check
     from agent.errors import BasaltError
     from agent.yamlsource import load
-    if not os.path.isfile(path):
-        return []
     try:
-        return check(load(path), schema)
+        return check(load(path), schema())
     except BasaltError as exc:  # a YAML syntax error: the whole source is unusable
         return list(exc.problems)
 

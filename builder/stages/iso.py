@@ -56,6 +56,18 @@ def marker_name(options: dict[str, Any]) -> str:
     return f"id-{digest[:16]}"
 
 
+def precompiled_config(text: str, tree: Path) -> bytes:
+    """The site config's normalised value for the node to use without parsing it again, keyed
+    to the schema the image carries (agent/sources.py)."""
+    from agent.config import check_text
+    from agent.sources import precompile
+    schema_raw = (tree / "usr/lib/basalt/config.schema.json").read_bytes()
+    loaded = check_text(text, "config.yaml")
+    if loaded.problems:  # the plan validated it already; this is the same check
+        raise BasaltError(loaded.problems)
+    return precompile(text.encode(), loaded.value, schema_raw)
+
+
 def grub_cfg(options: dict[str, Any]) -> str:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True, autoescape=False)
@@ -135,6 +147,7 @@ def run(ctx: Any, options: dict[str, Any]) -> None:
     }
     if options["config"] is not None:
         files["/basalt/config.yaml"] = options["config"].encode()
+        files["/basalt/config.bin"] = precompiled_config(options["config"], ctx.input("rootfs") / "root")
     boot_entries = []
     if "bios" in options["firmware"]:
         bios = ctx.work / "bios.img"

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.config import check_text, load_config
-from agent.config import settings as section
 from agent.errors import BasaltError
+from agent.modules import section
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = ROOT.parent / "shared" / "testdata" / "k3os-configs"

@@ -310,3 +310,23 @@ def test_a_reverted_trial_config_is_not_applied_at_the_next_boot(tmp_path: Path)
     fixed = sources.gather("", **paths)  # an edited config is tried again
     assert fixed.fallback is None and fixed.value["network"]["interfaces"]["eth0"]["addresses"] == ["10.0.2.15/24"]
     assert json.loads(Path(paths["rejected"]).read_text())["digest"] == trial.digest
+
+
+def test_a_precompiled_baked_config_is_used_only_while_it_matches(tmp_path: Path) -> None:
+    from agent.config import check_text
+    baked = tmp_path / "config.yaml"
+    text = "hostname: Edge-1\nk3os: {dnsNameserver: 10.0.0.1}\n"
+    baked.write_text(text)
+    raw = sources.schema_bytes()
+    (tmp_path / "config.bin").write_bytes(sources.precompile(text.encode(), check_text(text).value, raw))
+    none = str(tmp_path / "none")
+    kw: dict[str, Any] = {"state": none, "state_dir": none, "datasource_dirs": (), "known_good": none, "rejected": none}
+    assert sources.gather("", str(baked), **kw).value == \
+        {"hostname": "Edge-1", "k3os": {"dns_nameservers": ["10.0.0.1"]}}
+    # The sidecar's value is what the node uses, so prove it is read: a doctored value with the right key wins...
+    (tmp_path / "config.bin").write_bytes(sources.precompile(text.encode(), {"hostname": "from-sidecar"}, raw))
+    assert sources.gather("", str(baked), **kw).value == {"hostname": "from-sidecar"}
+    # ...and once the YAML differs from what was compiled, the YAML is parsed and checked again.
+    baked.write_text("hostname: bad_name!\n")
+    merged = sources.gather("", str(baked), **kw)
+    assert merged.problems[0].render().startswith(f"{baked}:1: hostname: 'bad_name!' is not valid here")
