@@ -174,6 +174,12 @@ def test_docs_name_every_config_key() -> None:
     schema = json.loads((ROOT / "config/config.schema.json").read_text())
     docs = (ROOT / "docs/config.md").read_text()
 
+    missing = [f for f in schema_fields(schema) if f"`{f}`" not in docs]
+    assert missing == [], missing
+
+
+def schema_fields(schema: dict) -> list[str]:  # type: ignore[type-arg]
+    """Every documented key path: section keys bare, list items as `[]`, map values as `*`."""
     def resolve(node: dict) -> dict:
         while "$ref" in node:
             node = schema["$defs"][node["$ref"].split("/")[-1]]
@@ -196,5 +202,28 @@ def test_docs_name_every_config_key() -> None:
                     "properties" in sub["additionalProperties"]:
                 out += fields(sub["additionalProperties"], prefix + key + ".*.")
         return out
-    missing = [f for f in fields(schema) if f"`{f}`" not in docs]
+    return fields(schema)
+
+
+def test_every_key_example_validates_and_names_every_key() -> None:
+    from agent.config import load_config, load_schema
+    loaded = load_config(str(ROOT / "config/examples/every-key.yaml"))
+    assert loaded.problems == ()
+    value = loaded.value
+    sections = {**value.get("k3os", {}), **value.get("basalt", {})}
+
+    def present(node: object, parts: list[str]) -> bool:
+        if not parts:
+            return True
+        head, rest = parts[0], parts[1:]
+        if head == "*" and isinstance(node, dict):
+            return any(present(v, rest) for v in node.values())
+        if head.endswith("[]"):
+            items = node.get(head[:-2]) if isinstance(node, dict) else None
+            return isinstance(items, list) and any(present(i, rest) for i in items)
+        return isinstance(node, dict) and head in node and present(node[head], rest)
+    top = set(load_schema()["properties"])
+    missing = [f for f in schema_fields(load_schema())
+               if not present(value if f.split(".")[0].split("[")[0] in top else sections,
+                              f.replace("[].", "[] ").replace(".", " ").split())]
     assert missing == [], missing
