@@ -71,13 +71,9 @@ def copy_seed(mount_dir: str, dest: str = NOCLOUD_DIR) -> list[str]:
     return copied
 
 
-def collect_seed() -> str | None:
-    """Mount a cidata seed read-only, copy it to NOCLOUD_DIR, unmount; the device, or None."""
-    found = find_seed()
-    if found is None:
-        return None
+def collect_seed(device: str, fstype: str) -> str:
+    """Mount the cidata seed ``device`` read-only, copy it to NOCLOUD_DIR, unmount."""
     from agent import system
-    device, fstype = found
     os.makedirs(SEED_MOUNT, exist_ok=True)
     system.mount(device, SEED_MOUNT, fstype, system.MS_RDONLY, "")
     try:

@@ -259,12 +259,12 @@ class Init:
 
     def collect_seed(self) -> str | None:
         from agent import datasources
-        device = datasources.find_seed()
-        if device is None:
+        found = datasources.find_seed()
+        if found is None:
             return None
-        datasources.collect_seed()
-        log(f"nocloud seed found on {device[0]}")
-        return device[0]
+        datasources.collect_seed(*found)
+        log(f"nocloud seed found on {found[0]}")
+        return found[0]
 
     def facts(self) -> dict[str, object]:
         """What plans need to know about the running system."""
