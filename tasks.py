@@ -38,12 +38,15 @@ def plan(c: Context, image: str = "x86_64-iso", config: str = "", json: bool = F
 
 
 @task(help={"image": "image definition name or path", "config": "site config.yaml to bake in",
-            "until": "stop after this stage (fetch, rootfs, squashfs, initramfs, iso)",
+            "until": "stop after this stage (fetch, k3s, rootfs, squashfs, initramfs, iso)",
+            "k3s_binary": "air-gapped: the k3s release binary", "k3s_artifacts": "air-gapped: the release files' dir",
             "debug": "show tracebacks"})
-def build(c: Context, image: str = "x86_64-iso", config: str = "", until: str = "", debug: bool = False) -> None:
+def build(c: Context, image: str = "x86_64-iso", config: str = "", until: str = "", k3s_binary: str = "",
+          k3s_artifacts: str = "", debug: bool = False) -> None:
     """Build an image into out/<image>/ (cached by stage)."""
     _builder(c, "build", "--image", image, *(["--config", config] if config else []),
-             *(["--until", until] if until else []), debug=debug)
+             *(["--until", until] if until else []), *(["--k3s-binary", k3s_binary] if k3s_binary else []),
+             *(["--k3s-artifacts", k3s_artifacts] if k3s_artifacts else []), debug=debug)
 
 
 @task

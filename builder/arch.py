@@ -35,4 +35,9 @@ class Architecture(enum.StrEnum):
         return self.to_debian()
 
     def to_k3s_asset(self) -> str:
+        """The release's binary name."""
         return {Architecture.X86_64: "k3s", Architecture.ARM64: "k3s-arm64"}[self]
+
+    def to_k3s(self) -> str:
+        """The release's arch suffix: sha256sum-<it>.txt, k3s-airgap-images-<it>.tar.zst."""
+        return {Architecture.X86_64: "amd64", Architecture.ARM64: "arm64"}[self]

@@ -25,7 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("build", help="build an image into out/<image>/")
     b.add_argument("--image", default="x86_64-iso")
     b.add_argument("--config", help="site config.yaml to bake in")
-    b.add_argument("--until", choices=["fetch", "rootfs", "squashfs", "initramfs", "iso"],
+    for cmd in (p, b):
+        cmd.add_argument("--k3s-binary", metavar="PATH",
+                         help="air-gapped: the k3s release binary to use (checked against the pinned checksum)")
+        cmd.add_argument("--k3s-artifacts", metavar="DIR",
+                         help="air-gapped: a directory with the k3s release files (k3s, sha256sum-amd64.txt, ...)")
+    b.add_argument("--until", choices=["fetch", "k3s", "rootfs", "squashfs", "initramfs", "iso"],
                    help="stop after this stage (e.g. rootfs, to inspect the tree)")
     v = sub.add_parser("validate", help="validate a site config.yaml or an image definition")
     v.add_argument("file")
@@ -68,11 +73,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"{args.file}: ok (site config)")
         return 0
     if args.command == "plan":
-        compiled = plan.plan(args.image, args.config)
+        compiled = plan.plan(args.image, args.config, k3s_binary=args.k3s_binary, k3s_artifacts=args.k3s_artifacts)
         print(json.dumps(compiled.to_json(), indent=2) if args.json else compiled.describe())
         return 0
     if args.command == "build":
-        compiled = plan.plan(args.image, args.config)
+        compiled = plan.plan(args.image, args.config, k3s_binary=args.k3s_binary, k3s_artifacts=args.k3s_artifacts)
         out = pipeline.build(compiled, until=args.until)
         print(out)
         return 0

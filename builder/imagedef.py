@@ -75,10 +75,7 @@ def find(name_or_path: str) -> Path:
 
 
 def load_image(name_or_path: str) -> ImageDefinition:
-    doc = load(find(name_or_path))
-    if not isinstance(doc.value, dict):
-        raise BasaltError(doc.problem([], "an image definition must be a mapping",
-                                      hint="start from images/x86_64-iso.yaml"))
+    doc = load_document(find(name_or_path))
     problems = validate(doc, load_schema("image"))
     if problems:
         raise BasaltError(problems)
@@ -86,6 +83,39 @@ def load_image(name_or_path: str) -> ImageDefinition:
     if problems:
         raise BasaltError(problems)
     return _typed(doc)
+
+
+def load_document(path: Path, seen: tuple[Path, ...] = ()) -> Located:
+    """The definition at ``path`` with its ``extends`` chain merged in: mappings merge key by
+    key, anything else (lists included) the extending file replaces. A base is checked on its
+    own first, so problems left are in the extending file, and carry its line numbers."""
+    doc = load(path)
+    if not isinstance(doc.value, dict):
+        raise BasaltError(doc.problem([], "an image definition must be a mapping",
+                                      hint="start from images/x86_64-iso.yaml"))
+    base_name = doc.value.get("extends")
+    if base_name is None:
+        return doc
+    if not isinstance(base_name, str) or not (IMAGES / f"{base_name}.yaml").is_file():
+        known = sorted(p.stem for p in IMAGES.glob("*.yaml"))
+        raise BasaltError(doc.problem(["extends"], f"no image definition named '{base_name}' to extend",
+                                      f"available: {', '.join(known)}"))
+    base_path = (IMAGES / f"{base_name}.yaml").resolve()
+    if base_path in seen or base_path == path.resolve():
+        raise BasaltError(doc.problem(["extends"], f"'{base_name}' extends itself (a cycle)",
+                                      "an image may extend one that does not lead back to it"))
+    base = load_document(base_path, (*seen, path.resolve()))
+    problems = validate(base, load_schema("image")) + [p for check in CHECKS for p in check(base)]
+    if problems:
+        raise BasaltError(problems)
+    value = _merge(base.value, {k: v for k, v in doc.value.items() if k != "extends"})
+    return Located(value, doc.source, doc.lines)
+
+
+def _merge(base: Any, over: Any) -> Any:
+    if isinstance(base, dict) and isinstance(over, dict):
+        return {**base, **{k: _merge(base[k], v) if k in base else v for k, v in over.items()}}
+    return over
 
 
 def _typed(doc: Located) -> ImageDefinition:

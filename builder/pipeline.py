@@ -201,15 +201,19 @@ def publish(plan: Plan, results: dict[str, StageResult], out_root: Path) -> Path
                         "sha256": sha256_file(partial / name)})
     lock = json.loads((results["fetch"].path / "packages.lock.json").read_text())
     config = plan.stages[-1].options.get("config")
+    rootfs = next(s for s in plan.stages if s.name == "rootfs").options
+    k3s = json.loads((results["k3s"].path / "k3s.lock.json").read_text())
     manifest: dict[str, Any] = {
         "image": img.name, "version": img.version, "arch": str(img.arch),
-        "source_date_epoch": plan.stages[1].options["source_date_epoch"],
+        "source_date_epoch": rootfs["source_date_epoch"],
         "inputs": {
             "image_definition": {"file": str(img.source), "sha256": sha256_file(img.source)},
             "config": {"sha256": hashlib.sha256(config.encode()).hexdigest()} if config else None,
             "packages": [{k: p[k] for k in ("name", "version", "sha256", "role")} for p in lock["packages"]],
-            "overlays": plan.stages[1].options["overlays"],
-            "agent_digest": plan.stages[1].options["agent_digest"],
+            "k3s": {k: v for k, v in k3s.items() if k != "route"},
+            "k3s_charts": [{"name": c["name"], "sha256": c["digest"]} for c in rootfs["k3s_charts"]],
+            "overlays": rootfs["overlays"],
+            "agent_digest": rootfs["agent_digest"],
         },
         "stages": [{"name": r.name, "id": r.id, "cached": r.cached, "seconds": round(r.seconds, 2)}
                    for r in results.values()],

@@ -85,14 +85,39 @@ def load_site_config(path: str | None) -> str | None:
     return Path(path).read_text()
 
 
-def plan(image_name: str, config_path: str | None = None, etc_apt: Path = debian.APT_SOURCES) -> Plan:
+def plan(image_name: str, config_path: str | None = None, etc_apt: Path = debian.APT_SOURCES,
+         k3s_binary: str | None = None, k3s_artifacts: str | None = None) -> Plan:
     img = load_image(image_name)
     config_text = load_site_config(config_path)
-    return compile_plan(img, config_text, etc_apt)
+    return compile_plan(img, config_text, etc_apt, k3s_binary, k3s_artifacts)
 
 
-def compile_plan(img: ImageDefinition, config_text: str | None = None,
-                 etc_apt: Path = debian.APT_SOURCES) -> Plan:
+def k3s_options(img: ImageDefinition, binary: str | None, artifacts: str | None) -> dict[str, Any]:
+    from builder.stages.k3s import DEFAULT_URL
+    k3s = img.k3s
+    return {"enabled": bool(k3s.get("enabled")), "version": k3s.get("version"),
+            "asset": img.arch.to_k3s_asset(), "arch": img.arch.to_k3s(),
+            "sha256": k3s.get("sha256", {}).get(str(img.arch)), "url": k3s.get("url", DEFAULT_URL),
+            "binary": str(Path(binary).resolve()) if binary else None,
+            "artifacts": str(Path(artifacts).resolve()) if artifacts else None,
+            "airgap_images": bool(k3s.get("airgap_images", False))}
+
+
+def chart_files(img: ImageDefinition) -> list[dict[str, str]]:
+    """Helm charts bundled into the image (``k3s.charts``), by path and content digest."""
+    out = []
+    for rel in img.k3s.get("charts", []) if img.k3s.get("enabled") else []:
+        path = (img.source.parent / rel).resolve()
+        if not path.is_file():
+            raise BasaltError(Problem(f"k3s.charts: {rel}: no such file (looked in {img.source.parent})",
+                                      str(img.source), path="k3s.charts",
+                                      hint="chart paths are relative to the image definition's directory"))
+        out.append({"name": path.name, "path": str(path), "digest": hashlib.sha256(path.read_bytes()).hexdigest()})
+    return out
+
+
+def compile_plan(img: ImageDefinition, config_text: str | None = None, etc_apt: Path = debian.APT_SOURCES,
+                 k3s_binary: str | None = None, k3s_artifacts: str | None = None) -> Plan:
     epoch = source_date_epoch()
     sources = debian.sources_for(img.suite, img.mirror, etc_apt)
     firmware = sorted({fw for o in img.outputs for fw in o.firmware})
@@ -111,6 +136,7 @@ def compile_plan(img: ImageDefinition, config_text: str | None = None,
             "packages": list(img.packages), "exclude": list(img.exclude),
             "kernel": img.kernel_package, "boot_packages": boot_packages,
         }),
+        PlannedStage("k3s", k3s_options(img, k3s_binary, k3s_artifacts)),
         PlannedStage("rootfs", {
             "backend": img.backend, "arch": str(img.arch), "suite": img.suite, "sources": source_list,
             "prune": list(img.prune),
@@ -118,7 +144,7 @@ def compile_plan(img: ImageDefinition, config_text: str | None = None,
             "agent_digest": tree_digest(AGENT_DIR) + hashlib.sha256((ROOT / "config/config.schema.json").read_bytes())
             .hexdigest()[:16], "version": img.version,
             "modules_exclude": list(img.modules_exclude), "modules_keep": list(img.modules_keep),
-            "source_date_epoch": epoch,
+            "source_date_epoch": epoch, "k3s_charts": chart_files(img),
         }),
         PlannedStage("squashfs", {
             "compression": img.squashfs.get("compression", "zstd"),

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from builder.download import BlobStore
 
-ORDER = ("fetch", "rootfs", "squashfs", "initramfs", "iso")
+ORDER = ("fetch", "k3s", "rootfs", "squashfs", "initramfs", "iso")
 
 
 class StageModule(Protocol):

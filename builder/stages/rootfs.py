@@ -20,17 +20,19 @@ from agent.errors import BasaltError, Problem
 from builder import progress
 from builder.backends import BACKENDS
 from builder.imagedef import OVERLAYS, ROOT
+from builder.download import sha256_file
 from builder.stages.fetch import blobs_by_role
+from builder.stages.k3s import locked as k3s_locked
 
 NAME = "rootfs"
 VERSION = 1
-SOURCES = ("builder/backends.py", "builder/debian.py")
+SOURCES = ("builder/backends.py", "builder/debian.py", "builder/stages/k3s.py")
 VOLATILE = False
 TOOLS = {"dpkg-deb": "dpkg", "depmod": "kmod"}
 SCHEMA: dict[str, Any] = {
     "type": "object", "additionalProperties": False,
     "required": ["backend", "arch", "suite", "sources", "prune", "overlays", "agent_digest", "version",
-                 "modules_exclude", "modules_keep", "source_date_epoch"],
+                 "modules_exclude", "modules_keep", "source_date_epoch", "k3s_charts"],
     "properties": {
         "backend": {"enum": sorted(BACKENDS)},
         "arch": {"type": "string"}, "suite": {"type": "string"}, "sources": {"type": "array"},
@@ -40,6 +42,7 @@ SCHEMA: dict[str, Any] = {
         "modules_exclude": {"type": "array", "items": {"type": "string"}},
         "modules_keep": {"type": "array", "items": {"type": "string"}},
         "source_date_epoch": {"type": "integer"},
+        "k3s_charts": {"type": "array", "items": {"type": "object", "required": ["name", "path", "digest"]}},
     },
 }
 
@@ -63,6 +66,10 @@ def run(ctx: Any, options: dict[str, Any]) -> None:
             apply_overlay(OVERLAYS / overlay["name"], root)
     with progress.step("Installing the agent"):
         install_agent(root, options["version"])
+    lock = k3s_locked(ctx.input("k3s"), ctx.store)
+    if lock["enabled"]:
+        with progress.step(f"Installing k3s {lock['version']}"):
+            install_k3s(root, lock, options["k3s_charts"])
     finish(root, options["source_date_epoch"])
 
 
@@ -100,6 +107,9 @@ def install_kernel(ctx: Any, root: Path, options: dict[str, Any]) -> None:
     progress.log(f"kernel {release}: modules kept {kept / 1048576:.0f} MiB, dropped {dropped / 1048576:.0f} MiB")
     if not (root / "lib").exists():
         (root / "lib").symlink_to("usr/lib")
+    config = unpacked / "boot" / f"config-{release}"
+    if config.is_file():  # for `basalt doctor` (Debian's kernels have no /proc/config.gz)
+        shutil.copyfile(config, dest / "config")
     subprocess.run(["depmod", "-b", str(root), release], check=True)
 
 
@@ -182,6 +192,40 @@ def install_agent(root: Path, version: str) -> None:
     etc = root / "etc/os-release"
     etc.unlink(missing_ok=True)
     etc.symlink_to("../usr/lib/os-release")
+
+
+K3S_LINKS = ("kubectl", "crictl", "ctr")
+K3S_SHARE = "usr/lib/basalt/k3s"  # read-only parts the agent links into /var/lib/rancher at boot
+
+
+def install_k3s(root: Path, lock: dict[str, Any], charts: list[dict[str, str]]) -> None:
+    """/usr/bin/k3s and its tool links (a tool the image already has, e.g. Debian's ctr, is
+    kept); air-gap images and bundled charts under /usr/lib/basalt/k3s, version stamped."""
+    dest = root / "usr/bin/k3s"
+    with progress.step(f"Copying k3s ({lock['binary']['size'] / 1048576:.0f} MiB)"):
+        copy_verified(Path(lock["binary"]["path"]), dest, lock["binary"]["sha256"])
+    dest.chmod(0o755)
+    for name in K3S_LINKS:
+        link = root / "usr/bin" / name
+        if not link.exists() and not link.is_symlink() and not (root / "usr/sbin" / name).exists():
+            link.symlink_to("k3s")
+    share = root / K3S_SHARE
+    (share / "images").mkdir(parents=True, exist_ok=True)
+    (share / "charts").mkdir(exist_ok=True)
+    if lock.get("airgap"):
+        copy_verified(Path(lock["airgap"]["path"]), share / "images" / lock["airgap"]["file"], lock["airgap"]["sha256"])
+    for chart in charts:
+        copy_verified(Path(chart["path"]), share / "charts" / chart["name"], chart["digest"])
+    (share / "version").write_text(lock["version"] + "\n")
+
+
+def copy_verified(src: Path, dest: Path, sha256: str) -> None:
+    """Copy ``src`` and check the copy: what lands in the image is what was verified."""
+    shutil.copyfile(src, dest)
+    if sha256_file(dest) != sha256:
+        raise BasaltError(Problem(f"{src}: changed since it was verified (sha256 differs)",
+                                  hint="remove it from the cache (~/.cache/basalt/blobs) and build again"))
+    dest.chmod(0o644)
 
 
 def finish(root: Path, epoch: int) -> None:
