@@ -6,6 +6,7 @@ import http.server
 import os
 import shutil
 import threading
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,7 +42,7 @@ class Server:
             def do_GET(self) -> None:
                 server.requests.append((self.path, self.headers.get("Range")))
                 cut = server.truncate.pop(self.path, None)
-                path = server.root / self.path.lstrip("/")
+                path = server.root / urllib.parse.unquote(self.path.split("?")[0]).lstrip("/")
                 if cut is not None and path.is_file():
                     data = path.read_bytes()
                     self.send_response(200)
