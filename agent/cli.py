@@ -151,6 +151,20 @@ def cmd_version(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from agent import doctor
+    d = doctor.Doctor(args.root)
+    results = d.run()
+    failed = any(r.status == "fail" for r in results)
+    if args.json:
+        print(json.dumps({"kernel": d.release, "ready": not failed, "checks": [asdict(r) for r in results]}, indent=2))
+    else:
+        print(doctor.render(results, d.release))
+    return 1 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="basalt", description="Basalt node agent")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -161,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     st = sub.add_parser("status", help="version, mode, services, errors")
     st.add_argument("--json", action="store_true")
     sub.add_parser("version", help="print the OS version")
+    doc = sub.add_parser("doctor", help="check that k3s and containers can run here; exit 1 if not")
+    doc.add_argument("--json", action="store_true")
+    doc.add_argument("--root", default="/", help=argparse.SUPPRESS)
     cfg = sub.add_parser("config", help="site configuration")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
     val = cfg_sub.add_parser("validate", help="check a config.yaml; every problem as file:line: path: message")
@@ -174,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "init":
         from agent import init
         return init.main()
-    handlers = {"status": cmd_status, "version": cmd_version, "config": cmd_config,
+    handlers = {"status": cmd_status, "version": cmd_version, "config": cmd_config, "doctor": cmd_doctor,
                 **{n: cmd_power for n in POWER_SIGNALS}}
     try:
         return handlers[args.command](args)

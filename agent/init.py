@@ -32,11 +32,19 @@ NETWORK_UP = RUN + "/network-up"  # touched by the DHCP hook on a lease
 RUNTIME_WAIT_S = 120.0
 REQUEST = RUN + "/request.json"  # from "basalt config apply|confirm", with SIGHUP
 RESULT = RUN + "/result-{}.json"
-MODPROBE = "/usr/bin/busybox"
+BUSYBOX = "/usr/bin/busybox"
 KEY_POWER = 116
 EV_KEY = 1
 INPUT_EVENT = struct.Struct("llHHi")
 IDLE_REPORT_S = 5.0
+LOG_MAX = 1 << 20  # a service log is rotated past this size (logs live in RAM, under /run)
+LOG_KEEP = 2  # rotated generations kept: name.log.1, name.log.2
+ROTATE_CHECK_S = 30.0
+IMAGE_SERVICES = "/usr/lib/basalt/services.d"  # {"argv": [...], "env": {...}} per file, from the image
+K3S_BINARY = "/usr/bin/k3s"
+K3S_SHARE = "/usr/lib/basalt/k3s"
+CONTAINER_DATA = ("/var/lib/containerd", "/var/lib/rancher")  # overlayfs snapshots live under these
+CGROUP_CONTROLLERS = ("cpu", "cpuset", "io", "memory", "pids")
 STOP_GRACE_S = 3.0
 
 # Signals the kernel and tools send PID 1 (busybox/sysvinit conventions).
@@ -95,8 +103,8 @@ class Supervisor:
     def __init__(self, init: Init):
         self.init = init
 
-    def start(self, name: str, argv: list[str]) -> None:
-        self.init.ensure(name, argv)
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+        self.init.ensure(name, argv, env)
 
     def stop(self, name: str) -> None:
         self.init.remove(name)
@@ -144,6 +152,37 @@ def spawn_wait(argv: list[str], quiet: bool = False, log_path: str | None = None
     pid = spawn(argv, env={"BASALT_QUIET": "1"} if quiet else None, log_path=log_path)
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status)
+
+
+def listdir(path: str) -> list[str]:
+    try:
+        return sorted(os.listdir(path))
+    except OSError:
+        return []
+
+
+def write_file(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def rotate_logs(directory: str = LOG_DIR, limit: int = LOG_MAX, keep: int = LOG_KEEP) -> list[str]:
+    """Rotate each service log past ``limit``: copy to .1 (older ones shift up), then
+    truncate in place, so a service writing with O_APPEND carries on into the fresh file."""
+    rotated = []
+    for name in listdir(directory):
+        path = f"{directory}/{name}"
+        if not name.endswith(".log") or os.path.getsize(path) <= limit:
+            continue
+        for n in range(keep - 1, 0, -1):
+            if os.path.exists(f"{path}.{n}"):
+                os.replace(f"{path}.{n}", f"{path}.{n + 1}")
+        with open(path, "rb") as src, open(f"{path}.1", "wb") as dst:
+            while chunk := src.read(1 << 16):
+                dst.write(chunk)
+        os.truncate(path, 0)
+        rotated.append(name)
+    return rotated
 
 
 def parse_cmdline(text: str) -> dict[str, str]:
@@ -273,13 +312,17 @@ class Init:
         net = "/sys/class/net"
         ifaces = sorted(os.listdir(net)) if os.path.isdir(net) else []
         wired = [i for i in ifaces if os.path.exists(f"{net}/{i}/device") and not os.path.exists(f"{net}/{i}/wireless")]
+        k3s = os.path.exists(K3S_BINARY)
         return {"hostname": self.hostname, **self.base_tables, "interfaces": wired,
                 "wireless": [i for i in ifaces if os.path.exists(f"{net}/{i}/wireless")],
-                "have_wpa_supplicant": os.path.exists("/usr/sbin/wpa_supplicant")}
+                "have_wpa_supplicant": os.path.exists("/usr/sbin/wpa_supplicant"),
+                "version": self.version, "mode": self.mode, "slot": read(RUN + "/slot", self.mode).strip(),
+                "k3s": k3s, "k3s_images": listdir(K3S_SHARE + "/images") if k3s else [],
+                "k3s_charts": listdir(K3S_SHARE + "/charts") if k3s else []}
 
     def run_phase(self, phase: str, skip: tuple[str, ...] = ()) -> list[str]:
         """Apply the config modules of ``phase``; each module's failure is recorded, the rest run."""
-        if not self.config and not getattr(self.merged, "scripts", None):
+        if not self.config and not getattr(self.merged, "scripts", None) and not os.path.exists(K3S_BINARY):
             return []
         from agent import modules
         errors = []
@@ -360,7 +403,7 @@ class Init:
             changed = True
             self.seen_aliases = aliases
             # Drivers that find no device of theirs (e.g. cpufreq in a VM) refuse to load: not an error.
-            spawn_wait([MODPROBE, "modprobe", "-a", "-q", *aliases, "button", "evdev"], quiet=True)
+            spawn_wait([BUSYBOX, "modprobe", "-a", "-q", *aliases, "button", "evdev"], quiet=True)
         loaded = sorted(line.split()[0] for line in set(read("/proc/modules").split("\n")) - before if line)
         with open(RUN + "/modules-loaded", "a") as f:
             f.write("".join(m + "\n" for m in loaded))
@@ -372,6 +415,44 @@ class Init:
         if self.coldplug(passes=2):
             self.network()
         self.phases["late_coldplug_done_ms"] = system.boot_ms()
+
+    def containers(self) -> None:
+        """What containers and k3s need from the OS: cgroup v2 controllers delegated to child
+        groups, and, on images that run containers, the image's modules and sysctls loaded,
+        / shared for mount propagation, and the image's own services started."""
+        with open("/sys/fs/cgroup/cgroup.controllers") as f:
+            available = f.read().split()
+        wanted = " ".join(f"+{c}" for c in CGROUP_CONTROLLERS if c in available)
+        if wanted:
+            with open("/sys/fs/cgroup/cgroup.subtree_control", "w") as f:
+                f.write(wanted)
+        services = sorted(n for n in listdir(IMAGE_SERVICES) if n.endswith(".json"))
+        if not services and not os.path.exists(K3S_BINARY):
+            return
+        names = [line.split("#")[0].strip() for conf in sorted(listdir("/usr/lib/modules-load.d"))
+                 for line in read(f"/usr/lib/modules-load.d/{conf}").splitlines()]
+        if any(names):
+            code = spawn_wait([BUSYBOX, "modprobe", "-a", *[n for n in names if n]], quiet=True)
+            if code != 0:
+                self.errors.append(f"containers: modprobe of {' '.join(n for n in names if n)} exited {code}")
+        for conf in sorted(listdir("/usr/lib/sysctl.d")):
+            for line in read(f"/usr/lib/sysctl.d/{conf}").splitlines():
+                key, sep, value = line.split("#")[0].partition("=")
+                if sep:
+                    self.guarded(f"sysctl {key.strip()}", write_file,
+                                 "/proc/sys/" + key.strip().replace(".", "/"), value.strip())
+        if spawn_wait([BUSYBOX, "mount", "--make-rshared", "/"], quiet=True) != 0:
+            self.errors.append("containers: mount --make-rshared / failed")
+        var = [fstype for _, target, fstype in system.mounts() if target == "/var"]
+        if var and var[-1] == "overlay":  # live mode: an overlay cannot be the upper layer of another
+            for d in CONTAINER_DATA:
+                os.makedirs(d, 0o700, exist_ok=True)
+                if spawn_wait([BUSYBOX, "mount", "-t", "tmpfs", "-o", "mode=0700", "tmpfs", d], quiet=True) != 0:
+                    self.errors.append(f"containers: cannot mount a tmpfs on {d}")
+        import json
+        for name in services:
+            spec = json.loads(read(f"{IMAGE_SERVICES}/{name}"))
+            self.ensure(name[:-5], spec["argv"], spec.get("env"))
 
     def network(self) -> None:
         """DHCP on every wired interface, or what ``network:`` says (static, VLAN)."""
@@ -400,14 +481,14 @@ class Init:
         self.services[svc.name] = svc
         self.start(svc)
 
-    def ensure(self, name: str, argv: list[str]) -> None:
+    def ensure(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         """Service ``name`` running ``argv``: started, restarted with new arguments, or left be."""
         svc = self.services.get(name)
-        if svc is not None and svc.argv == argv:
+        if svc is not None and svc.argv == argv and svc.env == (env or {}):
             return
         if svc is not None:
             self.remove(name)
-        self.add(Service(name, argv))
+        self.add(Service(name, argv, env=env))
 
     def remove(self, name: str) -> None:
         svc = self.services.pop(name, None)
@@ -560,6 +641,7 @@ class Init:
             poller.register(fd, select.POLLIN)
         self.guarded("late coldplug", self.late_coldplug)
         idle_at: float | None = time.monotonic() + IDLE_REPORT_S
+        rotate_at = time.monotonic() + ROTATE_CHECK_S
         runtime_deadline = time.monotonic() + RUNTIME_WAIT_S
         dirty = True
         while True:
@@ -567,7 +649,7 @@ class Init:
                 now = time.monotonic()
                 deadlines = [s.restart_at for s in self.services.values() if s.restart_at] + \
                             ([idle_at] if idle_at else []) + ([now + 0.5] if self.runtime_pending else []) + \
-                            ([self.trying.deadline] if self.trying else [])
+                            ([self.trying.deadline] if self.trying else []) + [rotate_at]
                 timeout = max(0, int((min(deadlines) - now) * 1000) + 1) if deadlines else None
                 for fd, _ in poller.poll(timeout):
                     dirty = True
@@ -593,6 +675,9 @@ class Init:
                         log("network not up after 120s: running the runtime phase anyway")
                     self.guarded("runtime modules", self.runtime)
                     dirty = True
+                if now >= rotate_at:
+                    rotate_at = now + ROTATE_CHECK_S
+                    self.guarded("log rotation", rotate_logs)
                 if self.trying and now >= self.trying.deadline:
                     self.guarded("revert", self.revert)
                     dirty = True
@@ -649,10 +734,12 @@ class Init:
         self.phase("hostname", self.set_hostname, self.config)
         self.phase("initrd_modules", self.run_phase, "initrd")
         self.phase("coldplug", self.coldplug)
+        self.phase("containers", self.containers)
         self.phase("network", self.network)
         self.phase("boot_modules", self.run_phase, "boot")
         from agent import bootargs
-        self.runtime_pending = bool(self.config) or bootargs.datasource_url(read("/proc/cmdline")) is not None
+        self.runtime_pending = bool(self.config) or bootargs.datasource_url(read("/proc/cmdline")) is not None \
+            or os.path.exists(K3S_BINARY)
         if self.merged is not None and not self.merged.problems:  # type: ignore[attr-defined]
             from agent import sources
             self.guarded("known-good config", sources.save_known_good, self.merged)

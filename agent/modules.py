@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     class Services(Protocol):
         """What apply needs from the supervisor (PID 1): start or restart, and stop, a service."""
 
-        def start(self, name: str, argv: list[str]) -> None: ...
+        def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None: ...
 
         def stop(self, name: str) -> None: ...
 
@@ -310,6 +310,20 @@ def plan_wifi(config: dict[str, Any], facts: dict[str, Any]) -> list[Action]:
     return out
 
 
+def plan_k3s_files(config: dict[str, Any], facts: dict[str, Any]) -> list[Action]:
+    if not facts.get("k3s") and "k3s" not in config and not section(config):
+        return []  # an image without k3s and a config without k3s keys: skip the import
+    from agent import k3s
+    return k3s.plan_files(config, facts)
+
+
+def plan_k3s_service(config: dict[str, Any], facts: dict[str, Any]) -> list[Action]:
+    if not facts.get("k3s"):
+        return []
+    from agent import k3s
+    return k3s.plan_service(config, facts)
+
+
 # (name, phase, keys that activate it, plan). Order within a phase is the order here:
 # files first (commands may run what they wrote), commands last.
 MODULES: list[tuple[str, str, tuple[str, ...], Plan]] = [
@@ -327,7 +341,9 @@ MODULES: list[tuple[str, str, tuple[str, ...], Plan]] = [
     ("wifi", "boot", ("wifi",), plan_wifi),
     ("boot_cmd", "boot", ("boot_cmd",), _commands("boot_cmd")),
     ("ssh_authorized_keys_remote", "runtime", ("ssh_authorized_keys", "users"), plan_ssh_keys_remote),
+    ("k3s", "boot", (), plan_k3s_files),  # no activating key: the image decides (facts["k3s"])
     ("run_cmd", "runtime", ("run_cmd",), _commands("run_cmd")),
+    ("k3s_service", "runtime", (), plan_k3s_service),  # after run_cmd, as k3OS: commands may prepare it
 ]
 # Modules whose effect "basalt config apply --try" reverts when the change is not confirmed.
 REVERTIBLE = ("network", "users", "ssh_authorized_keys", "ssh_server", "dns", "wifi")
@@ -340,7 +356,7 @@ def plan_phase(phase: str, config: dict[str, Any], facts: dict[str, Any]) -> lis
     keys = set(config) | set(section(config))
     out = []
     for name, ph, activators, plan in MODULES:
-        if ph == phase and keys & set(activators):
+        if ph == phase and (keys & set(activators) or not activators):
             try:
                 out.append((name, plan(config, facts)))
             except Exception as exc:  # noqa: BLE001 - e.g. undecodable content: report, go on
@@ -384,7 +400,7 @@ def write_atomic(path: str, data: bytes, mode: int, uid: int, gid: int) -> None:
 
 
 class NoSupervisor:
-    def start(self, name: str, argv: list[str]) -> None:
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         raise OSError(f"no supervisor to start {name}")
 
     def stop(self, name: str) -> None:
@@ -509,7 +525,17 @@ def apply(actions: list[Action], run: Callable[[list[str]], int], root: str = "/
                 with open(at(action[1]), "a"):
                     pass
             elif kind == "service":
-                services.start(action[1], action[2])
+                services.start(action[1], action[2], *action[3:])
+            elif kind == "copy":
+                _, src, dest, mode = action
+                with open(src, "rb") as f:
+                    write_atomic(at(dest), f.read(), mode, 0, 0)
+            elif kind == "prune":  # remove what we wrote earlier and no longer write
+                _, directory, prefix, keep = action
+                if os.path.isdir(at(directory)):
+                    for name in os.listdir(at(directory)):
+                        if name.startswith(prefix) and name not in keep:
+                            os.unlink(os.path.join(at(directory), name))
             elif kind == "stop":
                 services.stop(action[1])
             elif kind == "error":

@@ -105,7 +105,7 @@ def looks_like_image_definition(name: str) -> bool:
     from builder import imagedef
     path = imagedef.find(name)
     value = load(path).value
-    return isinstance(value, dict) and ("outputs" in value or "arch" in value)
+    return isinstance(value, dict) and ("outputs" in value or "arch" in value or "extends" in value)
 
 
 if __name__ == "__main__":

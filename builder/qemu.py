@@ -180,14 +180,18 @@ class Guest:
         return (text[b.end():] if b else text).replace("\r", "").strip()
 
     def ssh(self, command: str, key: Path, user: str = "root", timeout: float = 60.0, check: bool = True,
-            options: tuple[str, ...] = ("StrictHostKeyChecking=no", "UserKnownHostsFile=/dev/null")) -> str:
-        """Run ``command`` over SSH through the host forward; its stdout (stderr too when it fails)."""
+            options: tuple[str, ...] = ("StrictHostKeyChecking=no", "UserKnownHostsFile=/dev/null"),
+            stdin: Path | None = None) -> str:
+        """Run ``command`` over SSH through the host forward; its stdout (stderr too when it fails).
+        ``stdin``: a file fed to the command (e.g. ``cat > /path`` copies it in)."""
         argv = ["ssh", "-i", str(key), "-p", str(self.ssh_port), "-o", "BatchMode=yes", "-o", "ConnectTimeout=20",
                 "-o", "LogLevel=ERROR", "-o", "IdentitiesOnly=yes"]
         for option in options:
             argv += ["-o", option]
-        result = subprocess.run([*argv, f"{user}@127.0.0.1", command], capture_output=True, text=True,
-                                timeout=timeout, stdin=subprocess.DEVNULL)
+        with open(stdin or os.devnull, "rb") as source:
+            result = subprocess.run([*argv, f"{user}@127.0.0.1", command], capture_output=True, timeout=timeout,
+                                    stdin=source)
+        result.stdout, result.stderr = result.stdout.decode(errors="replace"), result.stderr.decode(errors="replace")
         if check and result.returncode != 0:
             raise RuntimeError(f"ssh {user}: {command!r} exited {result.returncode}: {result.stderr.strip()}")
         return result.stdout.rstrip("\n") if result.returncode == 0 else result.stdout + result.stderr

@@ -47,7 +47,7 @@ SCHEMA: dict[str, Any] = {
 }
 
 # Mount points and state directories the read-only root must provide.
-SKELETON = ("proc", "sys", "dev", "run", "tmp", "var", "home", "opt", "mnt", "media", "root",
+SKELETON = ("proc", "sys", "dev", "run", "tmp", "var", "var/tmp", "home", "opt", "mnt", "media", "root",
             "etc/basalt", "var/lib/basalt", "usr/lib/basalt")
 
 
@@ -242,6 +242,7 @@ def finish(root: Path, epoch: int) -> None:
     for d in SKELETON:
         (root / d).mkdir(parents=True, exist_ok=True)
     (root / "tmp").chmod(0o1777)
+    (root / "var/tmp").chmod(0o1777)
     (root / "root").chmod(0o700)
     bundle_ca_certificates(root)
     compile_python(root)
