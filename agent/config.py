@@ -141,8 +141,29 @@ def check(doc: Located, schema: dict[str, Any] | None = None) -> LoadedConfig:
         shown = located.display.get(tuple(path), tuple(path))
         hint = better_hint(path, message, hint, _value_at(located.value, path), top, section["properties"])
         problems.append(Problem(message, doc.source, located.line_of(path), format_path(shown), hint))
+    if not problems:
+        problems += semantic(located)
     problems.sort(key=lambda p: (p.line or 0, p.path or ""))
     return LoadedConfig(located.value, located, tuple(problems))
+
+
+def semantic(doc: Located) -> list[Problem]:
+    """Rules that span keys, which the schema cannot say."""
+    value = doc.value
+    out = []
+    for name in ("k3os", "basalt"):
+        sec = value.get(name, {})
+        if sec.get("server_url") and not (sec.get("token") or value.get("k3os", {}).get("token")
+                                          or value.get("basalt", {}).get("token")
+                                          or value.get("k3s", {}).get("config", {}).get("token")
+                                          or sec.get("environment", {}).get("K3S_TOKEN")):
+            out.append(doc.problem((name, "server_url"), "an agent joining a server needs a token",
+                                   f"add {name}.token (the server's /var/lib/rancher/k3s/server/token)"))
+    for i, chart in enumerate(value.get("k3s", {}).get("helm_charts", [])):
+        if "chart" in chart and "bundled" in chart:
+            out.append(doc.problem(("k3s", "helm_charts", i), "give 'chart' or 'bundled', not both",
+                                   "'bundled' names a chart in the image; 'chart' one in 'repo' or at a URL"))
+    return out
 
 
 def _value_at(value: Any, path: schema_mod.Path) -> Any:

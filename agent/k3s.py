@@ -131,13 +131,8 @@ def plan_files(config: dict[str, Any], facts: dict[str, Any]) -> list[Action]:
         return []
     if not k3s.get("enabled", True):
         return [("stop", "k3s")]
-    role, _ = role_and_argv(config)
-    sec = section(config)
+    role, _ = role_and_argv(config)  # a joining agent without a token is refused by config.semantic
     actions: list[Action] = []
-    if role == "agent" and not (sec.get("token") or k3s.get("config", {}).get("token")
-                                or sec.get("environment", {}).get("K3S_TOKEN")):
-        actions.append(("error", "k3s", "an agent needs k3os.token (or k3s.config.token) to join "
-                                        f"{sec.get('server_url')}"))
     conf = json.dumps(k3s_config(config, facts), indent=2, sort_keys=True) + "\n"
     actions.append(("write", ETC + "/config.yaml", conf.encode(), 0o600, "root:root"))
     if k3s.get("registries"):

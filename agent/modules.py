@@ -358,7 +358,9 @@ def plan_phase(phase: str, config: dict[str, Any], facts: dict[str, Any]) -> lis
     for name, ph, activators, plan in MODULES:
         if ph == phase and (keys & set(activators) or not activators):
             try:
-                out.append((name, plan(config, facts)))
+                actions = plan(config, facts)
+                if actions or activators:  # an always-on module with nothing to do is left out
+                    out.append((name, actions))
             except Exception as exc:  # noqa: BLE001 - e.g. undecodable content: report, go on
                 out.append((name, [("error", name, f"{type(exc).__name__}: {exc}")]))
     return out

@@ -82,6 +82,10 @@ def load_site_config(path: str | None) -> str | None:
     loaded = load_config(path)  # the device's own loader: same normalisation, same verdicts
     if loaded.problems:
         raise BasaltError(loaded.problems)
+    from builder import manifests
+    problems = manifests.check(loaded.located)  # what the node cannot check: Kubernetes schemas
+    if problems:
+        raise BasaltError(problems)
     return Path(path).read_text()
 
 

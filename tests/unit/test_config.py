@@ -98,7 +98,7 @@ def test_every_k3os_key_form_validates_unchanged() -> None:
     ("k3os: {module: kvm}", {"k3os": {"modules": ["kvm"]}}),
     ("k3os: {sysctls: {vm.swappiness: 10}}", {"k3os": {"sysctl": {"vm.swappiness": "10"}}}),
     ("k3os: {k3sArgs: server}", {"k3os": {"k3s_args": ["server"]}}),
-    ("k3os: {serverUrl: 'https://s:6443'}", {"k3os": {"server_url": "https://s:6443"}}),
+    ("k3os: {serverUrl: 'https://s:6443', token: K10x}", {"k3os": {"server_url": "https://s:6443", "token": "K10x"}}),
     # wifi's pass/password mean passphrase
     ("k3os: {wifi: [{name: n, pass: p}]}", {"k3os": {"wifi": [{"name": "n", "passphrase": "p"}]}}),
     ("k3os: {wifi: {name: n, password: p}}", {"k3os": {"wifi": [{"name": "n", "passphrase": "p"}]}}),

@@ -54,7 +54,7 @@ BAD = [
     (("name: x86_64-iso", "name: Bad Name"), "name: Bad Name",
      "name: 'Bad Name' is not valid here", "must match the pattern ^[a-z0-9][a-z0-9._-]*$"),
     (("  - base", "  - nosuch"), "- nosuch",
-     "overlays[0]: overlay 'nosuch' does not exist", "available overlays: base"),
+     "overlays[0]: overlay 'nosuch' does not exist", "available overlays: base, containerd, containers"),
     (("    firmware: [bios, uefi]", "    firmware: [bios, bios]"), "firmware: [bios, bios]",
      "outputs[0].firmware: has duplicate items", "list each item once"),
     (("  cmdline: console=tty0", "  cmdline: root=/dev/sda console=tty0"), "cmdline:",
@@ -117,7 +117,7 @@ def test_unknown_image_name_lists_choices() -> None:
     with pytest.raises(BasaltError) as exc:
         load_image("no-such-image")
     assert exc.value.render() == ("no image definition named 'no-such-image'\n"
-                                  "hint: available: x86_64-iso (or pass a path to a .yaml file)")
+                                  "hint: available: x86_64-containerd, x86_64-iso, x86_64-k3s (or pass a path to a .yaml file)")
 
 
 def test_cli_reports_without_traceback(tmp_path: Path) -> None:
@@ -180,3 +180,37 @@ def test_example_site_configs_are_valid() -> None:
     from builder.plan import load_site_config
     for example in sorted((ROOT / "config" / "examples").glob("*.yaml")):
         assert load_site_config(str(example))
+
+
+def test_extends_merges_mappings_and_replaces_lists() -> None:
+    base, img = load_image("x86_64-iso"), load_image("x86_64-containerd")
+    assert img.packages == (*base.packages, "containerd", "runc")
+    assert img.overlays == ("base", "containers", "containerd")
+    assert (img.kernel_package, img.cmdline, img.modules_exclude) == \
+        (base.kernel_package, base.cmdline, base.modules_exclude)  # inherited mappings
+    k3s = load_image("x86_64-k3s")
+    assert k3s.k3s["enabled"] is True and k3s.memory_mb == 2048 and k3s.cpus == base.cpus  # qemu: merged key by key
+
+
+def test_extends_problems_point_into_the_extending_file(tmp_path: Path) -> None:
+    path = tmp_path / "variant.yaml"
+    path.write_text("extends: x86_64-iso\nname: variant\nk3s:\n  enabled: true\n  sha256: {x86_64: nothex}\n")
+    with pytest.raises(BasaltError) as exc:
+        load_image(str(path))
+    rendered = [p.render().splitlines()[0] for p in exc.value.problems]
+    assert f"{path}:4: k3s: 'version' is required" in rendered
+    assert f"{path}:5: k3s.sha256.x86_64: 'nothex' is not valid here" in rendered
+
+
+@pytest.mark.parametrize(("extends", "message"), [
+    ("nosuch", "no image definition named 'nosuch' to extend"),
+    ("self-loop", "'self-loop' extends itself (a cycle)"),
+])
+def test_extends_unknown_or_cyclic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extends: str, message: str) -> None:
+    from builder import imagedef
+    monkeypatch.setattr(imagedef, "IMAGES", tmp_path)
+    path = tmp_path / "self-loop.yaml"
+    path.write_text(f"extends: {extends}\nname: self-loop\n")
+    with pytest.raises(BasaltError) as exc:
+        load_image(str(path))
+    assert exc.value.problems[0].render().splitlines()[0] == f"{path}:1: extends: {message}"

@@ -149,12 +149,12 @@ def plan_for_test(tmp_path: Path, config: str | None = None) -> Any:
 
 def test_plan_is_ordered_and_resolved(tmp_path: Path) -> None:
     p = plan_for_test(tmp_path)
-    assert [s.name for s in p.stages] == ["fetch", "rootfs", "squashfs", "initramfs", "iso"]
+    assert [s.name for s in p.stages] == ["fetch", "k3s", "rootfs", "squashfs", "initramfs", "iso"]
     fetch = p.stages[0].options
     assert fetch["sources"] == [{"uri": "http://mirror.example/debian", "suites": ["bookworm"],
                                  "components": ["main"]}]
     assert fetch["boot_packages"] == ["grub-pc-bin", "grub-efi-amd64-bin"]
-    assert p.stages[4].options["firmware"] == ["bios", "uefi"]
+    assert p.stages[5].options["firmware"] == ["bios", "uefi"]
     assert "fetch" in p.describe() and json.loads(json.dumps(p.to_json()))["image"] == "x86_64-iso"
 
 

@@ -1,0 +1,79 @@
+"""Offline checks of the Kubernetes objects a site config deploys (``k3s.manifests`` and
+``k3s.helm_charts``), before they are baked into an image: built-in kinds against the
+Kubernetes OpenAPI schema (the kubernetes-validate package), HelmChart against the fields
+of k3s's helm-controller CRD. Other custom resources cannot be known offline: not checked.
+Manifests named by ``{file: /path}`` live on the node, and are checked there by k3s."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from agent import k3s
+from agent.errors import Problem
+from agent.yamlsource import Located
+
+HELMCHART_SCHEMA = Path(__file__).parent / "schemas" / "helmchart.schema.json"
+
+
+@functools.cache
+def helmchart_validator() -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(json.loads(HELMCHART_SCHEMA.read_text()))
+
+
+def kubernetes_version() -> str:
+    from kubernetes_validate import utils
+    return str(utils.latest_version())
+
+
+def object_problems(obj: Any) -> list[tuple[str, str]]:
+    """(path inside the object, message) for one Kubernetes object."""
+    if not isinstance(obj, dict) or "kind" not in obj or "apiVersion" not in obj:
+        return [("", "not a Kubernetes object (it needs apiVersion and kind)")]
+    if obj["apiVersion"] == "helm.cattle.io/v1" and obj["kind"] == "HelmChart":
+        return [(".".join(map(str, e.absolute_path)), e.message)
+                for e in sorted(helmchart_validator().iter_errors(obj), key=lambda e: list(map(str, e.path)))]
+    import kubernetes_validate
+    try:
+        kubernetes_validate.validate(obj, kubernetes_version(), strict=True)
+    except kubernetes_validate.SchemaNotFoundError:
+        return []  # a custom resource whose CRD is not known offline
+    except kubernetes_validate.ValidationError as exc:
+        return [(".".join(map(str, exc.path)), exc.message)]
+    return []
+
+
+def check(doc: Located) -> list[Problem]:
+    """Problems in a loaded (normalised) config's manifests and charts, at their lines."""
+    config = doc.value if isinstance(doc.value, dict) else {}
+    spec = config.get("k3s", {})
+    problems = []
+
+    def report(path: tuple[str | int, ...], inner: str, message: str, hint: str) -> None:
+        problems.append(doc.problem(path, f"{inner + ': ' if inner else ''}{message}", hint))
+
+    for i, item in enumerate(spec.get("manifests", [])):
+        path = ("k3s", "manifests", i)
+        if isinstance(item, dict) and "file" in item and "kind" not in item:
+            continue
+        try:
+            objects = [item] if isinstance(item, dict) else [o for o in yaml.safe_load_all(item) if o is not None]
+        except yaml.YAMLError as exc:
+            report(path, "", f"the manifest text is not YAML: {exc}", "check the indentation of the block")
+            continue
+        for obj in objects:
+            for inner, message in object_problems(obj):
+                kind = f"{obj.get('kind')} {obj.get('metadata', {}).get('name', '')}".strip() \
+                    if isinstance(obj, dict) else "manifest"
+                report(path, f"{kind}: {inner}" if inner else kind, message,
+                       f"checked offline against the Kubernetes {kubernetes_version()} API schema")
+    for i, entry in enumerate(spec.get("helm_charts", [])):
+        if isinstance(entry, dict) and "name" in entry and ("chart" in entry or "bundled" in entry):
+            for inner, message in object_problems(k3s.helm_chart(entry)):
+                report(("k3s", "helm_charts", i), inner, message, "see k3s.helm_charts in docs/config.md")
+    return problems
