@@ -1,0 +1,197 @@
+"""k3s in the image, run by the agent.
+
+1. Always: an image built with k3s through the full pipeline, the binary downloaded from a
+   local HTTP server laid out like a k3s release. GitHub (and so a real k3s binary) is not
+   reachable from these machines, so the "release binary" here is a stand-in shell script that
+   records how it was started and then sleeps; this is the one mock, at that unreachable
+   boundary. Everything around it is real: checksum verification, /usr/bin/k3s and its links,
+   the bundled chart and air-gap images, the generated config/manifests, supervision with
+   restart and backoff, the log, a restart on config change, and ``basalt doctor``.
+2. With ``BASALT_K3S_BINARY`` pointing at a real k3s binary: the real end-to-end test (node
+   Ready, a manifest from ``k3s.manifests`` applied, the labels). Skipped otherwise.
+
+Guests are bounded by timeouts and killed on exit; the HTTP server listens on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from builder import pipeline, plan
+from builder.qemu import READY, Guest
+from conftest import Server
+
+BOOT_TIMEOUT = 300
+VERSION = "v1.34.2+k3s1"
+STAND_IN = """#!/bin/sh
+# Stand-in for the k3s release binary (unreachable here): records its runs, fails the first.
+n=$(cat /run/k3s-stand-in.runs 2>/dev/null || echo 0); n=$((n + 1)); echo $n > /run/k3s-stand-in.runs
+echo "run $n: $*" >> /run/k3s-stand-in.argv
+echo "HTTP_PROXY=$HTTP_PROXY" > /run/k3s-stand-in.env
+if [ "$n" = 1 ]; then echo "stand-in: first run exits 1"; exit 1; fi
+echo "stand-in: running"
+exec sleep 100000
+"""
+
+
+@pytest.fixture(scope="module")
+def key(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("ssh") / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "basalt-test", "-f", str(path)], check=True)
+    return path
+
+
+def chart_tgz(path: Path) -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        data = b"apiVersion: v2\nname: site-app\nversion: 1.0.0\n"
+        info = tarfile.TarInfo("site-app/Chart.yaml")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    path.write_bytes(buf.getvalue())
+
+
+def site_config(pub: str, extra_label: str = "depot-7") -> str:
+    return f"""\
+ssh_authorized_keys: ["{pub}"]
+k3os:
+  token: cluster-secret
+  labels: {{site: {extra_label}}}
+  taints: ["dedicated=edge:NoSchedule"]
+  k3s_args: [server, --disable=traefik]
+  environment: {{HTTP_PROXY: "http://proxy.invalid:3128"}}
+k3s:
+  config: {{write-kubeconfig-mode: "0644"}}
+  manifests:
+  - {{apiVersion: v1, kind: ConfigMap, metadata: {{name: site, namespace: default}}, data: {{site: depot-7}}}}
+  helm_charts:
+  - {{name: site-app, bundled: site-app-1.0.0.tgz, target_namespace: apps, create_namespace: true}}
+"""
+
+
+def test_k3s_image_from_a_release_server_runs_under_the_agent(key: Path, tmp_path: Path,
+                                                              qemu_available: None) -> None:
+    www = tmp_path / "www"
+    release = www / VERSION
+    release.mkdir(parents=True)
+    (release / "k3s").write_text(STAND_IN)
+    airgap = b"(stand-in air-gap image tarball)\n" * 64
+    (release / "k3s-airgap-images-amd64.tar.zst").write_bytes(airgap)
+    (release / "sha256sum-amd64.txt").write_text("".join(
+        f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}\n" for p in sorted(release.iterdir())))
+    defs = tmp_path / "defs"
+    defs.mkdir()
+    chart_tgz(defs / "site-app-1.0.0.tgz")
+    pub = key.with_suffix(".pub").read_text().strip()
+    (tmp_path / "site.yaml").write_text(site_config(pub))
+    with Server(www) as server:
+        (defs / "k3s-stand-in.yaml").write_text(
+            f"extends: x86_64-k3s\nname: k3s-stand-in\nk3s:\n  enabled: true\n  version: {VERSION}\n"
+            f"  url: {server.url}\n  airgap_images: true\n  charts: [site-app-1.0.0.tgz]\nqemu: {{memory_mb: 768}}\n")
+        out = pipeline.build(plan.plan(str(defs / "k3s-stand-in.yaml"), str(tmp_path / "site.yaml")),
+                             out=tmp_path / "out")
+        fetched = [p for p, _ in server.requests]
+    assert fetched == ["/v1.34.2%2Bk3s1/sha256sum-amd64.txt", "/v1.34.2%2Bk3s1/k3s",
+                       "/v1.34.2%2Bk3s1/k3s-airgap-images-amd64.tar.zst"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["inputs"]["k3s"]["binary"]["sha256"] == hashlib.sha256(STAND_IN.encode()).hexdigest()
+    root = out / "rootfs" / "root"
+    assert (root / "usr/bin/k3s").read_text() == STAND_IN and os.access(root / "usr/bin/k3s", os.X_OK)
+    assert {n: os.readlink(root / "usr/bin" / n) for n in ("kubectl", "crictl", "ctr")} == \
+        {"kubectl": "k3s", "crictl": "k3s", "ctr": "k3s"}
+
+    with Guest(next(out.glob("*.iso")), memory_mb=768) as guest:
+        assert "errors=0" in guest.wait_for(READY.pattern + r" errors=\d+", BOOT_TIMEOUT).group(0), guest.tail()
+        guest.wait_ssh(key)
+
+        def sh(cmd: str, timeout: float = 60) -> str:
+            return guest.ssh(cmd, key, timeout=timeout)
+
+        # Runtime phase: started, failed once, restarted after a backoff, now running.
+        sh("for i in $(seq 90); do [ \"$(cat /run/k3s-stand-in.runs 2>/dev/null)\" = 2 ] && break; sleep 1; done")
+        assert sh("cat /run/k3s-stand-in.argv") == "run 1: server --disable=traefik\nrun 2: server --disable=traefik"
+        assert sh("cat /run/k3s-stand-in.env") == "HTTP_PROXY=http://proxy.invalid:3128"
+        log = sh("cat /run/basalt/log/k3s.log")
+        assert log.splitlines() == ["stand-in: first run exits 1", "stand-in: running"], log
+        status = json.loads(sh("basalt status --json"))
+        assert status["services"]["k3s"]["state"] == "running" and status["services"]["k3s"]["failures"] == 1
+        assert status["errors"] == []
+
+        conf = json.loads(sh("cat /etc/rancher/k3s/config.yaml"))
+        assert conf == {"token": "cluster-secret", "write-kubeconfig-mode": "0644",
+                        "node-label": ["basalt.io/mode=live", "basalt.io/slot=live", "basalt.io/version=0.1.0",
+                                       "site=depot-7"],
+                        "node-taint": ["dedicated=edge:NoSchedule"]}
+        d = "/var/lib/rancher/k3s"
+        assert sh(f"ls {d}/server/manifests") == "basalt-00-configmap-site.yaml\nbasalt-chart-site-app.yaml"
+        chart = json.loads(sh(f"cat {d}/server/manifests/basalt-chart-site-app.yaml"))
+        assert chart["spec"]["chart"] == "https://%{KUBERNETES_API}%/static/charts/site-app-1.0.0.tgz"
+        assert sh(f"tar -tzf {d}/server/static/charts/site-app-1.0.0.tgz") == "site-app/Chart.yaml"
+        assert sh(f"sha256sum < {d}/agent/images/k3s-airgap-images-amd64.tar.zst").split()[0] == \
+            hashlib.sha256(airgap).hexdigest()
+        assert sh("readlink /etc/rancher/node") == "/var/lib/rancher/node"
+        doctor = sh("basalt doctor")
+        assert "OK    k3s binary: /usr/bin/k3s (v1.34.2+k3s1)" in doctor and doctor.endswith("ready for k3s and containers")
+
+        # A changed config restarts k3s with the new files (the same arguments).
+        sh("printf 'k3os:\\n  labels: {site: depot-8}\\n' > /var/lib/basalt/config.yaml")
+        sh("basalt config apply", timeout=120)
+        sh("for i in $(seq 60); do [ \"$(cat /run/k3s-stand-in.runs)\" = 3 ] && break; sleep 1; done")
+        assert sh("cat /run/k3s-stand-in.runs") == "3"
+        assert "site=depot-8" in json.loads(sh("cat /etc/rancher/k3s/config.yaml"))["node-label"]
+
+
+@pytest.mark.skipif(not os.environ.get("BASALT_K3S_BINARY"),
+                    reason="BASALT_K3S_BINARY is not set: no real k3s binary here (GitHub releases are unreachable)")
+def test_real_k3s_node_becomes_ready_and_deploys_a_manifest(key: Path, tmp_path: Path, qemu_available: None) -> None:
+    binary = Path(os.environ["BASALT_K3S_BINARY"])
+    digest = hashlib.sha256(binary.read_bytes()).hexdigest()
+    version = subprocess.run([str(binary), "--version"], capture_output=True, text=True).stdout
+    match = re.search(r"(v\d+\.\d+\.\d+\+k3s\d+)", version)
+    assert match, f"{binary} --version printed no k3s version: {version!r}"
+    defs = tmp_path / "defs"
+    defs.mkdir()
+    # The operator vouches for this binary: pin its checksum, as an air-gapped site would.
+    (defs / "k3s-e2e.yaml").write_text(f"extends: x86_64-k3s\nname: k3s-e2e\nk3s:\n  enabled: true\n"
+                                       f"  version: {match.group(1)}\n  sha256: {{x86_64: {digest}}}\n")
+    pub = key.with_suffix(".pub").read_text().strip()
+    (tmp_path / "site.yaml").write_text(site_config(pub).replace("  helm_charts:\n  - {name: site-app, bundled: "
+                                                                 "site-app-1.0.0.tgz, target_namespace: apps, "
+                                                                 "create_namespace: true}\n", ""))
+    out = pipeline.build(plan.plan(str(defs / "k3s-e2e.yaml"), str(tmp_path / "site.yaml"), k3s_binary=str(binary)),
+                         out=tmp_path / "out")
+    with Guest(next(out.glob("*.iso")), memory_mb=2048, cpus=2) as guest:
+        guest.wait_for(READY, BOOT_TIMEOUT)
+        guest.wait_ssh(key)
+        deadline = time.monotonic() + 900
+        node: dict[str, object] = {}
+        while time.monotonic() < deadline:
+            text = guest.ssh("k3s kubectl get nodes -o json 2>/dev/null", key, check=False, timeout=120)
+            items = json.loads(text).get("items", []) if text.startswith("{") else []
+            if items and any(c["type"] == "Ready" and c["status"] == "True"
+                             for c in items[0]["status"]["conditions"]):
+                node = items[0]
+                break
+            time.sleep(10)
+        assert node, "the k3s node did not become Ready within 15 minutes:\n" + guest.ssh(
+            "tail -n 40 /run/basalt/log/k3s.log", key, check=False)
+        labels = node["metadata"]["labels"]  # type: ignore[index]
+        assert labels["basalt.io/version"] == "0.1.0" and labels["basalt.io/slot"] == "live"
+        assert labels["site"] == "depot-7"
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            got = guest.ssh("k3s kubectl get configmap site -o jsonpath='{.data.site}'", key, check=False)
+            if got == "depot-7":
+                break
+            time.sleep(5)
+        assert got == "depot-7"
