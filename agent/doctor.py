@@ -186,7 +186,8 @@ class Doctor:
     def check_swap(self) -> list[Result]:
         active = [line.split()[0] for line in self.read("proc/swaps").splitlines()[1:] if line.strip()]
         if active:
-            return [Result("fail", "swap", "on: " + ", ".join(active), "swapoff -a (the kubelet refuses to run with swap)")]
+            return [Result("fail", "swap", "on: " + ", ".join(active),
+                           "swapoff -a (the kubelet refuses to run with swap)")]
         return [Result("ok", "swap", "off")]
 
     def check_propagation(self) -> list[Result]:

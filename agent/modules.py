@@ -530,8 +530,8 @@ def apply(actions: list[Action], run: Callable[[list[str]], int], root: str = "/
                 services.start(action[1], action[2], *action[3:])
             elif kind == "copy":
                 _, src, dest, mode = action
-                with open(src, "rb") as f:
-                    write_atomic(at(dest), f.read(), mode, 0, 0)
+                with open(src, "rb") as source:
+                    write_atomic(at(dest), source.read(), mode, 0, 0)
             elif kind == "prune":  # remove what we wrote earlier and no longer write
                 _, directory, prefix, keep = action
                 if os.path.isdir(at(directory)):

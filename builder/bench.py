@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -87,6 +88,68 @@ def provisioned_boot(image: str, work: Path, timeout: float = 300) -> dict[str, 
             "agent_rss_kb": int(idle.group(2)), "idle_mem_used_kb": int(idle.group(1))}
 
 
+STAND_IN_MIB = 68  # about a k3s amd64 release binary; incompressible, as the real one nearly is
+
+
+def k3s_binary(work: Path) -> tuple[Path, str]:
+    """The real k3s when BASALT_K3S_BINARY names one, else a stand-in of k3s's size."""
+    real = os.environ.get("BASALT_K3S_BINARY")
+    if real:
+        return Path(real), "real k3s binary (BASALT_K3S_BINARY)"
+    import random
+    path = work / "k3s"
+    path.write_bytes(random.Random(0).randbytes(STAND_IN_MIB << 20))
+    return path, f"stand-in of {STAND_IN_MIB} MiB random bytes (no real k3s binary here)"
+
+
+def squashed_mib(src: Path, work: Path, options: dict[str, Any]) -> float:
+    """``src`` (a directory) packed with the image's own squashfs options."""
+    import subprocess
+
+    from builder.stages import squashfs
+    dest = work / f"{src.name}.squashfs"
+    subprocess.run(squashfs.command(str(src), str(dest), options), check=True, capture_output=True)
+    size = dest.stat().st_size / 1048576
+    dest.unlink()
+    return size
+
+
+def k3s_and_containers(work: Path, without: Path, skip_boot: bool) -> dict[str, Any]:
+    """Root image size with and without k3s (and what k3s adds beyond its binary); idle memory
+    with containerd running, next to the plain image's."""
+    import hashlib
+    binary, what = k3s_binary(work)
+    defs = work / "defs"
+    defs.mkdir()
+    (defs / "bench-k3s.yaml").write_text(
+        "extends: x86_64-k3s\nname: bench-k3s\nk3s:\n  enabled: true\n"
+        f"  sha256: {{x86_64: {hashlib.sha256(binary.read_bytes()).hexdigest()}}}\n")
+    compiled = plan.plan(str(defs / "bench-k3s.yaml"), k3s_binary=str(binary))
+    with_k3s = pipeline.build(compiled, out=work / "out-k3s")
+    squash_options = next(s.options for s in compiled.stages if s.name == "squashfs")
+    alone = work / "k3s-alone"
+    alone.mkdir()
+    shutil.copyfile(binary, alone / "k3s")
+    mib = {"without": (without / "rootfs.squashfs").stat().st_size / 1048576,
+           "with": (with_k3s / "rootfs.squashfs").stat().st_size / 1048576,
+           "binary": squashed_mib(alone, work, squash_options)}
+    result: dict[str, Any] = {
+        "k3s_binary": what, "k3s_binary_mib": round(binary.stat().st_size / 1048576, 1),
+        "squashfs_without_k3s_mb": round(mib["without"], 1), "squashfs_with_k3s_mb": round(mib["with"], 1),
+        "k3s_binary_squashed_mb": round(mib["binary"], 1),
+        "k3s_overhead_beyond_binary_mb": round(mib["with"] - mib["without"] - mib["binary"], 2)}
+    containerd = pipeline.build(plan.plan("x86_64-containerd"))
+    result["squashfs_containerd_mb"] = round((containerd / "rootfs.squashfs").stat().st_size / 1048576, 1)
+    if not skip_boot:
+        with Guest(next(containerd.glob("*.iso"))) as guest:
+            guest.wait_for(READY, 300)
+            idle = guest.wait_for(IDLE, 60)
+            running = "containerd" in guest.run("pidof containerd >/dev/null && echo containerd-up")
+        result["containerd_idle_mem_used_kb"] = int(idle.group(1))
+        result["containerd_running"] = running
+    return result
+
+
 def run(image: str, skip_boot: bool, skip_cold: bool) -> dict[str, Any]:
     results: dict[str, Any] = {"image": image, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                "host_cpus": os.cpu_count(), "accel": "tcg"}
@@ -109,6 +172,8 @@ def run(image: str, skip_boot: bool, skip_cold: bool) -> dict[str, Any]:
             results[f"boot_{firmware}"] = boot(iso, firmware)
         with tempfile.TemporaryDirectory(prefix="basalt-bench-") as tmp:
             results["example_config"] = provisioned_boot(image, Path(tmp))
+    with tempfile.TemporaryDirectory(prefix="basalt-bench-") as tmp:
+        results["k3s"] = k3s_and_containers(Path(tmp), baseline, skip_boot)
     return results
 
 
@@ -134,6 +199,20 @@ def table(r: dict[str, Any]) -> str:
                  ("example config: kernel start → ready", f"{ex['boot_ms']} ms", ""),
                  ("example config: agent (PID 1) RSS once idle", f"{ex['agent_rss_kb'] / 1024:.1f} MiB", "≤ 25 MB"),
                  ("example config: idle memory used", f"{ex['idle_mem_used_kb'] / 1024:.1f} MiB", "")]
+    k = r.get("k3s")
+    if k:
+        rows += [(f"squashfs without k3s / with k3s ({k['k3s_binary']})",
+                  f"{k['squashfs_without_k3s_mb']} / {k['squashfs_with_k3s_mb']} MiB", ""),
+                 ("the k3s binary alone, squashed", f"{k['k3s_binary_squashed_mb']} MiB", ""),
+                 ("k3s image: squashfs overhead beyond the binary", f"{k['k3s_overhead_beyond_binary_mb']} MiB",
+                  "≤ 10 MB"),
+                 ("containerd image: squashfs", f"{k['squashfs_containerd_mb']} MiB", "")]
+        if "containerd_idle_mem_used_kb" in k:
+            plain = r.get("boot_bios", {}).get("idle_mem_used_kb")
+            rows += [("idle memory used: no k3s, no containerd (BIOS boot above)",
+                      f"{plain / 1024:.1f} MiB" if plain else "-", ""),
+                     ("idle memory used: containerd running",
+                      f"{k['containerd_idle_mem_used_kb'] / 1024:.1f} MiB", "")]
     width = max(len(a) for a, _, _ in rows)
     return "\n".join(f"{a:<{width}}  {b:>12}  {c}" for a, b, c in rows)
 

@@ -191,10 +191,10 @@ class Guest:
         with open(stdin or os.devnull, "rb") as source:
             result = subprocess.run([*argv, f"{user}@127.0.0.1", command], capture_output=True, timeout=timeout,
                                     stdin=source)
-        result.stdout, result.stderr = result.stdout.decode(errors="replace"), result.stderr.decode(errors="replace")
+        out, err = result.stdout.decode(errors="replace"), result.stderr.decode(errors="replace")
         if check and result.returncode != 0:
-            raise RuntimeError(f"ssh {user}: {command!r} exited {result.returncode}: {result.stderr.strip()}")
-        return result.stdout.rstrip("\n") if result.returncode == 0 else result.stdout + result.stderr
+            raise RuntimeError(f"ssh {user}: {command!r} exited {result.returncode}: {err.strip()}")
+        return out.rstrip("\n") if result.returncode == 0 else out + err
 
     def wait_ssh(self, key: Path, user: str = "root", timeout: float = 120.0, **kw: object) -> None:
         """Until an SSH login as ``user`` works (the server starts just before the ready line)."""

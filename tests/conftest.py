@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.server
 import os
 import shutil
+import subprocess
 import threading
 import urllib.parse
 from collections.abc import Iterator
@@ -93,6 +94,14 @@ def built_iso() -> Path:
     from builder import pipeline, plan
     out = pipeline.build(plan.plan("x86_64-iso"))
     return out
+
+
+@pytest.fixture(scope="module")
+def key(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh SSH key pair for one module's guests (``key`` private, ``key.pub`` public)."""
+    path = tmp_path_factory.mktemp("ssh") / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "basalt-test", "-f", str(path)], check=True)
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -33,13 +32,6 @@ def containerd_image() -> Path:
 
 
 @pytest.fixture(scope="module")
-def key(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("ssh") / "id_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "basalt-test", "-f", str(path)], check=True)
-    return path
-
-
-@pytest.fixture(scope="module")
 def key_seed(key: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("seed")
     (d / "user-data").write_text(f"ssh_authorized_keys:\n- {key.with_suffix('.pub').read_text().strip()}\n")
@@ -50,7 +42,8 @@ def test_containerd_runs_an_imported_oci_image_under_a_cgroup_v2_memory_limit(
         containerd_image: Path, key: Path, key_seed: Path, tmp_path: Path, qemu_available: None) -> None:
     tarball = tmp_path / "busybox-oci.tar"
     busybox = (containerd_image / "rootfs/root/usr/bin/busybox").resolve()
-    oci.single_binary_image(tarball, busybox, IMAGE, "amd64", links=("sh", "echo", "cat", "head", "tail", "wc", "sleep"))
+    oci.single_binary_image(tarball, busybox, IMAGE, "amd64",
+                            links=("sh", "echo", "cat", "head", "tail", "wc", "sleep"))
     iso = next(containerd_image.glob("*.iso"))
     with Guest(iso, extra_cdroms=[key_seed], memory_mb=768) as guest:
         assert "errors=0" in guest.wait_for(READY.pattern + r" errors=\d+", BOOT_TIMEOUT).group(0), guest.tail()

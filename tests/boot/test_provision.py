@@ -12,11 +12,8 @@ import base64
 import gzip
 import json
 import re
-import subprocess
 import time
 from pathlib import Path
-
-import pytest
 
 from builder import pipeline, plan, seed
 from builder.qemu import IDLE, READY, Guest
@@ -26,13 +23,6 @@ BOOT_TIMEOUT = 300
 
 def iso_of(out: Path) -> Path:
     return next(out.glob("*.iso"))
-
-
-@pytest.fixture(scope="module")
-def key(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("ssh") / "id_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "basalt-test", "-f", str(path)], check=True)
-    return path
 
 
 def provisioning_config(pub: str) -> str:

@@ -64,7 +64,7 @@ k3os:
     assert conf["node-label"] == ["basalt.io/mode=installed", "basalt.io/slot=overridden-by-user",
                                   "basalt.io/version=0.1.0", "site=depot-7"]
     assert conf["node-taint"] == ["dedicated=edge:NoSchedule"]
-    (_, name, argv, env), = runtime
+    (_, _, argv, env), = runtime
     assert argv == ["/usr/bin/k3s", "agent", "--node-ip", "10.0.0.7"]
     assert env["HTTP_PROXY"] == "http://proxy:3128" and len(env["BASALT_K3S_CONFIG_CRC"]) == 8
 
