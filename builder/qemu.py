@@ -131,7 +131,19 @@ class Guest:
                 raise RuntimeError(f"QEMU exited ({self.proc.returncode}) before {regex.pattern!r}: "
                                    f"{err.strip()}\nconsole tail:\n{self.tail()}")
             time.sleep(0.2)
-        raise TimeoutError(f"no {regex.pattern!r} on the console after {timeout:.0f}s; console tail:\n{self.tail()}")
+        raise TimeoutError(f"no {regex.pattern!r} on the console after {timeout:.0f}s; console tail:\n{self.tail()}"
+                           f"\n{self.cpu_state()}")
+
+    def cpu_state(self) -> str:
+        """Where the vCPUs are (for a guest that went silent, e.g. in firmware): RIP and CR
+        registers from QMP, or why they could not be read."""
+        try:
+            reply = self.qmp("human-monitor-command", {"command-line": "info registers -a"})
+        except (OSError, ValueError) as exc:
+            return f"cpu state: unavailable ({exc})"
+        text = str(reply.get("return", reply.get("error", "")))
+        keep = [line for line in text.splitlines() if line.startswith(("CPU#", "RIP=", "CS =", "CR0=", "EFER="))]
+        return "cpu state (QMP info registers):\n" + "\n".join(keep)
 
     def send(self, text: str) -> None:
         """Type ``text`` on the serial console."""
@@ -211,15 +223,15 @@ class Guest:
     def tail(self, lines: int = 25) -> str:
         return "\n".join(self.console().splitlines()[-lines:])
 
-    def qmp(self, command: str) -> dict[str, object]:
+    def qmp(self, command: str, arguments: dict[str, object] | None = None) -> dict[str, object]:
         assert self.workdir
         with socket.socket(socket.AF_UNIX) as s:
             s.settimeout(10)
             s.connect(str(self.workdir / "qmp.sock"))
             f = s.makefile("rw")
             f.readline()
-            for cmd in ("qmp_capabilities", command):
-                f.write(json.dumps({"execute": cmd}) + "\n")
+            for cmd, args in (("qmp_capabilities", None), (command, arguments)):
+                f.write(json.dumps({"execute": cmd, **({"arguments": args} if args else {})}) + "\n")
                 f.flush()
                 while True:
                     reply = json.loads(f.readline())

@@ -8,8 +8,8 @@ Three routes, tried in this order, all ending in the same verified blob store:
 3. online: ``<url>/<version>/<file>`` (the k3s GitHub release by default, or a mirror).
 
 The expected checksum is the image definition's pinned ``k3s.sha256.<arch>`` when there
-is one, else the release's ``sha256sum-<arch>.txt`` (cached per version, so a warm
-rebuild needs no network). When both exist they must agree. Output: ``k3s.lock.json``
+is one, else the release's ``sha256sum-<arch>.txt`` (cached per version and URL, so a
+warm rebuild needs no network). When both exist they must agree. Output: ``k3s.lock.json``
 (what goes into the image, by hash) and ``key``.
 """
 
@@ -86,7 +86,9 @@ class Sums:
     def __init__(self, o: dict[str, Any], store: BlobStore, local_dirs: list[Path]):
         self.o, self.store, self.local_dirs = o, store, local_dirs
         self.name = f"sha256sum-{o['arch']}.txt"
-        self.cached = store.root.parent.parent / "k3s" / o["version"] / self.name
+        # Keyed by where it came from too: two servers may publish different files for one version.
+        origin = hashlib.sha256(o["url"].rstrip("/").encode()).hexdigest()[:12]
+        self.cached = store.root.parent.parent / "k3s" / o["version"] / origin / self.name
         self._sums: dict[str, str] | None = None
 
     def get(self, allow_download: bool) -> dict[str, str] | None:

@@ -231,3 +231,12 @@ def test_qemu_missing_is_a_clear_error(built_iso: Path, monkeypatch: pytest.Monk
     with pytest.raises(BasaltError) as exc, Guest(iso_of(built_iso)):
         pass
     assert exc.value.render() == ("qemu-system-x86_64 not found\nhint: apt-get install qemu-system-x86")
+
+
+def test_a_silent_guest_timeout_reports_where_the_cpus_are(built_iso: Path, qemu_available: None) -> None:
+    """For the rare UEFI hang under TCG: a timeout says where each vCPU was (QMP registers)."""
+    with Guest(iso_of(built_iso), firmware="uefi") as guest, pytest.raises(TimeoutError) as exc:
+        guest.wait_for("this line never appears", 4)
+    text = str(exc.value)
+    assert "cpu state (QMP info registers):" in text
+    assert re.search(r"^CPU#0$", text, re.M) and len(re.findall(r"^RIP=[0-9a-f]{16}", text, re.M)) == 2, text

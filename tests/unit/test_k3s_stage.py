@@ -66,7 +66,7 @@ def test_downloads_the_release_binary_verified_by_its_checksum_file(tmp_path: Pa
     assert paths == ["/v1.30.5%2Bk3s1/sha256sum-amd64.txt", "/v1.30.5%2Bk3s1/k3s"]
     # Warm rebuild: the checksum file and the binary both come from the cache, offline.
     http_server.requests.clear()
-    again = run(tmp_path, options("http://127.0.0.1:9/"))
+    again = run(tmp_path, options(http_server.url))
     assert again["route"] == "cache" and again["binary"]["sha256"] == sha(binary)
     assert http_server.requests == []
     # The key ignores the route: same content, same downstream cache.
