@@ -429,12 +429,15 @@ class Init:
         services = sorted(n for n in listdir(IMAGE_SERVICES) if n.endswith(".json"))
         if not services and not os.path.exists(K3S_BINARY):
             return
-        names = [line.split("#")[0].strip() for conf in sorted(listdir("/usr/lib/modules-load.d"))
-                 for line in read(f"/usr/lib/modules-load.d/{conf}").splitlines()]
-        if any(names):
-            code = spawn_wait([BUSYBOX, "modprobe", "-a", *[n for n in names if n]], quiet=True)
-            if code != 0:
-                self.errors.append(f"containers: modprobe of {' '.join(n for n in names if n)} exited {code}")
+        def failed(what: str) -> None:
+            self.errors.append(f"containers: {what}")
+            log(f"error: containers: {what}")
+
+        names = [name for conf in listdir("/usr/lib/modules-load.d")
+                 for line in read(f"/usr/lib/modules-load.d/{conf}").splitlines()
+                 if (name := line.split("#")[0].strip())]
+        if names and spawn_wait([BUSYBOX, "modprobe", "-a", *names], quiet=True) != 0:
+            failed(f"modprobe -a {' '.join(names)} failed (basalt doctor names the missing ones)")
         for conf in sorted(listdir("/usr/lib/sysctl.d")):
             for line in read(f"/usr/lib/sysctl.d/{conf}").splitlines():
                 key, sep, value = line.split("#")[0].partition("=")
@@ -442,13 +445,13 @@ class Init:
                     self.guarded(f"sysctl {key.strip()}", write_file,
                                  "/proc/sys/" + key.strip().replace(".", "/"), value.strip())
         if spawn_wait([BUSYBOX, "mount", "--make-rshared", "/"], quiet=True) != 0:
-            self.errors.append("containers: mount --make-rshared / failed")
+            failed("mount --make-rshared / failed")
         var = [fstype for _, target, fstype in system.mounts() if target == "/var"]
         if var and var[-1] == "overlay":  # live mode: an overlay cannot be the upper layer of another
             for d in CONTAINER_DATA:
                 os.makedirs(d, 0o700, exist_ok=True)
                 if spawn_wait([BUSYBOX, "mount", "-t", "tmpfs", "-o", "mode=0700", "tmpfs", d], quiet=True) != 0:
-                    self.errors.append(f"containers: cannot mount a tmpfs on {d}")
+                    failed(f"cannot mount a tmpfs on {d}")
         import json
         for name in services:
             spec = json.loads(read(f"{IMAGE_SERVICES}/{name}"))

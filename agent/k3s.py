@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 
+from agent.modules import section
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
@@ -29,10 +31,6 @@ NODE_DIR = "/etc/rancher/node"  # k3s keeps the node password here: it must surv
 NODE_STATE = "/var/lib/rancher/node"
 PREFIX = "basalt-"  # manifests Basalt writes; other files in the directory are left alone
 LABEL_DOMAIN = "basalt.io"
-
-
-def section(config: dict[str, Any]) -> dict[str, Any]:
-    return {**config.get("k3os", {}), **config.get("basalt", {})}
 
 
 def wanted(config: dict[str, Any]) -> bool:

@@ -134,13 +134,14 @@ class Sums:
 
 
 def take_local(store: BlobStore, o: dict[str, Any], path: Path, expected: str) -> Path:
-    """Copy a local file into the blob store once its hash matches."""
-    if store.has(expected):
-        return store.path(expected)
+    """Copy a local file into the blob store once its hash matches (checked even when the
+    store has it already: a wrong file is reported, not silently replaced by the cached one)."""
     actual = sha256_file(path)
     if actual != expected:
         raise fail(o, f"{path}: sha256 mismatch: expected {expected}, got {actual} "
                       "(not the pinned release file, or damaged)")
+    if store.has(expected):
+        return store.path(expected)
     tmp = store.root.parent / "partial" / f"{expected}.local"
     tmp.parent.mkdir(parents=True, exist_ok=True)
     with progress.step(f"Copying {path.name} into the cache"):
