@@ -26,12 +26,20 @@ def helmchart_validator() -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(json.loads(HELMCHART_SCHEMA.read_text()))
 
 
-def kubernetes_version() -> str:
+def kubernetes_version(k3s_version: str | None = None) -> str:
+    """The Kubernetes API to check against: the pinned k3s release's (v1.34.2+k3s1 -> 1.34.0)
+    when kubernetes-validate has it, else the newest it knows."""
     from kubernetes_validate import utils
+    known = utils.all_versions()
+    if k3s_version:
+        major_minor = ".".join(k3s_version.lstrip("v").split(".")[:2])
+        matching = [v for v in known if v.startswith(major_minor + ".")]
+        if matching:
+            return str(matching[-1])
     return str(utils.latest_version())
 
 
-def object_problems(obj: Any) -> list[tuple[str, str]]:
+def object_problems(obj: Any, kubernetes: str | None = None) -> list[tuple[str, str]]:
     """(path inside the object, message) for one Kubernetes object."""
     if not isinstance(obj, dict) or "kind" not in obj or "apiVersion" not in obj:
         return [("", "not a Kubernetes object (it needs apiVersion and kind)")]
@@ -40,7 +48,7 @@ def object_problems(obj: Any) -> list[tuple[str, str]]:
                 for e in sorted(helmchart_validator().iter_errors(obj), key=lambda e: list(map(str, e.path)))]
     import kubernetes_validate
     try:
-        kubernetes_validate.validate(obj, kubernetes_version(), strict=True)
+        kubernetes_validate.validate(obj, kubernetes or kubernetes_version(), strict=True)
     except kubernetes_validate.SchemaNotFoundError:
         return []  # a custom resource whose CRD is not known offline
     except kubernetes_validate.ValidationError as exc:
@@ -48,8 +56,9 @@ def object_problems(obj: Any) -> list[tuple[str, str]]:
     return []
 
 
-def check(doc: Located) -> list[Problem]:
+def check(doc: Located, k3s_version: str | None = None) -> list[Problem]:
     """Problems in a loaded (normalised) config's manifests and charts, at their lines."""
+    kubernetes = kubernetes_version(k3s_version)
     config = doc.value if isinstance(doc.value, dict) else {}
     spec = config.get("k3s", {})
     problems = []
@@ -67,11 +76,11 @@ def check(doc: Located) -> list[Problem]:
             report(path, "", f"the manifest text is not YAML: {exc}", "check the indentation of the block")
             continue
         for obj in objects:
-            for inner, message in object_problems(obj):
+            for inner, message in object_problems(obj, kubernetes):
                 kind = f"{obj.get('kind')} {obj.get('metadata', {}).get('name', '')}".strip() \
                     if isinstance(obj, dict) else "manifest"
                 report(path, f"{kind}: {inner}" if inner else kind, message,
-                       f"checked offline against the Kubernetes {kubernetes_version()} API schema")
+                       f"checked offline against the Kubernetes {kubernetes} API schema")
     for i, entry in enumerate(spec.get("helm_charts", [])):
         if isinstance(entry, dict) and "name" in entry and ("chart" in entry or "bundled" in entry):
             for inner, message in object_problems(k3s.helm_chart(entry)):

@@ -75,7 +75,7 @@ def source_date_epoch() -> int:
     return int(value) if value.isdigit() else DEFAULT_EPOCH
 
 
-def load_site_config(path: str | None) -> str | None:
+def load_site_config(path: str | None, k3s_version: str | None = None) -> str | None:
     """Read and syntax-check a site config; its text is baked onto the boot medium."""
     if not path:
         return None
@@ -83,7 +83,7 @@ def load_site_config(path: str | None) -> str | None:
     if loaded.problems:
         raise BasaltError(loaded.problems)
     from builder import manifests
-    problems = manifests.check(loaded.located)  # what the node cannot check: Kubernetes schemas
+    problems = manifests.check(loaded.located, k3s_version)  # what the node cannot check: Kubernetes schemas
     if problems:
         raise BasaltError(problems)
     return Path(path).read_text()
@@ -92,7 +92,7 @@ def load_site_config(path: str | None) -> str | None:
 def plan(image_name: str, config_path: str | None = None, etc_apt: Path = debian.APT_SOURCES,
          k3s_binary: str | None = None, k3s_artifacts: str | None = None) -> Plan:
     img = load_image(image_name)
-    config_text = load_site_config(config_path)
+    config_text = load_site_config(config_path, img.k3s.get("version"))
     return compile_plan(img, config_text, etc_apt, k3s_binary, k3s_artifacts)
 
 

@@ -261,6 +261,8 @@ k3s:
     assert rendered[0].startswith(f"{site}:4: k3s.manifests[0]: Deployment web: spec.replicas: 'three' is not of "
                                   "type 'integer'")
     assert "\nhint: checked offline against the Kubernetes" in rendered[0]
+    assert manifests.kubernetes_version("v1.34.2+k3s1") == "1.34.0"  # the pinned k3s's API, when known
+    assert manifests.kubernetes_version("v0.1.0+k3s1") == manifests.kubernetes_version()  # else the newest
     assert rendered[1].startswith(f"{site}:11: k3s.manifests[1]: HelmChart typo: spec: Additional properties are "
                                   "not allowed ('targetNamespce' was unexpected)")  # against the CRD's fields
 
