@@ -28,6 +28,7 @@ from agent import system
 RUN = "/run/basalt"
 VERSION_FILE = "/usr/lib/basalt/version"
 LOG_DIR = RUN + "/log"
+PERSISTENT_LOG_DIR = "/var/log/basalt"  # LOG_DIR links here when /var is the state partition
 NETWORK_UP = RUN + "/network-up"  # touched by the DHCP hook on a lease
 RUNTIME_WAIT_S = 120.0
 REQUEST = RUN + "/request.json"  # from "basalt config apply|confirm", with SIGHUP
@@ -272,6 +273,10 @@ class Init:
             if not system.is_mounted(target):
                 os.makedirs(target, exist_ok=True)
                 self.guarded(f"mount {target}", system.mount, source, target, fstype, flags, data)
+        if read(RUN + "/state-device").strip() and not os.path.lexists(LOG_DIR):
+            # With a state partition, service logs are kept across reboots (same path, rotated).
+            self.guarded("persistent logs", os.makedirs, PERSISTENT_LOG_DIR, 0o750, True)
+            self.guarded("persistent logs", os.symlink, PERSISTENT_LOG_DIR, LOG_DIR)
         os.makedirs(LOG_DIR, exist_ok=True)
         self.mode = read(RUN + "/mode", "live").strip() or "live"
 

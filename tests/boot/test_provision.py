@@ -149,6 +149,9 @@ def test_ssh_provisioning_trial_apply_and_known_good_fallback(built_iso: Path, k
         assert status["config_sources"][0].startswith("last known-good (")
         validate = guest.ssh("basalt config validate 2>&1; echo rc=$?", key)
         assert validate.startswith(f"{edited}:1: hostname: 'bad_name!' is not valid here") and validate.endswith("rc=1")
+        # Service logs live on the state partition: boot one's DHCP lease is still logged.
+        assert guest.ssh("readlink /run/basalt/log", key) == "/var/log/basalt"
+        assert int(guest.ssh("grep -c 'lease of 10.0.2.15 obtained' /var/log/basalt/dhcp-eth0.log", key)) >= 2
 
 
 def test_nocloud_seed_and_http_datasource_with_static_network(built_iso: Path, key: Path, tmp_path: Path,
