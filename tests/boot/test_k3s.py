@@ -23,6 +23,7 @@ import re
 import subprocess
 import tarfile
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -77,8 +78,11 @@ def test_k3s_image_from_a_release_server_runs_under_the_agent(key: Path, tmp_pat
     www = tmp_path / "www"
     release = www / VERSION
     release.mkdir(parents=True)
-    (release / "k3s").write_text(STAND_IN)
-    airgap = b"(stand-in air-gap image tarball)\n" * 64
+    # Unique bytes per run: the blob cache is shared, and these must really be downloaded.
+    nonce = uuid.uuid4().hex
+    stand_in = STAND_IN.replace("#!/bin/sh\n", f"#!/bin/sh\n# {nonce}\n", 1)
+    (release / "k3s").write_text(stand_in)
+    airgap = f"(stand-in air-gap image tarball {nonce})\n".encode() * 64
     (release / "k3s-airgap-images-amd64.tar.zst").write_bytes(airgap)
     (release / "sha256sum-amd64.txt").write_text("".join(
         f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}\n" for p in sorted(release.iterdir())))
@@ -97,9 +101,9 @@ def test_k3s_image_from_a_release_server_runs_under_the_agent(key: Path, tmp_pat
     assert fetched == ["/v1.34.2%2Bk3s1/sha256sum-amd64.txt", "/v1.34.2%2Bk3s1/k3s",
                        "/v1.34.2%2Bk3s1/k3s-airgap-images-amd64.tar.zst"]
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["inputs"]["k3s"]["binary"]["sha256"] == hashlib.sha256(STAND_IN.encode()).hexdigest()
+    assert manifest["inputs"]["k3s"]["binary"]["sha256"] == hashlib.sha256(stand_in.encode()).hexdigest()
     root = out / "rootfs" / "root"
-    assert (root / "usr/bin/k3s").read_text() == STAND_IN and os.access(root / "usr/bin/k3s", os.X_OK)
+    assert (root / "usr/bin/k3s").read_text() == stand_in and os.access(root / "usr/bin/k3s", os.X_OK)
     assert {n: os.readlink(root / "usr/bin" / n) for n in ("kubectl", "crictl", "ctr")} == \
         {"kubectl": "k3s", "crictl": "k3s", "ctr": "k3s"}
 
