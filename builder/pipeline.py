@@ -21,6 +21,7 @@ from builder import host, progress
 from builder.download import BlobStore, cache_root, sha256_file
 from builder.plan import Plan, PlannedStage
 from builder.stages import StageContext, module
+from builder.stages import k3s as k3s_stage
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "out"
@@ -202,7 +203,7 @@ def publish(plan: Plan, results: dict[str, StageResult], out_root: Path) -> Path
     lock = json.loads((results["fetch"].path / "packages.lock.json").read_text())
     config = plan.stages[-1].options.get("config")
     rootfs = next(s for s in plan.stages if s.name == "rootfs").options
-    k3s = json.loads((results["k3s"].path / "k3s.lock.json").read_text())
+    k3s = k3s_stage.content(json.loads((results["k3s"].path / "k3s.lock.json").read_text()))
     manifest: dict[str, Any] = {
         "image": img.name, "version": img.version, "arch": str(img.arch),
         "source_date_epoch": rootfs["source_date_epoch"],
@@ -210,7 +211,7 @@ def publish(plan: Plan, results: dict[str, StageResult], out_root: Path) -> Path
             "image_definition": {"file": str(img.source), "sha256": sha256_file(img.source)},
             "config": {"sha256": hashlib.sha256(config.encode()).hexdigest()} if config else None,
             "packages": [{k: p[k] for k in ("name", "version", "sha256", "role")} for p in lock["packages"]],
-            "k3s": {k: v for k, v in k3s.items() if k != "route"},
+            "k3s": k3s,
             "k3s_charts": [{"name": c["name"], "sha256": c["digest"]} for c in rootfs["k3s_charts"]],
             "overlays": rootfs["overlays"],
             "agent_digest": rootfs["agent_digest"],

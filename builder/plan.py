@@ -18,6 +18,7 @@ import jsonschema
 from agent.config import load_config
 from agent.errors import BasaltError, Problem
 from builder import debian
+from builder.download import sha256_file
 from builder.imagedef import OVERLAYS, ROOT, ImageDefinition, load_image
 from builder.stages import ORDER, schema_for
 
@@ -116,7 +117,7 @@ def chart_files(img: ImageDefinition) -> list[dict[str, str]]:
             raise BasaltError(Problem(f"k3s.charts: {rel}: no such file (looked in {img.source.parent})",
                                       str(img.source), path="k3s.charts",
                                       hint="chart paths are relative to the image definition's directory"))
-        out.append({"name": path.name, "path": str(path), "digest": hashlib.sha256(path.read_bytes()).hexdigest()})
+        out.append({"name": path.name, "path": str(path), "digest": sha256_file(path)})
     return out
 
 

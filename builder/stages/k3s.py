@@ -197,8 +197,12 @@ def run(ctx: Any, options: dict[str, Any]) -> None:
                      f"sha256-verified ({route})")
     text = json.dumps(lock, indent=1, sort_keys=True)
     (ctx.out / "k3s.lock.json").write_text(text)
-    content = {k: v for k, v in lock.items() if k != "route"}  # how it was obtained does not change the image
-    (ctx.out / "key").write_text(hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest())
+    (ctx.out / "key").write_text(hashlib.sha256(json.dumps(content(lock), sort_keys=True).encode()).hexdigest())
+
+
+def content(lock: dict[str, Any]) -> dict[str, Any]:
+    """What the lock says goes into the image: how it was obtained (the route) does not."""
+    return {k: v for k, v in lock.items() if k != "route"}
 
 
 def locked(stage_dir: Path, store: BlobStore) -> dict[str, Any]:
