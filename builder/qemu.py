@@ -26,6 +26,11 @@ IDLE = re.compile(r"basalt: idle mem_used_kb=(\d+) rss_kb=(\d+)")
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 TOOLS = {"qemu-system-x86_64": "qemu-system-x86", "qemu-system-aarch64": "qemu-system-arm"}
+# Accelerators by the name users give them. TCG is single-threaded by default: under
+# multi-threaded TCG (one host thread per vCPU) on a 2-core host, guests locked up (soft
+# lockups in runc, silent hangs before the initramfs); builder/trials.py measured both
+# (docs/architecture.md, "QEMU"). ``mttcg`` and ``kvm`` are there for those who want them.
+ACCELS = {"tcg": "tcg,thread=single", "mttcg": "tcg,thread=multi", "kvm": "kvm"}
 
 
 def free_port() -> int:
@@ -84,7 +89,7 @@ class Guest:
         net = f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22"
         for guest, host_port in self.guestfwd:
             net += f",guestfwd=tcp:{guest}-tcp:127.0.0.1:{host_port}"
-        argv = [binary, "-machine", self.machine, "-accel", self.accel, "-m", str(self.memory_mb),
+        argv = [binary, "-machine", self.machine, "-accel", ACCELS[self.accel], "-m", str(self.memory_mb),
                 "-smp", str(self.cpus), "-display", "none", "-no-user-config", "-nodefaults",
                 "-chardev", f"socket,id=ser0,path={self.workdir / 'serial.sock'},server=on,wait=off,"
                             f"logfile={self.console_log}",
