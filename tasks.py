@@ -10,6 +10,9 @@ import sys
 
 from invoke import Context, task
 
+from builder.qemu import ACCELS
+from builder.stages import ORDER
+
 PY = sys.executable
 
 
@@ -38,7 +41,7 @@ def plan(c: Context, image: str = "x86_64-iso", config: str = "", json: bool = F
 
 
 @task(help={"image": "image definition name or path", "config": "site config.yaml to bake in",
-            "until": "stop after this stage (fetch, k3s, rootfs, squashfs, initramfs, iso)",
+            "until": f"build only this stage and what it reads ({', '.join(ORDER)})",
             "k3s_binary": "air-gapped: the k3s release binary", "k3s_artifacts": "air-gapped: the release files' dir",
             "debug": "show tracebacks"})
 def build(c: Context, image: str = "x86_64-iso", config: str = "", until: str = "", k3s_binary: str = "",
@@ -55,13 +58,15 @@ def validate(c: Context, file: str) -> None:
     _builder(c, "validate", file)
 
 
-@task(help={"firmware": "bios or uefi", "accel": "tcg (default) or kvm", "check": "wait for ready, power off",
+@task(help={"firmware": "bios or uefi", "accel": f"{' or '.join(ACCELS)} (tcg: single-threaded, the default)",
+            "cpus": "vCPUs (default: the image definition's)", "check": "wait for ready, power off",
             "timeout": "seconds to wait for the ready line with --check",
             "seed": "a NoCloud seed ISO to attach (inv seed)", "state": "a state disk (created if missing)"})
-def boot(c: Context, image: str = "x86_64-iso", firmware: str = "bios", accel: str = "tcg",
+def boot(c: Context, image: str = "x86_64-iso", firmware: str = "bios", accel: str = "tcg", cpus: int = 0,
          check: bool = False, timeout: int = 180, seed: str = "", state: str = "") -> None:
     """Boot a built image in QEMU (serial console on this terminal; --check for CI)."""
     _builder(c, "boot", "--image", image, "--firmware", firmware, "--accel", accel,
+             *(["--cpus", str(cpus)] if cpus else []),
              *(["--check", "--timeout", str(timeout)] if check else []),
              *(["--seed", seed] if seed else []), *(["--state", state] if state else []), pty=not check)
 

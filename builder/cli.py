@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 from agent.errors import BasaltError
+from builder.qemu import ACCELS
+from builder.stages import ORDER
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,14 +32,17 @@ def main(argv: list[str] | None = None) -> int:
                          help="air-gapped: the k3s release binary to use (checked against the pinned checksum)")
         cmd.add_argument("--k3s-artifacts", metavar="DIR",
                          help="air-gapped: a directory with the k3s release files (k3s, sha256sum-amd64.txt, ...)")
-    b.add_argument("--until", choices=["fetch", "k3s", "rootfs", "squashfs", "initramfs", "iso"],
-                   help="stop after this stage (e.g. rootfs, to inspect the tree)")
+    b.add_argument("--until", metavar="STAGE",
+                   help=f"build only this stage and what it reads, publish nothing ({', '.join(ORDER)}; an output "
+                        "stage by its name in 'plan', e.g. iso); rootfs leaves the tree to inspect")
     v = sub.add_parser("validate", help="validate a site config.yaml or an image definition")
     v.add_argument("file")
     q = sub.add_parser("boot", help="boot a built image in QEMU")
     q.add_argument("--image", default="x86_64-iso")
     q.add_argument("--firmware", choices=["bios", "uefi"], default="bios")
-    q.add_argument("--accel", choices=["tcg", "kvm"], default="tcg")
+    q.add_argument("--accel", choices=list(ACCELS), default="tcg",
+                   help="tcg: single-threaded TCG (default, reliable); mttcg: one host thread per vCPU; kvm")
+    q.add_argument("--cpus", type=int, help="vCPUs (default: the image definition's qemu.cpus)")
     q.add_argument("--check", action="store_true", help="wait for the ready line, report, power off")
     q.add_argument("--timeout", type=float, default=180.0)
     q.add_argument("--ssh-port", type=int, default=0, help="host port forwarded to the guest's SSH (0: pick)")
@@ -90,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
             from builder import seed
             seed.make_state_disk(state)
         return qemu.boot_command(img, iso, args.firmware, args.accel, args.check, args.timeout, args.ssh_port,
-                                 Path(args.seed) if args.seed else None, state)
+                                 Path(args.seed) if args.seed else None, state, args.cpus)
     if args.command == "seed":
         from builder import seed
         out = seed.make_seed(Path(args.output), Path(args.user_data),

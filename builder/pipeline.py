@@ -1,8 +1,9 @@
-"""Run a plan: each stage in order, cached by content, artifacts published atomically.
+"""Run a plan: each stage cached by content, artifacts published atomically.
 
-A stage's id hashes its name, version, options and the previous stage's id,
-so a change anywhere re-runs that stage and everything after it, and nothing
-before. A volatile stage (fetch) always runs and is keyed by what it produced.
+A stage declares its inputs (the stages whose outputs it reads). Its id hashes its name,
+version, options, code and the ids of its inputs (as osbuild does), so it is reused exactly
+when nothing it is built from changed, and a change re-runs the stages that read it, and
+only those. A volatile stage (fetch, k3s) always runs and is keyed by what it produced.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from builder import host, progress
 from builder.download import BlobStore, cache_root, sha256_file
 from builder.plan import Plan, PlannedStage
 from builder.stages import StageContext, module
-from builder.stages import k3s as k3s_stage
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "out"
@@ -47,18 +47,43 @@ def code_digest(name: str) -> str:
     return digest.hexdigest()
 
 
-def stage_id(stage: PlannedStage, version: int, prev: str, code: str) -> str:
-    blob = json.dumps({"name": stage.name, "version": version, "options": stage.options, "prev": prev,
-                       "code": code}, sort_keys=True)
+def stage_id(stage: PlannedStage, version: int, code: str, inputs: dict[str, str]) -> str:
+    """A stage's cache id: everything it is built from."""
+    blob = json.dumps({"name": stage.name, "module": stage.kind, "version": version, "options": stage.options,
+                       "code": code, "inputs": inputs}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def volatile_id(stage: PlannedStage, version: int, key: str) -> str:
+    """A volatile stage's id: what it produced (its key), not how it got there."""
+    blob = json.dumps({"name": stage.name, "module": stage.kind, "version": version, "key": key}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def needed(plan: Plan, until: str | None) -> list[PlannedStage]:
+    """The plan's stages that ``until`` (and what it reads, transitively) needs; all without it."""
+    if until is None:
+        return list(plan.stages)
+    by_name = {s.name: s for s in plan.stages}
+    if until not in by_name:
+        raise BasaltError(Problem(f"no stage '{until}' in this plan",
+                                  hint=f"stages of {plan.image.name}: {', '.join(by_name)}"))
+    want: set[str] = set()
+    todo = [until]
+    while todo:
+        name = todo.pop()
+        if name not in want:
+            want.add(name)
+            todo += module(by_name[name].kind).INPUTS
+    return [s for s in plan.stages if s.name in want]
 
 
 def check_tools(plan: Plan) -> None:
     """Fail in the first second, naming the Debian package, if a host tool is missing."""
     missing: dict[str, str] = {}
     for s in plan.stages:
-        tools: dict[str, str] = getattr(module(s.name), "TOOLS", {})
-        if s.name == "rootfs":
+        tools: dict[str, str] = getattr(module(s.kind), "TOOLS", {})
+        if s.kind == "rootfs":
             from builder.backends import BACKENDS
             tools = {**tools, **BACKENDS[s.options["backend"]].TOOLS}
         for tool, package in tools.items():
@@ -82,13 +107,8 @@ class Pipeline:
 
     def run(self, until: str | None = None) -> dict[str, StageResult]:
         check_tools(self.plan)
-        prev = ""
-        for stage in self.plan.stages:
-            result = self._run_stage(stage, prev)
-            self.results[stage.name] = result
-            prev = result.id
-            if stage.name == until:
-                break
+        for stage in needed(self.plan, until):
+            self.results[stage.name] = self._run_stage(stage)
         return self.results
 
     def _remember(self, name: str, sid: str) -> None:
@@ -109,40 +129,46 @@ class Pipeline:
     def _last_record(self, name: str) -> Path:
         return self.stages_dir / "last" / f"{self.plan.image.name}.{name}.json"
 
-    def _explain_miss(self, stage: PlannedStage, prev: str, code: str) -> str:
-        record = self._last_record(stage.name)
-        if not record.is_file():
+    def _explain_miss(self, stage: PlannedStage, record: dict[str, Any]) -> str:
+        """Why a stage's id is new: which options, inputs or code changed since this image's last build."""
+        path = self._last_record(stage.name)
+        if not path.is_file():
             return "first build"
-        last = json.loads(record.read_text())
+        last = json.loads(path.read_text())
         changed = sorted(k for k in set(last["options"]) | set(stage.options)
                          if last["options"].get(k) != stage.options.get(k))
         reasons = []
         if changed:
             reasons.append("options changed: " + ", ".join(changed))
-        if last.get("code") != code:
+        inputs = sorted(k for k in set(last.get("inputs", {})) | set(record["inputs"])
+                        if last.get("inputs", {}).get(k) != record["inputs"].get(k))
+        if inputs:
+            reasons.append("inputs changed: " + ", ".join(inputs))
+        if last.get("code") != record["code"]:
             reasons.append("stage code changed")
-        if last.get("prev") != prev:
-            reasons.append("an earlier stage changed")
         return "; ".join(reasons) or "previous output was removed from the cache"
 
-    def _run_stage(self, stage: PlannedStage, prev: str) -> StageResult:
-        mod = module(stage.name)
+    def _run_stage(self, stage: PlannedStage) -> StageResult:
+        mod = module(stage.kind)
         started = time.monotonic()
-        code = code_digest(stage.name)  # read once: ids, miss reasons and the record all use it
+        inputs = {name: self.results[name].id for name in mod.INPUTS}
+        code = code_digest(stage.kind)
+        record: dict[str, Any] = {"name": stage.name, "options": stage.options, "code": code, "inputs": inputs}
         if not mod.VOLATILE:
-            sid = stage_id(stage, mod.VERSION, prev, code)
+            sid = stage_id(stage, mod.VERSION, code, inputs)
             done = self.stages_dir / sid
             if (done / "stage.json").is_file():
                 progress.log(f"✓ {stage.name}: cached ({sid[:12]})")
+                self._remember(stage.name, sid)
                 return StageResult(stage.name, sid, done / "tree", True, 0.0)
-            why = self._explain_miss(stage, prev, code)
+            why = self._explain_miss(stage, record)
         else:
             why = "always checked"
         with progress.step(f"{stage.name} ({why})"):
             tmp = self.stages_dir / f"tmp-{stage.name}-{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
             (tmp / "out").mkdir(parents=True)
-            ctx = StageContext(out=tmp / "out", inputs={k: v.path for k, v in self.results.items()},
+            ctx = StageContext(out=tmp / "out", inputs={name: self.results[name].path for name in mod.INPUTS},
                                store=self.store, work=tmp / "work")
             ctx.work.mkdir()
             try:
@@ -152,9 +178,8 @@ class Pipeline:
                 raise
             shutil.rmtree(ctx.work, ignore_errors=True)
             if mod.VOLATILE:
-                sid = stage_id(stage, mod.VERSION, sha256_file(ctx.out / "key"), code)
+                sid = volatile_id(stage, mod.VERSION, sha256_file(ctx.out / "key"))
             done = self.stages_dir / sid
-            record = {"name": stage.name, "options": stage.options, "prev": prev, "code": code}
             if (done / "stage.json").is_file():
                 shutil.rmtree(tmp)  # a volatile stage produced what we already had
                 cached = True
@@ -171,58 +196,47 @@ class Pipeline:
 
 
 def build(plan: Plan, out: Path | None = None, until: str | None = None) -> Path:
-    """Run ``plan`` and publish its artifacts in ``out/<image>/``; return that directory."""
+    """Run ``plan`` and publish its artifacts in ``out/<image>/``; return that directory
+    (with ``until``: that stage's output directory in the cache, nothing published)."""
     pipe = Pipeline(plan, out=out)
     with progress.step(f"Building {plan.image.name} {plan.image.version}"):
         results = pipe.run(until)
-        if until and until != plan.stages[-1].name:
+        if until:
             return results[until].path
         return publish(plan, results, pipe.out)
 
 
-ARTIFACTS = (("iso", "basalt.iso", "{name}-{version}.iso"),
-             ("rootfs", "kernel/vmlinuz", "vmlinuz"),
-             ("initramfs", "initrd.img", "initrd.img"),
-             ("squashfs", "rootfs.squashfs", "rootfs.squashfs"),
-             ("fetch", "packages.lock.json", "packages.lock.json"))
-
-
 def publish(plan: Plan, results: dict[str, StageResult], out_root: Path) -> Path:
+    """Every stage's declared artifacts and manifest part into ``out/<image>/``, atomically:
+    the directory appears only once all of it, manifest.json last, is written."""
     img = plan.image
     final = out_root / img.name
     partial = out_root / f".{img.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     outputs = []
-    for stage, src, pattern in ARTIFACTS:
-        name = pattern.format(name=img.name, version=img.version)
-        with progress.step(f"Publishing {name}"):
-            copy_with_progress(results[stage].path / src, partial / name)
-        outputs.append({"file": name, "size": (partial / name).stat().st_size,
-                        "sha256": sha256_file(partial / name)})
-    lock = json.loads((results["fetch"].path / "packages.lock.json").read_text())
-    config = plan.stages[-1].options.get("config")
-    rootfs = next(s for s in plan.stages if s.name == "rootfs").options
-    k3s = k3s_stage.content(json.loads((results["k3s"].path / "k3s.lock.json").read_text()))
+    inputs: dict[str, Any] = {"image_definition": {"file": str(img.source), "sha256": sha256_file(img.source)}}
+    for stage in plan.stages:
+        mod, tree = module(stage.kind), results[stage.name].path
+        for src, pattern in mod.PUBLISH:
+            name = pattern.format(name=img.name, version=img.version)
+            with progress.step(f"Publishing {name}"):
+                copy_with_progress(tree / src, partial / name)
+            outputs.append({"file": name, "stage": stage.name, "size": (partial / name).stat().st_size,
+                            "sha256": sha256_file(partial / name)})
+        if hasattr(mod, "manifest"):
+            inputs.update(mod.manifest(stage.options, tree))
+        link = getattr(mod, "INSPECT", None)
+        if link:  # a link into the cache, for inspection (not an artifact)
+            (partial / link).symlink_to(tree)
     manifest: dict[str, Any] = {
         "image": img.name, "version": img.version, "arch": str(img.arch),
-        "source_date_epoch": rootfs["source_date_epoch"],
-        "inputs": {
-            "image_definition": {"file": str(img.source), "sha256": sha256_file(img.source)},
-            "config": {"sha256": hashlib.sha256(config.encode()).hexdigest()} if config else None,
-            "packages": [{k: p[k] for k in ("name", "version", "sha256", "role")} for p in lock["packages"]],
-            "k3s": k3s,
-            "k3s_charts": [{"name": c["name"], "sha256": c["digest"]} for c in rootfs["k3s_charts"]],
-            "overlays": rootfs["overlays"],
-            "agent_digest": rootfs["agent_digest"],
-        },
+        "source_date_epoch": plan.source_date_epoch, "inputs": inputs,
         "stages": [{"name": r.name, "id": r.id, "cached": r.cached, "seconds": round(r.seconds, 2)}
                    for r in results.values()],
         "outputs": outputs,
     }
     (partial / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    # The rootfs tree stays in the cache; link it for inspection (not an artifact).
-    (partial / "rootfs").symlink_to(results["rootfs"].path)
     old = out_root / f".{img.name}.old"
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():

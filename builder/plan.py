@@ -19,8 +19,8 @@ from agent.config import load_config
 from agent.errors import BasaltError, Problem
 from builder import debian
 from builder.download import sha256_file
-from builder.imagedef import OVERLAYS, ROOT, ImageDefinition, load_image
-from builder.stages import ORDER, schema_for
+from builder.imagedef import OVERLAYS, ROOT, ImageDefinition, Output, load_image
+from builder.stages import BUILD, schema_for
 
 AGENT_DIR = ROOT / "agent"
 INITRAMFS_INIT = Path(__file__).parent / "initramfs" / "init"
@@ -29,25 +29,31 @@ DEFAULT_EPOCH = 1735689600  # 2025-01-01: stable timestamps when SOURCE_DATE_EPO
 
 @dataclass(frozen=True)
 class PlannedStage:
-    name: str
+    name: str  # unique in the plan: the module's name, or e.g. "iso-2" for a second ISO output
     options: dict[str, Any]
+    module_name: str = ""  # the stage module (builder/stages/<module>.py); defaults to name
+
+    @property
+    def kind(self) -> str:
+        return self.module_name or self.name
 
 
 @dataclass(frozen=True)
 class Plan:
     image: ImageDefinition
     stages: tuple[PlannedStage, ...]
+    source_date_epoch: int = DEFAULT_EPOCH
 
     def to_json(self) -> dict[str, Any]:
         return {"image": self.image.name, "source": str(self.image.source), "arch": str(self.image.arch),
                 "version": self.image.version,
-                "stages": [{"name": s.name, "options": s.options} for s in self.stages]}
+                "stages": [{"name": s.name, "module": s.kind, "options": s.options} for s in self.stages]}
 
     def describe(self) -> str:
         lines = [f"image {self.image.name} ({self.image.arch}, version {self.image.version}) "
                  f"from {self.image.source}"]
         for i, s in enumerate(self.stages, 1):
-            lines.append(f"{i}. {s.name}")
+            lines.append(f"{i}. {s.name}" + (f" ({s.kind})" if s.kind != s.name else ""))
             for key, value in s.options.items():
                 text = json.dumps(value) if not isinstance(value, str) else value
                 if len(text) > 100:
@@ -131,7 +137,6 @@ def compile_plan(img: ImageDefinition, config_text: str | None = None, etc_apt: 
         boot_packages.append("grub-pc-bin")
     if "uefi" in firmware:
         boot_packages.append(f"grub-efi-{img.arch.to_debian()}-bin")
-    iso = next(o for o in img.outputs if o.format == "iso")
     source_list = [{"uri": s.uri, "suites": list(s.suites), "components": list(s.components)} for s in sources]
     stages = [
         PlannedStage("fetch", {
@@ -162,22 +167,32 @@ def compile_plan(img: ImageDefinition, config_text: str | None = None, etc_apt: 
             "init_digest": hashlib.sha256(INITRAMFS_INIT.read_bytes()).hexdigest(),
             "source_date_epoch": epoch,
         }),
-        PlannedStage("iso", {
-            "arch": str(img.arch), "firmware": firmware, "volume_id": iso.volume_id,
-            "cmdline": img.cmdline, "version": img.version, "name": img.name,
-            "config": config_text, "source_date_epoch": epoch,
-        }),
     ]
-    assert tuple(s.name for s in stages) == ORDER
+    assert tuple(s.name for s in stages) == BUILD
+    formats = [o.format for o in img.outputs]
+    for i, output in enumerate(img.outputs):
+        name = output.format if formats.count(output.format) == 1 else f"{output.format}-{i + 1}"
+        stages.append(PlannedStage(name, OUTPUT_OPTIONS[output.format](img, output, config_text, epoch),
+                                   output.format))
     for s in stages:
         check_options(s)
-    return Plan(img, tuple(stages))
+    return Plan(img, tuple(stages), epoch)
+
+
+def iso_options(img: ImageDefinition, output: Output, config_text: str | None, epoch: int) -> dict[str, Any]:
+    return {"arch": str(img.arch), "firmware": list(output.firmware), "volume_id": output.volume_id,
+            "cmdline": img.cmdline, "version": img.version, "name": img.name,
+            "config": config_text, "source_date_epoch": epoch}
+
+
+# One entry per output format (builder.stages.OUTPUTS): its stage options from the definition.
+OUTPUT_OPTIONS = {"iso": iso_options}
 
 
 def check_options(stage: PlannedStage) -> None:
     """A plan that does not fit a stage's schema is a bug in plan(), not a user error."""
     try:
-        jsonschema.validate(stage.options, schema_for(stage.name))
+        jsonschema.validate(stage.options, schema_for(stage.kind))
     except jsonschema.ValidationError as exc:
         raise BasaltError(Problem(f"internal: stage {stage.name} options invalid: {exc.message}",
                                   path=".".join(map(str, exc.absolute_path)))) from None

@@ -302,11 +302,11 @@ class Guest:
 
 
 def boot_command(img: ImageDefinition, iso: Path, firmware: str, accel: str, check: bool, timeout: float,
-                 ssh_port: int, seed: Path | None = None, state: Path | None = None) -> int:
+                 ssh_port: int, seed: Path | None = None, state: Path | None = None, cpus: int | None = None) -> int:
     media = {"extra_cdroms": [seed] if seed else [], "disks": [state] if state else []}
     if not check:
-        return interactive(img, iso, firmware, accel, ssh_port, media)
-    with Guest(iso, img.arch, firmware, accel, img.memory_mb, img.cpus, ssh_port, **media) as guest:  # type: ignore[arg-type]
+        return interactive(img, iso, firmware, accel, ssh_port, media, cpus or img.cpus)
+    with Guest(iso, img.arch, firmware, accel, img.memory_mb, cpus or img.cpus, ssh_port, **media) as guest:  # type: ignore[arg-type]
         print(f"booting {iso.name} ({firmware}, {accel}); waiting up to {timeout:.0f}s for the ready line",
               file=sys.stderr)
         try:
@@ -323,9 +323,9 @@ def boot_command(img: ImageDefinition, iso: Path, firmware: str, accel: str, che
 
 
 def interactive(img: ImageDefinition, iso: Path, firmware: str, accel: str, ssh_port: int,
-                media: dict[str, list[Path]]) -> int:
+                media: dict[str, list[Path]], cpus: int) -> int:
     """Serial console on this terminal (Ctrl-A X quits QEMU)."""
-    guest = Guest(iso, img.arch, firmware, accel, img.memory_mb, img.cpus, ssh_port or free_port(), **media)  # type: ignore[arg-type]
+    guest = Guest(iso, img.arch, firmware, accel, img.memory_mb, cpus, ssh_port or free_port(), **media)  # type: ignore[arg-type]
     guest.workdir = Path(tempfile.mkdtemp(prefix="basalt-qemu-"))
     argv = guest.argv()
     i = argv.index("chardev:ser0")

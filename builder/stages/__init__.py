@@ -1,7 +1,13 @@
-"""Build stages. Each module declares one stage: NAME, SCHEMA (its options),
-VERSION (bumped when its output for the same options changes), and
-``run(ctx, options)``. Stages get everything through their options and the
-outputs of earlier stages; they never read image definitions."""
+"""Build stages. Each module declares one stage: NAME, SCHEMA (its options), VERSION
+(bumped when its output for the same options changes), INPUTS (the stages whose outputs
+it reads), PUBLISH (the artifacts it contributes to ``out/<image>/``), an optional
+``manifest(options, tree)`` (its part of ``manifest.json``'s inputs) and
+``run(ctx, options)``. Stages get everything through their options and the outputs of
+their inputs; they never read image definitions.
+
+The build stages run once per image, in BUILD order; then one output stage per entry of the
+image definition's ``outputs[]``, by format (OUTPUTS). A new output format is one new module
+here and its name in OUTPUTS."""
 
 from __future__ import annotations
 
@@ -11,9 +17,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Protocol
 
+from agent.errors import BasaltError, Problem
 from builder.download import BlobStore
 
-ORDER = ("fetch", "k3s", "rootfs", "squashfs", "initramfs", "iso")
+BUILD = ("fetch", "k3s", "rootfs", "squashfs", "initramfs")
+OUTPUTS = ("iso",)  # output formats, each a stage module of that name
+ORDER = (*BUILD, *OUTPUTS)  # every stage, in the order a plan runs them: --until, docs and help use this
 
 
 class StageModule(Protocol):
@@ -21,6 +30,9 @@ class StageModule(Protocol):
     NAME: str
     VERSION: int
     SCHEMA: dict[str, Any]
+    INPUTS: tuple[str, ...]  # stages whose outputs this one reads (its id hashes theirs)
+    # (file in this stage's output, name in out/<image>/ with {name} and {version}): artifacts it publishes
+    PUBLISH: tuple[tuple[str, str], ...]
     VOLATILE: bool  # output depends on the outside world: always run, keyed by its output
 
     def run(self, ctx: StageContext, options: dict[str, Any]) -> None: ...
@@ -29,11 +41,15 @@ class StageModule(Protocol):
 @dataclass
 class StageContext:
     out: Path  # this stage's output directory (empty, private until the stage succeeds)
-    inputs: dict[str, Path]  # earlier stages' output directories, by stage name
+    inputs: dict[str, Path]  # the declared input stages' output directories, by stage name
     store: BlobStore
     work: Path  # scratch space, removed afterwards
 
     def input(self, name: str) -> Path:
+        if name not in self.inputs:
+            raise BasaltError(Problem(f"internal: a stage read '{name}', which is not among its INPUTS "
+                                      f"({', '.join(self.inputs) or 'none'})",
+                                      hint="declare it in the stage module's INPUTS, so its cache id covers it"))
         return self.inputs[name]
 
 

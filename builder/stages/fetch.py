@@ -21,6 +21,8 @@ NAME = "fetch"
 VERSION = 1
 SOURCES = ("builder/debian.py", "builder/download.py")
 VOLATILE = True
+INPUTS: tuple[str, ...] = ()
+PUBLISH = (("packages.lock.json", "packages.lock.json"),)
 TOOLS = {"gpgv": "gpgv"}
 SCHEMA: dict[str, Any] = {
     "type": "object", "additionalProperties": False,
@@ -85,6 +87,11 @@ def run(ctx: Any, options: dict[str, Any]) -> None:
     last.write_text(text)
     size = sum(r["size"] for r in rows)
     progress.log(f"{len(rows)} packages, {size / 1048576:.1f} MiB, all sha256-verified")
+
+
+def manifest(options: dict[str, Any], tree: Path) -> dict[str, Any]:
+    rows = json.loads((tree / "packages.lock.json").read_text())["packages"]
+    return {"packages": [{k: p[k] for k in ("name", "version", "sha256", "role")} for p in rows]}
 
 
 def blobs_by_role(lock_dir: Path, store: BlobStore, role: str) -> list[tuple[dict[str, Any], Path]]:

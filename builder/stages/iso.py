@@ -31,6 +31,8 @@ NAME = "iso"
 VERSION = 1
 SOURCES = ("builder/templates/grub.cfg.j2",)
 VOLATILE = False
+INPUTS = ("fetch", "rootfs", "squashfs", "initramfs")
+PUBLISH = (("basalt.iso", "{name}-{version}.iso"),)
 TOOLS = {"grub-mkimage": "grub-common", "mkfs.vfat": "dosfstools", "mcopy": "mtools", "mmd": "mtools"}
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 SCHEMA: dict[str, Any] = {
@@ -49,6 +51,11 @@ GRUB_MODULES_COMMON = ["iso9660", "normal", "search", "search_fs_file", "configf
                        "serial", "terminal", "test", "true", "ls", "cat", "reboot", "halt", "sleep"]
 GRUB_MODULES = {"bios": ["biosdisk", "part_msdos", "part_gpt"],
                 "uefi": ["part_gpt", "part_msdos", "fat", "efi_gop", "all_video"]}
+
+
+def manifest(options: dict[str, Any], tree: Path) -> dict[str, Any]:
+    config = options["config"]
+    return {"config": {"sha256": hashlib.sha256(config.encode()).hexdigest()} if config else None}
 
 
 def marker_name(options: dict[str, Any]) -> str:

@@ -30,6 +30,8 @@ NAME = "k3s"
 VERSION = 1
 SOURCES = ("builder/download.py",)
 VOLATILE = True
+INPUTS: tuple[str, ...] = ()
+PUBLISH: tuple[tuple[str, str], ...] = ()
 TOOLS: dict[str, str] = {}
 DEFAULT_URL = "https://github.com/k3s-io/k3s/releases/download"
 SCHEMA: dict[str, Any] = {
@@ -203,6 +205,10 @@ def run(ctx: Any, options: dict[str, Any]) -> None:
 def content(lock: dict[str, Any]) -> dict[str, Any]:
     """What the lock says goes into the image: how it was obtained (the route) does not."""
     return {k: v for k, v in lock.items() if k != "route"}
+
+
+def manifest(options: dict[str, Any], tree: Path) -> dict[str, Any]:
+    return {"k3s": content(json.loads((tree / "k3s.lock.json").read_text()))}
 
 
 def locked(stage_dir: Path, store: BlobStore) -> dict[str, Any]:

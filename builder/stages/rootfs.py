@@ -28,6 +28,9 @@ NAME = "rootfs"
 VERSION = 1
 SOURCES = ("builder/backends.py", "builder/debian.py", "builder/stages/k3s.py")
 VOLATILE = False
+INPUTS = ("fetch", "k3s")
+PUBLISH = (("kernel/vmlinuz", "vmlinuz"),)
+INSPECT = "rootfs"  # out/<image>/rootfs links to this stage's tree (not an artifact)
 TOOLS = {"dpkg-deb": "dpkg", "depmod": "kmod"}
 SCHEMA: dict[str, Any] = {
     "type": "object", "additionalProperties": False,
@@ -71,6 +74,11 @@ def run(ctx: Any, options: dict[str, Any]) -> None:
         with progress.step(f"Installing k3s {lock['version']}"):
             install_k3s(root, lock, options["k3s_charts"])
     finish(root, options["source_date_epoch"])
+
+
+def manifest(options: dict[str, Any], tree: Path) -> dict[str, Any]:
+    return {"k3s_charts": [{"name": c["name"], "sha256": c["digest"]} for c in options["k3s_charts"]],
+            "overlays": options["overlays"], "agent_digest": options["agent_digest"]}
 
 
 def install_kernel(ctx: Any, root: Path, options: dict[str, Any]) -> None:

@@ -11,6 +11,8 @@ from agent.errors import BasaltError, Problem
 NAME = "squashfs"
 VERSION = 1
 VOLATILE = False
+INPUTS = ("rootfs",)
+PUBLISH = (("rootfs.squashfs", "rootfs.squashfs"),)
 TOOLS = {"mksquashfs": "squashfs-tools"}
 SCHEMA: dict[str, Any] = {
     "type": "object", "additionalProperties": False,

@@ -167,8 +167,9 @@ def test_config_change_only_changes_the_iso_stage(tmp_path: Path) -> None:
 class FakeStage:
     """A stage module stand-in that records runs (the pipeline's caching is what is tested)."""
 
-    def __init__(self, name: str, volatile: bool = False):
-        self.NAME, self.VERSION, self.VOLATILE, self.SCHEMA = name, 1, volatile, {}
+    def __init__(self, name: str, volatile: bool = False, inputs: tuple[str, ...] = ()):
+        self.NAME, self.VERSION, self.VOLATILE, self.SCHEMA, self.INPUTS = name, 1, volatile, {}, inputs
+        self.PUBLISH: tuple[tuple[str, str], ...] = ()
         self.__file__ = __file__
         self.runs = 0
 
@@ -180,7 +181,8 @@ class FakeStage:
 
 
 def test_pipeline_caches_and_invalidates_downstream(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    mods = {"fetch": FakeStage("fetch", volatile=True), "rootfs": FakeStage("rootfs"), "iso": FakeStage("iso")}
+    mods = {"fetch": FakeStage("fetch", volatile=True), "rootfs": FakeStage("rootfs", inputs=("fetch",)),
+            "iso": FakeStage("iso", inputs=("rootfs",))}
     monkeypatch.setattr(pipeline, "module", lambda name: mods[name])
     monkeypatch.setattr(pipeline, "check_tools", lambda plan: None)
 
@@ -208,6 +210,184 @@ def test_pipeline_caches_and_invalidates_downstream(tmp_path: Path, monkeypatch:
     iso_dirs = [d for d in (tmp_path / "cache" / "stages").iterdir()
                 if (d / "stage.json").is_file() and json.loads((d / "stage.json").read_text())["name"] == "iso"]
     assert len(iso_dirs) == pipeline.KEEP
+
+
+class Recorder:
+    """Stands in for a real stage module: its real name, version, inputs, code and volatility, but
+    ``run`` records the call instead of building (what is tested is which stages the real plan's
+    ids send to run). A volatile stand-in's key is what the real stage's lock would hold: fetch's
+    the resolved package set (here: its options and the archive's state), k3s's the version and the
+    binary's bytes, never the route or path it came by."""
+
+    archive = "snapshot-1"  # the Debian archive's state: a security update changes it
+
+    def __init__(self, real: Any, runs: list[str]):
+        self.real, self.runs = real, runs
+        for attr in ("NAME", "VERSION", "INPUTS", "VOLATILE", "SCHEMA", "PUBLISH", "SOURCES", "__file__"):
+            if hasattr(real, attr):
+                setattr(self, attr, getattr(real, attr))
+
+    def run(self, ctx: Any, options: dict[str, Any]) -> None:
+        self.runs.append(self.NAME)
+        for name in self.INPUTS:
+            assert ctx.input(name).is_dir()
+        if self.NAME == "fetch":
+            key = json.dumps([options["packages"], options["sources"], self.archive])
+        elif self.NAME == "k3s":
+            binary = Path(options["binary"]).read_bytes().hex() if options["binary"] else None
+            key = json.dumps([options["enabled"], options["version"], binary])
+        else:
+            return
+        (ctx.out / "key").write_text(key)
+
+
+@pytest.fixture
+def recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], Any]:
+    """(the stages run so far, build(image) -> the manifest-like results) over the real plan."""
+    runs: list[str] = []
+    from builder import stages
+    recorders = {name: Recorder(stages.module(name), runs) for name in stages.ORDER}
+    monkeypatch.setattr(pipeline, "module", lambda name: recorders[name])
+    monkeypatch.setattr(pipeline, "check_tools", lambda plan: None)
+
+    def build(p: Any) -> dict[str, Any]:
+        runs.clear()
+        return pipeline.Pipeline(p, cache=tmp_path / "cache", out=tmp_path / "out").run()
+    return runs, build
+
+
+def copy_tree(src: Path, dest: Path) -> Path:
+    import shutil
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
+VOLATILE = ["fetch", "k3s"]
+DOWNSTREAM_OF_ROOTFS = ["rootfs", "squashfs", "initramfs", "iso"]
+
+
+@pytest.mark.parametrize(("change", "reruns"), [
+    ("nothing", []),
+    ("package list", DOWNSTREAM_OF_ROOTFS),
+    ("archive update", DOWNSTREAM_OF_ROOTFS),  # same options, a newer package in the signed index
+    ("mirror", DOWNSTREAM_OF_ROOTFS),
+    ("overlay file", DOWNSTREAM_OF_ROOTFS),
+    ("agent code", DOWNSTREAM_OF_ROOTFS),
+    ("kernel command line", ["iso"]),
+    ("site config", ["iso"]),
+    ("squashfs level", ["squashfs", "iso"]),
+    ("initramfs modules", ["initramfs", "iso"]),
+    ("k3s version", DOWNSTREAM_OF_ROOTFS),
+    ("k3s binary", DOWNSTREAM_OF_ROOTFS),
+    ("k3s binary moved", []),  # the same bytes from another path: nothing in the image changes
+])
+def test_a_change_reruns_exactly_the_stages_that_read_it(
+        change: str, reruns: list[str], recorded: tuple[list[str], Any], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    from builder import plan as plan_mod
+    runs, build = recorded
+    apt = tmp_path / "apt"
+    (apt / "sources.list.d").mkdir(parents=True)
+    (apt / "sources.list").write_text("deb http://mirror.example/debian bookworm main\n")
+    monkeypatch.setattr(plan_mod, "OVERLAYS", copy_tree(plan_mod.OVERLAYS, tmp_path / "overlays"))
+    monkeypatch.setattr(plan_mod, "AGENT_DIR", copy_tree(plan_mod.AGENT_DIR, tmp_path / "agent"))
+    binary = tmp_path / "k3s"
+    binary.write_bytes(b"k3s release binary 1")
+    img = load_image("x86_64-k3s")
+
+    def compiled(image: Any = img, config: str | None = None, k3s_binary: Path = binary) -> Any:
+        return compile_plan(image, config, apt, str(k3s_binary))
+
+    first = build(compiled())
+    assert sorted(runs) == sorted(plan_mod.BUILD + ("iso",))  # a first build runs every stage
+    image, config, k3s_binary = img, None, binary
+    if change == "package list":
+        image = dataclasses.replace(img, packages=(*img.packages, "less"))
+    elif change == "archive update":
+        monkeypatch.setattr(Recorder, "archive", "snapshot-2")
+    elif change == "mirror":
+        (apt / "sources.list").write_text("deb http://other-mirror.example/debian bookworm main\n")
+    elif change == "overlay file":
+        motd = tmp_path / "overlays/base/rootfs/etc/motd"
+        motd.parent.mkdir(parents=True, exist_ok=True)
+        motd.write_text("changed\n")
+    elif change == "agent code":
+        with (tmp_path / "agent/doctor.py").open("a") as f:
+            f.write("# changed\n")
+    elif change == "kernel command line":
+        image = dataclasses.replace(img, cmdline=img.cmdline + " loglevel=4")
+    elif change == "site config":
+        config = "hostname: edge-1\n"
+    elif change == "squashfs level":
+        image = dataclasses.replace(img, squashfs={"level": 3})
+    elif change == "initramfs modules":
+        image = dataclasses.replace(img, initramfs_modules=(*img.initramfs_modules, "nbd"))
+    elif change == "k3s version":
+        image = dataclasses.replace(img, k3s={**img.k3s, "version": "v1.35.0+k3s1"})
+    elif change == "k3s binary":
+        binary.write_bytes(b"k3s release binary 2")
+    elif change == "k3s binary moved":
+        k3s_binary = tmp_path / "elsewhere" / "k3s"
+        k3s_binary.parent.mkdir()
+        k3s_binary.write_bytes(binary.read_bytes())
+    second = build(compiled(image, config, k3s_binary))
+    assert sorted(r for r in runs if r not in VOLATILE) == sorted(reruns)
+    assert [r for r in runs if r in VOLATILE] == VOLATILE  # the volatile stages always check
+    for name, result in second.items():  # everything not re-run is reused, with its id
+        if name not in VOLATILE:
+            assert (result.id == first[name].id) == (name not in reruns), name
+            assert result.cached == (name not in reruns), name
+
+
+def test_a_cache_miss_says_which_input_changed(recorded: tuple[list[str], Any], tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from builder import progress
+    runs, build = recorded
+    stream = io.StringIO()
+    monkeypatch.setattr(progress, "_stream", stream)
+    apt = tmp_path / "apt"
+    (apt / "sources.list.d").mkdir(parents=True)
+    (apt / "sources.list").write_text("deb http://mirror.example/debian bookworm main\n")
+    img = load_image("x86_64-iso")
+    build(compile_plan(img, None, apt))
+    import dataclasses
+    stream.seek(0)
+    stream.truncate()
+    with_less = dataclasses.replace(img, packages=(*img.packages, "less"))
+    build(compile_plan(with_less, None, apt))
+    err = stream.getvalue()
+    assert "rootfs (inputs changed: fetch)" in err
+    assert "squashfs (inputs changed: rootfs)" in err
+    assert "iso (inputs changed: fetch, initramfs, rootfs, squashfs)" in err
+    build(compile_plan(dataclasses.replace(with_less, cmdline="console=ttyS0"), None, apt))
+    assert stream.getvalue().endswith("‣ iso (options changed: cmdline)\n")
+
+
+def test_until_runs_only_what_a_stage_reads(recorded: tuple[list[str], Any], tmp_path: Path) -> None:
+    runs, _ = recorded
+    apt = tmp_path / "apt"
+    (apt / "sources.list.d").mkdir(parents=True)
+    (apt / "sources.list").write_text("deb http://mirror.example/debian bookworm main\n")
+    p = compile_plan(load_image("x86_64-iso"), None, apt)
+    results = pipeline.Pipeline(p, cache=tmp_path / "cache", out=tmp_path / "out").run(until="initramfs")
+    assert runs == ["fetch", "k3s", "rootfs", "initramfs"] and list(results) == runs
+    with pytest.raises(BasaltError) as exc:
+        pipeline.Pipeline(p, cache=tmp_path / "cache").run(until="disk")
+    assert exc.value.render() == ("no stage 'disk' in this plan\n"
+                                  "hint: stages of x86_64-iso: fetch, k3s, rootfs, squashfs, initramfs, iso")
+
+
+def test_a_stage_cannot_read_an_undeclared_input(tmp_path: Path) -> None:
+    from builder.download import BlobStore
+    from builder.stages import StageContext
+    ctx = StageContext(out=tmp_path, inputs={"rootfs": tmp_path}, store=BlobStore(tmp_path), work=tmp_path)
+    with pytest.raises(BasaltError) as exc:
+        ctx.input("fetch")
+    assert "a stage read 'fetch', which is not among its INPUTS (rootfs)" in exc.value.render()
 
 
 def test_failed_stage_leaves_nothing_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

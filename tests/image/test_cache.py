@@ -1,0 +1,50 @@
+"""The build cache on real builds: a stage is reused only when everything it is built from is
+unchanged (the regression: an image that extends the default with one more package got the
+default's squashfs, because the stages after k3s no longer depended on what fetch resolved)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from builder import pipeline, plan
+
+
+def stages(out: Path) -> dict[str, dict[str, object]]:
+    return {s["name"]: s for s in json.loads((out / "manifest.json").read_text())["stages"]}
+
+
+def squashfs_files(out: Path) -> set[str]:
+    listing = subprocess.run(["unsquashfs", "-lc", "-d", "", str(out / "rootfs.squashfs")],
+                             capture_output=True, text=True, check=True).stdout
+    return {line.strip() for line in listing.splitlines() if line.strip()}
+
+
+def test_an_added_package_is_in_the_squashfs(built_iso: Path, tmp_path: Path) -> None:
+    definition = tmp_path / "with-less.yaml"
+    base = plan.load_image("x86_64-iso")
+    packages = "".join(f"  - {p}\n" for p in (*base.packages, "less"))
+    definition.write_text(f"extends: x86_64-iso\nname: with-less\npackages:\n{packages}")
+    out = pipeline.build(plan.plan(str(definition)), out=tmp_path / "out")
+    mine, default = stages(out), stages(built_iso)
+    assert [n for n in mine if mine[n]["id"] != default[n]["id"]] == ["fetch", "rootfs", "squashfs", "initramfs",
+                                                                     "iso"]
+    # /usr/bin/less is a busybox applet link in both; lesskey comes only with Debian's less.
+    assert "/usr/bin/lesskey" in squashfs_files(out)
+    assert "/usr/bin/lesskey" not in squashfs_files(built_iso)
+    assert (out / "rootfs.squashfs").read_bytes() != (built_iso / "rootfs.squashfs").read_bytes()
+    lock = json.loads((out / "packages.lock.json").read_text())
+    assert "less" in {p["name"] for p in lock["packages"]}
+
+
+def test_an_unchanged_rebuild_runs_no_stage_but_the_volatile_ones(built_iso: Path, tmp_path: Path) -> None:
+    out = pipeline.build(plan.plan("x86_64-iso"), out=tmp_path / "out")
+    again, before = stages(out), stages(built_iso)
+    assert list(again) == ["fetch", "k3s", "rootfs", "squashfs", "initramfs", "iso"]
+    assert all(s["cached"] for s in again.values())  # fetch and k3s ran, and produced what they had
+    assert {n: s["id"] for n, s in again.items()} == {n: s["id"] for n, s in before.items()}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {o["file"]: o["stage"] for o in manifest["outputs"]} == {
+        "packages.lock.json": "fetch", "vmlinuz": "rootfs", "rootfs.squashfs": "squashfs",
+        "initrd.img": "initramfs", f"x86_64-iso-{plan.load_image('x86_64-iso').version}.iso": "iso"}
