@@ -131,6 +131,8 @@ def cmd_config(args: argparse.Namespace) -> int:
         from agent import sources
         merged = sources.gather(Path("/proc/cmdline").read_text(), known_good="/nonexistent",
                                 rejected="/nonexistent")
+        for warning in merged.warnings:
+            print(warning.render(), file=sys.stderr)
         if merged.problems:
             print("\n".join(p.render() for p in merged.problems), file=sys.stderr)
             return 1
@@ -138,6 +140,8 @@ def cmd_config(args: argparse.Namespace) -> int:
         return 0
     from agent.config import load_config
     loaded = load_config(args.file)
+    for warning in loaded.warnings:
+        print(warning.render(), file=sys.stderr)
     if loaded.problems:
         print("\n".join(p.render() for p in loaded.problems), file=sys.stderr)
         return 1

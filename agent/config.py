@@ -47,6 +47,11 @@ def canonical_key(key: str, known: dict[str, Any]) -> str | None:
     for c in candidates:
         if c in known:
             return c
+    # k3OS also registers the all-lower-case JSON name: runcmd, k3sargs, sshauthorizedkeys...
+    flat = {k.replace("_", ""): k for k in known}
+    for c in candidates:
+        if c.replace("_", "").lower() in flat:
+            return flat[c.replace("_", "").lower()]
     alias = EXTRA_ALIASES.get(key)
     return alias if alias in known else None
 
@@ -75,8 +80,10 @@ class Normaliser:
         if isinstance(value, dict) and isinstance(value.get("content"), bytes):
             # YAML !!binary content: carried as base64 text, decoded when the file is written.
             import base64
-            value = {**value, "content": base64.b64encode(value["content"]).decode(),
-                     "encoding": value.get("encoding") or "b64"}
+            # The bytes are decoded already: what 'encoding' still asks for is gunzip (cloud-init's reading).
+            encoding = {"": "b64", "gz": "gz+b64", "gzip": "gz+b64"}.get(value.get("encoding") or "",
+                                                                          value.get("encoding"))
+            value = {**value, "content": base64.b64encode(value["content"]).decode(), "encoding": encoding}
         if isinstance(value, list) and isinstance(node.get("items"), dict):
             return [self.walk(item, node["items"], (*new, i), (*old, i)) for i, item in enumerate(value)]
         if isinstance(value, dict):
@@ -114,6 +121,7 @@ class LoadedConfig:
     value: dict[str, Any]
     located: Located
     problems: tuple[Problem, ...]
+    warnings: tuple[Problem, ...] = ()  # valid, but a node would break on it at run time
 
     @property
     def ok(self) -> bool:
@@ -126,25 +134,41 @@ def normalise(doc: Located, schema: dict[str, Any]) -> tuple[Located, list[Probl
     return Located(value, doc.source, n.lines, n.display), n.notes
 
 
-def check(doc: Located, schema: dict[str, Any] | None = None) -> LoadedConfig:
-    """Normalise and validate one parsed document; every problem, ordered by line."""
+def check(doc: Located, schema: dict[str, Any] | None = None, k3s_version: str | None = None) -> LoadedConfig:
+    """Normalise and validate one parsed document: every problem and every warning, ordered by
+    line. ``k3s_version``: the release the config will run with (default: this node's)."""
+    from agent import checks
     schema = schema or load_schema()
     if doc.value is None:
-        return LoadedConfig({}, doc, ())
+        return LoadedConfig({}, doc, tuple(doc.problems))
     if not isinstance(doc.value, dict):
         return LoadedConfig({}, doc, (doc.problem([], "config.yaml must be a mapping of keys",
                                                   hint="see docs/config.md for the keys"),))
     located, notes = normalise(doc, schema)
-    problems = list(notes)
-    top, section = schema["properties"], schema_mod.Validator(schema).resolve(schema["properties"]["basalt"])
-    for path, message, hint in schema_mod.validate(located.value, schema):
+    problems = [*doc.problems, *notes]
+    warnings = checks.relative_paths(located)
+    validator = schema_mod.Validator(schema)
+    top, section = schema["properties"], validator.resolve(schema["properties"]["basalt"])
+    errors = schema_mod.validate(located.value, schema)
+    for path, message, hint in errors:
         shown = located.display.get(tuple(path), tuple(path))
-        hint = better_hint(path, message, hint, _value_at(located.value, path), top, section["properties"])
+        value = _value_at(located.value, path)
+        if len(path) == 2 and path[0] in checks.COMMAND_KEYS and isinstance(value, list):
+            import shlex
+            message = "an exec-style command (a list of arguments): each item is one shell command line"
+            hint = f"write it as one string: {shlex.join(str(v) for v in value)!r}"
+        elif isinstance(value, str) and TEMPLATE.search(value) and not message.startswith("unknown key"):
+            message, hint = checks.placeholder_message(value)
+        hint = better_hint(path, message, hint, value, top, section["properties"], validator)
         problems.append(Problem(message, doc.source, located.line_of(path), format_path(shown), hint))
-    if not problems:
+    problems += checks.payloads(located)
+    problems += checks.placeholders(located, {tuple(path) for path, _, _ in errors})
+    if not errors:
         problems += semantic(located)
+        warnings += checks.warnings(located, k3s_version)
     problems.sort(key=lambda p: (p.line or 0, p.path or ""))
-    return LoadedConfig(located.value, located, tuple(problems))
+    warnings.sort(key=lambda p: (p.line or 0, p.path or ""))
+    return LoadedConfig(located.value, located, tuple(problems), tuple(warnings))
 
 
 def semantic(doc: Located) -> list[Problem]:
@@ -175,25 +199,57 @@ def _value_at(value: Any, path: schema_mod.Path) -> Any:
     return value
 
 
+# cloud-init keys Basalt does not take, and what to do instead (the hint for an unknown top-level key).
+PACKAGES = "Basalt's root is read-only: packages come with the image (the image definition's 'packages:')"
+CLOUD_INIT = {
+    "ntp": "Basalt's equivalent is 'basalt.ntp_servers' (a list of NTP servers)",
+    "resolv_conf": "Basalt's equivalent is 'basalt.dns_nameservers' (a list of addresses)",
+    "manage_resolv_conf": "Basalt writes /etc/resolv.conf itself, from 'basalt.dns_nameservers'",
+    "ssh_pwauth": "Basalt's equivalent is 'basalt.ssh.password_authentication'",
+    "chpasswd": "set 'basalt.password' (the root password) or 'users[].password'",
+    "fqdn": "Basalt's equivalent is 'hostname'",
+    "ssh": "cloud-init's SSH settings are not Basalt's: 'basalt.ssh' configures the SSH server "
+           "(enabled, port, password_authentication)",
+    "datasource": "cloud-init's per-datasource settings are not Basalt's: 'basalt.data_sources' lists which "
+                  "datasources to read",
+    "packages": PACKAGES, "package_update": PACKAGES, "package_upgrade": PACKAGES,
+    "package_reboot_if_required": PACKAGES, "apt": PACKAGES, "apt_pipelining": PACKAGES, "yum_repos": PACKAGES,
+    "snap": PACKAGES,
+    "chef": "Basalt runs no configuration-management agent: use write_files and run_cmd, or Kubernetes",
+    "puppet": "Basalt runs no configuration-management agent: use write_files and run_cmd, or Kubernetes",
+    "power_state": "run 'basalt poweroff' or 'basalt reboot' from run_cmd",
+    "growpart": "Basalt grows its state partition to fill the disk by itself",
+    "resize_rootfs": "Basalt's root is a read-only image; its state partition grows by itself",
+    "ssh_keys": "Basalt makes the SSH host keys on first boot and keeps them on the state partition",
+    "groups": "give each user its groups in 'users[].groups'",
+}
+
+
 def better_hint(path: schema_mod.Path, message: str, hint: str | None, value: Any,
-                top: dict[str, Any], section: dict[str, Any]) -> str | None:
-    """Hints that need to know the whole schema: wrong level, unfilled template."""
+                top: dict[str, Any], section: dict[str, Any], validator: schema_mod.Validator) -> str | None:
+    """Hints that need to know the whole schema: wrong level, cloud-init's names, unfilled template."""
     if message.startswith("unknown key") and path:
         key = str(path[-1])
         if len(path) == 2 and path[0] in ("k3os", "basalt") and canonical_key(key, top):
             return f"'{key}' is a top-level key: move it out of '{path[0]}:'"
-        if len(path) == 1 and canonical_key(key, section):
+        if len(path) == 1 and key in CLOUD_INIT:
+            return f"cloud-init's '{key}' is not supported by Basalt: {CLOUD_INIT[key]}"
+        name = canonical_key(key, section) if len(path) == 1 else None
+        if name and not list(validator.errors(value, section[name])):  # there it would mean the same
             return f"'{key}' belongs under 'basalt:' (or 'k3os:')"
-    if isinstance(value, str) and TEMPLATE.search(value):
-        return f"{value!r} looks like an unfilled template placeholder: render the template first"
+        if name:
+            return f"'basalt.{name}' is something else (see docs/config.md): not supported at the top level"
+        if len(path) == 1:
+            return f"not a Basalt key; valid top-level keys: {', '.join(sorted(top))}"
     return hint
 
 
-def load_config(path: str) -> LoadedConfig:
-    """Parse and check ``path``. YAML syntax errors raise BasaltError; the rest are in ``problems``."""
-    return check(load(path))
+def load_config(path: str, k3s_version: str | None = None) -> LoadedConfig:
+    """Parse and check ``path``. YAML syntax errors raise BasaltError; the rest are in ``problems``
+    (and ``warnings``)."""
+    return check(load(path, strict=False), k3s_version=k3s_version)
 
 
 def check_text(text: str, source: str = "<config>") -> LoadedConfig:
-    return check(loads(text, source))
+    return check(loads(text, source, strict=False))
 

@@ -18,11 +18,12 @@ class Problem:
     line: int | None = None
     path: str | None = None
     hint: str | None = None
+    warning: bool = False  # what a node would break on at run time, but may be meant: exit 0
 
     def render(self) -> str:
         where = [part for part in (self.file, self.line) if part is not None]
         prefix = ":".join(str(p) for p in where)
-        parts = [p for p in (prefix, self.path) if p]
+        parts = [p for p in (prefix, "warning" if self.warning else None, self.path) if p]
         head = ": ".join([*parts, self.message])
         return head if not self.hint else f"{head}\nhint: {self.hint}"
 

@@ -70,6 +70,7 @@ class Merged:
         self.origin: dict[PathKey, str] = {}
         self.sources: list[str] = []
         self.problems: list[Problem] = []
+        self.warnings: list[Problem] = []  # valid, but a node would break on it at run time
         self.scripts: list[str] = []  # user-data scripts, run in the runtime phase
         self.digest = ""  # of every source's bytes, used or not
         self.fallback: str | None = None  # why the last known-good config is used instead
@@ -150,6 +151,7 @@ def gather(cmdline: str, baked: str = BAKED, state: str = STATE, state_dir: str 
         elif loaded.problems:
             merged.problems.extend(loaded.problems)
         else:
+            merged.warnings.extend(loaded.warnings)
             merged.add(name, loaded.value)
     why = "a source has problems" if merged.problems else None
     if _read_json(rejected).get("digest") == merged.digest:
@@ -229,10 +231,10 @@ def _meta_data(path: str, schema: dict[str, Any]) -> LoadedConfig | list[Problem
 class Valid:
     """A source known valid without parsing it again (see ``precompiled``)."""
 
-    __slots__ = ("problems", "value")
+    __slots__ = ("problems", "value", "warnings")
 
     def __init__(self, value: dict[str, Any]):
-        self.value, self.problems = value, ()
+        self.value, self.problems, self.warnings = value, (), ()  # warned about at build time
 
 
 def sha256(data: bytes = b"") -> Any:
@@ -293,7 +295,7 @@ def _load(path: str, schema: Callable[[], dict[str, Any]], schema_raw: bytes) ->
     from agent.errors import BasaltError
     from agent.yamlsource import load
     try:
-        return check(load(path), schema())
+        return check(load(path, strict=False), schema())
     except BasaltError as exc:  # a YAML syntax error: the whole source is unusable
         return list(exc.problems)
 

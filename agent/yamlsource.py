@@ -31,6 +31,8 @@ class Located:
     lines: dict[PathKey, int] = field(default_factory=dict)
     # For a normalised document: each value's path as the user wrote it (for messages).
     display: dict[PathKey, PathKey] = field(default_factory=dict)
+    # Problems found while loading that do not stop it (duplicate keys: the first value is kept).
+    problems: list[Problem] = field(default_factory=list)
 
     def line_of(self, path: Sequence[str | int]) -> int | None:
         """Line of ``path``, or of its nearest ancestor that has one."""
@@ -58,11 +60,28 @@ def format_path(path: Sequence[str | int]) -> str:
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys (a silent override hides typos)."""
+    """SafeLoader whose documents record each value's line and every duplicate key (a silent
+    override hides typos)."""
 
 
-def _construct(loader: _Loader, node: yaml.Node, path: PathKey, lines: dict[PathKey, int], source: str) -> Any:
-    lines[path] = node.start_mark.line + 1
+def _item_line(text: list[str], mark: yaml.Mark) -> int:
+    """The line of a block sequence item's ``-``: its value may start lines below it (after a
+    comment), but the item is where its dash is."""
+    if mark.line >= len(text) or "-" in text[mark.line][:mark.column]:
+        return mark.line + 1
+    for n in range(mark.line - 1, -1, -1):
+        stripped = text[n].strip()
+        if stripped.startswith("-"):
+            return n + 1
+        if stripped and not stripped.startswith("#"):
+            break
+    return mark.line + 1
+
+
+def _construct(loader: _Loader, node: yaml.Node, path: PathKey, lines: dict[PathKey, int], source: str,
+               duplicates: list[Problem], text: list[str], line: int | None = None) -> Any:
+    # A mapping's value is "at" its key's line: a block value starts a line or more below it.
+    lines[path] = line if line is not None else node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)
         result: dict[Any, Any] = {}
@@ -75,18 +94,24 @@ def _construct(loader: _Loader, node: yaml.Node, path: PathKey, lines: dict[Path
                                                "unrendered template?"))
             key = str(key) if not isinstance(key, str) else key
             if key in result:
-                raise BasaltError(Problem(f"duplicate key '{key}'", source, key_node.start_mark.line + 1,
+                duplicates.append(Problem(f"duplicate key '{key}'", source, key_node.start_mark.line + 1,
                                           format_path((*path, key)),
-                                          hint=f"'{key}' is already set on line {lines[(*path, key)]}"))
-            result[key] = _construct(loader, value_node, (*path, key), lines, source)
+                                          hint=f"'{key}' is already set on line {lines[(*path, key)]}: keep one"))
+                continue
+            result[key] = _construct(loader, value_node, (*path, key), lines, source, duplicates, text,
+                                     key_node.start_mark.line + 1)
         return result
     if isinstance(node, yaml.SequenceNode):
-        return [_construct(loader, item, (*path, i), lines, source) for i, item in enumerate(node.value)]
+        return [_construct(loader, item, (*path, i), lines, source, duplicates, text,
+                           item.start_mark.line + 1 if node.flow_style else _item_line(text, item.start_mark))
+                for i, item in enumerate(node.value)]
     return loader.construct_object(node, deep=True)
 
 
-def loads(text: str, source: str = "<string>") -> Located:
-    """Parse one YAML document. Syntax errors become a located ``BasaltError``."""
+def loads(text: str, source: str = "<string>", strict: bool = True) -> Located:
+    """Parse one YAML document. Syntax errors become a located ``BasaltError``; so do duplicate
+    keys, all of them, unless ``strict`` is false: then they are in ``Located.problems``, for a
+    caller that reports them with every other problem."""
     try:
         loader = _Loader(text)
     except yaml.reader.ReaderError as exc:  # raised while reading the stream, e.g. a control character
@@ -96,7 +121,8 @@ def loads(text: str, source: str = "<string>") -> Located:
     try:
         node = loader.get_single_node()
         lines: dict[PathKey, int] = {}
-        value = None if node is None else _construct(loader, node, (), lines, source)
+        duplicates: list[Problem] = []
+        value = None if node is None else _construct(loader, node, (), lines, source, duplicates, text.splitlines())
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
@@ -112,10 +138,12 @@ def loads(text: str, source: str = "<string>") -> Located:
         raise BasaltError(Problem(f"YAML error: {exc}", source)) from None
     finally:
         loader.dispose()
-    return Located(value, source, lines)
+    if duplicates and strict:
+        raise BasaltError(duplicates)
+    return Located(value, source, lines, problems=duplicates)
 
 
-def load(path: Path | str) -> Located:
+def load(path: Path | str, strict: bool = True) -> Located:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -125,4 +153,4 @@ def load(path: Path | str) -> Located:
         raise BasaltError(Problem(f"not UTF-8 text ({exc.reason} at byte {exc.start})", str(path))) from None
     except OSError as exc:
         raise BasaltError(Problem(f"cannot read: {exc.strerror}", str(path))) from None
-    return loads(text, str(path))
+    return loads(text, str(path), strict)

@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{img.source}: ok (image definition {img.name}, {img.arch})")
         else:
             plan.load_site_config(args.file)
-            print(f"{args.file}: ok (site config)")
+            print(f"{args.file}: ok (site config)")  # warnings, if any, are on stderr above
         return 0
     if args.command == "plan":
         compiled = plan.plan(args.image, args.config, k3s_binary=args.k3s_binary, k3s_artifacts=args.k3s_artifacts)
@@ -109,7 +109,7 @@ def looks_like_image_definition(name: str) -> bool:
     from agent.yamlsource import load
     from builder import imagedef
     path = imagedef.find(name)
-    value = load(path).value
+    value = load(path, strict=False).value
     return isinstance(value, dict) and ("outputs" in value or "arch" in value or "extends" in value)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,9 +87,11 @@ def load_site_config(path: str | None, k3s_version: str | None = None) -> str | 
     """Read and syntax-check a site config; its text is baked onto the boot medium."""
     if not path:
         return None
-    loaded = load_config(path)  # the device's own loader: same normalisation, same verdicts
+    loaded = load_config(path, k3s_version)  # the device's own loader: same normalisation, same verdicts
     if loaded.problems:
         raise BasaltError(loaded.problems)
+    for warning in loaded.warnings:  # the config is valid: the build goes on
+        print(warning.render(), file=sys.stderr)
     from builder import manifests
     problems = manifests.check(loaded.located, k3s_version)  # what the node cannot check: Kubernetes schemas
     if problems:

@@ -9,7 +9,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.config import check_text, load_config
+from agent.config import LoadedConfig, check_text, load_config
 from agent.errors import BasaltError
 from agent.modules import section
 
@@ -18,27 +18,96 @@ CORPUS = ROOT.parent / "shared" / "testdata" / "k3os-configs"
 DATA = ROOT / "tests" / "data"
 
 # Real k3OS configs from public repositories (../shared/testdata/k3os-configs, SOURCES.md lists the
-# known defects). None: loads with no problem. A list: the exact "line: path: message" of each problem.
-# A string: the YAML syntax (or structure) error, line first.
+# known defects). None: loads with no problem. A list: the exact "line: path: message" of each problem and
+# each warning ("line: warning: path: message"), by line. A string: the YAML syntax (or structure) error.
 EXPECTED: dict[str, list[str] | str | None] = {
-    "01": None, "06": None, "12": None, "13": None, "14": None, "15": None, "16": None, "18": None, "19": None,
-    "20": None, "21": None, "22": None, "23": None, "25": None, "26": None, "27": None, "28": None, "29": None,
-    "02": ["2: ssh_authorized_keys[0]: '${tf_ssh_pubkey}' is not valid here",
-           "11: hostname: '${tf_appliance_hostname}' is not valid here"],
+    "01": None,
+    "02": [
+        "2: ssh_authorized_keys[0]: '${tf_ssh_pubkey}' looks like an unfilled template placeholder",
+        "11: hostname: '${tf_appliance_hostname}' looks like an unfilled template placeholder",
+        "20: k3os.environment.K3S_TOKEN: '${tf_cluster_token}' looks like an unfilled template placeholder",
+        "22: k3os.labels.region: '${tf_label_region}' looks like an unfilled template placeholder",
+        "23: k3os.labels.zone: '${tf_label_zone}' looks like an unfilled template placeholder",
+    ],
     "03": "12: YAML syntax error: found character '%' that cannot start any token",
-    "04": "2: ssh_authorized_keys[0]: mapping keys must be plain scalars",
+    "04": '2: ssh_authorized_keys[0]: mapping keys must be plain scalars',
     "05": "2: YAML syntax error: expected alphabetic or numeric character, but found '{'",
-    "07": ["10: write_files[0].path: 'etc/conf.d/qemu-guest-agent' is not valid here"],
-    "08": ["3: ssh_authorized_keys[0]: expected string, got null",
-           "19: write_files[0].enconding: unknown key 'enconding'"],
-    "09": ["3: ssh_authorized_keys[0]: expected string, got null", "6: k3os.token: expected string, got object",
-           "19: write_files[0].enconding: unknown key 'enconding'"],
-    "10": ["1: hostname: '$hostname' is not valid here", "2: write_files[0]: expected object, got string",
-           "23: k3os.server_url: '$k3os_server_url' is not valid here"],
-    "11": ["8: k3os.hostname: unknown key 'hostname'"],
-    "17": ["8: sshAuthorizedKeys[0]: 'github:<yourgithubname>' is not valid here"],
+    "06": None,
+    "07": [
+        "10: warning: write_files[0].path: relative path 'etc/conf.d/qemu-guest-agent' is written as "
+        "'/etc/conf.d/qemu-guest-agent' (as k3OS does)",
+        '10: warning: write_files[0].path: nothing on Basalt reads /etc/conf.d/qemu-guest-agent',
+    ],
+    "08": [
+        '3: ssh_authorized_keys[0]: expected string, got null',
+        "19: write_files[0].enconding: unknown key 'enconding'",
+    ],
+    "09": [
+        '3: ssh_authorized_keys[0]: expected string, got null',
+        '5: k3os.token: expected string, got object',
+        "10: k3os.server_url: 'https://##masterip##:6443' looks like an unfilled template placeholder",
+        "19: write_files[0].enconding: unknown key 'enconding'",
+    ],
+    "10": [
+        "1: hostname: '$hostname' looks like an unfilled template placeholder",
+        "2: write_files[0]: '$write_files' looks like an unfilled template placeholder",
+        "21: k3os.password: '$k3os_password' looks like an unfilled template placeholder",
+        "22: k3os.token: '$k3os_token' looks like an unfilled template placeholder",
+        "23: k3os.server_url: '$k3os_server_url' looks like an unfilled template placeholder",
+        "24: k3os.k3s_args[0]: '$k3os_args_k3s_args' looks like an unfilled template placeholder",
+    ],
+    "11": [
+        "8: k3os.hostname: unknown key 'hostname'",
+    ],
+    "12": [
+        '36: warning: write_files[1].path: nothing on Basalt reads /etc/ssh/sshd_config',
+    ],
+    "13": None,
+    "14": [
+        '14: warning: write_files[0].path: nothing on Basalt reads /etc/conf.d/qemu-guest-agent',
+    ],
+    "15": [
+        '29: warning: k3os.k3s_args[1]: k3s removed --no-deploy in v1.26: k3s will not start',
+    ],
+    "16": [
+        '17: warning: k3os.k3s_args[0]: k3s runs as an agent, but there is no server_url to join',
+    ],
+    "17": [
+        "5: k3os.server_url: 'https://<public-ip>:6443' looks like an unfilled template placeholder",
+        "8: sshAuthorizedKeys[0]: 'github:<yourgithubname>' looks like an unfilled template placeholder",
+    ],
+    "18": [
+        '4: warning: write_files[0].path: nothing on Basalt reads /var/lib/connman/default.config',
+    ],
+    "19": [
+        '59: warning: write_files[5].path: nothing on Basalt reads /etc/conf.d/syslog',
+        '69: warning: write_files[7].path: nothing on Basalt reads /etc/init.d/k3s-logger',
+        '97: warning: k3os.k3s_args[0]: k3s runs as an agent, but there is no server_url to join',
+    ],
+    "20": None,
+    "21": [
+        '10: warning: write_files[0].path: nothing on Basalt reads /var/lib/connman/default.config',
+    ],
+    "22": [
+        '31: warning: k3os.k3s_args[1]: k3s removed --no-deploy in v1.26: k3s will not start',
+    ],
+    "23": None,
     "24": "3: YAML syntax error: found character '%' that cannot start any token",
-    "30": "7: k3os: duplicate key 'k3os'",
+    "25": [
+        "21: k3os.password: '<redacted>' looks like an unfilled template placeholder",
+        "23: k3os.token: '<redacted>' looks like an unfilled template placeholder",
+    ],
+    "26": None,
+    "27": [
+        '3: warning: write_files[0].path: nothing on Basalt reads /var/lib/connman/default.config',
+    ],
+    "28": [
+        '6: warning: k3os.k3s_args[1]: k3s removed --no-deploy in v1.26: k3s will not start',
+    ],
+    "29": None,
+    "30": [
+        "7: k3os: duplicate key 'k3os'",
+    ],
 }
 
 
@@ -61,8 +130,13 @@ def test_real_k3os_configs(number: str) -> None:
             load_config(str(path))
         assert exc.value.problems[0].render().splitlines()[0] == f"{path}:{expected}"
         return
-    loaded = load_config(str(path))
-    assert [p.render().splitlines()[0] for p in loaded.problems] == [f"{path}:{e}" for e in expected or []]
+    assert rendered(load_config(str(path))) == [f"{path}:{e}" for e in expected or []]
+
+
+def rendered(loaded: LoadedConfig) -> list[str]:
+    """Each problem's and warning's first line, by line (a warning after a problem on its line)."""
+    return [p.render().splitlines()[0] for p in sorted((*loaded.problems, *loaded.warnings),
+                                                        key=lambda p: (p.line or 0, p.warning))]
 
 
 def test_hints_explain_the_fix() -> None:
@@ -72,7 +146,7 @@ def test_hints_explain_the_fix() -> None:
     eleven = load_config(str(next(CORPUS.glob("11-*")))).problems[0]
     assert eleven.hint == "'hostname' is a top-level key: move it out of 'k3os:'"
     two = load_config(str(next(CORPUS.glob("02-*")))).problems[0]
-    assert two.hint == "'${tf_ssh_pubkey}' looks like an unfilled template placeholder: render the template first"
+    assert two.hint == "render the template first"
     with pytest.raises(BasaltError) as exc:
         load_config(str(next(CORPUS.glob("24-*"))))
     assert "unrendered template" in str(exc.value.problems[0].hint)

@@ -49,7 +49,7 @@ BAD = [
      "debian.mirorr: unknown key 'mirorr'", "did you mean 'mirror'?"),
     (("  memory_mb: 512", "  memory_mb: lots"), "memory_mb: lots",
      "qemu.memory_mb: expected integer, got string", None),
-    (("  enabled: false", "  enabled: true"), "enabled: true",
+    (("  enabled: false", "  enabled: true"), "k3s:",  # a mapping's problem is at its key's line
      "k3s: 'version' is required", None),
     (("name: x86_64-iso", "name: Bad Name"), "name: Bad Name",
      "name: 'Bad Name' is not valid here", "must match the pattern ^[a-z0-9][a-z0-9._-]*$"),
@@ -98,7 +98,7 @@ def test_duplicate_key_points_at_second(tmp_path: Path) -> None:
         load_image(str(path))
     first = line_of(text, "arch: x86_64")
     assert exc.value.render() == (f"{path}:{first + 1}: arch: duplicate key 'arch'\n"
-                                  f"hint: 'arch' is already set on line {first}")
+                                  f"hint: 'arch' is already set on line {first}: keep one")
 
 
 def test_yaml_syntax_error_has_line(tmp_path: Path) -> None:
@@ -199,7 +199,7 @@ def test_extends_problems_point_into_the_extending_file(tmp_path: Path) -> None:
     with pytest.raises(BasaltError) as exc:
         load_image(str(path))
     rendered = [p.render().splitlines()[0] for p in exc.value.problems]
-    assert f"{path}:4: k3s: 'version' is required" in rendered
+    assert f"{path}:3: k3s: 'version' is required" in rendered
     assert f"{path}:5: k3s.sha256.x86_64: 'nothex' is not valid here" in rendered
 
 
