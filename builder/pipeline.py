@@ -199,6 +199,7 @@ def build(plan: Plan, out: Path | None = None, until: str | None = None) -> Path
     """Run ``plan`` and publish its artifacts in ``out/<image>/``; return that directory
     (with ``until``: that stage's output directory in the cache, nothing published)."""
     pipe = Pipeline(plan, out=out)
+    needed(plan, until)  # an unknown stage is an error before anything runs
     with progress.step(f"Building {plan.image.name} {plan.image.version}"):
         results = pipe.run(until)
         if until:

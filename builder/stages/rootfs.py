@@ -29,7 +29,8 @@ VERSION = 1
 SOURCES = ("builder/backends.py", "builder/debian.py", "builder/stages/k3s.py")
 VOLATILE = False
 INPUTS = ("fetch", "k3s")
-PUBLISH = (("kernel/vmlinuz", "vmlinuz"),)
+# The config schema this image's agent validates with, for editors (docs/config.md, "Editors").
+PUBLISH = (("kernel/vmlinuz", "vmlinuz"), ("root/usr/lib/basalt/config.schema.json", "config.schema.json"))
 INSPECT = "rootfs"  # out/<image>/rootfs links to this stage's tree (not an artifact)
 TOOLS = {"dpkg-deb": "dpkg", "depmod": "kmod"}
 SCHEMA: dict[str, Any] = {

@@ -410,3 +410,22 @@ def test_missing_tool_fails_first_naming_package(tmp_path: Path, monkeypatch: py
         pipeline.check_tools(plan_for_test(tmp_path))
     assert exc.value.render() == ("missing host tools: mksquashfs\n"
                                   "hint: apt-get install squashfs-tools  (or run: ./inv setup)")
+
+
+def test_cli_help_and_docs_take_the_stage_list_from_one_place() -> None:
+    import re
+
+    from builder import cli, stages
+    root = Path(__file__).resolve().parents[2]
+    table = re.findall(r"^\| (\w+)(?: \(output\))? \| `builder/stages/", (root / "docs/architecture.md").read_text(),
+                       re.M)
+    assert tuple(table) == stages.ORDER
+    assert tuple(stages.ORDER) == (*stages.BUILD, *stages.OUTPUTS)
+    assert all(hasattr(stages.module(name), "INPUTS") and hasattr(stages.module(name), "PUBLISH")
+               for name in stages.ORDER)
+    import io
+    from contextlib import redirect_stdout
+    out = io.StringIO()
+    with redirect_stdout(out), pytest.raises(SystemExit):
+        cli.main(["build", "--help"])
+    assert ", ".join(stages.ORDER) in " ".join(out.getvalue().split())

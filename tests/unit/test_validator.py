@@ -355,3 +355,21 @@ def test_host_validate_prints_warnings_and_exits_zero(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"{config}: ok (site config)"
     assert proc.stderr.startswith(f"{config}:3: warning: k3os.k3s_args[1]: '--disable traefik' is one argument")
+
+
+def test_the_schema_works_in_a_standard_validator_as_editors_use_it() -> None:
+    """yaml-language-server and friends validate with a standard JSON Schema validator against the
+    canonical spellings: the published schema must work there on its own (a relative $id)."""
+    import json
+
+    import jsonschema
+    import yaml
+    schema = json.loads((ROOT / "config/config.schema.json").read_text())
+    assert schema["$id"] == "config.schema.json"
+    validator = jsonschema.Draft202012Validator(schema)
+    for example in sorted((ROOT / "config/examples").glob("*.yaml")):
+        assert list(validator.iter_errors(yaml.safe_load(example.read_text()))) == [], example
+    bad = sorted(e.message for e in validator.iter_errors({"hostname": "a", "bogus": 1, "k3os": {"token": 5}}))
+    assert bad == ["5 is not of type 'string'", "Additional properties are not allowed ('bogus' was unexpected)"]
+    docs = (ROOT / "docs/config.md").read_text()
+    assert "# yaml-language-server: $schema=" in docs
