@@ -227,7 +227,7 @@ CLOUD_INIT = {
 
 def better_hint(path: schema_mod.Path, message: str, hint: str | None, value: Any,
                 top: dict[str, Any], section: dict[str, Any], validator: schema_mod.Validator) -> str | None:
-    """Hints that need to know the whole schema: wrong level, cloud-init's names, unfilled template."""
+    """Hints that need to know the whole schema: wrong level, cloud-init's names for Basalt's keys."""
     if message.startswith("unknown key") and path:
         key = str(path[-1])
         if len(path) == 2 and path[0] in ("k3os", "basalt") and canonical_key(key, top):

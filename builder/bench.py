@@ -27,7 +27,7 @@ from typing import Any
 from agent.errors import BasaltError
 from builder import pipeline, plan
 from builder.download import cache_root
-from builder.qemu import IDLE, READY, Guest
+from builder.qemu import ACCELS, IDLE, READY, Guest
 
 OUT = pipeline.OUT
 TARGETS = {"warm_rebuild_s": 30, "iso_mb": 100, "boot_ms": 8000, "idle_mem_used_mb": 64, "config_modules_ms": 1000,
@@ -154,7 +154,7 @@ def k3s_and_containers(work: Path, without: Path, skip_boot: bool) -> dict[str, 
 
 def run(image: str, skip_boot: bool, skip_cold: bool) -> dict[str, Any]:
     results: dict[str, Any] = {"image": image, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                               "host_cpus": os.cpu_count(), "accel": "tcg"}
+                               "host_cpus": os.cpu_count(), "accel": ACCELS["tcg"]}
     with tempfile.TemporaryDirectory(prefix="basalt-bench-") as tmp:
         work = Path(tmp)
         baseline = pipeline.build(plan.plan(image))  # everything cached for the warm figure
