@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import os
 
-BAKED = "/run/basalt/medium/basalt/config.yaml"
-SCHEMA_PATHS = ("/usr/lib/basalt/config.schema.json",
+from agent import layout
+
+BAKED = layout.RUN_MEDIUM + layout.MEDIUM_CONFIG
+SCHEMA_PATHS = (layout.LIB_SCHEMA,
                 os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config",
                              "config.schema.json"))
 # basalt.* arguments read by the initramfs and init, not config keys.
 CONTROL = frozenset({"label", "state", "root", "mode", "wait", "rescue", "console", "debug"})
 # Where config may come from besides the command line (see sources.py and datasources.py).
-PLACES = (BAKED, "/var/lib/basalt/config.yaml", "/var/lib/basalt/config.d", "/var/lib/basalt/last-known-good.json",
-          "/run/basalt/datasource/nocloud", "/var/lib/basalt/datasource/http")
+PLACES = (BAKED, layout.STATE_CONFIG, layout.STATE_CONFIG_D, layout.KNOWN_GOOD, layout.RUN_NOCLOUD,
+          layout.HTTP_DATASOURCE)
 
 
 def is_datasource_url(arg: str) -> bool:

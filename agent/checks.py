@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from agent import layout
 from agent.errors import Problem
 from agent.yamlsource import TEMPLATE, Located, format_path
 
@@ -128,7 +129,7 @@ def _version(text: str | None) -> tuple[int, int] | None:
 def pinned_k3s_version() -> str | None:
     """The k3s release this node carries (an image without k3s has none)."""
     try:
-        with open("/usr/lib/basalt/k3s/version") as f:
+        with open(layout.LIB_K3S_VERSION) as f:
             return f.read().strip() or None
     except OSError:
         return None

@@ -9,9 +9,10 @@ import signal
 import sys
 from pathlib import Path
 
+from agent import layout
 from agent.errors import BasaltError
 
-STATUS = Path("/run/basalt/status.json")
+STATUS = Path(layout.RUN_STATUS)
 POWER_SIGNALS = {"poweroff": signal.SIGUSR2, "reboot": signal.SIGTERM, "halt": signal.SIGUSR1}
 
 
@@ -71,10 +72,10 @@ def request(command: str, timeout: float = 300.0, **fields: object) -> dict[str,
     if os.geteuid() != 0:
         raise BasaltError.simple(f"basalt config {command}: permission denied", hint="run it as root")
     ident = int(time.time() * 1000) % 10**9
-    result = Path(f"/run/basalt/result-{ident}.json")
-    tmp = Path("/run/basalt/request.json.tmp")
+    result = Path(layout.RUN_RESULT.format(ident))
+    tmp = Path(layout.RUN_REQUEST + ".tmp")
     tmp.write_text(json.dumps({"command": command, "id": ident, **fields}))
-    tmp.replace("/run/basalt/request.json")
+    tmp.replace(layout.RUN_REQUEST)
     os.kill(1, signal.SIGHUP)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -84,7 +85,7 @@ def request(command: str, timeout: float = 300.0, **fields: object) -> dict[str,
             return answer
         time.sleep(0.2)
     raise BasaltError.simple(f"basalt config {command}: no answer from the agent in {timeout:.0f} s",
-                             hint="see /run/basalt/agent.log")
+                             hint=f"see {layout.RUN_AGENT_LOG}")
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
@@ -150,7 +151,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_version(args: argparse.Namespace) -> int:
-    path = Path("/usr/lib/basalt/version")
+    path = Path(layout.LIB_VERSION)
     print(path.read_text().strip() if path.is_file() else "unknown")
     return 0
 

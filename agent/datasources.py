@@ -13,10 +13,12 @@ from __future__ import annotations
 import os
 import time
 
+from agent import layout
+
 SEED_LABELS = (b"cidata", b"CIDATA")
-NOCLOUD_DIR = "/run/basalt/datasource/nocloud"
-HTTP_DIR = "/var/lib/basalt/datasource/http"
-SEED_MOUNT = "/run/basalt/cidata"
+NOCLOUD_DIR = layout.RUN_NOCLOUD
+HTTP_DIR = layout.HTTP_DATASOURCE
+SEED_MOUNT = layout.RUN_CIDATA
 DIRS = (NOCLOUD_DIR, HTTP_DIR)  # merge order: the seed, then the URL
 
 

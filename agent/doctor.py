@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from agent import layout
+
 # Kernel options containers and k3s need; "a|b" is satisfied by either.
 KERNEL_OPTIONS = (
     ("NAMESPACES", "namespaces"), ("NET_NS", "network namespaces"), ("PID_NS", "PID namespaces"),
@@ -209,13 +211,13 @@ class Doctor:
         elif not os.access(binary, os.X_OK):
             out.append(Result("fail", "k3s binary", "/usr/bin/k3s is not executable", "rebuild the image"))
         else:
-            version = self.read("usr/lib/basalt/k3s/version").strip() or "unknown version"
+            version = self.read(layout.LIB_K3S_VERSION.lstrip("/")).strip() or "unknown version"
             out.append(Result("ok", "k3s binary", f"/usr/bin/k3s ({version})"))
         state = [line.split() for line in self.read("proc/self/mounts").splitlines()]
         var = next((m for m in reversed(state) if len(m) > 2 and m[1] == "/var"), None)
         if var is None or var[2] == "tmpfs":
             out.append(Result("warn", "k3s data", "/var is in RAM: cluster state and images are lost at reboot",
-                              "attach a state partition (label BASALT_STATE) or install to disk"))
+                              f"attach a state partition (label {layout.STATE_LABEL}) or install to disk"))
         mem_kb = next((int(line.split()[1]) for line in self.read("proc/meminfo").splitlines()
                        if line.startswith("MemTotal:")), 0)
         if mem_kb and mem_kb < 1 << 20:

@@ -23,16 +23,16 @@ import sys
 import termios
 import time
 
-from agent import system
+from agent import layout, system
 
-RUN = "/run/basalt"
-VERSION_FILE = "/usr/lib/basalt/version"
-LOG_DIR = RUN + "/log"
-PERSISTENT_LOG_DIR = "/var/log/basalt"  # LOG_DIR links here when /var is the state partition
-NETWORK_UP = RUN + "/network-up"  # touched by the DHCP hook on a lease
+RUN = layout.RUN
+VERSION_FILE = layout.LIB_VERSION
+LOG_DIR = layout.RUN_LOG
+PERSISTENT_LOG_DIR = layout.PERSISTENT_LOG  # LOG_DIR links here when /var is the state partition
+NETWORK_UP = layout.RUN_NETWORK_UP  # touched by the DHCP hook on a lease
 RUNTIME_WAIT_S = 120.0
-REQUEST = RUN + "/request.json"  # from "basalt config apply|confirm", with SIGHUP
-RESULT = RUN + "/result-{}.json"
+REQUEST = layout.RUN_REQUEST  # from "basalt config apply|confirm", with SIGHUP
+RESULT = layout.RUN_RESULT
 BUSYBOX = "/usr/bin/busybox"
 KEY_POWER = 116
 EV_KEY = 1
@@ -41,9 +41,9 @@ IDLE_REPORT_S = 5.0
 LOG_MAX = 1 << 20  # a service log is rotated past this size (logs live in RAM, under /run)
 LOG_KEEP = 2  # rotated generations kept: name.log.1, name.log.2
 ROTATE_CHECK_S = 30.0
-IMAGE_SERVICES = "/usr/lib/basalt/services.d"  # {"argv": [...], "env": {...}} per file, from the image
+IMAGE_SERVICES = layout.LIB_SERVICES  # {"argv": [...], "env": {...}} per file, from the image
 K3S_BINARY = "/usr/bin/k3s"
-K3S_SHARE = "/usr/lib/basalt/k3s"
+K3S_SHARE = layout.LIB_K3S
 CONTAINER_DATA = ("/var/lib/containerd", "/var/lib/rancher")  # overlayfs snapshots live under these
 CGROUP_CONTROLLERS = ("cpu", "cpuset", "io", "memory", "pids")
 STOP_GRACE_S = 3.0
@@ -62,7 +62,7 @@ def log(message: str) -> None:
     except OSError:
         pass
     try:
-        with open(RUN + "/agent.log", "a") as f:
+        with open(layout.RUN_AGENT_LOG, "a") as f:
             f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {message}\n")
     except OSError:
         pass
@@ -273,12 +273,12 @@ class Init:
             if not system.is_mounted(target):
                 os.makedirs(target, exist_ok=True)
                 self.guarded(f"mount {target}", system.mount, source, target, fstype, flags, data)
-        if read(RUN + "/state-device").strip() and not os.path.lexists(LOG_DIR):
+        if read(layout.RUN_STATE_DEVICE).strip() and not os.path.lexists(LOG_DIR):
             # With a state partition, service logs are kept across reboots (same path, rotated).
             self.guarded("persistent logs", os.makedirs, PERSISTENT_LOG_DIR, 0o750, True)
             self.guarded("persistent logs", os.symlink, PERSISTENT_LOG_DIR, LOG_DIR)
         os.makedirs(LOG_DIR, exist_ok=True)
-        self.mode = read(RUN + "/mode", "live").strip() or "live"
+        self.mode = read(layout.RUN_MODE, "live").strip() or "live"
 
     def load_config(self) -> dict[str, object]:
         """Merge the config sources (see sources.py). A source that fails validation is not
@@ -321,7 +321,7 @@ class Init:
         return {"hostname": self.hostname, **self.base_tables, "interfaces": wired,
                 "wireless": [i for i in ifaces if os.path.exists(f"{net}/{i}/wireless")],
                 "have_wpa_supplicant": os.path.exists("/usr/sbin/wpa_supplicant"),
-                "version": self.version, "mode": self.mode, "slot": read(RUN + "/slot", self.mode).strip(),
+                "version": self.version, "mode": self.mode, "slot": read(layout.RUN_SLOT, self.mode).strip(),
                 "k3s": k3s, "k3s_images": listdir(K3S_SHARE + "/images") if k3s else [],
                 "k3s_charts": listdir(K3S_SHARE + "/charts") if k3s else []}
 
@@ -410,7 +410,7 @@ class Init:
             # Drivers that find no device of theirs (e.g. cpufreq in a VM) refuse to load: not an error.
             spawn_wait([BUSYBOX, "modprobe", "-a", "-q", *aliases, "button", "evdev"], quiet=True)
         loaded = sorted(line.split()[0] for line in set(read("/proc/modules").split("\n")) - before if line)
-        with open(RUN + "/modules-loaded", "a") as f:
+        with open(layout.RUN_MODULES_LOADED, "a") as f:
             f.write("".join(m + "\n" for m in loaded))
         return changed
 
@@ -617,12 +617,13 @@ class Init:
                   "ready_ms": self.ready_ms, "phases": self.phases, "errors": self.errors,
                   "config_sources": self.config_sources, "config_fallback": self.config_fallback,
                   "trial_deadline_s": round(self.trying.deadline - time.monotonic()) if self.trying else None,
-                  "slot": read(RUN + "/slot", self.mode).strip(), "state_device": read(RUN + "/state-device").strip(),
+                  "slot": read(layout.RUN_SLOT, self.mode).strip(),
+                  "state_device": read(layout.RUN_STATE_DEVICE).strip(),
                   "services": {n: {"state": s.state, "pid": s.pid, "failures": s.failures}
                                for n, s in self.services.items()}}
-        with open(RUN + "/status.json.tmp", "w") as f:
+        with open(layout.RUN_STATUS + ".tmp", "w") as f:
             json.dump(status, f, indent=1)
-        os.replace(RUN + "/status.json.tmp", RUN + "/status.json")
+        os.replace(layout.RUN_STATUS + ".tmp", layout.RUN_STATUS)
 
     def handle_power(self, fd: int) -> None:
         try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 
+from agent import layout
 from agent.modules import section
 
 TYPE_CHECKING = False
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     Action = tuple[Any, ...]
 
 BINARY = "/usr/bin/k3s"
-SHARE = "/usr/lib/basalt/k3s"  # from the image: version, images/, charts/
+SHARE = layout.LIB_K3S  # from the image: version, images/, charts/
 ETC = "/etc/rancher/k3s"
 DATA = "/var/lib/rancher/k3s"
 MANIFESTS = DATA + "/server/manifests"

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 
+from agent import layout
+
 TYPE_CHECKING = False  # typing, base64 and gzip cost a tenth of a second each under emulation
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -95,8 +97,8 @@ def _shell_quote(value: str) -> str:
 
 
 DEFAULT_USER = "root"  # k3OS's top-level ssh_authorized_keys and k3os.password go to this account
-SSH_STATE = "/var/lib/basalt/ssh"
-NETWORK_UP = "/run/basalt/network-up"
+SSH_STATE = layout.SSH_STATE
+NETWORK_UP = layout.RUN_NETWORK_UP
 WPA_CONF = "/etc/wpa_supplicant/basalt.conf"
 DHCP_SCRIPT = "/usr/share/basalt/udhcpc.script"
 FIRST_UID = 1000

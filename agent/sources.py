@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 
+from agent import layout
 from agent.bootargs import BAKED, CONTROL, has_config_args, is_datasource_url
 
 TYPE_CHECKING = False  # typing costs a tenth of a second on the boot path under emulation
@@ -26,10 +27,10 @@ if TYPE_CHECKING:
     from agent.errors import Problem
     from agent.yamlsource import PathKey
 
-STATE = "/var/lib/basalt/config.yaml"
-STATE_DIR = "/var/lib/basalt/config.d"
-KNOWN_GOOD = "/var/lib/basalt/last-known-good.json"
-REJECTED = "/var/lib/basalt/rejected.json"
+STATE = layout.STATE_CONFIG
+STATE_DIR = layout.STATE_CONFIG_D
+KNOWN_GOOD = layout.KNOWN_GOOD
+REJECTED = layout.REJECTED
 
 
 def cmdline_config(text: str, top_level: set[str]) -> dict[str, Any]:

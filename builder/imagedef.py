@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent import layout
 from agent.errors import BasaltError, Problem
 from agent.yamlsource import Located, load
 from builder.arch import Architecture
@@ -124,7 +125,7 @@ def _typed(doc: Located) -> ImageDefinition:
     deb = v["debian"]
     kernel = v["kernel"]
     outputs = tuple(Output(o["format"], tuple(o.get("firmware", default_firmware(arch))),
-                           o.get("volume_id", "BASALT")) for o in v["outputs"])
+                           o.get("volume_id", layout.LIVE_LABEL)) for o in v["outputs"])
     return ImageDefinition(
         name=v["name"], arch=arch, source=Path(doc.source), description=v.get("description", ""),
         version=v.get("version") or project_version(), suite=deb["suite"], mirror=deb.get("mirror"),

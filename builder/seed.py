@@ -8,11 +8,12 @@ import os
 import subprocess
 from pathlib import Path
 
+from agent import layout
 from agent.errors import BasaltError, Problem
 from builder import host
 
 SEED_LABEL = "cidata"
-STATE_LABEL = "BASALT_STATE"
+STATE_LABEL = layout.STATE_LABEL
 
 
 def check_user_data(path: Path) -> bytes:

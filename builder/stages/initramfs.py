@@ -13,12 +13,13 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from agent import layout
 from agent.errors import BasaltError, Problem
 from builder import cpio
 
 NAME = "initramfs"
 VERSION = 1
-SOURCES = ("builder/cpio.py",)
+SOURCES = ("builder/cpio.py", "agent/layout.py")
 VOLATILE = False
 INPUTS = ("rootfs",)
 PUBLISH = (("initrd.img", "initrd.img"),)
@@ -78,6 +79,7 @@ def entries(rootfs: Path, options: dict[str, Any]) -> list[cpio.Entry]:
     out.append(cpio.file("bin/busybox", (rootfs / "usr/bin/busybox").read_bytes(), 0o755, t))
     out.append(cpio.symlink("bin/sh", "busybox", t))
     out.append(cpio.file("init", INIT.read_bytes(), 0o755, t))
+    out.append(cpio.file("etc/layout.sh", layout.shell().encode(), 0o644, t))  # the on-device layout contract
     load = []
     for rel in order:
         name = Path(rel).name

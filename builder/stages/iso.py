@@ -22,6 +22,7 @@ from typing import Any
 import jinja2
 import pycdlib
 
+from agent import layout
 from agent.errors import BasaltError, Problem
 from builder import progress
 from builder.arch import Architecture
@@ -29,7 +30,7 @@ from builder.stages.fetch import blobs_by_role
 
 NAME = "iso"
 VERSION = 1
-SOURCES = ("builder/templates/grub.cfg.j2",)
+SOURCES = ("builder/templates/grub.cfg.j2", "agent/layout.py")
 VOLATILE = False
 INPUTS = ("fetch", "rootfs", "squashfs", "initramfs")
 PUBLISH = (("basalt.iso", "{name}-{version}.iso"),)
@@ -68,7 +69,7 @@ def precompiled_config(text: str, tree: Path) -> bytes:
     to the schema the image carries (agent/sources.py)."""
     from agent.config import check_text
     from agent.sources import precompile
-    schema_raw = (tree / "usr/lib/basalt/config.schema.json").read_bytes()
+    schema_raw = (tree / layout.LIB_SCHEMA.lstrip("/")).read_bytes()
     loaded = check_text(text, "config.yaml")
     if loaded.problems:  # the plan validated it already; this is the same check
         raise BasaltError(loaded.problems)
@@ -79,17 +80,18 @@ def grub_cfg(options: dict[str, Any]) -> str:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True, autoescape=False)
     return env.get_template("grub.cfg.j2").render(
-        version=options["version"], cmdline=options["cmdline"], label=options["volume_id"])
+        version=options["version"], cmdline=options["cmdline"], label=options["volume_id"],
+        kernel=layout.MEDIUM_KERNEL, initrd=layout.MEDIUM_INITRD)
 
 
 def early_cfg(marker: str) -> str:
     # GRUB runs this before its normal mode: plain commands only (no if/fi).
     return ("serial --unit=0 --speed=115200\n"
             "terminal_output serial console\n"
-            f"search --no-floppy --set=root --file /basalt/{marker}\n"
+            f"search --no-floppy --set=root --file {layout.MEDIUM_DIR}/{marker}\n"
             "set prefix=($root)/boot/grub\n"
             "configfile $prefix/grub.cfg\n"
-            f"echo \"basalt: boot loader cannot find /basalt/{marker} on any disk; devices:\"\n"
+            f"echo \"basalt: boot loader cannot find {layout.MEDIUM_DIR}/{marker} on any disk; devices:\"\n"
             "ls\n")
 
 
@@ -106,7 +108,7 @@ def efi_fat_image(loader: Path, arch: Architecture, dest: Path, epoch: int) -> N
     """A FAT image holding the removable-media loader path, built with mtools (no mount)."""
     size_kib = max(1440, (loader.stat().st_size // 1024 + 256) // 32 * 32 + 32)
     env = {"SOURCE_DATE_EPOCH": str(epoch), "MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-    steps = [["mkfs.vfat", "--invariant", "-n", "BASALT_EFI", "-C", str(dest), str(size_kib)],
+    steps = [["mkfs.vfat", "--invariant", "-n", layout.ESP_LABEL, "-C", str(dest), str(size_kib)],
              ["mmd", "-i", str(dest), "::/EFI", "::/EFI/BOOT"],
              ["mcopy", "-i", str(dest), str(loader), f"::/EFI/BOOT/BOOT{arch.to_efi()}.EFI"]]
     for argv in steps:
@@ -146,15 +148,15 @@ def run(ctx: Any, options: dict[str, Any]) -> None:
     early.write_text(early_cfg(marker))
     files: dict[str, bytes | Path] = {
         "/boot/grub/grub.cfg": grub_cfg(options).encode(),
-        f"/basalt/{marker}": b"",
-        "/basalt/version": (options["version"] + "\n").encode(),
-        "/basalt/vmlinuz": ctx.input("rootfs") / "kernel" / "vmlinuz",
-        "/basalt/initrd.img": ctx.input("initramfs") / "initrd.img",
-        "/basalt/rootfs.squashfs": ctx.input("squashfs") / "rootfs.squashfs",
+        f"{layout.MEDIUM_DIR}/{marker}": b"",
+        layout.MEDIUM_VERSION: (options["version"] + "\n").encode(),
+        layout.MEDIUM_KERNEL: ctx.input("rootfs") / "kernel" / "vmlinuz",
+        layout.MEDIUM_INITRD: ctx.input("initramfs") / "initrd.img",
+        layout.MEDIUM_ROOT: ctx.input("squashfs") / "rootfs.squashfs",
     }
     if options["config"] is not None:
-        files["/basalt/config.yaml"] = options["config"].encode()
-        files["/basalt/config.bin"] = precompiled_config(options["config"], ctx.input("rootfs") / "root")
+        files[layout.MEDIUM_CONFIG] = options["config"].encode()
+        files[layout.MEDIUM_CONFIG_BIN] = precompiled_config(options["config"], ctx.input("rootfs") / "root")
     boot_entries = []
     if "bios" in options["firmware"]:
         bios = ctx.work / "bios.img"

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from agent import layout
 from agent.errors import BasaltError, Problem
 from builder import progress
 from builder.backends import BACKENDS
@@ -26,11 +27,11 @@ from builder.stages.k3s import locked as k3s_locked
 
 NAME = "rootfs"
 VERSION = 1
-SOURCES = ("builder/backends.py", "builder/debian.py", "builder/stages/k3s.py")
+SOURCES = ("builder/backends.py", "builder/debian.py", "builder/stages/k3s.py", "agent/layout.py")
 VOLATILE = False
 INPUTS = ("fetch", "k3s")
 # The config schema this image's agent validates with, for editors (docs/config.md, "Editors").
-PUBLISH = (("kernel/vmlinuz", "vmlinuz"), ("root/usr/lib/basalt/config.schema.json", "config.schema.json"))
+PUBLISH = (("kernel/vmlinuz", "vmlinuz"), ("root" + layout.LIB_SCHEMA, "config.schema.json"))
 INSPECT = "rootfs"  # out/<image>/rootfs links to this stage's tree (not an artifact)
 TOOLS = {"dpkg-deb": "dpkg", "depmod": "kmod"}
 SCHEMA: dict[str, Any] = {
@@ -52,7 +53,7 @@ SCHEMA: dict[str, Any] = {
 
 # Mount points and state directories the read-only root must provide.
 SKELETON = ("proc", "sys", "dev", "run", "tmp", "var", "var/tmp", "home", "opt", "mnt", "media", "root",
-            "etc/basalt", "var/lib/basalt", "usr/lib/basalt")
+            "etc/basalt", layout.VAR_LIB.lstrip("/"), layout.LIB.lstrip("/"))
 
 
 def run(ctx: Any, options: dict[str, Any]) -> None:
@@ -179,18 +180,19 @@ def apply_overlay(overlay: Path, root: Path) -> None:
 
 
 def install_agent(root: Path, version: str) -> None:
-    dest = root / "usr/lib/basalt/agent"
+    lib = root / layout.LIB.lstrip("/")
+    dest = lib / "agent"
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
     for src in sorted((ROOT / "agent").glob("*.py")):
         shutil.copyfile(src, dest / src.name)
-    (root / "usr/lib/basalt/version").write_text(version + "\n")
-    shutil.copyfile(ROOT / "config" / "config.schema.json", root / "usr/lib/basalt/config.schema.json")
+    (root / layout.LIB_VERSION.lstrip("/")).write_text(version + "\n")
+    shutil.copyfile(ROOT / "config" / "config.schema.json", root / layout.LIB_SCHEMA.lstrip("/"))
     launcher = root / "usr/sbin/basalt"
     # -S skips site.py (a tenth of a second on a slow board); dist-packages is added by hand.
     # `basalt init` (PID 1) skips the CLI's argparse: it is on the boot's critical path.
     launcher.write_text("#!/usr/bin/python3 -S\nimport sys\n"
-                        "sys.path[:0] = ['/usr/lib/basalt', '/usr/lib/python3/dist-packages']\n"
+                        f"sys.path[:0] = ['{layout.LIB}', '/usr/lib/python3/dist-packages']\n"
                         "if sys.argv[1:] == ['init']:\n    from agent.init import main\n"
                         "else:\n    from agent.cli import main\n"
                         "sys.exit(main())\n")
@@ -204,7 +206,7 @@ def install_agent(root: Path, version: str) -> None:
 
 
 K3S_LINKS = ("kubectl", "crictl", "ctr")
-K3S_SHARE = "usr/lib/basalt/k3s"  # read-only parts the agent links into /var/lib/rancher at boot
+K3S_SHARE = layout.LIB_K3S.lstrip("/")  # read-only parts the agent links into /var/lib/rancher at boot
 
 
 def install_k3s(root: Path, lock: dict[str, Any], charts: list[dict[str, str]]) -> None:
@@ -281,7 +283,7 @@ def compile_python(root: Path) -> None:
     if interpreter is None:
         progress.warn(f"no host {target}: the image's Python modules are not precompiled (slower agent start)")
         return
-    dirs = [str(d) for d in (libs[-1], root / "usr/lib/python3/dist-packages", root / "usr/lib/basalt")
+    dirs = [str(d) for d in (libs[-1], root / "usr/lib/python3/dist-packages", root / layout.LIB.lstrip("/"))
             if d.is_dir()]
     subprocess.run([interpreter, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash",
                     "-s", str(root), "-p", "/", *dirs], check=True, stdout=subprocess.DEVNULL)

@@ -46,5 +46,6 @@ def test_an_unchanged_rebuild_runs_no_stage_but_the_volatile_ones(built_iso: Pat
     assert {n: s["id"] for n, s in again.items()} == {n: s["id"] for n, s in before.items()}
     manifest = json.loads((out / "manifest.json").read_text())
     assert {o["file"]: o["stage"] for o in manifest["outputs"]} == {
-        "packages.lock.json": "fetch", "vmlinuz": "rootfs", "rootfs.squashfs": "squashfs",
-        "initrd.img": "initramfs", f"x86_64-iso-{plan.load_image('x86_64-iso').version}.iso": "iso"}
+        "packages.lock.json": "fetch", "vmlinuz": "rootfs", "config.schema.json": "rootfs",
+        "rootfs.squashfs": "squashfs", "initrd.img": "initramfs",
+        f"x86_64-iso-{plan.load_image('x86_64-iso').version}.iso": "iso"}

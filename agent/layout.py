@@ -1,0 +1,76 @@
+"""The on-device layout contract: labels, partition names and the paths that the builder, the
+initramfs and the agent share. Named once, here; the builder imports it, the initramfs gets it as
+``/etc/layout.sh`` (written by the initramfs stage from ``shell()``), the agent imports it.
+
+Standard library only, and nothing imported: it is read on every boot.
+"""
+
+from __future__ import annotations
+
+# Labels and partition names.
+LIVE_LABEL = "BASALT"  # the ISO's volume label (an image definition's outputs[].volume_id may change it)
+ESP_LABEL = "BASALT_EFI"  # the EFI system partition (FAT)
+STATE_LABEL = "BASALT_STATE"  # ext4: /var, /home, /root, /opt, persistent config, k3s data, logs
+
+# On the boot medium (the ISO, or a slot): the kernel, initramfs and root image, and the baked config.
+MEDIUM_DIR = "/basalt"
+MEDIUM_KERNEL = MEDIUM_DIR + "/vmlinuz"
+MEDIUM_INITRD = MEDIUM_DIR + "/initrd.img"
+MEDIUM_ROOT = MEDIUM_DIR + "/rootfs.squashfs"
+MEDIUM_VERSION = MEDIUM_DIR + "/version"
+MEDIUM_CONFIG = MEDIUM_DIR + "/config.yaml"
+MEDIUM_CONFIG_BIN = MEDIUM_DIR + "/config.bin"  # the baked config, precompiled (agent/sources.py)
+
+# Written by the initramfs for the agent, under /run (a tmpfs).
+RUN = "/run/basalt"
+RUN_MODE = RUN + "/mode"  # live | installed
+RUN_MEDIUM = RUN + "/medium"  # the boot medium, mounted read-only
+RUN_MEDIUM_DEVICE = RUN + "/medium-device"
+RUN_STATE = RUN + "/state"  # the state partition's mount point
+RUN_STATE_DEVICE = RUN + "/state-device"
+RUN_RW = RUN + "/rw"  # tmpfs upper layers of the writable overlays
+RUN_SLOT = RUN + "/slot"  # the slot booted (a, b), or "live" from the ISO
+# Written by the agent.
+RUN_STATUS = RUN + "/status.json"
+RUN_REQUEST = RUN + "/request.json"  # from "basalt config apply|confirm", with SIGHUP
+RUN_RESULT = RUN + "/result-{}.json"
+RUN_LOG = RUN + "/log"
+RUN_AGENT_LOG = RUN + "/agent.log"
+RUN_NETWORK_UP = RUN + "/network-up"  # touched by the DHCP hook on a lease
+RUN_MODULES_LOADED = RUN + "/modules-loaded"
+RUN_DATASOURCE = RUN + "/datasource"
+RUN_NOCLOUD = RUN_DATASOURCE + "/nocloud"
+RUN_CIDATA = RUN + "/cidata"  # where a NoCloud seed is mounted while it is copied
+
+# In the read-only image, written by the builder.
+LIB = "/usr/lib/basalt"
+LIB_VERSION = LIB + "/version"
+LIB_SCHEMA = LIB + "/config.schema.json"
+LIB_SERVICES = LIB + "/services.d"  # {"argv": [...], "env": {...}} per file
+LIB_K3S = LIB + "/k3s"  # k3s's read-only parts: version, images/, charts/
+LIB_K3S_VERSION = LIB_K3S + "/version"
+
+# On the state partition (or the live tmpfs).
+VAR_LIB = "/var/lib/basalt"
+STATE_CONFIG = VAR_LIB + "/config.yaml"
+STATE_CONFIG_D = VAR_LIB + "/config.d"
+KNOWN_GOOD = VAR_LIB + "/last-known-good.json"
+REJECTED = VAR_LIB + "/rejected.json"  # a config trial that was not confirmed
+SSH_STATE = VAR_LIB + "/ssh"  # the SSH host keys
+HTTP_DATASOURCE = VAR_LIB + "/datasource/http"
+PERSISTENT_LOG = "/var/log/basalt"  # RUN_LOG links here when /var is the state partition
+STATE_DIRS = ("var", "home", "root", "opt")  # bound from the state partition, seeded from the image
+
+# What the initramfs needs, as shell assignments (``shell()`` writes them).
+INITRAMFS = {"live_label": LIVE_LABEL, "state_label": STATE_LABEL, "root_image": MEDIUM_ROOT, "run": RUN,
+             "run_mode": RUN_MODE, "run_medium": RUN_MEDIUM, "run_medium_device": RUN_MEDIUM_DEVICE,
+             "run_state": RUN_STATE, "run_state_device": RUN_STATE_DEVICE, "run_rw": RUN_RW, "run_slot": RUN_SLOT,
+             "state_dirs": " ".join(STATE_DIRS)}
+
+
+def shell() -> str:
+    """The contract for the initramfs's /init, which sources it: ``name='value'`` lines."""
+    for value in INITRAMFS.values():
+        if "'" in value:
+            raise ValueError(f"layout value {value!r} cannot be quoted for the shell")
+    return "".join(f"{name}='{value}'\n" for name, value in INITRAMFS.items())
