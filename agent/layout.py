@@ -9,7 +9,11 @@ from __future__ import annotations
 
 # Labels and partition names.
 LIVE_LABEL = "BASALT"  # the ISO's volume label (an image definition's outputs[].volume_id may change it)
-ESP_LABEL = "BASALT_EFI"  # the EFI system partition (FAT)
+ESP_LABEL = "BASALT_EFI"  # the FAT image of an ISO's EFI boot entry
+BOOT_LABEL = "BASALT_BOOT"  # a disk's boot partition (the ESP, FAT): its GPT name and its filesystem label
+SLOTS = ("a", "b")
+SLOT_LABELS = {"a": "BASALT_A", "b": "BASALT_B"}  # GPT partition names (a squashfs has no label)
+BIOS_LABEL = "BIOS_BOOT"  # GPT: GRUB's core image for BIOS
 STATE_LABEL = "BASALT_STATE"  # ext4: /var, /home, /root, /opt, persistent config, k3s data, logs
 
 # On the boot medium (the ISO, or a slot): the kernel, initramfs and root image, and the baked config.
@@ -20,6 +24,12 @@ MEDIUM_ROOT = MEDIUM_DIR + "/rootfs.squashfs"
 MEDIUM_VERSION = MEDIUM_DIR + "/version"
 MEDIUM_CONFIG = MEDIUM_DIR + "/config.yaml"
 MEDIUM_CONFIG_BIN = MEDIUM_DIR + "/config.bin"  # the baked config, precompiled (agent/sources.py)
+# On a disk's boot partition, each slot's kernel and initramfs (GRUB 2.06 cannot read a zstd squashfs).
+def slot_dir(slot: str) -> str:
+    return f"{MEDIUM_DIR}/{slot}"
+
+
+GRUB_ENV = "/boot/grub/grubenv"  # on the boot partition: the boot selection (basalt_slot=a|b)
 
 # Written by the initramfs for the agent, under /run (a tmpfs).
 RUN = "/run/basalt"
@@ -65,7 +75,7 @@ STATE_DIRS = ("var", "home", "root", "opt")  # bound from the state partition, s
 INITRAMFS = {"live_label": LIVE_LABEL, "state_label": STATE_LABEL, "root_image": MEDIUM_ROOT, "run": RUN,
              "run_mode": RUN_MODE, "run_medium": RUN_MEDIUM, "run_medium_device": RUN_MEDIUM_DEVICE,
              "run_state": RUN_STATE, "run_state_device": RUN_STATE_DEVICE, "run_rw": RUN_RW, "run_slot": RUN_SLOT,
-             "state_dirs": " ".join(STATE_DIRS)}
+             "state_dirs": " ".join(STATE_DIRS), "slot_a": SLOT_LABELS["a"], "slot_b": SLOT_LABELS["b"]}
 
 
 def shell() -> str:

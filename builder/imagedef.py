@@ -25,6 +25,10 @@ class Output:
     format: str
     firmware: tuple[str, ...]
     volume_id: str
+    slot_mib: int = 1024  # raw: each slot partition
+    boot_mib: int = 128  # raw: the ESP
+    state_mib: int = 64  # raw: the state partition as built (grown on first boot)
+    qcow2: bool = False
 
 
 @dataclass(frozen=True)
@@ -125,7 +129,9 @@ def _typed(doc: Located) -> ImageDefinition:
     deb = v["debian"]
     kernel = v["kernel"]
     outputs = tuple(Output(o["format"], tuple(o.get("firmware", default_firmware(arch))),
-                           o.get("volume_id", layout.LIVE_LABEL)) for o in v["outputs"])
+                           o.get("volume_id", layout.LIVE_LABEL if o["format"] == "iso" else layout.BOOT_LABEL),
+                           **{k: o[k] for k in ("slot_mib", "boot_mib", "state_mib", "qcow2") if k in o})
+                    for o in v["outputs"])
     return ImageDefinition(
         name=v["name"], arch=arch, source=Path(doc.source), description=v.get("description", ""),
         version=v.get("version") or project_version(), suite=deb["suite"], mirror=deb.get("mirror"),
@@ -188,4 +194,14 @@ def check_kernel_console(doc: Located) -> list[Problem]:
     return []
 
 
-CHECKS = (check_overlays_exist, check_firmware_fits_arch, check_k3s_pinned_for_arch, check_kernel_console)
+def check_disk_label(doc: Located) -> list[Problem]:
+    out = []
+    for i, o in enumerate(doc.value.get("outputs", [])):
+        if o.get("format") == "raw" and len(o.get("volume_id", "")) > 11:
+            out.append(doc.problem(["outputs", i, "volume_id"], "a disk's boot partition label (FAT) has at most "
+                                   "11 characters", f"the default is {layout.BOOT_LABEL}"))
+    return out
+
+
+CHECKS = (check_overlays_exist, check_firmware_fits_arch, check_k3s_pinned_for_arch, check_kernel_console,
+          check_disk_label)

@@ -219,7 +219,8 @@ def publish(plan: Plan, results: dict[str, StageResult], out_root: Path) -> Path
     inputs: dict[str, Any] = {"image_definition": {"file": str(img.source), "sha256": sha256_file(img.source)}}
     for stage in plan.stages:
         mod, tree = module(stage.kind), results[stage.name].path
-        for src, pattern in mod.PUBLISH:
+        entries = mod.published(stage.options) if hasattr(mod, "published") else mod.PUBLISH  # type: ignore[attr-defined]
+        for src, pattern in entries:
             name = pattern.format(name=img.name, version=img.version)
             with progress.step(f"Publishing {name}"):
                 copy_with_progress(tree / src, partial / name)

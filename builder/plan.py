@@ -188,8 +188,15 @@ def iso_options(img: ImageDefinition, output: Output, config_text: str | None, e
             "config": config_text, "source_date_epoch": epoch}
 
 
+def raw_options(img: ImageDefinition, output: Output, config_text: str | None, epoch: int) -> dict[str, Any]:
+    return {"arch": str(img.arch), "firmware": list(output.firmware), "label": output.volume_id,
+            "cmdline": img.cmdline, "version": img.version, "name": img.name, "config": config_text,
+            "source_date_epoch": epoch, "slot_mib": output.slot_mib, "boot_mib": output.boot_mib,
+            "state_mib": output.state_mib, "qcow2": output.qcow2}
+
+
 # One entry per output format (builder.stages.OUTPUTS): its stage options from the definition.
-OUTPUT_OPTIONS = {"iso": iso_options}
+OUTPUT_OPTIONS = {"iso": iso_options, "raw": raw_options}
 
 
 def check_options(stage: PlannedStage) -> None:

@@ -50,7 +50,7 @@ def find_iso(img: ImageDefinition) -> Path:
 class Guest:
     """One QEMU guest. Use as a context manager: it is always killed on exit."""
 
-    iso: Path
+    iso: Path | None  # the medium to boot: an ISO (a CD) or, with boot_disk, None
     arch: Architecture = Architecture.X86_64
     firmware: str = "bios"
     accel: str = "tcg"
@@ -60,6 +60,10 @@ class Guest:
     guestfwd: list[tuple[str, int]] = field(default_factory=list)  # (guest ip:port, host port on 127.0.0.1)
     extra_cdroms: list[Path] = field(default_factory=list)  # e.g. a NoCloud seed
     disks: list[Path] = field(default_factory=list)  # raw virtio disks, e.g. a state disk
+    # A disk image to boot from, through a qcow2 overlay in the work directory (the image is never
+    # written), of this virtual size in MiB (0: the image's own size).
+    boot_disk: Path | None = None
+    boot_disk_mib: int = 0
     # Direct kernel boot (skips the firmware's boot loader): (vmlinuz, initrd, kernel command line).
     direct: tuple[Path, Path, str] | None = None
     machine: str = "q35"
@@ -95,9 +99,13 @@ class Guest:
                             f"logfile={self.console_log}",
                 "-serial", "chardev:ser0", "-vga", "std",
                 "-qmp", f"unix:{self.workdir / 'qmp.sock'},server=on,wait=off",
-                "-netdev", net, "-device", "virtio-net-pci,netdev=n0",
-                "-drive", f"file={self.iso},media=cdrom,readonly=on,if=ide,index=0",
-                "-boot", "order=d"]
+                "-netdev", net, "-device", "virtio-net-pci,netdev=n0"]
+        if self.boot_disk is not None:
+            argv += ["-drive", f"file={self.overlay()},format=qcow2,if=none,id=boot0",
+                     "-device", "virtio-blk-pci,drive=boot0,bootindex=0"]
+        if self.iso is not None:
+            argv += ["-drive", f"file={self.iso},media=cdrom,readonly=on,if=ide,index=0",
+                     *(["-boot", "order=d"] if self.boot_disk is None else [])]
         if self.direct:
             argv += ["-kernel", str(self.direct[0]), "-initrd", str(self.direct[1]), "-append", self.direct[2]]
         for i, cd in enumerate(self.extra_cdroms, start=1):
@@ -112,6 +120,19 @@ class Guest:
             argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
                      "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}"]
         return argv
+
+    def overlay(self) -> Path:
+        """A copy-on-write overlay over the boot disk (made once per guest)."""
+        assert self.workdir and self.boot_disk
+        path = self.workdir / "boot-overlay.qcow2"
+        if not path.exists():
+            size = f"{self.boot_disk_mib}M" if self.boot_disk_mib else str(self.boot_disk.stat().st_size)
+            proc = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(self.boot_disk.resolve()),
+                                   "-F", "raw", str(path), size], capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise BasaltError(Problem(f"qemu-img create failed: {proc.stderr.strip()}",
+                                          hint="apt-get install qemu-utils"))
+        return path
 
     def __enter__(self) -> Guest:
         self.workdir = Path(tempfile.mkdtemp(prefix="basalt-qemu-"))

@@ -21,7 +21,7 @@ from agent.errors import BasaltError, Problem
 from builder.download import BlobStore
 
 BUILD = ("fetch", "k3s", "rootfs", "squashfs", "initramfs")
-OUTPUTS = ("iso",)  # output formats, each a stage module of that name
+OUTPUTS = ("iso", "raw")  # output formats, each a stage module of that name
 ORDER = (*BUILD, *OUTPUTS)  # every stage, in the order a plan runs them: --until, docs and help use this
 
 

@@ -13,29 +13,25 @@ import contextlib
 import hashlib
 import io
 import struct
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import jinja2
 import pycdlib
 
 from agent import layout
-from agent.errors import BasaltError, Problem
-from builder import progress
+from builder import disk, grub, medium, progress
 from builder.arch import Architecture
-from builder.stages.fetch import blobs_by_role
 
 NAME = "iso"
 VERSION = 1
-SOURCES = ("builder/templates/grub.cfg.j2", "agent/layout.py")
+SOURCES = ("builder/templates/grub.cfg.j2", "builder/grub.py", "builder/disk.py", "builder/medium.py",
+           "agent/layout.py")
 VOLATILE = False
 INPUTS = ("fetch", "rootfs", "squashfs", "initramfs")
 PUBLISH = (("basalt.iso", "{name}-{version}.iso"),)
 TOOLS = {"grub-mkimage": "grub-common", "mkfs.vfat": "dosfstools", "mcopy": "mtools", "mmd": "mtools"}
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 SCHEMA: dict[str, Any] = {
     "type": "object", "additionalProperties": False,
     "required": ["arch", "firmware", "volume_id", "cmdline", "version", "name", "config", "source_date_epoch"],
@@ -48,73 +44,24 @@ SCHEMA: dict[str, Any] = {
     },
 }
 
-GRUB_MODULES_COMMON = ["iso9660", "normal", "search", "search_fs_file", "configfile", "linux", "echo",
-                       "serial", "terminal", "test", "true", "ls", "cat", "reboot", "halt", "sleep"]
-GRUB_MODULES = {"bios": ["biosdisk", "part_msdos", "part_gpt"],
-                "uefi": ["part_gpt", "part_msdos", "fat", "efi_gop", "all_video"]}
-
-
 def manifest(options: dict[str, Any], tree: Path) -> dict[str, Any]:
     config = options["config"]
     return {"config": {"sha256": hashlib.sha256(config.encode()).hexdigest()} if config else None}
 
 
 def marker_name(options: dict[str, Any]) -> str:
-    digest = hashlib.sha256(f"{options['name']}-{options['version']}-{options['config']}".encode()).hexdigest()
-    return f"id-{digest[:16]}"
-
-
-def precompiled_config(text: str, tree: Path) -> bytes:
-    """The site config's normalised value for the node to use without parsing it again, keyed
-    to the schema the image carries (agent/sources.py)."""
-    from agent.config import check_text
-    from agent.sources import precompile
-    schema_raw = (tree / layout.LIB_SCHEMA.lstrip("/")).read_bytes()
-    loaded = check_text(text, "config.yaml")
-    if loaded.problems:  # the plan validated it already; this is the same check
-        raise BasaltError(loaded.problems)
-    return precompile(text.encode(), loaded.value, schema_raw)
+    return medium.marker_name(options["name"], options["version"], options["config"])
 
 
 def grub_cfg(options: dict[str, Any]) -> str:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
-                             keep_trailing_newline=True, autoescape=False)
-    return env.get_template("grub.cfg.j2").render(
-        version=options["version"], cmdline=options["cmdline"], label=options["volume_id"],
-        kernel=layout.MEDIUM_KERNEL, initrd=layout.MEDIUM_INITRD)
-
-
-def early_cfg(marker: str) -> str:
-    # GRUB runs this before its normal mode: plain commands only (no if/fi).
-    return ("serial --unit=0 --speed=115200\n"
-            "terminal_output serial console\n"
-            f"search --no-floppy --set=root --file {layout.MEDIUM_DIR}/{marker}\n"
-            "set prefix=($root)/boot/grub\n"
-            "configfile $prefix/grub.cfg\n"
-            f"echo \"basalt: boot loader cannot find {layout.MEDIUM_DIR}/{marker} on any disk; devices:\"\n"
-            "ls\n")
-
-
-def grub_image(grub_lib: Path, fmt: str, modules: list[str], early: Path, dest: Path) -> None:
-    argv = ["grub-mkimage", "-d", str(grub_lib), "-O", fmt, "-o", str(dest), "-p", "/boot/grub",
-            "-c", str(early), *modules]
-    proc = subprocess.run(argv, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise BasaltError(Problem(f"grub-mkimage -O {fmt} failed: {proc.stderr.strip()}",
-                                  hint="the host's grub-common must be able to read the fetched GRUB modules"))
+    return grub.render("grub.cfg.j2", version=options["version"], cmdline=options["cmdline"],
+                       label=options["volume_id"], kernel=layout.MEDIUM_KERNEL, initrd=layout.MEDIUM_INITRD)
 
 
 def efi_fat_image(loader: Path, arch: Architecture, dest: Path, epoch: int) -> None:
     """A FAT image holding the removable-media loader path, built with mtools (no mount)."""
     size_kib = max(1440, (loader.stat().st_size // 1024 + 256) // 32 * 32 + 32)
-    env = {"SOURCE_DATE_EPOCH": str(epoch), "MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-    steps = [["mkfs.vfat", "--invariant", "-n", layout.ESP_LABEL, "-C", str(dest), str(size_kib)],
-             ["mmd", "-i", str(dest), "::/EFI", "::/EFI/BOOT"],
-             ["mcopy", "-i", str(dest), str(loader), f"::/EFI/BOOT/BOOT{arch.to_efi()}.EFI"]]
-    for argv in steps:
-        proc = subprocess.run(argv, capture_output=True, text=True, env=env)
-        if proc.returncode != 0:
-            raise BasaltError(Problem(f"{argv[0]} failed: {proc.stderr.strip()}"))
+    disk.fat(dest, layout.ESP_LABEL, size_kib, {f"EFI/BOOT/BOOT{arch.to_efi()}.EFI": loader}, epoch)
 
 
 @contextlib.contextmanager
@@ -140,36 +87,25 @@ def iso_name(path: str) -> str:
 def run(ctx: Any, options: dict[str, Any]) -> None:
     arch = Architecture(options["arch"])
     epoch = options["source_date_epoch"]
-    grub_root = ctx.work / "grub"
-    for _row, blob in blobs_by_role(ctx.input("fetch"), ctx.store, "boot"):
-        subprocess.run(["dpkg-deb", "-x", str(blob), str(grub_root)], check=True)
+    grub_lib = grub.unpack(ctx.input("fetch"), ctx.store, ctx.work / "grub")
     marker = marker_name(options)
     early = ctx.work / "early.cfg"
-    early.write_text(early_cfg(marker))
+    early.write_text(grub.early_cfg(marker))
     files: dict[str, bytes | Path] = {
         "/boot/grub/grub.cfg": grub_cfg(options).encode(),
-        f"{layout.MEDIUM_DIR}/{marker}": b"",
-        layout.MEDIUM_VERSION: (options["version"] + "\n").encode(),
+        **medium.files(options["name"], options["version"], options["config"], ctx.input("rootfs") / "root"),
         layout.MEDIUM_KERNEL: ctx.input("rootfs") / "kernel" / "vmlinuz",
         layout.MEDIUM_INITRD: ctx.input("initramfs") / "initrd.img",
         layout.MEDIUM_ROOT: ctx.input("squashfs") / "rootfs.squashfs",
     }
-    if options["config"] is not None:
-        files[layout.MEDIUM_CONFIG] = options["config"].encode()
-        files[layout.MEDIUM_CONFIG_BIN] = precompiled_config(options["config"], ctx.input("rootfs") / "root")
     boot_entries = []
-    if "bios" in options["firmware"]:
-        bios = ctx.work / "bios.img"
-        grub_image(grub_root / "usr/lib/grub" / str(arch.to_grub_bios()), "i386-pc-eltorito",
-                   [*GRUB_MODULES_COMMON, *GRUB_MODULES["bios"]], early, bios)
-        files["/boot/grub/bios.img"] = bios
+    cores = grub.core_images(grub_lib, arch, options["firmware"], "iso", early, ctx.work, "i386-pc-eltorito")
+    if "bios" in cores:
+        files["/boot/grub/bios.img"] = cores["bios"]
         boot_entries.append(("/boot/grub/bios.img", False))
-    if "uefi" in options["firmware"]:
-        loader = ctx.work / "grub.efi"
-        grub_image(grub_root / "usr/lib/grub" / arch.to_grub_efi(), arch.to_grub_efi(),
-                   [*GRUB_MODULES_COMMON, *GRUB_MODULES["uefi"]], early, loader)
+    if "uefi" in cores:
         efi_img = ctx.work / "efi.img"
-        efi_fat_image(loader, arch, efi_img, epoch)
+        efi_fat_image(cores["uefi"], arch, efi_img, epoch)
         files["/boot/grub/efi.img"] = efi_img
         boot_entries.append(("/boot/grub/efi.img", True))
     dest = ctx.out / "basalt.iso"

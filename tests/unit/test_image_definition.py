@@ -42,7 +42,7 @@ def test_default_image_loads() -> None:
 BAD = [
     # (edit, needle on the reported line, expected "path: message", expected hint or None)
     (("  - format: iso", "  - format: sdimg"), "format: sdimg",
-     "outputs[0].format: 'sdimg' is not one of ['iso']", None),
+     "outputs[0].format: 'sdimg' is not one of ['iso', 'raw']", None),
     (("arch: x86_64", "arch: riscv"), "arch: riscv",
      "arch: 'riscv' is not one of ['x86_64', 'arm64']", None),
     (("  suite: bookworm", "  suite: bookworm\n  mirorr: http://x"), "mirorr",
@@ -117,7 +117,7 @@ def test_unknown_image_name_lists_choices() -> None:
     with pytest.raises(BasaltError) as exc:
         load_image("no-such-image")
     assert exc.value.render() == ("no image definition named 'no-such-image'\n"
-                                  "hint: available: x86_64-containerd, x86_64-iso, x86_64-k3s "
+                                  "hint: available: x86_64-containerd, x86_64-iso, x86_64-k3s, x86_64-raw "
                                   "(or pass a path to a .yaml file)")
 
 
@@ -128,7 +128,7 @@ def test_cli_reports_without_traceback(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.startswith(f"error: {path}:")
-    assert "outputs[0].format: 'sdimg' is not one of ['iso']" in proc.stderr
+    assert "outputs[0].format: 'sdimg' is not one of ['iso', 'raw']" in proc.stderr
 
 
 def test_cli_debug_shows_traceback(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from agent.errors import BasaltError
-from builder import cpio, pipeline
+from builder import cpio, grub, pipeline
 from builder.imagedef import load_image
 from builder.plan import PlannedStage, compile_plan
 from builder.stages import initramfs, iso, rootfs, squashfs
@@ -114,7 +114,7 @@ def test_grub_config_has_normal_and_rescue_entries() -> None:
     assert cfg.count("menuentry") == 2
     assert "linux /basalt/vmlinuz console=ttyS0 basalt.label=BASALT basalt.mode=live\n" in cfg
     assert "basalt.rescue" in cfg.split("menuentry")[2]
-    early = iso.early_cfg("id-1")
+    early = grub.early_cfg("id-1")
     assert "search --no-floppy --set=root --file /basalt/id-1" in early and " if " not in early
 
 

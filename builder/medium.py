@@ -1,0 +1,38 @@
+"""What every boot medium carries besides the boot loader (the ISO, or a disk's boot partition):
+the marker the boot loader finds it by, the version, and the site config with its precompiled form."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from agent import layout
+from agent.errors import BasaltError
+
+
+def marker_name(name: str, version: str, config: str | None) -> str:
+    """A file name unique to this build (and config): the boot loader's way to find its medium."""
+    digest = hashlib.sha256(f"{name}-{version}-{config}".encode()).hexdigest()
+    return f"id-{digest[:16]}"
+
+
+def precompiled_config(text: str, tree: Path) -> bytes:
+    """The site config's normalised value for the node to use without parsing it again, keyed
+    to the schema the image carries (agent/sources.py)."""
+    from agent.config import check_text
+    from agent.sources import precompile
+    schema_raw = (tree / layout.LIB_SCHEMA.lstrip("/")).read_bytes()
+    loaded = check_text(text, "config.yaml")
+    if loaded.problems:  # the plan validated it already; this is the same check
+        raise BasaltError(loaded.problems)
+    return precompile(text.encode(), loaded.value, schema_raw)
+
+
+def files(name: str, version: str, config: str | None, rootfs_tree: Path) -> dict[str, bytes]:
+    """Marker, version and (if any) the site config, by their paths on the medium."""
+    out = {f"{layout.MEDIUM_DIR}/{marker_name(name, version, config)}": b"",
+           layout.MEDIUM_VERSION: (version + "\n").encode()}
+    if config is not None:
+        out[layout.MEDIUM_CONFIG] = config.encode()
+        out[layout.MEDIUM_CONFIG_BIN] = precompiled_config(config, rootfs_tree)
+    return out
