@@ -383,6 +383,15 @@ class Init:
             self.run_phase("runtime", skip)
         return self.errors[before:]
 
+    def grow_state(self) -> None:
+        """On an installed disk, the state partition takes the rest of the disk (first boot)."""
+        device = read(layout.RUN_STATE_DEVICE).strip()
+        if device and self.mode == "installed":
+            from agent import growstate
+            said = growstate.grow(device, layout.RUN_STATE)
+            if said:
+                log(said)
+
     def set_hostname(self, config: dict[str, object]) -> None:
         name = config.get("hostname")
         if isinstance(name, str) and name:
@@ -739,6 +748,7 @@ class Init:
     def boot(self) -> None:
         self.early_mounts()
         self.guarded("ctrl-alt-del", system.disable_ctrl_alt_del)
+        self.phase("state", self.grow_state)
         self.config = self.phase("config", self.load_config) or {}  # type: ignore[assignment]
         self.phase("hostname", self.set_hostname, self.config)
         self.phase("initrd_modules", self.run_phase, "initrd")

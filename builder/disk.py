@@ -122,10 +122,10 @@ def write(disk: Disk, dest: Path, size_mib: int | None = None) -> list[Placed]:
     return placed
 
 
-def copy_sparse(src: Path, out: object, offset: int, block: int = 1 << 16) -> None:
+def copy_sparse(src: Path, out: object, offset: int, block: int = 1 << 16, label: str = "") -> None:
     """Copy ``src`` into the open file ``out`` at ``offset``, skipping all-zero blocks (holes stay holes)."""
     zero = bytes(block)
-    bar = progress.Bar(src.name, src.stat().st_size)
+    bar = progress.Bar(label or src.name, src.stat().st_size)
     with src.open("rb") as fin:
         pos = offset
         while chunk := fin.read(block):
@@ -176,3 +176,16 @@ def ext4(dest: Path, label: str, size_mib: int, tree: Path | None, epoch: int, s
     hash_seed = str(uuid.UUID(bytes=hashlib.sha256(f"{seed}/{label}/hash".encode()).digest()[:16], version=4))
     _run(["mkfs.ext4", "-q", "-F", "-L", label, "-U", fs_uuid, "-E", f"root_owner=0:0,hash_seed={hash_seed}",
           *(["-d", str(tree)] if tree else []), str(dest)], env)
+
+
+def flashables(image: Path) -> None:
+    """``IMAGE.xz`` (multithreaded xz; holes compress to nothing) and ``IMAGE.bmap`` (bmaptool's
+    block map: ``bmaptool copy`` writes only the mapped blocks, and checks each range's sha256)."""
+    with progress.step(f"Compressing {image.name} (xz)"):
+        with (image.with_name(image.name + ".xz")).open("wb") as out:
+            proc = subprocess.run(["xz", "-T0", "-3", "-c", str(image)], stdout=out, stderr=subprocess.PIPE,
+                                  text=False)
+        if proc.returncode != 0:
+            raise BasaltError(Problem(f"xz failed: {proc.stderr.decode(errors='replace').strip()}"))
+    with progress.step(f"Block map of {image.name} (bmaptool)"):
+        _run(["bmaptool", "-q", "create", "-o", str(image.with_name(image.name + ".bmap")), str(image)])

@@ -20,7 +20,9 @@ from typing import Any
 from agent.errors import BasaltError, Problem
 from builder import host, progress
 from builder.download import BlobStore, cache_root, sha256_file
+from builder.imagedef import project_version
 from builder.plan import Plan, PlannedStage
+from builder.sbom import document
 from builder.stages import StageContext, module
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -224,13 +226,19 @@ def publish(plan: Plan, results: dict[str, StageResult], out_root: Path) -> Path
             name = pattern.format(name=img.name, version=img.version)
             with progress.step(f"Publishing {name}"):
                 copy_with_progress(tree / src, partial / name)
+            digest = sha256_file(partial / name)
+            (partial / f"{name}.sha256").write_text(f"{digest}  {name}\n")  # for sha256sum -c
             outputs.append({"file": name, "stage": stage.name, "size": (partial / name).stat().st_size,
-                            "sha256": sha256_file(partial / name)})
+                            "sha256": digest})
         if hasattr(mod, "manifest"):
             inputs.update(mod.manifest(stage.options, tree))
         link = getattr(mod, "INSPECT", None)
         if link:  # a link into the cache, for inspection (not an artifact)
             (partial / link).symlink_to(tree)
+    sbom = partial / "sbom.spdx.json"
+    sbom.write_text(json.dumps(document(img.name, img.version, img.arch.to_debian(), plan.source_date_epoch, inputs,
+                                        f"Tool: basalt-build-{project_version()}"), indent=1) + "\n")
+    outputs.append({"file": sbom.name, "stage": None, "size": sbom.stat().st_size, "sha256": sha256_file(sbom)})
     manifest: dict[str, Any] = {
         "image": img.name, "version": img.version, "arch": str(img.arch),
         "source_date_epoch": plan.source_date_epoch, "inputs": inputs,
@@ -249,9 +257,8 @@ def publish(plan: Plan, results: dict[str, StageResult], out_root: Path) -> Path
 
 
 def copy_with_progress(src: Path, dest: Path) -> None:
-    bar = progress.Bar(dest.name, src.stat().st_size)
-    with src.open("rb") as fin, dest.open("wb") as fout:
-        while chunk := fin.read(4 << 20):
-            fout.write(chunk)
-            bar.update(len(chunk))
-    bar.close()
+    """Copy with a progress bar; holes (runs of zeros) stay holes, so a disk image stays sparse."""
+    from builder import disk
+    with dest.open("wb") as fout:
+        disk.copy_sparse(src, fout, 0, block=1 << 20, label=dest.name)
+        fout.truncate(src.stat().st_size)

@@ -25,12 +25,13 @@ SOURCES = ("builder/templates/grub-disk.cfg.j2", "builder/grub.py", "builder/dis
            "agent/layout.py")
 VOLATILE = False
 INPUTS = ("fetch", "rootfs", "squashfs", "initramfs")
-PUBLISH = (("disk.img", "{name}-{version}.img"),)
+PUBLISH = (("disk.img", "{name}-{version}.img"), ("disk.img.xz", "{name}-{version}.img.xz"),
+           ("disk.img.bmap", "{name}-{version}.img.bmap"))
 
 
 def published(options: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     return (*PUBLISH, *((("disk.qcow2", "{name}-{version}.qcow2"),) if options["qcow2"] else ()))
-TOOLS = {**grub.TOOLS, **disk.TOOLS}
+TOOLS = {**grub.TOOLS, **disk.TOOLS, "xz": "xz-utils", "bmaptool": "bmap-tools"}
 BIOS_BOOT_MIB = 1
 SCHEMA: dict[str, Any] = {
     "type": "object", "additionalProperties": False,
@@ -95,6 +96,7 @@ def run(ctx: Any, options: dict[str, Any]) -> None:
     if "bios" in cores:
         bios = next(p for p in placed if p.partition.name == layout.BIOS_LABEL)
         grub.embed_bios(image, grub_lib / "i386-pc" / "boot.img", cores["bios"], bios.start, bios.sectors)
+    disk.flashables(image)
     if options["qcow2"]:
         with progress.step("qcow2 copy"):
             proc = subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(image),

@@ -1,0 +1,136 @@
+"""Grow the state partition to the end of its disk, once, on the first boot of a flashed image.
+
+A raw image is small; the disk it is written to is not. When the state partition is the last on
+a GPT disk and the disk has more than a few MiB past it: the GPT is rewritten with the partition
+reaching the disk's end (backup header and entries first, the primary header last, so an
+interruption leaves the old, valid table), the kernel is told the new size (BLKPG, which works
+while other partitions of the disk are mounted), and the mounted ext4 is grown online (the
+ioctl resize2fs uses). Standard library only; ``needed()`` is cheap (sysfs reads) and is all a
+boot costs once the partition has grown.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+
+SECTOR = 512
+MIB_SECTORS = 2048
+GPT_SIGNATURE = b"EFI PART"
+BLKPG = 0x1269
+BLKPG_RESIZE_PARTITION = 3
+EXT4_IOC_RESIZE_FS = 0x40086610
+MIN_GAIN_SECTORS = 8 * MIB_SECTORS  # do not bother for less than 8 MiB
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read().strip()
+
+
+def needed(device: str, sysfs: str = "/sys/class/block") -> tuple[str, int, int] | None:
+    """``(disk device, partition number, new last LBA)`` when ``device`` (/dev/vda5) should grow."""
+    name = os.path.basename(device)
+    part = os.path.join(sysfs, name)
+    try:
+        number = int(_read(os.path.join(part, "partition")))
+        start, size = int(_read(os.path.join(part, "start"))), int(_read(os.path.join(part, "size")))
+        disk = os.path.basename(os.path.dirname(os.path.realpath(part)))
+        disk_sectors = int(_read(os.path.join(sysfs, disk, "size")))
+    except (OSError, ValueError):
+        return None
+    last_usable = disk_sectors - 34  # the backup GPT: 32 sectors of entries and its header
+    new_last = last_usable - (last_usable + 1) % MIB_SECTORS  # end on a MiB boundary
+    if new_last - (start + size - 1) < MIN_GAIN_SECTORS:
+        return None
+    return f"/dev/{disk}", number, new_last
+
+
+def grow_gpt(disk: str, number: int, new_last: int) -> tuple[int, int]:
+    """Rewrite ``disk``'s GPT so partition ``number`` ends at ``new_last``; ``(start, last)`` in sectors."""
+    fd = os.open(disk, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+    try:
+        total = os.lseek(fd, 0, os.SEEK_END) // SECTOR
+        header = bytearray(os.pread(fd, SECTOR, SECTOR))
+        if header[:8] != GPT_SIGNATURE:
+            raise ValueError(f"{disk}: no GPT")
+        size = struct.unpack_from("<I", header, 12)[0]
+        entries_lba, count, entry_size = struct.unpack_from("<QII", header, 72)
+        table = bytearray(os.pread(fd, count * entry_size, entries_lba * SECTOR))
+        if zlib.crc32(table) != struct.unpack_from("<I", header, 88)[0]:
+            raise ValueError(f"{disk}: GPT entries fail their checksum")
+        offset = (number - 1) * entry_size
+        start, last = struct.unpack_from("<QQ", table, offset + 32)
+        if any(struct.unpack_from("<Q", table, i * entry_size + 32)[0] > last for i in range(count)
+               if table[i * entry_size:i * entry_size + 16] != bytes(16)):
+            raise ValueError(f"{disk}: partition {number} is not the last one")
+        if new_last <= last or new_last > total - 34:
+            return start, last
+        struct.pack_into("<Q", table, offset + 40, new_last)
+        table_sectors = (count * entry_size + SECTOR - 1) // SECTOR
+        backup_entries = total - 1 - table_sectors
+
+        def finish(h: bytearray, my_lba: int, other_lba: int, entries: int) -> bytes:
+            struct.pack_into("<QQ", h, 24, my_lba, other_lba)
+            struct.pack_into("<Q", h, 48, total - 2 - table_sectors)  # last usable LBA
+            struct.pack_into("<Q", h, 72, entries)
+            struct.pack_into("<I", h, 88, zlib.crc32(table))
+            struct.pack_into("<I", h, 16, 0)
+            struct.pack_into("<I", h, 16, zlib.crc32(bytes(h[:size])))
+            return bytes(h)
+
+        backup = finish(bytearray(header), total - 1, 1, backup_entries)
+        os.pwrite(fd, bytes(table), backup_entries * SECTOR)
+        os.pwrite(fd, backup, (total - 1) * SECTOR)
+        os.fsync(fd)
+        os.pwrite(fd, bytes(table), entries_lba * SECTOR)
+        os.pwrite(fd, finish(header, 1, total - 1, entries_lba), SECTOR)
+        mbr = bytearray(os.pread(fd, SECTOR, 0))  # the protective MBR covers the whole disk
+        if mbr[450] == 0xEE:
+            struct.pack_into("<I", mbr, 458, min(total - 1, 0xFFFFFFFF))
+            os.pwrite(fd, bytes(mbr), 0)
+        os.fsync(fd)
+        return start, new_last
+    finally:
+        os.close(fd)
+
+
+def tell_kernel(disk: str, number: int, start: int, last: int) -> None:
+    """The kernel's view of the partition follows the table (BLKPG: fine while it is mounted)."""
+    import ctypes
+    import fcntl
+    part = ctypes.create_string_buffer(struct.pack("qqi64s64s4x", start * SECTOR, (last - start + 1) * SECTOR,
+                                                   number, b"", b""))
+    arg = struct.pack("iii4xQ", BLKPG_RESIZE_PARTITION, 0, ctypes.sizeof(part), ctypes.addressof(part))
+    fd = os.open(disk, os.O_RDONLY)
+    try:
+        fcntl.ioctl(fd, BLKPG, arg)
+    finally:
+        os.close(fd)
+
+
+def grow_ext4(mountpoint: str, device: str, sysfs: str = "/sys/class/block") -> int:
+    """Grow the mounted ext4 at ``mountpoint`` to its partition's size; returns its size in MiB."""
+    import fcntl
+    block = os.statvfs(mountpoint).f_frsize
+    sectors = int(_read(os.path.join(sysfs, os.path.basename(device), "size")))
+    fd = os.open(mountpoint, os.O_RDONLY)
+    try:
+        fcntl.ioctl(fd, EXT4_IOC_RESIZE_FS, struct.pack("Q", sectors * SECTOR // block))
+    finally:
+        os.close(fd)
+    return sectors * SECTOR >> 20
+
+
+def grow(device: str, mountpoint: str) -> str | None:
+    """Grow the state partition ``device`` (mounted at ``mountpoint``) if its disk has room;
+    a line for the log, or None when there was nothing to do."""
+    plan = needed(device)
+    if plan is None:
+        return None
+    disk, number, new_last = plan
+    start, last = grow_gpt(disk, number, new_last)
+    tell_kernel(disk, number, start, last)
+    mib = grow_ext4(mountpoint, device)
+    return f"state partition {device} grown to {mib} MiB (the rest of {disk})"
