@@ -46,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--check", action="store_true", help="wait for the ready line, report, power off")
     q.add_argument("--timeout", type=float, default=180.0)
     q.add_argument("--ssh-port", type=int, default=0, help="host port forwarded to the guest's SSH (0: pick)")
-    q.add_argument("--iso", help="boot this ISO instead of out/<image>/")
+    q.add_argument("--iso", help="boot this ISO (or disk image, .img) instead of out/<image>/'s")
+    q.add_argument("--disk-size", type=int, default=4096, metavar="MIB",
+                   help="a disk image boots as a virtual disk of this size (an overlay: the image is never written)")
     q.add_argument("--seed", help="attach this NoCloud seed ISO as a second CD (see 'seed')")
     q.add_argument("--state", help="attach this state disk (created, 512 MiB ext4, if it does not exist)")
     s = sub.add_parser("seed", help="make a NoCloud seed ISO (label cidata) from user-data")
@@ -89,13 +91,13 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "boot":
         from builder import qemu
         img = imagedef.load_image(args.image)
-        iso = Path(args.iso) if args.iso else qemu.find_iso(img)
+        iso = Path(args.iso) if args.iso else qemu.find_artifact(img)[1]
         state = Path(args.state) if args.state else None
         if state and not state.exists():
             from builder import seed
             seed.make_state_disk(state)
         return qemu.boot_command(img, iso, args.firmware, args.accel, args.check, args.timeout, args.ssh_port,
-                                 Path(args.seed) if args.seed else None, state, args.cpus)
+                                 Path(args.seed) if args.seed else None, state, args.cpus, args.disk_size)
     if args.command == "seed":
         from builder import seed
         out = seed.make_seed(Path(args.output), Path(args.user_data),

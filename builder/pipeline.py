@@ -219,6 +219,13 @@ def publish(plan: Plan, results: dict[str, StageResult], out_root: Path) -> Path
     partial.mkdir(parents=True)
     outputs = []
     inputs: dict[str, Any] = {"image_definition": {"file": str(img.source), "sha256": sha256_file(img.source)}}
+
+    def record(name: str, stage: str | None) -> None:
+        """An artifact in the manifest, and its NAME.sha256 beside it (for sha256sum -c)."""
+        digest = sha256_file(partial / name)
+        (partial / f"{name}.sha256").write_text(f"{digest}  {name}\n")
+        outputs.append({"file": name, "stage": stage, "size": (partial / name).stat().st_size, "sha256": digest})
+
     for stage in plan.stages:
         mod, tree = module(stage.kind), results[stage.name].path
         entries = mod.published(stage.options) if hasattr(mod, "published") else mod.PUBLISH  # type: ignore[attr-defined]
@@ -226,10 +233,7 @@ def publish(plan: Plan, results: dict[str, StageResult], out_root: Path) -> Path
             name = pattern.format(name=img.name, version=img.version)
             with progress.step(f"Publishing {name}"):
                 copy_with_progress(tree / src, partial / name)
-            digest = sha256_file(partial / name)
-            (partial / f"{name}.sha256").write_text(f"{digest}  {name}\n")  # for sha256sum -c
-            outputs.append({"file": name, "stage": stage.name, "size": (partial / name).stat().st_size,
-                            "sha256": digest})
+            record(name, stage.name)
         if hasattr(mod, "manifest"):
             inputs.update(mod.manifest(stage.options, tree))
         link = getattr(mod, "INSPECT", None)
@@ -238,7 +242,7 @@ def publish(plan: Plan, results: dict[str, StageResult], out_root: Path) -> Path
     sbom = partial / "sbom.spdx.json"
     sbom.write_text(json.dumps(document(img.name, img.version, img.arch.to_debian(), plan.source_date_epoch, inputs,
                                         f"Tool: basalt-build-{project_version()}"), indent=1) + "\n")
-    outputs.append({"file": sbom.name, "stage": None, "size": sbom.stat().st_size, "sha256": sha256_file(sbom)})
+    record(sbom.name, None)
     manifest: dict[str, Any] = {
         "image": img.name, "version": img.version, "arch": str(img.arch),
         "source_date_epoch": plan.source_date_epoch, "inputs": inputs,

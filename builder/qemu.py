@@ -40,10 +40,16 @@ def free_port() -> int:
 
 
 def find_iso(img: ImageDefinition) -> Path:
-    path = Path(__file__).resolve().parent.parent / "out" / img.name / f"{img.name}-{img.version}.iso"
+    return find_artifact(img)[1]
+
+
+def find_artifact(img: ImageDefinition) -> tuple[str, Path]:
+    """The built medium to boot: ("iso", the ISO) or ("disk", the raw disk image), by the first output."""
+    kind, suffix = ("disk", "img") if img.outputs[0].format == "raw" else ("iso", "iso")
+    path = Path(__file__).resolve().parent.parent / "out" / img.name / f"{img.name}-{img.version}.{suffix}"
     if not path.is_file():
         raise BasaltError(Problem(f"{path} does not exist", hint=f"build it first: inv build --image {img.name}"))
-    return path
+    return kind, path
 
 
 @dataclass
@@ -322,13 +328,18 @@ class Guest:
             self.proc.wait(10)
 
 
-def boot_command(img: ImageDefinition, iso: Path, firmware: str, accel: str, check: bool, timeout: float,
-                 ssh_port: int, seed: Path | None = None, state: Path | None = None, cpus: int | None = None) -> int:
-    media = {"extra_cdroms": [seed] if seed else [], "disks": [state] if state else []}
+def boot_command(img: ImageDefinition, medium: Path, firmware: str, accel: str, check: bool, timeout: float,
+                 ssh_port: int, seed: Path | None = None, state: Path | None = None, cpus: int | None = None,
+                 disk_mib: int = 0) -> int:
+    """Boot an ISO, or a disk image (``.img``) through a copy-on-write overlay of ``disk_mib``."""
+    media: dict[str, object] = {"extra_cdroms": [seed] if seed else [], "disks": [state] if state else []}
+    iso: Path | None = medium
+    if medium.suffix == ".img":
+        iso, media["boot_disk"], media["boot_disk_mib"] = None, medium, disk_mib
     if not check:
         return interactive(img, iso, firmware, accel, ssh_port, media, cpus or img.cpus)
     with Guest(iso, img.arch, firmware, accel, img.memory_mb, cpus or img.cpus, ssh_port, **media) as guest:  # type: ignore[arg-type]
-        print(f"booting {iso.name} ({firmware}, {accel}); waiting up to {timeout:.0f}s for the ready line",
+        print(f"booting {medium.name} ({firmware}, {accel}); waiting up to {timeout:.0f}s for the ready line",
               file=sys.stderr)
         try:
             m = guest.wait_for(READY, timeout)
@@ -343,8 +354,8 @@ def boot_command(img: ImageDefinition, iso: Path, firmware: str, accel: str, che
         return 0 if off else 1
 
 
-def interactive(img: ImageDefinition, iso: Path, firmware: str, accel: str, ssh_port: int,
-                media: dict[str, list[Path]], cpus: int) -> int:
+def interactive(img: ImageDefinition, iso: Path | None, firmware: str, accel: str, ssh_port: int,
+                media: dict[str, object], cpus: int) -> int:
     """Serial console on this terminal (Ctrl-A X quits QEMU)."""
     guest = Guest(iso, img.arch, firmware, accel, img.memory_mb, cpus, ssh_port or free_port(), **media)  # type: ignore[arg-type]
     guest.workdir = Path(tempfile.mkdtemp(prefix="basalt-qemu-"))

@@ -47,5 +47,5 @@ def test_an_unchanged_rebuild_runs_no_stage_but_the_volatile_ones(built_iso: Pat
     manifest = json.loads((out / "manifest.json").read_text())
     assert {o["file"]: o["stage"] for o in manifest["outputs"]} == {
         "packages.lock.json": "fetch", "vmlinuz": "rootfs", "config.schema.json": "rootfs",
-        "rootfs.squashfs": "squashfs", "initrd.img": "initramfs",
+        "rootfs.squashfs": "squashfs", "initrd.img": "initramfs", "sbom.spdx.json": None,
         f"x86_64-iso-{plan.load_image('x86_64-iso').version}.iso": "iso"}

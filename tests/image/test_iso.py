@@ -88,7 +88,8 @@ def test_efi_system_image_holds_the_loader(built_iso: Path, tmp_path: Path) -> N
 def test_manifest_describes_every_artifact(built_iso: Path) -> None:
     manifest = json.loads((built_iso / "manifest.json").read_text())
     names = {o["file"] for o in manifest["outputs"]}
-    assert names == {f.name for f in built_iso.iterdir()} - {"manifest.json", "rootfs"}
+    assert names == {f.name for f in built_iso.iterdir() if f.suffix != ".sha256"} - {"manifest.json", "rootfs"}
+    assert {f.name for f in built_iso.glob("*.sha256")} == {n + ".sha256" for n in names}
     for out in manifest["outputs"]:
         data = (built_iso / out["file"]).read_bytes()
         assert out["size"] == len(data) and out["sha256"] == hashlib.sha256(data).hexdigest()

@@ -1,0 +1,101 @@
+"""The raw A/B disk image, built for real and inspected without mounting it: partition table,
+boot partition (mtools), slot contents, and the flashable artifacts (.xz, .bmap, .sha256, SBOM)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import lzma
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from agent import layout
+from builder import disk, pipeline, plan
+
+
+@pytest.fixture(scope="module")
+def raw() -> Path:
+    return pipeline.build(plan.plan("x86_64-raw"))
+
+
+def image_of(out: Path) -> Path:
+    return next(out.glob("*.img"))
+
+
+def partitions(image: Path) -> list[dict]:  # type: ignore[type-arg]
+    out = subprocess.run(["sfdisk", "-J", str(image)], capture_output=True, text=True, check=True).stdout
+    return json.loads(out)["partitiontable"]["partitions"]  # type: ignore[no-any-return]
+
+
+def mtools(image: Path, start: int, *args: str) -> bytes:
+    return subprocess.run([args[0], "-i", f"{image}@@{start * 512}", *args[1:]], capture_output=True, check=True,
+                          env={"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"}).stdout
+
+
+def test_partition_table(raw: Path) -> None:
+    parts = partitions(image_of(raw))
+    assert [(p["name"], p["type"]) for p in parts] == [
+        ("BIOS_BOOT", disk.BIOS_BOOT), ("BASALT_BOOT", disk.ESP), ("BASALT_A", disk.LINUX_DATA),
+        ("BASALT_B", disk.LINUX_DATA), ("BASALT_STATE", disk.LINUX_DATA)]
+    assert all(p["start"] % 2048 == 0 and p["size"] % 2048 == 0 for p in parts)  # 1 MiB aligned
+    definition = plan.load_image("x86_64-raw").outputs[0]
+    assert [p["size"] // 2048 for p in parts] == [1, definition.boot_mib, definition.slot_mib, definition.slot_mib,
+                                                  definition.state_mib]
+
+
+def test_boot_partition_holds_grub_and_slot_a(raw: Path) -> None:
+    image = image_of(raw)
+    esp = partitions(image)[1]["start"]
+    listing = mtools(image, esp, "mdir", "-/", "-b", "::/").decode()
+    for path in ("::/EFI/BOOT/BOOTX64.EFI", "::/boot/grub/grub.cfg", "::/boot/grub/grubenv", "::/basalt/a/vmlinuz",
+                 "::/basalt/a/initrd.img", "::/basalt/version"):
+        assert path in listing.splitlines(), listing
+    assert mtools(image, esp, "mtype", "::/boot/grub/grubenv").startswith(b"# GRUB Environment Block\nbasalt_slot=a\n")
+    assert mtools(image, esp, "mtype", "::/basalt/a/vmlinuz") == (raw / "vmlinuz").read_bytes()
+    assert mtools(image, esp, "mtype", "::/basalt/a/initrd.img") == (raw / "initrd.img").read_bytes()
+    cfg = mtools(image, esp, "mtype", "::/boot/grub/grub.cfg").decode()
+    assert f"basalt.label={layout.BOOT_LABEL} basalt.slot=$basalt_slot basalt.mode=installed" in cfg
+    label = subprocess.run(["mlabel", "-s", "-i", f"{image}@@{esp * 512}", "::"], capture_output=True, text=True,
+                           env={"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"}).stdout
+    assert layout.BOOT_LABEL in label
+
+
+def test_slot_a_is_the_squashfs_and_slot_b_is_empty(raw: Path) -> None:
+    image, squashfs = image_of(raw), (raw / "rootfs.squashfs").read_bytes()
+    parts = partitions(image)
+    with image.open("rb") as f:
+        f.seek(parts[2]["start"] * 512)
+        assert f.read(len(squashfs)) == squashfs
+        f.seek(parts[3]["start"] * 512)
+        assert f.read(4 << 20) == bytes(4 << 20)
+
+
+def test_flashable_artifacts(raw: Path, tmp_path: Path) -> None:
+    image = image_of(raw)
+    digest = hashlib.sha256(image.read_bytes()).hexdigest()
+    with lzma.open(image.with_name(image.name + ".xz")) as f:
+        assert hashlib.sha256(f.read()).hexdigest() == digest
+    copy = tmp_path / "flashed.img"  # bmaptool writes the mapped blocks and checks each range's sha256
+    subprocess.run(["bmaptool", "-q", "copy", "--bmap", str(image.with_name(image.name + ".bmap")), str(image),
+                    str(copy)], check=True)
+    assert hashlib.sha256(copy.read_bytes()).hexdigest() == digest
+    check = subprocess.run(["sha256sum", "-c", *(p.name for p in sorted(raw.glob("*.sha256")))], cwd=raw,
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    manifest = json.loads((raw / "manifest.json").read_text())
+    files = {o["file"] for o in manifest["outputs"]}
+    assert {image.name, image.name + ".xz", image.name + ".bmap", "sbom.spdx.json"} <= files
+    assert {p.name for p in raw.glob("*.sha256")} == {f + ".sha256" for f in files}
+    assert image.stat().st_blocks * 512 < image.stat().st_size / 3  # sparse
+
+
+def test_sbom_lists_every_locked_package(raw: Path) -> None:
+    sbom = json.loads((raw / "sbom.spdx.json").read_text())
+    lock = json.loads((raw / "packages.lock.json").read_text())["packages"]
+    assert sbom["spdxVersion"] == "SPDX-2.3"
+    listed = {(p["name"], p.get("versionInfo"), p["checksums"][0]["checksumValue"])
+              for p in sbom["packages"] if p.get("checksums")}
+    assert {(p["name"], p["version"], p["sha256"]) for p in lock} <= listed
+    assert "basalt-agent" in {p["name"] for p in sbom["packages"]}
