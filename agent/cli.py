@@ -30,6 +30,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     status["uptime_ms"] = system.boot_ms()
     status["mem_used_kb"] = system.mem_used_kb()
     status["addresses"] = addresses()
+    if status.get("mode") == "installed":
+        from agent import slots
+        status["slots"] = slots.describe()
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
@@ -37,6 +40,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"ready after {status['ready_ms']} ms; up {status['uptime_ms'] // 1000} s; "
           f"memory used {status['mem_used_kb'] // 1024} MiB")
     print(f"slot: {status.get('slot', '-')}; state: {status.get('state_device') or 'tmpfs (nothing persists)'}")
+    if status.get("slots"):
+        from agent import slots
+        print(f"slots: {slots.summary(status['slots'])}")
     print("config: " + (", ".join(status.get("config_sources", [])) or "none"))
     if status.get("config_fallback"):
         print(f"  last known-good in use: {status['config_fallback']}")

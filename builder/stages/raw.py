@@ -10,11 +10,13 @@ partition (ext4, BASALT_STATE; grown to the disk by the node). The image file is
 
 from __future__ import annotations
 
+import json
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
-from agent import layout
+from agent import layout, slots
 from agent.errors import BasaltError, Problem
 from builder import disk, grub, medium, progress
 from builder.arch import Architecture
@@ -22,7 +24,7 @@ from builder.arch import Architecture
 NAME = "raw"
 VERSION = 1
 SOURCES = ("builder/templates/grub-disk.cfg.j2", "builder/grub.py", "builder/disk.py", "builder/medium.py",
-           "agent/layout.py")
+           "agent/layout.py", "agent/slots.py")
 VOLATILE = False
 INPUTS = ("fetch", "rootfs", "squashfs", "initramfs")
 PUBLISH = (("disk.img", "{name}-{version}.img"), ("disk.img.xz", "{name}-{version}.img.xz"),
@@ -80,6 +82,9 @@ def run(ctx: Any, options: dict[str, Any]) -> None:
         f"{slot}/vmlinuz": ctx.input("rootfs") / "kernel" / "vmlinuz",
         f"{slot}/initrd.img": ctx.input("initramfs") / "initrd.img",
         f"{slot}/version": (options["version"] + "\n").encode(),
+        f"{slot}/{slots.BUILD_INFO}": json.dumps({
+            "version": options["version"], "image": options["name"],
+            "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))}, sort_keys=True).encode(),
     }
     if "uefi" in cores:
         files[f"/EFI/BOOT/BOOT{arch.to_efi()}.EFI"] = cores["uefi"]

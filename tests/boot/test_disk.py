@@ -7,6 +7,7 @@ Guests are bounded by timeouts and killed on exit; their network is restricted t
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from pathlib import Path
 
@@ -43,6 +44,10 @@ def test_raw_image_boots_from_slot_a_and_grows_its_state_partition(
             return guest.ssh(cmd, key)
 
         assert sh("cat /run/basalt/slot /run/basalt/mode") == "a\ninstalled"
+        status = json.loads(sh("basalt status --json"))
+        assert status["slot"] == "a" and status["slots"]["b"] == {"state": "empty"}
+        assert status["slots"]["a"]["state"] == "active" and status["slots"]["a"]["image"] == "x86_64-raw"
+        assert "slots: a active (x86_64-raw " in sh("basalt status")
         assert sh("hostname") == "disk-node"  # the site config, read from the boot partition
         assert re.search(r"^/dev/vda3 / squashfs ro", sh("cat /proc/mounts"), re.M)
         assert "basalt.slot=a basalt.mode=installed" in sh("cat /proc/cmdline")

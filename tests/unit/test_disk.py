@@ -118,3 +118,15 @@ def test_the_state_partition_grows_to_the_end_of_a_larger_disk(tmp_path: Path) -
     assert growstate.needed("/dev/vda5", str(sysfs)) is None
     with pytest.raises(ValueError, match="partition 3 is not the last one"):
         growstate.grow_gpt(str(image), 3, last)
+
+
+def test_slots_are_described_from_the_boot_partition(tmp_path: Path) -> None:
+    from agent import slots
+    (tmp_path / "basalt/a").mkdir(parents=True)
+    (tmp_path / "basalt/a/build.json").write_text(
+        '{"version": "0.1.0", "image": "x86_64-raw", "built": "2025-01-01T00:00:00Z"}')
+    described = slots.describe(str(tmp_path), booted="a")
+    assert described == {"a": {"state": "active", "version": "0.1.0", "image": "x86_64-raw",
+                               "built": "2025-01-01T00:00:00Z"}, "b": {"state": "empty"}}
+    assert slots.summary(described) == "a active (x86_64-raw 0.1.0, built 2025-01-01T00:00:00Z), b empty"
+    assert slots.describe(str(tmp_path), booted="b")["a"]["state"] == "inactive"
