@@ -73,13 +73,6 @@ class Guest:
     # Direct kernel boot (skips the firmware's boot loader): (vmlinuz, initrd, kernel command line).
     direct: tuple[Path, Path, str] | None = None
     machine: str = "q35"
-    # Under TCG a guest very rarely stops printing between the firmware/boot loader and the
-    # initramfs (seen ~1 in 30 boots, BIOS, UEFI and direct alike; the vCPUs spin in the
-    # kernel). A guest silent this long before its first "basalt:" line is restarted, once,
-    # with a warning and its registers on stderr: the initramfs had not started, so no disk
-    # was touched. Anything later is never retried.
-    early_hang_s: float = 90.0
-    hang_reports: list[str] = field(default_factory=list)
     _serial: socket.socket | None = None
     proc: subprocess.Popen[bytes] | None = None
     workdir: Path | None = None
@@ -152,15 +145,6 @@ class Guest:
                                      stderr=open(self.workdir / "qemu.err", "wb"))
         self.started = time.monotonic()
 
-    def _restart_after_early_hang(self) -> None:
-        report = self.cpu_state()
-        self.hang_reports.append(report)
-        print(f"warning: QEMU guest silent for {self.early_hang_s:.0f}s before the initramfs's first line (an "
-              f"early-boot hang under TCG): restarting it once.\nconsole tail:\n{self.tail(5)}\n{report}",
-              file=sys.stderr)
-        self.kill()
-        self._launch()
-
     def __exit__(self, *exc: object) -> None:
         self.kill()
         if self.workdir and not os.environ.get("BASALT_KEEP_QEMU_LOGS"):
@@ -174,18 +158,10 @@ class Guest:
         TimeoutError with the console's tail."""
         regex = re.compile(pattern) if isinstance(pattern, str) else pattern
         deadline = time.monotonic() + timeout
-        seen, changed_at = -1, time.monotonic()
         while time.monotonic() < deadline:
-            text = self.console()
-            m = regex.search(text, start)
+            m = regex.search(self.console(), start)
             if m:
                 return m
-            now = time.monotonic()
-            if len(text) != seen:
-                seen, changed_at = len(text), now
-            elif not self.hang_reports and "basalt:" not in text and now - changed_at > self.early_hang_s:
-                self._restart_after_early_hang()
-                seen, changed_at, deadline = -1, time.monotonic(), time.monotonic() + timeout
             if self.proc and self.proc.poll() is not None:
                 err = (self.workdir / "qemu.err").read_text(errors="replace") if self.workdir else ""
                 raise RuntimeError(f"QEMU exited ({self.proc.returncode}) before {regex.pattern!r}: "

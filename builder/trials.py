@@ -4,7 +4,7 @@
 
 Not a test (it takes an hour or more): it is how the default QEMU setting was chosen
 (docs/architecture.md, "QEMU"). Settings are interleaved run by run, so the host's load
-falls on each alike. The guests' early-hang restart is off: every hang counts. A trial:
+falls on each alike. Nothing is retried: every hang counts. A trial:
 
 - ``x86_64-iso``: boot the ISO (BIOS) to the ready line, then power off by ACPI;
 - ``x86_64-containerd``: boot with an SSH key seed, import a one-binary OCI image, then
@@ -46,7 +46,7 @@ def trial(image: str, iso: Path, accel: str, cpus: int, media: dict[str, Any], b
     result: dict[str, Any] = {"image": image, "accel": accel, "cpus": cpus}
     started = time.monotonic()
     guest = qemu.Guest(iso, img.arch, "bios", accel, max(img.memory_mb, 768 if media else 0), cpus,
-                       extra_cdroms=media.get("cdroms", []), early_hang_s=float("inf"))
+                       extra_cdroms=media.get("cdroms", []))
     with guest:
         try:
             m = guest.wait_for(qemu.READY, bound)

@@ -233,18 +233,17 @@ def test_qemu_missing_is_a_clear_error(built_iso: Path, monkeypatch: pytest.Monk
     assert exc.value.render() == ("qemu-system-x86_64 not found\nhint: apt-get install qemu-system-x86")
 
 
-def test_a_silent_guest_is_restarted_once_and_its_timeout_says_where_the_cpus_are(
-        built_iso: Path, qemu_available: None) -> None:
-    """For the rare early-boot hang under TCG: a guest silent before the initramfs speaks is
-    restarted once (with its registers reported), and a timeout says where each vCPU was.
-    Silence is made here by sending the console to the screen only."""
+def test_a_silent_guest_fails_loudly_saying_where_the_cpus_are(built_iso: Path, qemu_available: None) -> None:
+    """A guest that never speaks is not restarted (single-threaded TCG removed the early hang the
+    harness used to retry, docs/architecture.md "QEMU"): its timeout fails the test, saying where
+    each vCPU was. Silence is made here by sending the console to the screen only."""
     silent = "console=tty0 quiet basalt.label=BASALT basalt.mode=live"
-    with Guest(iso_of(built_iso), direct=(built_iso / "vmlinuz", built_iso / "initrd.img", silent),
-               early_hang_s=3) as guest, pytest.raises(TimeoutError) as exc:
+    with Guest(iso_of(built_iso), direct=(built_iso / "vmlinuz", built_iso / "initrd.img", silent)) as guest, \
+            pytest.raises(TimeoutError) as exc:
         first = guest.proc
         guest.wait_for("this line never appears", 8)
-    assert len(guest.hang_reports) == 1 and guest.proc is not first  # restarted, and only once
-    for text in (guest.hang_reports[0], str(exc.value)):
-        assert "cpu state (QMP info registers):" in text
-        assert re.search(r"^CPU#0$", text, re.M), text
-        assert len(re.findall(r"^[RE]IP=[0-9a-f]{8}", text, re.M)) == 2, text  # 64- or (early) 32-bit
+    assert guest.proc is first  # the same QEMU: never restarted
+    text = str(exc.value)
+    assert "cpu state (QMP info registers):" in text
+    assert re.search(r"^CPU#0$", text, re.M), text
+    assert len(re.findall(r"^[RE]IP=[0-9a-f]{8}", text, re.M)) == 2, text  # 64- or (early) 32-bit
