@@ -69,14 +69,12 @@ def grub_cfg(options: dict[str, Any]) -> str:
 def run(ctx: Any, options: dict[str, Any]) -> None:
     arch, epoch = Architecture(options["arch"]), options["source_date_epoch"]
     grub_lib = grub.unpack(ctx.input("fetch"), ctx.store, ctx.work / "grub")
-    marker_files = medium.files(options["name"], options["version"], options["config"], ctx.input("rootfs") / "root")
-    marker = next(p for p in marker_files if p.rsplit("/", 1)[-1].startswith("id-"))
     early = ctx.work / "early.cfg"
-    early.write_text(grub.early_cfg(marker.rsplit("/", 1)[-1]))
+    early.write_text(grub.early_cfg(medium.marker_name(options["name"], options["version"], options["config"])))
     cores = grub.core_images(grub_lib, arch, options["firmware"], "disk", early, ctx.work, "i386-pc")
     slot = layout.slot_dir("a")
     files: dict[str, bytes | Path] = {
-        **marker_files,
+        **medium.files(options["name"], options["version"], options["config"], ctx.input("rootfs") / "root"),
         "/boot/grub/grub.cfg": grub_cfg(options).encode(),
         layout.GRUB_ENV: grub.env_block({"basalt_slot": "a"}),
         f"{slot}/vmlinuz": ctx.input("rootfs") / "kernel" / "vmlinuz",
