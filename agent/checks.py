@@ -54,6 +54,12 @@ def _walk(value: Any, path: tuple[str | int, ...] = ()) -> Any:
             yield from _walk(v, (*path, i))
 
 
+def _write_files(value: Any) -> list[tuple[int, dict[str, Any]]]:
+    """``(index, item)`` of each ``write_files`` item that is a mapping (the schema reports the rest)."""
+    items = value.get("write_files") if isinstance(value, dict) else None
+    return [(i, item) for i, item in enumerate(items) if isinstance(item, dict)] if isinstance(items, list) else []
+
+
 def _free_text(path: tuple[str | int, ...]) -> bool:
     pattern = tuple("*" if isinstance(p, int) else p for p in path)
     return any(pattern[:len(f)] == f for f in FREE_TEXT)
@@ -83,8 +89,8 @@ def payloads(doc: Located) -> list[Problem]:
 
     from agent.modules import decode
     out = []
-    for i, item in enumerate(doc.value.get("write_files", []) if isinstance(doc.value, dict) else []):
-        if not isinstance(item, dict) or not isinstance(item.get("content", ""), str):
+    for i, item in _write_files(doc.value):
+        if not isinstance(item.get("content", ""), str):
             continue
         encoding = item.get("encoding", "")
         try:
@@ -105,8 +111,8 @@ def relative_paths(doc: Located) -> list[Problem]:
     """k3OS writes a relative ``write_files`` path relative to ``/``: so does Basalt, with a warning.
     Rewrites the normalised value in place."""
     out = []
-    for i, item in enumerate(doc.value.get("write_files", []) if isinstance(doc.value, dict) else []):
-        path = item.get("path") if isinstance(item, dict) else None
+    for i, item in _write_files(doc.value):
+        path = item.get("path")
         if isinstance(path, str) and path and not path.startswith("/") and not TEMPLATE.search(path):
             item["path"] = "/" + path
             where = ("write_files", i, "path")
@@ -181,8 +187,8 @@ def warnings(doc: Located, k3s_version: str | None = None) -> list[Problem]:
             warn((name, "k3s_args", 0), "k3s runs as an agent, but there is no server_url to join",
                  f"set {name}.server_url and {name}.token (unless a datasource or another config source "
                  "sets them), or drop 'agent' to run a server")
-    for i, item in enumerate(value.get("write_files", []) if isinstance(value.get("write_files"), list) else []):
-        target = item.get("path") if isinstance(item, dict) else None
+    for i, item in _write_files(value):
+        target = item.get("path")
         if not isinstance(target, str):
             continue
         for prefix, why in UNREAD_FILES:

@@ -149,7 +149,7 @@ def check(doc: Located, schema: dict[str, Any] | None = None, k3s_version: str |
     warnings = checks.relative_paths(located)
     validator = schema_mod.Validator(schema)
     top, section = schema["properties"], validator.resolve(schema["properties"]["basalt"])
-    errors = schema_mod.validate(located.value, schema)
+    errors = list(validator.errors(located.value))
     for path, message, hint in errors:
         shown = located.display.get(tuple(path), tuple(path))
         value = _value_at(located.value, path)

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from agent.errors import BasaltError, Problem
 from builder import progress
@@ -122,7 +123,7 @@ def write(disk: Disk, dest: Path, size_mib: int | None = None) -> list[Placed]:
     return placed
 
 
-def copy_sparse(src: Path, out: object, offset: int, block: int = 1 << 16, label: str = "") -> None:
+def copy_sparse(src: Path, out: BinaryIO, offset: int, block: int = 1 << 16, label: str = "") -> None:
     """Copy ``src`` into the open file ``out`` at ``offset``, skipping all-zero blocks (holes stay holes)."""
     zero = bytes(block)
     bar = progress.Bar(label or src.name, src.stat().st_size)
@@ -130,8 +131,8 @@ def copy_sparse(src: Path, out: object, offset: int, block: int = 1 << 16, label
         pos = offset
         while chunk := fin.read(block):
             if chunk != zero[:len(chunk)]:
-                out.seek(pos)  # type: ignore[attr-defined]
-                out.write(chunk)  # type: ignore[attr-defined]
+                out.seek(pos)
+                out.write(chunk)
             pos += len(chunk)
             bar.update(len(chunk))
     bar.close()
