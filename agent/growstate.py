@@ -2,8 +2,8 @@
 
 A raw image is small; the disk it is written to is not. When the state partition is the last on
 a GPT disk and the disk has more than a few MiB past it: the GPT is rewritten with the partition
-reaching the disk's end (backup header and entries first, the primary header last, so an
-interruption leaves the old, valid table), the kernel is told the new size (BLKPG, which works
+reaching the disk's end (agent/partitions.py: backup first, the primary last, so an
+interruption leaves a valid table), the kernel is told the new size (BLKPG, which works
 while other partitions of the disk are mounted), and the mounted ext4 is grown online (the
 ioctl resize2fs uses). Standard library only; ``needed()`` is cheap (sysfs reads) and is all a
 boot costs once the partition has grown.
@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import os
 import struct
-import zlib
 
 SECTOR = 512
 MIB_SECTORS = 2048
-GPT_SIGNATURE = b"EFI PART"
 BLKPG = 0x1269
 BLKPG_RESIZE_PARTITION = 3
 EXT4_IOC_RESIZE_FS = 0x40086610
@@ -49,51 +47,24 @@ def needed(device: str, sysfs: str = "/sys/class/block") -> tuple[str, int, int]
 
 def grow_gpt(disk: str, number: int, new_last: int) -> tuple[int, int]:
     """Rewrite ``disk``'s GPT so partition ``number`` ends at ``new_last``; ``(start, last)`` in sectors."""
-    fd = os.open(disk, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
-    try:
-        total = os.lseek(fd, 0, os.SEEK_END) // SECTOR
-        header = bytearray(os.pread(fd, SECTOR, SECTOR))
-        if header[:8] != GPT_SIGNATURE:
-            raise ValueError(f"{disk}: no GPT")
-        size = struct.unpack_from("<I", header, 12)[0]
-        entries_lba, count, entry_size = struct.unpack_from("<QII", header, 72)
-        table = bytearray(os.pread(fd, count * entry_size, entries_lba * SECTOR))
-        if zlib.crc32(table) != struct.unpack_from("<I", header, 88)[0]:
-            raise ValueError(f"{disk}: GPT entries fail their checksum")
-        offset = (number - 1) * entry_size
-        start, last = struct.unpack_from("<QQ", table, offset + 32)
-        if any(struct.unpack_from("<Q", table, i * entry_size + 32)[0] > last for i in range(count)
-               if table[i * entry_size:i * entry_size + 16] != bytes(16)):
+    from dataclasses import replace
+
+    from agent import partitions
+    with open(disk, "r+b") as f:
+        total = f.seek(0, os.SEEK_END) // SECTOR
+        try:
+            guid, entries = partitions.read_gpt(f)
+        except ValueError as exc:
+            raise ValueError(f"{disk}: {exc}") from None
+        mine = next((e for e in entries if e.number == number), None)
+        if mine is None:
+            raise ValueError(f"{disk}: no partition {number}")
+        if any(e.last > mine.last for e in entries):
             raise ValueError(f"{disk}: partition {number} is not the last one")
-        if new_last <= last or new_last > total - 34:
-            return start, last
-        struct.pack_into("<Q", table, offset + 40, new_last)
-        table_sectors = (count * entry_size + SECTOR - 1) // SECTOR
-        backup_entries = total - 1 - table_sectors
-
-        def finish(h: bytearray, my_lba: int, other_lba: int, entries: int) -> bytes:
-            struct.pack_into("<QQ", h, 24, my_lba, other_lba)
-            struct.pack_into("<Q", h, 48, total - 2 - table_sectors)  # last usable LBA
-            struct.pack_into("<Q", h, 72, entries)
-            struct.pack_into("<I", h, 88, zlib.crc32(table))
-            struct.pack_into("<I", h, 16, 0)
-            struct.pack_into("<I", h, 16, zlib.crc32(bytes(h[:size])))
-            return bytes(h)
-
-        backup = finish(bytearray(header), total - 1, 1, backup_entries)
-        os.pwrite(fd, bytes(table), backup_entries * SECTOR)
-        os.pwrite(fd, backup, (total - 1) * SECTOR)
-        os.fsync(fd)
-        os.pwrite(fd, bytes(table), entries_lba * SECTOR)
-        os.pwrite(fd, finish(header, 1, total - 1, entries_lba), SECTOR)
-        mbr = bytearray(os.pread(fd, SECTOR, 0))  # the protective MBR covers the whole disk
-        if mbr[450] == 0xEE:
-            struct.pack_into("<I", mbr, 458, min(total - 1, 0xFFFFFFFF))
-            os.pwrite(fd, bytes(mbr), 0)
-        os.fsync(fd)
-        return start, new_last
-    finally:
-        os.close(fd)
+        if new_last <= mine.last or new_last > total - 34:
+            return mine.first, mine.last
+        partitions.write_gpt(f, total, guid, [replace(e, last=new_last) if e is mine else e for e in entries])
+        return mine.first, new_last
 
 
 def tell_kernel(disk: str, number: int, start: int, last: int) -> None:

@@ -1,19 +1,18 @@
 """GRUB, in one place for every output: the fetched modules, core images for i386-pc and EFI
 (made with the host's grub-mkimage from the target's modules, so no target code runs), the
 early config that finds the boot medium by a marker file, the menu templates, and the BIOS
-embedding of a core image into a disk's BIOS boot partition (what grub-bios-setup does, on a file).
+embedding of a core image into a disk's BIOS boot partition (agent/partitions.py, on a file).
 """
 
 from __future__ import annotations
 
-import struct
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
-from agent import layout
+from agent import layout, partitions
 from agent.errors import BasaltError, Problem
 from builder.arch import Architecture
 from builder.stages.fetch import blobs_by_role
@@ -90,33 +89,7 @@ def env_block(values: dict[str, str]) -> bytes:
     return (text + "#" * (ENV_BLOCK_SIZE - len(text))).encode()
 
 
-# i386-pc boot.img (the MBR's boot code) and diskboot.img (core.img's first sector).
-BOOT_KERNEL_SECTOR = 0x5C  # u64: the LBA of core.img's first sector
-BOOT_DRIVE_CHECK = 0x66  # a short jmp replaced by two nops on hard disks (BIOSes that pass a bad drive)
-BOOT_CODE_END = 0x1B8  # the disk signature and the partition table follow: kept
-BLOCKLIST = 512 - 12  # in core.img's first sector: start (u64), length (u16), segment (u16)
-CORE_SEGMENT = 0x820  # where the rest of core.img is loaded (0x800 + one sector)
-
-
 def embed_bios(disk: Path, boot_img: Path, core_img: Path, core_lba: int, room_sectors: int) -> None:
-    """Install GRUB for BIOS on a disk image, as grub-bios-setup does on a GPT disk: boot.img's code
-    into the MBR (its partition table kept), core.img into the BIOS boot partition at ``core_lba``,
-    boot.img pointed at core.img's first sector and that sector's blocklist at the rest of it."""
-    boot, core = bytearray(boot_img.read_bytes()), bytearray(core_img.read_bytes())
-    if len(boot) != 512:
-        raise BasaltError(Problem(f"{boot_img}: not a 512-byte boot.img"))
-    core += b"\0" * (-len(core) % 512)
-    sectors = len(core) // 512
-    if sectors > room_sectors:
-        raise BasaltError(Problem(f"GRUB's core image ({sectors} sectors) does not fit the BIOS boot partition "
-                                  f"({room_sectors} sectors)", hint="make the bios_boot partition larger"))
-    struct.pack_into("<Q", boot, BOOT_KERNEL_SECTOR, core_lba)
-    boot[BOOT_DRIVE_CHECK:BOOT_DRIVE_CHECK + 2] = b"\x90\x90"
-    struct.pack_into("<QHH", core, BLOCKLIST, core_lba + 1, sectors - 1, CORE_SEGMENT)
+    """GRUB for BIOS on the disk image ``disk`` (agent/partitions.py does it, for the node too)."""
     with disk.open("r+b") as f:
-        mbr = bytearray(f.read(512))
-        mbr[:BOOT_CODE_END] = boot[:BOOT_CODE_END]
-        f.seek(0)
-        f.write(mbr)
-        f.seek(core_lba * 512)
-        f.write(core)
+        partitions.embed_bios(f, boot_img.read_bytes(), core_img.read_bytes(), core_lba, room_sectors)

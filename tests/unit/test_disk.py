@@ -1,5 +1,6 @@
-"""The disk layer on small real images: sfdisk on a file, contents at their offsets, sparseness,
-GRUB's BIOS embedding pointers, the environment block, and growing the state partition's GPT."""
+"""The disk layer on small real images: the partition table (read back by sfdisk), contents at
+their offsets, sparseness, GRUB's BIOS embedding pointers, the environment block, and growing
+the state partition's GPT."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import growstate, layout
+from agent import growstate, layout, partitions
 from agent.errors import BasaltError
 from builder import disk, grub
 
@@ -44,6 +45,8 @@ def test_a_gpt_disk_is_written_as_described(tmp_path: Path) -> None:
         ("BASALT_A", disk.LINUX_DATA, 8192, 6144), ("BASALT_B", disk.LINUX_DATA, 14336, 6144),
         ("BASALT_STATE", disk.LINUX_DATA, 20480, 4096)]
     assert all(p["start"] % 2048 == 0 for p in t["partitions"])  # 1 MiB alignment
+    verify = subprocess.run(["sfdisk", "--verify", str(image)], capture_output=True, text=True)
+    assert verify.returncode == 0 and "mismatch" not in verify.stdout + verify.stderr, verify
     with image.open("rb") as f:
         f.seek(placed[2].start * disk.SECTOR)
         assert f.read(len(slot.read_bytes())) == slot.read_bytes()
@@ -52,6 +55,33 @@ def test_a_gpt_disk_is_written_as_described(tmp_path: Path) -> None:
     disk.write(d, again)
     assert again.read_bytes() == image.read_bytes()  # reproducible: the same seed, the same bytes
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_an_mbr_disk_for_a_card(tmp_path: Path) -> None:
+    d = disk.Disk("dos", (disk.Partition(layout.BOOT_LABEL, disk.ESP, 4),
+                          disk.Partition(layout.SLOT_LABELS["a"], disk.LINUX_DATA, 3),
+                          disk.Partition(layout.STATE_LABEL, disk.LINUX_DATA, 0)), seed="card")
+    image = tmp_path / "card.img"
+    disk.write(d, image, size_mib=16)
+    t = table(image)
+    assert t["label"] == "dos" and t["id"] == "0x" + d.uuid("disk")[:8]
+    assert [(p["start"], p["size"], p["type"], p.get("bootable", False)) for p in t["partitions"]] == [
+        (2048, 8192, "ef", True), (10240, 6144, "83", False), (16384, 14336, "83", False)]
+
+
+def test_a_table_rewritten_on_a_disk_keeps_the_boot_code(tmp_path: Path) -> None:
+    d, _ = small_disk(tmp_path)
+    image = tmp_path / "disk.img"
+    disk.write(d, image)
+    with image.open("r+b") as f:
+        f.write(b"\xeb\x63" + b"B" * 438)  # a boot loader's code in the MBR
+        guid, entries = partitions.read_gpt(f)
+        assert guid == d.uuid("disk").upper() and [e.name for e in entries] == [
+            "BIOS_BOOT", "BASALT_BOOT", "BASALT_A", "BASALT_B", "BASALT_STATE"]
+        partitions.write_gpt(f, 13 * 2048, guid, entries)
+    data = image.read_bytes()
+    assert data[:440] == b"\xeb\x63" + b"B" * 438 and data[510:512] == b"\x55\xaa"
+    assert [p["name"] for p in table(image)["partitions"]][-1] == "BASALT_STATE"
 
 
 def test_content_larger_than_its_partition_is_refused_and_nothing_is_left(tmp_path: Path) -> None:
@@ -74,11 +104,11 @@ def test_bios_embedding_points_boot_img_at_core_img(tmp_path: Path) -> None:
     core.write_bytes(b"C" * 1500)  # three sectors once padded
     grub.embed_bios(image, boot, core, placed[0].start, placed[0].sectors)
     data = image.read_bytes()
-    assert struct.unpack_from("<Q", data, grub.BOOT_KERNEL_SECTOR)[0] == 2048
-    assert data[grub.BOOT_DRIVE_CHECK:grub.BOOT_DRIVE_CHECK + 2] == b"\x90\x90"
+    assert struct.unpack_from("<Q", data, partitions.BOOT_KERNEL_SECTOR)[0] == 2048
+    assert data[partitions.BOOT_DRIVE_CHECK:partitions.BOOT_DRIVE_CHECK + 2] == b"\x90\x90"
     assert data[0x1B8:512] == mbr_table  # the protective MBR's signature and partition table are kept
     core_at = 2048 * 512
-    assert struct.unpack_from("<QHH", data, core_at + grub.BLOCKLIST) == (2049, 2, 0x820)
+    assert struct.unpack_from("<QHH", data, core_at + partitions.BLOCKLIST) == (2049, 2, 0x820)
     assert data[core_at + 512:core_at + 1500] == b"C" * 988
     assert table(image)["partitions"][0]["name"] == "BIOS_BOOT"  # the GPT is untouched
     with pytest.raises(BasaltError, match="does not fit the BIOS boot partition"):
