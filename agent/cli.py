@@ -156,6 +156,24 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_install(args: argparse.Namespace) -> int:
+    from agent import install
+    host = install.Host.running()
+    if args.list:
+        print(install.listing(host))
+        return 0
+    from agent import sources
+    settings = install.settings_from(sources.gather(Path("/proc/cmdline").read_text()).value)
+    if not args.unattended:
+        for name in ("device", "config_url", "iso_url"):
+            if getattr(args, name):
+                setattr(settings, name, getattr(args, name))
+        for name in ("silent", "force", "no_format", "power_off", "reboot"):
+            if getattr(args, name):
+                setattr(settings, name, True)
+    return install.run(settings, unattended=args.unattended, host=host)
+
+
 def cmd_version(args: argparse.Namespace) -> int:
     path = Path(layout.LIB_VERSION)
     print(path.read_text().strip() if path.is_file() else "unknown")
@@ -198,11 +216,25 @@ def main(argv: list[str] | None = None) -> int:
     app.add_argument("--try", dest="try_s", type=float, metavar="SECONDS",
                      help="revert unless 'basalt config confirm' comes within SECONDS")
     cfg_sub.add_parser("confirm", help="keep the config applied with 'apply --try'")
+    ins = sub.add_parser("install", help="install this live system to a disk (erases it; asks first)")
+    ins.add_argument("device", nargs="?", help="the disk, e.g. /dev/vda (default: install.device, or ask)")
+    ins.add_argument("--list", action="store_true", help="list the disks and what is on them, then exit")
+    ins.add_argument("--yes", "--silent", dest="silent", action="store_true", help="do not ask for confirmation")
+    ins.add_argument("--force", action="store_true", help="install to a removable disk too")
+    ins.add_argument("--no-format", action="store_true",
+                     help="keep the disk's Basalt partitions and its state partition (a reinstall)")
+    ins.add_argument("--config-url", help="a config.yaml to fetch and install, over the node's merged config")
+    ins.add_argument("--iso-url", help="install from this ISO (downloaded) instead of the boot medium")
+    when = ins.add_mutually_exclusive_group()
+    when.add_argument("--power-off", action="store_true", help="power off when installed")
+    when.add_argument("--reboot", action="store_true", help="reboot into the installed disk")
+    ins.add_argument("--unattended", action="store_true", help=argparse.SUPPRESS)  # init: settings from config
     args = parser.parse_args(argv)
     if args.command == "init":
         from agent import init
         return init.main()
     handlers = {"status": cmd_status, "version": cmd_version, "config": cmd_config, "doctor": cmd_doctor,
+                "install": cmd_install,
                 **{n: cmd_power for n in POWER_SIGNALS}}
     try:
         return handlers[args.command](args)

@@ -106,22 +106,31 @@ def is_script(path: str) -> bool:
         return False
 
 
-def fetch_url(url: str, dest: str = HTTP_DIR, attempts: int = 5, delay: float = 2.0,
-              timeout: float = 15.0, sleep: object = time.sleep) -> bool:
-    """Fetch user-data from ``url`` into ``dest`` with retries and backoff; True when the
-    stored copy changed. Raises OSError after the last attempt."""
+def get(url: str, attempts: int = 5, delay: float = 2.0, timeout: float = 15.0, sleep: object = time.sleep,
+        limit: int = 4 << 20) -> bytes:
+    """The body at ``url`` (at most ``limit`` bytes), with retries and backoff; OSError after the last attempt."""
     import urllib.request
     last: Exception | None = None
     for attempt in range(attempts):
         try:
             with urllib.request.urlopen(url, timeout=timeout) as resp:
-                data = resp.read(4 << 20)
-            break
+                return bytes(resp.read(limit))
         except (OSError, ValueError) as exc:
             last = exc
             if attempt + 1 == attempts:
-                raise OSError(f"datasource {url}: no answer after {attempts} attempts: {last}") from None
+                raise OSError(f"{url}: no answer after {attempts} attempts: {last}") from None
             sleep(delay * 2 ** attempt)  # type: ignore[operator]
+    raise AssertionError("unreachable")
+
+
+def fetch_url(url: str, dest: str = HTTP_DIR, attempts: int = 5, delay: float = 2.0,
+              timeout: float = 15.0, sleep: object = time.sleep) -> bool:
+    """Fetch user-data from ``url`` into ``dest`` with retries and backoff; True when the
+    stored copy changed. Raises OSError after the last attempt."""
+    try:
+        data = get(url, attempts, delay, timeout, sleep)
+    except OSError as exc:
+        raise OSError(f"datasource {exc}") from None
     os.makedirs(dest, exist_ok=True)
     target = os.path.join(dest, "user-data")
     try:

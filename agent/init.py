@@ -252,6 +252,7 @@ class Init:
         self.runtime_done = False
         self.seen_aliases: list[str] = []
         self.phases: dict[str, int] = {"agent_start_ms": system.boot_ms()}
+        self.installer: int | None = None  # the pid of an unattended "basalt install"
 
     # --- boot ---------------------------------------------------------------
     def guarded(self, what: str, fn: object, *args: object) -> object:
@@ -538,6 +539,13 @@ class Init:
             if pid == 0:
                 return
             svc = self.by_pid.pop(pid, None)
+            if svc is None and pid == self.installer:
+                self.installer = None
+                code = os.waitstatus_to_exitcode(status)
+                if code != 0 and self.action is None:  # not the installer's own power off stopping it
+                    self.errors.append(f"install: basalt install exited {code} (its messages are on the console)")
+                    log(f"error: unattended install failed (exit {code}); the live system keeps running")
+                continue
             if svc is None:
                 continue  # an orphan re-parented to us: reaped, nothing more
             svc.pid = None
@@ -553,6 +561,16 @@ class Init:
                 if not svc.tty:
                     code = os.waitstatus_to_exitcode(status)
                     log(f"service {svc.name} exited ({code}); restarting in {delay:.1f}s")
+
+    def unattended_install(self) -> None:
+        """A live boot whose config says to install (install.device and install.silent, or
+        basalt.mode=install): ``basalt install`` runs by itself, its messages on the console."""
+        if self.mode != "live":
+            return
+        from agent import install
+        if install.wanted_at_boot(self.config, read("/proc/cmdline")):
+            log("unattended install: starting basalt install")
+            self.installer = spawn([layout.AGENT, "install", "--unattended"], log_path="/dev/console")
 
     # --- basalt config apply [--try] / confirm ------------------------------------
     def handle_request(self) -> None:
@@ -789,6 +807,7 @@ def main() -> int:
         init.add(Service("rescue", ["/bin/sh", "-l"], tty="/dev/console"))
     log(f"ready version={init.version} boot_ms={init.ready_ms or system.boot_ms()} "
         f"mem_used_kb={system.mem_used_kb()} errors={len(init.errors)}")
+    init.guarded("unattended install", init.unattended_install)
     while True:
         try:
             init.loop(rfd)

@@ -24,6 +24,9 @@ MEDIUM_ROOT = MEDIUM_DIR + "/rootfs.squashfs"
 MEDIUM_VERSION = MEDIUM_DIR + "/version"
 MEDIUM_CONFIG = MEDIUM_DIR + "/config.yaml"
 MEDIUM_CONFIG_BIN = MEDIUM_DIR + "/config.bin"  # the baked config, precompiled (agent/sources.py)
+# On an ISO, what ``basalt install`` writes to a disk (builder/abdisk.py, agent/install.py).
+MEDIUM_INSTALL = MEDIUM_DIR + "/install"
+INSTALL_PLAN = MEDIUM_INSTALL + "/plan.json"
 # On a disk's boot partition, each slot's kernel and initramfs (GRUB 2.06 cannot read a zstd squashfs).
 def slot_dir(slot: str) -> str:
     return f"{MEDIUM_DIR}/{slot}"
@@ -51,8 +54,10 @@ RUN_MODULES_LOADED = RUN + "/modules-loaded"
 RUN_DATASOURCE = RUN + "/datasource"
 RUN_NOCLOUD = RUN_DATASOURCE + "/nocloud"
 RUN_CIDATA = RUN + "/cidata"  # where a NoCloud seed is mounted while it is copied
+RUN_INSTALL = RUN + "/install"  # basalt install's mount points (and its lock, beside it)
 
 # In the read-only image, written by the builder.
+AGENT = "/usr/sbin/basalt"  # the on-device command (and PID 1, as "basalt init")
 LIB = "/usr/lib/basalt"
 LIB_VERSION = LIB + "/version"
 LIB_SCHEMA = LIB + "/config.schema.json"

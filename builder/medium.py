@@ -10,9 +10,10 @@ from agent import layout
 from agent.errors import BasaltError
 
 
-def marker_name(name: str, version: str, config: str | None) -> str:
-    """A file name unique to this build (and config): the boot loader's way to find its medium."""
-    digest = hashlib.sha256(f"{name}-{version}-{config}".encode()).hexdigest()
+def marker_name(name: str, version: str, config: str | None, kind: str = "") -> str:
+    """A file name unique to this build (and config, and kind of medium: an ISO's, a disk's): the
+    boot loader's way to find its medium."""
+    digest = hashlib.sha256(f"{name}-{version}-{config}{'-' + kind if kind else ''}".encode()).hexdigest()
     return f"id-{digest[:16]}"
 
 
@@ -28,9 +29,10 @@ def precompiled_config(text: str, tree: Path) -> bytes:
     return precompile(text.encode(), loaded.value, schema_raw)
 
 
-def files(name: str, version: str, config: str | None, rootfs_tree: Path) -> dict[str, bytes]:
+def files(name: str, version: str, config: str | None, rootfs_tree: Path,
+          marker: str | None = None) -> dict[str, bytes]:
     """Marker, version and (if any) the site config, by their paths on the medium."""
-    out = {f"{layout.MEDIUM_DIR}/{marker_name(name, version, config)}": b"",
+    out = {f"{layout.MEDIUM_DIR}/{marker or marker_name(name, version, config)}": b"",
            layout.MEDIUM_VERSION: (version + "\n").encode()}
     if config is not None:
         out[layout.MEDIUM_CONFIG] = config.encode()

@@ -185,7 +185,8 @@ def compile_plan(img: ImageDefinition, config_text: str | None = None, etc_apt: 
 def iso_options(img: ImageDefinition, output: Output, config_text: str | None, epoch: int) -> dict[str, Any]:
     return {"arch": str(img.arch), "firmware": list(output.firmware), "volume_id": output.volume_id,
             "cmdline": img.cmdline, "version": img.version, "name": img.name,
-            "config": config_text, "source_date_epoch": epoch}
+            "config": config_text, "source_date_epoch": epoch,
+            "slot_mib": output.slot_mib, "boot_mib": output.boot_mib, "state_mib": output.state_mib}
 
 
 def raw_options(img: ImageDefinition, output: Output, config_text: str | None, epoch: int) -> dict[str, Any]:

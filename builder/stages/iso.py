@@ -5,13 +5,20 @@ the El Torito EFI entry, a FAT image holding ``EFI/BOOT/BOOT<arch>.EFI``. Both
 GRUBs find the medium by a marker file unique to this build and read the same
 ``/boot/grub/grub.cfg``. The site config, if any, lives on the medium at
 ``/basalt/config.yaml`` so a config-only change rebuilds only this stage.
+
+The ISO is also the installer: ``/basalt/install/`` carries the plan of the A/B disk
+(builder/abdisk.py) that ``basalt install`` writes, the disk's GRUB, and its empty boot and state
+filesystems (compressed); the kernel, initramfs and squashfs are the ISO's own.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import gzip
 import hashlib
 import io
+import json
 import struct
 import time
 from collections.abc import Iterator
@@ -21,26 +28,28 @@ from typing import Any
 import pycdlib
 
 from agent import layout
-from builder import disk, grub, medium, progress
+from builder import abdisk, disk, grub, medium, progress
 from builder.arch import Architecture
 
 NAME = "iso"
 VERSION = 1
-SOURCES = ("builder/templates/grub.cfg.j2", "builder/grub.py", "builder/disk.py", "builder/medium.py",
-           "agent/layout.py")
+SOURCES = ("builder/templates/grub.cfg.j2", *abdisk.SOURCES)
 VOLATILE = False
 INPUTS = ("fetch", "rootfs", "squashfs", "initramfs")
 PUBLISH = (("basalt.iso", "{name}-{version}.iso"),)
 TOOLS = {"grub-mkimage": "grub-common", "mkfs.vfat": "dosfstools", "mcopy": "mtools", "mmd": "mtools"}
 SCHEMA: dict[str, Any] = {
     "type": "object", "additionalProperties": False,
-    "required": ["arch", "firmware", "volume_id", "cmdline", "version", "name", "config", "source_date_epoch"],
+    "required": ["arch", "firmware", "volume_id", "cmdline", "version", "name", "config", "source_date_epoch",
+                 "slot_mib", "boot_mib", "state_mib"],
     "properties": {
         "arch": {"enum": [a.value for a in Architecture]},
         "firmware": {"type": "array", "items": {"enum": ["bios", "uefi"]}, "minItems": 1},
         "volume_id": {"type": "string"}, "cmdline": {"type": "string"},
         "version": {"type": "string"}, "name": {"type": "string"},
         "config": {"type": ["string", "null"]}, "source_date_epoch": {"type": "integer"},
+        # the disk basalt install writes (builder/abdisk.py)
+        "slot_mib": {"type": "integer"}, "boot_mib": {"type": "integer"}, "state_mib": {"type": "integer"},
     },
 }
 
@@ -108,9 +117,53 @@ def run(ctx: Any, options: dict[str, Any]) -> None:
         efi_fat_image(cores["uefi"], arch, efi_img, epoch)
         files["/boot/grub/efi.img"] = efi_img
         boot_entries.append(("/boot/grub/efi.img", True))
+    files.update(install_payload(options, grub_lib, ctx.work, ctx.input("rootfs"), ctx.input("initramfs")))
     dest = ctx.out / "basalt.iso"
     with progress.step("Writing ISO 9660 image"), frozen_clock(epoch):
         write_iso(dest, options["volume_id"], files, boot_entries)
+
+
+def install_payload(options: dict[str, Any], grub_lib: Path, work: Path, rootfs: Path,
+                    initramfs: Path) -> dict[str, bytes | Path]:
+    """``/basalt/install/``: the plan of the disk ``basalt install`` writes, and what it writes that
+    the ISO does not already carry (agent/install.py reads it)."""
+    opts = {**options, "label": layout.BOOT_LABEL}
+    work = work / "install"
+    work.mkdir()
+    epoch, where = options["source_date_epoch"], layout.MEDIUM_INSTALL
+    cores = abdisk.boot_loaders(opts, grub_lib, work)
+    kernel, initrd = rootfs / "kernel" / "vmlinuz", initramfs / "initrd.img"
+    payload: dict[str, bytes | Path] = {}
+    on_medium = {kernel: layout.MEDIUM_KERNEL, initrd: layout.MEDIUM_INITRD}
+    if "uefi" in cores:
+        payload[f"{where}/grub.efi"] = cores["uefi"]
+        on_medium[cores["uefi"]] = f"{where}/grub.efi"
+    if "bios" in cores:
+        payload[f"{where}/core.img"] = cores["bios"]
+        payload[f"{where}/boot.img"] = grub_lib / "i386-pc" / "boot.img"
+    empty = {"boot": work / "boot.fat", "state": work / "state.ext4"}
+    disk.fat(empty["boot"], opts["label"], opts["boot_mib"] * 1024, {}, epoch, seed=opts["name"])
+    disk.ext4(empty["state"], layout.STATE_LABEL, opts["state_mib"], None, epoch, seed=opts["name"])
+    for what, image in empty.items():  # mostly zeros: a few hundred KiB compressed
+        payload[f"{where}/{what}-partition.gz"] = gzip.compress(image.read_bytes(), compresslevel=6, mtime=0)
+    images = {"bios": None, "boot": f"{where}/boot-partition.gz", "slot": layout.MEDIUM_ROOT,
+              "state": f"{where}/state-partition.gz"}
+    contents = {layout.BIOS_LABEL: "bios", layout.BOOT_LABEL: "boot", layout.SLOT_LABELS["a"]: "slot",
+                layout.STATE_LABEL: "state"}
+    plan = abdisk.layout_for(opts)
+    boot_files = abdisk.boot_files(opts, rootfs / "root", kernel, initrd, cores.get("uefi"))
+    payload[layout.INSTALL_PLAN] = json.dumps({
+        "format": 1, "image": opts["name"], "version": opts["version"], "arch": opts["arch"],
+        "table": plan.table, "min_mib": plan.min_size_mib(),
+        "partitions": [{"name": p.name, "type": p.type, "size_mib": p.size_mib, "content": contents.get(p.name)}
+                       for p in plan.partitions],
+        "images": {k: v for k, v in images.items() if v},
+        "bios": {"boot_img": f"{where}/boot.img", "core_img": f"{where}/core.img"} if "bios" in cores else None,
+        "files": [{"path": path, "medium": on_medium[content]} if isinstance(content, Path)
+                  else {"path": path, "data": base64.b64encode(content).decode()}
+                  for path, content in sorted(boot_files.items())],
+    }, indent=1, sort_keys=True).encode()
+    return payload
 
 
 GRUB2_BOOT_INFO_OFFSET = 2548

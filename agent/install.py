@@ -1,0 +1,651 @@
+"""``basalt install``: put the running live system on a disk, as the A/B disk the ISO's plan
+describes (``/basalt/install/plan.json``, made by builder/abdisk.py: the same layout as the raw
+image). Interactive (lists the disks and asks), or unattended from the config's ``install:``
+section (k3OS's keys) or the kernel command line (``basalt.install.*`` / ``k3os.install.*``).
+
+Nothing is written until every check has passed: the disk exists, is a whole writable disk, is not
+the one this system booted from, has nothing mounted or in use, is large enough (and, without
+``--force``, is not removable), and the config to install validates. The write order keeps a
+half-done install from looking finished: the disk is first made blank (no table), the partitions'
+contents are written and slot A read back and compared, then the table, the state partition (the
+image's /var, /home, /root, /opt, the merged config and the SSH host keys), and last the boot
+partition's files and GRUB's BIOS embedding, without which no firmware boots the disk.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import gzip
+import hashlib
+import json
+import os
+import struct
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+from agent import layout, partitions
+from agent.errors import BasaltError, Problem
+
+SYS_BLOCK = "/sys/block"
+MEDIUM = layout.RUN_MEDIUM
+WORK = layout.RUN_INSTALL
+NOT_DISKS = ("loop", "ram", "zram", "dm-", "md", "nbd")
+BLKRRPART = 0x125F
+BLKFLSBUF = 0x1261
+BLKZEROOUT = 0x127F
+CHUNK = 1 << 20
+LIST_HINT = "basalt install --list shows the disks"
+
+
+@dataclass
+class Target:
+    name: str  # vda
+    size: int  # bytes
+    model: str
+    removable: bool
+    readonly: bool
+    cdrom: bool
+    partitions: list[str] = field(default_factory=list)  # vda1, vda2, ...
+
+    @property
+    def path(self) -> str:
+        return f"/dev/{self.name}"
+
+
+@dataclass
+class Host:
+    """What the checks look at, from the running system (or a test's stand-in)."""
+    sys_block: str = SYS_BLOCK
+    mounts: list[tuple[str, str]] = field(default_factory=list)  # (source, target)
+    swaps: list[str] = field(default_factory=list)
+    boot_devices: list[str] = field(default_factory=list)  # the medium, the root: /dev/sr0, /dev/vda3
+    probe: Callable[[str], str] = lambda device: ""  # what is on a device: "vfat BASALT_BOOT"
+
+    @classmethod
+    def running(cls) -> Host:
+        from agent import system
+        mounts = [(src, target) for src, target, _ in system.mounts()]
+        swaps = [line.split()[0] for line in _read("/proc/swaps").splitlines()[1:] if line.strip()]
+        boot = [d for d in (_read(layout.RUN_MEDIUM_DEVICE).strip(), _root_device(mounts)) if d]
+        return cls(mounts=mounts, swaps=swaps, boot_devices=boot, probe=probe)
+
+
+def _read(path: str, default: str = "") -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return default
+
+
+def _root_device(mounts: list[tuple[str, str]]) -> str:
+    """The device under /: a slot's partition, or the loop device of the live squashfs (whose
+    backing file is on the medium, already counted)."""
+    roots = [src for src, target in mounts if target == "/" and src.startswith("/dev/")]
+    return roots[-1] if roots else ""
+
+
+def probe(device: str) -> str:
+    """What is on ``device``, from its first blocks: ``TYPE LABEL`` of a filesystem (ext4, vfat,
+    iso9660, squashfs, swap) or its partition table, or ""."""
+    try:
+        with open(device, "rb") as f:
+            head = f.read(36 * 1024)
+    except OSError:
+        return ""
+    return identify(head)
+
+
+def identify(head: bytes) -> str:
+    def label(raw: bytes) -> str:
+        return raw.split(b"\0")[0].decode(errors="replace").strip()
+
+    if len(head) >= 1136 and head[1080:1082] == b"\x53\xef":
+        return " ".join(filter(None, ("ext4", label(head[1144:1160]))))
+    if len(head) >= 90 and head[510:512] == b"\x55\xaa" and head[82:87] == b"FAT32":
+        return " ".join(filter(None, ("vfat", label(head[71:82]) if label(head[71:82]) != "NO NAME" else "")))
+    if len(head) >= 62 and head[510:512] == b"\x55\xaa" and head[54:57] == b"FAT":
+        return " ".join(filter(None, ("vfat", label(head[43:54]) if label(head[43:54]) != "NO NAME" else "")))
+    if len(head) >= 32774 and head[32769:32774] == b"CD001":
+        return " ".join(filter(None, ("iso9660", label(head[32808:32840]))))
+    if head[:4] == b"hsqs":
+        return "squashfs"
+    if len(head) >= 4096 and head[4086:4096] in (b"SWAPSPACE2", b"SWAP-SPACE"):
+        return "swap"
+    if len(head) >= 520 and head[512:520] == partitions.GPT_SIGNATURE:
+        return "GPT partition table"
+    if len(head) >= 512 and head[510:512] == b"\x55\xaa" and head[450] != 0:
+        return "MBR partition table"
+    return ""
+
+
+def disks(sys_block: str = SYS_BLOCK) -> list[Target]:
+    """The machine's disks (not loop, RAM, device-mapper or RAID devices), by name."""
+    out = []
+    for name in sorted(os.listdir(sys_block)) if os.path.isdir(sys_block) else []:
+        base = os.path.join(sys_block, name)
+        size = int(_read(f"{base}/size", "0").strip() or 0) * 512
+        if name.startswith(NOT_DISKS) or size == 0:
+            continue
+        model = " ".join(_read(f"{base}/device/{f}").strip() for f in ("vendor", "model")).strip()
+        parts = sorted((p for p in os.listdir(base) if os.path.isfile(f"{base}/{p}/partition")),
+                       key=lambda p: int(_read(f"{base}/{p}/partition").strip()))
+        out.append(Target(name, size, model or "-", _read(f"{base}/removable").strip() == "1",
+                          _read(f"{base}/ro").strip() == "1", name.startswith("sr") or
+                          _read(f"{base}/device/type").strip() == "5", parts))
+    return out
+
+
+def disk_of(device: str, sys_block: str = SYS_BLOCK) -> str:
+    """``vda`` for /dev/vda3 or /dev/vda; "" when it is no disk's."""
+    name = os.path.basename(os.path.realpath(device)) if device.startswith("/dev/") else device
+    for d in os.listdir(sys_block) if os.path.isdir(sys_block) else []:
+        if d == name or os.path.isfile(os.path.join(sys_block, d, name, "partition")):
+            return d
+    return ""
+
+
+def size_text(size: int) -> str:
+    gib = size / (1 << 30)
+    return f"{gib:.1f} GiB" if gib >= 1 else f"{size >> 20} MiB"
+
+
+def in_use(target: Target, host: Host) -> list[str]:
+    """What holds the disk: mounts, swap, device-mapper/RAID holders (of it or its partitions)."""
+    names = {target.name, *target.partitions}
+    where: dict[str, list[str]] = {}
+    for src, target_dir in host.mounts:
+        if src.startswith("/dev/") and os.path.basename(src) in names:
+            where.setdefault(src, []).append(target_dir)
+    found = [f"{src} is mounted at {', '.join(dirs)}" for src, dirs in where.items()]
+    found += [f"{s} is a swap area" for s in host.swaps if os.path.basename(s) in names]
+    for n in sorted(names):
+        holders = os.path.join(host.sys_block, target.name, *([] if n == target.name else [n]), "holders")
+        found += [f"/dev/{n} is held by {h}" for h in (sorted(os.listdir(holders)) if os.path.isdir(holders) else [])]
+    return found
+
+
+def describe(target: Target, host: Host) -> str:
+    """What is on the disk, for the listing and the confirmation."""
+    if target.cdrom:
+        return "optical drive"
+    parts = []
+    for p in target.partitions:
+        what = host.probe(f"/dev/{p}")
+        parts.append(f"{p} ({what})" if what else p)
+    if parts:
+        return ", ".join(parts)
+    whole = host.probe(target.path)
+    return whole or "empty (no partitions)"
+
+
+def listing(host: Host) -> str:
+    booted = {disk_of(d, host.sys_block) for d in host.boot_devices}
+    rows = [("DEVICE", "SIZE", "MODEL", "REMOVABLE", "ON IT")]
+    for t in disks(host.sys_block):
+        note = " [booted from]" if t.name in booted else ""
+        rows.append((t.path, size_text(t.size), t.model, "yes" if t.removable else "no", describe(t, host) + note))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4] for r in rows)
+
+
+def refuse(path: str, message: str, hint: str) -> BasaltError:
+    return BasaltError(Problem(f"{path}: {message}; nothing was written", path="install.device", hint=hint))
+
+
+def check_target(device: str, host: Host, plan: dict[str, Any] | None = None, force: bool = False,
+                 no_format: bool = False) -> Target:
+    """The disk to install to, after every refusal that applies (nothing has been written). Without
+    a plan (none on this medium), only what the disk itself rules out."""
+    real = os.path.realpath(device)
+    name = os.path.basename(real)
+    found = {t.name: t for t in disks(host.sys_block)}
+    if name not in found:
+        owner = disk_of(real, host.sys_block)
+        if owner:
+            raise refuse(device, f"is a partition of /dev/{owner}, not a disk",
+                         f"give the whole disk: basalt install /dev/{owner}")
+        raise refuse(device, "no such disk", LIST_HINT)
+    target = found[name]
+    booted = sorted({b for b in host.boot_devices if disk_of(b, host.sys_block) == name})
+    if booted:
+        raise refuse(device, f"this system booted from it ({', '.join(booted)})",
+                     "install to another disk; a node installed there upgrades itself instead")
+    if target.cdrom or target.readonly:
+        raise refuse(device, "is read-only" + (" (an optical drive)" if target.cdrom else ""), LIST_HINT)
+    busy = in_use(target, host)
+    if busy:
+        raise refuse(device, "is in use: " + "; ".join(busy),
+                     f"unmount it first; a live system uses a disk's {layout.STATE_LABEL} partition for /var: "
+                     "boot the ISO with basalt.state=none to leave it alone")
+    if plan is None:
+        return target
+    need = int(plan["min_mib"])
+    if target.size < need << 20:
+        raise refuse(device, f"is too small: {target.size >> 20} MiB, the layout needs {need} MiB",
+                     "use a larger disk, or an image definition with smaller slot_mib/boot_mib")
+    if target.removable and not force:
+        raise refuse(device, "is a removable disk", "--force (install.force) installs to it anyway")
+    if no_format:
+        existing = existing_layout(target, plan, host)
+        if existing:
+            raise refuse(device, existing, "install without no_format to partition the disk")
+    return target
+
+
+def existing_layout(target: Target, plan: dict[str, Any], host: Host) -> str:
+    """Why the disk's present partitions cannot be reused (no_format), or ""."""
+    names = [_read(f"{host.sys_block}/{target.name}/{p}/uevent") for p in target.partitions]
+    have = [next((line[9:] for line in u.splitlines() if line.startswith("PARTNAME=")), "") for u in names]
+    want = [p["name"] for p in plan["partitions"]]
+    if have != want:
+        return (f"no_format: its partitions ({', '.join(n or '?' for n in have) or 'none'}) "
+                f"are not Basalt's ({', '.join(want)})")
+    for part, spec in zip(target.partitions, plan["partitions"], strict=True):
+        size = int(_read(f"{host.sys_block}/{target.name}/{part}/size", "0").strip() or 0) * 512
+        if spec["size_mib"] and size < spec["size_mib"] << 20:
+            return f"no_format: partition {spec['name']} is {size >> 20} MiB, smaller than {spec['size_mib']} MiB"
+    return ""
+
+
+# --- settings ----------------------------------------------------------------------------------
+
+@dataclass
+class Settings:
+    device: str | None = None
+    silent: bool = False
+    power_off: bool = False
+    reboot: bool = False
+    no_format: bool = False
+    force: bool = False
+    config_url: str | None = None
+    iso_url: str | None = None
+    debug: bool = False
+
+
+def section(config: dict[str, Any]) -> dict[str, Any]:
+    """The ``install:`` keys, k3OS's section under basalt's."""
+    return {**(config.get("k3os") or {}).get("install", {}), **(config.get("basalt") or {}).get("install", {})}
+
+
+def settings_from(config: dict[str, Any]) -> Settings:
+    s = section(config)
+    return Settings(device=s.get("device"), silent=bool(s.get("silent")), power_off=bool(s.get("power_off")),
+                    reboot=bool(s.get("reboot")), no_format=bool(s.get("no_format")), force=bool(s.get("force")),
+                    config_url=s.get("config_url"), iso_url=s.get("iso_url"), debug=bool(s.get("debug")))
+
+
+def wanted_at_boot(config: dict[str, Any], cmdline: str) -> bool:
+    """Does this live boot install by itself: a device and silent (k3OS's unattended form), or
+    ``basalt.mode=install`` / ``k3os.mode=install`` on the kernel command line?"""
+    s = section(config)
+    mode = {a.partition("=")[2] for a in cmdline.split() if a.startswith(("basalt.mode=", "k3os.mode="))}
+    return bool(s.get("device")) and (bool(s.get("silent")) or "install" in mode)
+
+
+# --- the config that goes to the disk ----------------------------------------------------------
+
+def config_to_install(settings: Settings, cmdline: str, fetch: Callable[[str], bytes] | None = None) -> str:
+    """The node's merged config (every source of this live boot), with ``config_url``'s config
+    layered on top; without the install section, which has done its work. Validated; YAML text."""
+    import yaml
+
+    from agent import sources
+    from agent.config import check_text
+    merged = sources.gather(cmdline)
+    if merged.problems:
+        raise BasaltError([*merged.problems, Problem(
+            "the live system's config has problems; nothing was written",
+            hint="basalt config validate shows them; fix the source, then install")])
+    if settings.config_url:
+        from agent.datasources import get
+        try:
+            text = (fetch or get)(settings.config_url).decode()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BasaltError(Problem(f"install.config_url: {exc}; nothing was written",
+                                      hint="check the URL and the network (basalt status shows the addresses)")
+                              ) from None
+        loaded = check_text(text, settings.config_url)
+        if loaded.problems:
+            raise BasaltError([*loaded.problems, Problem("install.config_url: the config has problems; "
+                                                         "nothing was written")])
+        merged.add(settings.config_url, loaded.value)
+    value: dict[str, Any] = json.loads(json.dumps(merged.value))
+    for sec in ("basalt", "k3os"):
+        if isinstance(value.get(sec), dict):
+            value[sec].pop("install", None)
+            if not value[sec]:
+                del value[sec]
+    text = (f"# Written by basalt install from: {', '.join(merged.sources) or 'no config'}\n"
+            + (yaml.safe_dump(value, sort_keys=True, default_flow_style=False) if value else ""))
+    loaded = check_text(text, layout.STATE_CONFIG)
+    if loaded.problems:  # the merge of valid sources is valid; this guards the dump
+        raise BasaltError([*loaded.problems, Problem("internal: the merged config does not validate")])
+    return text
+
+
+# --- writing -----------------------------------------------------------------------------------
+
+class Progress:
+    """A percentage on one line for a terminal, every 10% on a log."""
+
+    lines = False  # unattended: a log on the console, not a live line
+
+    def __init__(self, label: str, total: int, out: Any = None):
+        self.label, self.total, self.done, self.shown = label, max(total, 1), 0, -1
+        self.out = out or sys.stdout
+        self.tty = self.out.isatty() and not Progress.lines
+
+    def update(self, n: int) -> None:
+        self.done += n
+        pct = min(100, self.done * 100 // self.total)
+        if (self.tty and pct != self.shown) or pct // 10 != self.shown // 10:
+            self.shown = pct
+            end = "\r" if self.tty and pct < 100 else "\n"
+            self.out.write(f"  {self.label}: {pct:3d}% of {size_text(self.total)}{end}")
+            self.out.flush()
+
+
+class Writer:
+    """Writes onto the open disk ``f``: data as given, runs of zeros by BLKZEROOUT (the disk
+    zeroes them itself; a plain write where it cannot)."""
+
+    def __init__(self, f: BinaryIO):
+        self.f = f
+        self.zeroout = True
+
+    def zero(self, offset: int, length: int) -> None:
+        if self.zeroout:
+            try:
+                fcntl.ioctl(self.f.fileno(), BLKZEROOUT, struct.pack("QQ", offset, length))
+                return
+            except OSError:
+                self.zeroout = False
+        self.f.seek(offset)
+        for done in range(0, length, CHUNK):
+            self.f.write(bytes(min(CHUNK, length - done)))
+
+    def stream(self, src: BinaryIO, offset: int, limit: int, bar: Progress) -> str:
+        """Copy ``src`` to ``offset`` (at most ``limit`` bytes); its sha256."""
+        digest, pos, zero = hashlib.sha256(), offset, bytes(CHUNK)
+        while chunk := src.read(CHUNK):
+            if pos + len(chunk) > offset + limit:
+                raise BasaltError(Problem(f"an image is larger than its partition ({limit >> 20} MiB)"))
+            digest.update(chunk)
+            if chunk == zero[:len(chunk)]:
+                self.zero(pos, len(chunk))
+            else:
+                self.f.seek(pos)
+                self.f.write(chunk)
+            pos += len(chunk)
+            bar.update(len(chunk))
+        return digest.hexdigest()
+
+
+def _say(message: str) -> None:
+    print(f"basalt install: {message}", flush=True)
+
+
+def _wait_for(path: str, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise BasaltError(Problem(f"{path} did not appear after the partition table was re-read"))
+        time.sleep(0.1)
+
+
+def _partition_device(target: Target, number: int) -> str:
+    sep = "p" if target.name[-1].isdigit() else ""
+    return f"/dev/{target.name}{sep}{number}"
+
+
+def _mounted(device: str, fstype: str, where: str, readonly: bool = False) -> Any:
+    import contextlib
+
+    from agent import system
+
+    @contextlib.contextmanager
+    def cm() -> Any:
+        os.makedirs(where, exist_ok=True)
+        system.mount(device, where, fstype, 1 if readonly else 0)  # MS_RDONLY
+        try:
+            yield where
+        finally:
+            os.sync()
+            system.umount(where)
+    return cm()
+
+
+def load_plan(medium: str = MEDIUM) -> dict[str, Any]:
+    try:
+        with open(medium + layout.INSTALL_PLAN) as f:
+            plan: dict[str, Any] = json.load(f)
+    except OSError:
+        raise BasaltError(Problem(f"{medium + layout.INSTALL_PLAN}: no installer on this medium",
+                                  hint="basalt install runs from the live ISO (or give --iso-url)")) from None
+    if plan.get("format") != 1:
+        raise BasaltError(Problem(f"{layout.INSTALL_PLAN}: format {plan.get('format')} is not one this agent reads"))
+    return plan
+
+
+def write_disk(target: Target, plan: dict[str, Any], config_text: str, medium: str = MEDIUM,
+               no_format: bool = False, work: str = WORK, keys_from: str = layout.SSH_STATE) -> None:
+    """Write the planned disk onto ``target`` (checked already), in the order the module's
+    docstring gives."""
+    disk = partitions.Disk(plan["table"], tuple(partitions.Partition(p["name"], p["type"], p["size_mib"], p["content"])
+                                                for p in plan["partitions"]),
+                           seed=str(uuid.uuid4()))  # every installed disk has its own ids
+    placed = partitions.place(disk, target.size >> 20) if not no_format else existing_placed(target, disk)
+    by_content = {pl.partition.content: pl for pl in placed if pl.partition.content}
+    fd = os.open(target.path, os.O_RDWR | os.O_EXCL | os.O_CLOEXEC)  # EBUSY if anything holds it
+    with os.fdopen(fd, "r+b", buffering=0) as f:
+        w = Writer(f)
+        total = target.size // partitions.SECTOR
+        if not no_format:
+            _say(f"clearing the partition tables of {target.path}")
+            w.zero(0, partitions.MIB)
+            w.zero((total - partitions.MIB_SECTORS) * partitions.SECTOR, partitions.MIB)
+        for what in ("slot", "state", "boot"):
+            pl = by_content.get(what)
+            if pl is None or (what == "state" and no_format):
+                continue
+            path = medium + plan["images"][what]
+            label = {"slot": f"slot A ({pl.partition.name})", "state": "state partition",
+                     "boot": "boot partition"}[what]
+            opener = gzip.open if path.endswith(".gz") else open
+            size = os.path.getsize(path) if what == "slot" else pl.sectors * partitions.SECTOR
+            with opener(path, "rb") as src:  # type: ignore[operator]
+                digest = w.stream(src, pl.start * partitions.SECTOR, pl.sectors * partitions.SECTOR,
+                                  Progress(f"writing {label}", size))
+            if what == "slot":
+                verify(f, pl.start * partitions.SECTOR, os.path.getsize(path), digest, label)
+        other = next((pl for pl in placed if pl.partition.name == layout.SLOT_LABELS["b"]), None)
+        if other is not None:
+            w.zero(other.start * partitions.SECTOR, partitions.MIB)  # slot B: empty, not an old squashfs
+        if not no_format:
+            _say("writing the partition table")
+            partitions.write_table(f, disk, placed, total)
+        f.flush()
+        os.fsync(fd)
+        reread(fd)
+    boot, state, slot = by_content["boot"], by_content["state"], by_content["slot"]
+    for pl in (boot, state, slot):
+        _wait_for(_partition_device(target, pl.number))
+    _say("seeding the state partition")
+    with _mounted(_partition_device(target, slot.number), "squashfs", f"{work}/slot", readonly=True) as image, \
+            _mounted(_partition_device(target, state.number), "ext4", f"{work}/state") as st:
+        seed_state(image, st, config_text, keys_from)
+    _say("writing the boot partition")
+    with _mounted(_partition_device(target, boot.number), "vfat", f"{work}/boot") as bt:
+        for entry in plan["files"]:
+            dest = bt + entry["path"]
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            data = base64.b64decode(entry["data"]) if "data" in entry else None
+            tmp = dest + ".new"
+            if data is None:
+                with open(medium + entry["medium"], "rb") as src, open(tmp, "wb") as out:
+                    while chunk := src.read(CHUNK):
+                        out.write(chunk)
+            else:
+                with open(tmp, "wb") as out:
+                    out.write(data)
+            os.replace(tmp, dest)
+    if plan.get("bios") and layout.BIOS_LABEL in {p.partition.name for p in placed}:
+        bios = next(pl for pl in placed if pl.partition.name == layout.BIOS_LABEL)
+        _say("installing GRUB for BIOS")
+        with open(target.path, "r+b", buffering=0) as f, open(medium + plan["bios"]["boot_img"], "rb") as b, \
+                open(medium + plan["bios"]["core_img"], "rb") as c:
+            partitions.embed_bios(f, b.read(), c.read(), bios.start, bios.sectors)
+    os.sync()
+
+
+def existing_placed(target: Target, disk: partitions.Disk) -> list[partitions.Placed]:
+    """no_format: the plan's partitions where the disk's GPT has them (checked by name already)."""
+    with open(target.path, "rb") as f:
+        _, entries = partitions.read_gpt(f)
+    by_name = {e.name: e for e in entries}
+    return [partitions.Placed(p, by_name[p.name].number, by_name[p.name].first,
+                              by_name[p.name].last - by_name[p.name].first + 1) for p in disk.partitions]
+
+
+def verify(f: BinaryIO, offset: int, length: int, digest: str, label: str) -> None:
+    """Read back what was written (past the page cache) and compare its sha256."""
+    f.flush()
+    os.fsync(f.fileno())
+    try:
+        fcntl.ioctl(f.fileno(), BLKFLSBUF)
+    except OSError:
+        pass
+    os.posix_fadvise(f.fileno(), offset, length, os.POSIX_FADV_DONTNEED)
+    h, left = hashlib.sha256(), length
+    f.seek(offset)
+    while left > 0:
+        chunk = f.read(min(CHUNK, left))
+        if not chunk:
+            break
+        h.update(chunk)
+        left -= len(chunk)
+    if h.hexdigest() != digest:
+        raise BasaltError(Problem(f"{label} reads back differently from what was written: the disk is failing",
+                                  hint="the disk is left without a boot loader; use another disk"))
+    _say(f"{label}: {length >> 20} MiB written and verified (sha256 {digest[:16]}…)")
+
+
+def reread(fd: int) -> None:
+    """The kernel re-reads the partition table (a regular file, in tests, has none to re-read)."""
+    for _ in range(50):
+        try:
+            fcntl.ioctl(fd, BLKRRPART)
+            return
+        except OSError as exc:
+            if exc.errno == 25:  # ENOTTY: not a block device
+                return
+            time.sleep(0.1)
+    raise BasaltError(Problem("the kernel did not re-read the new partition table (the disk is busy)"))
+
+
+def seed_state(image: str, state: str, config_text: str, keys_from: str) -> None:
+    """The state partition as a first boot would make it (the image's STATE_DIRS), plus the
+    config (mode 0600) and this live system's SSH host keys, so the node keeps its identity."""
+    for d in layout.STATE_DIRS:
+        if os.path.isdir(f"{image}/{d}") and not os.path.isdir(f"{state}/{d}"):
+            os.makedirs(f"{state}/{d}.new")
+            subprocess.run(["cp", "-a", f"{image}/{d}/.", f"{state}/{d}.new/"], check=True)
+            os.rename(f"{state}/{d}.new", f"{state}/{d}")
+    config = state + layout.STATE_CONFIG
+    os.makedirs(os.path.dirname(config), exist_ok=True)
+    fd = os.open(config + ".new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(config_text)
+    os.replace(config + ".new", config)
+    keys = state + layout.SSH_STATE
+    if os.path.isdir(keys_from) and not (os.path.isdir(keys) and os.listdir(keys)):  # keep a disk's own keys
+        os.makedirs(keys, mode=0o700, exist_ok=True)
+        for name in sorted(os.listdir(keys_from)):
+            with open(f"{keys_from}/{name}", "rb") as src:
+                data = src.read()
+            fd = os.open(f"{keys}/{name}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+
+
+# --- the command -------------------------------------------------------------------------------
+
+def fetch_iso(url: str, work: str = WORK) -> str:
+    """``install.iso_url``: download the ISO (to /run, a tmpfs) and mount it as the medium."""
+    import urllib.request
+    os.makedirs(work, exist_ok=True)
+    iso, where = f"{work}/medium.iso", f"{work}/medium"
+    _say(f"downloading {url}")
+    with urllib.request.urlopen(url, timeout=30) as resp, open(iso, "wb") as out:
+        bar = Progress("downloading the ISO", int(resp.headers.get("Content-Length") or 0))
+        while chunk := resp.read(CHUNK):
+            out.write(chunk)
+            bar.update(len(chunk))
+    os.makedirs(where, exist_ok=True)
+    subprocess.run(["mount", "-t", "iso9660", "-o", "ro,loop", iso, where], check=True, capture_output=True)
+    return where
+
+
+def confirm(target: Target, host: Host, plan: dict[str, Any], answer: Callable[[str], str]) -> None:
+    text = answer(f"Everything on {target.path} ({size_text(target.size)}, {target.model}; {describe(target, host)}) "
+                  f"will be erased.\nType 'yes' to install Basalt {plan['version']} there: ")
+    if text.strip().lower() != "yes":
+        raise BasaltError(Problem("not confirmed; nothing was written"))
+
+
+def run(settings: Settings, unattended: bool = False, host: Host | None = None,
+        answer: Callable[[str], str] = input) -> int:
+    """``basalt install``: check, confirm (unless silent), write, then power off or reboot."""
+    import contextlib
+    host = host or Host.running()
+    Progress.lines = unattended
+    os.makedirs(WORK, exist_ok=True)
+    lock = os.open(f"{WORK}.lock", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        raise BasaltError(Problem("another basalt install is running")) from None
+    with contextlib.ExitStack() as stack:
+        medium = MEDIUM
+        if settings.iso_url:
+            medium = fetch_iso(settings.iso_url)
+            stack.callback(lambda: subprocess.run(["umount", medium], check=False))
+        if not settings.device:
+            if unattended or settings.silent:
+                raise BasaltError(Problem("no disk to install to", path="install.device",
+                                          hint="set install.device (or basalt.install.device=) to e.g. /dev/vda"))
+            print(listing(host))
+            settings.device = answer("Install to which disk (e.g. /dev/vda)? ").strip()
+        check_target(settings.device, host)  # what the disk rules out, even where there is no installer
+        plan = load_plan(medium)
+        target = check_target(settings.device, host, plan, settings.force, settings.no_format)
+        if settings.config_url and unattended:
+            wait_for_network()
+        text = config_to_install(settings, _read("/proc/cmdline"))
+        if not settings.silent:
+            confirm(target, host, plan, answer)
+        started = time.monotonic()
+        _say(f"installing Basalt {plan['version']} ({plan['image']}) to {target.path} ({size_text(target.size)})")
+        write_disk(target, plan, text, medium, settings.no_format)
+        _say(f"installed to {target.path} in {time.monotonic() - started:.1f} s")
+    action = "poweroff" if settings.power_off else "reboot" if settings.reboot else None
+    if action:
+        from agent.cli import POWER_SIGNALS
+        _say(f"{action}: the node boots from {target.path} next")
+        os.kill(1, POWER_SIGNALS[action])
+    else:
+        _say("remove the installation medium and reboot (basalt reboot) to boot from the disk")
+    return 0
+
+
+def wait_for_network(seconds: float = 120.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not os.path.exists(layout.RUN_NETWORK_UP) and time.monotonic() < deadline:
+        time.sleep(0.5)

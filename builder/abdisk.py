@@ -1,0 +1,76 @@
+"""The A/B disk, described once: its partitions, the files of its boot partition and its GRUB.
+The raw output writes it into an image file; the ISO carries it as the installer's plan
+(``/basalt/install/plan.json``), from which ``basalt install`` (agent/install.py) writes the same
+disk onto a machine's. Options are a disk output's: arch, firmware, label (the boot partition's
+filesystem label), cmdline, version, name, config, source_date_epoch, slot_mib, boot_mib, state_mib.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from agent import layout, slots
+from agent.partitions import BIOS_BOOT, ESP, LINUX_DATA, Disk, Partition
+from builder import grub, medium
+from builder.arch import Architecture
+
+BIOS_BOOT_MIB = 1
+SOURCES = ("builder/abdisk.py", "builder/templates/grub-disk.cfg.j2", "builder/grub.py", "builder/disk.py",
+           "builder/medium.py", "agent/layout.py", "agent/slots.py", "agent/partitions.py")
+
+
+def layout_for(options: dict[str, Any], boot: object = None, slot_a: object = None, state: object = None) -> Disk:
+    """The disk, as data: the same for the image and for ``basalt install``."""
+    parts = [Partition(layout.BIOS_LABEL, BIOS_BOOT, BIOS_BOOT_MIB)] if "bios" in options["firmware"] else []
+    parts += [Partition(layout.BOOT_LABEL, ESP, options["boot_mib"], boot),
+              Partition(layout.SLOT_LABELS["a"], LINUX_DATA, options["slot_mib"], slot_a),
+              Partition(layout.SLOT_LABELS["b"], LINUX_DATA, options["slot_mib"]),
+              Partition(layout.STATE_LABEL, LINUX_DATA, options["state_mib"], state)]
+    return Disk("gpt", tuple(parts), seed=f"{options['name']}-{options['version']}")
+
+
+def grub_cfg(options: dict[str, Any]) -> str:
+    return grub.render("grub-disk.cfg.j2", version=options["version"], cmdline=options["cmdline"],
+                       label=options["label"], slot_dir=layout.MEDIUM_DIR)
+
+
+def marker(options: dict[str, Any]) -> str:
+    """The disk's own marker: not the ISO's, so an ISO's GRUB never takes an installed disk for itself."""
+    return medium.marker_name(options["name"], options["version"], options["config"], "disk")
+
+
+def boot_loaders(options: dict[str, Any], grub_lib: Path, work: Path) -> dict[str, Path]:
+    """GRUB's core images for this disk: ``bios`` (i386-pc, embedded) and ``uefi`` (the EFI loader)."""
+    early = work / "early-disk.cfg"
+    early.write_text(grub.early_cfg(marker(options)))
+    return grub.core_images(grub_lib, Architecture(options["arch"]), options["firmware"], "disk", early, work,
+                            "i386-pc")
+
+
+def efi_path(options: dict[str, Any]) -> str:
+    return f"/EFI/BOOT/BOOT{Architecture(options['arch']).to_efi()}.EFI"
+
+
+def boot_files(options: dict[str, Any], rootfs_tree: Path, kernel: Path, initrd: Path,
+               efi: Path | None) -> dict[str, bytes | Path]:
+    """The boot partition's files by path: GRUB (for UEFI), its menu and environment block (slot a),
+    the medium's marker, version and site config, and slot a's kernel, initramfs and build record."""
+    slot = layout.slot_dir("a")
+    files: dict[str, bytes | Path] = {
+        **medium.files(options["name"], options["version"], options["config"], rootfs_tree, marker(options)),
+        "/boot/grub/grub.cfg": grub_cfg(options).encode(),
+        layout.GRUB_ENV: grub.env_block({"basalt_slot": "a"}),
+        f"{slot}/vmlinuz": kernel,
+        f"{slot}/initrd.img": initrd,
+        f"{slot}/version": (options["version"] + "\n").encode(),
+        f"{slot}/{slots.BUILD_INFO}": json.dumps({
+            "version": options["version"], "image": options["name"],
+            "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(options["source_date_epoch"]))},
+            sort_keys=True).encode(),
+    }
+    if efi is not None:
+        files[efi_path(options)] = efi
+    return files
