@@ -208,6 +208,9 @@ def check_target(device: str, host: Host, plan: dict[str, Any] | None = None, fo
     found = {t.name: t for t in disks(host.sys_block)}
     if name not in found:
         owner = disk_of(real, host.sys_block)
+        if owner == name:
+            raise refuse(device, "is not a disk (loop, RAM, device-mapper and RAID devices are not installed to)",
+                         LIST_HINT)
         if owner:
             raise refuse(device, f"is a partition of /dev/{owner}, not a disk",
                          f"give the whole disk: basalt install /dev/{owner}")

@@ -52,6 +52,9 @@ def find_artifact(img: ImageDefinition) -> tuple[str, Path]:
     return kind, path
 
 
+RELAY = Path(__file__).resolve().parent / "relay.py"
+
+
 @dataclass
 class Guest:
     """One QEMU guest. Use as a context manager: it is always killed on exit."""
@@ -90,8 +93,12 @@ class Guest:
         if not self.ssh_port:
             self.ssh_port = free_port()
         net = f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22"
-        for guest, host_port in self.guestfwd:
-            net += f",guestfwd=tcp:{guest}-tcp:127.0.0.1:{host_port}"
+        for guest, host_port in self.guestfwd:  # a relay per connection, to 127.0.0.1 only
+            relay = f"{sys.executable} {RELAY} {int(host_port)}"
+            if "," in relay:
+                raise BasaltError(Problem(f"{relay}: a comma cannot be passed in QEMU's -netdev option",
+                                          hint="run from a directory whose path has no comma"))
+            net += f",guestfwd=tcp:{guest}-cmd:{relay}"
         argv = [binary, "-machine", self.machine, "-accel", ACCELS[self.accel], "-m", str(self.memory_mb),
                 "-smp", str(self.cpus), "-display", "none", "-no-user-config", "-nodefaults",
                 "-chardev", f"socket,id=ser0,path={self.workdir / 'serial.sock'},server=on,wait=off,"

@@ -163,3 +163,40 @@ def test_install_refusals_write_nothing(built_iso: Path, key: Path, tmp_path: Pa
         guest.ssh("umount /tmp/data; sync", key)
         assert guest.powerdown(120), guest.tail()
     assert {d: sha256(d) for d in disks} == before
+
+
+def test_reinstall_keeps_the_state_partition(installed: tuple[Path, str], built_iso: Path, key: Path, tmp_path: Path,
+                                             http_server, qemu_available: None) -> None:  # type: ignore[no-untyped-def]
+    """no_format over an installed disk, from an ISO fetched over HTTP (iso_url) with a config
+    fetched too (config_url): the state partition's files are kept, the new config is in force.
+    The live system is booted with basalt.state=none, so it leaves the disk's state partition alone."""
+    target = tmp_path / "disk.img"
+    subprocess.run(["cp", "--sparse=always", str(installed[0]), str(target)], check=True)
+    pub = key.with_suffix(".pub").read_text().strip()
+    (http_server.root / "site.yaml").write_text(f"hostname: reinstalled\nssh_authorized_keys:\n- {pub}\n")
+    iso = next(built_iso.glob("*.iso"))
+    (http_server.root / "basalt.iso").symlink_to(iso)
+    user_data = tmp_path / "user-data"
+    user_data.write_text(f"ssh_authorized_keys:\n- {pub}\n")
+    seed_iso = seed.make_seed(tmp_path / "seed.iso", user_data)
+    cmdline = "console=ttyS0,115200 basalt.label=BASALT basalt.mode=live basalt.state=none"
+    with Guest(iso, extra_cdroms=[seed_iso], disks=[target], guestfwd=[("10.0.2.100:80", http_server.port)],
+               direct=(built_iso / "vmlinuz", built_iso / "initrd.img", cmdline)) as guest:
+        guest.wait_for(READY, BOOT_TIMEOUT)
+        guest.wait_ssh(key)
+        guest.ssh("mkdir /tmp/st && mount -t ext4 /dev/vda5 /tmp/st && echo kept > /tmp/st/var/lib/basalt/kept "
+                  "&& umount /tmp/st", key)
+        out = guest.ssh("basalt install --yes --no-format --config-url http://10.0.2.100/site.yaml "
+                        "--iso-url http://10.0.2.100/basalt.iso /dev/vda", key, timeout=INSTALL_TIMEOUT)
+        assert "basalt install: installed to /dev/vda in" in out, out
+        assert "clearing the partition tables" not in out and "writing the partition table" not in out
+        assert "remove the installation medium and reboot" in out
+        guest.ssh("(sleep 1; basalt poweroff) >/dev/null 2>&1 &", key)
+        assert guest.wait_exit(120) is not None, guest.tail()
+    assert ("/basalt.iso", None) in http_server.requests and ("/site.yaml", None) in http_server.requests
+    with Guest(None, boot_disk=target) as guest:
+        m = guest.wait_for(READY.pattern + r" errors=(\d+)", BOOT_TIMEOUT)
+        assert m.group(4) == "0", guest.tail()
+        guest.wait_ssh(key)
+        assert guest.ssh("hostname", key) == "reinstalled"
+        assert guest.ssh("cat /var/lib/basalt/kept", key) == "kept"
