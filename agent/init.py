@@ -562,6 +562,12 @@ class Init:
                     code = os.waitstatus_to_exitcode(status)
                     log(f"service {svc.name} exited ({code}); restarting in {delay:.1f}s")
 
+    def report_host_key(self) -> None:
+        """The SSH host key's fingerprint on the console, to check a first login against."""
+        from agent import modules
+        if os.path.exists(modules.HOST_KEY):
+            log(f"ssh host key: ED25519 {modules.host_key_fingerprint()}")
+
     def unattended_install(self) -> None:
         """A live boot whose config says to install (install.device and install.silent, or
         basalt.mode=install): ``basalt install`` runs by itself, its messages on the console."""
@@ -780,6 +786,7 @@ class Init:
         if self.merged is not None and not self.merged.problems:  # type: ignore[attr-defined]
             from agent import sources
             self.guarded("known-good config", sources.save_known_good, self.merged)
+        self.guarded("ssh host key", self.report_host_key)
         self.phase("consoles", self.console_services)
         self.phase("power_button", self.power_button)
         self.ready_ms = system.boot_ms()

@@ -216,13 +216,37 @@ def plan_ssh_keys_remote(config: dict[str, Any], facts: dict[str, Any]) -> list[
     return _plan_keys(config, facts, fetch=True)
 
 
+HOST_KEY = f"{SSH_STATE}/dropbear_ed25519_host_key"
+
+
+def host_key_fingerprint(path: str = HOST_KEY) -> str:
+    """``SHA256:...`` of a dropbear ed25519 host key (as ssh-keygen -l shows it): the key file is
+    string "ssh-ed25519", string of 64 bytes (the private seed, then the public key)."""
+    import base64
+    import hashlib
+    import struct
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        n = struct.unpack_from(">I", data)[0]
+        kind = data[4:4 + n]
+        m = struct.unpack_from(">I", data, 4 + n)[0]
+    except struct.error:
+        kind, m = b"", 0
+    if kind != b"ssh-ed25519" or m != 64 or len(data) < 8 + n + 64:
+        raise ValueError(f"{path}: not a dropbear ed25519 key")
+    public = data[8 + n + 32:8 + n + 64]
+    blob = struct.pack(">I", len(kind)) + kind + struct.pack(">I", 32) + public
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+
+
 def plan_ssh_server(config: dict[str, Any], facts: dict[str, Any]) -> list[Action]:
     """Dropbear with an ed25519 host key kept on the state partition; password logins off
     unless ``ssh.password_authentication``."""
     ssh = section(config).get("ssh", {})
     if not ssh.get("enabled", True):
         return [("stop", "sshd")]
-    key = f"{SSH_STATE}/dropbear_ed25519_host_key"
+    key = HOST_KEY
     argv = ["/usr/sbin/dropbear", "-F", "-E", "-p", str(ssh.get("port", 22)), "-r", key]
     if not ssh.get("password_authentication", False):
         argv.append("-s")

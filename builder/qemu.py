@@ -16,6 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from agent.errors import BasaltError, Problem
 from builder.arch import Architecture
@@ -309,6 +310,26 @@ class Guest:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+
+INSTALLED = re.compile(r"basalt install: installed to (\S+) in ([0-9.]+) s")
+
+
+def install_unattended(iso: Path, target: Path, user_data: Path, timeout: float = 600) -> dict[str, Any]:
+    """Boot ``iso`` with a NoCloud seed of ``user_data`` (an ``install:`` section with silent and
+    power_off) and ``target`` as the first virtio disk, until the installer powers the VM off.
+    Returns the console and timings: the installer's own, and QEMU start to power off."""
+    from builder import seed
+    seed_iso = seed.make_seed(target.with_name(target.name + ".seed.iso"), user_data, instance_id="install")
+    with Guest(iso, extra_cdroms=[seed_iso], disks=[target]) as guest:
+        ready = guest.wait_for(READY, min(timeout, 300))
+        done = guest.wait_for(INSTALLED, timeout)
+        code = guest.wait_exit(120)
+        if code is None:
+            raise BasaltError(Problem("the installer did not power the VM off", hint=guest.tail()))
+        return {"console": guest.console(), "device": done.group(1), "install_s": float(done.group(2)),
+                "boot_ms": int(ready.group(2)), "wall_s": round(time.monotonic() - guest.started, 1),
+                "started": "basalt: unattended install: starting" in guest.console()}
 
 
 def boot_command(img: ImageDefinition, medium: Path, firmware: str, accel: str, check: bool, timeout: float,

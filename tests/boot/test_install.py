@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from builder import seed
-from builder.qemu import READY, Guest
+from builder.qemu import READY, Guest, install_unattended
 
 BOOT_TIMEOUT = 300
 INSTALL_TIMEOUT = 600
@@ -53,16 +53,10 @@ k3os:
     silent: true
     power_off: true
 """)
-    seed_iso = seed.make_seed(tmp / "seed.iso", user_data, instance_id="install-1")
     target = blank(tmp / "disk.img", DISK_GIB << 10)
-    iso = next(built_iso.glob("*.iso"))
-    with Guest(iso, extra_cdroms=[seed_iso], disks=[target]) as guest:
-        guest.wait_for(READY, BOOT_TIMEOUT)
-        guest.wait_for(r"basalt install: installed to /dev/vda in [0-9.]+ s", INSTALL_TIMEOUT)
-        code = guest.wait_exit(120)
-        console = guest.console()
-        assert code is not None, "the installer did not power the VM off:\n" + guest.tail()
-    return target, console
+    done = install_unattended(next(built_iso.glob("*.iso")), target, user_data, INSTALL_TIMEOUT)
+    assert done["device"] == "/dev/vda" and done["started"]
+    return target, done["console"]
 
 
 def test_unattended_install_powers_off_having_written_the_layout(installed: tuple[Path, str]) -> None:
@@ -70,6 +64,7 @@ def test_unattended_install_powers_off_having_written_the_layout(installed: tupl
     assert "basalt: unattended install: starting basalt install" in console
     assert re.search(r"slot A \(BASALT_A\): \d+ MiB written and verified", console), console[-3000:]
     assert "basalt: poweroff now" in console
+    assert re.search(r"basalt: ssh host key: ED25519 SHA256:\S+", console)  # the live system's, copied over
     table = json.loads(subprocess.run(["sfdisk", "-J", str(target)], capture_output=True, text=True,
                                       check=True).stdout)["partitiontable"]
     assert [p["name"] for p in table["partitions"]] == ["BIOS_BOOT", "BASALT_BOOT", "BASALT_A", "BASALT_B",
@@ -92,6 +87,12 @@ def test_the_installed_disk_boots_alone(installed: tuple[Path, str], key: Path, 
             return guest.ssh(cmd, key)
 
         assert sh("hostname") == "installed-node"
+        live_key = re.search(r"basalt: ssh host key: (ED25519 SHA256:\S+)", installed[1])
+        assert live_key and f"basalt: ssh host key: {live_key.group(1)}" in guest.console()  # the same identity
+        scan = subprocess.run(["ssh-keyscan", "-t", "ed25519", "-p", str(guest.ssh_port), "127.0.0.1"],
+                              capture_output=True, text=True, timeout=60).stdout
+        shown = subprocess.run(["ssh-keygen", "-l", "-f", "-"], input=scan, capture_output=True, text=True).stdout
+        assert live_key.group(1).split()[1] in shown, shown
         assert sh("cat /run/basalt/slot /run/basalt/mode") == "a\ninstalled"
         installed_config = sh("cat /var/lib/basalt/config.yaml")
         assert installed_config.splitlines()[0] == ("# Written by basalt install from: /run/basalt/datasource/nocloud/"

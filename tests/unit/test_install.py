@@ -186,3 +186,22 @@ def _gather(tmp_path: Path, cmdline: str) -> sources.Merged:
     return GATHER(cmdline, baked=str(tmp_path / "none"), state=str(tmp_path / "none"),
                           state_dir=str(tmp_path / "none.d"), datasource_dirs=(),
                           known_good=str(tmp_path / "kg.json"), rejected=str(tmp_path / "rej.json"))
+
+
+def test_host_key_fingerprint_is_what_ssh_keygen_shows(tmp_path: Path) -> None:
+    import base64
+    import struct
+
+    from agent import modules
+    public = bytes(range(32, 64))
+    key = tmp_path / "dropbear_ed25519_host_key"
+    kind = b"ssh-ed25519"
+    key.write_bytes(struct.pack(">I", len(kind)) + kind + struct.pack(">I", 64) + bytes(32) + public)
+    blob = struct.pack(">I", len(kind)) + kind + struct.pack(">I", 32) + public
+    pub = tmp_path / "key.pub"
+    pub.write_text(f"ssh-ed25519 {base64.b64encode(blob).decode()} test\n")
+    shown = subprocess.run(["ssh-keygen", "-l", "-f", str(pub)], capture_output=True, text=True, check=True).stdout
+    assert shown.split()[1] == modules.host_key_fingerprint(str(key))
+    key.write_bytes(b"\0\0\0\x07ssh-rsa")
+    with pytest.raises(ValueError, match="not a dropbear ed25519 key"):
+        modules.host_key_fingerprint(str(key))
