@@ -63,10 +63,10 @@ def validate(c: Context, file: str) -> None:
             "timeout": "seconds to wait for the ready line with --check",
             "seed": "a NoCloud seed ISO to attach (inv seed)", "state": "a state disk (created if missing)",
             "disk_size": "MiB: a disk image boots as a virtual disk this large (an overlay; default 4096)"})
-def boot(c: Context, image: str = "x86_64-iso", firmware: str = "bios", accel: str = "tcg", cpus: int = 0,
+def boot(c: Context, image: str = "x86_64-iso", firmware: str = "", accel: str = "tcg", cpus: int = 0,
          check: bool = False, timeout: int = 180, seed: str = "", state: str = "", disk_size: int = 0) -> None:
     """Boot a built image in QEMU (serial console on this terminal; --check for CI)."""
-    _builder(c, "boot", "--image", image, "--firmware", firmware, "--accel", accel,
+    _builder(c, "boot", "--image", image, *(["--firmware", firmware] if firmware else []), "--accel", accel,
              *(["--cpus", str(cpus)] if cpus else []), *(["--disk-size", str(disk_size)] if disk_size else []),
              *(["--check", "--timeout", str(timeout)] if check else []),
              *(["--seed", seed] if seed else []), *(["--state", state] if state else []), pty=not check)

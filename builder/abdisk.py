@@ -33,7 +33,8 @@ def layout_for(options: dict[str, Any], boot: object = None, slot_a: object = No
 
 
 def grub_cfg(options: dict[str, Any]) -> str:
-    return grub.render("grub-disk.cfg.j2", version=options["version"], cmdline=options["cmdline"],
+    return grub.render("grub-disk.cfg.j2", serial=Architecture(options["arch"]).grub_serial(),
+                       version=options["version"], cmdline=options["cmdline"],
                        label=options["label"], slot_dir=layout.MEDIUM_DIR)
 
 
@@ -45,7 +46,7 @@ def marker(options: dict[str, Any]) -> str:
 def boot_loaders(options: dict[str, Any], grub_lib: Path, work: Path) -> dict[str, Path]:
     """GRUB's core images for this disk: ``bios`` (i386-pc, embedded) and ``uefi`` (the EFI loader)."""
     early = work / "early-disk.cfg"
-    early.write_text(grub.early_cfg(marker(options)))
+    early.write_text(grub.early_cfg(marker(options), Architecture(options["arch"]).grub_serial()))
     return grub.core_images(grub_lib, Architecture(options["arch"]), options["firmware"], "disk", early, work,
                             "i386-pc")
 

@@ -21,6 +21,18 @@ class Architecture(enum.StrEnum):
     def to_qemu(self) -> str:
         return {Architecture.X86_64: "x86_64", Architecture.ARM64: "aarch64"}[self]
 
+    def to_qemu_machine(self) -> str:
+        return {Architecture.X86_64: "q35", Architecture.ARM64: "virt"}[self]
+
+    def to_qemu_cpu(self) -> str | None:
+        """-cpu for TCG: cortex-a57 (plain max is 2-3x slower under TCG; reference/arm-boot.md)."""
+        return {Architecture.X86_64: None, Architecture.ARM64: "cortex-a57"}[self]
+
+    def grub_serial(self) -> bool:
+        """GRUB drives the serial port itself (the PC's 16550, com0); elsewhere (arm64 EFI) the
+        firmware's console is already the serial port and GRUB has no serial driver for it."""
+        return self == Architecture.X86_64
+
     def to_efi(self) -> str:
         """Suffix of the removable-media EFI loader name (BOOTX64.EFI)."""
         return {Architecture.X86_64: "X64", Architecture.ARM64: "AA64"}[self]

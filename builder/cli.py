@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("file")
     q = sub.add_parser("boot", help="boot a built image in QEMU")
     q.add_argument("--image", default="x86_64-iso")
-    q.add_argument("--firmware", choices=["bios", "uefi"], default="bios")
+    q.add_argument("--firmware", choices=["bios", "uefi"],
+                   help="default: the image's first (bios on x86_64 images with both, uefi on arm64)")
     q.add_argument("--accel", choices=list(ACCELS), default="tcg",
                    help="tcg: single-threaded TCG (default, reliable); mttcg: one host thread per vCPU; kvm")
     q.add_argument("--cpus", type=int, help="vCPUs (default: the image definition's qemu.cpus)")
@@ -96,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
         if state and not state.exists():
             from builder import seed
             seed.make_state_disk(state)
-        return qemu.boot_command(img, iso, args.firmware, args.accel, args.check, args.timeout, args.ssh_port,
+        firmware = args.firmware or img.outputs[0].firmware[0]
+        return qemu.boot_command(img, iso, firmware, args.accel, args.check, args.timeout, args.ssh_port,
                                  Path(args.seed) if args.seed else None, state, args.cpus, args.disk_size)
     if args.command == "seed":
         from builder import seed

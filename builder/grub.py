@@ -42,12 +42,11 @@ def render(template: str, **values: Any) -> str:
     return env.get_template(template).render(**values)
 
 
-def early_cfg(marker: str) -> str:
+def early_cfg(marker: str, serial: bool = True) -> str:
     """The config built into a core image: find the medium by its marker, read its grub.cfg.
     GRUB runs this before its normal mode: plain commands only (no if/fi)."""
-    return ("serial --unit=0 --speed=115200\n"
-            "terminal_output serial console\n"
-            f"search --no-floppy --set=root --file {layout.MEDIUM_DIR}/{marker}\n"
+    return (("serial --unit=0 --speed=115200\nterminal_output serial console\n" if serial else "")
+            + f"search --no-floppy --set=root --file {layout.MEDIUM_DIR}/{marker}\n"
             "set prefix=($root)/boot/grub\n"
             "configfile $prefix/grub.cfg\n"
             f"echo \"basalt: boot loader cannot find {layout.MEDIUM_DIR}/{marker} on any disk; devices:\"\n"

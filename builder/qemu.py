@@ -26,6 +26,10 @@ READY = re.compile(r"basalt: ready version=(\S+) boot_ms=(\d+) mem_used_kb=(\d+)
 IDLE = re.compile(r"basalt: idle mem_used_kb=(\d+) rss_kb=(\d+)")
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+# UEFI firmware per architecture: (code, variables template, Debian package)
+UEFI = {Architecture.X86_64: (OVMF_CODE, OVMF_VARS, "ovmf"),
+        Architecture.ARM64: (Path("/usr/share/AAVMF/AAVMF_CODE.fd"), Path("/usr/share/AAVMF/AAVMF_VARS.fd"),
+                             "qemu-efi-aarch64")}
 TOOLS = {"qemu-system-x86_64": "qemu-system-x86", "qemu-system-aarch64": "qemu-system-arm"}
 # Accelerators by the name users give them. TCG is single-threaded by default: under
 # multi-threaded TCG (one host thread per vCPU) on a 2-core host, guests locked up (soft
@@ -76,7 +80,7 @@ class Guest:
     boot_disk_mib: int = 0
     # Direct kernel boot (skips the firmware's boot loader): (vmlinuz, initrd, kernel command line).
     direct: tuple[Path, Path, str] | None = None
-    machine: str = "q35"
+    machine: str = ""  # default: the architecture's (q35, virt)
     _serial: socket.socket | None = None
     proc: subprocess.Popen[bytes] | None = None
     workdir: Path | None = None
@@ -100,33 +104,46 @@ class Guest:
                 raise BasaltError(Problem(f"{relay}: a comma cannot be passed in QEMU's -netdev option",
                                           hint="run from a directory whose path has no comma"))
             net += f",guestfwd=tcp:{guest}-cmd:{relay}"
-        argv = [binary, "-machine", self.machine, "-accel", ACCELS[self.accel], "-m", str(self.memory_mb),
+        x86 = self.arch == Architecture.X86_64
+        cpu = self.arch.to_qemu_cpu()
+        argv = [binary, "-machine", self.machine or self.arch.to_qemu_machine(), "-accel", ACCELS[self.accel],
+                *(["-cpu", cpu] if cpu else []), "-m", str(self.memory_mb),
                 "-smp", str(self.cpus), "-display", "none", "-no-user-config", "-nodefaults",
                 "-chardev", f"socket,id=ser0,path={self.workdir / 'serial.sock'},server=on,wait=off,"
                             f"logfile={self.console_log}",
-                "-serial", "chardev:ser0", "-vga", "std",
+                "-serial", "chardev:ser0", *(["-vga", "std"] if x86 else []),
                 "-qmp", f"unix:{self.workdir / 'qmp.sock'},server=on,wait=off",
                 "-netdev", net, "-device", "virtio-net-pci,netdev=n0"]
+        cdroms = [*([self.iso] if self.iso is not None else []), *self.extra_cdroms]
+        if cdroms and not x86:  # no IDE on virt: CDs on virtio-scsi
+            argv += ["-device", "virtio-scsi-pci,id=scsi0"]
         if self.boot_disk is not None:
             argv += ["-drive", f"file={self.overlay()},format=qcow2,if=none,id=boot0",
                      "-device", "virtio-blk-pci,drive=boot0,bootindex=0"]
         if self.iso is not None:
-            argv += ["-drive", f"file={self.iso},media=cdrom,readonly=on,if=ide,index=0",
-                     *(["-boot", "order=d"] if self.boot_disk is None else [])]
+            argv += self._cdrom(self.iso, 0, boot=self.boot_disk is None)
         if self.direct:
             argv += ["-kernel", str(self.direct[0]), "-initrd", str(self.direct[1]), "-append", self.direct[2]]
         for i, cd in enumerate(self.extra_cdroms, start=1):
-            argv += ["-drive", f"file={cd},media=cdrom,readonly=on,if=ide,index={i}"]
+            argv += self._cdrom(cd, i)
         for i, disk in enumerate(self.disks):
             argv += ["-drive", f"file={disk},format=raw,if=none,id=disk{i}", "-device", f"virtio-blk-pci,drive=disk{i}"]
         if self.firmware == "uefi":
-            if not OVMF_CODE.is_file():
-                raise BasaltError(Problem(f"{OVMF_CODE} not found", hint="apt-get install ovmf"))
-            vars_copy = self.workdir / "OVMF_VARS.fd"
-            shutil.copyfile(OVMF_VARS, vars_copy)
-            argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+            code, variables, package = UEFI[self.arch]
+            if not code.is_file():
+                raise BasaltError(Problem(f"{code} not found", hint=f"apt-get install {package}"))
+            vars_copy = self.workdir / variables.name
+            shutil.copyfile(variables, vars_copy)
+            argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
                      "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}"]
         return argv
+
+    def _cdrom(self, path: Path, index: int, boot: bool = False) -> list[str]:
+        if self.arch == Architecture.X86_64:
+            return ["-drive", f"file={path},media=cdrom,readonly=on,if=ide,index={index}",
+                    *(["-boot", "order=d"] if boot else [])]
+        return ["-drive", f"file={path},media=cdrom,readonly=on,if=none,id=cd{index}",
+                "-device", f"scsi-cd,drive=cd{index}" + (",bootindex=0" if boot else "")]
 
     def overlay(self) -> Path:
         """A copy-on-write overlay over the boot disk (made once per guest)."""

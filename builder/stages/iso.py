@@ -63,7 +63,8 @@ def marker_name(options: dict[str, Any]) -> str:
 
 
 def grub_cfg(options: dict[str, Any]) -> str:
-    return grub.render("grub.cfg.j2", version=options["version"], cmdline=options["cmdline"],
+    return grub.render("grub.cfg.j2", serial=Architecture(options["arch"]).grub_serial(),
+                       version=options["version"], cmdline=options["cmdline"],
                        label=options["volume_id"], kernel=layout.MEDIUM_KERNEL, initrd=layout.MEDIUM_INITRD)
 
 
@@ -99,7 +100,7 @@ def run(ctx: Any, options: dict[str, Any]) -> None:
     grub_lib = grub.unpack(ctx.input("fetch"), ctx.store, ctx.work / "grub")
     marker = marker_name(options)
     early = ctx.work / "early.cfg"
-    early.write_text(grub.early_cfg(marker))
+    early.write_text(grub.early_cfg(marker, arch.grub_serial()))
     files: dict[str, bytes | Path] = {
         "/boot/grub/grub.cfg": grub_cfg(options).encode(),
         **medium.files(options["name"], options["version"], options["config"], ctx.input("rootfs") / "root"),

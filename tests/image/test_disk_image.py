@@ -99,3 +99,20 @@ def test_sbom_lists_every_locked_package(raw: Path) -> None:
               for p in sbom["packages"] if p.get("checksums")}
     assert {(p["name"], p["version"], p["sha256"]) for p in lock} <= listed
     assert "basalt-agent" in {p["name"] for p in sbom["packages"]}
+
+
+def test_the_arm64_efi_image_is_the_same_layout_with_grub_arm64() -> None:
+    out = pipeline.build(plan.plan("arm64-efi"))
+    image = image_of(out)
+    parts = partitions(image)
+    assert [(p["name"], p["type"]) for p in parts] == [  # UEFI only: no BIOS boot partition
+        ("BASALT_BOOT", disk.ESP), ("BASALT_A", disk.LINUX_DATA), ("BASALT_B", disk.LINUX_DATA),
+        ("BASALT_STATE", disk.LINUX_DATA)]
+    esp = parts[0]["start"]
+    loader = mtools(image, esp, "mtype", "::/EFI/BOOT/BOOTAA64.EFI")
+    assert loader[:2] == b"MZ" and b"\x64\xaa" in loader[0x80:0x200]  # a PE image for machine 0xAA64
+    kernel = mtools(image, esp, "mtype", "::/basalt/a/vmlinuz")
+    assert kernel == (out / "vmlinuz").read_bytes() and kernel[0x38:0x3C] == b"ARM\x64"  # arm64 Image magic
+    assert "serial --unit=0" not in mtools(image, esp, "mtype", "::/boot/grub/grub.cfg").decode()
+    lock = json.loads((out / "packages.lock.json").read_text())
+    assert {p["arch"] for p in lock["packages"]} <= {"arm64", "all"}

@@ -109,7 +109,7 @@ def test_iso_names(path: str, name: str) -> None:
 
 
 def test_grub_config_has_normal_and_rescue_entries() -> None:
-    cfg = iso.grub_cfg({"version": "1.2.3", "cmdline": "console=ttyS0", "volume_id": "BASALT"})
+    cfg = iso.grub_cfg({"arch": "x86_64", "version": "1.2.3", "cmdline": "console=ttyS0", "volume_id": "BASALT"})
     assert "terminal_output serial console" in cfg
     assert cfg.count("menuentry") == 2
     assert "linux /basalt/vmlinuz console=ttyS0 basalt.label=BASALT basalt.mode=live\n" in cfg

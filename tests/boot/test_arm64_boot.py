@@ -1,0 +1,53 @@
+"""The arm64 UEFI disk image (images/arm64-efi.yaml), built on this amd64 host without running
+arm64 code, booted under qemu-system-aarch64 -M virt -cpu cortex-a57 with AAVMF (TCG): GRUB
+arm64-efi from the ESP, slot A's squashfs, the state partition grown to the virtual disk, and the
+agent as PID 1 applying a site config (its SSH key and hostname) on arm64.
+
+The guest is bounded by timeouts and killed on exit; its network is restricted to the SSH forward."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from builder import pipeline, plan
+from builder.arch import Architecture
+from builder.qemu import READY, Guest
+
+BOOT_TIMEOUT = 400
+DISK_MIB = 2048
+
+
+@pytest.fixture(scope="module")
+def arm64_image(key: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("arm64")
+    config = tmp / "config.yaml"
+    config.write_text(f"hostname: arm-node\nssh_authorized_keys:\n- {key.with_suffix('.pub').read_text().strip()}\n")
+    return pipeline.build(plan.plan("arm64-efi", str(config)), out=tmp / "out")
+
+
+def test_arm64_efi_image_boots_under_virt_with_aavmf(arm64_image: Path, key: Path) -> None:
+    image = next(arm64_image.glob("*.img"))
+    with Guest(None, arch=Architecture.ARM64, firmware="uefi", boot_disk=image, boot_disk_mib=DISK_MIB,
+               memory_mb=1024) as guest:
+        m = guest.wait_for(READY.pattern + r" errors=(\d+)", BOOT_TIMEOUT)
+        assert m.group(4) == "0", guest.tail()
+        console = guest.console()
+        assert "Booting `Basalt (slot a)'" in console
+        assert "state partition /dev/vda4 grown to" in console  # no BIOS boot partition on arm64
+        assert "error:" not in console[:console.index("Loading Basalt")]  # GRUB said nothing wrong
+        guest.wait_ssh(key, timeout=240)
+
+        def sh(cmd: str) -> str:
+            return guest.ssh(cmd, key, timeout=120)
+
+        assert sh("uname -m") == "aarch64"
+        assert sh("hostname") == "arm-node"
+        assert sh("cat /run/basalt/slot /run/basalt/mode") == "a\ninstalled"
+        status = json.loads(sh("basalt status --json"))
+        assert status["slots"]["a"]["image"] == "arm64-efi" and status["slots"]["b"] == {"state": "empty"}
+        size_kb = int(sh("df -k /var | tail -1").split()[1])
+        assert size_kb > (DISK_MIB - 600) * 1024 * 0.9, size_kb
+        assert guest.powerdown(120), guest.tail()
