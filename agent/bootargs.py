@@ -15,7 +15,8 @@ SCHEMA_PATHS = (layout.LIB_SCHEMA,
 CONTROL = frozenset({"label", "state", "root", "mode", "slot", "wait", "rescue", "console", "debug"})
 # Where config may come from besides the command line (see sources.py and datasources.py).
 PLACES = (BAKED, layout.STATE_CONFIG, layout.STATE_CONFIG_D, layout.KNOWN_GOOD, layout.RUN_NOCLOUD,
-          layout.HTTP_DATASOURCE)
+          layout.HTTP_DATASOURCE, layout.RUN_MEDIUM + layout.MEDIUM_SITE_CONFIG,
+          *(layout.RUN_MEDIUM + name for name in layout.MEDIUM_NOCLOUD))
 
 
 def is_datasource_url(arg: str) -> bool:

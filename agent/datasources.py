@@ -19,7 +19,8 @@ SEED_LABELS = (b"cidata", b"CIDATA")
 NOCLOUD_DIR = layout.RUN_NOCLOUD
 HTTP_DIR = layout.HTTP_DATASOURCE
 SEED_MOUNT = layout.RUN_CIDATA
-DIRS = (NOCLOUD_DIR, HTTP_DIR)  # merge order: the seed, then the URL
+# Merge order: user-data/meta-data dropped on the boot partition, a seed, then the URL.
+DIRS = (layout.RUN_MEDIUM, NOCLOUD_DIR, HTTP_DIR)
 
 
 def fs_label(head: bytes) -> tuple[str, bytes] | None:

@@ -103,17 +103,11 @@ def probe(device: str) -> str:
 
 
 def identify(head: bytes) -> str:
-    def label(raw: bytes) -> str:
-        return raw.split(b"\0")[0].decode(errors="replace").strip()
-
-    if len(head) >= 1136 and head[1080:1082] == b"\x53\xef":
-        return " ".join(filter(None, ("ext4", label(head[1144:1160]))))
-    if len(head) >= 90 and head[510:512] == b"\x55\xaa" and head[82:87] == b"FAT32":
-        return " ".join(filter(None, ("vfat", label(head[71:82]) if label(head[71:82]) != "NO NAME" else "")))
-    if len(head) >= 62 and head[510:512] == b"\x55\xaa" and head[54:57] == b"FAT":
-        return " ".join(filter(None, ("vfat", label(head[43:54]) if label(head[43:54]) != "NO NAME" else "")))
-    if len(head) >= 32774 and head[32769:32774] == b"CD001":
-        return " ".join(filter(None, ("iso9660", label(head[32808:32840]))))
+    from agent.datasources import fs_label
+    found = fs_label(head)
+    if found:
+        label = found[1].decode(errors="replace").strip()
+        return " ".join(filter(None, (found[0], "" if label == "NO NAME" else label)))
     if head[:4] == b"hsqs":
         return "squashfs"
     if len(head) >= 4096 and head[4086:4096] in (b"SWAPSPACE2", b"SWAP-SPACE"):

@@ -24,6 +24,9 @@ MEDIUM_ROOT = MEDIUM_DIR + "/rootfs.squashfs"
 MEDIUM_VERSION = MEDIUM_DIR + "/version"
 MEDIUM_CONFIG = MEDIUM_DIR + "/config.yaml"
 MEDIUM_CONFIG_BIN = MEDIUM_DIR + "/config.bin"  # the baked config, precompiled (agent/sources.py)
+# Dropped at the root of a disk's boot partition (FAT) from any laptop: config sources too.
+MEDIUM_SITE_CONFIG = "/basalt-config.yaml"
+MEDIUM_NOCLOUD = ("/user-data", "/meta-data")  # NoCloud-style, as on a cidata seed
 # On an ISO, what ``basalt install`` writes to a disk (builder/abdisk.py, agent/install.py).
 MEDIUM_INSTALL = MEDIUM_DIR + "/install"
 INSTALL_PLAN = MEDIUM_INSTALL + "/plan.json"

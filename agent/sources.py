@@ -31,6 +31,7 @@ STATE = layout.STATE_CONFIG
 STATE_DIR = layout.STATE_CONFIG_D
 KNOWN_GOOD = layout.KNOWN_GOOD
 REJECTED = layout.REJECTED
+DROPPED = layout.RUN_MEDIUM + layout.MEDIUM_SITE_CONFIG  # put on the boot partition from a laptop
 
 
 def cmdline_config(text: str, top_level: set[str]) -> dict[str, Any]:
@@ -107,7 +108,7 @@ def _record(value: Any, path: PathKey, name: str, origin: dict[PathKey, str]) ->
 
 def gather(cmdline: str, baked: str = BAKED, state: str = STATE, state_dir: str = STATE_DIR,
            datasource_dirs: tuple[str, ...] | None = None, known_good: str = KNOWN_GOOD,
-           rejected: str = REJECTED) -> Merged:
+           rejected: str = REJECTED, dropped: str = DROPPED) -> Merged:
     """Every source in order, each validated alone; see the module docstring for what a
     problem in one of them does."""
     from agent.datasources import DIRS, is_script
@@ -122,7 +123,7 @@ def gather(cmdline: str, baked: str = BAKED, state: str = STATE, state_dir: str 
     merged = Merged()
     digest = sha256()
     files = [baked, state, *sorted(os.path.join(state_dir, f) for f in (os.listdir(state_dir)
-                                   if os.path.isdir(state_dir) else []) if f.endswith(".yaml"))]
+                                   if os.path.isdir(state_dir) else []) if f.endswith(".yaml")), dropped]
     layers: list[tuple[str, LoadedConfig | Valid | list[Problem]]] = \
         [(path, _load(path, schema, schema_raw)) for path in files[:1]]
     cmd = cmdline_config(cmdline, set(schema()["properties"])) if has_config_args(cmdline) else {}

@@ -61,3 +61,32 @@ def test_raw_image_boots_from_slot_a_and_grows_its_state_partition(
         assert sh("cat /var/lib/basalt/probe") == "kept-42"
         assert "grown to" not in guest.console()[guest.console().rindex("basalt: reboot now"):]  # once only
     assert hashlib.sha256(image.read_bytes()).hexdigest() == before  # booted through an overlay
+
+
+def test_a_config_dropped_on_the_boot_partition_is_a_source(raw_with_key: Path, key: Path, tmp_path: Path,
+                                                            qemu_available: None) -> None:
+    """What a laptop does to a flashed card or disk: files put on its FAT partition. A valid
+    basalt-config.yaml is applied; a NoCloud user-data beside it with a mistake is reported with
+    its file and line, as any source is, and left out."""
+    import subprocess
+    image = tmp_path / "disk.img"
+    subprocess.run(["cp", "--sparse=always", str(next(raw_with_key.glob("*.img"))), str(image)], check=True)
+    table = json.loads(subprocess.run(["sfdisk", "-J", str(image)], capture_output=True, text=True,
+                                      check=True).stdout)["partitiontable"]["partitions"]
+    esp = next(p["start"] for p in table if p["name"] == "BASALT_BOOT") * 512
+    dropped = {"basalt-config.yaml": "hostname: from-laptop\n", "user-data": "#cloud-config\ntimezone: 42\n"}
+    for name, text in dropped.items():
+        (tmp_path / name).write_text(text)
+        subprocess.run(["mcopy", "-i", f"{image}@@{esp}", str(tmp_path / name), f"::/{name}"], check=True,
+                       env={"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"})
+    with Guest(None, boot_disk=image) as guest:
+        guest.wait_for(READY, BOOT_TIMEOUT)
+        guest.wait_ssh(key)
+        assert guest.ssh("hostname", key) == "from-laptop"
+        status = json.loads(guest.ssh("basalt status --json", key))
+        assert "/run/basalt/medium/basalt-config.yaml" in status["config_sources"]
+        assert any(e.startswith("config: /run/basalt/medium/user-data:2: timezone: ") for e in status["errors"]), \
+            status["errors"]
+        shown = guest.ssh("basalt config show", key, check=False)  # exits 1: a source was left out
+        assert "hostname = 'from-laptop'    # /run/basalt/medium/basalt-config.yaml" in shown
+        assert "left out: /run/basalt/medium/user-data:2: timezone: '42' is not valid here" in shown
