@@ -72,6 +72,14 @@ def boot(c: Context, image: str = "x86_64-iso", firmware: str = "", accel: str =
              *(["--seed", seed] if seed else []), *(["--state", state] if state else []), pty=not check)
 
 
+@task(help={"image": "image definition (default x86_64-raw)", "device": "the card or disk, e.g. /dev/sdb",
+            "artifact": "a .img to write instead of out/<image>/'s", "force": "write to a non-removable disk too"})
+def flash(c: Context, device: str, image: str = "x86_64-raw", artifact: str = "", force: bool = False) -> None:
+    """Write a disk image to a card or disk by its block map (only mapped blocks), sync, verify."""
+    _builder(c, "flash", "--image", image, "--device", device, *(["--artifact", artifact] if artifact else []),
+             *(["--force"] if force else []))
+
+
 @task(help={"user_data": "config.yaml or #! script", "meta_data": "meta-data file", "output": "the ISO to write"})
 def seed(c: Context, user_data: str, meta_data: str = "", output: str = "out/seed.iso") -> None:
     """Make a NoCloud seed ISO (label cidata) to boot with: inv boot --seed out/seed.iso."""

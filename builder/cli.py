@@ -52,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="a disk image boots as a virtual disk of this size (an overlay: the image is never written)")
     q.add_argument("--seed", help="attach this NoCloud seed ISO as a second CD (see 'seed')")
     q.add_argument("--state", help="attach this state disk (created, 512 MiB ext4, if it does not exist)")
+    f = sub.add_parser("flash", help="write a disk image to a card or disk by its block map, then verify it")
+    f.add_argument("--image", default="x86_64-raw", help="the image definition whose disk artifact to write")
+    f.add_argument("--artifact", help="this .img (or one with .img.xz and .img.bmap beside it) instead")
+    f.add_argument("--device", required=True, help="the card or disk, e.g. /dev/sdb (a regular file stands in)")
+    f.add_argument("--force", action="store_true", help="write to a disk that is not removable too")
     s = sub.add_parser("seed", help="make a NoCloud seed ISO (label cidata) from user-data")
     s.add_argument("user_data", help="a config.yaml (validated) or a #! script")
     s.add_argument("--meta-data", help="a meta-data file (default: an instance-id only)")
@@ -100,6 +105,14 @@ def run(args: argparse.Namespace) -> int:
         firmware = args.firmware or img.outputs[0].firmware[0]
         return qemu.boot_command(img, iso, firmware, args.accel, args.check, args.timeout, args.ssh_port,
                                  Path(args.seed) if args.seed else None, state, args.cpus, args.disk_size)
+    if args.command == "flash":
+        from builder import flash
+        img = imagedef.load_image(args.image)
+        artifact = Path(args.artifact) if args.artifact else \
+            Path(__file__).resolve().parent.parent / "out" / img.name / f"{img.name}-{img.version}.img"
+        done = flash.flash(artifact, args.device, args.force)
+        print(f"{args.device}: {done['written'] >> 20} MiB of {done['image_size'] >> 20} MiB written and verified")
+        return 0
     if args.command == "seed":
         from builder import seed
         out = seed.make_seed(Path(args.output), Path(args.user_data),

@@ -1,0 +1,169 @@
+"""``inv flash``: write a disk artifact onto a card or disk by its block map, as ``bmaptool copy``
+does: only the mapped ranges of ``.img.bmap`` are written (from the ``.img``, or streamed out of
+the ``.img.xz``), each range's sha256 is checked against the map on the way in, and after a sync
+every range is read back from the device (past the page cache) and checked again.
+
+Refused before anything is written: a partition instead of a disk, the disk holding this host's
+root filesystem, a disk with anything mounted, swapped or held on it, a disk smaller than the
+image, and (unless ``force``) a disk that is not removable. A regular file stands in for a device
+(what the tests write to); it is created or extended to the image's size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import lzma
+import os
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from agent import install
+from agent.errors import BasaltError, Problem
+from builder import progress
+
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class BlockMap:
+    image_size: int
+    block_size: int
+    ranges: tuple[tuple[int, int, str], ...]  # (first block, last block, sha256)
+
+    @property
+    def mapped_bytes(self) -> int:
+        return sum(min((last + 1) * self.block_size, self.image_size) - first * self.block_size
+                   for first, last, _ in self.ranges)
+
+
+def read_bmap(path: Path) -> BlockMap:
+    try:
+        root = ET.parse(path).getroot()
+        if root.tag != "bmap" or not root.get("version", "").startswith("2."):
+            raise ValueError(f"not a version 2 block map (version {root.get('version')})")
+        if (root.findtext("ChecksumType") or "").strip() != "sha256":
+            raise ValueError("only sha256 block maps are read")
+        ranges = []
+        for r in root.iter("Range"):
+            first, _, last = (r.text or "").strip().partition("-")
+            ranges.append((int(first), int(last or first), r.get("chksum", "")))
+        return BlockMap(int((root.findtext("ImageSize") or "").strip()),
+                        int((root.findtext("BlockSize") or "").strip()), tuple(ranges))
+    except (OSError, ET.ParseError, ValueError) as exc:
+        raise BasaltError(Problem(f"{path}: {exc}", hint="rebuild the image: every disk output writes its .bmap")) \
+            from None
+
+
+def refuse(device: str, message: str, hint: str) -> BasaltError:
+    return BasaltError(Problem(f"{device}: {message}; nothing was written", hint=hint))
+
+
+def check_device(device: str, bmap: BlockMap, host: install.Host, force: bool = False) -> None:
+    """Every refusal that applies to ``device`` (a block device) for an image of ``bmap``."""
+    real = os.path.realpath(device)
+    name = os.path.basename(real)
+    found = {t.name: t for t in install.disks(host.sys_block)}
+    if name not in found:
+        owner = install.disk_of(real, host.sys_block)
+        if owner and owner != name:
+            raise refuse(device, f"is a partition of /dev/{owner}", f"flash the whole disk: --device /dev/{owner}")
+        raise refuse(device, "is not a disk", "lsblk lists the disks")
+    target = found[name]
+    root = sorted({d for d in host.boot_devices if install.disk_of(d, host.sys_block) == name})
+    if root:
+        raise refuse(device, f"it holds this machine's root filesystem ({', '.join(root)})",
+                     "pick the card's device: lsblk shows it (often /dev/sdX or /dev/mmcblkN)")
+    busy = install.in_use(target, host)
+    if busy:
+        raise refuse(device, "is in use: " + "; ".join(busy), f"unmount it first (umount {real}*)")
+    if target.readonly:
+        raise refuse(device, "is read-only", "check the card's write-protect switch")
+    if target.size < bmap.image_size:
+        raise refuse(device, f"is too small: {target.size >> 20} MiB, the image is {bmap.image_size >> 20} MiB",
+                     "use a larger card")
+    if not target.removable and not force:
+        raise refuse(device, f"is not a removable disk ({target.model}, {install.size_text(target.size)})",
+                     "--force writes to it anyway, if it really is the card or disk to erase")
+
+
+def host_for_flash() -> install.Host:
+    """This machine, seen as the installer sees a node: what is mounted, and where / lives."""
+    host = install.Host.running()
+    host.boot_devices = [src for src, target in host.mounts if target == "/" and src.startswith("/dev/")]
+    return host
+
+
+def source(image: Path) -> tuple[BinaryIO, Path]:
+    """The image to read (the .img, else its .img.xz, streamed) and its block map."""
+    xz = image.with_name(image.name + ".xz")
+    bmap = image.with_name(image.name + ".bmap")
+    if not bmap.is_file():
+        raise BasaltError(Problem(f"{bmap}: no block map beside the image", hint="rebuild it: inv build --image …"))
+    if image.is_file():
+        return image.open("rb"), bmap
+    if xz.is_file():
+        return lzma.open(xz, "rb"), bmap  # type: ignore[return-value]
+    raise BasaltError(Problem(f"{image}: not built (nor {xz.name})", hint="inv build --image … first"))
+
+
+def flash(image: Path, device: str, force: bool = False, host: install.Host | None = None) -> dict[str, int]:
+    """Write ``image`` to ``device`` by its block map and verify it; bytes written and checked."""
+    src, bmap_path = source(image)
+    bmap = read_bmap(bmap_path)
+    with src:
+        if not os.path.exists(device) or os.path.isfile(device):
+            flags = os.O_RDWR | os.O_CREAT
+        else:
+            check_device(device, bmap, host or host_for_flash(), force)
+            flags = os.O_RDWR | os.O_EXCL
+        fd = os.open(device, flags | os.O_CLOEXEC, 0o644)
+        with os.fdopen(fd, "r+b", buffering=0) as out:
+            if os.path.isfile(device) and os.fstat(fd).st_size < bmap.image_size:
+                out.truncate(bmap.image_size)
+            bar = progress.Bar(f"Writing {image.name} to {device}", bmap.mapped_bytes)
+            for first, last, digest in bmap.ranges:
+                start, end = first * bmap.block_size, min((last + 1) * bmap.block_size, bmap.image_size)
+                src.seek(start)
+                h, pos = hashlib.sha256(), start
+                while pos < end:
+                    chunk = src.read(min(CHUNK, end - pos))
+                    if not chunk:
+                        raise BasaltError(Problem(f"{image}: ends before block {last} of its block map"))
+                    h.update(chunk)
+                    out.seek(pos)
+                    out.write(chunk)
+                    pos += len(chunk)
+                    bar.update(len(chunk))
+                if digest and h.hexdigest() != digest:
+                    raise BasaltError(Problem(f"{image}: blocks {first}-{last} do not match its block map "
+                                              "(a corrupt or changed image); the device is incomplete",
+                                              hint="rebuild or download the image again, then flash again"))
+            bar.close()
+            with progress.step("Syncing"):
+                os.fsync(fd)
+            verify(out, bmap, device)
+    return {"written": bmap.mapped_bytes, "image_size": bmap.image_size}
+
+
+def verify(out: BinaryIO, bmap: BlockMap, device: str) -> None:
+    """Read every mapped range back from the device (not the page cache) and check its sha256."""
+    fd = out.fileno()
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    bar = progress.Bar(f"Verifying {device}", bmap.mapped_bytes)
+    for first, last, digest in bmap.ranges:
+        start, end = first * bmap.block_size, min((last + 1) * bmap.block_size, bmap.image_size)
+        out.seek(start)
+        h, left = hashlib.sha256(), end - start
+        while left > 0:
+            chunk = out.read(min(CHUNK, left))
+            if not chunk:
+                break
+            h.update(chunk)
+            left -= len(chunk)
+            bar.update(len(chunk))
+        if digest and h.hexdigest() != digest:
+            raise BasaltError(Problem(f"{device}: blocks {first}-{last} read back differently from what was written",
+                                      hint="the card may be failing or fake (smaller than it claims); try another"))
+    bar.close()
