@@ -67,6 +67,35 @@ def grow_gpt(disk: str, number: int, new_last: int) -> tuple[int, int]:
         return mine.first, new_last
 
 
+def grow_mbr(disk: str, number: int, new_last: int) -> tuple[int, int]:
+    """The same on an MBR (a Raspberry Pi's card): primary partition ``number``'s sector count."""
+    with open(disk, "r+b") as f:
+        mbr = bytearray(f.read(SECTOR))
+        if mbr[510:512] != b"\x55\xaa" or not 1 <= number <= 4:
+            raise ValueError(f"{disk}: no MBR primary partition {number}")
+        entry = 446 + 16 * (number - 1)
+        start, sectors = struct.unpack_from("<II", mbr, entry + 8)
+        others = [struct.unpack_from("<II", mbr, 446 + 16 * i + 8) for i in range(4) if i != number - 1]
+        if any(s0 > start for s0, n in others if n):
+            raise ValueError(f"{disk}: partition {number} is not the last one")
+        if new_last <= start + sectors - 1 or new_last - start + 1 > 0xFFFFFFFF:
+            return start, start + sectors - 1
+        struct.pack_into("<I", mbr, entry + 12, new_last - start + 1)
+        f.seek(0)
+        f.write(bytes(mbr))
+        f.flush()
+        os.fsync(f.fileno())
+        return start, new_last
+
+
+def grow_table(disk: str, number: int, new_last: int) -> tuple[int, int]:
+    """GPT or MBR, whichever the disk has."""
+    with open(disk, "rb") as f:
+        f.seek(SECTOR)
+        gpt = f.read(8) == b"EFI PART"
+    return (grow_gpt if gpt else grow_mbr)(disk, number, new_last)
+
+
 def tell_kernel(disk: str, number: int, start: int, last: int) -> None:
     """The kernel's view of the partition follows the table (BLKPG: fine while it is mounted)."""
     import ctypes
@@ -101,7 +130,7 @@ def grow(device: str, mountpoint: str) -> str | None:
     if plan is None:
         return None
     disk, number, new_last = plan
-    start, last = grow_gpt(disk, number, new_last)
+    start, last = grow_table(disk, number, new_last)
     tell_kernel(disk, number, start, last)
     mib = grow_ext4(mountpoint, device)
     return f"state partition {device} grown to {mib} MiB (the rest of {disk})"

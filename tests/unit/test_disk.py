@@ -160,3 +160,22 @@ def test_slots_are_described_from_the_boot_partition(tmp_path: Path) -> None:
                                "built": "2025-01-01T00:00:00Z"}, "b": {"state": "empty"}}
     assert slots.summary(described) == "a active (x86_64-raw 0.1.0, built 2025-01-01T00:00:00Z), b empty"
     assert slots.describe(str(tmp_path), booted="b")["a"]["state"] == "inactive"
+
+
+def test_the_state_partition_grows_on_an_mbr_card(tmp_path: Path) -> None:
+    d = disk.Disk("dos", (disk.Partition(layout.BOOT_LABEL, disk.ESP, 4),
+                          disk.Partition(layout.SLOT_LABELS["a"], disk.LINUX_DATA, 3),
+                          disk.Partition(layout.SLOT_LABELS["b"], disk.LINUX_DATA, 3),
+                          disk.Partition(layout.STATE_LABEL, disk.LINUX_DATA, 2)), seed="card")
+    card = tmp_path / "card.img"
+    disk.write(d, card)
+    with card.open("r+b") as f:
+        f.truncate(64 * disk.MIB)  # flashed onto a bigger card
+    last = 64 * 2048 - 34 - (64 * 2048 - 34 + 1) % 2048
+    assert growstate.grow_table(str(card), 4, last) == (22528, last)
+    parts = table(card)["partitions"]
+    assert [(p["start"], p["size"]) for p in parts] == [(2048, 8192), (10240, 6144), (16384, 6144),
+                                                         (22528, last - 22528 + 1)]
+    assert growstate.grow_table(str(card), 4, last) == (22528, last)  # a second run changes nothing
+    with pytest.raises(ValueError, match="partition 2 is not the last one"):
+        growstate.grow_table(str(card), 2, last)
