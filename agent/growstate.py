@@ -1,7 +1,7 @@
 """Grow the state partition to the end of its disk, once, on the first boot of a flashed image.
 
 A raw image is small; the disk it is written to is not. When the state partition is the last on
-a GPT disk and the disk has more than a few MiB past it: the GPT is rewritten with the partition
+a GPT or MBR disk and the disk has more than a few MiB past it: the table is rewritten with the partition
 reaching the disk's end (agent/partitions.py: backup first, the primary last, so an
 interruption leaves a valid table), the kernel is told the new size (BLKPG, which works
 while other partitions of the disk are mounted), and the mounted ext4 is grown online (the
