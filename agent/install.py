@@ -221,8 +221,14 @@ def check_target(device: str, host: Host, plan: dict[str, Any] | None = None, fo
         raise refuse(device, "is in use: " + "; ".join(busy),
                      f"unmount it first; a live system uses a disk's {layout.STATE_LABEL} partition for /var: "
                      "boot the ISO with basalt.state=none to leave it alone")
-    if plan is None:
-        return target
+    if plan is not None:
+        check_fits(target, plan, host, force, no_format)
+    return target
+
+
+def check_fits(target: Target, plan: dict[str, Any], host: Host, force: bool = False, no_format: bool = False) -> None:
+    """The refusals that depend on the disk to write: its size, removable, an existing layout."""
+    device = target.path
     need = int(plan["min_mib"])
     if target.size < need << 20:
         raise refuse(device, f"is too small: {target.size >> 20} MiB, the layout needs {need} MiB",
@@ -233,7 +239,6 @@ def check_target(device: str, host: Host, plan: dict[str, Any] | None = None, fo
         existing = existing_layout(target, plan, host)
         if existing:
             raise refuse(device, existing, "install without no_format to partition the disk")
-    return target
 
 
 def existing_layout(target: Target, plan: dict[str, Any], host: Host) -> str:
@@ -620,9 +625,9 @@ def run(settings: Settings, unattended: bool = False, host: Host | None = None,
                                           hint="set install.device (or basalt.install.device=) to e.g. /dev/vda"))
             print(listing(host))
             settings.device = answer("Install to which disk (e.g. /dev/vda)? ").strip()
-        check_target(settings.device, host)  # what the disk rules out, even where there is no installer
+        target = check_target(settings.device, host)  # what the disk rules out, even with no installer here
         plan = load_plan(medium)
-        target = check_target(settings.device, host, plan, settings.force, settings.no_format)
+        check_fits(target, plan, host, settings.force, settings.no_format)
         if settings.config_url and unattended:
             wait_for_network()
         text = config_to_install(settings, _read("/proc/cmdline"))
