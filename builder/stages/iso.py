@@ -37,7 +37,7 @@ SOURCES = ("builder/templates/grub.cfg.j2", *abdisk.SOURCES)
 VOLATILE = False
 INPUTS = ("fetch", "rootfs", "squashfs", "initramfs")
 PUBLISH = (("basalt.iso", "{name}-{version}.iso"),)
-TOOLS = {"grub-mkimage": "grub-common", "mkfs.vfat": "dosfstools", "mcopy": "mtools", "mmd": "mtools"}
+TOOLS = {**grub.TOOLS, **disk.TOOLS}  # disk: the installer payload's empty FAT and ext4
 SCHEMA: dict[str, Any] = {
     "type": "object", "additionalProperties": False,
     "required": ["arch", "firmware", "volume_id", "cmdline", "version", "name", "config", "source_date_epoch",
