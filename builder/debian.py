@@ -81,15 +81,18 @@ def _is_debian(source: Source) -> bool:
         and "/debian" in source.uri
 
 
-def sources_for(suite: str, mirror: str | None, etc_apt: Path = APT_SOURCES) -> list[Source]:
-    """Archives to use for ``suite``: the override mirror, else the host's apt sources."""
+def sources_for(suite: str, mirror: str | None, etc_apt: Path = APT_SOURCES,
+                components: tuple[str, ...] = ("main",)) -> list[Source]:
+    """Archives to use for ``suite``: the override mirror, else the host's apt sources. The host
+    gives mirrors and suites; the components are the image's (``non-free-firmware`` for the Pi's
+    firmware, say), so a build does not depend on which components the host happens to list."""
     if mirror:
-        return [Source(mirror.rstrip("/"), (suite, f"{suite}-updates"))]
+        return [Source(mirror.rstrip("/"), (suite, f"{suite}-updates"), components)]
     picked: list[Source] = []
     for src in host_sources(etc_apt):
         suites = tuple(s for s in src.suites if s == suite or s.startswith(f"{suite}-"))
         if suites:
-            picked.append(Source(src.uri, suites, src.components))
+            picked.append(Source(src.uri, suites, components))
     if not picked:
         raise BasaltError(Problem(
             f"no Debian mirror for '{suite}' in the build host's apt sources ({etc_apt}/sources.list*)",

@@ -133,7 +133,7 @@ def chart_files(img: ImageDefinition) -> list[dict[str, str]]:
 def compile_plan(img: ImageDefinition, config_text: str | None = None, etc_apt: Path = debian.APT_SOURCES,
                  k3s_binary: str | None = None, k3s_artifacts: str | None = None) -> Plan:
     epoch = source_date_epoch()
-    sources = debian.sources_for(img.suite, img.mirror, etc_apt)
+    sources = debian.sources_for(img.suite, img.mirror, etc_apt, img.components)
     firmware = sorted({fw for o in img.outputs for fw in o.firmware})
     boot_packages = []
     if "bios" in firmware:

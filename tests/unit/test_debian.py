@@ -79,6 +79,10 @@ def test_host_sources_reads_both_formats(tmp_path: Path) -> None:
     ]
     assert [s.uri for s in sources_for("bookworm", None, tmp_path)] == [
         "http://mirror.example/debian", "http://other.example/debian-security"]
+    # The host gives mirrors and suites; the image gives the components (the host's 'contrib' is not used).
+    assert sources_for("bookworm", None, tmp_path, ("main", "non-free-firmware")) == [
+        Source("http://mirror.example/debian", ("bookworm",), ("main", "non-free-firmware")),
+        Source("http://other.example/debian-security", ("bookworm-security",), ("main", "non-free-firmware"))]
 
 
 def test_mirror_override_and_missing_sources(tmp_path: Path) -> None:
