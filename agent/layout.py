@@ -13,6 +13,7 @@ ESP_LABEL = "BASALT_EFI"  # the FAT image of an ISO's EFI boot entry
 BOOT_LABEL = "BASALT_BOOT"  # a disk's boot partition (the ESP, FAT): its GPT name and its filesystem label
 SLOTS = ("a", "b")
 SLOT_LABELS = {"a": "BASALT_A", "b": "BASALT_B"}  # GPT partition names (a squashfs has no label)
+SLOT_NUMBERS = {"a": 2, "b": 3}  # on an MBR disk (no names): the slot's partition number on the boot disk
 BIOS_LABEL = "BIOS_BOOT"  # GPT: GRUB's core image for BIOS
 STATE_LABEL = "BASALT_STATE"  # ext4: /var, /home, /root, /opt, persistent config, k3s data, logs
 
@@ -83,7 +84,8 @@ STATE_DIRS = ("var", "home", "root", "opt")  # bound from the state partition, s
 INITRAMFS = {"live_label": LIVE_LABEL, "state_label": STATE_LABEL, "root_image": MEDIUM_ROOT, "run": RUN,
              "run_mode": RUN_MODE, "run_medium": RUN_MEDIUM, "run_medium_device": RUN_MEDIUM_DEVICE,
              "run_state": RUN_STATE, "run_state_device": RUN_STATE_DEVICE, "run_rw": RUN_RW, "run_slot": RUN_SLOT,
-             "state_dirs": " ".join(STATE_DIRS), "slot_a": SLOT_LABELS["a"], "slot_b": SLOT_LABELS["b"]}
+             "state_dirs": " ".join(STATE_DIRS), "slot_a": SLOT_LABELS["a"], "slot_b": SLOT_LABELS["b"],
+             "slot_a_number": str(SLOT_NUMBERS["a"]), "slot_b_number": str(SLOT_NUMBERS["b"])}
 
 
 def shell() -> str:

@@ -24,12 +24,18 @@ SOURCES = ("builder/abdisk.py", "builder/templates/grub-disk.cfg.j2", "builder/g
 
 def layout_for(options: dict[str, Any], boot: object = None, slot_a: object = None, state: object = None) -> Disk:
     """The disk, as data: the same for the image and for ``basalt install``."""
-    parts = [Partition(layout.BIOS_LABEL, BIOS_BOOT, BIOS_BOOT_MIB)] if "bios" in options["firmware"] else []
+    table = options.get("table", "gpt")
+    # On MBR, GRUB's BIOS core image goes into the gap before the first partition instead.
+    parts = [Partition(layout.BIOS_LABEL, BIOS_BOOT, BIOS_BOOT_MIB)] \
+        if "bios" in options["firmware"] and table == "gpt" else []
     parts += [Partition(layout.BOOT_LABEL, ESP, options["boot_mib"], boot),
               Partition(layout.SLOT_LABELS["a"], LINUX_DATA, options["slot_mib"], slot_a),
               Partition(layout.SLOT_LABELS["b"], LINUX_DATA, options["slot_mib"]),
               Partition(layout.STATE_LABEL, LINUX_DATA, options["state_mib"], state)]
-    return Disk("gpt", tuple(parts), seed=f"{options['name']}-{options['version']}")
+    disk = Disk(table, tuple(parts), seed=f"{options['name']}-{options['version']}")
+    assert table == "gpt" or [disk.index(layout.SLOT_LABELS[s]) for s in layout.SLOTS] == \
+        [layout.SLOT_NUMBERS[s] for s in layout.SLOTS]  # the initramfs finds MBR slots by number
+    return disk
 
 
 def grub_cfg(options: dict[str, Any]) -> str:

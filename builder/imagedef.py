@@ -29,6 +29,7 @@ class Output:
     boot_mib: int = 128  # raw: the ESP
     state_mib: int = 64  # raw: the state partition as built (grown on first boot)
     qcow2: bool = False
+    table: str = "gpt"  # raw: gpt, or dos (MBR, as a Raspberry Pi's card)
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,7 @@ def _typed(doc: Located) -> ImageDefinition:
     kernel = v["kernel"]
     outputs = tuple(Output(o["format"], tuple(o.get("firmware", default_firmware(arch))),
                            o.get("volume_id", layout.LIVE_LABEL if o["format"] == "iso" else layout.BOOT_LABEL),
-                           **{k: o[k] for k in ("slot_mib", "boot_mib", "state_mib", "qcow2") if k in o})
+                           **{k: o[k] for k in ("slot_mib", "boot_mib", "state_mib", "qcow2", "table") if k in o})
                     for o in v["outputs"])
     return ImageDefinition(
         name=v["name"], arch=arch, source=Path(doc.source), description=v.get("description", ""),

@@ -193,7 +193,7 @@ def raw_options(img: ImageDefinition, output: Output, config_text: str | None, e
     return {"arch": str(img.arch), "firmware": list(output.firmware), "label": output.volume_id,
             "cmdline": img.cmdline, "version": img.version, "name": img.name, "config": config_text,
             "source_date_epoch": epoch, "slot_mib": output.slot_mib, "boot_mib": output.boot_mib,
-            "state_mib": output.state_mib, "qcow2": output.qcow2}
+            "state_mib": output.state_mib, "qcow2": output.qcow2, "table": output.table}
 
 
 # One entry per output format (builder.stages.OUTPUTS): its stage options from the definition.

@@ -29,7 +29,7 @@ TOOLS = {**grub.TOOLS, **disk.TOOLS, "xz": "xz-utils", "bmaptool": "bmap-tools"}
 SCHEMA: dict[str, Any] = {
     "type": "object", "additionalProperties": False,
     "required": ["arch", "firmware", "label", "cmdline", "version", "name", "config", "source_date_epoch",
-                 "slot_mib", "boot_mib", "state_mib", "qcow2"],
+                 "slot_mib", "boot_mib", "state_mib", "qcow2", "table"],
     "properties": {
         "arch": {"enum": [a.value for a in Architecture]},
         "firmware": {"type": "array", "items": {"enum": ["bios", "uefi"]}, "minItems": 1},
@@ -37,6 +37,7 @@ SCHEMA: dict[str, Any] = {
         "version": {"type": "string"}, "name": {"type": "string"}, "config": {"type": ["string", "null"]},
         "source_date_epoch": {"type": "integer"}, "slot_mib": {"type": "integer"},
         "boot_mib": {"type": "integer"}, "state_mib": {"type": "integer"}, "qcow2": {"type": "boolean"},
+        "table": {"enum": ["gpt", "dos"]},
     },
 }
 
@@ -62,8 +63,9 @@ def run(ctx: Any, options: dict[str, Any]) -> None:
     with progress.step("Disk image (GPT)"):
         placed = disk.write(abdisk.layout_for(options, boot, squashfs, state), image)
     if "bios" in cores:
-        bios = next(p for p in placed if p.partition.name == layout.BIOS_LABEL)
-        grub.embed_bios(image, grub_lib / "i386-pc" / "boot.img", cores["bios"], bios.start, bios.sectors)
+        bios = next((p for p in placed if p.partition.name == layout.BIOS_LABEL), None)
+        start, room = (bios.start, bios.sectors) if bios else (1, placed[0].start - 1)  # MBR: the gap
+        grub.embed_bios(image, grub_lib / "i386-pc" / "boot.img", cores["bios"], start, room)
     disk.flashables(image)
     if options["qcow2"]:
         with progress.step("qcow2 copy"):
