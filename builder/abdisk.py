@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import layout, slots
-from agent.partitions import BIOS_BOOT, ESP, LINUX_DATA, Disk, Partition
+from agent.partitions import BASIC_DATA, BIOS_BOOT, ESP, LINUX_DATA, Disk, Partition
 from builder import grub, medium
 from builder.arch import Architecture
 
@@ -24,11 +24,12 @@ SOURCES = ("builder/abdisk.py", "builder/templates/grub-disk.cfg.j2", "builder/g
 
 def layout_for(options: dict[str, Any], boot: object = None, slot_a: object = None, state: object = None) -> Disk:
     """The disk, as data: the same for the image and for ``basalt install``."""
-    table = options.get("table", "gpt")
-    # On MBR, GRUB's BIOS core image goes into the gap before the first partition instead.
-    parts = [Partition(layout.BIOS_LABEL, BIOS_BOOT, BIOS_BOOT_MIB)] \
-        if "bios" in options["firmware"] and table == "gpt" else []
-    parts += [Partition(layout.BOOT_LABEL, ESP, options["boot_mib"], boot),
+    # A board's card (the Raspberry Pi's) has an MBR and a FAT32 boot partition: its boot ROM
+    # reads neither GPT nor an 0xEF partition. A board is UEFI only (no BIOS boot partition).
+    board = options.get("board")
+    table = "dos" if board else "gpt"
+    parts = [Partition(layout.BIOS_LABEL, BIOS_BOOT, BIOS_BOOT_MIB)] if "bios" in options["firmware"] else []
+    parts += [Partition(layout.BOOT_LABEL, BASIC_DATA if board else ESP, options["boot_mib"], boot),
               Partition(layout.SLOT_LABELS["a"], LINUX_DATA, options["slot_mib"], slot_a),
               Partition(layout.SLOT_LABELS["b"], LINUX_DATA, options["slot_mib"]),
               Partition(layout.STATE_LABEL, LINUX_DATA, options["state_mib"], state)]

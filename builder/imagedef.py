@@ -29,7 +29,7 @@ class Output:
     boot_mib: int = 128  # raw: the ESP
     state_mib: int = 64  # raw: the state partition as built (grown on first boot)
     qcow2: bool = False
-    table: str = "gpt"  # raw: gpt, or dos (MBR, as a Raspberry Pi's card)
+    board: str | None = None  # raw: "rpi" (a Raspberry Pi SD card: MBR, the Pi firmware and U-Boot)
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,7 @@ def _typed(doc: Located) -> ImageDefinition:
     kernel = v["kernel"]
     outputs = tuple(Output(o["format"], tuple(o.get("firmware", default_firmware(arch))),
                            o.get("volume_id", layout.LIVE_LABEL if o["format"] == "iso" else layout.BOOT_LABEL),
-                           **{k: o[k] for k in ("slot_mib", "boot_mib", "state_mib", "qcow2", "table") if k in o})
+                           **{k: o[k] for k in ("slot_mib", "boot_mib", "state_mib", "qcow2", "board") if k in o})
                     for o in v["outputs"])
     return ImageDefinition(
         name=v["name"], arch=arch, source=Path(doc.source), description=v.get("description", ""),
@@ -204,5 +204,23 @@ def check_disk_label(doc: Located) -> list[Problem]:
     return out
 
 
+def check_board(doc: Located) -> list[Problem]:
+    """A Raspberry Pi card is a raw arm64 disk booted through U-Boot's UEFI (builder/rpi.py)."""
+    out = []
+    for i, o in enumerate(doc.value.get("outputs", [])):
+        if "board" not in o:
+            continue
+        if o.get("format") != "raw":
+            out.append(doc.problem(["outputs", i, "board"], "board: only a raw disk image is made for a board",
+                                   "use format: raw"))
+        elif doc.value["arch"] != "arm64":
+            out.append(doc.problem(["outputs", i, "board"], f"board '{o['board']}' needs arch: arm64",
+                                   "the Raspberry Pi card boots Debian's arm64 kernel"))
+        elif o.get("firmware", ["uefi"]) != ["uefi"]:
+            out.append(doc.problem(["outputs", i, "firmware"], f"board '{o['board']}' boots GRUB through "
+                                   "U-Boot's UEFI", "use firmware: [uefi]"))
+    return out
+
+
 CHECKS = (check_overlays_exist, check_firmware_fits_arch, check_k3s_pinned_for_arch, check_kernel_console,
-          check_disk_label)
+          check_disk_label, check_board)

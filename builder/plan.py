@@ -18,7 +18,7 @@ import jsonschema
 
 from agent.config import load_config
 from agent.errors import BasaltError, Problem
-from builder import debian
+from builder import debian, rpi
 from builder.download import sha256_file
 from builder.imagedef import OVERLAYS, ROOT, ImageDefinition, Output, load_image
 from builder.stages import BUILD, schema_for
@@ -140,6 +140,8 @@ def compile_plan(img: ImageDefinition, config_text: str | None = None, etc_apt: 
         boot_packages.append("grub-pc-bin")
     if "uefi" in firmware:
         boot_packages.append(f"grub-efi-{img.arch.to_debian()}-bin")
+    if any(o.board == "rpi" for o in img.outputs):
+        boot_packages += rpi.PACKAGES
     source_list = [{"uri": s.uri, "suites": list(s.suites), "components": list(s.components)} for s in sources]
     stages = [
         PlannedStage("fetch", {
@@ -193,7 +195,7 @@ def raw_options(img: ImageDefinition, output: Output, config_text: str | None, e
     return {"arch": str(img.arch), "firmware": list(output.firmware), "label": output.volume_id,
             "cmdline": img.cmdline, "version": img.version, "name": img.name, "config": config_text,
             "source_date_epoch": epoch, "slot_mib": output.slot_mib, "boot_mib": output.boot_mib,
-            "state_mib": output.state_mib, "qcow2": output.qcow2, "table": output.table}
+            "state_mib": output.state_mib, "qcow2": output.qcow2, "board": output.board}
 
 
 # One entry per output format (builder.stages.OUTPUTS): its stage options from the definition.

@@ -60,6 +60,32 @@ def find_artifact(img: ImageDefinition) -> tuple[str, Path]:
 RELAY = Path(__file__).resolve().parent / "relay.py"
 
 
+def power_of_two(n: int) -> int:
+    """The smallest power of two not below ``n``."""
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def rpi_boot_files(card: Path, work: Path) -> tuple[Path, Path]:
+    """U-Boot and QEMU raspi3b's device tree, read from the card's boot partition (its first MBR
+    partition) with mtools: QEMU runs what the card carries, as the Pi's firmware would."""
+    from builder import rpi
+    with open(card, "rb") as f:
+        mbr = f.read(512)
+    if mbr[510:512] != b"\x55\xaa" or mbr[450] == 0xEE:
+        raise BasaltError(Problem(f"{card}: no MBR partition table", hint="build it with board: rpi"))
+    offset = int.from_bytes(mbr[454:458], "little") * 512
+    out = []
+    for name in ("u-boot.bin", rpi.QEMU_DTB):
+        dest = work / name
+        proc = subprocess.run(["mcopy", "-n", "-i", f"{card}@@{offset}", f"::{name}", str(dest)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise BasaltError(Problem(f"{card}: no {name} on its boot partition: {proc.stderr.strip()}",
+                                      hint="build it with board: rpi (apt-get install mtools)"))
+        out.append(dest)
+    return out[0], out[1]
+
+
 @dataclass
 class Guest:
     """One QEMU guest. Use as a context manager: it is always killed on exit."""
@@ -81,6 +107,10 @@ class Guest:
     # Direct kernel boot (skips the firmware's boot loader): (vmlinuz, initrd, kernel command line).
     direct: tuple[Path, Path, str] | None = None
     machine: str = ""  # default: the architecture's (q35, virt)
+    # A board's card (boot_disk) booted the board's way: "rpi" runs QEMU's raspi3b with U-Boot and
+    # the device tree taken from the card's boot partition, the card as its SD card (padded to a
+    # power of two in the overlay), networking by USB (usb-net), the console on the second UART.
+    board: str | None = None
     _serial: socket.socket | None = None
     proc: subprocess.Popen[bytes] | None = None
     workdir: Path | None = None
@@ -92,18 +122,12 @@ class Guest:
 
     def argv(self) -> list[str]:
         assert self.workdir
+        if self.board == "rpi":
+            return self._rpi_argv()
         binary = f"qemu-system-{self.arch.to_qemu()}"
         if shutil.which(binary) is None:
             raise BasaltError(Problem(f"{binary} not found", hint=f"apt-get install {TOOLS[binary]}"))
-        if not self.ssh_port:
-            self.ssh_port = free_port()
-        net = f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22"
-        for guest, host_port in self.guestfwd:  # a relay per connection, to 127.0.0.1 only
-            relay = f"{sys.executable} {RELAY} {int(host_port)}"
-            if "," in relay:
-                raise BasaltError(Problem(f"{relay}: a comma cannot be passed in QEMU's -netdev option",
-                                          hint="run from a directory whose path has no comma"))
-            net += f",guestfwd=tcp:{guest}-cmd:{relay}"
+        net = self._netdev()
         x86 = self.arch == Architecture.X86_64
         cpu = self.arch.to_qemu_cpu()
         argv = [binary, "-machine", self.machine or self.arch.to_qemu_machine(), "-accel", ACCELS[self.accel],
@@ -138,6 +162,37 @@ class Guest:
                      "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}"]
         return argv
 
+    def _netdev(self) -> str:
+        if not self.ssh_port:
+            self.ssh_port = free_port()
+        net = f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22"
+        for guest, host_port in self.guestfwd:  # a relay per connection, to 127.0.0.1 only
+            relay = f"{sys.executable} {RELAY} {int(host_port)}"
+            if "," in relay:
+                raise BasaltError(Problem(f"{relay}: a comma cannot be passed in QEMU's -netdev option",
+                                          hint="run from a directory whose path has no comma"))
+            net += f",guestfwd=tcp:{guest}-cmd:{relay}"
+        return net
+
+    def _rpi_argv(self) -> list[str]:
+        """raspi3b: 4 Cortex-A53s and 1 GiB, fixed by the machine. The first UART (PL011, ttyAMA0)
+        goes to a file; the second (the mini-UART, ttyS1: the Pi's header console) is the console."""
+        assert self.workdir and self.boot_disk
+        binary = "qemu-system-aarch64"
+        if shutil.which(binary) is None:
+            raise BasaltError(Problem(f"{binary} not found", hint=f"apt-get install {TOOLS[binary]}"))
+        uboot, dtb = rpi_boot_files(self.boot_disk, self.workdir)
+        return [binary, "-machine", "raspi3b", "-accel", ACCELS[self.accel], "-m", "1024",
+                "-display", "none", "-no-user-config", "-nodefaults", "-no-reboot",
+                "-kernel", str(uboot), "-dtb", str(dtb),
+                "-drive", f"file={self.overlay()},format=qcow2,if=sd",
+                "-serial", f"file:{self.workdir / 'uart0.log'}",
+                "-chardev", f"socket,id=ser0,path={self.workdir / 'serial.sock'},server=on,wait=off,"
+                            f"logfile={self.console_log}",
+                "-serial", "chardev:ser0",
+                "-qmp", f"unix:{self.workdir / 'qmp.sock'},server=on,wait=off",
+                "-netdev", self._netdev(), "-device", "usb-net,netdev=n0"]
+
     def _cdrom(self, path: Path, index: int, boot: bool = False) -> list[str]:
         if self.arch == Architecture.X86_64:
             return ["-drive", f"file={path},media=cdrom,readonly=on,if=ide,index={index}",
@@ -151,6 +206,8 @@ class Guest:
         path = self.workdir / "boot-overlay.qcow2"
         if not path.exists():
             size = f"{self.boot_disk_mib}M" if self.boot_disk_mib else str(self.boot_disk.stat().st_size)
+            if self.board == "rpi":  # QEMU takes an SD card only of a power-of-two size
+                size = str(power_of_two(max(self.boot_disk_mib << 20, self.boot_disk.stat().st_size)))
             proc = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(self.boot_disk.resolve()),
                                    "-F", "raw", str(path), size], capture_output=True, text=True)
             if proc.returncode != 0:
@@ -357,6 +414,7 @@ def boot_command(img: ImageDefinition, medium: Path, firmware: str, accel: str, 
     iso: Path | None = medium
     if medium.suffix == ".img":
         iso, media["boot_disk"], media["boot_disk_mib"] = None, medium, disk_mib
+        media["board"] = img.outputs[0].board
     if not check:
         return interactive(img, iso, firmware, accel, ssh_port, media, cpus or img.cpus)
     with Guest(iso, img.arch, firmware, accel, img.memory_mb, cpus or img.cpus, ssh_port, **media) as guest:  # type: ignore[arg-type]

@@ -15,12 +15,13 @@ from typing import Any
 
 from agent import layout
 from agent.errors import BasaltError, Problem
-from builder import abdisk, disk, grub, progress
+from builder import abdisk, disk, grub, progress, rpi
+from builder.stages.fetch import blobs_by_role
 from builder.arch import Architecture
 
 NAME = "raw"
 VERSION = 1
-SOURCES = abdisk.SOURCES
+SOURCES = (*abdisk.SOURCES, *rpi.SOURCES)
 VOLATILE = False
 INPUTS = ("fetch", "rootfs", "squashfs", "initramfs")
 PUBLISH = (("disk.img", "{name}-{version}.img"), ("disk.img.xz", "{name}-{version}.img.xz"),
@@ -29,7 +30,7 @@ TOOLS = {**grub.TOOLS, **disk.TOOLS, "xz": "xz-utils", "bmaptool": "bmap-tools"}
 SCHEMA: dict[str, Any] = {
     "type": "object", "additionalProperties": False,
     "required": ["arch", "firmware", "label", "cmdline", "version", "name", "config", "source_date_epoch",
-                 "slot_mib", "boot_mib", "state_mib", "qcow2", "table"],
+                 "slot_mib", "boot_mib", "state_mib", "qcow2", "board"],
     "properties": {
         "arch": {"enum": [a.value for a in Architecture]},
         "firmware": {"type": "array", "items": {"enum": ["bios", "uefi"]}, "minItems": 1},
@@ -37,7 +38,7 @@ SCHEMA: dict[str, Any] = {
         "version": {"type": "string"}, "name": {"type": "string"}, "config": {"type": ["string", "null"]},
         "source_date_epoch": {"type": "integer"}, "slot_mib": {"type": "integer"},
         "boot_mib": {"type": "integer"}, "state_mib": {"type": "integer"}, "qcow2": {"type": "boolean"},
-        "table": {"enum": ["gpt", "dos"]},
+        "board": {"enum": [None, "rpi"]},
     },
 }
 
@@ -52,6 +53,9 @@ def run(ctx: Any, options: dict[str, Any]) -> None:
     cores = abdisk.boot_loaders(options, grub_lib, ctx.work)
     files = abdisk.boot_files(options, ctx.input("rootfs") / "root", ctx.input("rootfs") / "kernel" / "vmlinuz",
                               ctx.input("initramfs") / "initrd.img", cores.get("uefi"))
+    if options["board"] == "rpi":
+        tree = rpi.unpack(blobs_by_role(ctx.input("fetch"), ctx.store, "boot"), ctx.work)
+        files.update(rpi.boot_files(tree, ctx.input("rootfs") / "kernel" / "dtbs", options["version"]))
     boot = ctx.work / "boot.fat"
     with progress.step("Boot partition (FAT)"):
         disk.fat(boot, options["label"], options["boot_mib"] * 1024, files, epoch, seed=options["name"])
@@ -60,12 +64,11 @@ def run(ctx: Any, options: dict[str, Any]) -> None:
         disk.ext4(state, layout.STATE_LABEL, options["state_mib"], None, epoch, seed=options["name"])
     squashfs = ctx.input("squashfs") / "rootfs.squashfs"
     image = ctx.out / "disk.img"
-    with progress.step("Disk image (GPT)"):
+    with progress.step("Disk image (MBR)" if options["board"] else "Disk image (GPT)"):
         placed = disk.write(abdisk.layout_for(options, boot, squashfs, state), image)
     if "bios" in cores:
-        bios = next((p for p in placed if p.partition.name == layout.BIOS_LABEL), None)
-        start, room = (bios.start, bios.sectors) if bios else (1, placed[0].start - 1)  # MBR: the gap
-        grub.embed_bios(image, grub_lib / "i386-pc" / "boot.img", cores["bios"], start, room)
+        bios = next(p for p in placed if p.partition.name == layout.BIOS_LABEL)
+        grub.embed_bios(image, grub_lib / "i386-pc" / "boot.img", cores["bios"], bios.start, bios.sectors)
     disk.flashables(image)
     if options["qcow2"]:
         with progress.step("qcow2 copy"):

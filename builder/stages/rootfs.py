@@ -95,6 +95,9 @@ def install_kernel(ctx: Any, root: Path, options: dict[str, Any]) -> None:
     (ctx.out / "kernel").mkdir()
     shutil.copyfile(kernels[0], ctx.out / "kernel" / "vmlinuz")
     (ctx.out / "kernel" / "release").write_text(release + "\n")
+    dtbs = unpacked / "usr/lib" / f"linux-image-{release}"
+    if dtbs.is_dir():  # device trees (arm64), for a board's boot partition (builder/rpi.py)
+        shutil.copytree(dtbs, ctx.out / "kernel" / "dtbs")
     src = next(p for p in (unpacked / "lib/modules" / release, unpacked / "usr/lib/modules" / release) if p.is_dir())
     # The image's kernel is this one: a backend that installed its own (diskimage-builder
     # does) must not leave a second, unpruned module tree or kernel behind.
