@@ -23,7 +23,7 @@ import sys
 import termios
 import time
 
-from agent import layout, system
+from agent import hotplug, layout, system
 
 RUN = layout.RUN
 VERSION_FILE = layout.LIB_VERSION
@@ -431,6 +431,18 @@ class Init:
             self.network()
         self.phases["late_coldplug_done_ms"] = system.boot_ms()
 
+    def hotplug(self, events: list[dict[str, str]]) -> None:
+        """Devices that appeared since boot (agent/hotplug.py): their drivers, and DHCP (or the
+        configured network) on a new interface."""
+        wanted = hotplug.wanted(events)
+        if wanted.aliases:
+            spawn_wait([BUSYBOX, "modprobe", "-a", "-q", *wanted.aliases], quiet=True)
+        if any(e.get("LOST") for e in events):  # the socket overflowed: look at every device
+            self.coldplug(passes=2)
+        if wanted.interfaces:
+            log(f"new network interface: {', '.join(wanted.interfaces)}")
+            self.network()
+
     def containers(self) -> None:
         """What containers and k3s need from the OS: cgroup v2 controllers delegated to child
         groups, and, on images that run containers, the image's modules and sysctls loaded,
@@ -682,6 +694,9 @@ class Init:
         for fd in self.power_fds:
             poller.register(fd, select.POLLIN)
         self.guarded("late coldplug", self.late_coldplug)
+        uevents = hotplug.open_socket()
+        if uevents is not None:
+            poller.register(uevents.fileno(), select.POLLIN)
         idle_at: float | None = time.monotonic() + IDLE_REPORT_S
         rotate_at = time.monotonic() + ROTATE_CHECK_S
         runtime_deadline = time.monotonic() + RUNTIME_WAIT_S
@@ -701,6 +716,8 @@ class Init:
                                 self.action = ACTIONS[signum]
                             elif signum == _signal.SIGHUP:
                                 self.guarded("config request", self.handle_request)
+                    elif uevents is not None and fd == uevents.fileno():
+                        self.guarded("hotplug", lambda: self.hotplug(hotplug.drain(uevents)))
                     else:
                         self.handle_power(fd)
                 self.reap()

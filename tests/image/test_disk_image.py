@@ -21,7 +21,7 @@ def raw() -> Path:
 
 
 def image_of(out: Path) -> Path:
-    return next(out.glob("*.img"))
+    return next(p for p in out.glob("*.img") if p.name != "initrd.img")
 
 
 def partitions(image: Path) -> list[dict]:  # type: ignore[type-arg]
@@ -116,3 +116,46 @@ def test_the_arm64_efi_image_is_the_same_layout_with_grub_arm64() -> None:
     assert "serial --unit=0" not in mtools(image, esp, "mtype", "::/boot/grub/grub.cfg").decode()
     lock = json.loads((out / "packages.lock.json").read_text())
     assert {p["arch"] for p in lock["packages"]} <= {"arm64", "all"}
+
+
+def test_the_raspberry_pi_card_has_an_mbr_the_pi_firmware_u_boot_and_grub() -> None:
+    """images/rpi.yaml: what the Pi's boot ROM, its firmware and U-Boot each look for, on the card."""
+    out = pipeline.build(plan.plan("rpi"))
+    image = image_of(out)
+    table = subprocess.run(["sfdisk", "-J", str(image)], capture_output=True, text=True, check=True).stdout
+    table_json = json.loads(table)["partitiontable"]
+    assert table_json["label"] == "dos"
+    parts = table_json["partitions"]
+    # FAT32 (LBA) and bootable: the ROM reads no 0xEF partition; U-Boot scans the bootable one.
+    assert [(p["type"], p.get("bootable", False)) for p in parts] == [
+        ("c", True), ("83", False), ("83", False), ("83", False)]
+    definition = plan.load_image("rpi").outputs[0]
+    assert [p["size"] // 2048 for p in parts] == [definition.boot_mib, definition.slot_mib, definition.slot_mib,
+                                                  definition.state_mib]
+    boot = parts[0]["start"]
+    names = mtools(image, boot, "mdir", "-b", "::/").decode().split()
+    for name in ("::/bootcode.bin", "::/start_cd.elf", "::/fixup_cd.dat", "::/start4cd.elf", "::/fixup4cd.dat",
+                 "::/u-boot.bin", "::/config.txt", "::/bcm2837-rpi-3-b.dtb", "::/bcm2837-rpi-3-b-plus.dtb",
+                 "::/bcm2711-rpi-4-b.dtb", "::/bcm2711-rpi-400.dtb", "::/bcm2711-rpi-cm4-io.dtb"):
+        assert name in names, names
+    config = mtools(image, boot, "mtype", "::/config.txt").decode()
+    lines = [line for line in config.splitlines() if line and not line.startswith("#")]
+    assert lines[:2] == ["[all]", "arm_64bit=1"] and "kernel=u-boot.bin" in lines and "enable_uart=1" in lines
+    sections = [line for line in lines if line.startswith("[")]
+    assert sections == ["[all]", "[pi3]", "[pi4]", "[pi5]", "[all]"]
+    pi3, pi4 = lines[lines.index("[pi3]"):lines.index("[pi4]")], lines[lines.index("[pi4]"):lines.index("[pi5]")]
+    assert "start_file=start_cd.elf" in pi3 and "start_file=start4cd.elf" in pi4
+    uboot = mtools(image, boot, "mtype", "::/u-boot.bin")
+    assert b"U-Boot 2023.01" in uboot and b"efi/boot/bootaa64.efi" in uboot.lower()
+    loader = mtools(image, boot, "mtype", "::/EFI/BOOT/BOOTAA64.EFI")
+    assert loader[:2] == b"MZ" and b"\x64\xaa" in loader[0x80:0x200]
+    cfg = mtools(image, boot, "mtype", "::/boot/grub/grub.cfg").decode()
+    assert "console=ttyS1,115200" in cfg and "cgroup_enable=memory" in cfg
+    assert image.stat().st_size <= 1 << 30  # the issue's limit, without k3s here
+    rootfs = subprocess.run(["unsquashfs", "-l", str(out / "rootfs.squashfs")], capture_output=True, text=True,
+                            check=True).stdout
+    for path in ("usr/sbin/wpa_supplicant", "usr/lib/firmware/brcm/brcmfmac43430-sdio.raspberrypi,3-model-b.txt",
+                 "usr/lib/firmware/brcm/brcmfmac43455-sdio.raspberrypi,4-model-b.txt",
+                 "usr/lib/firmware/cypress/cyfmac43455-sdio.bin", "brcmfmac.ko", "mac80211_hwsim.ko"):
+        assert any(line.endswith(path) for line in rootfs.splitlines()), path
+    assert "cyfmac4373-sdio.bin" not in rootfs  # other chips' firmware is pruned
