@@ -313,6 +313,24 @@ def plan_network(config: dict[str, Any], facts: dict[str, Any]) -> list[Action]:
     return out
 
 
+def wpa_ssid(name: str) -> str:
+    """An SSID as wpa_supplicant reads it: quoted, or as hex when quoting cannot carry it (a
+    quote, a backslash, non-ASCII or control characters), so no name can break the file."""
+    if name.isascii() and name.isprintable() and '"' not in name and "\\" not in name:
+        return f'"{name}"'
+    return name.encode().hex()
+
+
+def wpa_auth(passphrase: str | None) -> str:
+    """WPA-PSK from a passphrase (8-63 printable ASCII, quoted) or a 64-digit hex key (as is);
+    an open network without one. The schema refuses anything else."""
+    if not passphrase:
+        return "\tkey_mgmt=NONE\n"
+    if len(passphrase) == 64 and all(c in "0123456789abcdefABCDEF" for c in passphrase):
+        return f"\tpsk={passphrase.lower()}\n"
+    return f'\tpsk="{passphrase}"\n'
+
+
 def plan_wifi(config: dict[str, Any], facts: dict[str, Any]) -> list[Action]:
     """wpa_supplicant's config from ``wifi:`` (most preferred first), a supplicant and a DHCP
     client on each wireless interface."""
@@ -321,8 +339,8 @@ def plan_wifi(config: dict[str, Any], facts: dict[str, Any]) -> list[Action]:
         return []
     text = "ctrl_interface=/run/wpa_supplicant\nupdate_config=0\n"
     for prio, net in enumerate(networks):
-        auth = f'\tpsk="{net["passphrase"]}"\n' if net.get("passphrase") else "\tkey_mgmt=NONE\n"
-        text += f'\nnetwork={{\n\tssid="{net["name"]}"\n{auth}\tpriority={len(networks) - prio}\n}}\n'
+        text += f"\nnetwork={{\n\tssid={wpa_ssid(net['name'])}\n{wpa_auth(net.get('passphrase'))}" \
+                f"\tpriority={len(networks) - prio}\n}}\n"
     out: list[Action] = [("write", WPA_CONF, text.encode(), 0o600, "root:root")]
     wireless = facts.get("wireless", [])
     if not facts.get("have_wpa_supplicant"):

@@ -49,6 +49,7 @@ class ImageDefinition:
     prune: tuple[str, ...]
     overlays: tuple[str, ...]
     kernel_package: str
+    kernel_deb: Path | None  # a local kernel package used instead of kernel_package's
     cmdline: str
     modules_exclude: tuple[str, ...]
     modules_keep: tuple[str, ...]
@@ -141,6 +142,7 @@ def _typed(doc: Located) -> ImageDefinition:
         backend=v.get("rootfs", {}).get("backend", "mmdebstrap"),
         prune=tuple(v.get("rootfs", {}).get("prune", DEFAULT_PRUNE)),
         overlays=tuple(v.get("overlays", ["base"])), kernel_package=kernel["package"],
+        kernel_deb=(Path(doc.source).parent / kernel["deb"]).resolve() if "deb" in kernel else None,
         cmdline=kernel.get("cmdline", ""),
         modules_exclude=tuple(kernel.get("modules", {}).get("exclude", [])),
         modules_keep=tuple(kernel.get("modules", {}).get("keep", [])),
@@ -204,6 +206,14 @@ def check_disk_label(doc: Located) -> list[Problem]:
     return out
 
 
+def check_kernel_deb(doc: Located) -> list[Problem]:
+    deb = doc.value.get("kernel", {}).get("deb")
+    if deb is not None and not (Path(doc.source).parent / deb).is_file():
+        return [doc.problem(["kernel", "deb"], f"no such file: {deb} (looked in {Path(doc.source).parent})",
+                            "kernel.deb is a path to a .deb, relative to the image definition")]
+    return []
+
+
 def check_board(doc: Located) -> list[Problem]:
     """A Raspberry Pi card is a raw arm64 disk booted through U-Boot's UEFI (builder/rpi.py)."""
     out = []
@@ -223,4 +233,4 @@ def check_board(doc: Located) -> list[Problem]:
 
 
 CHECKS = (check_overlays_exist, check_firmware_fits_arch, check_k3s_pinned_for_arch, check_kernel_console,
-          check_disk_label, check_board)
+          check_disk_label, check_board, check_kernel_deb)

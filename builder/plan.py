@@ -150,6 +150,8 @@ def compile_plan(img: ImageDefinition, config_text: str | None = None, etc_apt: 
             "keyring": str(debian.keyring_path(img.keyring)),
             "packages": list(img.packages), "exclude": list(img.exclude),
             "kernel": img.kernel_package, "boot_packages": boot_packages,
+            "kernel_deb": {"path": str(img.kernel_deb), "sha256": sha256_file(img.kernel_deb)}
+            if img.kernel_deb else None,
         }),
         PlannedStage("k3s", k3s_options(img, k3s_binary, k3s_artifacts)),
         PlannedStage("rootfs", {

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
-from agent.errors import BasaltError
+from agent.errors import BasaltError, Problem
 from builder import debian, progress
 from builder.download import BlobStore
 
@@ -26,7 +28,7 @@ PUBLISH = (("packages.lock.json", "packages.lock.json"),)
 TOOLS = {"gpgv": "gpgv"}
 SCHEMA: dict[str, Any] = {
     "type": "object", "additionalProperties": False,
-    "required": ["arch", "sources", "keyring", "packages", "exclude", "kernel", "boot_packages"],
+    "required": ["arch", "sources", "keyring", "packages", "exclude", "kernel", "boot_packages", "kernel_deb"],
     "properties": {
         "arch": {"type": "string"},
         "sources": {"type": "array", "items": {
@@ -38,6 +40,9 @@ SCHEMA: dict[str, Any] = {
         "exclude": {"type": "array", "items": {"type": "string"}},
         "kernel": {"type": "string"},
         "boot_packages": {"type": "array", "items": {"type": "string"}},
+        "kernel_deb": {"oneOf": [{"type": "null"}, {
+            "type": "object", "additionalProperties": False, "required": ["path", "sha256"],
+            "properties": {"path": {"type": "string"}, "sha256": {"type": "string"}}}]},
     },
 }
 
@@ -46,14 +51,39 @@ def resolve(options: dict[str, Any], store: BlobStore) -> list[dict[str, Any]]:
     sources = [debian.Source(s["uri"], tuple(s["suites"]), tuple(s["components"])) for s in options["sources"]]
     index = debian.Index.load(store, sources, options["arch"], Path(options["keyring"]))
     rows: list[dict[str, Any]] = []
+    local = options["kernel_deb"]
     roles = [("rootfs", index.resolve(options["packages"], options["exclude"])),
-             ("kernel", [index.kernel(options["kernel"])]),
+             ("kernel", [] if local else [index.kernel(options["kernel"])]),
              ("boot", index.exact(options["boot_packages"]))]
     for role, pkgs in roles:
         for p in pkgs:
             rows.append({"name": p.name, "version": p.version, "arch": p.arch, "sha256": p.sha256,
                          "size": p.size, "url": p.url, "role": role})
+    if local:
+        rows.append(local_kernel(Path(local["path"]), local["sha256"], options["arch"], store))
     return rows
+
+
+def local_kernel(path: Path, sha256: str, arch: str, store: BlobStore) -> dict[str, Any]:
+    """``kernel.deb``: a kernel package from a file (one Debian does not ship, e.g. for the
+    Raspberry Pi 5), checked to be a kernel for this architecture, then kept in the blob store
+    like any download (so the build reads it by its hash, as every package)."""
+    proc = subprocess.run(["dpkg-deb", "-f", str(path), "Package", "Version", "Architecture"],
+                          capture_output=True, text=True)
+    fields = dict(line.split(": ", 1) for line in proc.stdout.splitlines() if ": " in line)
+    if proc.returncode != 0 or not fields.get("Package"):
+        raise BasaltError(Problem(f"kernel.deb: {path} is not a Debian package: {proc.stderr.strip()}",
+                                  hint="give a linux-image-*.deb file"))
+    if fields.get("Architecture") != arch:
+        raise BasaltError(Problem(f"kernel.deb: {path} is for {fields.get('Architecture')}, the image for {arch}",
+                                  hint=f"use the {arch} build of the kernel package"))
+    if not store.has(sha256):
+        partial = store.root.parent / "partial" / f"{sha256}.local"
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, partial)
+        store.put_file(partial, sha256)  # refuses a file changed since the plan hashed it
+    return {"name": fields["Package"], "version": fields["Version"], "arch": arch, "sha256": sha256,
+            "size": path.stat().st_size, "url": path.resolve().as_uri(), "role": "kernel"}
 
 
 def run(ctx: Any, options: dict[str, Any]) -> None:

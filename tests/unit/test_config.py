@@ -174,8 +174,8 @@ def test_every_k3os_key_form_validates_unchanged() -> None:
     ("k3os: {k3sArgs: server}", {"k3os": {"k3s_args": ["server"]}}),
     ("k3os: {serverUrl: 'https://s:6443', token: K10x}", {"k3os": {"server_url": "https://s:6443", "token": "K10x"}}),
     # wifi's pass/password mean passphrase
-    ("k3os: {wifi: [{name: n, pass: p}]}", {"k3os": {"wifi": [{"name": "n", "passphrase": "p"}]}}),
-    ("k3os: {wifi: {name: n, password: p}}", {"k3os": {"wifi": [{"name": "n", "passphrase": "p"}]}}),
+    ("k3os: {wifi: [{name: n, pass: p4ssphrase}]}", {"k3os": {"wifi": [{"name": "n", "passphrase": "p4ssphrase"}]}}),
+    ("k3os: {wifi: {name: n, password: p4ssphrase}}", {"k3os": {"wifi": [{"name": "n", "passphrase": "p4ssphrase"}]}}),
     # "true" strings become booleans; scalars become strings where strings are expected
     ("k3os: {install: {silent: 'true', power_off: 'false'}}",
      {"k3os": {"install": {"silent": True, "power_off": False}}}),

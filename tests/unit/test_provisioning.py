@@ -330,3 +330,29 @@ def test_a_precompiled_baked_config_is_used_only_while_it_matches(tmp_path: Path
     baked.write_text("hostname: bad_name!\n")
     merged = sources.gather("", str(baked), **kw)
     assert merged.problems[0].render().startswith(f"{baked}:1: hostname: 'bad_name!' is not valid here")
+
+
+@pytest.mark.parametrize(("network", "lines"), [
+    ({"name": "site", "passphrase": "correct horse"}, ['\tssid="site"', '\tpsk="correct horse"']),
+    ({"name": 'a "quoted" name', "passphrase": "x" * 8}, ["\tssid=61202271756f74656422206e616d65",
+                                                          '\tpsk="xxxxxxxx"']),
+    ({"name": "café"}, ["\tssid=636166c3a9", "\tkey_mgmt=NONE"]),
+    ({"name": "hex", "passphrase": "AB" * 32}, ['\tssid="hex"', "\tpsk=" + "ab" * 32]),
+])
+def test_wifi_networks_cannot_break_the_supplicant_config(network: dict[str, str], lines: list[str]) -> None:
+    (_, path, text, mode, _), = modules.plan_wifi({"basalt": {"wifi": [network]}}, FACTS)[:1]
+    assert path == "/etc/wpa_supplicant/basalt.conf" and mode == 0o600
+    body = text.decode().split("network={\n")[1].splitlines()
+    assert body[:2] == lines and body[2:] == ["\tpriority=1", "}"]
+
+
+@pytest.mark.parametrize(("passphrase", "ok"), [("12345678", True), ("1234567", False), ("x" * 63, True),
+                                                ("x" * 64, False), ("ab" * 32, True), ("new\nline-xx", False)])
+def test_the_schema_takes_only_passphrases_wpa_takes(passphrase: str, ok: bool) -> None:
+    import json
+
+    from agent.config import check_text
+    loaded = check_text(json.dumps({"basalt": {"wifi": [{"name": "n", "passphrase": passphrase}]}}))
+    assert loaded.ok is ok, loaded.problems
+    if not ok:
+        assert "8 to 63 printable ASCII" in str(loaded.problems[0].hint)

@@ -267,7 +267,7 @@ def test_binary_payloads() -> None:
     ("k3os: {environment: {HTTP_PROXY: '${PROXY}'}}", "k3os.environment.HTTP_PROXY"),
     ("k3os: {k3s_args: [server, '--node-ip={{ ip }}']}", "k3os.k3s_args[1]"),
     ("write_files: [{path: '/etc/${NAME}.conf'}]", "write_files[0].path"),
-    ("basalt: {wifi: [{name: '<ssid>', passphrase: p}]}", "basalt.wifi[0].name"),
+    ("basalt: {wifi: [{name: '<ssid>', passphrase: p4ssphrase}]}", "basalt.wifi[0].name"),
 ])
 def test_placeholders_in_any_value(text: str, path: str) -> None:
     (problem,) = check_text(text).problems
