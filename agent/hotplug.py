@@ -64,7 +64,7 @@ def wanted(events: list[dict[str, str]]) -> Wanted:
 
 def drain(sock: socket.socket) -> list[dict[str, str]]:
     """Every uevent queued on ``sock`` (it is non-blocking)."""
-    events = []
+    events: list[dict[str, str]] = []
     while True:
         try:
             datagram = sock.recv(1 << 16)

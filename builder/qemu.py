@@ -428,6 +428,10 @@ def boot_command(img: ImageDefinition, medium: Path, firmware: str, accel: str, 
         wall = time.monotonic() - guest.started
         print(f"ready: version={m.group(1)} boot_ms={m.group(2)} mem_used_kb={m.group(3)} "
               f"(wall {wall:.1f}s from QEMU start)")
+        if guest.board:  # no ACPI power button on a board's machine (raspi3b)
+            print(f"{guest.board}: QEMU's board has no power button; stopped (the guest powers off with "
+                  "`poweroff`, through its watchdog)")
+            return 0
         off = guest.powerdown(60)
         print("powered off cleanly" if off else "error: guest did not power off within 60s; killed")
         return 0 if off else 1

@@ -16,8 +16,8 @@ from typing import Any
 from agent import layout
 from agent.errors import BasaltError, Problem
 from builder import abdisk, disk, grub, progress, rpi
-from builder.stages.fetch import blobs_by_role
 from builder.arch import Architecture
+from builder.stages.fetch import blobs_by_role
 
 NAME = "raw"
 VERSION = 1

@@ -117,8 +117,8 @@ def test_unknown_image_name_lists_choices() -> None:
     with pytest.raises(BasaltError) as exc:
         load_image("no-such-image")
     assert exc.value.render() == ("no image definition named 'no-such-image'\n"
-                                  "hint: available: arm64-efi, rpi, x86_64-containerd, x86_64-iso, x86_64-k3s, x86_64-raw "
-                                  "(or pass a path to a .yaml file)")
+                                  "hint: available: arm64-efi, rpi, x86_64-containerd, x86_64-iso, x86_64-k3s, "
+                                  "x86_64-raw (or pass a path to a .yaml file)")
 
 
 def test_cli_reports_without_traceback(tmp_path: Path) -> None:

@@ -29,14 +29,14 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def release(root: Path, files: dict[str, bytes], sums: dict[str, str] | None = None) -> Path:
+def release(root: Path, files: dict[str, bytes], sums: dict[str, str] | None = None, arch: str = "amd64") -> Path:
     """A release directory: the files and a sha256sum file listing them (or ``sums``)."""
     d = root / VERSION
     d.mkdir(parents=True, exist_ok=True)
     for name, data in files.items():
         (d / name).write_bytes(data)
     listed = sums if sums is not None else {name: sha(data) for name, data in files.items()}
-    (d / "sha256sum-amd64.txt").write_text("".join(f"{h}  {n}\n" for n, h in listed.items()))
+    (d / f"sha256sum-{arch}.txt").write_text("".join(f"{h}  {n}\n" for n, h in listed.items()))
     return d
 
 
@@ -73,6 +73,23 @@ def test_downloads_the_release_binary_verified_by_its_checksum_file(tmp_path: Pa
     assert (tmp_path / "out" / "key").read_text() == hashlib.sha256(json.dumps(
         {k: v for k, v in json.loads((tmp_path / "out" / "k3s.lock.json").read_text()).items() if k != "route"},
         sort_keys=True).encode()).hexdigest()
+
+
+def test_an_arm64_image_downloads_the_arm64_release_asset(tmp_path: Path, http_server) -> None:  # type: ignore[no-untyped-def]
+    """The Raspberry Pi card with k3s: the plan names k3s-arm64 and sha256sum-arm64.txt (builder/arch.py)."""
+    from builder import plan
+    from builder.imagedef import load_image
+    arm_binary = b"\x7fELF\x02\x01\x01" + bytes(9) + b"\x02\x00\xb7\x00" + bytes(4096)  # an ELF header, EM_AARCH64
+    release(http_server.root, {"k3s-arm64": arm_binary}, arch="arm64")
+    definition = tmp_path / "rpi-k3s.yaml"
+    definition.write_text(f"extends: rpi\nname: rpi-k3s\nk3s:\n  enabled: true\n  version: {VERSION}\n"
+                          f"  url: {http_server.url}\n")
+    o = plan.k3s_options(load_image(str(definition)), None, None)
+    assert (o["asset"], o["arch"]) == ("k3s-arm64", "arm64")
+    lock = run(tmp_path, o)
+    assert lock["route"] == "download" and Path(lock["binary"]["path"]).read_bytes() == arm_binary
+    assert [p for p, _ in http_server.requests] == ["/v1.30.5%2Bk3s1/sha256sum-arm64.txt",
+                                                     "/v1.30.5%2Bk3s1/k3s-arm64"]
 
 
 def test_wrong_checksum_is_rejected_with_the_three_routes(tmp_path: Path, http_server) -> None:  # type: ignore[no-untyped-def]
