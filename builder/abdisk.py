@@ -7,6 +7,7 @@ filesystem label), cmdline, version, name, config, source_date_epoch, slot_mib, 
 
 from __future__ import annotations
 
+import gzip
 import json
 import time
 from pathlib import Path
@@ -62,6 +63,16 @@ def efi_path(options: dict[str, Any]) -> str:
     return f"/EFI/BOOT/BOOT{Architecture(options['arch']).to_efi()}.EFI"
 
 
+def slot_kernel(options: dict[str, Any], kernel: Path) -> bytes | Path:
+    """The kernel as the boot partition holds it. Debian's arm64 kernel is an uncompressed Image
+    (~32 MiB): gzipped it is a third of that, which GRUB (gzio) inflates as it reads, so a slot
+    takes less of the boot partition and loads faster from an SD card. An x86 bzImage is
+    compressed already."""
+    if Architecture(options["arch"]) != Architecture.ARM64:
+        return kernel
+    return gzip.compress(kernel.read_bytes(), compresslevel=6, mtime=0)
+
+
 def boot_files(options: dict[str, Any], rootfs_tree: Path, kernel: Path, initrd: Path,
                efi: Path | None) -> dict[str, bytes | Path]:
     """The boot partition's files by path: GRUB (for UEFI), its menu and environment block (slot a),
@@ -71,7 +82,7 @@ def boot_files(options: dict[str, Any], rootfs_tree: Path, kernel: Path, initrd:
         **medium.files(options["name"], options["version"], options["config"], rootfs_tree, marker(options)),
         "/boot/grub/grub.cfg": grub_cfg(options).encode(),
         layout.GRUB_ENV: grub.env_block({"basalt_slot": "a"}),
-        f"{slot}/vmlinuz": kernel,
+        f"{slot}/vmlinuz": slot_kernel(options, kernel),
         f"{slot}/initrd.img": initrd,
         f"{slot}/version": (options["version"] + "\n").encode(),
         f"{slot}/{slots.BUILD_INFO}": json.dumps({

@@ -25,7 +25,7 @@ MODULES = {"bios": ["biosdisk", "part_msdos", "part_gpt"],
            "uefi": ["part_gpt", "part_msdos", "fat", "efi_gop", "all_video"]}
 # What a medium needs GRUB to read: the ISO its filesystem; a disk its ESP (FAT), the boot
 # selection's environment block and the partition arithmetic of the slot menu.
-MEDIUM_MODULES = {"iso": ["iso9660"], "disk": ["fat", "part_gpt", "part_msdos", "loadenv", "regexp"]}
+MEDIUM_MODULES = {"iso": ["iso9660"], "disk": ["fat", "part_gpt", "part_msdos", "loadenv", "regexp", "gzio"]}
 ENV_BLOCK_SIZE = 1024
 
 

@@ -25,13 +25,37 @@ from builder.qemu import READY, Guest
 BOOT_TIMEOUT = 300
 CARD_MIB = 1024
 PASSWORD = "pi-console-test"
+# The config modules on arm64, Wi-Fi included: mac80211_hwsim gives the board a radio (wlan0).
+SITE_CONFIG = f"""hostname: baked-name
+timezone: Europe/Berlin
+users:
+  - name: ops
+    groups: [operators]
+write_files:
+  - path: /etc/site/role
+    content: "edge\\n"
+boot_cmd:
+  - "echo ran > /run/site-boot-cmd"
+basalt:
+  password: {PASSWORD}
+  sysctl:
+    vm.swappiness: "10"
+  modules:
+    - mac80211_hwsim radios=1
+  environment:
+    SITE: pi-site
+  wifi:
+    - name: site-ap
+      passphrase: correct horse battery
+    - name: open-fallback
+"""
 
 
 @pytest.fixture(scope="module")
 def rpi_card(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("rpi")
     config = tmp / "config.yaml"
-    config.write_text(f"hostname: baked-name\nbasalt:\n  password: {PASSWORD}\n")
+    config.write_text(SITE_CONFIG)
     out = pipeline.build(plan.plan("rpi", str(config)), out=tmp / "out")
     return next(out.glob("rpi-*.img"))
 
@@ -53,7 +77,7 @@ def test_the_pi_card_boots_under_raspi3b_through_u_boot_and_grub(rpi_card: Path,
     drop_on_boot_partition(card, "basalt-config.yaml", "hostname: pi-from-laptop\n", tmp_path)
     with Guest(None, arch=Architecture.ARM64, board="rpi", boot_disk=card, boot_disk_mib=CARD_MIB) as guest:
         m = guest.wait_for(READY.pattern + r" errors=(\d+)", BOOT_TIMEOUT)
-        assert m.group(4) == "0", guest.tail()
+        assert m.group(4) == "0", guest.console()[-4000:]
         console = guest.console()
         assert "devicetree: board" in console  # the card's u-boot.bin (rpi_arm64: the DT it is handed)
         assert "Scanning mmc 0:1..." in console  # its distro boot, on the card's boot partition
@@ -80,6 +104,19 @@ def test_the_pi_card_boots_under_raspi3b_through_u_boot_and_grub(rpi_card: Path,
                     "print(\"/run/basalt/medium/basalt-config.yaml\" in s[\"config_sources\"], "
                     "s[\"slots\"][\"a\"][\"image\"], s[\"slots\"][\"b\"])'")
         assert fields == "True rpi {'state': 'empty'}", fields
+        # Config modules on arm64 (each answer short: the serial line is the transport).
+        assert sh("cat /etc/timezone /etc/site/role /run/site-boot-cmd").split() == ["Europe/Berlin", "edge", "ran"]
+        assert sh("id -nG ops") == "ops operators"
+        assert sh("cat /proc/sys/vm/swappiness") == "10"
+        assert sh("grep -c SITE=pi-site /etc/environment") == "1"
+        # Wi-Fi: the generated supplicant config, and a supplicant on the simulated radio.
+        assert sh("ls /sys/class/net | grep -c wlan") == "1"
+        assert sh("stat -c %a /etc/wpa_supplicant/basalt.conf") == "600"
+        assert sh("grep -c -e 'ssid=\"site-ap\"' -e 'psk=\"correct horse battery\"' -e 'ssid=\"open-fallback\"' "
+                  "/etc/wpa_supplicant/basalt.conf") == "3"
+        running = sh("for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null; echo; done"
+                     " | grep -c '^/usr/sbin/wpa_supplicant -i wlan0 '")
+        assert running == "1", running
         size_kb = int(sh("df -k /var | tail -1").split()[1])
         assert size_kb > (CARD_MIB - 1 - 128 - 2 * 256) * 1024 * 0.9, size_kb
         guest.send("poweroff\n")
