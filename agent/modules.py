@@ -286,6 +286,8 @@ def plan_network(config: dict[str, Any], facts: dict[str, Any]) -> list[Action]:
         if iface not in wanted:
             out.append(("service", f"dhcp-{iface}", dhcp_argv(iface)))
     for iface, spec in wanted.items():
+        if spec.get("unmanaged"):  # left to the user: no DHCP, no addresses, no Wi-Fi client
+            continue
         vlan = spec.get("vlan")
         if vlan:
             out += [("modprobe", "8021q", ""),
@@ -342,7 +344,8 @@ def plan_wifi(config: dict[str, Any], facts: dict[str, Any]) -> list[Action]:
         text += f"\nnetwork={{\n\tssid={wpa_ssid(net['name'])}\n{wpa_auth(net.get('passphrase'))}" \
                 f"\tpriority={len(networks) - prio}\n}}\n"
     out: list[Action] = [("write", WPA_CONF, text.encode(), 0o600, "root:root")]
-    wireless = facts.get("wireless", [])
+    interfaces = config.get("network", {}).get("interfaces", {})
+    wireless = [i for i in facts.get("wireless", []) if not interfaces.get(i, {}).get("unmanaged")]
     if not facts.get("have_wpa_supplicant"):
         return [*out, ("error", "wifi", "wpa_supplicant is not in this image: add the wpasupplicant package "
                                        "(and wireless drivers) to the image definition")]

@@ -142,6 +142,10 @@ def merge_usr(root: Path) -> None:
                 os.rename(src, dest)
         shutil.rmtree(top)
         top.symlink_to(f"usr/{name}")
+    for name in ("bin", "sbin", "lib"):  # the paths programs and the kernel name (/sbin/modprobe)
+        if not (root / name).exists() and not (root / name).is_symlink():
+            (root / "usr" / name).mkdir(parents=True, exist_ok=True)
+            (root / name).symlink_to(f"usr/{name}")
 
 
 def module_excluded(rel: str, exclude: list[str], keep: list[str]) -> bool:
@@ -178,6 +182,10 @@ def apply_overlay(overlay: Path, root: Path) -> None:
         link = root / "usr/bin" / name
         if not link.exists() and not (root / "usr/sbin" / name).exists():
             link.symlink_to("busybox")
+    for name in spec.get("busybox_sbin_applets", []):  # where the kernel runs them (e.g. /sbin/modprobe)
+        link = root / "usr/sbin" / name
+        if not link.exists():
+            link.symlink_to("../bin/busybox")
     for path, mode in spec.get("modes", {}).items():
         (root / path).chmod(int(str(mode), 8))
 

@@ -2,7 +2,8 @@
 thread): U-Boot and the device tree are read from the card's own boot partition, U-Boot starts
 GRUB (EFI) from the card, GRUB boots slot A, whose squashfs on the card's second partition is
 the root; the state partition grows to the (power-of-two padded) card, and a config dropped
-on the FAT partition, as a laptop would, is applied. The test logs in on the Pi's header
+on the FAT partition, as a laptop would, is applied. The config modules run on arm64, and
+Wi-Fi from the wifi: keys associates with an access point on a second simulated radio. The test logs in on the Pi's header
 console (ttyS1, QEMU's second UART): QEMU's USB network device does not enumerate under Linux
 here once U-Boot has started USB (docs/raspberry-pi.md), so there is no SSH in this test.
 
@@ -25,7 +26,20 @@ from builder.qemu import READY, Guest
 BOOT_TIMEOUT = 300
 CARD_MIB = 1024
 PASSWORD = "pi-console-test"
-# The config modules on arm64, Wi-Fi included: mac80211_hwsim gives the board a radio (wlan0).
+# The config modules on arm64, and Wi-Fi: mac80211_hwsim gives the board two simulated radios;
+# wlan1, left unmanaged, is an access point (wpa_supplicant's AP mode, started by boot_cmd), and
+# the client Basalt runs on wlan0 from the wifi: keys must associate with it (WPA2-PSK).
+AP_CONF = """ctrl_interface=/run/wpa-ap
+network={
+  ssid="site-ap"
+  mode=2
+  frequency=2412
+  key_mgmt=WPA-PSK
+  proto=RSN
+  pairwise=CCMP
+  psk="correct horse battery"
+}
+"""
 SITE_CONFIG = f"""hostname: baked-name
 timezone: Europe/Berlin
 users:
@@ -34,14 +48,20 @@ users:
 write_files:
   - path: /etc/site/role
     content: "edge\\n"
+  - path: /etc/site/ap.conf
+    content: {json.dumps(AP_CONF)}
 boot_cmd:
   - "echo ran > /run/site-boot-cmd"
+  - "/usr/sbin/wpa_supplicant -B -i wlan1 -c /etc/site/ap.conf"
+network:
+  interfaces:
+    wlan1: {{unmanaged: true}}
 basalt:
   password: {PASSWORD}
   sysctl:
     vm.swappiness: "10"
   modules:
-    - mac80211_hwsim radios=1
+    - mac80211_hwsim radios=2
   environment:
     SITE: pi-site
   wifi:
@@ -91,11 +111,12 @@ def test_the_pi_card_boots_under_raspi3b_through_u_boot_and_grub(rpi_card: Path,
         guest.wait_for("Password:", 60, m.end())
         guest.send(PASSWORD + "\n")
 
-        def sh(cmd: str) -> str:
-            return guest.run(cmd, 120)
+        def sh(cmd: str) -> str:  # the agent and the kernel log on this console too: drop their lines
+            lines = guest.run(cmd, 120).splitlines()
+            return "\n".join(line for line in lines if not line.startswith(("basalt: ", "[")))
 
         assert sh("uname -m") == "aarch64"
-        assert sh("tr -d '\\0' < /proc/device-tree/model") == "Raspberry Pi 3 Model B"
+        assert sh("tr -d '\\0' < /proc/device-tree/model; echo") == "Raspberry Pi 3 Model B"
         assert sh("hostname") == "pi-from-laptop"  # the dropped config wins over the baked one
         assert sh("awk '$3 == \"squashfs\" {print $1}' /proc/mounts") == "/dev/mmcblk0p2"
         assert sh("cat /run/basalt/slot /run/basalt/mode").split() == ["a", "installed"]
@@ -110,13 +131,16 @@ def test_the_pi_card_boots_under_raspi3b_through_u_boot_and_grub(rpi_card: Path,
         assert sh("cat /proc/sys/vm/swappiness") == "10"
         assert sh("grep -c SITE=pi-site /etc/environment") == "1"
         # Wi-Fi: the generated supplicant config, and a supplicant on the simulated radio.
-        assert sh("ls /sys/class/net | grep -c wlan") == "1"
+        assert sh("ls /sys/class/net | grep -c wlan") == "2"
         assert sh("stat -c %a /etc/wpa_supplicant/basalt.conf") == "600"
         assert sh("grep -c -e 'ssid=\"site-ap\"' -e 'psk=\"correct horse battery\"' -e 'ssid=\"open-fallback\"' "
                   "/etc/wpa_supplicant/basalt.conf") == "3"
         running = sh("for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null; echo; done"
                      " | grep -c '^/usr/sbin/wpa_supplicant -i wlan0 '")
-        assert running == "1", running
+        assert running == "1", running  # on wlan0 only: wlan1 is unmanaged
+        state = sh("for i in $(seq 90); do [ \"$(cat /sys/class/net/wlan0/operstate)\" = up ] && break; sleep 1; "
+                   "done; cat /sys/class/net/wlan0/operstate")
+        assert state == "up", sh("tail -n 5 /var/log/basalt/wifi-wlan0.log")  # associated: the link is up
         size_kb = int(sh("df -k /var | tail -1").split()[1])
         assert size_kb > (CARD_MIB - 1 - 128 - 2 * 256) * 1024 * 0.9, size_kb
         guest.send("poweroff\n")

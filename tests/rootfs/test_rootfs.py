@@ -37,6 +37,8 @@ def test_mmdebstrap_backend_builds_exact_locked_set() -> None:
     check_basalt_tree(root)
     assert (root / "bin").is_symlink() and os.readlink(root / "bin") == "usr/bin"  # merged /usr
     assert (root / "usr/bin/sh").is_symlink() and os.readlink(root / "usr/bin/sh") == "busybox"
+    # The kernel's on-demand module loader (/proc/sys/kernel/modprobe, /sbin -> usr/sbin) exists.
+    assert (root / "sbin/modprobe").resolve() == (root / "usr/bin/busybox").resolve()
     assert not (root / "usr/bin/perl").exists()  # excluded: no maintainer scripts, no perl
     assert not (root / "var/lib/dpkg/status").exists() or "debconf" not in (root / "var/lib/dpkg/status").read_text()
     assert list((root / "dev").iterdir()) == []  # no device nodes from the host

@@ -356,3 +356,12 @@ def test_the_schema_takes_only_passphrases_wpa_takes(passphrase: str, ok: bool) 
     assert loaded.ok is ok, loaded.problems
     if not ok:
         assert "8 to 63 printable ASCII" in str(loaded.problems[0].hint)
+
+
+def test_an_unmanaged_interface_gets_no_dhcp_and_no_wifi_client() -> None:
+    config = {"network": {"interfaces": {"wlan1": {"unmanaged": True}, "eth1": {"unmanaged": True}}},
+              "basalt": {"wifi": [{"name": "n"}]}}
+    facts = {**FACTS, "interfaces": ["eth0", "eth1"], "wireless": ["wlan0", "wlan1"], "have_wpa_supplicant": True}
+    services = [a[1] for a in modules.plan_network(config, facts) + modules.plan_wifi(config, facts)
+                if a[0] == "service"]
+    assert services == ["dhcp-eth0", "wifi-wlan0", "dhcp-wlan0"]
