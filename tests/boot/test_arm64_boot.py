@@ -52,7 +52,8 @@ def test_arm64_efi_image_boots_under_virt_with_aavmf(arm64_image: Path, key: Pat
         doctor = json.loads(guest.ssh("basalt doctor --json", key, timeout=120, check=False))
         checks = {c["what"]: c for c in doctor["checks"]}
         assert doctor["kernel"].endswith("-arm64") and checks["kernel config"]["status"] == "ok", checks
-        assert checks["cgroup v2 controllers"]["status"] == "ok" and "memory" in checks["cgroup v2 controllers"]["detail"]
+        cgroups = checks["cgroup v2 controllers"]
+        assert cgroups["status"] == "ok" and "memory" in cgroups["detail"], cgroups
         assert checks["module veth"]["status"] == "fail" and "modprobe veth" in checks["module veth"]["fix"]
         size_kb = int(sh("df -k /var | tail -1").split()[1])
         assert size_kb > (DISK_MIB - 600) * 1024 * 0.9, size_kb
