@@ -4,8 +4,9 @@ GRUB (EFI) from the card, GRUB boots slot A, whose squashfs on the card's second
 the root; the state partition grows to the (power-of-two padded) card, and a config dropped
 on the FAT partition, as a laptop would, is applied. The config modules run on arm64, and
 Wi-Fi from the wifi: keys associates with an access point on a second simulated radio.
-The test logs in on the Pi's header console (ttyS1, QEMU's second UART): QEMU's USB network device does not enumerate under Linux
-here once U-Boot has started USB (docs/raspberry-pi.md), so there is no SSH in this test.
+The test logs in on the Pi's header console (ttyS1, QEMU's second UART): QEMU's USB network
+device does not enumerate under Linux here once U-Boot has started USB (docs/raspberry-pi.md),
+so there is no SSH in this test.
 
 What QEMU cannot run is the Pi's VideoCore firmware (bootcode.bin, start*.elf, config.txt):
 QEMU starts U-Boot where that firmware would (tests/image checks what the card gives it).
