@@ -525,15 +525,7 @@ def verify(f: BinaryIO, offset: int, length: int, digest: str, label: str) -> No
     except OSError:
         pass
     os.posix_fadvise(f.fileno(), offset, length, os.POSIX_FADV_DONTNEED)
-    h, left = hashlib.sha256(), length
-    f.seek(offset)
-    while left > 0:
-        chunk = f.read(min(CHUNK, left))
-        if not chunk:
-            break
-        h.update(chunk)
-        left -= len(chunk)
-    if h.hexdigest() != digest:
+    if partitions.sha256_range(f, offset, length, CHUNK) != digest:
         raise BasaltError(Problem(f"{label} reads back differently from what was written: the disk is failing",
                                   hint="the disk is left without a boot loader; use another disk"))
     _say(f"{label}: {length >> 20} MiB written and verified (sha256 {digest[:16]}…)")

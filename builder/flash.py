@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from agent import install
+from agent import install, partitions
 from agent.errors import BasaltError, Problem
 from builder import progress
 
@@ -154,16 +154,8 @@ def verify(out: BinaryIO, bmap: BlockMap, device: str) -> None:
     bar = progress.Bar(f"Verifying {device}", bmap.mapped_bytes)
     for first, last, digest in bmap.ranges:
         start, end = first * bmap.block_size, min((last + 1) * bmap.block_size, bmap.image_size)
-        out.seek(start)
-        h, left = hashlib.sha256(), end - start
-        while left > 0:
-            chunk = out.read(min(CHUNK, left))
-            if not chunk:
-                break
-            h.update(chunk)
-            left -= len(chunk)
-            bar.update(len(chunk))
-        if digest and h.hexdigest() != digest:
+        actual = partitions.sha256_range(out, start, end - start, CHUNK, bar.update)
+        if digest and actual != digest:
             raise BasaltError(Problem(f"{device}: blocks {first}-{last} read back differently from what was written",
                                       hint="the card may be failing or fake (smaller than it claims); try another"))
     bar.close()
