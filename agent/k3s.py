@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 
 from agent import layout
-from agent.modules import section
+from agent.section import section
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     Action = tuple[Any, ...]
 
-BINARY = "/usr/bin/k3s"
+BINARY = layout.K3S_BINARY
 SHARE = layout.LIB_K3S  # from the image: version, images/, charts/
 ETC = "/etc/rancher/k3s"
 DATA = "/var/lib/rancher/k3s"

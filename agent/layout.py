@@ -62,6 +62,8 @@ RUN_INSTALL = RUN + "/install"  # basalt install's mount points (and its lock, b
 
 # In the read-only image, written by the builder.
 AGENT = "/usr/sbin/basalt"  # the on-device command (and PID 1, as "basalt init")
+BUSYBOX = "/usr/bin/busybox"
+K3S_BINARY = "/usr/bin/k3s"
 LIB = "/usr/lib/basalt"
 LIB_VERSION = LIB + "/version"
 LIB_SCHEMA = LIB + "/config.schema.json"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 
 from agent import layout
+from agent.section import section
 
 TYPE_CHECKING = False  # typing, base64 and gzip cost a tenth of a second each under emulation
 if TYPE_CHECKING:
@@ -32,9 +33,6 @@ if TYPE_CHECKING:
         def stop(self, name: str) -> None: ...
 
 
-def section(config: dict[str, Any]) -> dict[str, Any]:
-    """The k3OS/Basalt section, ``basalt:`` winning over ``k3os:`` key by key."""
-    return {**config.get("k3os", {}), **config.get("basalt", {})}
 ENCODINGS = {"": (), "b64": ("b64",), "base64": ("b64",), "gz": ("gz",), "gzip": ("gz",),
              "gz+b64": ("b64", "gz"), "gz+base64": ("b64", "gz"), "gzip+b64": ("b64", "gz"),
              "gzip+base64": ("b64", "gz")}
@@ -500,95 +498,133 @@ def fetch_keys(url: str, attempts: int = 4, delay: float = 2.0, timeout: float =
     raise OSError(f"cannot fetch keys from {url} after {attempts} attempts: {last}")
 
 
+class Context:
+    """What an action is carried out with: the root it writes under, a command runner, services."""
+
+    __slots__ = ("root", "run", "services")
+
+    def __init__(self, root: str, run: Callable[[list[str]], int], services: Services):
+        self.root, self.run, self.services = root, run, services
+
+    def at(self, path: str) -> str:
+        return os.path.join(self.root, path.lstrip("/"))
+
+    def check(self, argv: list[str], what: str) -> None:
+        code = self.run(argv)
+        if code != 0:
+            raise OSError(f"{what} exited {code}")
+
+
+def _write(ctx: Context, path: str, data: bytes, mode: int, owner: str) -> None:
+    write_atomic(ctx.at(path), data, mode, *owner_ids(owner, ctx.root))
+
+
+def _sysctl(ctx: Context, name: str, value: str) -> None:
+    with open(ctx.at("proc/sys/" + name.replace(".", "/")), "w") as f:
+        f.write(value)
+
+
+def _modprobe(ctx: Context, name: str, params: str) -> None:
+    ctx.check([layout.BUSYBOX, "modprobe", name, *params.split()], f"modprobe {name}")
+
+
+def _run(ctx: Context, command: str) -> None:
+    code = ctx.run(["/bin/sh", "-c", command])
+    if code != 0:
+        raise OSError(f"exited {code}")
+
+
+def _ip(ctx: Context, args: list[str]) -> None:
+    ctx.check(["/usr/bin/ip", *args], f"'ip {' '.join(args)}'")
+
+
+def _shadow(ctx: Context, passwords: dict[str, str | None]) -> None:
+    import time
+    current = ""
+    if os.path.exists(ctx.at("etc/shadow")):
+        with open(ctx.at("etc/shadow")) as f:
+            current = f.read()
+    write_atomic(ctx.at("etc/shadow"), shadow_text(current, passwords, int(time.time() // 86400)), 0o600, 0, 0)
+
+
+def _mkdir(ctx: Context, path: str, mode: int, owner: str) -> None:
+    if not os.path.isdir(ctx.at(path)):
+        os.makedirs(ctx.at(path), mode)
+        os.chown(ctx.at(path), *owner_ids(owner, ctx.root))
+
+
+def _keys(ctx: Context, path: str, lines: list[str], urls: list[str], owner: str) -> None:
+    keys = list(lines)
+    for url in urls:
+        keys += fetch_keys(url)
+    uid, gid = owner_ids(owner, ctx.root)
+    ssh_dir = os.path.dirname(ctx.at(path))
+    os.makedirs(ssh_dir, 0o700, exist_ok=True)
+    os.chown(ssh_dir, uid, gid)
+    write_atomic(ctx.at(path), "".join(k + "\n" for k in keys).encode(), 0o600, uid, gid)
+
+
+def _hostkey(ctx: Context, path: str) -> None:
+    if not os.path.exists(ctx.at(path)):
+        ctx.check(["/usr/bin/dropbearkey", "-t", "ed25519", "-f", path], "dropbearkey")
+
+
+def _symlink(ctx: Context, target: str, path: str) -> None:
+    if not os.path.exists(ctx.at(target)):
+        raise OSError(f"{target} does not exist in this image")
+    tmp = ctx.at(path) + ".basalt-tmp"
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    os.symlink(target, tmp)
+    os.replace(tmp, ctx.at(path))
+
+
+def _touch(ctx: Context, path: str) -> None:
+    with open(ctx.at(path), "a"):
+        pass
+
+
+def _service(ctx: Context, name: str, argv: list[str], *env: dict[str, str]) -> None:
+    ctx.services.start(name, argv, *env)
+
+
+def _copy(ctx: Context, src: str, dest: str, mode: int) -> None:
+    with open(src, "rb") as source:
+        write_atomic(ctx.at(dest), source.read(), mode, 0, 0)
+
+
+def _prune(ctx: Context, directory: str, prefix: str, keep: list[str]) -> None:
+    """Remove what we wrote earlier and no longer write."""
+    if os.path.isdir(ctx.at(directory)):
+        for name in os.listdir(ctx.at(directory)):
+            if name.startswith(prefix) and name not in keep:
+                os.unlink(os.path.join(ctx.at(directory), name))
+
+
+def _stop(ctx: Context, name: str) -> None:
+    ctx.services.stop(name)
+
+
+def _error(ctx: Context, _what: str, message: str) -> None:
+    raise ValueError(message)
+
+
+# Each action kind, and what carries it out: the action's fields after the kind are its arguments.
+ACTIONS: dict[str, Callable[..., None]] = {
+    "write": _write, "sysctl": _sysctl, "modprobe": _modprobe, "run": _run, "ip": _ip, "shadow": _shadow,
+    "mkdir": _mkdir, "keys": _keys, "hostkey": _hostkey, "symlink": _symlink, "touch": _touch,
+    "service": _service, "copy": _copy, "prune": _prune, "stop": _stop, "error": _error,
+}
+
+
 def apply(actions: list[Action], run: Callable[[list[str]], int], root: str = "/",
           services: Services | None = None) -> list[str]:
     """Carry out ``actions``; returns the errors (each action is attempted regardless)."""
     errors = []
-    services = services or NoSupervisor()
-
-    def at(path: str) -> str:
-        return os.path.join(root, path.lstrip("/"))
-
+    ctx = Context(root, run, services or NoSupervisor())
     for action in actions:
         try:
-            kind = action[0]
-            if kind == "write":
-                _, path, data, mode, owner = action
-                uid, gid = owner_ids(owner, root)
-                write_atomic(at(path), data, mode, uid, gid)
-            elif kind == "sysctl":
-                _, name, value = action
-                with open(at("proc/sys/" + name.replace(".", "/")), "w") as f:
-                    f.write(value)
-            elif kind == "modprobe":
-                _, name, params = action
-                code = run(["/usr/bin/busybox", "modprobe", name, *params.split()])
-                if code != 0:
-                    raise OSError(f"modprobe {name} exited {code}")
-            elif kind == "run":
-                code = run(["/bin/sh", "-c", action[1]])
-                if code != 0:
-                    raise OSError(f"exited {code}")
-            elif kind == "ip":
-                code = run(["/usr/bin/ip", *action[1]])
-                if code != 0:
-                    raise OSError(f"'ip {' '.join(action[1])}' exited {code}")
-            elif kind == "shadow":
-                import time
-                current = ""
-                if os.path.exists(at("etc/shadow")):
-                    with open(at("etc/shadow")) as f:
-                        current = f.read()
-                write_atomic(at("etc/shadow"), shadow_text(current, action[1], int(time.time() // 86400)),
-                             0o600, 0, 0)
-            elif kind == "mkdir":
-                _, path, mode, owner = action
-                if not os.path.isdir(at(path)):
-                    os.makedirs(at(path), mode)
-                    os.chown(at(path), *owner_ids(owner, root))
-            elif kind == "keys":
-                _, path, lines, urls, owner = action
-                keys = list(lines)
-                for url in urls:
-                    keys += fetch_keys(url)
-                uid, gid = owner_ids(owner, root)
-                ssh_dir = os.path.dirname(at(path))
-                os.makedirs(ssh_dir, 0o700, exist_ok=True)
-                os.chown(ssh_dir, uid, gid)
-                write_atomic(at(path), "".join(k + "\n" for k in keys).encode(), 0o600, uid, gid)
-            elif kind == "hostkey":
-                if not os.path.exists(at(action[1])):
-                    code = run(["/usr/bin/dropbearkey", "-t", "ed25519", "-f", action[1]])
-                    if code != 0:
-                        raise OSError(f"dropbearkey exited {code}")
-            elif kind == "symlink":
-                _, target, path = action
-                if not os.path.exists(at(target)):
-                    raise OSError(f"{target} does not exist in this image")
-                tmp = at(path) + ".basalt-tmp"
-                if os.path.lexists(tmp):
-                    os.unlink(tmp)
-                os.symlink(target, tmp)
-                os.replace(tmp, at(path))
-            elif kind == "touch":
-                with open(at(action[1]), "a"):
-                    pass
-            elif kind == "service":
-                services.start(action[1], action[2], *action[3:])
-            elif kind == "copy":
-                _, src, dest, mode = action
-                with open(src, "rb") as source:
-                    write_atomic(at(dest), source.read(), mode, 0, 0)
-            elif kind == "prune":  # remove what we wrote earlier and no longer write
-                _, directory, prefix, keep = action
-                if os.path.isdir(at(directory)):
-                    for name in os.listdir(at(directory)):
-                        if name.startswith(prefix) and name not in keep:
-                            os.unlink(os.path.join(at(directory), name))
-            elif kind == "stop":
-                services.stop(action[1])
-            elif kind == "error":
-                raise ValueError(action[2])
+            ACTIONS[action[0]](ctx, *action[1:])
         except (OSError, LookupError, ValueError) as exc:
             label = action[1] if isinstance(action[1], str) else ""
             errors.append(f"{action[0]} {label}: {exc}" if label else f"{action[0]}: {exc}")

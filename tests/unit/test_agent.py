@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import cli, init, system
+from agent import cli, devices, supervise, system
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -21,7 +21,7 @@ from agent import cli, init, system
     ("", {}),
 ])
 def test_parse_cmdline(text: str, expected: dict[str, str]) -> None:
-    assert init.parse_cmdline(text) == expected
+    assert devices.parse_cmdline(text) == expected
 
 
 @pytest.mark.parametrize(("console", "ttys"), [
@@ -30,21 +30,21 @@ def test_parse_cmdline(text: str, expected: dict[str, str]) -> None:
     ("", ["/dev/console"]),
 ])
 def test_consoles(console: str, ttys: list[str]) -> None:
-    assert init.consoles({"console": console} if console else {}) == ttys
+    assert devices.consoles({"console": console} if console else {}) == ttys
 
 
 def test_device_aliases_reads_every_bus(tmp_path: Path) -> None:
-    devices = [("pci", "0000:00:01.0", "pci:v00008086d00007010sv*"), ("acpi", "LNXPWRBN:00", "acpi:LNXPWRBN:"),
+    present = [("pci", "0000:00:01.0", "pci:v00008086d00007010sv*"), ("acpi", "LNXPWRBN:00", "acpi:LNXPWRBN:"),
                ("pci", "0000:00:02.0", "pci:v00008086d00007010sv*"), ("platform", "serial8250", "")]
-    for bus, dev, alias in devices:
+    for bus, dev, alias in present:
         d = tmp_path / "bus" / bus / "devices" / dev
         d.mkdir(parents=True)
         (d / "modalias").write_text(alias + "\n")
-    assert init.device_aliases(str(tmp_path)) == ["acpi:LNXPWRBN:", "pci:v00008086d00007010sv*"]
+    assert devices.device_aliases(str(tmp_path)) == ["acpi:LNXPWRBN:", "pci:v00008086d00007010sv*"]
 
 
 def test_service_backoff_grows_and_caps() -> None:
-    svc = init.Service("x", ["/bin/true"])
+    svc = supervise.Service("x", ["/bin/true"])
     delays = []
     for failures in range(9):
         svc.failures = failures
@@ -54,16 +54,15 @@ def test_service_backoff_grows_and_caps() -> None:
 
 def test_supervisor_restarts_a_crashing_service_and_reaps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The real fork/exec/reap path, run in this (non-PID-1) process."""
-    monkeypatch.setattr(init, "log", lambda message: None)
-    monkeypatch.setattr(init, "LOG_DIR", str(tmp_path))
-    it = init.Init()
-    it.add(init.Service("crasher", ["/bin/sh", "-c", "echo hello-from-service; exit 3"]))
+    monkeypatch.setattr(supervise, "log", lambda message: None)
+    it = supervise.Supervisor(log_dir=str(tmp_path))
+    it.add(supervise.Service("crasher", ["/bin/sh", "-c", "echo hello-from-service; exit 3"]))
     deadline = time.monotonic() + 10
     while it.services["crasher"].failures < 2 and time.monotonic() < deadline:
         it.reap()
         svc = it.services["crasher"]
         if svc.restart_at is not None and svc.restart_at <= time.monotonic():
-            it.start(svc)
+            it.launch(svc)
         time.sleep(0.05)
     svc = it.services["crasher"]
     assert svc.failures >= 2

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from agent.config import LoadedConfig, check_text, load_config
 from agent.errors import BasaltError
-from agent.modules import section
+from agent.section import section
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = ROOT.parent / "shared" / "testdata" / "k3os-configs"

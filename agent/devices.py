@@ -1,0 +1,134 @@
+"""Devices: the kernel command line, driver coldplug (udev's job, done with busybox modprobe)
+and hotplug, the console terminals, and the power button.
+
+Standard library C modules only: it is on the boot path.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+from agent import hotplug, layout
+from agent.log import log
+from agent.supervise import Service, spawn_wait
+
+KEY_POWER = 116
+EV_KEY = 1
+INPUT_EVENT = struct.Struct("llHHi")
+
+
+def read(path: str, default: str = "") -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return default
+
+
+def parse_cmdline(text: str) -> dict[str, str]:
+    """Kernel arguments; ``console=`` may repeat, so its values are joined with spaces."""
+    out: dict[str, str] = {}
+    for arg in text.split():
+        key, _, value = arg.partition("=")
+        if key == "console":
+            out[key] = (out.get(key, "") + " " + value).strip()
+        else:
+            out.setdefault(key, value)
+    return out
+
+
+def consoles(args: dict[str, str]) -> list[str]:
+    """Terminal devices for console shells, from console= (tty0 means the first VT)."""
+    names: list[str] = []
+    for value in args.get("console", "").split():
+        dev = value.split(",")[0]
+        dev = "tty1" if dev == "tty0" else dev
+        if dev not in names:
+            names.append(dev)
+    return [f"/dev/{n}" for n in names] or ["/dev/console"]
+
+
+def console_services(args: dict[str, str], mode: str) -> list[Service]:
+    """A root shell on each console of a live boot (unless basalt.console=login), else a getty."""
+    autologin = mode == "live" and args.get("basalt.console") != "login"
+    out = []
+    for tty in consoles(args):
+        name = "console-" + os.path.basename(tty)
+        if autologin:
+            out.append(Service(name, ["/bin/sh", "-l"], tty=tty, env={"BASALT_CONSOLE": "1"}))
+        else:
+            out.append(Service(name, ["/usr/bin/getty", "-L", "115200", os.path.basename(tty), "vt100"]))
+    return out
+
+
+def device_aliases(sys_root: str = "/sys") -> list[str]:
+    """The modalias of every device present now."""
+    out = set()
+    bus_root = sys_root + "/bus"
+    for bus in sorted(os.listdir(bus_root)) if os.path.isdir(bus_root) else []:
+        devices = f"{bus_root}/{bus}/devices"
+        for dev in sorted(os.listdir(devices)) if os.path.isdir(devices) else []:
+            value = read(f"{devices}/{dev}/modalias").strip()
+            if value:
+                out.add(value)
+    return sorted(out)
+
+
+class Coldplug:
+    def __init__(self) -> None:
+        self.seen_aliases: list[str] = []
+
+    def run(self, passes: int = 1) -> bool:
+        """Load a driver for every device present.
+
+        Drivers create devices that want drivers (a USB controller's devices, say), so a
+        later pass catches those; returns whether new devices appeared since the last pass."""
+        before = set(read("/proc/modules").split("\n"))
+        changed = False
+        for _ in range(passes):
+            aliases = device_aliases()
+            if aliases == self.seen_aliases:
+                break
+            changed = True
+            self.seen_aliases = aliases
+            # Drivers that find no device of theirs (e.g. cpufreq in a VM) refuse to load: not an error.
+            spawn_wait([layout.BUSYBOX, "modprobe", "-a", "-q", *aliases, "button", "evdev"], quiet=True)
+        loaded = sorted(line.split()[0] for line in set(read("/proc/modules").split("\n")) - before if line)
+        with open(layout.RUN_MODULES_LOADED, "a") as f:
+            f.write("".join(m + "\n" for m in loaded))
+        return changed
+
+    def hotplug(self, events: list[dict[str, str]]) -> list[str]:
+        """Devices that appeared since boot (agent/hotplug.py): their drivers loaded; returns the
+        new network interfaces."""
+        wanted = hotplug.wanted(events)
+        if wanted.aliases:
+            spawn_wait([layout.BUSYBOX, "modprobe", "-a", "-q", *wanted.aliases], quiet=True)
+        if any(e.get("LOST") for e in events):  # the socket overflowed: look at every device
+            self.run(passes=2)
+        if wanted.interfaces:
+            log(f"new network interface: {', '.join(wanted.interfaces)}")
+        return list(wanted.interfaces)
+
+
+def power_buttons() -> list[int]:
+    """Open event devices of the power buttons present (ACPI's, in a VM too)."""
+    fds = []
+    for dev in sorted(os.listdir("/sys/class/input")):
+        if dev.startswith("event") and read(f"/sys/class/input/{dev}/device/name").strip() == "Power Button":
+            fds.append(os.open(f"/dev/input/{dev}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
+    return fds
+
+
+def power_pressed(fd: int) -> bool:
+    try:
+        data = os.read(fd, INPUT_EVENT.size * 16)
+    except BlockingIOError:
+        return False
+    for off in range(0, len(data) - INPUT_EVENT.size + 1, INPUT_EVENT.size):
+        _, _, etype, code, value = INPUT_EVENT.unpack_from(data, off)
+        if etype == EV_KEY and code == KEY_POWER and value == 1:
+            log("power button pressed")
+            return True
+    return False
