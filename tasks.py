@@ -86,6 +86,12 @@ def seed(c: Context, user_data: str, meta_data: str = "", output: str = "out/see
     _builder(c, "seed", user_data, *(["--meta-data", meta_data] if meta_data else []), "--output", output)
 
 
+@task(help={"out": "the secret key to write, NAME.key (NAME.pub beside it)", "comment": "a note kept with the key"})
+def keygen(c: Context, out: str, comment: str = "basalt upgrade signing key") -> None:
+    """Make a minisign key pair for upgrade bundles; name it in an image definition's upgrade.signing_key."""
+    _builder(c, "keygen", "--out", out, "--comment", comment)
+
+
 @task(help={"tier": "unit, rootfs, image, boot, or all (default)", "k": "pytest -k expression"})
 def test(c: Context, tier: str = "all", k: str = "") -> None:
     """Run the test suite (lint first), all tiers by default."""

@@ -31,8 +31,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     status["mem_used_kb"] = system.mem_used_kb()
     status["addresses"] = addresses()
     if status.get("mode") == "installed":
-        from agent import slots
-        status["slots"] = slots.describe()
+        status.update(upgrade_status())
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
@@ -43,6 +42,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     if status.get("slots"):
         from agent import slots
         print(f"slots: {slots.summary(status['slots'])}")
+        print(f"boot: {boot_line(status['boot'])}")
+        last = status.get("upgrade", {}).get("last")
+        if last:
+            print(f"last upgrade: {last.get('result')} {last.get('version')} on slot {last.get('slot')} at "
+                  f"{last.get('at')}" + (f": {last['reason']}" if last.get("reason") else ""))
+        for version, failed in sorted(status.get("upgrade", {}).get("failed", {}).items()):
+            print(f"  failed version {version}: {failed.get('reason')}")
     print("config: " + (", ".join(status.get("config_sources", [])) or "none"))
     if status.get("config_fallback"):
         print(f"  last known-good in use: {status['config_fallback']}")
@@ -55,6 +61,49 @@ def cmd_status(args: argparse.Namespace) -> int:
     for err in status["errors"]:
         print(f"error: {err}")
     return 0
+
+
+def upgrade_status() -> dict[str, object]:
+    """Both slots (each with its version and whether it is the committed one), the boot selection
+    (a trial armed, and its boots left), and the upgrade record: the last result, failed versions."""
+    from agent import bootsel, slots
+    described = slots.describe()
+    state = slots.load_state()
+    try:
+        selection = bootsel.backend().read()
+        boot: dict[str, object] = selection.to_json()
+    except OSError as exc:
+        boot = {"error": str(exc)}
+    for slot, info in described.items():
+        info["committed"] = slot == boot.get("committed")
+        info["passed_gate"] = info.get("version") is not None and \
+            state.get("committed", {}).get(slot) == info.get("version")
+    return {"slots": described, "boot": boot,
+            "upgrade": {k: state[k] for k in ("last", "failed") if k in state}}
+
+
+def boot_line(boot: dict[str, object]) -> str:
+    if "error" in boot:
+        return f"cannot read the boot selection: {boot['error']}"
+    line = f"committed slot {boot.get('committed')}"
+    if boot.get("trial"):
+        line += f"; slot {boot['trial']} on trial ({boot.get('tries')} boots left)"
+    return line
+
+
+def cmd_upgrade(args: argparse.Namespace) -> int:
+    from agent import upgrade
+    return upgrade.upgrade(args.source, force=args.force, reboot=not args.no_reboot)
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from agent import upgrade
+    return upgrade.rollback(reboot=not args.no_reboot)
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    from agent import health
+    return health.main()
 
 
 def addresses() -> list[str]:
@@ -229,12 +278,19 @@ def main(argv: list[str] | None = None) -> int:
     when.add_argument("--power-off", action="store_true", help="power off when installed")
     when.add_argument("--reboot", action="store_true", help="reboot into the installed disk")
     ins.add_argument("--unattended", action="store_true", help=argparse.SUPPRESS)  # init: settings from config
+    upg = sub.add_parser("upgrade", help="write a signed bundle to the other slot, boot it on trial")
+    upg.add_argument("source", help="a .bundle file, or an http(s) URL (resumed and retried)")
+    upg.add_argument("--force", action="store_true", help="also a version that failed on this node before")
+    upg.add_argument("--no-reboot", action="store_true", help="arm the trial, but do not reboot now")
+    rb = sub.add_parser("rollback", help="commit the other slot (a version that passed its gate here) and reboot")
+    rb.add_argument("--no-reboot", action="store_true", help="switch, but do not reboot now")
+    sub.add_parser("health", help=argparse.SUPPRESS)  # started by PID 1 after each boot of an installed node
     args = parser.parse_args(argv)
     if args.command == "init":
         from agent import init
         return init.main()
     handlers = {"status": cmd_status, "version": cmd_version, "config": cmd_config, "doctor": cmd_doctor,
-                "install": cmd_install,
+                "install": cmd_install, "upgrade": cmd_upgrade, "rollback": cmd_rollback, "health": cmd_health,
                 **{n: cmd_power for n in POWER_SIGNALS}}
     try:
         return handlers[args.command](args)

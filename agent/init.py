@@ -157,6 +157,17 @@ class Init:
             pid = spawn([layout.AGENT, "install", "--unattended"], log_path="/dev/console")
             self.supervisor.watch(pid, self.install_done)
 
+    def health(self) -> None:
+        """An installed node's boot selection settled after each boot (agent/health.py): a trial
+        boot's health gate, or the record of a trial that did not come back."""
+        if self.prov.mode == "installed" and read(layout.RUN_SLOT).strip() in layout.SLOTS:
+            pid = spawn([layout.AGENT, "health"], log_path=layout.RUN_LOG + "/health.log")
+            self.supervisor.watch(pid, self.health_done)
+
+    def health_done(self, code: int) -> None:
+        if code not in (0, 1):
+            self.errors.add("health", f"basalt health exited {code} (see {layout.RUN_LOG}/health.log)")
+
     def install_done(self, code: int) -> None:
         if code != 0 and self.action is None:  # not the installer's own power off stopping it
             self.errors.append(f"install: basalt install exited {code} (its messages are on the console)")
@@ -273,6 +284,7 @@ def main() -> int:
     log(f"ready version={init.version} boot_ms={init.ready_ms or system.boot_ms()} "
         f"mem_used_kb={system.mem_used_kb()} errors={len(init.errors)}")
     init.errors.guard("unattended install", init.unattended_install)
+    init.errors.guard("health", init.health)
     while True:
         try:
             init.loop(rfd)

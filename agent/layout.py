@@ -58,6 +58,7 @@ RUN_MODULES_LOADED = RUN + "/modules-loaded"
 RUN_DATASOURCE = RUN + "/datasource"
 RUN_NOCLOUD = RUN_DATASOURCE + "/nocloud"
 RUN_CIDATA = RUN + "/cidata"  # where a NoCloud seed is mounted while it is copied
+RUN_UPGRADE = RUN + "/upgrade"  # basalt upgrade's scratch (the manifest being verified), and its lock
 RUN_INSTALL = RUN + "/install"  # basalt install's mount points (and its lock, beside it)
 
 # In the read-only image, written by the builder.
@@ -70,6 +71,7 @@ LIB_SCHEMA = LIB + "/config.schema.json"
 LIB_SERVICES = LIB + "/services.d"  # {"argv": [...], "env": {...}} per file
 LIB_K3S = LIB + "/k3s"  # k3s's read-only parts: version, images/, charts/
 LIB_K3S_VERSION = LIB_K3S + "/version"
+LIB_UPGRADE_KEY = LIB + "/upgrade.pub"  # the minisign public key upgrade bundles are checked with
 
 # On the state partition (or the live tmpfs).
 VAR_LIB = "/var/lib/basalt"
@@ -80,6 +82,8 @@ REJECTED = VAR_LIB + "/rejected.json"  # a config trial that was not confirmed
 SSH_STATE = VAR_LIB + "/ssh"  # the SSH host keys
 HTTP_DATASOURCE = VAR_LIB + "/datasource/http"
 PERSISTENT_LOG = "/var/log/basalt"  # RUN_LOG links here when /var is the state partition
+UPGRADE_STATE = VAR_LIB + "/upgrade.json"  # slots' versions, failed versions, the last upgrade's result
+UPGRADE_DOWNLOADS = VAR_LIB + "/downloads"  # bundles being fetched (resumed from here)
 STATE_DIRS = ("var", "home", "root", "opt")  # bound from the state partition, seeded from the image
 
 # What the initramfs needs, as shell assignments (``shell()`` writes them).

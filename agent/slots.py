@@ -42,3 +42,115 @@ def summary(slots: dict[str, dict[str, Any]]) -> str:
             what = f"{info.get('image')} {info.get('version')}, built {info.get('built')}"
             parts.append(f"{slot} {info['state']} ({what})")
     return ", ".join(parts)
+
+
+def read_text(path: str, default: str = "") -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return default
+
+
+def booted() -> str:
+    """The slot this boot came from (a, b), or "live"."""
+    return read_text(layout.RUN_SLOT, "live")
+
+
+def other(slot: str) -> str:
+    return "b" if slot == "a" else "a"
+
+
+def build_info(slot: str, medium: str | None = None) -> dict[str, Any]:
+    medium = medium or layout.RUN_MEDIUM
+    try:
+        with open(os.path.join(medium + layout.slot_dir(slot), BUILD_INFO)) as f:
+            info = json.load(f)
+        return info if isinstance(info, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def device(slot: str, sys_block: str = "/sys/class/block", medium_device: str | None = None) -> str:
+    """The slot's partition: by its GPT name, or on an MBR disk by number beside the boot partition."""
+    names = sorted(os.listdir(sys_block)) if os.path.isdir(sys_block) else []
+    for name in names:
+        uevent = read_text(f"{sys_block}/{name}/uevent")
+        if f"PARTNAME={layout.SLOT_LABELS[slot]}" in uevent.splitlines():
+            return f"/dev/{name}"
+    medium_device = medium_device or read_text(layout.RUN_MEDIUM_DEVICE)
+    if medium_device:
+        disk = os.path.basename(os.path.realpath(f"{sys_block}/{os.path.basename(medium_device)}/.."))
+        for name in names:
+            if read_text(f"{sys_block}/{disk}/{name}/partition") == str(layout.SLOT_NUMBERS[slot]):
+                return f"/dev/{name}"
+    raise OSError(f"no partition for slot {slot} ({layout.SLOT_LABELS[slot]}) on this node")
+
+
+def size_bytes(dev: str, sys_block: str = "/sys/class/block") -> int:
+    return int(read_text(f"{sys_block}/{os.path.basename(dev)}/size", "0") or 0) * 512
+
+
+class writable_boot:
+    """The boot partition (mounted read-only at boot) made writable for the block's duration."""
+
+    def __init__(self, medium: str = layout.RUN_MEDIUM):
+        self.medium = medium
+
+    def _remount(self, mode: str) -> None:
+        import subprocess
+        proc = subprocess.run(["mount", "-o", f"remount,{mode}", self.medium], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise OSError(f"cannot remount the boot partition {mode}: {proc.stderr.strip()}")
+
+    def __enter__(self) -> str:
+        self._remount("rw")
+        return self.medium
+
+    def __exit__(self, *exc: object) -> None:
+        os.sync()
+        self._remount("ro")
+
+
+def load_state(path: str | None = None) -> dict[str, Any]:
+    """The upgrade record on the state partition: ``committed`` (each slot's version that passed
+    its gate), ``failed`` versions with their reasons, ``last`` (the last result) and ``history``."""
+    path = path or layout.UPGRADE_STATE
+    try:
+        with open(path) as f:
+            state = json.load(f)
+        if isinstance(state, dict):
+            return state
+    except (OSError, ValueError):
+        pass
+    return {}
+
+
+def save_state(state: dict[str, Any], path: str | None = None) -> None:
+    path = path or layout.UPGRADE_STATE
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(state, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(os.path.dirname(path), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def record(event: dict[str, Any], failed_reason: str | None = None, path: str | None = None) -> None:
+    """Set the last upgrade result (and, with ``failed_reason``, mark its version failed)."""
+    import time
+    state = load_state(path)
+    event = {**event, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if failed_reason is not None:
+        event["reason"] = failed_reason
+        state.setdefault("failed", {})[str(event.get("version"))] = {
+            "reason": failed_reason, "image": event.get("image"), "at": event["at"]}
+    state["last"] = event
+    state["history"] = ([*state.get("history", []), event])[-20:]
+    save_state(state, path)

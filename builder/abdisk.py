@@ -13,14 +13,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent import layout, slots
+from agent import bootsel, layout, slots
 from agent.partitions import BASIC_DATA, BIOS_BOOT, ESP, LINUX_DATA, Disk, Partition
 from builder import grub, medium
 from builder.arch import Architecture
 
 BIOS_BOOT_MIB = 1
 SOURCES = ("builder/abdisk.py", "builder/templates/grub-disk.cfg.j2", "builder/grub.py", "builder/disk.py",
-           "builder/medium.py", "agent/layout.py", "agent/slots.py", "agent/partitions.py")
+           "builder/medium.py", "agent/layout.py", "agent/slots.py", "agent/bootsel.py", "agent/partitions.py")
 
 
 def layout_for(options: dict[str, Any], boot: object = None, slot_a: object = None, state: object = None) -> Disk:
@@ -81,7 +81,7 @@ def boot_files(options: dict[str, Any], rootfs_tree: Path, kernel: Path, initrd:
     files: dict[str, bytes | Path] = {
         **medium.files(options["name"], options["version"], options["config"], rootfs_tree, marker(options)),
         "/boot/grub/grub.cfg": grub_cfg(options).encode(),
-        layout.GRUB_ENV: grub.env_block({"basalt_slot": "a"}),
+        layout.GRUB_ENV: bootsel.format_block({"basalt_slot": "a", "basalt_try": "", "basalt_tries": "0"}),
         f"{slot}/vmlinuz": slot_kernel(options, kernel),
         f"{slot}/initrd.img": initrd,
         f"{slot}/version": (options["version"] + "\n").encode(),

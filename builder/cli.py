@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("user_data", help="a config.yaml (validated) or a #! script")
     s.add_argument("--meta-data", help="a meta-data file (default: an instance-id only)")
     s.add_argument("-o", "--output", default="out/seed.iso")
+    k = sub.add_parser("keygen", help="make a minisign key pair for signing upgrade bundles")
+    k.add_argument("-o", "--out", required=True, help="the secret key's path, NAME.key (NAME.pub is written beside it)")
+    k.add_argument("--comment", default="basalt upgrade signing key", help="a note kept with the key")
     args = parser.parse_args(argv)
     try:
         return run(args)
@@ -112,6 +115,17 @@ def run(args: argparse.Namespace) -> int:
             Path(__file__).resolve().parent.parent / "out" / img.name / f"{img.name}-{img.version}.img"
         done = flash.flash(artifact, args.device, args.force)
         print(f"{args.device}: {done['written'] >> 20} MiB of {done['image_size'] >> 20} MiB written and verified")
+        return 0
+    if args.command == "keygen":
+        from builder import signing
+        secret = Path(args.out)
+        if secret.suffix != ".key":
+            raise BasaltError.simple(f"{secret}: a secret key's name ends in .key",
+                                     hint="e.g. ./inv keygen --out keys/site.key")
+        key = signing.generate(secret, args.comment)
+        print(f"{key.secret} (secret, mode 0600: keep it off the nodes and out of version control)")
+        print(f"{key.public} (public; key id {key.key_id()})")
+        print(f"name it in the image definition:\n  upgrade:\n    signing_key: {key.secret}")
         return 0
     if args.command == "seed":
         from builder import seed

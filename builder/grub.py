@@ -26,7 +26,6 @@ MODULES = {"bios": ["biosdisk", "part_msdos", "part_gpt"],
 # What a medium needs GRUB to read: the ISO its filesystem; a disk its ESP (FAT), the boot
 # selection's environment block and the partition arithmetic of the slot menu.
 MEDIUM_MODULES = {"iso": ["iso9660"], "disk": ["fat", "part_gpt", "part_msdos", "loadenv", "regexp", "gzio"]}
-ENV_BLOCK_SIZE = 1024
 
 
 def unpack(fetch_dir: Path, store: Any, dest: Path) -> Path:
@@ -78,14 +77,6 @@ def core_images(grub_lib: Path, arch: Architecture, firmware: list[str], medium:
         mkimage(grub_lib, arch.to_grub_efi(), [*MODULES_COMMON, *MEDIUM_MODULES[medium], *MODULES["uefi"]], early,
                 out["uefi"])
     return out
-
-
-def env_block(values: dict[str, str]) -> bytes:
-    """A GRUB environment block (grubenv): ``name=value`` lines padded with '#' to 1 KiB."""
-    text = "# GRUB Environment Block\n" + "".join(f"{k}={v}\n" for k, v in values.items())
-    if len(text) > ENV_BLOCK_SIZE:
-        raise BasaltError(Problem("GRUB environment block overflows 1 KiB"))
-    return (text + "#" * (ENV_BLOCK_SIZE - len(text))).encode()
 
 
 def embed_bios(disk: Path, boot_img: Path, core_img: Path, core_lba: int, room_sectors: int) -> None:

@@ -60,6 +60,7 @@ class ImageDefinition:
     outputs: tuple[Output, ...]
     memory_mb: int
     cpus: int
+    signing_key: Path | None = None  # upgrade.signing_key: the minisign secret key bundles are signed with
 
 
 def project_version() -> str:
@@ -149,6 +150,8 @@ def _typed(doc: Located) -> ImageDefinition:
         initramfs_modules=tuple(kernel.get("initramfs", {}).get("modules", DEFAULT_INITRAMFS_MODULES)),
         initramfs_compression=kernel.get("initramfs", {}).get("compression", "gzip"),
         k3s=dict(v.get("k3s", {"enabled": False})), squashfs=dict(v.get("squashfs", {})),
+        signing_key=(Path(doc.source).parent / Path(v["upgrade"]["signing_key"]).expanduser()).resolve()
+        if v.get("upgrade", {}).get("signing_key") else None,
         outputs=outputs, memory_mb=v.get("qemu", {}).get("memory_mb", 512),
         cpus=v.get("qemu", {}).get("cpus", 2),
     )

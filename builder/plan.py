@@ -18,7 +18,7 @@ import jsonschema
 
 from agent.config import load_config
 from agent.errors import BasaltError, Problem
-from builder import debian, rpi
+from builder import debian, rpi, signing
 from builder.download import sha256_file
 from builder.imagedef import OVERLAYS, ROOT, ImageDefinition, Output, load_image
 from builder.stages import BUILD, schema_for
@@ -133,6 +133,7 @@ def chart_files(img: ImageDefinition) -> list[dict[str, str]]:
 def compile_plan(img: ImageDefinition, config_text: str | None = None, etc_apt: Path = debian.APT_SOURCES,
                  k3s_binary: str | None = None, k3s_artifacts: str | None = None) -> Plan:
     epoch = source_date_epoch()
+    key = signing.resolve(img.signing_key, str(img.source))
     sources = debian.sources_for(img.suite, img.mirror, etc_apt, img.components)
     firmware = sorted({fw for o in img.outputs for fw in o.firmware})
     boot_packages = []
@@ -161,7 +162,7 @@ def compile_plan(img: ImageDefinition, config_text: str | None = None, etc_apt: 
             "agent_digest": tree_digest(AGENT_DIR) + hashlib.sha256((ROOT / "config/config.schema.json").read_bytes())
             .hexdigest()[:16], "version": img.version,
             "modules_exclude": list(img.modules_exclude), "modules_keep": list(img.modules_keep),
-            "source_date_epoch": epoch, "k3s_charts": chart_files(img),
+            "source_date_epoch": epoch, "k3s_charts": chart_files(img), "upgrade_key": key.public_text(),
         }),
         PlannedStage("squashfs", {
             "compression": img.squashfs.get("compression", "zstd"),
@@ -173,6 +174,10 @@ def compile_plan(img: ImageDefinition, config_text: str | None = None, etc_apt: 
             "modules": list(img.initramfs_modules), "compression": img.initramfs_compression,
             "init_digest": hashlib.sha256(INITRAMFS_INIT.read_bytes()).hexdigest(),
             "source_date_epoch": epoch,
+        }),
+        PlannedStage("bundle", {
+            "arch": str(img.arch), "name": img.name, "version": img.version, "source_date_epoch": epoch,
+            "signing_key": str(key.secret), "public_key": key.public_text(),
         }),
     ]
     assert tuple(s.name for s in stages) == BUILD

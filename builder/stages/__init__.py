@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from agent.errors import BasaltError, Problem
 from builder.download import BlobStore
 
-BUILD = ("fetch", "k3s", "rootfs", "squashfs", "initramfs")
+BUILD = ("fetch", "k3s", "rootfs", "squashfs", "initramfs", "bundle")
 OUTPUTS = ("iso", "raw")  # output formats, each a stage module of that name
 ORDER = (*BUILD, *OUTPUTS)  # every stage, in the order a plan runs them: --until, docs and help use this
 

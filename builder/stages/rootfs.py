@@ -37,7 +37,7 @@ TOOLS = {"dpkg-deb": "dpkg", "depmod": "kmod"}
 SCHEMA: dict[str, Any] = {
     "type": "object", "additionalProperties": False,
     "required": ["backend", "arch", "suite", "sources", "prune", "overlays", "agent_digest", "version",
-                 "modules_exclude", "modules_keep", "source_date_epoch", "k3s_charts"],
+                 "modules_exclude", "modules_keep", "source_date_epoch", "k3s_charts", "upgrade_key"],
     "properties": {
         "backend": {"enum": sorted(BACKENDS)},
         "arch": {"type": "string"}, "suite": {"type": "string"}, "sources": {"type": "array"},
@@ -48,6 +48,7 @@ SCHEMA: dict[str, Any] = {
         "modules_keep": {"type": "array", "items": {"type": "string"}},
         "source_date_epoch": {"type": "integer"},
         "k3s_charts": {"type": "array", "items": {"type": "object", "required": ["name", "path", "digest"]}},
+        "upgrade_key": {"type": "string"},  # the minisign public key bundles are checked with
     },
 }
 
@@ -71,6 +72,7 @@ def run(ctx: Any, options: dict[str, Any]) -> None:
             apply_overlay(OVERLAYS / overlay["name"], root)
     with progress.step("Installing the agent"):
         install_agent(root, options["version"])
+        (root / layout.LIB_UPGRADE_KEY.lstrip("/")).write_text(options["upgrade_key"])
     lock = k3s_locked(ctx.input("k3s"), ctx.store)
     if lock["enabled"]:
         with progress.step(f"Installing k3s {lock['version']}"):

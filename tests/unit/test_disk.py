@@ -115,9 +115,6 @@ def test_bios_embedding_points_boot_img_at_core_img(tmp_path: Path) -> None:
         grub.embed_bios(image, boot, core, placed[0].start, 2)
 
 
-def test_grub_environment_block() -> None:
-    block = grub.env_block({"basalt_slot": "b"})
-    assert len(block) == 1024 and block.startswith(b"# GRUB Environment Block\nbasalt_slot=b\n#")
 
 
 def test_the_state_partition_grows_to_the_end_of_a_larger_disk(tmp_path: Path) -> None:

@@ -149,12 +149,12 @@ def plan_for_test(tmp_path: Path, config: str | None = None) -> Any:
 
 def test_plan_is_ordered_and_resolved(tmp_path: Path) -> None:
     p = plan_for_test(tmp_path)
-    assert [s.name for s in p.stages] == ["fetch", "k3s", "rootfs", "squashfs", "initramfs", "iso"]
+    assert [s.name for s in p.stages] == ["fetch", "k3s", "rootfs", "squashfs", "initramfs", "bundle", "iso"]
     fetch = p.stages[0].options
     assert fetch["sources"] == [{"uri": "http://mirror.example/debian", "suites": ["bookworm"],
                                  "components": ["main"]}]
     assert fetch["boot_packages"] == ["grub-pc-bin", "grub-efi-amd64-bin"]
-    assert p.stages[5].options["firmware"] == ["bios", "uefi"]
+    assert p.stages[6].options["firmware"] == ["bios", "uefi"]
     assert "fetch" in p.describe() and json.loads(json.dumps(p.to_json()))["image"] == "x86_64-iso"
 
 
@@ -263,7 +263,7 @@ def copy_tree(src: Path, dest: Path) -> Path:
 
 
 VOLATILE = ["fetch", "k3s"]
-DOWNSTREAM_OF_ROOTFS = ["rootfs", "squashfs", "initramfs", "iso"]
+DOWNSTREAM_OF_ROOTFS = ["rootfs", "squashfs", "initramfs", "bundle", "iso"]
 
 
 @pytest.mark.parametrize(("change", "reruns"), [
@@ -275,8 +275,8 @@ DOWNSTREAM_OF_ROOTFS = ["rootfs", "squashfs", "initramfs", "iso"]
     ("agent code", DOWNSTREAM_OF_ROOTFS),
     ("kernel command line", ["iso"]),
     ("site config", ["iso"]),
-    ("squashfs level", ["squashfs", "iso"]),
-    ("initramfs modules", ["initramfs", "iso"]),
+    ("squashfs level", ["squashfs", "bundle", "iso"]),
+    ("initramfs modules", ["initramfs", "bundle", "iso"]),
     ("k3s version", DOWNSTREAM_OF_ROOTFS),
     ("k3s binary", DOWNSTREAM_OF_ROOTFS),
     ("k3s binary moved", []),  # the same bytes from another path: nothing in the image changes
@@ -378,7 +378,7 @@ def test_until_runs_only_what_a_stage_reads(recorded: tuple[list[str], Any], tmp
     with pytest.raises(BasaltError) as exc:
         pipeline.Pipeline(p, cache=tmp_path / "cache").run(until="disk")
     assert exc.value.render() == ("no stage 'disk' in this plan\n"
-                                  "hint: stages of x86_64-iso: fetch, k3s, rootfs, squashfs, initramfs, iso")
+                                  "hint: stages of x86_64-iso: fetch, k3s, rootfs, squashfs, initramfs, bundle, iso")
 
 
 def test_a_stage_cannot_read_an_undeclared_input(tmp_path: Path) -> None:

@@ -1,0 +1,154 @@
+"""Upgrade bundles: ``<image>-<version>.bundle``, written by the builder (builder/stages/bundle.py)
+and checked by ``basalt upgrade`` (agent/upgrade.py) before anything is written.
+
+A bundle is a plain tar (its parts are compressed already), in this order:
+
+- ``manifest.json``: format, image, version, arch, build time, and each part's size and sha256;
+- ``manifest.json.minisig``: the manifest's signature (minisign, Ed25519);
+- ``vmlinuz`` (as the boot partition holds it), ``initrd.img``, ``rootfs.squashfs``.
+
+The signature covers the manifest, and the manifest the parts' hashes, so a bundle is trusted
+part by part: every part is hashed before a slot is touched. The public key is in the image
+(``/usr/lib/basalt/upgrade.pub``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import tarfile
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from agent import layout
+from agent.errors import BasaltError, Problem
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+SIGNATURE = MANIFEST + ".minisig"
+KERNEL, INITRD, ROOT = "vmlinuz", "initrd.img", "rootfs.squashfs"
+PARTS = (KERNEL, INITRD, ROOT)
+MINISIGN = "/usr/bin/minisign"
+CHUNK = 1 << 20
+
+
+def manifest(image: str, version: str, arch: str, built: str, parts: dict[str, tuple[int, str]]) -> dict[str, Any]:
+    return {"format": FORMAT, "image": image, "version": version, "arch": arch, "built": built,
+            "parts": {name: {"size": size, "sha256": digest} for name, (size, digest) in parts.items()}}
+
+
+def sha256_stream(f: BinaryIO, size: int | None = None) -> tuple[int, str]:
+    h, total = hashlib.sha256(), 0
+    while True:
+        data = f.read(CHUNK if size is None else min(CHUNK, size - total))
+        if not data:
+            break
+        h.update(data)
+        total += len(data)
+    return total, h.hexdigest()
+
+
+def refused(source: str, message: str, hint: str) -> BasaltError:
+    return BasaltError(Problem(f"{source}: refused: {message}", hint=hint))
+
+
+@dataclass
+class Bundle:
+    """An opened bundle whose manifest's signature is good (``open_bundle``)."""
+
+    path: str
+    manifest: dict[str, Any]
+    members: dict[str, tarfile.TarInfo]
+    tar: tarfile.TarFile
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest["version"])
+
+    def size(self, part: str) -> int:
+        return int(self.manifest["parts"][part]["size"])
+
+    def reader(self, part: str) -> BinaryIO:
+        f = self.tar.extractfile(self.members[part])
+        assert f is not None
+        return f  # type: ignore[return-value]
+
+    def close(self) -> None:
+        self.tar.close()
+
+
+def verify_signature(data: bytes, signature: bytes, public_key: str, work: str, source: str) -> None:
+    """minisign's verdict on ``data``: a bad signature or another key is refused."""
+    os.makedirs(work, exist_ok=True)
+    paths = {name: os.path.join(work, name) for name in (MANIFEST, SIGNATURE)}
+    for name, content in ((MANIFEST, data), (SIGNATURE, signature)):
+        with open(paths[name], "wb") as f:
+            f.write(content)
+    tool = MINISIGN if os.path.exists(MINISIGN) else "minisign"
+    try:
+        proc = subprocess.run([tool, "-V", "-q", "-p", public_key, "-m", paths[MANIFEST], "-x", paths[SIGNATURE]],
+                              capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        raise BasaltError(Problem("minisign is not installed: bundles cannot be verified",
+                                  hint="apt-get install minisign (the image carries it)")) from None
+    if proc.returncode == 0:
+        return
+    said = (proc.stderr or proc.stdout).strip().replace("\n", " ")
+    if "key id" in said.lower():
+        raise refused(source, f"it is signed with another key ({said})",
+                      f"bundles for this node are signed with the key whose public half is {public_key}")
+    raise refused(source, f"bad signature ({said or 'minisign -V failed'})",
+                  "the bundle was changed after it was signed, or is not a Basalt bundle: fetch it again")
+
+
+def open_bundle(path: str, public_key: str, work: str, source: str | None = None) -> Bundle:
+    """Open ``path`` and check its manifest's signature; the parts are not read yet."""
+    source = source or path
+    try:
+        tar = tarfile.open(path, "r:")
+    except (OSError, tarfile.TarError) as exc:
+        raise refused(source, f"not a bundle ({exc})", "give a .bundle file made by ./inv build") from None
+    members = {m.name: m for m in tar.getmembers() if m.isfile()}
+    missing = [n for n in (MANIFEST, SIGNATURE) if n not in members]
+    if missing:
+        tar.close()
+        raise refused(source, f"not a bundle (no {', '.join(missing)})", "give a .bundle file made by ./inv build")
+
+    def content(name: str) -> bytes:
+        f = tar.extractfile(members[name])
+        assert f is not None
+        return f.read(1 << 20)
+
+    data = content(MANIFEST)
+    verify_signature(data, content(SIGNATURE), public_key, work, source)
+    try:
+        man = json.loads(data)
+    except ValueError as exc:
+        raise refused(source, f"its manifest is not JSON ({exc})", "rebuild the bundle") from None
+    if man.get("format") != FORMAT or not isinstance(man.get("parts"), dict):
+        raise refused(source, f"bundle format {man.get('format')!r}, this node reads format {FORMAT}",
+                      "upgrade with a bundle from a Basalt build of this generation")
+    for part in PARTS:
+        if part not in members or part not in man["parts"]:
+            raise refused(source, f"the bundle has no {part}", "rebuild the bundle")
+    return Bundle(path, man, members, tar)
+
+
+def check_parts(bundle: Bundle, source: str) -> None:
+    """Every part's size and sha256 against the signed manifest: read, never written anywhere."""
+    for part in PARTS:
+        want = bundle.manifest["parts"][part]
+        info = bundle.members[part]
+        if info.size != int(want["size"]):
+            raise refused(source, f"{part} is {info.size} bytes, the manifest says {want['size']}",
+                          "the bundle is damaged: fetch it again")
+        _, digest = sha256_stream(bundle.reader(part))
+        if digest != want["sha256"]:
+            raise refused(source, f"bad hash: {part} has sha256 {digest[:16]}…, the manifest says "
+                          f"{str(want['sha256'])[:16]}…", "the bundle is damaged: fetch it again")
+
+
+def public_key_path() -> str:
+    return layout.LIB_UPGRADE_KEY

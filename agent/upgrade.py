@@ -1,0 +1,324 @@
+"""``basalt upgrade SOURCE`` and ``basalt rollback``: A/B upgrades of an installed node.
+
+Upgrade: fetch the bundle (an http(s) URL, resumed and retried; or a file, such as the payload
+inside the OCI upgrade image), check its signature, every part's hash, its arch and image name,
+that its version has not failed here before (unless ``--force``) and that it fits the inactive
+slot — all before anything is written — then write the inactive slot (its squashfs read back
+and compared), arm a one-shot trial boot of it (agent/bootsel.py) and reboot. The trial boot's
+health gate (agent/health.py) commits it, or the boot loader comes back to the committed slot.
+
+The slot booted now is never written, and the boot selection is changed last, in one sector
+write: power lost at any point leaves the node booting a slot that was healthy.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import sys
+import time
+from typing import Any
+
+from agent import bootsel, bundle, layout, slots
+from agent.errors import BasaltError, Problem
+from agent.partitions import sha256_range
+
+CHUNK = 4 << 20
+ARCHES = {"x86_64": "x86_64", "aarch64": "arm64"}
+ATTEMPTS = 5
+
+
+def say(message: str) -> None:
+    print(f"basalt upgrade: {message}", file=sys.stderr, flush=True)
+
+
+def node_arch() -> str:
+    machine = os.uname().machine
+    return ARCHES.get(machine, machine)
+
+
+def lock() -> int:
+    os.makedirs(layout.RUN_UPGRADE, exist_ok=True)
+    fd = os.open(layout.RUN_UPGRADE + "/lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise BasaltError.simple("another basalt upgrade or rollback is running", hint="wait for it") from None
+    return fd
+
+
+def check_node(booted: str, selection: bootsel.Selection) -> None:
+    if booted not in layout.SLOTS:
+        raise BasaltError.simple("upgrades need an installed disk: this node runs live from its medium",
+                                 hint="install it first (basalt install), then upgrade the disk")
+    if selection.committed != booted:
+        raise BasaltError.simple(f"this boot is a trial of slot {booted}, not yet committed (the committed slot "
+                                 f"is {selection.committed})",
+                                 hint="wait for its health gate to commit it (basalt status), then upgrade")
+
+
+# --- fetching ----------------------------------------------------------------------------------
+
+def download(url: str, directory: str = layout.UPGRADE_DOWNLOADS, attempts: int = ATTEMPTS,
+             timeout: float = 30.0) -> str:
+    """The bundle at ``url`` in ``directory``, resumed from a partial copy and retried with backoff."""
+    import urllib.error
+    import urllib.request
+    os.makedirs(directory, 0o700, exist_ok=True)
+    name = hashlib.sha256(url.encode()).hexdigest()[:16] + ".bundle"
+    final, part = os.path.join(directory, name), os.path.join(directory, name + ".part")
+    last: Exception | None = None
+    for attempt in range(attempts):
+        have = os.path.getsize(part) if os.path.exists(part) else 0
+        req = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                if have and resp.status != 206:
+                    have = 0  # the server ignored the range: start over
+                total = have + int(resp.headers.get("Content-Length") or 0)
+                with open(part, "ab" if have else "wb") as out:
+                    got, shown = have, -1
+                    while data := resp.read(CHUNK):
+                        out.write(data)
+                        got += len(data)
+                        if total and got * 10 // total != shown:
+                            shown = got * 10 // total
+                            say(f"downloading {url}: {got >> 20}/{total >> 20} MiB")
+                    out.flush()
+                    os.fsync(out.fileno())
+            os.replace(part, final)
+            return final
+        except urllib.error.HTTPError as exc:
+            if exc.code == 416 and have:  # asked past the end: the partial copy is the whole file
+                os.replace(part, final)
+                return final
+            last = exc
+            if 400 <= exc.code < 500:
+                break
+        except (OSError, ValueError) as exc:
+            last = exc
+        if attempt + 1 < attempts:
+            delay = 2.0 * 2 ** attempt
+            say(f"download interrupted ({last}); resuming in {delay:.0f}s")
+            time.sleep(delay)
+    raise BasaltError(Problem(f"{url}: cannot download the bundle: {last}",
+                              hint="check the URL and the node's network; a partial download is resumed "
+                                   "by the next try"))
+
+
+def fetch(source: str) -> tuple[str, bool]:
+    """A local path to the bundle, and whether it is a download to remove afterwards."""
+    if source.startswith(("http://", "https://")):
+        return download(source), True
+    if not os.path.isfile(source):
+        raise BasaltError.simple(f"{source}: no such file", hint="give a .bundle file or an http(s) URL")
+    return source, False
+
+
+# --- checks -----------------------------------------------------------------------------------
+
+def check(b: bundle.Bundle, source: str, target: str, state: dict[str, Any], force: bool,
+          medium: str = layout.RUN_MEDIUM, slot_bytes: int | None = None, booted: str | None = None) -> None:
+    """Every refusal that needs the bundle's manifest, before its parts are hashed."""
+    man = b.manifest
+    arch = node_arch()
+    if man.get("arch") != arch:
+        raise bundle.refused(source, f"it is for {man.get('arch')}, this node is {arch}",
+                             "use the bundle built from this node's image definition")
+    image = slots.build_info(booted or slots.booted(), medium).get("image")
+    if image and man.get("image") != image:
+        raise bundle.refused(source, f"it is for image {man.get('image')}, this node runs {image}",
+                             "use a bundle built from the same image definition (its name:)")
+    failed = state.get("failed", {}).get(b.version)
+    if failed and not force:
+        raise bundle.refused(source, f"version {b.version} failed on this node before ({failed.get('reason')})",
+                             "--force tries it again")
+    if slot_bytes is not None and b.size(bundle.ROOT) > slot_bytes:
+        raise bundle.refused(source, f"its root filesystem ({b.size(bundle.ROOT) >> 20} MiB) is larger than slot "
+                             f"{target} ({slot_bytes >> 20} MiB)",
+                             "build the image smaller, or reinstall with larger slots (slot_mib)")
+    stat = os.statvfs(medium)
+    present = sum(os.path.getsize(p) for n in (bundle.KERNEL, bundle.INITRD)
+                  if os.path.exists(p := f"{medium}{layout.slot_dir(target)}/{n}"))
+    need = b.size(bundle.KERNEL) + b.size(bundle.INITRD)
+    if need > stat.f_bavail * stat.f_frsize + present:
+        raise bundle.refused(source, f"its kernel and initramfs ({need >> 20} MiB) do not fit the boot partition",
+                             "reinstall with a larger boot partition (boot_mib)")
+
+
+# --- writing ----------------------------------------------------------------------------------
+
+def write_root(b: bundle.Bundle, dev: str) -> None:
+    want = b.manifest["parts"][bundle.ROOT]
+    size = int(want["size"])
+    src = b.reader(bundle.ROOT)
+    h = hashlib.sha256()
+    done, shown = 0, -1
+    with open(dev, "r+b", buffering=0) as out:
+        while data := src.read(CHUNK):
+            h.update(data)
+            out.write(data)
+            done += len(data)
+            if done * 10 // max(size, 1) != shown:
+                shown = done * 10 // max(size, 1)
+                say(f"writing slot {dev}: {done >> 20}/{size >> 20} MiB")
+        os.fsync(out.fileno())
+        if h.hexdigest() != want["sha256"]:
+            raise BasaltError.simple(f"the bundle changed while it was written to {dev}",
+                                     hint="the slot is not armed; run basalt upgrade again")
+        try:
+            os.posix_fadvise(out.fileno(), 0, size, os.POSIX_FADV_DONTNEED)
+        except OSError:
+            pass
+        if sha256_range(out, 0, size, CHUNK) != want["sha256"]:  # type: ignore[arg-type]
+            raise BasaltError.simple(f"{dev} reads back differently from what was written: the disk is failing",
+                                     hint="the slot is not armed; the node keeps booting its committed slot")
+
+
+def write_file(path: str, src: Any, digest: str) -> None:
+    tmp = path + ".new"
+    h = hashlib.sha256()
+    with open(tmp, "wb") as out:
+        while data := src.read(CHUNK):
+            h.update(data)
+            out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    if h.hexdigest() != digest:
+        os.unlink(tmp)
+        raise BasaltError.simple(f"the bundle changed while {path} was written", hint="run basalt upgrade again")
+    os.replace(tmp, path)
+
+
+def write_slot(b: bundle.Bundle, target: str, dev: str, medium: str = layout.RUN_MEDIUM) -> None:
+    """The slot's squashfs, then its kernel and initramfs; its build record last (it marks the slot whole)."""
+    import json
+    directory = medium + layout.slot_dir(target)
+    os.makedirs(directory, exist_ok=True)
+    for name in (slots.BUILD_INFO, "version"):  # the slot is not whole until the end
+        if os.path.exists(f"{directory}/{name}"):
+            os.unlink(f"{directory}/{name}")
+    os.sync()
+    write_root(b, dev)
+    for part in (bundle.KERNEL, bundle.INITRD):
+        write_file(f"{directory}/{part}", b.reader(part), b.manifest["parts"][part]["sha256"])
+    man = b.manifest
+    for name, text in (("version", man["version"] + "\n"),
+                       (slots.BUILD_INFO, json.dumps({"version": man["version"], "image": man["image"],
+                                                      "built": man["built"]}, sort_keys=True))):
+        with open(f"{directory}/{name}.new", "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(f"{directory}/{name}.new", f"{directory}/{name}")
+
+
+def request_reboot() -> None:
+    import signal
+    os.kill(1, signal.SIGTERM)
+
+
+class Node:
+    """Where this node keeps what an upgrade reads and writes (tests point it at files)."""
+
+    def __init__(self, medium: str = layout.RUN_MEDIUM, key: str = layout.LIB_UPGRADE_KEY,
+                 work: str = layout.RUN_UPGRADE, state: str = layout.UPGRADE_STATE, booted: str | None = None,
+                 devices: dict[str, str] | None = None, remount: bool = True):
+        self.medium, self.key, self.work, self.state, self.remount = medium, key, work, state, remount
+        self.booted = booted or slots.booted()
+        self.devices = devices or {}
+
+    def device(self, slot: str) -> str:
+        return self.devices.get(slot) or slots.device(slot)
+
+    def slot_bytes(self, dev: str) -> int:
+        return slots.size_bytes(dev) if dev.startswith("/dev/") else os.path.getsize(dev)
+
+    def boot(self) -> bootsel.GrubEnv:
+        return bootsel.backend(self.medium)
+
+    def writable(self) -> Any:
+        import contextlib
+        return slots.writable_boot(self.medium) if self.remount else contextlib.nullcontext(self.medium)
+
+
+def install_bundle(node: Node, path: str, source: str, force: bool = False, tries: int = 1) -> dict[str, Any]:
+    """Check the bundle at ``path`` and write it to the inactive slot, then arm its trial."""
+    check_node(node.booted, node.boot().read())
+    target = slots.other(node.booted)
+    state = slots.load_state(node.state)
+    b = bundle.open_bundle(path, node.key, node.work, source)
+    try:
+        dev = node.device(target)
+        check(b, source, target, state, force, node.medium, node.slot_bytes(dev), node.booted)
+        say(f"{source}: signature good; checking {b.manifest['image']} {b.version} part by part")
+        bundle.check_parts(b, source)
+        event = {"result": "writing", "version": b.version, "image": b.manifest["image"], "slot": target,
+                 "from": slots.build_info(node.booted, node.medium).get("version")}
+        slots.record(event, path=node.state)
+        start = time.monotonic()
+        with node.writable():
+            write_slot(b, target, dev, node.medium)
+            node.boot().arm(target, tries)
+        event = {**event, "result": "armed", "write_s": round(time.monotonic() - start, 2)}
+        slots.record(event, path=node.state)
+        say(f"slot {target} holds {b.version} (written and verified in {event['write_s']}s); its trial boot is "
+            f"armed: if it does not pass its health gate, slot {node.booted} boots again")
+        return event
+    finally:
+        b.close()
+
+
+def upgrade(source: str, force: bool = False, reboot: bool = True, tries: int = 1) -> int:
+    if os.geteuid() != 0:
+        raise BasaltError.simple("basalt upgrade: permission denied", hint="run it as root")
+    fd = lock()
+    try:
+        node = Node()
+        check_node(node.booted, node.boot().read())
+        path, downloaded = fetch(source)
+        try:
+            install_bundle(node, path, source, force, tries)
+        finally:
+            if downloaded:
+                os.unlink(path)
+    finally:
+        os.close(fd)
+    if reboot:
+        say("rebooting into the trial")
+        request_reboot()
+    return 0
+
+
+def rollback(reboot: bool = True) -> int:
+    if os.geteuid() != 0:
+        raise BasaltError.simple("basalt rollback: permission denied", hint="run it as root")
+    fd = lock()
+    try:
+        booted, backend = slots.booted(), bootsel.backend()
+        sel = backend.read()
+        check_node(booted, sel)
+        target = slots.other(booted)
+        info = slots.build_info(target)
+        if not info:
+            raise BasaltError.simple(f"slot {target} holds no complete version: nothing to roll back to",
+                                     hint="basalt status shows both slots")
+        state = slots.load_state()
+        failed = state.get("failed", {}).get(str(info.get("version")))
+        if failed:
+            raise BasaltError.simple(f"slot {target} holds {info.get('version')}, which failed on this node "
+                                     f"({failed.get('reason')})", hint="upgrade to a good version instead")
+        if state.get("committed", {}).get(target) != info.get("version"):
+            raise BasaltError.simple(f"slot {target} holds {info.get('version')}, which has not passed a health "
+                                     "gate on this node", hint="basalt upgrade boots a version on trial first")
+        with slots.writable_boot():
+            backend.commit(target)
+        slots.record({"result": "rolled back", "version": info.get("version"), "image": info.get("image"),
+                      "slot": target, "from": slots.build_info(booted).get("version")})
+        say(f"slot {target} ({info.get('version')}) is the committed slot from the next boot")
+    finally:
+        os.close(fd)
+    if reboot:
+        request_reboot()
+    return 0

@@ -1,0 +1,259 @@
+"""Upgrade bundles, the boot selection and ``basalt upgrade``'s checks, against files: real
+minisign keys and signatures, a real tar bundle, a slot that is a regular file, a boot partition
+that is a directory. (The QEMU tests do the same on a booted node, through GRUB.)"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from agent import bootsel, bundle, health, slots, upgrade
+from agent.errors import BasaltError
+from builder import signing
+from builder.stages import bundle as bundle_stage
+
+IMAGE, ARCH = "x86_64-raw", upgrade.node_arch()
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, signing.SigningKey]:
+    d = tmp_path_factory.mktemp("keys")
+    return {name: signing.generate(d / f"{name}.key", name) for name in ("site", "other")}
+
+
+def make_bundle(tmp: Path, key: signing.SigningKey, version: str = "2", arch: str = ARCH, image: str = IMAGE,
+                root_size: int = 300_000) -> Path:
+    parts = {}
+    for name, size in ((bundle.KERNEL, 5000), (bundle.INITRD, 7000), (bundle.ROOT, root_size)):
+        parts[name] = tmp / f"{version}-{arch}-{image}-{name}"
+        parts[name].write_bytes(hashlib.sha256(f"{name}{version}".encode()).digest() * (size // 32 + 1))
+    dest = tmp / f"{image}-{version}-{arch}.bundle"
+    work = tmp / f"work-{version}-{arch}-{image}"
+    work.mkdir()
+    bundle_stage.write(dest, parts, image, version, arch, 1735689600, key, work)
+    return dest
+
+
+@pytest.fixture()
+def node(tmp_path: Path, keys: dict[str, signing.SigningKey]) -> upgrade.Node:
+    medium = tmp_path / "medium"
+    (medium / "basalt/a").mkdir(parents=True)
+    (medium / "basalt/a/build.json").write_text(json.dumps({"image": IMAGE, "version": "1", "built": "x"}))
+    (medium / "boot/grub").mkdir(parents=True)
+    (medium / "boot/grub/grubenv").write_bytes(bootsel.format_block({"basalt_slot": "a"}))
+    devices = {}
+    for slot in ("a", "b"):
+        devices[slot] = str(tmp_path / f"slot-{slot}")
+        Path(devices[slot]).write_bytes(b"\x5a" * (1 << 20))
+    return upgrade.Node(medium=str(medium), key=str(keys["site"].public), work=str(tmp_path / "work"),
+                        state=str(tmp_path / "state/upgrade.json"), booted="a", devices=devices, remount=False)
+
+
+def snapshot(node: upgrade.Node) -> dict[str, str]:
+    """Every byte of both slots and the boot partition."""
+    files = [Path(p) for p in node.devices.values()] + sorted(p for p in Path(node.medium).rglob("*") if p.is_file())
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+# --- the boot selection --------------------------------------------------------------------------
+
+def test_environment_block_round_trip_and_transitions(tmp_path: Path) -> None:
+    env = tmp_path / "grubenv"
+    env.write_bytes(bootsel.format_block({"basalt_slot": "a", "other_var": "kept"}))
+    inode = env.stat().st_ino
+    grub = bootsel.GrubEnv(str(env))
+    assert grub.read() == bootsel.Selection("a")
+    grub.arm("b", 1)
+    assert grub.read() == bootsel.Selection("a", "b", 1) and grub.read().next_boot() == "b"
+    block = env.read_bytes()
+    assert len(block) == 1024 and env.stat().st_ino == inode  # rewritten in place: GRUB's save_env still works
+    assert block.startswith(b"# GRUB Environment Block\nother_var=kept\nbasalt_slot=a\nbasalt_try=b\nbasalt_tries=1\n#")
+    assert block[512:] == b"#" * 512  # everything it says is in its first sector
+    grub.write(bootsel.Selection("a", "b", 0))  # what GRUB's countdown leaves after booting the trial
+    assert grub.read().next_boot() == "a"
+    grub.commit("b")
+    assert grub.read() == bootsel.Selection("b") and bootsel.parse(env.read_bytes())["other_var"] == "kept"
+    grub.arm("a", 1)
+    grub.disarm()
+    assert grub.read() == bootsel.Selection("b")
+
+
+def test_environment_block_refusals(tmp_path: Path) -> None:
+    with pytest.raises(bootsel.BootSelectionError, match="its header is missing"):
+        bootsel.parse(b"basalt_slot=a\n")
+    with pytest.raises(bootsel.BootSelectionError, match="does not fit one sector"):
+        bootsel.format_block({"x": "y" * 600})
+    with pytest.raises(bootsel.BootSelectionError, match="cannot store"):
+        bootsel.format_block({"x": "a\nb"})
+    garbage = tmp_path / "grubenv"
+    garbage.write_bytes(bootsel.format_block({"basalt_slot": "c", "basalt_try": "z", "basalt_tries": "x"}))
+    assert bootsel.GrubEnv(str(garbage)).read() == bootsel.Selection("a")  # unknown values: slot a, no trial
+
+
+# --- bundles ------------------------------------------------------------------------------------
+
+def test_a_bundle_installs_into_the_inactive_slot_and_arms_its_trial(
+        tmp_path: Path, keys: dict[str, signing.SigningKey], node: upgrade.Node) -> None:
+    path = make_bundle(tmp_path, keys["site"])
+    before = hashlib.sha256(Path(node.devices["a"]).read_bytes()).hexdigest()
+    event = upgrade.install_bundle(node, str(path), "v2.bundle")
+    assert event["result"] == "armed" and event["slot"] == "b" and event["version"] == "2" and event["from"] == "1"
+    root = (tmp_path / f"2-{ARCH}-{IMAGE}-{bundle.ROOT}").read_bytes()
+    assert Path(node.devices["b"]).read_bytes()[:len(root)] == root
+    assert hashlib.sha256(Path(node.devices["a"]).read_bytes()).hexdigest() == before  # the booted slot: untouched
+    medium = Path(node.medium)
+    assert (medium / "basalt/b/vmlinuz").read_bytes() == (tmp_path / f"2-{ARCH}-{IMAGE}-{bundle.KERNEL}").read_bytes()
+    assert json.loads((medium / "basalt/b/build.json").read_text()) == {"image": IMAGE, "version": "2",
+                                                                       "built": "2025-01-01T00:00:00Z"}
+    assert node.boot().read() == bootsel.Selection("a", "b", 1)
+    assert slots.load_state(node.state)["last"]["result"] == "armed"
+
+
+def rewrite(path: Path, old: bytes, new: bytes) -> Path:
+    data = path.read_bytes()
+    assert data.count(old) >= 1 and len(old) == len(new)
+    bad = path.with_name("bad-" + path.name)
+    bad.write_bytes(data.replace(old, new, 1))
+    return bad
+
+
+@pytest.mark.parametrize(("case", "message"), [
+    ("bad signature", "v.bundle: refused: bad signature"),
+    ("another key", "v.bundle: refused: it is signed with another key (Signature key id in "),
+    ("bad hash", "v.bundle: refused: bad hash: rootfs.squashfs has sha256 "),
+    ("wrong arch", f"v.bundle: refused: it is for arm64, this node is {ARCH}"),
+    ("another image", f"v.bundle: refused: it is for image rpi, this node runs {IMAGE}"),
+    ("failed before", "v.bundle: refused: version 2 failed on this node before (health gate failed after 10s: x)"),
+    ("larger than the slot", "v.bundle: refused: its root filesystem (2 MiB) is larger than slot b (1 MiB)"),
+    ("trial not committed", "this boot is a trial of slot a, not yet committed (the committed slot is b)"),
+    ("live node", "upgrades need an installed disk: this node runs live from its medium"),
+    ("not a bundle", "v.bundle: refused: not a bundle"),
+])
+def test_refused_before_any_write(case: str, message: str, tmp_path: Path, keys: dict[str, signing.SigningKey],
+                                  node: upgrade.Node) -> None:
+    path = make_bundle(tmp_path, keys["site"])
+    if case == "bad signature":
+        path = rewrite(path, b'"version": "2"', b'"version": "3"')
+    elif case == "another key":
+        node.key = str(keys["other"].public)
+    elif case == "bad hash":
+        root = (tmp_path / f"2-{ARCH}-{IMAGE}-{bundle.ROOT}").read_bytes()
+        path = rewrite(path, root[1000:1032], bytes(32))
+    elif case == "wrong arch":
+        path = make_bundle(tmp_path, keys["site"], arch="arm64")
+    elif case == "another image":
+        path = make_bundle(tmp_path, keys["site"], image="rpi")
+    elif case == "failed before":
+        slots.record({"result": "failed", "version": "2", "image": IMAGE, "slot": "b"},
+                     "health gate failed after 10s: x", path=node.state)
+    elif case == "larger than the slot":
+        path = make_bundle(tmp_path, keys["site"], version="9", root_size=2 << 20)
+        message = message.replace("version 2", "version 9")
+    elif case == "trial not committed":
+        node.boot().write(bootsel.Selection("b"))
+    elif case == "live node":
+        node.booted = "live"
+    elif case == "not a bundle":
+        path = tmp_path / "v.bundle"
+        path.write_bytes(b"not a tar at all" * 100)
+    before = snapshot(node)
+    with pytest.raises(BasaltError) as err:
+        upgrade.install_bundle(node, str(path), "v.bundle")
+    assert err.value.render().startswith(message)
+    assert "\nhint: " in err.value.render()
+    assert snapshot(node) == before  # both slots and the boot partition, byte for byte
+
+
+def test_a_failed_version_goes_in_with_force(tmp_path: Path, keys: dict[str, signing.SigningKey],
+                                            node: upgrade.Node) -> None:
+    slots.record({"result": "failed", "version": "2", "image": IMAGE, "slot": "b"}, "x", path=node.state)
+    assert upgrade.install_bundle(node, str(make_bundle(tmp_path, keys["site"])), "v", force=True)["result"] == "armed"
+
+
+# --- the health gate ------------------------------------------------------------------------------
+
+def test_gate_passes_only_when_everything_passes_together(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    status = tmp_path / "status.json"
+    monkeypatch.setattr(health.layout, "RUN_STATUS", str(status))
+    status.write_text(json.dumps({"ready_ms": 900, "hostname": "n",
+                                  "services": {"dhcp-eth0": {"state": "running", "failures": 0}}}))
+    flag = tmp_path / "flag"
+    checks = [{"name": "flag-present", "run": f"test -e {flag}", "timeout": 5}]
+    clock = iter(range(0, 1000, 5))
+    slept = []
+
+    def sleep(s: float) -> None:
+        slept.append(s)
+        if len(slept) == 3:
+            flag.touch()
+
+    assert health.gate({"health_timeout": 60, "health_checks": checks}, lambda: next(clock), sleep) is None
+    assert len(slept) == 3
+    flag.unlink()
+    status.write_text(json.dumps({"ready_ms": 900, "services": {"sshd": {"state": "backoff", "failures": 4}}}))
+    reason = health.gate({"health_timeout": 10, "health_checks": checks}, lambda: next(clock), lambda s: None)
+    assert reason == ("health gate failed after 10s: service sshd is backoff (4 failures); "
+                      "health check flag-present exited 1")
+
+
+def test_a_hanging_check_is_a_failure_with_its_timeout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    status = tmp_path / "status.json"
+    monkeypatch.setattr(health.layout, "RUN_STATUS", str(status))
+    status.write_text(json.dumps({"ready_ms": 1, "services": {}}))
+    assert health.problems([{"name": "slow", "run": "sleep 30", "timeout": 1}]) == \
+        ["health check slow did not finish in 1s"]
+
+
+def test_settle_records_a_trial_that_never_committed(tmp_path: Path, node: upgrade.Node,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    medium = Path(node.medium)
+    (medium / "basalt/b").mkdir()
+    (medium / "basalt/b/build.json").write_text(json.dumps({"image": IMAGE, "version": "3"}))
+    monkeypatch.setattr(slots.layout, "RUN_MEDIUM", node.medium)
+    monkeypatch.setattr(slots.layout, "UPGRADE_STATE", node.state)
+    monkeypatch.setattr(health.slots, "writable_boot", lambda: __import__("contextlib").nullcontext())
+    grub = node.boot()
+    grub.write(bootsel.Selection("a", "b", 0))  # GRUB booted the trial once; now slot a is back
+    assert health.settle("a", grub, grub.read()) == 1
+    state = json.loads(Path(node.state).read_text())
+    assert state["failed"]["3"]["reason"] == health.NEVER_COMMITTED and state["last"]["result"] == "failed"
+    assert grub.read() == bootsel.Selection("a")
+    assert health.settle("a", grub, grub.read()) == 0
+    assert json.loads(Path(node.state).read_text())["committed"] == {"a": "1"}
+
+
+def test_public_key_files_from_keygen_are_what_minisign_reads(keys: dict[str, signing.SigningKey]) -> None:
+    key = keys["site"]
+    assert oct(os.stat(key.secret).st_mode & 0o777) == "0o600"
+    assert key.public_text().startswith("untrusted comment: minisign public key ")
+    assert len(key.key_id()) == 16
+
+
+def test_a_named_signing_key_must_exist(tmp_path: Path) -> None:
+    with pytest.raises(BasaltError) as err:
+        signing.resolve(tmp_path / "site.key", "images/site.yaml")
+    assert err.value.render() == (f"images/site.yaml: upgrade.signing_key: secret key {tmp_path}/site.key does not "
+                                  "exist\nhint: make a key pair with ./inv keygen --out PATH (PATH.key and PATH.pub)")
+
+
+def test_without_a_key_the_build_makes_a_development_key_once_and_says_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("BASALT_CACHE", str(tmp_path))
+    first = signing.resolve(None)
+    assert first.secret == tmp_path / "keys/dev-signing.key" and first.public.is_file()
+    assert "warning: signing upgrade bundles with the development key" in capsys.readouterr().err
+    assert signing.resolve(None).public_text() == first.public_text()  # made once, then reused
+
+
+def test_keygen_writes_a_pair_and_never_overwrites(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from builder import cli
+    assert cli.main(["keygen", "--out", str(tmp_path / "site.key")]) == 0
+    out = capsys.readouterr().out
+    assert f"{tmp_path}/site.pub (public; key id " in out and "signing_key: " in out
+    assert cli.main(["keygen", "--out", str(tmp_path / "site.key")]) == 2
+    assert capsys.readouterr().err == (f"error: {tmp_path}/site.key exists: not overwriting a signing key\n"
+                                       "hint: choose another path, or remove it if it is really unused\n")
