@@ -41,10 +41,17 @@ def say(message: str) -> None:
         pass
 
 
-def settings() -> dict[str, Any]:
+LABEL_TIMEOUT_S = 600
+
+
+def node_config() -> dict[str, Any]:
     from agent import devices, sources
-    merged = sources.gather(devices.read("/proc/cmdline"))
-    upgrade = section(merged.value).get("upgrade", {})
+    value = sources.gather(devices.read("/proc/cmdline")).value
+    return value if isinstance(value, dict) else {}
+
+
+def settings(config: dict[str, Any]) -> dict[str, Any]:
+    upgrade = section(config).get("upgrade", {})
     return upgrade if isinstance(upgrade, dict) else {}
 
 
@@ -68,7 +75,7 @@ def run_check(argv: list[str], timeout: float) -> tuple[bool, str]:
     return proc.returncode == 0, f"exited {proc.returncode}" + (f": {said[-1][:200]}" if said else "")
 
 
-def problems(checks: list[dict[str, Any]]) -> list[str]:
+def problems(checks: list[dict[str, Any]], config: dict[str, Any] | None = None) -> list[str]:
     """What keeps the node from passing its gate now (empty: it passes)."""
     status = read_status()
     if not status.get("ready_ms"):
@@ -78,8 +85,8 @@ def problems(checks: list[dict[str, Any]]) -> list[str]:
         if svc.get("state") != "running":
             out.append(f"service {name} is {svc.get('state')} ({svc.get('failures')} failures)")
     if "k3s" in status.get("services", {}):
-        ok, said = run_check([layout.K3S_BINARY, "kubectl", "get", "node", str(status.get("hostname")), "-o",
-                              "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}"], CHECK_TIMEOUT_S)
+        from agent import k3s
+        ok, said = run_check(k3s.node_ready_argv(config or {}, str(status.get("hostname"))), CHECK_TIMEOUT_S)
         if not ok or not said.endswith("True"):
             out.append(f"the k3s node {status.get('hostname')} is not Ready ({said})")
     for check in checks:
@@ -89,18 +96,40 @@ def problems(checks: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def gate(upgrade: dict[str, Any], clock: Any = time.monotonic, sleep: Any = time.sleep) -> str | None:
+def gate(config: dict[str, Any], clock: Any = time.monotonic, sleep: Any = time.sleep) -> str | None:
     """None when everything passes together before the timeout; else the last reason it did not."""
+    upgrade = settings(config)
     timeout = float(upgrade.get("health_timeout", DEFAULT_TIMEOUT_S))
     checks = list(upgrade.get("health_checks", []))
     deadline = clock() + timeout
     while True:
-        found = problems(checks)
+        found = problems(checks, config)
         if not found:
             return None
         if clock() >= deadline:
             return f"health gate failed after {timeout:g}s: " + "; ".join(found)
         sleep(POLL_S)
+
+
+def relabel(config: dict[str, Any], version: str, slot: str, clock: Any = time.monotonic,
+            sleep: Any = time.sleep) -> bool:
+    """After a commit, the node labels basalt.io/version and basalt.io/slot through the API (k3s applies
+    node-label only when a node registers), retried while k3s comes up."""
+    status = read_status()
+    if "k3s" not in status.get("services", {}):
+        return False
+    from agent import k3s
+    argv = k3s.relabel_argv(config, str(status.get("hostname")), version, slot)
+    deadline = clock() + LABEL_TIMEOUT_S
+    while True:
+        ok, said = run_check(argv, CHECK_TIMEOUT_S)
+        if ok:
+            say(f"node labels set: basalt.io/version={version} basalt.io/slot={slot}")
+            return True
+        if clock() >= deadline:
+            say(f"error: cannot set the node labels basalt.io/version and basalt.io/slot: {said}")
+            return False
+        sleep(POLL_S * 3)
 
 
 def reboot() -> None:
@@ -110,8 +139,10 @@ def reboot() -> None:
 
 def trial(booted: str, backend: bootsel.GrubEnv, version: str, image: str | None) -> int:
     say(f"trial boot of slot {booted} ({version}): running the health gate")
+    config: dict[str, Any] = {}
     try:
-        reason = gate(settings())
+        config = node_config()
+        reason = gate(config)
     except Exception as exc:  # noqa: BLE001 - a gate that cannot run is a failed gate
         reason = f"the health gate could not run: {exc}"
     event = {"version": version, "image": image, "slot": booted}
@@ -123,6 +154,7 @@ def trial(booted: str, backend: bootsel.GrubEnv, version: str, image: str | None
         slots.save_state(state)
         slots.record({**event, "result": "committed"})
         say(f"slot {booted} ({version}) passed its health gate: committed")
+        relabel(config, version, booted)
         return 0
     slots.record({**event, "result": "failed"}, reason)
     say(f"slot {booted} ({version}) failed: {reason}; rebooting into the committed slot")

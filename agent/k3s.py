@@ -59,6 +59,26 @@ def labels(config: dict[str, Any], facts: dict[str, Any]) -> list[str]:
     return [f"{k}={v}" for k, v in sorted({**auto, **user}.items())]
 
 
+# What this node talks to the API with: a server's admin kubeconfig, an agent's kubelet credentials
+# (the node authorizer lets a kubelet read and label its own Node).
+KUBECONFIG = {"server": "/etc/rancher/k3s/k3s.yaml", "agent": DATA + "/agent/kubelet.kubeconfig"}
+
+
+def kubectl(config: dict[str, Any], *args: str) -> list[str]:
+    role, _ = role_and_argv(config)
+    return [BINARY, "kubectl", "--kubeconfig", KUBECONFIG[role], *args]
+
+
+def node_ready_argv(config: dict[str, Any], node: str) -> list[str]:
+    return kubectl(config, "get", "node", node, "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}")
+
+
+def relabel_argv(config: dict[str, Any], node: str, version: str, slot: str) -> list[str]:
+    """The labels k3s sets only at registration (``node-label``), set again after an upgrade commits."""
+    return kubectl(config, "label", "node", node, "--overwrite", f"{LABEL_DOMAIN}/version={version}",
+                   f"{LABEL_DOMAIN}/slot={slot}")
+
+
 def k3s_config(config: dict[str, Any], facts: dict[str, Any]) -> dict[str, Any]:
     """/etc/rancher/k3s/config.yaml: k3OS keys first, then native ``k3s.config`` (which
     wins, except that its node-label/node-taint lists add to ours)."""

@@ -191,11 +191,13 @@ def test_gate_passes_only_when_everything_passes_together(tmp_path: Path, monkey
         if len(slept) == 3:
             flag.touch()
 
-    assert health.gate({"health_timeout": 60, "health_checks": checks}, lambda: next(clock), sleep) is None
+    assert health.gate({"basalt": {"upgrade": {"health_timeout": 60, "health_checks": checks}}},
+                       lambda: next(clock), sleep) is None
     assert len(slept) == 3
     flag.unlink()
     status.write_text(json.dumps({"ready_ms": 900, "services": {"sshd": {"state": "backoff", "failures": 4}}}))
-    reason = health.gate({"health_timeout": 10, "health_checks": checks}, lambda: next(clock), lambda s: None)
+    reason = health.gate({"k3os": {"upgrade": {"health_timeout": 10, "health_checks": checks}}},
+                         lambda: next(clock), lambda s: None)
     assert reason == ("health gate failed after 10s: service sshd is backoff (4 failures); "
                       "health check flag-present exited 1")
 
@@ -257,3 +259,13 @@ def test_keygen_writes_a_pair_and_never_overwrites(tmp_path: Path, capsys: pytes
     assert cli.main(["keygen", "--out", str(tmp_path / "site.key")]) == 2
     assert capsys.readouterr().err == (f"error: {tmp_path}/site.key exists: not overwriting a signing key\n"
                                        "hint: choose another path, or remove it if it is really unused\n")
+
+
+def test_labels_are_set_through_the_api_with_the_roles_credentials() -> None:
+    from agent import k3s
+    server = k3s.relabel_argv({}, "edge-1", "2", "b")
+    assert server == ["/usr/bin/k3s", "kubectl", "--kubeconfig", "/etc/rancher/k3s/k3s.yaml", "label", "node",
+                      "edge-1", "--overwrite", "basalt.io/version=2", "basalt.io/slot=b"]
+    agent = k3s.node_ready_argv({"basalt": {"server_url": "https://10.0.0.1:6443", "token": "t"}}, "edge-2")
+    assert agent[:4] == ["/usr/bin/k3s", "kubectl", "--kubeconfig", "/var/lib/rancher/k3s/agent/kubelet.kubeconfig"]
+    assert agent[4:] == ["get", "node", "edge-2", "-o", 'jsonpath={.status.conditions[?(@.type=="Ready")].status}']
