@@ -17,6 +17,7 @@ from pathlib import Path
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 CONFIG = "application/vnd.oci.image.config.v1+json"
 LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
 
 
 def _tar(entries: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
@@ -27,7 +28,7 @@ def _tar(entries: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
     return buf.getvalue()
 
 
-def _entry(name: str, kind: bytes = tarfile.REGTYPE, mode: int = 0o755, data: bytes | None = None,
+def entry(name: str, kind: bytes = tarfile.REGTYPE, mode: int = 0o755, data: bytes | None = None,
            link: str = "") -> tuple[tarfile.TarInfo, bytes | None]:
     info = tarfile.TarInfo(name)
     info.type, info.mode, info.mtime, info.linkname = kind, mode, 0, link
@@ -44,20 +45,28 @@ def single_binary_image(out: Path, binary: Path, name: str, arch: str, links: tu
     """Write ``out`` (an OCI archive) with ``binary`` at /bin/<its name> and ``links`` to it
     in /bin; returns the manifest digest."""
     exe = binary.name
-    layer_tar = _tar([_entry("bin", tarfile.DIRTYPE), _entry(f"bin/{exe}", data=binary.read_bytes()),
-                      *[_entry(f"bin/{link}", tarfile.SYMTYPE, 0o777, link=exe) for link in links if link != exe],
-                      _entry("tmp", tarfile.DIRTYPE, 0o1777)])
-    layer = gzip.compress(layer_tar, mtime=0)
+    entries = [entry("bin", tarfile.DIRTYPE), entry(f"bin/{exe}", data=binary.read_bytes()),
+               *[entry(f"bin/{link}", tarfile.SYMTYPE, 0o777, link=exe) for link in links if link != exe],
+               entry("tmp", tarfile.DIRTYPE, 0o1777)]
+    return archive(out, entries, name, arch, cmd or (f"/bin/{exe}",))
+
+
+def archive(out: Path, entries: list[tuple[tarfile.TarInfo, bytes | None]], name: str, arch: str,
+            cmd: tuple[str, ...], compress: bool = True, labels: dict[str, str] | None = None) -> str:
+    """Write ``out``: an OCI image archive of one layer holding ``entries``; returns the manifest
+    digest. A layer of data that is compressed already (a bundle) is stored uncompressed."""
+    layer_tar = _tar(entries)
+    layer = gzip.compress(layer_tar, mtime=0) if compress else layer_tar
     config = json.dumps({
         "architecture": arch, "os": "linux",
-        "config": {"Env": ["PATH=/bin"], "Cmd": list(cmd or (f"/bin/{exe}",))},
+        "config": {"Env": ["PATH=/bin"], "Cmd": list(cmd), **({"Labels": labels} if labels else {})},
         "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(layer_tar).hexdigest()]},
     }, sort_keys=True).encode()
     (config_digest, config_size), (layer_digest, layer_size) = _blob(config), _blob(layer)
     manifest = json.dumps({
         "schemaVersion": 2, "mediaType": MANIFEST,
         "config": {"mediaType": CONFIG, "digest": config_digest, "size": config_size},
-        "layers": [{"mediaType": LAYER, "digest": layer_digest, "size": layer_size}],
+        "layers": [{"mediaType": LAYER if compress else LAYER_TAR, "digest": layer_digest, "size": layer_size}],
     }, sort_keys=True).encode()
     manifest_digest, manifest_size = _blob(manifest)
     ref = name.rsplit(":", 1)[1] if ":" in name.rsplit("/", 1)[-1] else "latest"
@@ -69,9 +78,9 @@ def single_binary_image(out: Path, binary: Path, name: str, arch: str, links: tu
     blobs = sorted({d.split(":")[1]: b for d, b in ((config_digest, config), (layer_digest, layer),
                                                     (manifest_digest, manifest))}.items())
     out.write_bytes(_tar([
-        _entry("blobs", tarfile.DIRTYPE), _entry("blobs/sha256", tarfile.DIRTYPE),
-        *[_entry(f"blobs/sha256/{h}", mode=0o644, data=b) for h, b in blobs],
-        _entry("index.json", mode=0o644, data=index),
-        _entry("oci-layout", mode=0o644, data=b'{"imageLayoutVersion":"1.0.0"}'),
+        entry("blobs", tarfile.DIRTYPE), entry("blobs/sha256", tarfile.DIRTYPE),
+        *[entry(f"blobs/sha256/{h}", mode=0o644, data=b) for h, b in blobs],
+        entry("index.json", mode=0o644, data=index),
+        entry("oci-layout", mode=0o644, data=b'{"imageLayoutVersion":"1.0.0"}'),
     ]))
     return manifest_digest

@@ -12,16 +12,29 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent import bundle
+from agent import bundle, layout
 from agent.errors import BasaltError, Problem
-from builder import abdisk, signing
+from builder import abdisk, oci, signing
+from builder.arch import Architecture
 
 NAME = "bundle"
 VERSION = 1
 VOLATILE = False
 INPUTS = ("rootfs", "squashfs", "initramfs")
-SOURCES = ("agent/bundle.py", "builder/signing.py", "builder/abdisk.py")
-PUBLISH = (("upgrade.bundle", "{name}-{version}.bundle"),)
+SOURCES = ("agent/bundle.py", "builder/signing.py", "builder/abdisk.py", "builder/oci.py")
+PUBLISH = (("upgrade.bundle", "{name}-{version}.bundle"), ("upgrade.oci.tar", "{name}-{version}.oci.tar"))
+# The OCI upgrade image's entry point: the system-upgrade-controller's job mounts the host's root at
+# /host (and shares its PID namespace), so basalt upgrade runs on the host, and its reboot is the host's.
+UPGRADE_HOST = """#!/bin/sh
+# Basalt upgrade job (system-upgrade-controller): the host's root is at /host.
+set -e
+mkdir -p /host{downloads}
+cp /payload/upgrade.bundle /host{downloads}/oci-upgrade.bundle
+rc=0
+chroot /host /usr/sbin/basalt upgrade "$@" {downloads}/oci-upgrade.bundle || rc=$?
+rm -f /host{downloads}/oci-upgrade.bundle
+exit $rc
+""".replace("{downloads}", layout.UPGRADE_DOWNLOADS)
 TOOLS = signing.TOOLS
 SCHEMA: dict[str, Any] = {
     "type": "object", "additionalProperties": False,
@@ -71,3 +84,21 @@ def run(ctx: Any, options: dict[str, Any]) -> None:
         raise BasaltError(Problem(f"{key.public} changed since the build was planned", hint="build again"))
     write(ctx.out / "upgrade.bundle", parts, options["name"], options["version"], options["arch"],
           options["source_date_epoch"], key, ctx.work)
+    upgrade_image(ctx.out / "upgrade.oci.tar", ctx.out / "upgrade.bundle", ctx.input("rootfs") / "root/usr/bin/busybox",
+                  options)
+
+
+def upgrade_image(out: Path, bundle_path: Path, busybox: Path, options: dict[str, Any]) -> str:
+    """The bundle as an OCI image, for Kubernetes (upgrade.kubernetes): a static busybox, the
+    job's script, and the bundle at /payload/upgrade.bundle; built without a container engine."""
+    entry = oci.entry
+    entries = [entry("bin", tarfile.DIRTYPE), entry("bin/busybox", data=busybox.read_bytes()),
+               *[entry(f"bin/{tool}", tarfile.SYMTYPE, 0o777, link="busybox")
+                 for tool in ("sh", "cp", "mkdir", "rm", "chroot")],
+               entry("bin/upgrade-host", data=UPGRADE_HOST.encode()),
+               entry("payload", tarfile.DIRTYPE), entry("payload/upgrade.bundle", mode=0o644,
+                                                        data=bundle_path.read_bytes()),
+               entry("tmp", tarfile.DIRTYPE, 0o1777)]
+    return oci.archive(out, entries, f"basalt/{options['name']}:{options['version']}",
+                       Architecture(options["arch"]).to_oci(), ("/bin/upgrade-host",), compress=False,
+                       labels={"io.basalt.image": options["name"], "io.basalt.version": options["version"]})

@@ -155,3 +155,32 @@ def test_bundle_is_the_slot_payload(builds: dict[str, Path]) -> None:
         manifest = json.loads(tar.extractfile(bundle.MANIFEST).read())  # type: ignore[union-attr]
     assert names == [bundle.MANIFEST, bundle.SIGNATURE, bundle.KERNEL, bundle.INITRD, bundle.ROOT]
     assert (manifest["image"], manifest["version"], manifest["arch"]) == ("x86_64-raw", "2", "x86_64")
+
+
+def test_the_oci_upgrade_image_carries_the_same_bundle(builds: dict[str, Path]) -> None:
+    """The OCI image (for the system-upgrade-controller), read as an OCI layout: its one layer holds
+    the bundle byte for byte and the job's script; its config runs the script."""
+    import hashlib
+    import tarfile
+    archive = builds["v2"].with_name("upgrade.oci.tar")
+    with tarfile.open(archive) as outer:
+        index = json.loads(outer.extractfile("index.json").read())  # type: ignore[union-attr]
+        entry = index["manifests"][0]
+        assert entry["annotations"]["io.containerd.image.name"] == "basalt/x86_64-raw:2"
+        assert entry["platform"] == {"architecture": "amd64", "os": "linux"}
+
+        def blob(digest: str) -> bytes:
+            data = outer.extractfile(f"blobs/sha256/{digest.split(':')[1]}").read()  # type: ignore[union-attr]
+            assert hashlib.sha256(data).hexdigest() == digest.split(":")[1]
+            return data
+
+        manifest = json.loads(blob(entry["digest"]))
+        config = json.loads(blob(manifest["config"]["digest"]))
+        layer = blob(manifest["layers"][0]["digest"])
+    assert config["config"]["Cmd"] == ["/bin/upgrade-host"]
+    import io
+    with tarfile.open(fileobj=io.BytesIO(layer)) as inner:
+        payload = inner.extractfile("payload/upgrade.bundle").read()  # type: ignore[union-attr]
+        script = inner.extractfile("bin/upgrade-host").read().decode()  # type: ignore[union-attr]
+    assert payload == builds["v2"].read_bytes()
+    assert "chroot /host /usr/sbin/basalt upgrade" in script
