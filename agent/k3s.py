@@ -141,6 +141,47 @@ def manifest_files(config: dict[str, Any]) -> list[tuple[str, Any]]:
     return out
 
 
+UPGRADE_CONTROLLER = layout.LIB_UPGRADE_CONTROLLER  # in an image built with upgrade.kubernetes
+PLAN_NAME = "basalt-os"
+PLAN_NAMESPACE = "system-upgrade"
+DRAIN_TIMEOUT = "10m"
+
+
+def upgrade_plan(config: dict[str, Any]) -> dict[str, Any] | None:
+    """The system-upgrade-controller Plan from ``upgrade.plan``: nodes that opted in with the label
+    basalt.io/upgrade=true, installed ones only (a live node has no slot to write), ``concurrency``
+    at a time, cordoned and drained first; the job runs the OCI upgrade image's basalt upgrade
+    against the host."""
+    plan = section(config).get("upgrade", {}).get("plan")
+    if not plan:
+        return None
+    spec: dict[str, Any] = {
+        "concurrency": int(plan.get("concurrency", 1)), "version": str(plan["version"]),
+        "serviceAccountName": "system-upgrade", "cordon": True,
+        "nodeSelector": {"matchExpressions": [
+            {"key": f"{LABEL_DOMAIN}/upgrade", "operator": "In", "values": ["true"]},
+            {"key": f"{LABEL_DOMAIN}/mode", "operator": "In", "values": ["installed"]}]},
+        "tolerations": [{"operator": "Exists"}],
+        "upgrade": {"image": str(plan["image"]), "command": ["/bin/upgrade-host"]},
+    }
+    if plan.get("drain", True):
+        spec["drain"] = {"force": True, "ignoreDaemonSets": True, "deleteEmptydirData": True,
+                         "timeout": DRAIN_TIMEOUT}
+    return {"apiVersion": "upgrade.cattle.io/v1", "kind": "Plan",
+            "metadata": {"name": PLAN_NAME, "namespace": PLAN_NAMESPACE}, "spec": spec}
+
+
+def upgrade_files(config: dict[str, Any], facts: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The controller (when the image ships it) and the Plan (when the config has one), as manifests."""
+    if not facts.get("upgrade_controller"):
+        return []
+    out: list[tuple[str, Any]] = [(f"{PREFIX}system-upgrade-controller.yaml", ("file", UPGRADE_CONTROLLER))]
+    plan = upgrade_plan(config)
+    if plan is not None:
+        out.append((f"{PREFIX}upgrade-plan.yaml", plan))
+    return out
+
+
 def plan_files(config: dict[str, Any], facts: dict[str, Any]) -> list[Action]:
     """Boot phase: everything k3s reads at start, written before it starts."""
     k3s = config.get("k3s", {})
@@ -163,6 +204,10 @@ def plan_files(config: dict[str, Any], facts: dict[str, Any]) -> list[Action]:
         actions.append(("mkdir", AIRGAP_IMAGES, 0o755, "root:root"))
         actions += [("symlink", f"{SHARE}/images/{n}", f"{AIRGAP_IMAGES}/{n}") for n in facts["k3s_images"]]
     files = manifest_files(config)
+    if upgrade_plan(config) is not None and not facts.get("upgrade_controller"):
+        actions.append(("error", "k3s", "upgrade.plan needs the system-upgrade-controller, which this image does "
+                                        "not ship (build it with upgrade.kubernetes: true)"))
+    files += upgrade_files(config, facts) if role == "server" else []
     if role != "server":
         if files:
             actions.append(("error", "k3s", "k3s.manifests and k3s.helm_charts are deployed by servers; "

@@ -71,6 +71,7 @@ LIB_SCHEMA = LIB + "/config.schema.json"
 LIB_SERVICES = LIB + "/services.d"  # {"argv": [...], "env": {...}} per file
 LIB_K3S = LIB + "/k3s"  # k3s's read-only parts: version, images/, charts/
 LIB_K3S_VERSION = LIB_K3S + "/version"
+LIB_UPGRADE_CONTROLLER = LIB_K3S + "/system-upgrade-controller.yaml"  # with upgrade.kubernetes
 LIB_UPGRADE_KEY = LIB + "/upgrade.pub"  # the minisign public key upgrade bundles are checked with
 
 # On the state partition (or the live tmpfs).

@@ -63,7 +63,8 @@ class Provisioner:
                 "wireless": [i for i in ifaces if os.path.exists(f"{net}/{i}/wireless")],
                 "have_wpa_supplicant": os.path.exists("/usr/sbin/wpa_supplicant"),
                 "version": self.version, "mode": self.mode, "slot": read(layout.RUN_SLOT, self.mode).strip(),
-                "k3s": k3s, "k3s_images": listdir(layout.LIB_K3S + "/images") if k3s else [],
+                "k3s": k3s, "upgrade_controller": k3s and os.path.exists(layout.LIB_UPGRADE_CONTROLLER),
+                "k3s_images": listdir(layout.LIB_K3S + "/images") if k3s else [],
                 "k3s_charts": listdir(layout.LIB_K3S + "/charts") if k3s else []}
 
     def run_phase(self, phase: str, skip: tuple[str, ...] = ()) -> list[str]:

@@ -61,6 +61,8 @@ class ImageDefinition:
     memory_mb: int
     cpus: int
     signing_key: Path | None = None  # upgrade.signing_key: the minisign secret key bundles are signed with
+    upgrade_kubernetes: bool = False  # upgrade.kubernetes: ship the system-upgrade-controller
+    controller_images: Path | None = None  # upgrade.controller_images: its images, for the air-gap set
 
 
 def project_version() -> str:
@@ -152,6 +154,9 @@ def _typed(doc: Located) -> ImageDefinition:
         k3s=dict(v.get("k3s", {"enabled": False})), squashfs=dict(v.get("squashfs", {})),
         signing_key=(Path(doc.source).parent / Path(v["upgrade"]["signing_key"]).expanduser()).resolve()
         if v.get("upgrade", {}).get("signing_key") else None,
+        upgrade_kubernetes=bool(v.get("upgrade", {}).get("kubernetes", False)),
+        controller_images=(Path(doc.source).parent / v["upgrade"]["controller_images"]).resolve()
+        if v.get("upgrade", {}).get("controller_images") else None,
         outputs=outputs, memory_mb=v.get("qemu", {}).get("memory_mb", 512),
         cpus=v.get("qemu", {}).get("cpus", 2),
     )
@@ -182,6 +187,17 @@ def check_firmware_fits_arch(doc: Located) -> list[Problem]:
                 out.append(doc.problem(["outputs", i, "firmware", j], f"'bios' firmware does not exist on {arch}",
                                        "use firmware: [uefi]"))
     return out
+
+
+def check_upgrade_kubernetes(doc: Located) -> list[Problem]:
+    upgrade = doc.value.get("upgrade", {})
+    if upgrade.get("kubernetes") and not doc.value.get("k3s", {}).get("enabled"):
+        return [doc.problem(["upgrade", "kubernetes"], "the system-upgrade-controller runs on k3s, which this image "
+                            "does not enable", "set k3s.enabled: true (or extend x86_64-k3s)")]
+    if upgrade.get("controller_images") and not upgrade.get("kubernetes"):
+        return [doc.problem(["upgrade", "controller_images"], "controller images without upgrade.kubernetes",
+                            "set upgrade.kubernetes: true, or remove controller_images")]
+    return []
 
 
 def check_k3s_pinned_for_arch(doc: Located) -> list[Problem]:
@@ -235,5 +251,5 @@ def check_board(doc: Located) -> list[Problem]:
     return out
 
 
-CHECKS = (check_overlays_exist, check_firmware_fits_arch, check_k3s_pinned_for_arch, check_kernel_console,
-          check_disk_label, check_board, check_kernel_deb)
+CHECKS = (check_upgrade_kubernetes, check_overlays_exist, check_firmware_fits_arch, check_k3s_pinned_for_arch,
+          check_kernel_console, check_disk_label, check_board, check_kernel_deb)

@@ -130,6 +130,18 @@ def chart_files(img: ImageDefinition) -> list[dict[str, str]]:
     return out
 
 
+def controller_images(img: ImageDefinition) -> dict[str, str] | None:
+    """``upgrade.controller_images``: the system-upgrade-controller's images, for the air-gap set."""
+    path = img.controller_images
+    if path is None:
+        return None
+    if not path.is_file():
+        raise BasaltError(Problem(f"upgrade.controller_images: {path}: no such file", str(img.source),
+                                  path="upgrade.controller_images",
+                                  hint="an image archive (docker save or OCI) of the controller's images"))
+    return {"path": str(path), "digest": sha256_file(path)}
+
+
 def compile_plan(img: ImageDefinition, config_text: str | None = None, etc_apt: Path = debian.APT_SOURCES,
                  k3s_binary: str | None = None, k3s_artifacts: str | None = None) -> Plan:
     epoch = source_date_epoch()
@@ -163,6 +175,7 @@ def compile_plan(img: ImageDefinition, config_text: str | None = None, etc_apt: 
             .hexdigest()[:16], "version": img.version,
             "modules_exclude": list(img.modules_exclude), "modules_keep": list(img.modules_keep),
             "source_date_epoch": epoch, "k3s_charts": chart_files(img), "upgrade_key": key.public_text(),
+            "upgrade_controller": img.upgrade_kubernetes, "controller_images": controller_images(img),
         }),
         PlannedStage("squashfs", {
             "compression": img.squashfs.get("compression", "zstd"),

@@ -27,7 +27,7 @@ from builder.stages.k3s import locked as k3s_locked
 
 NAME = "rootfs"
 VERSION = 1
-SOURCES = ("builder/backends.py", "builder/debian.py", "builder/stages/k3s.py", "agent/layout.py")
+SOURCES = ("builder/backends.py", "builder/debian.py", "builder/stages/k3s.py", "agent/layout.py", "builder/suc.py")
 VOLATILE = False
 INPUTS = ("fetch", "k3s")
 # The config schema this image's agent validates with, for editors (docs/config.md, "Editors").
@@ -37,7 +37,8 @@ TOOLS = {"dpkg-deb": "dpkg", "depmod": "kmod"}
 SCHEMA: dict[str, Any] = {
     "type": "object", "additionalProperties": False,
     "required": ["backend", "arch", "suite", "sources", "prune", "overlays", "agent_digest", "version",
-                 "modules_exclude", "modules_keep", "source_date_epoch", "k3s_charts", "upgrade_key"],
+                 "modules_exclude", "modules_keep", "source_date_epoch", "k3s_charts", "upgrade_key",
+                 "upgrade_controller", "controller_images"],
     "properties": {
         "backend": {"enum": sorted(BACKENDS)},
         "arch": {"type": "string"}, "suite": {"type": "string"}, "sources": {"type": "array"},
@@ -49,6 +50,8 @@ SCHEMA: dict[str, Any] = {
         "source_date_epoch": {"type": "integer"},
         "k3s_charts": {"type": "array", "items": {"type": "object", "required": ["name", "path", "digest"]}},
         "upgrade_key": {"type": "string"},  # the minisign public key bundles are checked with
+        "upgrade_controller": {"type": "boolean"},  # ship the system-upgrade-controller (upgrade.kubernetes)
+        "controller_images": {"type": ["object", "null"], "required": ["path", "digest"]},
     },
 }
 
@@ -77,6 +80,8 @@ def run(ctx: Any, options: dict[str, Any]) -> None:
     if lock["enabled"]:
         with progress.step(f"Installing k3s {lock['version']}"):
             install_k3s(root, lock, options["k3s_charts"])
+        if options["upgrade_controller"]:
+            install_upgrade_controller(root, options["controller_images"])
     finish(root, options["source_date_epoch"])
 
 
@@ -220,6 +225,19 @@ def install_agent(root: Path, version: str) -> None:
 
 K3S_LINKS = ("kubectl", "crictl", "ctr")
 K3S_SHARE = layout.LIB_K3S.lstrip("/")  # read-only parts the agent links into /var/lib/rancher at boot
+
+
+def install_upgrade_controller(root: Path, images: dict[str, str] | None) -> None:
+    """The system-upgrade-controller's manifest (the k3s server deploys it) and, when given, its
+    images into the air-gap set (re-verified as copied)."""
+    from builder import suc
+    (root / layout.LIB_UPGRADE_CONTROLLER.lstrip("/")).write_text(suc.manifest())
+    if images:
+        dest = root / layout.LIB_K3S.lstrip("/") / "images" / f"system-upgrade-controller-{suc.VERSION}.tar"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(images["path"], dest)
+        if sha256_file(dest) != images["digest"]:
+            raise BasaltError(Problem(f"{images['path']} changed while the image was built", hint="build again"))
 
 
 def install_k3s(root: Path, lock: dict[str, Any], charts: list[dict[str, str]]) -> None:
