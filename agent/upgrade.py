@@ -252,6 +252,10 @@ def install_bundle(node: Node, path: str, source: str, force: bool = False, trie
     try:
         dev = node.device(target)
         check(b, source, target, state, force, node.medium, node.slot_bytes(dev), node.booted)
+        running = slots.build_info(node.booted, node.medium).get("version")
+        if b.version == running and not force:  # e.g. the Kubernetes job run again after its reboot
+            say(f"this node already runs {b.version} (slot {node.booted}): nothing to do")
+            return {"result": "current", "version": b.version, "slot": node.booted}
         say(f"{source}: signature good; checking {b.manifest['image']} {b.version} part by part")
         bundle.check_parts(b, source)
         event = {"result": "writing", "version": b.version, "image": b.manifest["image"], "slot": target,

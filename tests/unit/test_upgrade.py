@@ -168,6 +168,15 @@ def test_refused_before_any_write(case: str, message: str, tmp_path: Path, keys:
     assert snapshot(node) == before  # both slots and the boot partition, byte for byte
 
 
+def test_the_running_version_is_not_written_again(tmp_path: Path, keys: dict[str, signing.SigningKey],
+                                                  node: upgrade.Node) -> None:
+    """A Kubernetes upgrade job runs again after the reboot it caused: it must find nothing to do."""
+    before = snapshot(node)
+    assert upgrade.install_bundle(node, str(make_bundle(tmp_path, keys["site"], version="1")), "v") == \
+        {"result": "current", "version": "1", "slot": "a"}
+    assert snapshot(node) == before
+
+
 def test_a_failed_version_goes_in_with_force(tmp_path: Path, keys: dict[str, signing.SigningKey],
                                             node: upgrade.Node) -> None:
     slots.record({"result": "failed", "version": "2", "image": IMAGE, "slot": "b"}, "x", path=node.state)
