@@ -104,6 +104,7 @@ class Guest:
     # written), of this virtual size in MiB (0: the image's own size).
     boot_disk: Path | None = None
     boot_disk_mib: int = 0
+    boot_disk_in_place: bool = False  # write the boot disk itself (a raw file), e.g. across power cuts
     # Direct kernel boot (skips the firmware's boot loader): (vmlinuz, initrd, kernel command line).
     direct: tuple[Path, Path, str] | None = None
     machine: str = ""  # default: the architecture's (q35, virt)
@@ -141,7 +142,10 @@ class Guest:
         cdroms = [*([self.iso] if self.iso is not None else []), *self.extra_cdroms]
         if cdroms and not x86:  # no IDE on virt: CDs on virtio-scsi
             argv += ["-device", "virtio-scsi-pci,id=scsi0"]
-        if self.boot_disk is not None:
+        if self.boot_disk is not None and self.boot_disk_in_place:
+            argv += ["-drive", f"file={self.boot_disk},format=raw,if=none,id=boot0",
+                     "-device", "virtio-blk-pci,drive=boot0,bootindex=0"]
+        elif self.boot_disk is not None:
             argv += ["-drive", f"file={self.overlay()},format=qcow2,if=none,id=boot0",
                      "-device", "virtio-blk-pci,drive=boot0,bootindex=0"]
         if self.iso is not None:
@@ -185,7 +189,8 @@ class Guest:
         return [binary, "-machine", "raspi3b", "-accel", ACCELS[self.accel], "-m", "1024",
                 "-display", "none", "-no-user-config", "-nodefaults", "-no-reboot",
                 "-kernel", str(uboot), "-dtb", str(dtb),
-                "-drive", f"file={self.overlay()},format=qcow2,if=sd",
+                "-drive", f"file={self.boot_disk},format=raw,if=sd" if self.boot_disk_in_place else
+                f"file={self.overlay()},format=qcow2,if=sd",
                 "-serial", f"file:{self.workdir / 'uart0.log'}",
                 "-chardev", f"socket,id=ser0,path={self.workdir / 'serial.sock'},server=on,wait=off,"
                             f"logfile={self.console_log}",
