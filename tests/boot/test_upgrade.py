@@ -42,7 +42,7 @@ def builds(key: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pat
             {"name": "ssh-server", "run": "test -x /usr/sbin/dropbear", "timeout": 10}]}}}))
     base = yaml.safe_load((ROOT / "images/x86_64-iso.yaml").read_text())
     out = {"disk": next(pipeline.build(plan.plan(definition(tmp, "v1", "1"), str(config)), out=tmp / "out")
-                        .glob("*.img"))}
+                        .glob("x86_64-raw-*.img"))}
     defs = {"v2": definition(tmp, "v2", "2"),
             "v3-check": definition(tmp, "v3-check", "3",
                                    packages=[p for p in base["packages"] if p != "dropbear-bin"]),
