@@ -75,6 +75,8 @@ def upgrade_status() -> dict[str, object]:
     except OSError as exc:
         boot = {"error": str(exc)}
     for slot, info in described.items():
+        if info["state"] == "empty":
+            continue
         info["committed"] = slot == boot.get("committed")
         info["passed_gate"] = info.get("version") is not None and \
             state.get("committed", {}).get(slot) == info.get("version")
