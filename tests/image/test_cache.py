@@ -29,7 +29,7 @@ def test_an_added_package_is_in_the_squashfs(built_iso: Path, tmp_path: Path) ->
     out = pipeline.build(plan.plan(str(definition)), out=tmp_path / "out")
     mine, default = stages(out), stages(built_iso)
     assert [n for n in mine if mine[n]["id"] != default[n]["id"]] == ["fetch", "rootfs", "squashfs", "initramfs",
-                                                                     "iso"]
+                                                                     "bundle", "iso"]
     # /usr/bin/less is a busybox applet link in both; lesskey comes only with Debian's less.
     assert "/usr/bin/lesskey" in squashfs_files(out)
     assert "/usr/bin/lesskey" not in squashfs_files(built_iso)
@@ -41,11 +41,13 @@ def test_an_added_package_is_in_the_squashfs(built_iso: Path, tmp_path: Path) ->
 def test_an_unchanged_rebuild_runs_no_stage_but_the_volatile_ones(built_iso: Path, tmp_path: Path) -> None:
     out = pipeline.build(plan.plan("x86_64-iso"), out=tmp_path / "out")
     again, before = stages(out), stages(built_iso)
-    assert list(again) == ["fetch", "k3s", "rootfs", "squashfs", "initramfs", "iso"]
+    assert list(again) == ["fetch", "k3s", "rootfs", "squashfs", "initramfs", "bundle", "iso"]
     assert all(s["cached"] for s in again.values())  # fetch and k3s ran, and produced what they had
     assert {n: s["id"] for n, s in again.items()} == {n: s["id"] for n, s in before.items()}
     manifest = json.loads((out / "manifest.json").read_text())
     assert {o["file"]: o["stage"] for o in manifest["outputs"]} == {
         "packages.lock.json": "fetch", "vmlinuz": "rootfs", "config.schema.json": "rootfs",
         "rootfs.squashfs": "squashfs", "initrd.img": "initramfs", "sbom.spdx.json": None,
+        f"x86_64-iso-{plan.load_image('x86_64-iso').version}.bundle": "bundle",
+        f"x86_64-iso-{plan.load_image('x86_64-iso').version}.oci.tar": "bundle",
         f"x86_64-iso-{plan.load_image('x86_64-iso').version}.iso": "iso"}

@@ -96,7 +96,8 @@ def test_manifest_describes_every_artifact(built_iso: Path) -> None:
     kinds = {p["role"] for p in manifest["inputs"]["packages"]}
     assert kinds == {"rootfs", "kernel", "boot"}
     assert all(len(p["sha256"]) == 64 for p in manifest["inputs"]["packages"])
-    assert [s["name"] for s in manifest["stages"]] == ["fetch", "k3s", "rootfs", "squashfs", "initramfs", "iso"]
+    assert [s["name"] for s in manifest["stages"]] == ["fetch", "k3s", "rootfs", "squashfs", "initramfs", "bundle",
+                                                       "iso"]
     assert manifest["inputs"]["k3s"] == {"enabled": False} and manifest["inputs"]["k3s_charts"] == []
 
 
