@@ -22,9 +22,8 @@ import time
 from typing import Any
 
 from agent import bootsel, layout, slots
-from agent.section import section
+from agent.section import health_timeout, upgrade_settings
 
-DEFAULT_TIMEOUT_S = 300
 CHECK_TIMEOUT_S = 60
 POLL_S = 3.0
 NEVER_COMMITTED = ("its trial boot did not reach its health gate's commit (a kernel panic, a hang ended by the "
@@ -48,11 +47,6 @@ def node_config() -> dict[str, Any]:
     from agent import devices, sources
     value = sources.gather(devices.read("/proc/cmdline")).value
     return value if isinstance(value, dict) else {}
-
-
-def settings(config: dict[str, Any]) -> dict[str, Any]:
-    upgrade = section(config).get("upgrade", {})
-    return upgrade if isinstance(upgrade, dict) else {}
 
 
 def read_status() -> dict[str, Any]:
@@ -98,9 +92,8 @@ def problems(checks: list[dict[str, Any]], config: dict[str, Any] | None = None)
 
 def gate(config: dict[str, Any], clock: Any = time.monotonic, sleep: Any = time.sleep) -> str | None:
     """None when everything passes together before the timeout; else the last reason it did not."""
-    upgrade = settings(config)
-    timeout = float(upgrade.get("health_timeout", DEFAULT_TIMEOUT_S))
-    checks = list(upgrade.get("health_checks", []))
+    timeout = health_timeout(config)
+    checks = list(upgrade_settings(config).get("health_checks", []))
     deadline = clock() + timeout
     while True:
         found = problems(checks, config)

@@ -5,7 +5,8 @@
 - ``provision``: the config in force and the config modules, phase by phase;
 - ``control``: ``basalt config apply|confirm`` requests and config trials;
 - ``containers``: what containerd and k3s need from the OS;
-- ``status``: ``/run/basalt/status.json``;  ``power``: signals and the clean shutdown.
+- ``status``: ``/run/basalt/status.json``;  ``power``: signals and the clean shutdown;
+- ``watchdog``: the hardware watchdog, fed while the kernel and this loop are alive.
 
 Nothing that goes wrong in here may end PID 1 (the kernel would panic): each step and each
 loop turn is guarded, and a failure is logged and survived.
@@ -24,7 +25,7 @@ import select
 import sys
 import time
 
-from agent import containers, control, devices, hotplug, layout, power, status, system
+from agent import containers, control, devices, hotplug, layout, power, status, system, watchdog
 from agent.devices import read
 from agent.log import Errors, format_exception, log
 from agent.provision import Provisioner
@@ -60,6 +61,7 @@ class Init:
         self.prov = Provisioner(self.supervisor, self.errors, self.phases, self.version)
         self.coldplug = devices.Coldplug()
         self.action: str | None = None
+        self.watchdog: watchdog.Watchdog | None = None
         self.power_fds: list[int] = []
         self.ready_ms = 0
         self.runtime_pending = False
@@ -89,6 +91,7 @@ class Init:
         self.phase("hostname", self.prov.set_hostname, self.prov.config)
         self.phase("initrd_modules", self.prov.run_phase, "initrd")
         self.phase("coldplug", self.coldplug.run)
+        self.phase("watchdog", self.arm_watchdog)
         self.phase("containers", containers.prepare, self.supervisor, self.errors)
         self.phase("network", self.prov.network)
         self.phase("boot_modules", self.prov.run_phase, "boot")
@@ -127,6 +130,18 @@ class Init:
             said = growstate.grow(device, layout.RUN_STATE)
             if said:
                 log(said)
+
+    def arm_watchdog(self) -> None:
+        """After the coldplug (it loads the driver); on a trial boot the main loop must keep turning
+        until the health gate's verdict can be acted on (agent/watchdog.py)."""
+        from agent.section import health_timeout, section
+        if section(self.prov.config).get("watchdog", True) is False:
+            return
+        limit = health_timeout(self.prov.config) + watchdog.GRACE_S if "basalt.trial" in self.args else None
+        self.watchdog = watchdog.start(limit)
+        if self.watchdog is not None:
+            log(f"watchdog armed: {self.watchdog.timeout_s}s" + (f", trial boot: the main loop must turn within "
+                                                                  f"{limit:.0f}s" if limit else ""))
 
     def consoles(self) -> None:
         for svc in devices.console_services(self.args, self.prov.mode):
@@ -248,7 +263,11 @@ class Init:
                         self.action = "poweroff"
                         self.supervisor.stopping = True
                 self.supervisor.reap()
+                if self.watchdog is not None:
+                    self.watchdog.beat()
                 if self.action:
+                    if self.watchdog is not None:
+                        self.watchdog.shutting_down()
                     power.shutdown(self.action, self.supervisor)
                 now = time.monotonic()
                 for timer in self.timers:

@@ -138,7 +138,9 @@ class Guest:
                             f"logfile={self.console_log}",
                 "-serial", "chardev:ser0", *(["-vga", "std"] if x86 else []),
                 "-qmp", f"unix:{self.workdir / 'qmp.sock'},server=on,wait=off",
-                "-netdev", net, "-device", "virtio-net-pci,netdev=n0"]
+                "-netdev", net, "-device", "virtio-net-pci,netdev=n0",
+                # x86: a hardware watchdog the node arms (agent/watchdog.py); its expiry resets the machine
+                *(["-device", "i6300esb", "-action", "watchdog=reset"] if x86 else [])]
         cdroms = [*([self.iso] if self.iso is not None else []), *self.extra_cdroms]
         if cdroms and not x86:  # no IDE on virt: CDs on virtio-scsi
             argv += ["-device", "virtio-scsi-pci,id=scsi0"]

@@ -146,3 +146,117 @@ def test_the_pi_card_boots_under_raspi3b_through_u_boot_and_grub(rpi_card: Path,
         assert size_kb > (CARD_MIB - 1 - 128 - 2 * 256) * 1024 * 0.9, size_kb
         guest.send("poweroff\n")
         assert guest.wait_exit(120) is not None, guest.tail()  # the watchdog's power-off ends QEMU
+
+
+def partition(card: Path, number: int) -> tuple[int, int]:
+    """(offset, size) in bytes of MBR partition ``number`` of the card."""
+    table = json.loads(subprocess.run(["sfdisk", "-J", str(card)], capture_output=True, text=True,
+                                      check=True).stdout)["partitiontable"]["partitions"]
+    part = table[number - 1]
+    return part["start"] * 512, part["size"] * 512
+
+
+@pytest.fixture(scope="module")
+def rpi_v2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Pi image's version 2: its upgrade bundle."""
+    import yaml
+    tmp = tmp_path_factory.mktemp("rpi-v2")
+    definition = tmp / "rpi-v2.yaml"
+    definition.write_text(yaml.safe_dump({"extends": "rpi", "version": "2"}))
+    return pipeline.build(plan.plan(str(definition)), until="bundle") / "upgrade.bundle"
+
+
+def card_with_trial(rpi_card: Path, bundle_path: Path, work: Path, dropped: str) -> Path:
+    """A copy of the card (1 GiB, a power of two: booted in place) with version 2 written to slot B
+    as basalt upgrade writes it — its squashfs to partition 3, its kernel, initramfs and build
+    record to /basalt/b on the FAT partition — and the trial of slot B armed in GRUB's environment
+    block; ``dropped`` is a basalt-config.yaml for the FAT partition."""
+    import os
+    import tarfile
+
+    from agent import bootsel, bundle
+    card = work / "card.img"
+    subprocess.run(["cp", "--sparse=always", str(rpi_card), str(card)], check=True)
+    os.truncate(card, CARD_MIB << 20)
+    with tarfile.open(bundle_path) as tar:
+        tar.extractall(work / "bundle", filter="data")
+    manifest = json.loads((work / "bundle" / bundle.MANIFEST).read_text())
+    offset, size = partition(card, 3)
+    root = (work / "bundle" / bundle.ROOT).read_bytes()
+    assert len(root) <= size
+    with open(card, "r+b") as f:
+        f.seek(offset)
+        f.write(root)
+    fat = f"{card}@@{partition(card, 1)[0]}"
+    env = {"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"}
+    (work / "build.json").write_text(json.dumps({k: manifest[k] for k in ("version", "image", "built")}))
+    (work / "version").write_text(manifest["version"] + "\n")
+    (work / "basalt-config.yaml").write_text(dropped)
+    subprocess.run(["mcopy", "-i", fat, "::/boot/grub/grubenv", str(work / "grubenv")], check=True, env=env)
+    grub = bootsel.GrubEnv(str(work / "grubenv"))
+    grub.arm("b", 1)
+    subprocess.run(["mmd", "-i", fat, "::/basalt/b"], check=True, env=env)
+    for src, dest in ((work / "bundle" / bundle.KERNEL, "::/basalt/b/vmlinuz"),
+                      (work / "bundle" / bundle.INITRD, "::/basalt/b/initrd.img"),
+                      (work / "build.json", "::/basalt/b/build.json"), (work / "version", "::/basalt/b/version"),
+                      (work / "grubenv", "::/boot/grub/grubenv"),
+                      (work / "basalt-config.yaml", "::/basalt-config.yaml")):
+        subprocess.run(["mcopy", "-o", "-i", fat, str(src), dest], check=True, env=env)
+    return card
+
+
+def login(guest: Guest, after: int) -> None:
+    guest.wait_for(r"login:", 120, after)
+    guest.settle()
+    guest.send("root\n")
+    guest.wait_for("Password:", 60, after)
+    guest.send(PASSWORD + "\n")
+
+
+def sh_on(guest: Guest, cmd: str) -> str:
+    lines = guest.run(cmd, 120).splitlines()
+    return "\n".join(line for line in lines if not line.startswith(("basalt: ", "[")))
+
+
+BOOT_STATE = ("basalt status --json | python3 -c 'import json, sys; s = json.load(sys.stdin); "
+              "print(s[\"slot\"], s[\"version\"], s[\"boot\"][\"committed\"], s[\"boot\"][\"trial\"])'")
+
+
+def test_a_trial_of_slot_b_through_u_boot_and_grub_is_committed(rpi_card: Path, rpi_v2: Path, tmp_path: Path,
+                                                               qemu_available: None) -> None:
+    """GRUB counts the trial down with save_env on the card's FAT partition, through U-Boot's EFI block
+    I/O, before it boots slot B; B's health gate passes and commits it from Linux."""
+    card = card_with_trial(rpi_card, rpi_v2, tmp_path, "hostname: pi-trial\n")
+    with Guest(None, arch=Architecture.ARM64, board="rpi", boot_disk=card, boot_disk_in_place=True) as guest:
+        m = guest.wait_for(READY, BOOT_TIMEOUT)
+        console = guest.console()
+        assert "basalt: trial boot of slot b (boots left after this one: 0; then slot a)" in console, console[-3000:]
+        assert "Booting `Basalt (slot b)'" in console
+        guest.wait_for(r"basalt: health: slot b \(2\) passed its health gate: committed", 300, m.end())
+        login(guest, m.end())
+        assert sh_on(guest, BOOT_STATE) == "b 2 b None"
+        assert sh_on(guest, "awk '$3 == \"squashfs\" {print $1}' /proc/mounts") == "/dev/mmcblk0p3"
+
+
+def test_a_trial_of_slot_b_that_fails_its_gate_comes_back_on_slot_a(rpi_card: Path, rpi_v2: Path, tmp_path: Path,
+                                                                   qemu_available: None) -> None:
+    dropped = ("hostname: pi-trial\nbasalt:\n  upgrade:\n    health_timeout: 10\n    health_checks:\n"
+               "      - {name: site-probe, run: 'false', timeout: 5}\n")
+    card = card_with_trial(rpi_card, rpi_v2, tmp_path, dropped)
+    with Guest(None, arch=Architecture.ARM64, board="rpi", boot_disk=card, boot_disk_in_place=True) as guest:
+        m = guest.wait_for(READY, BOOT_TIMEOUT)
+        assert "Booting `Basalt (slot b)'" in guest.console()
+        guest.wait_for(r"basalt: health: slot b \(2\) failed: health gate failed after 10s: "
+                       r"health check site-probe exited 1", 300, m.end())
+        guest.wait_for(r"basalt: reboot now", 120, m.end())
+        assert guest.wait_exit(60) is not None  # raspi3b runs with -no-reboot: the reboot ends QEMU
+    with Guest(None, arch=Architecture.ARM64, board="rpi", boot_disk=card, boot_disk_in_place=True) as guest:
+        m = guest.wait_for(READY, BOOT_TIMEOUT)
+        console = guest.console()
+        assert "Booting `Basalt (slot a)'" in console and "trial boot of slot" not in console
+        guest.wait_for(r"basalt: health: slot b \(2\) failed its trial", 300, m.end())
+        login(guest, m.end())
+        assert sh_on(guest, BOOT_STATE).startswith("a ") and sh_on(guest, BOOT_STATE).endswith(" a None")
+        reason = sh_on(guest, "basalt status --json | python3 -c 'import json, sys; "
+                              "print(json.load(sys.stdin)[\"upgrade\"][\"failed\"][\"2\"][\"reason\"][:40])'")
+        assert reason == "health gate failed after 10s: health che", reason
