@@ -179,7 +179,7 @@ def card_with_trial(rpi_card: Path, bundle_path: Path, work: Path, dropped: str)
     subprocess.run(["cp", "--sparse=always", str(rpi_card), str(card)], check=True)
     os.truncate(card, CARD_MIB << 20)
     with tarfile.open(bundle_path) as tar:
-        tar.extractall(work / "bundle", filter="data")
+        tar.extractall(work / "bundle")
     manifest = json.loads((work / "bundle" / bundle.MANIFEST).read_text())
     offset, size = partition(card, 3)
     root = (work / "bundle" / bundle.ROOT).read_bytes()

@@ -56,3 +56,9 @@ def test_no_device_no_watchdog_and_a_file_is_fed_at_once(tmp_path: Path) -> None
     dog = watchdog.start(None, str(device), timeout_s=45)
     assert dog is not None and dog.timeout_s == 45  # the ioctls fail on a file: the asked timeout
     assert fed(device) >= 1
+
+
+def test_which_drivers_are_armed() -> None:
+    assert watchdog.wanted(None, "i6300esb") and watchdog.wanted(None, "")
+    assert not watchdog.wanted(None, "bcm2835-wdt") and watchdog.wanted(True, "bcm2835-wdt")
+    assert not watchdog.wanted(False, "i6300esb")
