@@ -187,6 +187,8 @@ def run(image: str, skip_boot: bool, skip_cold: bool) -> dict[str, Any]:
         with tempfile.TemporaryDirectory(prefix="basalt-bench-") as tmp:
             results["install"] = install_to_disk(iso, Path(tmp))
     with tempfile.TemporaryDirectory(prefix="basalt-bench-") as tmp:
+        results["upgrade"] = upgrade(Path(tmp), skip_boot)
+    with tempfile.TemporaryDirectory(prefix="basalt-bench-") as tmp:
         results["arm64_efi"] = raw_disk(Path(tmp), skip_boot, skip_cold, "arm64-efi")
     with tempfile.TemporaryDirectory(prefix="basalt-bench-") as tmp:
         results["rpi"] = raspberry_pi(Path(tmp), skip_boot, skip_cold)
@@ -222,6 +224,51 @@ def raw_disk(work: Path, skip_boot: bool, skip_cold: bool, image: str = "x86_64-
         img = plan.load_image(image)
         for firmware in img.outputs[0].firmware:
             out[f"boot_{firmware}"] = boot(disk_image, firmware, arch=img.arch, board=img.outputs[0].board)
+    return out
+
+
+def upgrade(work: Path, skip_boot: bool) -> dict[str, Any]:
+    """A/B upgrade of x86_64-raw: the bundle's size against its parts; booted (TCG), the time
+    ``basalt upgrade`` takes to verify the bundle and write the slot, and from its start to the
+    new slot committed by its health gate after the reboot."""
+    import subprocess
+
+    import yaml
+
+    from agent import bundle as bundle_format
+    key = work / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    config = work / "config.yaml"
+    config.write_text(yaml.safe_dump({"ssh_authorized_keys": [key.with_suffix(".pub").read_text().strip()],
+                                      "basalt": {"upgrade": {"health_timeout": 60}}}))
+    base = plan.load_image("x86_64-raw")
+    (work / "v1.yaml").write_text(f"extends: x86_64-raw\nversion: '{base.version}-bench1'\n")
+    (work / "v2.yaml").write_text(f"extends: x86_64-raw\nversion: '{base.version}-bench2'\n")
+    v1 = pipeline.build(plan.plan(str(work / "v1.yaml"), str(config)), out=work / "out-v1")
+    v2 = pipeline.build(plan.plan(str(work / "v2.yaml")), until="bundle") / "upgrade.bundle"
+    import tarfile
+    with tarfile.open(v2) as tar:
+        parts = sum(m.size for m in tar.getmembers() if m.name in bundle_format.PARTS)
+        root = tar.getmember(bundle_format.ROOT).size
+    out: dict[str, Any] = {"bundle_mb": round(v2.stat().st_size / 1048576, 1),
+                           "parts_mb": round(parts / 1048576, 1), "squashfs_mb": round(root / 1048576, 1),
+                           "bundle_ratio": round(v2.stat().st_size / parts, 4)}
+    if skip_boot:
+        return out
+    disk = next(p for p in v1.glob("*.img") if p.name != "initrd.img")
+    with Guest(None, boot_disk=disk, boot_disk_mib=2048) as guest:
+        guest.wait_for(READY, 300)
+        guest.wait_ssh(key)
+        guest.ssh("cat > /var/lib/basalt/bench.bundle; sync", key, stdin=v2, timeout=300)
+        started = time.monotonic()
+        said = guest.ssh("basalt upgrade --no-reboot /var/lib/basalt/bench.bundle 2>&1", key, timeout=600)
+        out["verify_and_write_s"] = round(time.monotonic() - started, 1)
+        written = [line for line in said.splitlines() if "written and verified in" in line]
+        out["write_s"] = float(written[0].split("written and verified in ")[1].split("s)")[0]) if written else None
+        mark = len(guest.console())
+        guest.ssh("(sleep 1; basalt reboot) >/dev/null 2>&1 &", key)
+        guest.wait_for(r"basalt: health: slot b \(\S+\) passed its health gate: committed", 600, start=mark)
+        out["upgrade_to_committed_s"] = round(time.monotonic() - started, 1)
     return out
 
 
@@ -318,6 +365,17 @@ def table(r: dict[str, Any]) -> str:
             rows.append(("Pi SD card, -M raspi3b, U-Boot + GRUB: kernel start → ready (boot_ms)",
                          f"{pi['boot_uefi']['boot_ms']} ms", ""))
             rows.append(("Pi SD card, -M raspi3b: QEMU start → ready (wall)", f"{pi['boot_uefi']['wall_s']} s", ""))
+    up = r.get("upgrade")
+    if up:
+        rows += [("upgrade bundle / its parts (kernel + initramfs + squashfs)",
+                  f"{up['bundle_mb']} / {up['parts_mb']} MiB", ""),
+                 ("upgrade bundle size ÷ its parts", f"{up['bundle_ratio']}×", "≤ 1.05×")]
+        if "verify_and_write_s" in up:
+            rows += [("basalt upgrade: verify the bundle and write the slot (TCG)", f"{up['verify_and_write_s']} s",
+                      "≤ 20 s"),
+                     ("  of which writing and reading back the slot", f"{up['write_s']} s", ""),
+                     ("basalt upgrade → committed on the new slot (reboot, health gate; TCG)",
+                      f"{up['upgrade_to_committed_s']} s", "")]
     inst = r.get("install")
     if inst:
         rows += [("unattended install to a blank disk: basalt install (TCG)", f"{inst['install_s']} s", "≤ 60 s"),

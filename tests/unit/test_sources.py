@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent import bootargs, sources
+from tests.conftest import ROOT
 
 TOP = {"hostname", "ssh_authorized_keys", "write_files", "run_cmd"}
 
@@ -80,3 +81,20 @@ def test_invalid_command_line_is_left_out_and_reported(tmp_path: Path) -> None:
     assert merged.value == {"hostname": "good"}
     assert merged.problems[0].render().splitlines()[0] == \
         "kernel command line: hostname: 'bad_name!' is not valid here"
+
+
+def test_every_boot_control_argument_the_boot_chain_writes_is_not_read_as_config() -> None:
+    """A basalt.* argument that the boot menus or the initramfs set (basalt.trial=1 on a trial
+    boot, basalt.slot=...) is boot control: read as a config key it would be refused as unknown,
+    and the node would fall back to its last known-good config."""
+    import re
+    written = set()
+    for path in [*(ROOT / "builder/templates").glob("*.j2"), *(ROOT / "builder/initramfs").rglob("*"),
+                 *(ROOT / "agent").glob("*.py"), *(ROOT / "builder").glob("*.py")]:
+        if path.is_file():
+            written |= set(re.findall(r"basalt\.([a-z_]+)=", path.read_text(errors="replace")))
+    config_keys = {"hostname", "datasource"}  # the documented config arguments of the examples
+    assert written - config_keys <= bootargs.CONTROL, written - config_keys - bootargs.CONTROL
+    assert "trial" in written
+    assert not bootargs.has_config_args("quiet basalt.slot=b basalt.trial=1 panic=10")
+    assert bootargs.has_config_args("basalt.hostname=x")
