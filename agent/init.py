@@ -135,16 +135,16 @@ class Init:
         """After the coldplug (it loads the driver); on a trial boot the main loop must keep turning
         until the health gate's verdict can be acted on (agent/watchdog.py)."""
         from agent.section import health_timeout, section
-        name = watchdog.driver()
+        name = watchdog.identity()
         if not watchdog.wanted(section(self.prov.config).get("watchdog"), name):
             if name:
-                log(f"watchdog {name} left unarmed (basalt.watchdog: true arms it; docs/upgrades.md)")
+                log(f"watchdog ({name}) left unarmed (basalt.watchdog: true arms it; docs/upgrades.md)")
             return
         limit = health_timeout(self.prov.config) + watchdog.GRACE_S if "basalt.trial" in self.args else None
         self.watchdog = watchdog.start(limit)
         if self.watchdog is not None:
             trial = f", trial boot: the main loop must turn within {limit:.0f}s" if limit else ""
-            log(f"watchdog {name or watchdog.DEVICE} armed: {self.watchdog.timeout_s}s{trial}")
+            log(f"watchdog ({name or watchdog.DEVICE}) armed: {self.watchdog.timeout_s}s{trial}")
 
     def consoles(self) -> None:
         for svc in devices.console_services(self.args, self.prov.mode):

@@ -51,6 +51,9 @@ def test_raw_image_boots_from_slot_a_and_grows_its_state_partition(
         assert sh("hostname") == "disk-node"  # the site config, read from the boot partition
         assert re.search(r"^/dev/vda3 / squashfs ro", sh("cat /proc/mounts"), re.M)
         assert "basalt.slot=a basalt.mode=installed" in sh("cat /proc/cmdline")
+        # The i6300esb QEMU gives x86 guests, armed by PID 1 and fed (a committed boot: no loop limit).
+        assert sh("cd /sys/class/watchdog/watchdog0 && cat identity state timeout") == "i6300ESB timer\nactive\n60"
+        assert "basalt: watchdog (i6300ESB timer) armed: 60s\n" in guest.console()
         size_kb = int(sh("df -k /var | tail -1").split()[1])
         assert size_kb > (DISK_MIB - 512) * 1024 * 0.9, size_kb  # grown from 64 MiB to the rest of 2 GiB
         sh("echo kept-$((6*7)) > /var/lib/basalt/probe; sync")

@@ -58,7 +58,13 @@ def test_no_device_no_watchdog_and_a_file_is_fed_at_once(tmp_path: Path) -> None
     assert fed(device) >= 1
 
 
-def test_which_drivers_are_armed() -> None:
-    assert watchdog.wanted(None, "i6300esb") and watchdog.wanted(None, "")
-    assert not watchdog.wanted(None, "bcm2835-wdt") and watchdog.wanted(True, "bcm2835-wdt")
-    assert not watchdog.wanted(False, "i6300esb")
+def test_which_drivers_are_armed(tmp_path: Path) -> None:
+    pi = "Broadcom BCM2835 Watchdog timer"
+    assert watchdog.wanted(None, "i6300ESB timer") and watchdog.wanted(None, "")
+    assert not watchdog.wanted(None, pi) and watchdog.wanted(True, pi)
+    assert not watchdog.wanted(False, "i6300ESB timer")
+    sysfs = tmp_path / "watchdog0"
+    assert watchdog.identity(str(sysfs)) == ""
+    sysfs.mkdir()
+    (sysfs / "identity").write_text(pi + "\n")
+    assert watchdog.identity(str(sysfs)) == pi
