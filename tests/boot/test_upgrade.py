@@ -19,7 +19,7 @@ import yaml
 from agent import bundle, health
 from builder import pipeline, plan, signing
 from builder.qemu import READY, Guest
-from builder.stages import bundle as bundle_stage
+from tests.bundles import forged
 from tests.conftest import ROOT, Server
 
 BOOT_TIMEOUT = 300
@@ -56,30 +56,6 @@ def builds(key: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pat
     for name, path in defs.items():
         out[name] = pipeline.build(plan.plan(path), until="bundle") / "upgrade.bundle"
     return out
-
-
-def forged(src: Path, work: Path, name: str, arch: str | None = None, key: signing.SigningKey | None = None,
-           flip: str | None = None) -> Path:
-    """``src`` made wrong in one way: rebuilt for another ``arch`` or signed with another ``key``
-    (each signed properly, by the dev key unless ``key``), or one byte of part ``flip`` changed after
-    signing (the manifest and its signature untouched)."""
-    import tarfile
-    dest = work / f"{name}.bundle"
-    if flip is not None:
-        data = bytearray(src.read_bytes())
-        with tarfile.open(src) as tar:
-            member = tar.getmember(flip)
-        data[member.offset_data + member.size // 2] ^= 0xFF
-        dest.write_bytes(bytes(data))
-        return dest
-    parts = work / name
-    parts.mkdir()
-    with tarfile.open(src) as tar:
-        tar.extractall(parts)
-    man = json.loads((parts / bundle.MANIFEST).read_text())
-    bundle_stage.write(dest, {p: parts / p for p in bundle.PARTS}, man["image"], man["version"],
-                       arch or man["arch"], 0, key or signing.resolve(None), parts)
-    return dest
 
 
 def test_upgrade_commit_rollback_and_broken_versions_that_come_back(
@@ -119,7 +95,7 @@ def test_upgrade_commit_rollback_and_broken_versions_that_come_back(
             return mark
 
         s = status()
-        assert (s["slot"], s["version"], s["boot"]) == ("a", "1", {"committed": "a", "trial": None, "tries": 0})
+        assert (s["slot"], s["version"], s["boot"]) == ("a", V1, {"committed": "a", "trial": None, "tries": 0})
         sh("echo kept-$((6*7)) > /var/lib/basalt/probe; sync")
 
         # Bundles that are wrong: refused, slot b and the boot selection untouched (byte for byte).
@@ -140,7 +116,7 @@ def test_upgrade_commit_rollback_and_broken_versions_that_come_back(
         guest.wait_for(r"basalt: health: slot b \(2\) passed its health gate: committed", 120, start=at)
         s = status()
         assert (s["slot"], s["version"], s["boot"]) == ("b", "2", {"committed": "b", "trial": None, "tries": 0})
-        assert s["slots"]["b"]["version"] == "2" and s["slots"]["a"]["version"] == "1"  # type: ignore[index]
+        assert s["slots"]["b"]["version"] == "2" and s["slots"]["a"]["version"] == V1  # type: ignore[index]
         assert s["upgrade"]["last"]["result"] == "committed"  # type: ignore[index]
         assert sh("cat /var/lib/basalt/probe; hostname") == "kept-42\nupgrade-node"  # state and config survive
         trial = guest.console()[at:]
@@ -150,7 +126,7 @@ def test_upgrade_commit_rollback_and_broken_versions_that_come_back(
 
         # basalt rollback: back to v1 by hand, then forward to v2 again.
         rebooted(reboot("basalt rollback"))
-        assert (status()["slot"], status()["version"]) == ("a", "1")
+        assert (status()["slot"], status()["version"]) == ("a", V1)
         assert sh("cat /var/lib/basalt/probe") == "kept-42"
         rebooted(reboot("basalt rollback"))
         assert (status()["slot"], status()["version"]) == ("b", "2")
@@ -177,7 +153,8 @@ def test_upgrade_commit_rollback_and_broken_versions_that_come_back(
         assert said.endswith("rc=0"), said
         mark = reboot()
         guest.wait_for(r"rescue: this is a trial boot: rebooting", BOOT_TIMEOUT, start=mark)
-        guest.wait_for(READY, BOOT_TIMEOUT, start=guest.console().rindex("rescue: this is a trial boot"))
+        at = guest.console().rindex("rescue: this is a trial boot")
+        guest.wait_for(r"basalt: health: slot a \(3\) failed its trial", BOOT_TIMEOUT, start=at)
         guest.wait_ssh(key)
         s = status()
         assert (s["slot"], s["version"], s["boot"]) == ("b", "2", {"committed": "b", "trial": None, "tries": 0})
@@ -267,7 +244,7 @@ def test_power_loss_during_upgrade_and_the_trial_boot_never_strands_the_node(
                 break
             time.sleep(3)
         assert s["boot"]["trial"] is None, (seed, done, s["boot"])  # settled by itself
-        assert s["slot"] == s["boot"]["committed"] and s["version"] in ("1", "2"), (seed, done, s)  # type: ignore[index]
+        assert s["slot"] == s["boot"]["committed"] and s["version"] in (V1, "2"), (seed, done, s)  # type: ignore[index]
         assert guest.ssh("cat /var/lib/basalt/probe", key) == "kept-42", (seed, done)
         return s
 
