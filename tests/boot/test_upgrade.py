@@ -245,7 +245,8 @@ def test_power_loss_during_upgrade_and_the_trial_boot_never_strands_the_node(
             time.sleep(3)
         assert s["boot"]["trial"] is None, (seed, done, s["boot"])  # settled by itself
         assert s["slot"] == s["boot"]["committed"] and s["version"] in (V1, "2"), (seed, done, s)  # type: ignore[index]
-        assert guest.ssh("cat /var/lib/basalt/probe", key) == "kept-42", (seed, done)
+        if done:  # written on the first boot
+            assert guest.ssh("cat /var/lib/basalt/probe", key) == "kept-42", (seed, done)
         return s
 
     for cut in range(POWER_CUTS):
