@@ -91,6 +91,15 @@ def drop_on_boot_partition(card: Path, name: str, text: str, work: Path) -> None
                     f"::/{name}"], check=True, env={"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"})
 
 
+def login(guest: Guest, hostname: str = "pi-trial") -> None:
+    """Log in on a fresh guest's console (its getty may print the prompt before the ready line)."""
+    at = guest.wait_for(rf"{hostname} login:", 120).end()
+    guest.settle()
+    guest.send("root\n")
+    guest.wait_for("Password:", 60, at)
+    guest.send(PASSWORD + "\n")
+
+
 def test_the_pi_card_boots_under_raspi3b_through_u_boot_and_grub(rpi_card: Path, tmp_path: Path,
                                                                qemu_available: None) -> None:
     card = tmp_path / "card.img"
@@ -108,11 +117,7 @@ def test_the_pi_card_boots_under_raspi3b_through_u_boot_and_grub(rpi_card: Path,
         # Unarmed unless the config asks: QEMU's raspi3b resets at once when it is (agent/watchdog.py).
         assert "basalt: watchdog (Broadcom BCM2835 Watchdog timer) left unarmed" in console
         # The dropped config's hostname, in the getty's prompt on the header console.
-        guest.wait_for(r"pi-from-laptop login:", 120, m.end())
-        guest.settle()
-        guest.send("root\n")
-        guest.wait_for("Password:", 60, m.end())
-        guest.send(PASSWORD + "\n")
+        login(guest, "pi-from-laptop")
 
         def sh(cmd: str) -> str:  # the agent and the kernel log on this console too: drop their lines
             lines = guest.run(cmd, 120).splitlines()
@@ -205,15 +210,6 @@ def card_with_trial(rpi_card: Path, bundle_path: Path, work: Path, dropped: str)
                       (work / "basalt-config.yaml", "::/basalt-config.yaml")):
         subprocess.run(["mcopy", "-o", "-i", fat, str(src), dest], check=True, env=env)
     return card
-
-
-def login(guest: Guest) -> None:
-    """Log in on a fresh guest's console (its getty may print the prompt before the ready line)."""
-    at = guest.wait_for(r"pi-trial login:", 120).end()
-    guest.settle()
-    guest.send("root\n")
-    guest.wait_for("Password:", 60, at)
-    guest.send(PASSWORD + "\n")
 
 
 def sh_on(guest: Guest, cmd: str) -> str:
