@@ -32,6 +32,7 @@ KERNEL, INITRD, ROOT = "vmlinuz", "initrd.img", "rootfs.squashfs"
 PARTS = (KERNEL, INITRD, ROOT)
 MINISIGN = "/usr/bin/minisign"
 CHUNK = 1 << 20
+HEAD_BYTES = 64 << 10  # a bundle's first bytes: its manifest and signature are inside them
 
 
 def manifest(image: str, version: str, arch: str, built: str, parts: dict[str, tuple[int, str]]) -> dict[str, Any]:
@@ -103,6 +104,54 @@ def verify_signature(data: bytes, signature: bytes, public_key: str, work: str, 
                   "the bundle was changed after it was signed, or is not a Basalt bundle: fetch it again")
 
 
+def parse_manifest(data: bytes, source: str) -> dict[str, Any]:
+    """The manifest (its signature already checked) of a format this node reads."""
+    try:
+        man = json.loads(data)
+    except ValueError as exc:
+        raise refused(source, f"its manifest is not JSON ({exc})", "rebuild the bundle") from None
+    if not isinstance(man, dict) or man.get("format") != FORMAT or not isinstance(man.get("parts"), dict):
+        got = man.get("format") if isinstance(man, dict) else None
+        raise refused(source, f"bundle format {got!r}, this node reads format {FORMAT}",
+                      "upgrade with a bundle from a Basalt build of this generation")
+    for part in PARTS:
+        if part not in man["parts"]:
+            raise refused(source, f"the bundle has no {part}", "rebuild the bundle")
+    return man
+
+
+def head_members(data: bytes) -> dict[str, bytes]:
+    """The tar members wholly inside ``data`` (a bundle's first bytes), by name."""
+    out: dict[str, bytes] = {}
+    offset = 0
+    while offset + 512 <= len(data):
+        block = data[offset:offset + 512]
+        if block == bytes(512):
+            break
+        try:
+            info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+        except tarfile.TarError:
+            break
+        start = offset + 512
+        if start + info.size > len(data):
+            break
+        out[info.name] = data[start:start + info.size]
+        offset = start + -(-info.size // 512) * 512
+    return out
+
+
+def open_head(data: bytes, public_key: str, work: str, source: str) -> dict[str, Any]:
+    """The signed manifest from a bundle's first bytes: a bundle at a URL is refused before it is
+    downloaded whole. (The whole bundle is checked again when it is written.)"""
+    members = head_members(data)
+    missing = [n for n in (MANIFEST, SIGNATURE) if n not in members]
+    if missing:
+        raise refused(source, f"not a bundle (no {', '.join(missing)} at its start)",
+                      "give a .bundle file made by ./inv build")
+    verify_signature(members[MANIFEST], members[SIGNATURE], public_key, work, source)
+    return parse_manifest(members[MANIFEST], source)
+
+
 def open_bundle(path: str, public_key: str, work: str, source: str | None = None) -> Bundle:
     """Open ``path`` and check its manifest's signature; the parts are not read yet."""
     source = source or path
@@ -121,18 +170,16 @@ def open_bundle(path: str, public_key: str, work: str, source: str | None = None
         assert f is not None
         return f.read(1 << 20)
 
-    data = content(MANIFEST)
-    verify_signature(data, content(SIGNATURE), public_key, work, source)
     try:
-        man = json.loads(data)
-    except ValueError as exc:
-        raise refused(source, f"its manifest is not JSON ({exc})", "rebuild the bundle") from None
-    if man.get("format") != FORMAT or not isinstance(man.get("parts"), dict):
-        raise refused(source, f"bundle format {man.get('format')!r}, this node reads format {FORMAT}",
-                      "upgrade with a bundle from a Basalt build of this generation")
-    for part in PARTS:
-        if part not in members or part not in man["parts"]:
-            raise refused(source, f"the bundle has no {part}", "rebuild the bundle")
+        data = content(MANIFEST)
+        verify_signature(data, content(SIGNATURE), public_key, work, source)
+        man = parse_manifest(data, source)
+        for part in PARTS:
+            if part not in members:
+                raise refused(source, f"the bundle has no {part}", "rebuild the bundle")
+    except BaseException:
+        tar.close()
+        raise
     return Bundle(path, man, members, tar)
 
 

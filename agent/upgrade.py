@@ -118,10 +118,14 @@ def fetch(source: str) -> tuple[str, bool]:
 
 # --- checks -----------------------------------------------------------------------------------
 
-def check(b: bundle.Bundle, source: str, target: str, state: dict[str, Any], force: bool,
+def check(man: dict[str, Any], source: str, target: str, state: dict[str, Any], force: bool,
           medium: str = layout.RUN_MEDIUM, slot_bytes: int | None = None, booted: str | None = None) -> None:
-    """Every refusal that needs the bundle's manifest, before its parts are hashed."""
-    man = b.manifest
+    """Every refusal that needs only the bundle's signed manifest, before its parts are read."""
+    version = str(man["version"])
+
+    def size(part: str) -> int:
+        return int(man["parts"][part]["size"])
+
     arch = node_arch()
     if man.get("arch") != arch:
         raise bundle.refused(source, f"it is for {man.get('arch')}, this node is {arch}",
@@ -130,21 +134,57 @@ def check(b: bundle.Bundle, source: str, target: str, state: dict[str, Any], for
     if image and man.get("image") != image:
         raise bundle.refused(source, f"it is for image {man.get('image')}, this node runs {image}",
                              "use a bundle built from the same image definition (its name:)")
-    failed = state.get("failed", {}).get(b.version)
+    failed = state.get("failed", {}).get(version)
     if failed and not force:
-        raise bundle.refused(source, f"version {b.version} failed on this node before ({failed.get('reason')})",
+        raise bundle.refused(source, f"version {version} failed on this node before ({failed.get('reason')})",
                              "--force tries it again")
-    if slot_bytes is not None and b.size(bundle.ROOT) > slot_bytes:
-        raise bundle.refused(source, f"its root filesystem ({b.size(bundle.ROOT) >> 20} MiB) is larger than slot "
+    if slot_bytes is not None and size(bundle.ROOT) > slot_bytes:
+        raise bundle.refused(source, f"its root filesystem ({size(bundle.ROOT) >> 20} MiB) is larger than slot "
                              f"{target} ({slot_bytes >> 20} MiB)",
                              "build the image smaller, or reinstall with larger slots (slot_mib)")
     stat = os.statvfs(medium)
     present = sum(os.path.getsize(p) for n in (bundle.KERNEL, bundle.INITRD)
                   if os.path.exists(p := f"{medium}{layout.slot_dir(target)}/{n}"))
-    need = b.size(bundle.KERNEL) + b.size(bundle.INITRD)
+    need = size(bundle.KERNEL) + size(bundle.INITRD)
     if need > stat.f_bavail * stat.f_frsize + present:
         raise bundle.refused(source, f"its kernel and initramfs ({need >> 20} MiB) do not fit the boot partition",
                              "reinstall with a larger boot partition (boot_mib)")
+
+
+def preflight(node: Node, man: dict[str, Any], source: str, force: bool) -> str | None:
+    """The slot the bundle goes to after every check on its manifest; None when this node already
+    runs its version (e.g. the Kubernetes job run again after its reboot)."""
+    target = slots.other(node.booted)
+    check(man, source, target, slots.load_state(node.state), force, node.medium,
+          node.slot_bytes(node.device(target)), node.booted)
+    running = slots.build_info(node.booted, node.medium).get("version")
+    if str(man["version"]) == running and not force:
+        say(f"this node already runs {running} (slot {node.booted}): nothing to do")
+        return None
+    return target
+
+
+def download_head(url: str, attempts: int = 3, timeout: float = 30.0) -> bytes:
+    """The bundle's first ``bundle.HEAD_BYTES`` (a range request; a server that ignores it is read
+    no further than that)."""
+    import urllib.error
+    import urllib.request
+    last: Exception | None = None
+    for attempt in range(attempts):
+        req = urllib.request.Request(url, headers={"Range": f"bytes=0-{bundle.HEAD_BYTES - 1}"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return bytes(resp.read(bundle.HEAD_BYTES))
+        except urllib.error.HTTPError as exc:
+            last = exc
+            if 400 <= exc.code < 500:
+                break
+        except (OSError, ValueError) as exc:
+            last = exc
+        if attempt + 1 < attempts:
+            time.sleep(2.0 * 2 ** attempt)
+    raise BasaltError(Problem(f"{url}: cannot download the bundle: {last}",
+                              hint="check the URL and the node's network"))
 
 
 # --- writing ----------------------------------------------------------------------------------
@@ -246,16 +286,12 @@ class Node:
 def install_bundle(node: Node, path: str, source: str, force: bool = False, tries: int = 1) -> dict[str, Any]:
     """Check the bundle at ``path`` and write it to the inactive slot, then arm its trial."""
     check_node(node.booted, node.boot().read())
-    target = slots.other(node.booted)
-    state = slots.load_state(node.state)
     b = bundle.open_bundle(path, node.key, node.work, source)
     try:
-        dev = node.device(target)
-        check(b, source, target, state, force, node.medium, node.slot_bytes(dev), node.booted)
-        running = slots.build_info(node.booted, node.medium).get("version")
-        if b.version == running and not force:  # e.g. the Kubernetes job run again after its reboot
-            say(f"this node already runs {b.version} (slot {node.booted}): nothing to do")
+        target = preflight(node, b.manifest, source, force)
+        if target is None:
             return {"result": "current", "version": b.version, "slot": node.booted}
+        dev = node.device(target)
         say(f"{source}: signature good; checking {b.manifest['image']} {b.version} part by part")
         bundle.check_parts(b, source)
         event = {"result": "writing", "version": b.version, "image": b.manifest["image"], "slot": target,
@@ -281,15 +317,19 @@ def upgrade(source: str, force: bool = False, reboot: bool = True, tries: int = 
     try:
         node = Node()
         check_node(node.booted, node.boot().read())
+        if source.startswith(("http://", "https://")):  # refused from its first bytes, not after the download
+            head = bundle.open_head(download_head(source), node.key, node.work, source)
+            if preflight(node, head, source, force) is None:
+                return 0
         path, downloaded = fetch(source)
         try:
-            install_bundle(node, path, source, force, tries)
+            event = install_bundle(node, path, source, force, tries)
         finally:
             if downloaded:
                 os.unlink(path)
     finally:
         os.close(fd)
-    if reboot:
+    if reboot and event["result"] == "armed":
         say("rebooting into the trial")
         request_reboot()
     return 0

@@ -278,3 +278,49 @@ def test_labels_are_set_through_the_api_with_the_roles_credentials() -> None:
     agent = k3s.node_ready_argv({"basalt": {"server_url": "https://10.0.0.1:6443", "token": "t"}}, "edge-2")
     assert agent[:4] == ["/usr/bin/k3s", "kubectl", "--kubeconfig", "/var/lib/rancher/k3s/agent/kubelet.kubeconfig"]
     assert agent[4:] == ["get", "node", "edge-2", "-o", 'jsonpath={.status.conditions[?(@.type=="Ready")].status}']
+
+
+# --- refused from a bundle's first bytes -----------------------------------------------------------
+def test_a_bundle_is_judged_from_its_first_bytes(tmp_path: Path, keys: dict[str, signing.SigningKey],
+                                                 node: upgrade.Node) -> None:
+    """The manifest and signature come first: a URL's bundle is refused from its first 64 KiB."""
+    path = make_bundle(tmp_path, keys["site"], root_size=900_000)  # the slot is 1 MiB
+    head = path.read_bytes()[:bundle.HEAD_BYTES]
+    assert set(bundle.head_members(head)) == {bundle.MANIFEST, bundle.SIGNATURE, bundle.KERNEL, bundle.INITRD}
+    man = bundle.open_head(head, node.key, node.work, "v.bundle")
+    assert (man["version"], man["image"]) == ("2", IMAGE)
+    assert upgrade.preflight(node, man, "v.bundle", False) == "b"
+    with pytest.raises(BasaltError, match="refused: bad signature"):
+        bundle.open_head(rewrite(path, b'"version": "2"', b'"version": "3"').read_bytes()[:bundle.HEAD_BYTES],
+                         node.key, node.work, "v.bundle")
+    with pytest.raises(BasaltError, match="refused: it is signed with another key"):
+        bundle.open_head(head, str(keys["other"].public), node.work, "v.bundle")
+    with pytest.raises(BasaltError, match=r"refused: not a bundle \(no manifest.json, manifest.json.minisig"):
+        bundle.open_head(b"not a tar" * 1000, node.key, node.work, "v.bundle")
+    arm = make_bundle(tmp_path, keys["site"], arch="arm64").read_bytes()[:bundle.HEAD_BYTES]
+    with pytest.raises(BasaltError, match="refused: it is for arm64"):
+        upgrade.preflight(node, bundle.open_head(arm, node.key, node.work, "v.bundle"), "v.bundle", False)
+    current = make_bundle(tmp_path, keys["site"], version="1").read_bytes()[:bundle.HEAD_BYTES]
+    assert upgrade.preflight(node, bundle.open_head(current, node.key, node.work, "v"), "v", False) is None
+
+
+def test_the_head_is_a_range_request(tmp_path: Path, keys: dict[str, signing.SigningKey], http_server) -> None:  # type: ignore[no-untyped-def]
+    path = make_bundle(tmp_path, keys["site"], root_size=1 << 20)
+    (http_server.root / "v.bundle").write_bytes(path.read_bytes())
+    head = upgrade.download_head(f"{http_server.url}/v.bundle")
+    assert head == path.read_bytes()[:bundle.HEAD_BYTES]
+    assert http_server.requests == [("/v.bundle", f"bytes=0-{bundle.HEAD_BYTES - 1}")]
+    with pytest.raises(BasaltError, match="cannot download the bundle: HTTP Error 404"):
+        upgrade.download_head(f"{http_server.url}/absent.bundle", attempts=1)
+
+
+def test_upgrade_reboots_only_into_an_armed_trial(tmp_path: Path, keys: dict[str, signing.SigningKey],
+                                                  node: upgrade.Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Kubernetes job runs again after the reboot it caused: finding its version running, it must
+    not reboot the node again (a loop)."""
+    reboots: list[int] = []
+    monkeypatch.setattr(upgrade, "Node", lambda: node)
+    monkeypatch.setattr(upgrade, "lock", lambda: os.open(os.devnull, os.O_RDONLY))
+    monkeypatch.setattr(upgrade, "request_reboot", lambda: reboots.append(1))
+    assert upgrade.upgrade(str(make_bundle(tmp_path, keys["site"], version="1"))) == 0 and reboots == []
+    assert upgrade.upgrade(str(make_bundle(tmp_path, keys["site"], version="2"))) == 0 and reboots == [1]
