@@ -236,6 +236,7 @@ def upgrade(work: Path, skip_boot: bool) -> dict[str, Any]:
     import yaml
 
     from agent import bundle as bundle_format
+    from agent import layout
     key = work / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     config = work / "config.yaml"
@@ -259,9 +260,10 @@ def upgrade(work: Path, skip_boot: bool) -> dict[str, Any]:
     with Guest(None, boot_disk=disk, boot_disk_mib=2048) as guest:
         guest.wait_for(READY, 300)
         guest.wait_ssh(key)
-        guest.ssh("cat > /var/lib/basalt/bench.bundle; sync", key, stdin=v2, timeout=300)
+        copy = f"{layout.VAR_LIB}/bench.bundle"
+        guest.ssh(f"cat > {copy}; sync", key, stdin=v2, timeout=300)
         started = time.monotonic()
-        said = guest.ssh("basalt upgrade --no-reboot /var/lib/basalt/bench.bundle 2>&1", key, timeout=600)
+        said = guest.ssh(f"basalt upgrade --no-reboot {copy} 2>&1", key, timeout=600)
         out["verify_and_write_s"] = round(time.monotonic() - started, 1)
         written = [line for line in said.splitlines() if "written and verified in" in line]
         out["write_s"] = float(written[0].split("written and verified in ")[1].split("s)")[0]) if written else None
