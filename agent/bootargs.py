@@ -14,7 +14,8 @@ SCHEMA_PATHS = (layout.LIB_SCHEMA,
 # basalt.* arguments read by the initramfs and init, not config keys.
 CONTROL = frozenset({"label", "state", "root", "mode", "slot", "wait", "rescue", "console", "debug", "trial"})
 # Where config may come from besides the command line (see sources.py and datasources.py).
-PLACES = (BAKED, layout.STATE_CONFIG, layout.STATE_CONFIG_D, layout.KNOWN_GOOD, layout.RUN_NOCLOUD,
+PLACES = (BAKED, layout.RUN_SITE_CONFIG, layout.STATE_CONFIG, layout.STATE_CONFIG_D, layout.KNOWN_GOOD,
+          layout.RUN_NOCLOUD,
           layout.HTTP_DATASOURCE, layout.RUN_MEDIUM + layout.MEDIUM_SITE_CONFIG,
           *(layout.RUN_MEDIUM + name for name in layout.MEDIUM_NOCLOUD))
 

@@ -49,6 +49,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                   f"{last.get('at')}" + (f": {last['reason']}" if last.get("reason") else ""))
         for version, failed in sorted(status.get("upgrade", {}).get("failed", {}).items()):
             print(f"  failed version {version}: {failed.get('reason')}")
+    from agent import site
+    print(f"site: {site.describe(status.get('site'))}")
     print("config: " + (", ".join(status.get("config_sources", [])) or "none"))
     if status.get("config_fallback"):
         print(f"  last known-good in use: {status['config_fallback']}")

@@ -87,10 +87,16 @@ class Init:
         self.early_mounts()
         self.errors.guard("ctrl-alt-del", system.disable_ctrl_alt_del)
         self.phase("state", self.grow_state)
+        from agent import site
+        self.prov.site_index = self.errors.guard("site", site.load)  # type: ignore[assignment]
+        early = site.needs_identity(self.prov.site_index)
+        if early:  # per-device configs are chosen by MAC address: the network drivers first
+            self.phase("coldplug", self.coldplug.run)
         self.prov.config = self.phase("config", self.prov.load) or {}  # type: ignore[assignment]
         self.phase("hostname", self.prov.set_hostname, self.prov.config)
         self.phase("initrd_modules", self.prov.run_phase, "initrd")
-        self.phase("coldplug", self.coldplug.run)
+        if not early:
+            self.phase("coldplug", self.coldplug.run)
         self.phase("watchdog", self.arm_watchdog)
         self.phase("containers", containers.prepare, self.supervisor, self.errors)
         self.phase("network", self.prov.network)
@@ -226,7 +232,8 @@ class Init:
         deadline = control.deadline(prov)
         status.write({"version": self.version, "mode": prov.mode, "hostname": prov.hostname,
                       "ready_ms": self.ready_ms, "phases": self.phases, "errors": self.errors,
-                      "config_sources": prov.config_sources, "config_fallback": prov.config_fallback,
+                      "config_sources": prov.config_sources, "site": prov.site_match,
+                      "config_fallback": prov.config_fallback,
                       "trial_deadline_s": round(deadline - time.monotonic()) if deadline is not None else None,
                       "services": self.supervisor.status()})
 

@@ -28,6 +28,11 @@ MEDIUM_CONFIG_BIN = MEDIUM_DIR + "/config.bin"  # the baked config, precompiled 
 # Dropped at the root of a disk's boot partition (FAT) from any laptop: config sources too.
 MEDIUM_SITE_CONFIG = "/basalt-config.yaml"
 MEDIUM_NOCLOUD = ("/user-data", "/meta-data")  # NoCloud-style, as on a cidata seed
+# Stamped by ``inv configure`` / ``inv fleet build`` onto a built artifact (builder/stamp.py): the
+# site's config, or one per device chosen at boot by MAC address or serial (agent/site.py). On an
+# ISO the file is reserved at build time, SITE_RESERVE bytes of NULs, and overwritten in place.
+MEDIUM_SITE = MEDIUM_DIR + "/site.json"
+SITE_RESERVE = 1 << 20
 # On an ISO, what ``basalt install`` writes to a disk (builder/abdisk.py, agent/install.py).
 MEDIUM_INSTALL = MEDIUM_DIR + "/install"
 INSTALL_PLAN = MEDIUM_INSTALL + "/plan.json"
@@ -59,6 +64,9 @@ RUN_DATASOURCE = RUN + "/datasource"
 RUN_NOCLOUD = RUN_DATASOURCE + "/nocloud"
 RUN_CIDATA = RUN + "/cidata"  # where a NoCloud seed is mounted while it is copied
 RUN_UPGRADE = RUN + "/upgrade"  # basalt upgrade's scratch (the manifest being verified), and its lock
+RUN_SITE = RUN + "/site"  # the stamped config chosen for this node (mode 0600) and why
+RUN_SITE_CONFIG = RUN_SITE + "/config.yaml"
+RUN_SITE_MATCH = RUN_SITE + "/match.json"
 RUN_INSTALL = RUN + "/install"  # basalt install's mount points (and its lock, beside it)
 
 # In the read-only image, written by the builder.

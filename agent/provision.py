@@ -29,6 +29,8 @@ class Provisioner:
         self.merged: object = None  # sources.Merged of the config in force
         self.config_sources: list[str] = []
         self.config_fallback: str | None = None
+        self.site_index: dict[str, object] | None = None  # the medium's stamped configs (agent/site.py)
+        self.site_match: dict[str, object] | None = None
         self.base_tables: dict[str, str] = {}  # the image's passwd/group, before users: added to them
         self.trying: object = None  # control.Trial: an unconfirmed "config apply --try"
         self.runtime_done = False
@@ -37,6 +39,11 @@ class Provisioner:
         """Merge the config sources (see sources.py); problems are logged and kept in the status."""
         from agent import bootargs
         text = read("/proc/cmdline")
+        if self.site_index is not None:
+            from agent import site
+            self.site_match = self.errors.guard("site", site.select, self.site_index)
+            if self.site_match:
+                log(f"site: {site.describe(self.site_match)}")
         seed = self.errors.guard("nocloud seed", collect_seed)
         if not seed and not bootargs.has_config(text):
             return {}  # nothing to load: skip the parser and validator imports

@@ -1,6 +1,7 @@
 """Config sources and the merge order (design.md): later wins.
 
-baked-in (boot medium) -> kernel command line (basalt.* / k3os.*) -> /var/lib/basalt/config.yaml
+baked-in (boot medium) -> the stamped site config (agent/site.py) -> kernel command line (basalt.* /
+k3os.*) -> /var/lib/basalt/config.yaml
 -> /var/lib/basalt/config.d/*.yaml -> datasources (NoCloud seed meta-data then user-data, then
 the HTTP URL's). Mappings merge key by key, scalars override, lists are replaced (as k3OS).
 Every leaf remembers which source set it, for ``basalt config show``.
@@ -31,6 +32,7 @@ STATE = layout.STATE_CONFIG
 STATE_DIR = layout.STATE_CONFIG_D
 KNOWN_GOOD = layout.KNOWN_GOOD
 REJECTED = layout.REJECTED
+SITE = layout.RUN_SITE_CONFIG  # chosen from the medium's stamped configs at boot (agent/site.py)
 DROPPED = layout.RUN_MEDIUM + layout.MEDIUM_SITE_CONFIG  # put on the boot partition from a laptop
 
 
@@ -108,7 +110,7 @@ def _record(value: Any, path: PathKey, name: str, origin: dict[PathKey, str]) ->
 
 def gather(cmdline: str, baked: str = BAKED, state: str = STATE, state_dir: str = STATE_DIR,
            datasource_dirs: tuple[str, ...] | None = None, known_good: str = KNOWN_GOOD,
-           rejected: str = REJECTED, dropped: str = DROPPED) -> Merged:
+           rejected: str = REJECTED, dropped: str = DROPPED, site: str = SITE) -> Merged:
     """Every source in order, each validated alone; see the module docstring for what a
     problem in one of them does."""
     from agent.datasources import DIRS, is_script
@@ -122,17 +124,17 @@ def gather(cmdline: str, baked: str = BAKED, state: str = STATE, state_dir: str 
         return parsed[0]
     merged = Merged()
     digest = sha256()
-    files = [baked, state, *sorted(os.path.join(state_dir, f) for f in (os.listdir(state_dir)
+    files = [baked, site, state, *sorted(os.path.join(state_dir, f) for f in (os.listdir(state_dir)
                                    if os.path.isdir(state_dir) else []) if f.endswith(".yaml")), dropped]
     layers: list[tuple[str, LoadedConfig | Valid | list[Problem]]] = \
-        [(path, _load(path, schema, schema_raw)) for path in files[:1]]
+        [(path, _load(path, schema, schema_raw)) for path in files[:2]]
     cmd = cmdline_config(cmdline, set(schema()["properties"])) if has_config_args(cmdline) else {}
     if cmd:
         from agent.config import check
         from agent.yamlsource import Located
         layers.append(("kernel command line", check(Located(cmd, "kernel command line"), schema())))
         digest.update(repr(sorted(cmd.items())).encode())
-    layers += [(path, _load(path, schema, schema_raw)) for path in files[1:]]
+    layers += [(path, _load(path, schema, schema_raw)) for path in files[2:]]
     for directory in DIRS if datasource_dirs is None else datasource_dirs:
         meta, user = os.path.join(directory, "meta-data"), os.path.join(directory, "user-data")
         if os.path.isfile(meta):
@@ -310,5 +312,22 @@ def show(merged: Merged) -> str:
         for part in path:
             value = value[part]
         dotted = ".".join(str(p) for p in path)
-        lines.append(f"{dotted} = {value!r}    # {merged.origin[path]}")
+        lines.append(f"{dotted} = {redacted(path, value)!r}    # {merged.origin[path]}")
     return "\n".join(lines)
+
+
+SECRET_KEYS = frozenset({"password", "token", "passphrase"})  # join tokens, passwords, Wi-Fi passphrases
+SECRET_ARGS = ("--token", "--agent-token", "--datastore-endpoint")  # k3s flags whose value is a secret
+
+
+def redacted(path: PathKey, value: Any) -> Any:
+    """``value`` as ``basalt config show`` may print it: a secret's value never is."""
+    if any(part in SECRET_KEYS for part in path if isinstance(part, str)) and value not in (None, ""):
+        return "<redacted>"
+    if isinstance(value, list):  # k3s args: "--token=x", or "--token" then "x"
+        return [("<redacted>" if i and value[i - 1] in SECRET_ARGS else redacted(path, item))
+                for i, item in enumerate(value)]
+    if isinstance(value, str) and value.startswith(SECRET_ARGS):
+        flag, eq, _ = value.partition("=")
+        return f"{flag}=<redacted>" if eq else value
+    return value

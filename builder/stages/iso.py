@@ -32,7 +32,7 @@ from builder import abdisk, disk, grub, medium, progress
 from builder.arch import Architecture
 
 NAME = "iso"
-VERSION = 1
+VERSION = 2
 SOURCES = ("builder/templates/grub.cfg.j2", *abdisk.SOURCES)
 VOLATILE = False
 INPUTS = ("fetch", "rootfs", "squashfs", "initramfs")
@@ -107,6 +107,8 @@ def run(ctx: Any, options: dict[str, Any]) -> None:
         layout.MEDIUM_KERNEL: ctx.input("rootfs") / "kernel" / "vmlinuz",
         layout.MEDIUM_INITRD: ctx.input("initramfs") / "initrd.img",
         layout.MEDIUM_ROOT: ctx.input("squashfs") / "rootfs.squashfs",
+        # reserved for 'inv configure' to stamp a site config into in place (builder/stamp.py)
+        layout.MEDIUM_SITE: bytes(layout.SITE_RESERVE),
     }
     boot_entries = []
     cores = grub.core_images(grub_lib, arch, options["firmware"], "iso", early, ctx.work, "i386-pc-eltorito")
@@ -205,7 +207,8 @@ def write_iso(dest: Path, volume_id: str, files: dict[str, bytes | Path], boot: 
             else:
                 fp = io.BytesIO(content)  # type: ignore[assignment]
                 length = len(content)
-            iso.add_fp(fp, length, iso_name(path), rr_name=parts[-1], joliet_path=path)
+            iso.add_fp(fp, length, iso_name(path), rr_name=parts[-1], joliet_path=path,
+                       file_mode=0o100400 if path == layout.MEDIUM_SITE else None)  # may hold secrets
         for i, (path, efi) in enumerate(boot):
             kwargs: dict[str, Any] = {"bootcatfile": "/BOOT/GRUB/BOOT.CAT;1", "rr_bootcatname": "boot.cat",
                                       "joliet_bootcatfile": "/boot/grub/boot.cat"} if i == 0 else {}
