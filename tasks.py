@@ -86,6 +86,14 @@ def seed(c: Context, user_data: str, meta_data: str = "", output: str = "out/see
     _builder(c, "seed", user_data, *(["--meta-data", meta_data] if meta_data else []), "--output", output)
 
 
+@task(help={"image": "the built artifact (.iso, .img) or an image name", "config": "the site config.yaml",
+            "o": "output directory (default out/sites/<config name>/)", "name": "site name (default: the file's)"})
+def configure(c: Context, image: str, config: str, o: str = "", name: str = "") -> None:
+    """Stamp a validated site config onto a built ISO, raw disk or SD-card image (a new artifact)."""
+    _builder(c, "configure", "--image", image, "--config", config, *(["--out", o] if o else []),
+             *(["--name", name] if name else []))
+
+
 @task(help={"out": "the secret key to write, NAME.key (NAME.pub beside it)", "comment": "a note kept with the key"})
 def keygen(c: Context, out: str, comment: str = "basalt upgrade signing key") -> None:
     """Make a minisign key pair for upgrade bundles; name it in an image definition's upgrade.signing_key."""

@@ -189,6 +189,8 @@ def run(image: str, skip_boot: bool, skip_cold: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="basalt-bench-") as tmp:
         results["upgrade"] = upgrade(Path(tmp), skip_boot)
     with tempfile.TemporaryDirectory(prefix="basalt-bench-") as tmp:
+        results["stamp"] = stamping(iso, Path(tmp))
+    with tempfile.TemporaryDirectory(prefix="basalt-bench-") as tmp:
         results["arm64_efi"] = raw_disk(Path(tmp), skip_boot, skip_cold, "arm64-efi")
     with tempfile.TemporaryDirectory(prefix="basalt-bench-") as tmp:
         results["rpi"] = raspberry_pi(Path(tmp), skip_boot, skip_cold)
@@ -271,6 +273,38 @@ def upgrade(work: Path, skip_boot: bool) -> dict[str, Any]:
         guest.ssh("(sleep 1; basalt reboot) >/dev/null 2>&1 &", key)
         guest.wait_for(r"basalt: health: slot b \(\S+\) passed its health gate: committed", 600, start=mark)
         out["upgrade_to_committed_s"] = round(time.monotonic() - started, 1)
+    return out
+
+
+def stamping(iso: Path, work: Path) -> dict[str, Any]:
+    """``inv configure``: one ISO, 100 ISOs one after another, and a 1 GiB SD card (the Pi's card
+    padded to 1 GiB, sparse), its .img and .bmap alone and with the .img.xz made again."""
+    from builder import stamp
+    config = work / "site.yaml"
+    config.write_text("hostname: bench-site\nk3os:\n  token: bench-token\n")
+    started = time.monotonic()
+    stamp.configure(iso, config, work / "iso-1", "bench-site")
+    out: dict[str, Any] = {"iso_s": round(time.monotonic() - started, 2)}
+    started = time.monotonic()
+    for n in range(100):
+        stamp.configure(iso, config, work / "isos" / f"site-{n}", f"site-{n}")
+        if n:
+            shutil.rmtree(work / "isos" / f"site-{n - 1}")  # disk space: one at a time
+    out["iso_100_s"] = round(time.monotonic() - started, 1)
+    pi = pipeline.build(plan.plan("rpi"))
+    card = work / "card.img"
+    shutil.copyfile(next(p for p in pi.glob("*.img") if p.name != "initrd.img"), card)
+    with card.open("r+b") as f:
+        f.truncate(1 << 30)
+    bmap = card.with_name(card.name + ".bmap")
+    bmap.write_text("")  # the input "has" a block map: the stamp makes one
+    started = time.monotonic()
+    stamp.configure(card, config, work / "card-1", "bench-site")
+    out["sd_1gib_s"] = round(time.monotonic() - started, 2)
+    card.with_name(card.name + ".xz").write_bytes(b"")
+    started = time.monotonic()
+    stamp.configure(card, config, work / "card-2", "bench-site")
+    out["sd_1gib_with_xz_s"] = round(time.monotonic() - started, 2)
     return out
 
 
@@ -378,6 +412,12 @@ def table(r: dict[str, Any]) -> str:
                      ("  of which writing and reading back the slot", f"{up['write_s']} s", ""),
                      ("basalt upgrade → committed on the new slot (reboot, health gate; TCG)",
                       f"{up['upgrade_to_committed_s']} s", "")]
+    st = r.get("stamp")
+    if st:
+        rows += [("inv configure: stamp one ISO", f"{st['iso_s']} s", "≤ 1 s"),
+                 ("inv configure: stamp 100 ISOs (one after another)", f"{st['iso_100_s']} s", ""),
+                 ("inv configure: stamp a 1 GiB SD card (.img, .bmap)", f"{st['sd_1gib_s']} s", "≤ 3 s"),
+                 ("inv configure: the same with its .img.xz made again", f"{st['sd_1gib_with_xz_s']} s", "")]
     inst = r.get("install")
     if inst:
         rows += [("unattended install to a blank disk: basalt install (TCG)", f"{inst['install_s']} s", "≤ 60 s"),

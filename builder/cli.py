@@ -64,6 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     k = sub.add_parser("keygen", help="make a minisign key pair for signing upgrade bundles")
     k.add_argument("-o", "--out", required=True, help="the secret key's path, NAME.key (NAME.pub is written beside it)")
     k.add_argument("--comment", default="basalt upgrade signing key", help="a note kept with the key")
+    c = sub.add_parser("configure", help="stamp a site config onto a built ISO, raw disk or SD-card image")
+    c.add_argument("--image", required=True, metavar="ARTIFACT",
+                   help="the built artifact (.iso or .img), or an image definition name (its out/<image>/ artifact)")
+    c.add_argument("--config", required=True, help="the site config.yaml (validated first)")
+    c.add_argument("-o", "--out", help="the output directory (default out/sites/<config name>/)")
+    c.add_argument("--name", help="the site's name (default: the config file's name)")
     args = parser.parse_args(argv)
     try:
         return run(args)
@@ -115,6 +121,16 @@ def run(args: argparse.Namespace) -> int:
             Path(__file__).resolve().parent.parent / "out" / img.name / f"{img.name}-{img.version}.img"
         done = flash.flash(artifact, args.device, args.force)
         print(f"{args.device}: {done['written'] >> 20} MiB of {done['image_size'] >> 20} MiB written and verified")
+        return 0
+    if args.command == "configure":
+        from builder import stamp
+        artifact = Path(args.image)
+        if not artifact.is_file() and "/" not in args.image:
+            from builder import qemu
+            artifact = qemu.find_artifact(imagedef.load_image(args.image))[1]
+        site = args.name or Path(args.config).stem
+        out = Path(args.out) if args.out else Path(__file__).resolve().parent.parent / "out" / "sites" / site
+        print(stamp.configure(artifact, Path(args.config), out, site))
         return 0
     if args.command == "keygen":
         from builder import signing

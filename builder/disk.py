@@ -107,9 +107,13 @@ def ext4(dest: Path, label: str, size_mib: int, tree: Path | None, epoch: int, s
           *(["-d", str(tree)] if tree else []), str(dest)], env)
 
 
-def flashables(image: Path) -> None:
+def flashables(image: Path, xz: bool = True) -> None:
     """``IMAGE.xz`` (multithreaded xz; holes compress to nothing) and ``IMAGE.bmap`` (bmaptool's
     block map: ``bmaptool copy`` writes only the mapped blocks, and checks each range's sha256)."""
+    with progress.step(f"Block map of {image.name} (bmaptool)"):
+        _run(["bmaptool", "-q", "create", "-o", str(image.with_name(image.name + ".bmap")), str(image)])
+    if not xz:
+        return
     with progress.step(f"Compressing {image.name} (xz)"):
         with (image.with_name(image.name + ".xz")).open("wb") as out:
             # -0: a third of -3's time for the same size (the squashfs inside is compressed already)
@@ -117,5 +121,3 @@ def flashables(image: Path) -> None:
                                   text=False)
         if proc.returncode != 0:
             raise BasaltError(Problem(f"xz failed: {proc.stderr.decode(errors='replace').strip()}"))
-    with progress.step(f"Block map of {image.name} (bmaptool)"):
-        _run(["bmaptool", "-q", "create", "-o", str(image.with_name(image.name + ".bmap")), str(image)])

@@ -108,6 +108,7 @@ class Guest:
     # Direct kernel boot (skips the firmware's boot loader): (vmlinuz, initrd, kernel command line).
     direct: tuple[Path, Path, str] | None = None
     machine: str = ""  # default: the architecture's (q35, virt)
+    mac: str = ""  # the NIC's MAC address (default: QEMU's 52:54:00:12:34:56)
     # A board's card (boot_disk) booted the board's way: "rpi" runs QEMU's raspi3b with U-Boot and
     # the device tree taken from the card's boot partition, the card as its SD card (padded to a
     # power of two in the overlay), networking by USB (usb-net), the console on the second UART.
@@ -138,7 +139,7 @@ class Guest:
                             f"logfile={self.console_log}",
                 "-serial", "chardev:ser0", *(["-vga", "std"] if x86 else []),
                 "-qmp", f"unix:{self.workdir / 'qmp.sock'},server=on,wait=off",
-                "-netdev", net, "-device", "virtio-net-pci,netdev=n0",
+                "-netdev", net, "-device", "virtio-net-pci,netdev=n0" + (f",mac={self.mac}" if self.mac else ""),
                 # x86: a hardware watchdog the node arms (agent/watchdog.py); its expiry resets the machine
                 *(["-device", "i6300esb", "-action", "watchdog=reset"] if x86 else [])]
         cdroms = [*([self.iso] if self.iso is not None else []), *self.extra_cdroms]

@@ -1,0 +1,167 @@
+"""``inv configure``: stamp a validated site config onto an already-built artifact, without
+rebuilding it and without mounts or loop devices; the input is never modified.
+
+- ISO: the build reserves ``/basalt/site.json`` (``layout.SITE_RESERVE`` bytes of NULs, agent/site.py
+  reads it); a copy of the ISO gets the index written over that reservation, in place.
+- Raw disk / SD card: a copy of the image gets ``/basalt/site.json`` on its boot partition (FAT)
+  with mtools (``mcopy -o``), at the partition's offset (GPT name ``BASALT_BOOT``, or the MBR's
+  first partition on the Pi's card). Then the ``.img.bmap`` and ``.img.xz`` are made again, if the
+  input had them.
+
+Stamping again replaces the earlier site config. The output directory gets its own manifest.json
+(sizes and hashes; no config text, so no secret) and ``NAME.sha256`` files; it appears only once
+complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from agent import layout
+from agent.errors import BasaltError, Problem
+from agent.site import FORMAT
+from builder import progress
+from builder.download import sha256_file
+
+
+def index(configs: list[dict[str, Any]], default: dict[str, Any] | None, image: str = "") -> bytes:
+    """The site index agent/site.py reads: ``default`` ({name, config}) and per-device entries
+    ({name, config, macs, serials})."""
+    return json.dumps({"format": FORMAT, "image": image, "default": default, "devices": configs},
+                      sort_keys=True).encode()
+
+
+def kind_of(path: Path) -> str:
+    """iso, or disk (a raw image with a GPT or an MBR)."""
+    with path.open("rb") as f:
+        head = f.read(32774)
+    if head[32769:32774] == b"CD001":
+        return "iso"
+    if head[510:512] == b"\x55\xaa":
+        return "disk"
+    raise BasaltError(Problem(f"{path}: neither an ISO 9660 image nor a disk image",
+                              hint="give a built artifact: out/<image>/<name>-<version>.iso or .img"))
+
+
+def iso_reservation(path: Path) -> tuple[int, int]:
+    """(byte offset, size) of the ISO's ``/basalt/site.json``."""
+    import pycdlib
+    iso = pycdlib.PyCdlib()
+    iso.open(str(path))
+    try:
+        record = iso.get_record(rr_path=layout.MEDIUM_SITE)
+        return record.extent_location() * 2048, record.get_data_length()
+    except pycdlib.pycdlibexception.PyCdlibInvalidInput:
+        raise BasaltError(Problem(f"{path}: this ISO has no {layout.MEDIUM_SITE} reservation",
+                                  hint="it was built by an older Basalt: rebuild it (./inv build)")) from None
+    finally:
+        iso.close()
+
+
+def boot_partition(path: Path) -> int:
+    """The byte offset of a disk image's boot partition (FAT)."""
+    from agent.partitions import SECTOR, read_gpt
+    with path.open("rb") as f:
+        try:
+            _, entries = read_gpt(f)
+        except ValueError:
+            entries = []
+        for entry in entries:
+            if entry.name == layout.BOOT_LABEL:
+                return entry.first * SECTOR
+        f.seek(446)
+        _, _, kind, _, start, sectors = struct.unpack("<B3sB3sII", f.read(16))
+        if not entries and kind in (0x0C, 0x0B, 0xEF) and sectors:
+            return start * SECTOR
+    raise BasaltError(Problem(f"{path}: no boot partition ({layout.BOOT_LABEL}) found",
+                              hint="give a Basalt disk image (x86_64-raw, arm64-efi, rpi)"))
+
+
+def _copy(src: Path, dest: Path) -> None:
+    """A sparse (or reflinked) copy: a 1 GiB card with 200 MiB on it copies 200 MiB."""
+    proc = subprocess.run(["cp", "--sparse=always", "--reflink=auto", str(src), str(dest)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise BasaltError(Problem(f"copying {src}: {proc.stderr.strip()}"))
+
+
+def _mtools(argv: list[str]) -> None:
+    env = {"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise BasaltError(Problem(f"{argv[0]} failed: {proc.stderr.strip()}", hint="apt-get install mtools"))
+
+
+def stamp(artifact: Path, payload: bytes, out: Path, name: str = "") -> Path:
+    """Write ``payload`` (an index) into a copy of ``artifact`` in the directory ``out``, with its
+    manifest; returns the stamped artifact's path."""
+    if not artifact.is_file():
+        raise BasaltError(Problem(f"{artifact}: no such artifact", hint="build it first: ./inv build --image NAME"))
+    kind = kind_of(artifact)
+    if kind == "iso" and len(payload) > layout.SITE_RESERVE:
+        raise BasaltError(Problem(f"the site index is {len(payload)} bytes; the ISO reserves {layout.SITE_RESERVE}",
+                                  hint="stamp fewer devices per image (inv fleet build without --one-image)"))
+    out = out.resolve()
+    if out == artifact.resolve().parent:
+        raise BasaltError(Problem(f"{out}: the output directory is the input's",
+                                  hint="choose another: -o out/sites/NAME"))
+    partial = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    started = time.monotonic()
+    try:
+        dest = partial / (artifact.name if not name else f"{artifact.stem}-{name}{artifact.suffix}")
+        with progress.step(f"Copying {artifact.name}"):
+            _copy(artifact, dest)
+        outputs = []
+        if kind == "iso":
+            offset, size = iso_reservation(dest)
+            with dest.open("r+b") as f:
+                f.seek(offset)
+                f.write(payload + bytes(size - len(payload)))
+        else:
+            offset = boot_partition(dest)
+            staged = partial / "site.json"
+            staged.write_bytes(payload)
+            with progress.step("Writing the site config to the boot partition (mtools)"):
+                # /basalt is there on every Basalt boot partition (the version, the marker)
+                _mtools(["mcopy", "-o", "-i", f"{dest}@@{offset}", str(staged), "::" + layout.MEDIUM_SITE])
+            staged.unlink()
+            bmap, xz = (artifact.with_name(artifact.name + ext).exists() for ext in (".bmap", ".xz"))
+            if bmap or xz:
+                from builder import disk
+                disk.flashables(dest, xz=xz)
+        for item in sorted(partial.iterdir()):
+            digest = sha256_file(item)
+            (partial / f"{item.name}.sha256").write_text(f"{digest}  {item.name}\n")
+            outputs.append({"file": item.name, "size": item.stat().st_size, "sha256": digest})
+        manifest = {"stamped_from": {"file": str(artifact), "sha256": sha256_file(artifact)},
+                    "site": name or None, "kind": kind, "seconds": round(time.monotonic() - started, 2),
+                    "outputs": outputs}
+        (partial / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(partial, out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return out / dest.name
+
+
+def configure(artifact: Path, config_file: Path, out: Path, name: str = "") -> Path:
+    """``inv configure``: one site's config, validated, stamped onto ``artifact``."""
+    from builder import plan
+    if not artifact.is_file():
+        raise BasaltError(Problem(f"{artifact}: no such artifact", hint="build it first: ./inv build --image NAME"))
+    kind_of(artifact)  # the artifact first: a wrong file is told before the config is read
+    text = plan.load_site_config(str(config_file))
+    assert text is not None
+    site = name or config_file.stem
+    return stamp(artifact, index([], {"name": site, "config": text}), out, site)
