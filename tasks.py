@@ -94,6 +94,21 @@ def configure(c: Context, image: str, config: str, o: str = "", name: str = "") 
              *(["--name", name] if name else []))
 
 
+@task(help={"command": "render, build or diff", "inventory": "sites.yaml (diff: the old one)",
+            "new": "diff: the new inventory", "image": "build: the artifact to stamp", "o": "output directory",
+            "one_image": "build: one artifact carrying every device's config"})
+def fleet(c: Context, command: str, inventory: str, new: str = "", image: str = "", o: str = "",
+          one_image: bool = False) -> None:
+    """An inventory of sites: render + validate, build (stamp per site, or --one-image), diff."""
+    args = {"render": [inventory, *(["--out", o] if o else [])],
+            "build": [inventory, "--image", image, *(["--out", o] if o else []),
+                      *(["--one-image"] if one_image else [])],
+            "diff": [inventory, new]}.get(command)
+    if args is None:
+        raise SystemExit(f"inv fleet: the command is render, build or diff, not {command!r}")
+    _builder(c, "fleet", command, *args)
+
+
 @task(help={"out": "the secret key to write, NAME.key (NAME.pub beside it)", "comment": "a note kept with the key"})
 def keygen(c: Context, out: str, comment: str = "basalt upgrade signing key") -> None:
     """Make a minisign key pair for upgrade bundles; name it in an image definition's upgrade.signing_key."""

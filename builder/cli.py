@@ -70,6 +70,20 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--config", required=True, help="the site config.yaml (validated first)")
     c.add_argument("-o", "--out", help="the output directory (default out/sites/<config name>/)")
     c.add_argument("--name", help="the site's name (default: the config file's name)")
+    fl = sub.add_parser("fleet", help="an inventory of sites: render, build, diff (docs/fleet.md)")
+    fsub = fl.add_subparsers(dest="fleet_command", required=True)
+    fr = fsub.add_parser("render", help="render and validate every site; -o writes them (secrets redacted)")
+    fr.add_argument("inventory")
+    fr.add_argument("-o", "--out", help="a directory for each site's rendered config, NAME.yaml")
+    fb = fsub.add_parser("build", help="stamp one artifact per site (in parallel), or one for all (--one-image)")
+    fb.add_argument("inventory")
+    fb.add_argument("--image", required=True, metavar="ARTIFACT", help="the built artifact (.iso or .img)")
+    fb.add_argument("-o", "--out", default="out/fleet", help="output directory (one per site inside)")
+    fb.add_argument("--one-image", action="store_true", help="one artifact; each device's config chosen at boot")
+    fb.add_argument("--jobs", type=int, default=0, help="parallel stamps (default: every core)")
+    fd = fsub.add_parser("diff", help="which sites' rendered configs changed, as unified diffs (secrets redacted)")
+    fd.add_argument("old", help="an inventory, or a directory 'fleet render -o' wrote")
+    fd.add_argument("new")
     args = parser.parse_args(argv)
     try:
         return run(args)
@@ -131,6 +145,20 @@ def run(args: argparse.Namespace) -> int:
         site = args.name or Path(args.config).stem
         out = Path(args.out) if args.out else Path(__file__).resolve().parent.parent / "out" / "sites" / site
         print(stamp.configure(artifact, Path(args.config), out, site))
+        return 0
+    if args.command == "fleet":
+        from builder import fleet
+        if args.fleet_command == "render":
+            rendered = fleet.render_all(Path(args.inventory), Path(args.out) if args.out else None)
+            print(f"{args.inventory}: {len(rendered)} site(s) rendered and valid"
+                  + (f", written to {args.out}" if args.out else ""))
+        elif args.fleet_command == "build":
+            for path in fleet.build(Path(args.inventory), Path(args.image), Path(args.out), args.one_image,
+                                    args.jobs):
+                print(path)
+        else:
+            changes = fleet.diff(Path(args.old), Path(args.new))
+            print(changes or "no site changed", end="" if changes else "\n")
         return 0
     if args.command == "keygen":
         from builder import signing

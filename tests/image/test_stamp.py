@@ -117,3 +117,24 @@ def test_a_bad_config_stamps_nothing(built_iso: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "bad").exists() and not list(tmp_path.glob(".bad*"))
     proc = run_cli("configure", "--image", str(tmp_path / "bad.yaml"), "--config", str(bad))
     assert proc.returncode == 2 and "neither an ISO 9660 image nor a disk image" in proc.stderr
+
+
+def test_fleet_build_stamps_each_site_and_one_image_for_all(built_iso: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from builder import fleet
+    data = Path(__file__).resolve().parents[1] / "data" / "fleet"
+    monkeypatch.setenv("FLEET_TEST_TOKEN", SECRET)
+    iso = next(built_iso.glob("*.iso"))
+    before = sha(iso)
+    outs = fleet.build(data / "sites.yaml", iso, tmp_path / "fleet")
+    assert [p.parent.name for p in outs] == ["depot-1", "depot-2"]
+    for path in outs:
+        index = json.loads(iso_site(path).rstrip(b"\0"))
+        assert index["default"]["name"] == path.parent.name and f"token: {SECRET}" in index["default"]["config"]
+        assert SECRET not in (path.parent / "manifest.json").read_text()
+    [one] = fleet.build(data / "sites.yaml", iso, tmp_path / "one", one_image=True)
+    index = json.loads(iso_site(one).rstrip(b"\0"))
+    assert [(d["name"], d["macs"], d["serials"]) for d in index["devices"]] == [
+        ("depot-1", ["52:54:00:00:0a:01"], []), ("depot-2", [], ["10000000abcdef01"])]
+    assert index["default"]["name"] == "default" and "hostname: unknown-node" in index["default"]["config"]
+    assert sha(iso) == before

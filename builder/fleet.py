@@ -1,0 +1,289 @@
+"""``inv fleet``: an inventory of sites rendered from one jinja2 template, validated, stamped.
+
+``sites.yaml``::
+
+    template: site.yaml.j2          # relative to the inventory
+    secrets:                        # referenced, never written inline
+      k3s_token: {env: FLEET_K3S_TOKEN}
+      wifi_psk: {file: secrets/wifi.txt}
+    defaults: {role: agent}         # under every site's own variables
+    default: {hostname: unknown}    # --one-image: the config of a device nothing matches (optional)
+    sites:
+    - name: depot-7                 # [a-z0-9-], unique
+      hostname: depot-7
+      macs: ["52:54:00:00:0a:01"]   # --one-image: how a device is recognised at boot
+      serials: []
+
+The template sees every variable, ``name``, and ``secret('k3s_token')``. Every site is rendered
+and validated even after one fails; each problem is ``sites.yaml:LINE: site 'x': ...`` (the
+template's own line too, when the error comes from it). A secret's value is replaced by
+``<secret:NAME>`` in every message and in what ``render`` writes and ``diff`` prints; only
+``build`` stamps the real value.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.errors import BasaltError, Problem
+
+NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+MAC = re.compile(r"^[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}$")
+RESERVED = {"name", "macs", "serials"}
+
+
+@dataclass
+class Site:
+    name: str
+    line: int
+    variables: dict[str, Any]
+    macs: list[str] = field(default_factory=list)
+    serials: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Rendered:
+    site: Site
+    text: str  # with the real secrets: only ever stamped
+    shown: str  # with <secret:NAME> in their place
+
+
+@dataclass
+class Inventory:
+    path: Path
+    template: Path
+    secrets: dict[str, str]
+    sites: list[Site]
+    default: Site | None
+
+
+def load(path: Path, resolve_secrets: bool = True) -> Inventory:
+    """Read and check the inventory; every problem at once."""
+    from agent.yamlsource import load as load_yaml
+    doc = load_yaml(path)
+    src = str(path)
+    value = doc.value
+    problems: list[Problem] = []
+
+    def bad(where: tuple[str | int, ...], message: str, hint: str | None = None) -> None:
+        problems.append(Problem(message, src, doc.line_of(where) or 1, ".".join(str(p) for p in where) or None, hint))
+
+    if not isinstance(value, dict):
+        raise BasaltError(Problem("an inventory is a mapping with template: and sites:", src, 1,
+                                  hint="see docs/fleet.md"))
+    for key in value:
+        if key not in ("template", "secrets", "defaults", "default", "sites"):
+            bad((key,), "unknown key", "the keys are template, secrets, defaults, default and sites")
+    template = path.parent / str(value.get("template", ""))
+    if not isinstance(value.get("template"), str):
+        bad(("template",), "a template file is required", "template: site.yaml.j2 (relative to the inventory)")
+    elif not template.is_file():
+        bad(("template",), f"no such file: {template}", "the path is relative to the inventory")
+    secrets: dict[str, str] = {}
+    for name, ref in (value.get("secrets") or {}).items() if isinstance(value.get("secrets"), dict) else []:
+        where = ("secrets", name)
+        if not isinstance(ref, dict) or len(ref) != 1 or next(iter(ref)) not in ("env", "file"):
+            bad(where, "a secret is {env: VARIABLE} or {file: PATH}", "never the value itself")
+            continue
+        kind, what = next(iter(ref.items()))
+        if not resolve_secrets:
+            secrets[name] = f"<secret:{name}>"
+        elif kind == "env":
+            if not os.environ.get(str(what)):
+                bad(where, f"the environment variable {what} is not set", f"export {what}=... before the run")
+            else:
+                secrets[name] = os.environ[str(what)]
+        else:
+            file = path.parent / str(what)
+            try:
+                secrets[name] = file.read_text().strip()
+            except OSError as exc:
+                bad(where, f"cannot read {file}: {exc.strerror}", "the path is relative to the inventory")
+    defaults = value.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        bad(("defaults",), "defaults is a mapping of variables")
+        defaults = {}
+    sites: list[Site] = []
+    seen: dict[str, int] = {}
+    entries = value.get("sites")
+    if not isinstance(entries, list) or not entries:
+        bad(("sites",), "sites is a list of mappings, each with a name", "sites:\n- name: depot-7")
+        entries = []
+    macs_seen: dict[str, str] = {}
+    for i, entry in enumerate(entries):
+        site = _site(entry, ("sites", i), defaults, bad, doc)
+        if site is None:
+            continue
+        if site.name in seen or site.name == "default":
+            bad(("sites", i, "name"), f"site '{site.name}' is listed twice (first on line {seen[site.name]})"
+                if site.name in seen else "'default' names the inventory's default: choose another site name")
+            continue
+        seen[site.name] = site.line
+        for mac in site.macs:
+            other = macs_seen.setdefault(mac.lower().replace("-", ":"), site.name)
+            if other != site.name:
+                bad(("sites", i, "macs"), f"site '{site.name}': MAC {mac} is site '{other}''s too",
+                    "a device belongs to one site")
+        sites.append(site)
+    default = None
+    if value.get("default") is not None:
+        default = _site({"name": "default", **value["default"]} if isinstance(value["default"], dict)
+                        else value["default"], ("default",), defaults, bad, doc)
+    if problems:
+        raise BasaltError(problems)
+    return Inventory(path, template, secrets, sites, default)
+
+
+def _site(entry: Any, where: tuple[str | int, ...], defaults: dict[str, Any], bad: Any, doc: Any) -> Site | None:
+    if not isinstance(entry, dict):
+        bad(where, "a site is a mapping with a name and its variables")
+        return None
+    name = entry.get("name")
+    if not isinstance(name, str) or not NAME.match(name):
+        bad((*where, "name"), f"{name!r} is not a site name", "lower-case letters, digits and '-' (it names files)")
+        return None
+    macs, serials = entry.get("macs") or [], entry.get("serials") or []
+    ok = True
+    if not isinstance(macs, list) or not all(isinstance(m, str) and MAC.match(m) for m in macs):
+        bad((*where, "macs"), f"site '{name}': macs is a list of MAC addresses", "e.g. [\"dc:a6:32:01:02:03\"]")
+        ok = False
+    if not isinstance(serials, list) or not all(isinstance(s, (str, int)) for s in serials):
+        bad((*where, "serials"), f"site '{name}': serials is a list of serial numbers")
+        ok = False
+    if not ok:
+        return None
+    variables = {**defaults, **{k: v for k, v in entry.items() if k not in ("macs", "serials")}}
+    return Site(name, int(doc.line_of((*where, "name")) or 1), variables, [str(m) for m in macs],
+                [str(s) for s in serials])
+
+
+def _environment(template_dir: Path) -> Any:
+    import jinja2
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(template_dir)), undefined=jinja2.StrictUndefined,
+                              keep_trailing_newline=True, autoescape=False)
+
+
+def render(inv: Inventory) -> tuple[list[Rendered], list[Problem]]:
+    """Every site rendered and validated; the problems of all of them."""
+    import jinja2
+
+    from agent.config import check_text
+    env = _environment(inv.template.parent)
+    problems: list[Problem] = []
+    try:
+        template = env.get_template(inv.template.name)
+    except jinja2.TemplateSyntaxError as exc:
+        return [], [Problem(f"{inv.template.name}:{exc.lineno}: {exc.message}", str(inv.path), 1, "template",
+                            "fix the template's syntax")]
+    out: list[Rendered] = []
+    shown_secrets = {name: f"<secret:{name}>" for name in inv.secrets}
+    for site in [*inv.sites, *([inv.default] if inv.default else [])]:
+        def secret_fn(table: dict[str, str]) -> Any:
+            def secret(name: str) -> str:
+                if name not in table:
+                    raise KeyError(f"secret('{name}') is not in the inventory's secrets")
+                return table[name]
+            return secret
+        try:
+            text = template.render(**site.variables, secret=secret_fn(inv.secrets))
+            shown = template.render(**site.variables, secret=secret_fn(shown_secrets))
+        except (jinja2.UndefinedError, KeyError, TypeError, jinja2.TemplateError) as exc:
+            problems.append(Problem(f"site '{site.name}': {inv.template.name}:{_template_line(exc)}: "
+                                    f"{_redact(str(exc).strip(chr(34)), inv.secrets)}", str(inv.path), site.line,
+                                    hint="set the variable in the site or in defaults:, or fix the template"))
+            continue
+        loaded = check_text(text, f"{site.name}.yaml")
+        for p in loaded.problems:
+            problems.append(Problem(f"site '{site.name}': {p.path + ': ' if p.path else ''}"
+                                    f"{_redact(p.message, inv.secrets)} (rendered line {p.line})",
+                                    str(inv.path), site.line, hint=_redact(p.hint, inv.secrets) if p.hint else None))
+        if not loaded.problems:
+            out.append(Rendered(site, text, shown))
+    return out, problems
+
+
+def _template_line(exc: BaseException) -> int:
+    import traceback
+    lines = [f.lineno for f in traceback.extract_tb(exc.__traceback__) if f.filename.endswith(".j2") or
+             "<template>" in f.filename]
+    return (lines[-1] if lines else getattr(exc, "lineno", None)) or 1
+
+
+def _redact(text: str, secrets: dict[str, str]) -> str:
+    for name, value in sorted(secrets.items(), key=lambda kv: -len(kv[1])):
+        if len(value) >= 4:  # shorter ones would redact ordinary words; no real secret is that short
+            text = text.replace(value, f"<secret:{name}>")
+    return text
+
+
+def render_all(path: Path, out: Path | None = None) -> list[Rendered]:
+    """``inv fleet render``: every site, the problems of all, then an error if there are any; with
+    ``out``, each site's config (secrets as ``<secret:NAME>``) as ``out/NAME.yaml``."""
+    inv = load(path)
+    rendered, problems = render(inv)
+    if problems:
+        raise BasaltError(problems)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        for r in rendered:
+            (out / f"{r.site.name}.yaml").write_text(r.shown)
+    return rendered
+
+
+def _stamp_one(args: tuple[str, bytes, str, str]) -> str:
+    from builder import stamp
+    artifact, payload, out, name = args
+    return str(stamp.stamp(Path(artifact), payload, Path(out), name))
+
+
+def build(path: Path, artifact: Path, out: Path, one_image: bool = False, jobs: int = 0) -> list[Path]:
+    """``inv fleet build``: one stamped artifact per site (in parallel), or one carrying them all."""
+    from builder import stamp
+    inv = load(path)
+    rendered, problems = render(inv)
+    if problems:
+        raise BasaltError(problems)
+    inv_default = next((r for r in rendered if r.site is inv.default), None)
+    sites = [r for r in rendered if r is not inv_default]
+    if one_image:
+        missing = [r.site.name for r in sites if not r.site.macs and not r.site.serials]
+        if missing:
+            raise BasaltError(Problem(f"--one-image: site(s) {', '.join(missing)} name no MAC address or serial",
+                                      str(path), hint="give each site macs: or serials: to be recognised by"))
+        payload = stamp.index([{"name": r.site.name, "macs": r.site.macs, "serials": r.site.serials,
+                                "config": r.text} for r in sites],
+                              {"name": "default", "config": inv_default.text} if inv_default else None)
+        return [stamp.stamp(artifact, payload, out / "fleet", "fleet")]
+    work = [(str(artifact), stamp.index([], {"name": r.site.name, "config": r.text}), str(out / r.site.name),
+             r.site.name) for r in sites]
+    with ProcessPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:
+        return [Path(p) for p in pool.map(_stamp_one, work)]
+
+
+def diff(old: Path, new: Path) -> str:
+    """``inv fleet diff``: each changed site's unified diff (secrets redacted); added and removed sites."""
+    def shown(path: Path) -> dict[str, str]:
+        if path.is_dir():  # a directory 'inv fleet render -o' wrote
+            return {p.stem: p.read_text() for p in sorted(path.glob("*.yaml"))}
+        inv = load(path, resolve_secrets=False)
+        rendered, problems = render(inv)
+        if problems:
+            raise BasaltError(problems)
+        return {r.site.name: r.shown for r in rendered}
+    a, b = shown(old), shown(new)
+    out = []
+    for name in sorted(set(a) | set(b)):
+        if name not in b:
+            out.append(f"removed: {name}\n")
+        elif name not in a:
+            out.append(f"added: {name}\n")
+        elif a[name] != b[name]:
+            out.append(f"changed: {name}\n" + "".join(difflib.unified_diff(
+                a[name].splitlines(True), b[name].splitlines(True), f"{old}:{name}", f"{new}:{name}")))
+    return "".join(out)

@@ -1,0 +1,118 @@
+"""The fleet inventory (builder/fleet.py): every site rendered from the template and validated,
+each problem at its inventory line (and the template's); secrets never in what is printed or
+written; ``fleet diff`` per site."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from builder import fleet
+
+pytestmark = pytest.mark.unit
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "fleet"
+TOKEN = "K10-unit-token-90ab"
+PSK = "correct-horse-battery"
+
+
+@pytest.fixture
+def inventory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("FLEET_TEST_TOKEN", TOKEN)
+    shutil.copytree(DATA, tmp_path / "inv")
+    return tmp_path / "inv" / "sites.yaml"
+
+
+def cli(*args: str, env_token: bool = True) -> subprocess.CompletedProcess[str]:
+    import os
+    env = {**os.environ, **({"FLEET_TEST_TOKEN": TOKEN} if env_token else {})}
+    if not env_token:
+        env.pop("FLEET_TEST_TOKEN", None)
+    return subprocess.run([sys.executable, "-m", "builder", "fleet", *args], capture_output=True, text=True, env=env,
+                          cwd=Path(__file__).resolve().parents[2])
+
+
+def test_every_site_renders_with_its_defaults_and_secrets(inventory: Path) -> None:
+    rendered = {r.site.name: r for r in fleet.render_all(inventory)}
+    assert sorted(rendered) == ["default", "depot-1", "depot-2"]
+    two = rendered["depot-2"]
+    assert f"token: {TOKEN}" in two.text and f"passphrase: {PSK}" in two.text and "role: server" in two.text
+    assert TOKEN not in two.shown and PSK not in two.shown
+    assert "token: <secret:k3s_token>" in two.shown and "passphrase: <secret:wifi_psk>" in two.shown
+    assert rendered["depot-1"].site.macs == ["52:54:00:00:0a:01"] and "role: agent" in rendered["depot-1"].text
+    assert two.site.serials == ["10000000abcdef01"] and rendered["default"].text.startswith("hostname: unknown-node")
+
+
+def test_render_writes_redacted_configs(inventory: Path, tmp_path: Path) -> None:
+    proc = cli("render", str(inventory), "-o", str(tmp_path / "r"))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"{inventory}: 3 site(s) rendered and valid, written to {tmp_path / 'r'}\n"
+    written = {p.name: p.read_text() for p in (tmp_path / "r").iterdir()}
+    assert sorted(written) == ["default.yaml", "depot-1.yaml", "depot-2.yaml"]
+    assert not any(TOKEN in t or PSK in t for t in written.values())
+
+
+def edit(inventory: Path, old: str, new: str) -> None:
+    inventory.write_text(inventory.read_text().replace(old, new))
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    (("hostname: depot-2", "hostname: depot_2!"),
+     ["{inv}:14: site 'depot-2': hostname: 'depot_2!' is not valid here (rendered line 1)",
+      "hint: a host name or FQDN: dot-separated labels of letters, digits and '-', at most 64 characters"]),
+    (("  hostname: depot-1\n", ""),
+     ["{inv}:11: site 'depot-1': site.yaml.j2:1: 'hostname' is undefined",
+      "hint: set the variable in the site or in defaults:, or fix the template"]),
+    (("- name: depot-2", "- name: depot-1"),
+     ["{inv}:14: sites.1.name: site 'depot-1' is listed twice (first on line 11)"]),
+    (('macs: ["52:54:00:00:0a:01"]', 'macs: ["52:54:00:0a:01"]'),
+     ["{inv}:13: sites.0.macs: site 'depot-1': macs is a list of MAC addresses",
+      'hint: e.g. ["dc:a6:32:01:02:03"]']),
+    (("wifi_psk: {file: wifi.txt}", "wifi_psk: hunter2"),
+     ["{inv}:4: secrets.wifi_psk: a secret is {{env: VARIABLE}} or {{file: PATH}}", "hint: never the value itself"]),
+    (("template: site.yaml.j2", "template: nope.j2"),
+     ["{inv}:1: template: no such file: {dir}/nope.j2", "hint: the path is relative to the inventory"]),
+])
+def test_problems_are_reported_at_their_lines(inventory: Path, change: tuple[str, str], expected: list[str]) -> None:
+    edit(inventory, *change)
+    proc = cli("render", str(inventory))
+    assert proc.returncode == 2 and proc.stdout == ""
+    lines = [x.format(inv=inventory, dir=inventory.parent) for x in expected]
+    body = proc.stderr.removeprefix("error: ").splitlines()
+    assert body == lines, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_every_site_is_checked_and_a_bad_secret_value_is_not_printed(inventory: Path) -> None:
+    (inventory.parent / "wifi.txt").write_text("short\n")  # a WPA passphrase is 8 to 63 characters
+    edit(inventory, "hostname: depot-1", "hostname: depot_1!")
+    proc = cli("render", str(inventory))
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: 2 problems:\n")
+    assert f"{inventory}:11: site 'depot-1': hostname: 'depot_1!' is not valid here" in proc.stderr
+    assert f"{inventory}:14: site 'depot-2': k3os.wifi[0].passphrase: '<secret:wifi_psk>' is not valid here" in proc.stderr
+    assert "short" not in proc.stderr.replace("shorter", "") and TOKEN not in proc.stderr
+
+
+def test_an_unset_secret_is_an_error_at_its_line(inventory: Path) -> None:
+    proc = cli("render", str(inventory), env_token=False)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [f"error: {inventory}:3: secrets.k3s_token: the environment variable "
+                                        "FLEET_TEST_TOKEN is not set", "hint: export FLEET_TEST_TOKEN=... before the run"]
+
+
+def test_diff_names_the_changed_sites_with_secrets_redacted(inventory: Path, tmp_path: Path) -> None:
+    new = inventory.with_name("sites-new.yaml")
+    new.write_text(inventory.read_text().replace("role: server", "role: agent").replace(
+        "- name: depot-1\n  hostname: depot-1\n  macs: [\"52:54:00:00:0a:01\"]\n", ""))
+    proc = cli("diff", str(inventory), str(new))
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert out.startswith("removed: depot-1\nchanged: depot-2\n")
+    assert "-    role: server\n+    role: agent\n" in out and "default" not in out
+    assert TOKEN not in out and PSK not in out
+    assert cli("diff", str(inventory), str(inventory)).stdout == "no site changed\n"
