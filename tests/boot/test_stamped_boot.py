@@ -81,5 +81,6 @@ def test_a_stamped_iso_boots_as_its_site(built_iso: Path, key: Path, tmp_path: P
     out = stamp.configure(iso, site_file, tmp_path / "out", "site-iso")
     with Guest(out, firmware="bios") as guest:
         status = check_node(guest, key, "site-iso")
-        assert status["site"] == {"site": "site-iso", "by": "stamped", "macs": ["52:54:00:12:34:56"], "serials": []}
+        # one config for whoever boots it: chosen before the NIC's driver is loaded, so no MAC was read
+        assert status["site"] == {"site": "site-iso", "by": "stamped", "macs": [], "serials": []}
         assert "site: site-iso (stamped)" in guest.ssh("basalt status", key).splitlines()

@@ -94,15 +94,17 @@ def test_every_site_is_checked_and_a_bad_secret_value_is_not_printed(inventory: 
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: 2 problems:\n")
     assert f"{inventory}:11: site 'depot-1': hostname: 'depot_1!' is not valid here" in proc.stderr
-    assert f"{inventory}:14: site 'depot-2': k3os.wifi[0].passphrase: '<secret:wifi_psk>' is not valid here" in proc.stderr
+    assert f"{inventory}:14: site 'depot-2': k3os.wifi[0].passphrase: '<secret:wifi_psk>' is not valid here" \
+        in proc.stderr
     assert "short" not in proc.stderr.replace("shorter", "") and TOKEN not in proc.stderr
 
 
 def test_an_unset_secret_is_an_error_at_its_line(inventory: Path) -> None:
     proc = cli("render", str(inventory), env_token=False)
     assert proc.returncode == 2
-    assert proc.stderr.splitlines() == [f"error: {inventory}:3: secrets.k3s_token: the environment variable "
-                                        "FLEET_TEST_TOKEN is not set", "hint: export FLEET_TEST_TOKEN=... before the run"]
+    assert proc.stderr.splitlines() == [
+        f"error: {inventory}:3: secrets.k3s_token: the environment variable FLEET_TEST_TOKEN is not set",
+        "hint: export FLEET_TEST_TOKEN=... before the run"]
 
 
 def test_diff_names_the_changed_sites_with_secrets_redacted(inventory: Path, tmp_path: Path) -> None:
