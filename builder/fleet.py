@@ -184,12 +184,6 @@ def render(inv: Inventory) -> tuple[list[Rendered], list[Problem]]:
     out: list[Rendered] = []
     shown_secrets = {name: f"<secret:{name}>" for name in inv.secrets}
     for site in [*inv.sites, *([inv.default] if inv.default else [])]:
-        def secret_fn(table: dict[str, str]) -> Any:
-            def secret(name: str) -> str:
-                if name not in table:
-                    raise KeyError(f"secret('{name}') is not in the inventory's secrets")
-                return table[name]
-            return secret
         try:
             text = template.render(**site.variables, secret=secret_fn(inv.secrets))
             shown = template.render(**site.variables, secret=secret_fn(shown_secrets))
@@ -206,6 +200,15 @@ def render(inv: Inventory) -> tuple[list[Rendered], list[Problem]]:
         if not loaded.problems:
             out.append(Rendered(site, text, shown))
     return out, problems
+
+
+def secret_fn(table: dict[str, str]) -> Any:
+    """The template's ``secret('NAME')``, looking names up in ``table``."""
+    def secret(name: str) -> str:
+        if name not in table:
+            raise KeyError(f"secret('{name}') is not in the inventory's secrets")
+        return table[name]
+    return secret
 
 
 def _template_line(exc: BaseException) -> int:
