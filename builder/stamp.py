@@ -40,6 +40,8 @@ def index(configs: list[dict[str, Any]], default: dict[str, Any] | None, image: 
 
 def kind_of(path: Path) -> str:
     """iso, or disk (a raw image with a GPT or an MBR)."""
+    if not path.is_file():
+        raise BasaltError(Problem(f"{path}: no such artifact", hint="build it first: ./inv build --image NAME"))
     with path.open("rb") as f:
         head = f.read(32774)
     if head[32769:32774] == b"CD001":
@@ -102,8 +104,6 @@ def _mtools(argv: list[str]) -> None:
 def stamp(artifact: Path, payload: bytes, out: Path, name: str = "") -> Path:
     """Write ``payload`` (an index) into a copy of ``artifact`` in the directory ``out``, with its
     manifest; returns the stamped artifact's path."""
-    if not artifact.is_file():
-        raise BasaltError(Problem(f"{artifact}: no such artifact", hint="build it first: ./inv build --image NAME"))
     kind = kind_of(artifact)
     if kind == "iso" and len(payload) > layout.SITE_RESERVE:
         raise BasaltError(Problem(f"the site index is {len(payload)} bytes; the ISO reserves {layout.SITE_RESERVE}",
@@ -158,8 +158,6 @@ def stamp(artifact: Path, payload: bytes, out: Path, name: str = "") -> Path:
 def configure(artifact: Path, config_file: Path, out: Path, name: str = "") -> Path:
     """``inv configure``: one site's config, validated, stamped onto ``artifact``."""
     from builder import plan
-    if not artifact.is_file():
-        raise BasaltError(Problem(f"{artifact}: no such artifact", hint="build it first: ./inv build --image NAME"))
     kind_of(artifact)  # the artifact first: a wrong file is told before the config is read
     text = plan.load_site_config(str(config_file))
     assert text is not None
