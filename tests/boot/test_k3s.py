@@ -24,12 +24,13 @@ import subprocess
 import tarfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from conftest import Server
 
-from builder import pipeline, plan
+from builder import pipeline, plan, stamp
 from builder.qemu import READY, Guest
 
 BOOT_TIMEOUT = 300
@@ -73,8 +74,18 @@ k3s:
 """
 
 
-def test_k3s_image_from_a_release_server_runs_under_the_agent(key: Path, tmp_path: Path,
-                                                              qemu_available: None) -> None:
+@dataclass
+class StandIn:
+    out: Path
+    fetched: list[str]
+    stand_in: str
+    airgap: bytes
+
+
+@pytest.fixture(scope="module")
+def stand_in_build(key: Path, tmp_path_factory: pytest.TempPathFactory) -> StandIn:
+    """The k3s image, its binary and air-gap images downloaded from a local release server."""
+    tmp_path = tmp_path_factory.mktemp("k3s")
     www = tmp_path / "www"
     release = www / VERSION
     release.mkdir(parents=True)
@@ -98,6 +109,13 @@ def test_k3s_image_from_a_release_server_runs_under_the_agent(key: Path, tmp_pat
         out = pipeline.build(plan.plan(str(defs / "k3s-stand-in.yaml"), str(tmp_path / "site.yaml")),
                              out=tmp_path / "out")
         fetched = [p for p, _ in server.requests]
+    return StandIn(out, fetched, stand_in, airgap)
+
+
+def test_k3s_image_from_a_release_server_runs_under_the_agent(stand_in_build: StandIn, key: Path,
+                                                              qemu_available: None) -> None:
+    out, fetched, stand_in, airgap = (stand_in_build.out, stand_in_build.fetched, stand_in_build.stand_in,
+                                      stand_in_build.airgap)
     assert fetched == ["/v1.34.2%2Bk3s1/sha256sum-amd64.txt", "/v1.34.2%2Bk3s1/k3s",
                        "/v1.34.2%2Bk3s1/k3s-airgap-images-amd64.tar.zst"]
     manifest = json.loads((out / "manifest.json").read_text())
@@ -147,6 +165,48 @@ def test_k3s_image_from_a_release_server_runs_under_the_agent(key: Path, tmp_pat
         sh("for i in $(seq 60); do [ \"$(cat /run/k3s-stand-in.runs)\" = 3 ] && break; sleep 1; done")
         assert sh("cat /run/k3s-stand-in.runs") == "3"
         assert "site=depot-8" in json.loads(sh("cat /etc/rancher/k3s/config.yaml"))["node-label"]
+
+
+JOIN_TOKEN = "K10-join-token-7f3a91"
+
+
+def test_a_k3s_image_stamped_with_a_sites_join_settings_joins_as_an_agent(stand_in_build: StandIn, key: Path,
+                                                                          tmp_path: Path, qemu_available: None) -> None:
+    """The fleet path (builder/stamp.py): the same k3s image, stamped after the build with one
+    site's config, which layers over the baked one and turns this node into an agent."""
+    site = tmp_path / "join.yaml"
+    site.write_text(f"hostname: depot-join\nk3os:\n  server_url: https://10.0.2.100:6443\n  token: {JOIN_TOKEN}\n"
+                    f"  k3s_args: [--with-node-id]\n  labels: {{site: depot-join}}\n"
+                    f"k3s:\n  manifests: []\n  helm_charts: []\n")
+    iso = next(stand_in_build.out.glob("*.iso"))
+    before = hashlib.sha256(iso.read_bytes()).hexdigest()
+    stamped = stamp.configure(iso, site, tmp_path / "stamped", "depot-join")
+    assert hashlib.sha256(iso.read_bytes()).hexdigest() == before
+    with Guest(stamped, memory_mb=768) as guest:
+        assert "errors=0" in guest.wait_for(READY.pattern + r" errors=\d+", BOOT_TIMEOUT).group(0), guest.tail()
+        guest.wait_ssh(key)
+
+        def sh(cmd: str, timeout: float = 60) -> str:
+            return guest.ssh(cmd, key, timeout=timeout)
+
+        assert sh("hostname") == "depot-join"
+        sh("for i in $(seq 90); do [ \"$(cat /run/k3s-stand-in.runs 2>/dev/null)\" = 2 ] && break; sleep 1; done")
+        assert sh("cat /run/k3s-stand-in.argv") == "run 1: agent --with-node-id\nrun 2: agent --with-node-id"
+        assert sh("stat -c '%a %U' /etc/rancher/k3s/config.yaml") == "600 root"
+        conf = json.loads(sh("cat /etc/rancher/k3s/config.yaml"))
+        assert conf == {"server": "https://10.0.2.100:6443", "token": JOIN_TOKEN, "write-kubeconfig-mode": "0644",
+                        "node-label": ["basalt.io/mode=live", "basalt.io/slot=live", "basalt.io/version=0.1.0",
+                                       "site=depot-join"],
+                        "node-taint": ["dedicated=edge:NoSchedule"]}
+        status = json.loads(sh("basalt status --json"))
+        assert status["site"] == {"site": "depot-join", "by": "stamped", "macs": [], "serials": []}
+        assert status["errors"] == [] and status["services"]["k3s"]["state"] == "running"
+        shown = sh("basalt config show")
+        assert "k3os.token = '<redacted>'    # /run/basalt/site/config.yaml" in shown.splitlines(), shown
+        # the token is in force on the node, in root's files only: not in what anyone reads
+        assert JOIN_TOKEN not in shown and JOIN_TOKEN not in guest.console()
+        assert JOIN_TOKEN not in sh("cat /run/basalt/log/*.log /run/basalt/agent.log 2>/dev/null; true")
+    assert JOIN_TOKEN not in (stamped.parent / "manifest.json").read_text()
 
 
 @pytest.mark.skipif(not os.environ.get("BASALT_K3S_BINARY"),

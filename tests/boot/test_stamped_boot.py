@@ -18,6 +18,8 @@ from builder.qemu import READY, Guest
 BOOT_TIMEOUT = 300
 SECRET = "K10-fleet-token-52c1e8"
 DEVICES = {"52:54:00:00:0a:01": "edge-a", "52:54:00:00:0b:01": "edge-b", "52:54:00:00:0c:01": "edge-c"}
+SERIAL = "BSLT-SN-0042"  # a fourth device, known by its board's serial number (QEMU's SMBIOS type 1)
+UNKNOWN_MAC = "52:54:00:00:ff:ff"
 
 
 def config(name: str, key: Path) -> str:
@@ -30,7 +32,9 @@ def one_image(key: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     raw = pipeline.build(plan.plan("x86_64-raw"))
     image = next(p for p in raw.glob("*.img") if p.name != "initrd.img")
     payload = stamp.index([{"name": name, "macs": [mac], "serials": [], "config": config(name, key)}
-                           for mac, name in DEVICES.items()], {"name": "fallback", "config": config("fallback", key)})
+                           for mac, name in DEVICES.items()]
+                          + [{"name": "edge-sn", "macs": [], "serials": [SERIAL], "config": config("edge-sn", key)}],
+                          {"name": "fallback", "config": config("fallback", key)})
     out = stamp.stamp(image, payload, tmp_path_factory.mktemp("fleet") / "all", "fleet")
     assert SECRET not in (out.parent / "manifest.json").read_text()
     return out
@@ -57,7 +61,7 @@ def check_node(guest: Guest, key: Path, name: str) -> dict[str, object]:
     return status
 
 
-@pytest.mark.parametrize("mac", [*DEVICES, "52:54:00:00:ff:ff"])
+@pytest.mark.parametrize("mac", [*DEVICES, UNKNOWN_MAC])
 def test_one_image_boots_as_the_device_its_mac_names(one_image: Path, key: Path, mac: str,
                                                      qemu_available: None) -> None:
     name = DEVICES.get(mac, "fallback")
@@ -72,6 +76,16 @@ def test_one_image_boots_as_the_device_its_mac_names(one_image: Path, key: Path,
         else:
             assert site["by"] == "default"
             assert line == f"site: fallback (the default: no device matched MACs {mac})"
+
+
+def test_one_image_boots_as_the_device_its_serial_number_names(one_image: Path, key: Path,
+                                                               qemu_available: None) -> None:
+    with Guest(None, firmware="bios", boot_disk=one_image, boot_disk_mib=2048, mac=UNKNOWN_MAC,
+               serial=SERIAL) as guest:
+        status = check_node(guest, key, "edge-sn")
+        site = status["site"]
+        assert isinstance(site, dict) and site["by"] == "serial" and site["value"] == SERIAL.lower(), site
+        assert guest.ssh("cat /sys/class/dmi/id/product_serial", key) == SERIAL
 
 
 def test_a_stamped_iso_boots_as_its_site(built_iso: Path, key: Path, tmp_path: Path, qemu_available: None) -> None:
