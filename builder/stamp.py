@@ -15,6 +15,7 @@ complete.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import shutil
@@ -116,16 +117,21 @@ def stamp(artifact: Path, payload: bytes, out: Path, name: str = "") -> Path:
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     started = time.monotonic()
+    # The input's and the output's sha256 are the slow part (two reads of a whole card): each is
+    # hashed on a thread of its own (hashlib lets go of the GIL) while the copy and mtools run.
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=2)
     try:
+        source_digest = pool.submit(sha256_file, artifact)
         dest = partial / (artifact.name if not name else f"{artifact.stem}-{name}{artifact.suffix}")
         with progress.step(f"Copying {artifact.name}"):
             _copy(artifact, dest)
-        outputs = []
+        digests: dict[Path, concurrent.futures.Future[str]] = {}
         if kind == "iso":
             offset, size = iso_reservation(dest)
             with dest.open("r+b") as f:
                 f.seek(offset)
                 f.write(payload + bytes(size - len(payload)))
+            digests[dest] = pool.submit(sha256_file, dest)
         else:
             offset = boot_partition(dest)
             staged = partial / "site.json"
@@ -134,15 +140,17 @@ def stamp(artifact: Path, payload: bytes, out: Path, name: str = "") -> Path:
                 # /basalt is there on every Basalt boot partition (the version, the marker)
                 _mtools(["mcopy", "-o", "-i", f"{dest}@@{offset}", str(staged), "::" + layout.MEDIUM_SITE])
             staged.unlink()
+            digests[dest] = pool.submit(sha256_file, dest)
             bmap, xz = (artifact.with_name(artifact.name + ext).exists() for ext in (".bmap", ".xz"))
             if bmap or xz:
                 from builder import disk
                 disk.flashables(dest, xz=xz)
+        outputs = []
         for item in sorted(partial.iterdir()):
-            digest = sha256_file(item)
+            digest = (digests.get(item) or pool.submit(sha256_file, item)).result()
             (partial / f"{item.name}.sha256").write_text(f"{digest}  {item.name}\n")
             outputs.append({"file": item.name, "size": item.stat().st_size, "sha256": digest})
-        manifest = {"stamped_from": {"file": str(artifact), "sha256": sha256_file(artifact)},
+        manifest = {"stamped_from": {"file": str(artifact), "sha256": source_digest.result()},
                     "site": name or None, "kind": kind, "seconds": round(time.monotonic() - started, 2),
                     "outputs": outputs}
         (partial / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -150,8 +158,10 @@ def stamp(artifact: Path, payload: bytes, out: Path, name: str = "") -> Path:
             shutil.rmtree(out)
         os.replace(partial, out)
     except BaseException:
+        pool.shutdown(cancel_futures=True)
         shutil.rmtree(partial, ignore_errors=True)
         raise
+    pool.shutdown()
     return out / dest.name
 
 
