@@ -182,11 +182,13 @@ def render(inv: Inventory) -> tuple[list[Rendered], list[Problem]]:
         return [], [Problem(f"{inv.template.name}:{exc.lineno}: {exc.message}", str(inv.path), 1, "template",
                             "fix the template's syntax")]
     out: list[Rendered] = []
-    shown_secrets = {name: f"<secret:{name}>" for name in inv.secrets}
+    # Rendered twice: with the secrets (what the node gets) and with placeholders (what people see),
+    # so a secret that a filter transforms is still never shown.
+    real, placeholder = secret_fn(inv.secrets), secret_fn({name: f"<secret:{name}>" for name in inv.secrets})
     for site in [*inv.sites, *([inv.default] if inv.default else [])]:
         try:
-            text = template.render(**site.variables, secret=secret_fn(inv.secrets))
-            shown = template.render(**site.variables, secret=secret_fn(shown_secrets))
+            text = template.render(**site.variables, secret=real)
+            shown = template.render(**site.variables, secret=placeholder)
         except (jinja2.UndefinedError, KeyError, TypeError, jinja2.TemplateError) as exc:
             problems.append(Problem(f"site '{site.name}': {inv.template.name}:{_template_line(exc)}: "
                                     f"{_redact(str(exc).strip(chr(34)), inv.secrets)}", str(inv.path), site.line,
