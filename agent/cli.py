@@ -289,12 +289,15 @@ def main(argv: list[str] | None = None) -> int:
     rb = sub.add_parser("rollback", help="commit the other slot (a version that passed its gate here) and reboot")
     rb.add_argument("--no-reboot", action="store_true", help="switch, but do not reboot now")
     sub.add_parser("health", help=argparse.SUPPRESS)  # started by PID 1 after each boot of an installed node
+    from agent.apps import cli as apps_cli
+    apps_cli.add_arguments(sub.add_parser("app", help="apps: run, stage, promote, weight, scale, ps, logs, rm"))
     args = parser.parse_args(argv)
     if args.command == "init":
         from agent import init
         return init.main()
     handlers = {"status": cmd_status, "version": cmd_version, "config": cmd_config, "doctor": cmd_doctor,
                 "install": cmd_install, "upgrade": cmd_upgrade, "rollback": cmd_rollback, "health": cmd_health,
+                "app": apps_cli.main,
                 **{n: cmd_power for n in POWER_SIGNALS}}
     try:
         return handlers[args.command](args)

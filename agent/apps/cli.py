@@ -1,0 +1,204 @@
+"""``basalt app``: on a node (the node's kubeconfig), from a workstation (``--kubeconfig``, or
+``./inv app`` on the build host), or with ``--dry-run`` anywhere (the objects it would apply, as
+YAML; ``--state FILE`` gives the app's objects as they are, e.g. an earlier dry run's output)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from agent.apps import commands, resources, rollout, spec
+from agent.apps.commands import Change
+from agent.errors import BasaltError, Problem
+
+KINDS = ("TraefikService", "IngressRoute", "Deployment", "Service", "HorizontalPodAutoscaler")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--namespace", "-n", default="default")
+    parser.add_argument("--kubeconfig", help="default: the service account, $KUBECONFIG, ~/.kube/config, "
+                                             "/etc/rancher/k3s/k3s.yaml")
+    parser.add_argument("--dry-run", action="store_true", help="print the objects as YAML; no cluster is used")
+    parser.add_argument("--state", metavar="FILE", action="append", default=[],
+                        help="with --dry-run: the app's objects now (YAML; again for more files, later ones "
+                             "replacing earlier objects of the same kind and name)")
+    sub = parser.add_subparsers(dest="app_command", required=True)
+    run = sub.add_parser("run", help="run IMAGE as app NAME: its first revision, all the traffic")
+    run.add_argument("image")
+    run.add_argument("--name", required=True)
+    run.add_argument("--port", required=True, type=int, help="the port the container listens on")
+    run.add_argument("--scale", default="1", help="N replicas, or MIN-MAX to autoscale on CPU (default 1)")
+    run.add_argument("--env", action="append", default=[], metavar="K=V")
+    run.add_argument("--host", default="", help="the app's host name (default NAME.local)")
+    run.add_argument("--revision", default=spec.FIRST_REVISION, help=argparse.SUPPRESS)
+    st = sub.add_parser("stage", help="a new revision beside the current one, at 0%%, at its preview host")
+    st.add_argument("name")
+    st.add_argument("image")
+    st.add_argument("--revision", default="", help="its name (default: the next vN)")
+    st.add_argument("--scale", help="default: the current revision's")
+    st.add_argument("--env", action="append", default=[], metavar="K=V", help="added to the current revision's")
+    pr = sub.add_parser("promote", help="shift the traffic to REVISION gradually")
+    pr.add_argument("name")
+    pr.add_argument("revision", nargs="?", default="")
+    pr.add_argument("--increment", type=int, default=rollout.INCREMENT, help="points per step (default 5)")
+    pr.add_argument("--interval", default="5s", help="time between steps (default 5s)")
+    how = pr.add_mutually_exclusive_group()
+    how.add_argument("--pause", action="store_true", help="hold the promotion where it is")
+    how.add_argument("--resume", action="store_true", help="go on with a paused promotion")
+    how.add_argument("--abort", action="store_true", help="give the traffic back as it was before the promotion")
+    we = sub.add_parser("weight", help="set the revisions' weights: R=PCT ..., 100 in all")
+    we.add_argument("name")
+    we.add_argument("weights", nargs="+", metavar="R=PCT")
+    we.add_argument("--increment", type=int, default=100, help="points per step (default: at once)")
+    we.add_argument("--interval", default="5s")
+    sc = sub.add_parser("scale", help="a revision's replicas: N or MIN-MAX (default: the current revision)")
+    sc.add_argument("name")
+    sc.add_argument("scale")
+    sc.add_argument("--revision", default="")
+    sub.add_parser("ps", help="apps, revisions, weights, ready replicas, URLs")
+    lg = sub.add_parser("logs", help="the logs of an app's pods (one revision's, with REVISION)")
+    lg.add_argument("name")
+    lg.add_argument("revision", nargs="?", default="")
+    lg.add_argument("--tail", type=int, default=100)
+    rm = sub.add_parser("rm", help="remove an app, or one revision without traffic")
+    rm.add_argument("name")
+    rm.add_argument("revision", nargs="?", default="")
+
+
+def _weights(items: list[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for item in items:
+        rev, sep, pct = item.partition("=")
+        if not sep or not pct.strip().rstrip("%").isdigit():
+            raise BasaltError(Problem(f"{item!r} is not REVISION=PERCENT", hint="e.g. v1=90 v2=10"))
+        out[rev] = int(pct.strip().rstrip("%"))
+    return out
+
+
+def plan(args: argparse.Namespace, objects: list[dict[str, Any]]) -> Change:
+    """The change a command makes, from the app's objects now (pure: the dry run prints this)."""
+    ns, cmd = args.namespace, args.app_command
+    if cmd == "run":
+        s = spec.AppSpec(name=spec.check_name(args.name), image=args.image, port=spec.check_port(args.port),
+                         scale=spec.parse_scale(args.scale, "--scale"), env=spec.parse_env(args.env, "--env"),
+                         host=spec.check_host(args.host, "--host") if args.host else "", namespace=ns,
+                         revision=spec.check_revision(args.revision))
+        return commands.run(objects, s)
+    if cmd == "stage":
+        return commands.stage(objects, args.name, ns, args.image, args.revision,
+                              spec.parse_scale(args.scale, "--scale") if args.scale else None,
+                              spec.parse_env(args.env, "--env"))
+    if cmd == "promote":
+        if args.pause:
+            return commands.pause(objects, args.name, ns)
+        if args.resume:
+            return commands.resume(objects, args.name, ns)
+        if args.abort:
+            return commands.abort(objects, args.name, ns)
+        if not args.revision:
+            raise BasaltError(Problem("promote needs a REVISION", hint=f"basalt app promote {args.name} v2"))
+        return commands.promote(objects, args.name, ns, args.revision, args.increment,
+                                spec.parse_interval(args.interval, "--interval"))
+    if cmd == "weight":
+        return commands.weight(objects, args.name, ns, _weights(args.weights), args.increment,
+                               spec.parse_interval(args.interval, "--interval"))
+    if cmd == "scale":
+        return commands.scale(objects, args.name, ns, spec.parse_scale(args.scale), args.revision)
+    if cmd == "rm":
+        return commands.rm(objects, args.name, ns, args.revision)
+    raise AssertionError(cmd)
+
+
+def dry_run_text(change: Change) -> str:
+    import yaml
+    head = "".join(f"# delete {kind} {ns}/{name}\n" for kind, ns, name in change.delete)
+    body = yaml.safe_dump_all(change.apply, sort_keys=False, default_flow_style=False) if change.apply else ""
+    return head + body
+
+
+def read_state(paths: list[str]) -> list[dict[str, Any]]:
+    """Objects from YAML files (earlier dry runs' output), the later of two with one kind and name
+    kept; a ``# delete KIND NS/NAME`` line removes one."""
+    import yaml
+    objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for path in paths:
+        try:
+            with open(path) as f:
+                text = f.read()
+            docs = [d for d in yaml.safe_load_all(text) if isinstance(d, dict)]
+        except (OSError, yaml.YAMLError) as exc:
+            raise BasaltError(Problem(f"{path}: {exc}", hint="give the YAML an earlier --dry-run printed")) from None
+        for line in text.splitlines():
+            if line.startswith("# delete "):
+                kind, _, where = line[len("# delete "):].partition(" ")
+                ns, _, name = where.partition("/")
+                objects.pop((kind, ns, name), None)
+        for d in docs:
+            meta = d.get("metadata") or {}
+            objects[(str(d.get("kind")), meta.get("namespace") or "default", str(meta.get("name")))] = d
+    return list(objects.values())
+
+
+def cluster_objects(client: Any, namespace: str | None, app: str = "") -> list[dict[str, Any]]:
+    selector = f"{spec.APP}={app}" if app else f"{spec.APP}"
+    return [o for kind in KINDS for o in client.list(kind, namespace, selector)]
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        if args.app_command in ("ps", "logs"):
+            raise BasaltError(Problem(f"basalt app {args.app_command} reads the cluster: it has no --dry-run"))
+        sys.stdout.write(dry_run_text(plan(args, read_state(args.state))))
+        return 0
+    from agent.apps import kube
+    client = kube.Client(kube.credentials(args.kubeconfig))
+    if args.app_command == "ps":
+        objects = cluster_objects(client, None)
+        keys = sorted({(o["metadata"].get("namespace", "default"), o["metadata"]["labels"][spec.APP])
+                       for o in objects if o.get("kind") == "TraefikService"})
+        states = [s for ns, app in keys if (s := resources.read(objects, app, ns)) is not None]
+        print(commands.ps(states))
+        return 0
+    if args.app_command == "logs":
+        selector = f"{spec.APP}={args.name}" + (f",{spec.REVISION}={args.revision}" if args.revision else "")
+        pods = client.list("Pod", args.namespace, selector)
+        if not pods:
+            raise BasaltError(Problem(f"no pods for {args.name} {args.revision}".strip(), hint="basalt app ps"))
+        for pod in sorted(pods, key=lambda p: p["metadata"]["name"]):
+            name = pod["metadata"]["name"]
+            for line in client.logs(args.namespace, name, args.tail).splitlines():
+                print(f"{name}: {line}")
+        return 0
+    objects = cluster_objects(client, args.namespace, getattr(args, "name", ""))
+    change = plan(args, objects)
+    versions = {(o["kind"], o["metadata"]["name"]): o["metadata"].get("resourceVersion") for o in objects}
+    for kind, ns, name in change.delete:
+        client.delete(kind, ns, name)
+    for obj in change.apply:
+        if obj["kind"] == "TraefikService" and versions.get((obj["kind"], obj["metadata"]["name"])):
+            # the rollout's object: written only if nothing (the controller's last step) changed it since
+            obj["metadata"]["resourceVersion"] = versions[(obj["kind"], obj["metadata"]["name"])]
+        try:
+            client.apply(obj)
+        except kube.Conflict:
+            raise BasaltError(Problem(f"{obj['kind']} {obj['metadata']['name']} changed while this ran "
+                                      "(the controller stepped it)", hint="run the command again")) from None
+    print(change.message)
+    return 0
+
+
+def standalone(argv: list[str] | None = None) -> int:
+    """``python -m agent.apps.cli`` (``./inv app`` on the build host)."""
+    parser = argparse.ArgumentParser(prog="basalt app", description=__doc__)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return main(args)
+    except BasaltError as exc:
+        print(exc.render(), file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(standalone())

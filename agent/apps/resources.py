@@ -1,0 +1,156 @@
+"""An app's Kubernetes objects, built from its spec and rollout, and read back from them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.apps import rollout
+from agent.apps.spec import APP, DOMAIN, MANAGED, REVISION, AppSpec, Scale, parse_scale, preview_host, problem
+
+TRAEFIK = "traefik.io/v1alpha1"
+IMAGE, SCALE, PORT, HOST = f"{DOMAIN}/image", f"{DOMAIN}/scale", f"{DOMAIN}/port", f"{DOMAIN}/host"
+ENTRY_POINTS = ["web"]  # k3s's Traefik: port 80
+CPU_REQUEST, MEMORY_REQUEST = "25m", "16Mi"  # the HPA's utilization is of the request; small for 1 GB nodes
+CPU_TARGET = 80  # percent of the request the HPA keeps a revision at
+
+
+def _meta(name: str, namespace: str, app: str, revision: str | None = None,
+          annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    labels = {**MANAGED, APP: app, **({REVISION: revision} if revision else {})}
+    meta: dict[str, Any] = {"name": name, "namespace": namespace, "labels": labels}
+    if annotations:
+        meta["annotations"] = annotations
+    return meta
+
+
+def revision_name(app: str, revision: str) -> str:
+    return f"{app}-{revision}"
+
+
+def revision_objects(spec: AppSpec, replicas: int | None = None) -> list[dict[str, Any]]:
+    """A revision: its Deployment, its Service, and for a replica range its HorizontalPodAutoscaler."""
+    name = revision_name(spec.name, spec.revision)
+    selector = {APP: spec.name, REVISION: spec.revision}
+    container: dict[str, Any] = {
+        "name": "app", "image": spec.image, "ports": [{"name": "http", "containerPort": spec.port}],
+        "readinessProbe": {"tcpSocket": {"port": spec.port}, "periodSeconds": 2, "failureThreshold": 2},
+        "resources": {"requests": {"cpu": CPU_REQUEST, "memory": MEMORY_REQUEST}}}
+    if spec.env:
+        container["env"] = [{"name": k, "value": v} for k, v in spec.env]
+    annotations = {IMAGE: spec.image, SCALE: str(spec.scale), PORT: str(spec.port)}
+    deployment = {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": _meta(name, spec.namespace, spec.name, spec.revision, annotations),
+        "spec": {"replicas": spec.scale.min if replicas is None else replicas,
+                 "selector": {"matchLabels": selector},
+                 "template": {"metadata": {"labels": {**selector}},
+                              "spec": {"enableServiceLinks": False, "containers": [container]}}}}
+    service = {
+        "apiVersion": "v1", "kind": "Service", "metadata": _meta(name, spec.namespace, spec.name, spec.revision),
+        "spec": {"selector": selector, "ports": [{"name": "http", "port": spec.port, "targetPort": spec.port}]}}
+    out = [deployment, service]
+    if spec.scale.autoscaled:
+        out.append({
+            "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+            "metadata": _meta(name, spec.namespace, spec.name, spec.revision),
+            "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+                     "minReplicas": spec.scale.min, "maxReplicas": spec.scale.max,
+                     "metrics": [{"type": "Resource", "resource": {
+                         "name": "cpu", "target": {"type": "Utilization", "averageUtilization": CPU_TARGET}}}]}})
+    return out
+
+
+def app_objects(app: str, namespace: str, host: str, port: int, plan: rollout.Rollout,
+                revisions: list[str]) -> list[dict[str, Any]]:
+    """The app: its TraefikService (the weights, the rollout in annotations) and its IngressRoute
+    (the app's host to the weights, each revision's preview host to its own Service)."""
+    names = sorted(revisions)
+    weighted = {
+        "apiVersion": TRAEFIK, "kind": "TraefikService",
+        "metadata": _meta(app, namespace, app, annotations={HOST: host, PORT: str(port), **plan.annotations()}),
+        "spec": {"weighted": {"services": [{"name": revision_name(app, r), "port": port,
+                                            "weight": plan.weights.get(r, 0)} for r in names]}}}
+    routes: list[dict[str, Any]] = [{"kind": "Rule", "match": f"Host(`{host}`)",
+                                     "services": [{"kind": "TraefikService", "name": app}]}]
+    routes += [{"kind": "Rule", "match": f"Host(`{preview_host(host, r)}`)",
+                "services": [{"name": revision_name(app, r), "port": port}]} for r in names]
+    route = {"apiVersion": TRAEFIK, "kind": "IngressRoute", "metadata": _meta(app, namespace, app),
+             "spec": {"entryPoints": ENTRY_POINTS, "routes": routes}}
+    return [weighted, route]
+
+
+@dataclass
+class RevisionState:
+    name: str
+    image: str
+    scale: Scale
+    port: int
+    env: tuple[tuple[str, str], ...]
+    replicas: int
+    ready_replicas: int = 0
+    ready: bool = False
+
+
+@dataclass
+class AppState:
+    """An app as its objects say it is (from the cluster, or a file of them)."""
+
+    name: str
+    namespace: str
+    host: str
+    port: int
+    rollout: rollout.Rollout
+    revisions: dict[str, RevisionState] = field(default_factory=dict)
+    objects: list[dict[str, Any]] = field(default_factory=list)
+
+    def spec(self, revision: str) -> AppSpec:
+        rev = self.revisions[revision]
+        return AppSpec(name=self.name, image=rev.image, port=rev.port, scale=rev.scale, env=rev.env,
+                       host=self.host, namespace=self.namespace, revision=revision)
+
+    def current(self) -> str:
+        """The revision with the most weight (the newest of equals)."""
+        return max(sorted(self.revisions), key=lambda r: self.rollout.weights.get(r, 0))
+
+
+def deployment_ready(obj: dict[str, Any]) -> tuple[int, bool]:
+    status = obj.get("status") or {}
+    ready = int(status.get("readyReplicas") or 0)
+    observed = status.get("observedGeneration", 0) >= obj["metadata"].get("generation", 0)
+    return ready, ready >= 1 and observed and int(obj["spec"].get("replicas", 1)) > 0
+
+
+def read(objects: list[dict[str, Any]], app: str, namespace: str = "default") -> AppState | None:
+    """Find app ``app`` among ``objects`` (any mix of kinds and apps)."""
+    mine = [o for o in objects if o and (o.get("metadata") or {}).get("labels", {}).get(APP) == app
+            and (o["metadata"].get("namespace") or "default") == namespace]
+    weighted = next((o for o in mine if o.get("kind") == "TraefikService"), None)
+    if weighted is None:
+        return None
+    notes = weighted["metadata"].get("annotations") or {}
+    weights = {s["name"].removeprefix(app + "-"): int(s.get("weight", 0))
+               for s in weighted["spec"]["weighted"]["services"]}
+    state = AppState(app, namespace, notes.get(HOST, ""), int(notes.get(PORT, 0)),
+                     rollout.from_annotations(weights, notes), objects=mine)
+    for obj in mine:
+        if obj.get("kind") != "Deployment":
+            continue
+        meta = obj["metadata"]
+        rev = meta["labels"].get(REVISION, "")
+        a = meta.get("annotations") or {}
+        container = obj["spec"]["template"]["spec"]["containers"][0]
+        ready_replicas, ready = deployment_ready(obj)
+        state.revisions[rev] = RevisionState(
+            rev, a.get(IMAGE, container["image"]), parse_scale(a.get(SCALE, "1")),
+            int(a.get(PORT, state.port)), tuple((e["name"], e.get("value", "")) for e in container.get("env", [])),
+            int(obj["spec"].get("replicas", 1)), ready_replicas, ready)
+    return state
+
+
+def require(objects: list[dict[str, Any]], app: str, namespace: str) -> AppState:
+    state = read(objects, app, namespace)
+    if state is None:
+        raise problem(f"no app {app} in namespace {namespace}", f"basalt app run IMAGE --name {app} --port PORT "
+                                                                "starts it; basalt app ps lists the apps")
+    return state

@@ -1,0 +1,154 @@
+"""What a user asks for: an app's name, image, port, scale, environment and host, checked."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.errors import BasaltError, Problem
+
+DOMAIN = "basalt.io"
+APP, REVISION = f"{DOMAIN}/app", f"{DOMAIN}/revision"
+MANAGED = {"app.kubernetes.io/managed-by": "basalt"}
+# A revision's objects are named APP-REVISION: both short enough that the name stays a DNS label.
+NAME = re.compile(r"^[a-z]([-a-z0-9]{0,28}[a-z0-9])?$")
+REVISION_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,14}[a-z0-9])?$")
+ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+HOST = re.compile(r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+DEFAULT_DOMAIN = "local"  # an app's host when none is given: NAME.local (mDNS, /etc/hosts, or a Host header)
+FIRST_REVISION = "v1"
+INCREMENT, INTERVAL = 5, 5.0  # Rio's default rate: 5 points every 5 seconds
+ROLLBACK_AFTER = 120.0  # seconds a promoted revision may stay unready before the promotion is undone
+
+
+def problem(message: str, hint: str | None = None, path: str | None = None) -> BasaltError:
+    return BasaltError(Problem(message, path=path, hint=hint))
+
+
+@dataclass(frozen=True)
+class Scale:
+    """A fixed replica count (min == max) or a range the HorizontalPodAutoscaler moves in."""
+
+    min: int = 1
+    max: int = 1
+
+    @property
+    def autoscaled(self) -> bool:
+        return self.max > self.min
+
+    def __str__(self) -> str:
+        return str(self.min) if not self.autoscaled else f"{self.min}-{self.max}"
+
+
+def parse_scale(value: Any, path: str = "scale") -> Scale:
+    text = str(value).strip()
+    m = re.fullmatch(r"(\d+)(?:-(\d+))?", text)
+    if isinstance(value, bool) or not m:
+        raise problem(f"{value!r} is not a replica count or a range", "give N (e.g. 2) or MIN-MAX (e.g. 1-5)", path)
+    low, high = int(m.group(1)), int(m.group(2) or m.group(1))
+    if high < low:
+        raise problem(f"{text}: the range runs backwards", f"write it {high}-{low}", path)
+    if high < 1:
+        raise problem(f"{text}: an app needs at least one replica", "give 1 or more (a revision at 0% weight "
+                                                                    "is scaled down by the controller)", path)
+    if m.group(2) and low < 1:
+        raise problem(f"{text}: an autoscaled range starts at 1 or more", "the HorizontalPodAutoscaler "
+                                                                         "cannot scale to zero", path)
+    return Scale(low, high)
+
+
+def parse_interval(value: Any, path: str = "interval") -> float:
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m)?", str(value).strip())
+    if isinstance(value, bool) or not m:
+        raise problem(f"{value!r} is not a duration", "give seconds, e.g. 5s, 500ms or 1m", path)
+    seconds = float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, None: 1}[m.group(2)]
+    if seconds <= 0:
+        raise problem(f"{value!r}: the interval must be more than zero", "e.g. 5s", path)
+    return seconds
+
+
+def format_interval(seconds: float) -> str:
+    return f"{seconds:g}s"
+
+
+def parse_env(items: list[str] | dict[str, Any], path: str = "env") -> tuple[tuple[str, str], ...]:
+    pairs: list[tuple[str, str]] = []
+    if isinstance(items, dict):
+        pairs = [(str(k), "" if v is None else str(v)) for k, v in items.items()]
+    else:
+        for item in items:
+            key, sep, val = item.partition("=")
+            if not sep:
+                raise problem(f"{item!r} is not KEY=VALUE", "e.g. --env LOG_LEVEL=debug", path)
+            pairs.append((key, val))
+    for key, _ in pairs:
+        if not ENV_NAME.match(key):
+            raise problem(f"{key!r} is not a valid environment variable name", "letters, digits, '_', '-', '.'; "
+                                                                             "not starting with a digit", path)
+    return tuple(pairs)
+
+
+def check_name(name: str, path: str = "name") -> str:
+    if not NAME.match(name):
+        raise problem(f"{name!r} is not a valid app name", "lowercase letters, digits and '-', starting with a "
+                                                          "letter, at most 30 characters", path)
+    return name
+
+
+def check_revision(revision: str, path: str = "revision") -> str:
+    if not REVISION_NAME.match(revision):
+        raise problem(f"{revision!r} is not a valid revision name", "lowercase letters, digits and '-', at most "
+                                                                   "16 characters, e.g. v2", path)
+    return revision
+
+
+def check_port(port: Any, path: str = "port") -> int:
+    ok = not isinstance(port, bool) and (isinstance(port, int) or str(port).isdigit())
+    if not ok or not 1 <= int(port) <= 65535:
+        raise problem(f"{port!r} is not a TCP port", "the port the container listens on, 1-65535", path)
+    return int(port)
+
+
+def check_host(host: str, path: str = "host") -> str:
+    if not HOST.match(host) or len(host) > 253:
+        raise problem(f"{host!r} is not a host name", "e.g. shop.example.com", path)
+    return host
+
+
+@dataclass(frozen=True)
+class AppSpec:
+    """``basalt app run`` (and each entry of config.yaml's ``apps:``)."""
+
+    name: str
+    image: str
+    port: int
+    scale: Scale = Scale()
+    env: tuple[tuple[str, str], ...] = ()
+    host: str = ""
+    namespace: str = "default"
+    revision: str = FIRST_REVISION
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url_host(self) -> str:
+        return self.host or f"{self.name}.{DEFAULT_DOMAIN}"
+
+
+def from_fields(fields: dict[str, Any]) -> AppSpec:
+    """An AppSpec from config.yaml's fields (already schema-checked: types and keys)."""
+    name = check_name(str(fields["name"]))
+    image = str(fields.get("image") or "")
+    if not image:
+        raise problem("an app needs an image", "e.g. image: nginx:1.27", "image")
+    return AppSpec(name=name, image=image, port=check_port(fields.get("port")),
+                   scale=parse_scale(fields.get("scale", 1)), env=parse_env(fields.get("env") or {}),
+                   host=check_host(fields["host"]) if fields.get("host") else "",
+                   namespace=str(fields.get("namespace") or "default"),
+                   revision=check_revision(str(fields.get("revision") or FIRST_REVISION)))
+
+
+def preview_host(host: str, revision: str) -> str:
+    """A revision's own host name: REVISION-HOST (shop.example.com → v2-shop.example.com)."""
+    first, dot, rest = host.partition(".")
+    return f"{revision}-{first}{dot}{rest}"
