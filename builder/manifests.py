@@ -39,6 +39,20 @@ def kubernetes_version(k3s_version: str | None = None) -> str:
     return str(utils.latest_version())
 
 
+# The Traefik each k3s minor release bundles (its traefik chart's image), for checking the apps'
+# TraefikService and IngressRoute objects: k3s v1.34 ships chart 37.1.x with
+# rancher/mirrored-library-traefik:3.5.1, whose CRDs are traefik.io/v1alpha1.
+TRAEFIK = {"1.34": "3.5.1"}
+
+
+def traefik_version(k3s_version: str) -> str:
+    """The Traefik the k3s release bundles (v1.34.2+k3s1 -> 3.5.1)."""
+    major_minor = ".".join(k3s_version.lstrip("v").split(".")[:2])
+    if major_minor not in TRAEFIK:
+        raise KeyError(f"k3s {k3s_version}: which Traefik it bundles is not recorded (builder/manifests.py TRAEFIK)")
+    return TRAEFIK[major_minor]
+
+
 def object_problems(obj: Any, kubernetes: str | None = None) -> list[tuple[str, str]]:
     """(path inside the object, message) for one Kubernetes object."""
     if not isinstance(obj, dict) or "kind" not in obj or "apiVersion" not in obj:
