@@ -183,10 +183,32 @@ def semantic(doc: Located) -> list[Problem]:
                                           or sec.get("environment", {}).get("K3S_TOKEN")):
             out.append(doc.problem((name, "server_url"), "an agent joining a server needs a token",
                                    f"add {name}.token (the server's /var/lib/rancher/k3s/server/token)"))
+    out += app_problems(doc)
     for i, chart in enumerate(value.get("k3s", {}).get("helm_charts", [])):
         if "chart" in chart and "bundled" in chart:
             out.append(doc.problem(("k3s", "helm_charts", i), "give 'chart' or 'bundled', not both",
                                    "'bundled' names a chart in the image; 'chart' one in 'repo' or at a URL"))
+    return out
+
+
+def app_problems(doc: Located) -> list[Problem]:
+    """``apps:``: what the schema cannot say (a range that runs backwards, a bad host, one name twice)."""
+    from agent.apps import spec
+    from agent.errors import BasaltError
+    out: list[Problem] = []
+    seen: dict[tuple[str, str], int] = {}
+    for i, fields in enumerate(doc.value.get("apps", [])):
+        try:
+            app = spec.from_fields(fields)
+        except BasaltError as exc:
+            p = exc.problems[0]
+            out.append(doc.problem(("apps", i, *((p.path,) if p.path in fields else ())), p.message, p.hint))
+            continue
+        key = (app.namespace, app.name)
+        if key in seen:
+            out.append(doc.problem(("apps", i, "name"), f"app {app.name} is declared twice (also apps[{seen[key]}])",
+                                   "give each app one entry; revisions are made by basalt app stage"))
+        seen.setdefault(key, i)
     return out
 
 

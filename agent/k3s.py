@@ -138,6 +138,20 @@ def manifest_files(config: dict[str, Any]) -> list[tuple[str, Any]]:
             out.append((f"{PREFIX}{i:02d}-{_slug(item['kind'])}-{_slug(item['metadata']['name'])}.yaml", item))
     for entry in k3s.get("helm_charts", []):
         out.append((f"{PREFIX}chart-{_slug(entry['name'])}.yaml", helm_chart(entry)))
+    out += app_files(config)
+    return out
+
+
+def app_files(config: dict[str, Any]) -> list[tuple[str, Any]]:
+    """config.yaml's ``apps:``, as the objects ``basalt app run`` makes (one file each)."""
+    if not config.get("apps"):
+        return []
+    from agent.apps import commands, spec
+    out: list[tuple[str, Any]] = []
+    for fields in config["apps"]:
+        app = spec.from_fields(fields)
+        for obj in commands.run([], app).apply:
+            out.append((f"{PREFIX}app-{app.name}-{_slug(obj['kind'])}-{_slug(obj['metadata']['name'])}.yaml", obj))
     return out
 
 
