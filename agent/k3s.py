@@ -142,6 +142,14 @@ def manifest_files(config: dict[str, Any]) -> list[tuple[str, Any]]:
     return out
 
 
+def apps_controller_files(facts: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The apps controller (agent/apps/deploy.py), when the image ships its container image."""
+    from agent.apps import deploy
+    if deploy.IMAGE_FILE not in facts.get("k3s_images", []):
+        return []
+    return [(f"{PREFIX}apps-controller.yaml", deploy.manifest(str(facts.get("version", "unknown"))))]
+
+
 def app_files(config: dict[str, Any]) -> list[tuple[str, Any]]:
     """config.yaml's ``apps:``, as the objects ``basalt app run`` makes (one file each)."""
     if not config.get("apps"):
@@ -221,7 +229,7 @@ def plan_files(config: dict[str, Any], facts: dict[str, Any]) -> list[Action]:
     if upgrade_plan(config) is not None and not facts.get("upgrade_controller"):
         actions.append(("error", "k3s", "upgrade.plan needs the system-upgrade-controller, which this image does "
                                         "not ship (build it with upgrade.kubernetes: true)"))
-    files += upgrade_files(config, facts) if role == "server" else []
+    files += upgrade_files(config, facts) + apps_controller_files(facts) if role == "server" else []
     if role != "server":
         if files:
             actions.append(("error", "k3s", "k3s.manifests and k3s.helm_charts are deployed by servers; "

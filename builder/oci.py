@@ -52,14 +52,15 @@ def single_binary_image(out: Path, binary: Path, name: str, arch: str, links: tu
 
 
 def archive(out: Path, entries: list[tuple[tarfile.TarInfo, bytes | None]], name: str, arch: str,
-            cmd: tuple[str, ...], compress: bool = True, labels: dict[str, str] | None = None) -> str:
+            cmd: tuple[str, ...], compress: bool = True, labels: dict[str, str] | None = None,
+            env: tuple[str, ...] = ("PATH=/bin",)) -> str:
     """Write ``out``: an OCI image archive of one layer holding ``entries``; returns the manifest
     digest. A layer of data that is compressed already (a bundle) is stored uncompressed."""
     layer_tar = _tar(entries)
     layer = gzip.compress(layer_tar, mtime=0) if compress else layer_tar
     config = json.dumps({
         "architecture": arch, "os": "linux",
-        "config": {"Env": ["PATH=/bin"], "Cmd": list(cmd), **({"Labels": labels} if labels else {})},
+        "config": {"Env": list(env), "Cmd": list(cmd), **({"Labels": labels} if labels else {})},
         "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(layer_tar).hexdigest()]},
     }, sort_keys=True).encode()
     (config_digest, config_size), (layer_digest, layer_size) = _blob(config), _blob(layer)

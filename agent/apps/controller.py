@@ -18,6 +18,7 @@ from typing import Any
 
 from agent.apps import kube, resources, rollout
 from agent.apps.spec import APP, MANAGED
+from agent.errors import BasaltError
 
 IDLE_TICK = 10.0
 BUSY_TICK = 1.0
@@ -75,7 +76,11 @@ def write(client: kube.Client, current: dict[str, Any], state: resources.AppStat
 def main(argv: list[str] | None = None) -> int:
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
-    client = kube.Client(kube.credentials())
+    try:
+        client = kube.Client(kube.credentials())
+    except BasaltError as exc:
+        print(exc.render(), file=sys.stderr)
+        return 1
     log("start", idle_tick=IDLE_TICK, busy_tick=BUSY_TICK)
     while not stop:
         try:

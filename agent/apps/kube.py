@@ -114,9 +114,10 @@ class Client:
     def __init__(self, creds: Credentials, timeout: float = 30):
         self.creds = creds
         url = urllib.parse.urlsplit(creds.server)
-        self.host, self.port = url.hostname or "", url.port or 443
+        self.plain = url.scheme == "http"  # a local API without TLS (the tests' stand-in for one)
+        self.host, self.port = url.hostname or "", url.port or (80 if self.plain else 443)
         self.timeout = timeout
-        self._conn: http.client.HTTPSConnection | None = None
+        self._conn: http.client.HTTPConnection | None = None
 
     def request(self, method: str, path: str, body: Any = None, content_type: str = "application/json",
                 raw: bool = False) -> Any:
@@ -129,8 +130,9 @@ class Client:
             headers["Content-Type"] = content_type
         for attempt in (1, 2):  # a kept-alive connection the server closed: once more, on a new one
             if self._conn is None:
-                self._conn = http.client.HTTPSConnection(self.host, self.port, context=self.creds.context,
-                                                         timeout=self.timeout)
+                self._conn = (http.client.HTTPConnection(self.host, self.port, timeout=self.timeout) if self.plain
+                              else http.client.HTTPSConnection(self.host, self.port, context=self.creds.context,
+                                                               timeout=self.timeout))
             try:
                 self._conn.request(method, path, data, headers)
                 resp = self._conn.getresponse()

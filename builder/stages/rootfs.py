@@ -27,7 +27,8 @@ from builder.stages.k3s import locked as k3s_locked
 
 NAME = "rootfs"
 VERSION = 1
-SOURCES = ("builder/backends.py", "builder/debian.py", "builder/stages/k3s.py", "agent/layout.py", "builder/suc.py")
+SOURCES = ("builder/backends.py", "builder/debian.py", "builder/stages/k3s.py", "agent/layout.py", "builder/suc.py",
+           "builder/appsimage.py", "builder/oci.py")
 VOLATILE = False
 INPUTS = ("fetch", "k3s")
 # The config schema this image's agent validates with, for editors (docs/config.md, "Editors").
@@ -82,6 +83,11 @@ def run(ctx: Any, options: dict[str, Any]) -> None:
             install_k3s(root, lock, options["k3s_charts"])
         if options["upgrade_controller"]:
             install_upgrade_controller(root, options["controller_images"])
+        with progress.step("Building the apps controller's image"):
+            from agent.apps import deploy
+            from builder import appsimage
+            appsimage.build(root, root / K3S_SHARE / "images" / deploy.IMAGE_FILE, options["version"],
+                            options["arch"])  # Debian's names are OCI's (amd64, arm64)
     finish(root, options["source_date_epoch"])
 
 
@@ -202,8 +208,9 @@ def install_agent(root: Path, version: str) -> None:
     dest = lib / "agent"
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
-    for src in sorted((ROOT / "agent").glob("*.py")):
-        shutil.copyfile(src, dest / src.name)
+    for src in sorted(p for p in (ROOT / "agent").rglob("*.py") if "__pycache__" not in p.parts):
+        (dest / src.relative_to(ROOT / "agent")).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dest / src.relative_to(ROOT / "agent"))
     (root / layout.LIB_VERSION.lstrip("/")).write_text(version + "\n")
     shutil.copyfile(ROOT / "config" / "config.schema.json", root / layout.LIB_SCHEMA.lstrip("/"))
     launcher = root / "usr/sbin/basalt"

@@ -1,0 +1,54 @@
+"""The apps controller in the cluster: its namespace, service account, the little it may do, and
+its Deployment, running the image the builder made (builder/appsimage.py), which k3s imports from
+the air-gap images directory: ``imagePullPolicy: Never``, so an offline site never tries a registry."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from agent.apps.spec import MANAGED
+
+NAMESPACE = "basalt-system"
+NAME = "basalt-apps-controller"
+IMAGE = "docker.io/basalt/apps-controller"  # fully qualified: the name containerd keeps it under
+IMAGE_FILE = "basalt-apps-controller.tar"  # in /usr/lib/basalt/k3s/images (then k3s's agent/images)
+
+
+def image(version: str) -> str:
+    return f"{IMAGE}:{version}"
+
+
+def objects(version: str) -> list[dict[str, Any]]:
+    labels = {**MANAGED, "app.kubernetes.io/name": NAME}
+    meta = {"name": NAME, "namespace": NAMESPACE, "labels": labels}
+    rules = [{"apiGroups": ["traefik.io"], "resources": ["traefikservices"], "verbs": ["get", "list", "patch"]},
+             {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "patch"]}]
+    container = {
+        "name": "controller", "image": image(version), "imagePullPolicy": "Never",
+        "resources": {"requests": {"cpu": "5m", "memory": "24Mi"}, "limits": {"memory": "64Mi"}},
+        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                            "capabilities": {"drop": ["ALL"]}}}
+    return [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE, "labels": dict(MANAGED)}},
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+         "metadata": {"name": NAME, "labels": labels}, "rules": rules},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+         "metadata": {"name": NAME, "labels": labels},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": NAME},
+         "subjects": [{"kind": "ServiceAccount", "name": NAME, "namespace": NAMESPACE}]},
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta,
+         "spec": {"replicas": 1, "strategy": {"type": "Recreate"},  # one controller at a time
+                  "selector": {"matchLabels": {"app.kubernetes.io/name": NAME}},
+                  "template": {"metadata": {"labels": labels},
+                               "spec": {"serviceAccountName": NAME, "enableServiceLinks": False,
+                                        "securityContext": {"runAsNonRoot": True, "runAsUser": 65534,
+                                                            "runAsGroup": 65534},
+                                        "containers": [container]}}}},
+    ]
+
+
+def manifest(version: str) -> str:
+    """The objects as one multi-document file (JSON documents are YAML)."""
+    return "".join(f"---\n{json.dumps(o, indent=2)}\n" for o in objects(version))

@@ -1,0 +1,192 @@
+"""The apps controller's container image, made from the image's own root tree (no container
+engine, no registry): the tree's Python, the standard-library modules the controller imports
+(found statically with ``modulefinder``, never by running the target's code), the extension
+modules and shared libraries they need (read from the ELF files' DT_NEEDED entries), and
+``agent.apps``. One uncompressed layer (the squashfs compresses it), byte for byte reproducible;
+k3s imports it from the air-gap images directory, so an offline site runs it."""
+
+from __future__ import annotations
+
+import modulefinder
+import os
+import struct
+import tarfile
+from pathlib import Path
+
+from agent.apps import deploy
+from builder import oci
+from builder.imagedef import ROOT
+
+PYTHON = "usr/bin/python3"
+APP_DIR = "app"  # /app/agent/apps/*.py
+# Modules Python needs before any import statement runs, and codecs looked up by name.
+SEEDS = ("encodings", "encodings.aliases", "encodings.utf_8", "encodings.latin_1", "encodings.ascii",
+         "encodings.idna", "agent.apps.controller")
+# Found by modulefinder in code paths the controller never takes (a debugger's line editing).
+SKIP_EXTENSIONS = {"readline", "termios", "_curses", "_tkinter"}
+LIB_DIRS = ("usr/lib", "usr/lib64", "lib", "lib64")
+DT_NEEDED, PT_LOAD, PT_DYNAMIC, PT_INTERP = 1, 1, 2, 3
+DT_STRTAB = 5
+
+
+def elf_needs(data: bytes) -> tuple[list[str], str]:
+    """A 64-bit little-endian ELF file's DT_NEEDED libraries and its program interpreter."""
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        raise ValueError("not a 64-bit little-endian ELF file")
+    phoff, = struct.unpack_from("<Q", data, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
+    loads, dynamic, interp = [], None, ""
+    for i in range(phnum):
+        p_type, _, p_offset, p_vaddr, _, p_filesz, _, _ = struct.unpack_from("<IIQQQQQQ", data, phoff + i * phentsize)
+        if p_type == PT_LOAD:
+            loads.append((p_vaddr, p_offset, p_filesz))
+        elif p_type == PT_DYNAMIC:
+            dynamic = (p_offset, p_filesz)
+        elif p_type == PT_INTERP:
+            interp = data[p_offset:p_offset + p_filesz].rstrip(b"\0").decode()
+    if dynamic is None:
+        return [], interp
+    entries = [struct.unpack_from("<qQ", data, dynamic[0] + n) for n in range(0, dynamic[1], 16)]
+    strtab = next(v for t, v in entries if t == DT_STRTAB)
+    base = next(off + strtab - vaddr for vaddr, off, size in loads if vaddr <= strtab < vaddr + size)
+    return [data[base + v:data.index(b"\0", base + v)].decode() for t, v in entries if t == DT_NEEDED], interp
+
+
+def _resolve(root: Path, rel: str) -> str:
+    """``rel`` inside ``root`` with its symbolic links followed (inside the tree, not the host)."""
+    parts: list[str] = []
+    todo = [p for p in rel.strip("/").split("/") if p]
+    hops = 0
+    while todo:
+        part = todo.pop(0)
+        if part == "..":
+            parts = parts[:-1]
+            continue
+        here = root.joinpath(*parts, part)
+        if here.is_symlink():
+            hops += 1
+            if hops > 40:
+                raise ValueError(f"{rel}: too many symbolic links")
+            target = str(here.readlink())
+            todo = [p for p in target.split("/") if p] + todo
+            parts = [] if target.startswith("/") else parts
+            continue
+        parts.append(part)
+    return "/".join(parts)
+
+
+def _find_library(root: Path, name: str) -> str:
+    for d in LIB_DIRS:
+        for candidate in [root / d / name, *sorted((root / d).glob(f"*-linux-gnu*/{name}"))]:
+            if candidate.exists():
+                return str(candidate.relative_to(root))
+    raise FileNotFoundError(f"{name}: not in the image's library directories")
+
+
+def closure(root: Path) -> list[str]:
+    """Every file the layer holds from ``root``, as paths relative to it (links kept as links)."""
+    root = root.resolve()
+    stdlib = sorted((root / "usr/lib").glob("python3.[0-9]*"))[-1]
+    finder = modulefinder.ModuleFinder(path=[str(ROOT), str(stdlib)], excludes=["yaml"])
+    for seed in SEEDS:
+        finder.import_hook(seed)
+    files: set[str] = set()
+    for module in finder.modules.values():
+        found = getattr(module, "__file__", None)
+        path = Path(found) if found else None
+        if path is None or not path.is_relative_to(stdlib):
+            continue
+        files.add(str(path.relative_to(root)))
+        tag = stdlib.name.replace("python", "cpython-").replace(".", "")  # python3.11 → cpython-311
+        cached = path.parent / "__pycache__" / f"{path.stem}.{tag}.pyc"
+        if cached.exists():
+            files.add(str(cached.relative_to(root)))
+    for name in sorted(finder.badmodules):
+        short = name.split(".")[-1]
+        if short in SKIP_EXTENSIONS:
+            continue
+        files.update(str(p.relative_to(root)) for p in sorted((stdlib / "lib-dynload").glob(f"{short}.cpython-*.so")))
+    elf = [_resolve(root, PYTHON), *(f for f in sorted(files) if f.endswith(".so"))]
+    files.add(PYTHON)
+    seen: set[str] = set()
+    while elf:
+        lib = elf.pop()
+        if lib in seen:
+            continue
+        seen.add(lib)
+        needs, interp = elf_needs((root / lib).read_bytes())
+        for item in [*(_find_library(root, n) for n in needs), *([interp.lstrip("/")] if interp else [])]:
+            files.add(item)
+            elf.append(_resolve(root, item))
+    return sorted(files)
+
+
+def entries(root: Path) -> list[tuple[tarfile.TarInfo, bytes | None]]:
+    """The layer: each file of the closure with its parent directories and the links on its way."""
+    root = root.resolve()
+    out: list[tuple[tarfile.TarInfo, bytes | None]] = []
+    dirs: set[str] = set()
+    done: set[str] = set()
+
+    def add_dirs(rel: str) -> None:
+        parts = rel.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            d = "/".join(parts[:i])
+            if d in dirs:
+                continue
+            dirs.add(d)
+            here = root / d
+            if here.is_symlink():  # merged /usr: lib64 → usr/lib64
+                out.append(oci.entry(d, tarfile.SYMTYPE, 0o777, link=str(here.readlink())))
+                add_path(_resolve(root, d), directory=True)
+            else:
+                out.append(oci.entry(d, tarfile.DIRTYPE))
+
+    def add_path(rel: str, directory: bool = False) -> None:
+        if rel in done:
+            return
+        done.add(rel)
+        add_dirs(rel + ("/x" if directory else ""))
+        if directory:
+            return
+        head, _, tail = rel.rpartition("/")
+        real = f"{_resolve(root, head)}/{tail}" if head else tail
+        if real != rel:  # through a linked directory (lib64/…): the entry goes where the link points
+            add_path(real)
+            return
+        here = root / rel
+        if here.is_symlink():
+            target = str(here.readlink())
+            out.append(oci.entry(rel, tarfile.SYMTYPE, 0o777, link=target))
+            # the target as the link names it, so the links on that way (/lib → usr/lib) come too
+            add_path(target.lstrip("/") if target.startswith("/") else os.path.normpath(f"{head}/{target}"))
+        else:
+            out.append(oci.entry(rel, mode=here.stat().st_mode & 0o755, data=here.read_bytes()))
+
+    for name in closure(root):
+        add_path(name)
+    for src in sorted(p for p in (ROOT / "agent").rglob("*.py") if "__pycache__" not in p.parts):
+        source = src.relative_to(ROOT)
+        if source.parent == Path("agent") and source.name not in ("__init__.py", "errors.py"):
+            continue  # the controller's own package and what it imports, not the node's agent
+        add_path_from(out, dirs, f"{APP_DIR}/{source}", src.read_bytes())
+    out.append(oci.entry("tmp", tarfile.DIRTYPE, 0o1777))
+    return out
+
+
+def add_path_from(out: list[tuple[tarfile.TarInfo, bytes | None]], dirs: set[str], rel: str, data: bytes) -> None:
+    parts = rel.split("/")[:-1]
+    for i in range(1, len(parts) + 1):
+        d = "/".join(parts[:i])
+        if d not in dirs:
+            dirs.add(d)
+            out.append(oci.entry(d, tarfile.DIRTYPE))
+    out.append(oci.entry(rel, mode=0o644, data=data))
+
+
+def build(root: Path, out: Path, version: str, arch: str) -> str:
+    """Write the image archive ``out``; returns its manifest digest."""
+    return oci.archive(out, entries(root), deploy.image(version), arch,
+                       ("/usr/bin/python3", "-S", "-m", "agent.apps.controller"), compress=False,
+                       env=("PATH=/usr/bin", f"PYTHONPATH=/{APP_DIR}", "PYTHONDONTWRITEBYTECODE=1"))
+
