@@ -64,11 +64,17 @@ def tick(client: kube.Client, now: float) -> float:
     return wait
 
 
-def write(client: kube.Client, current: dict[str, Any], state: resources.AppState, plan: rollout.Rollout) -> None:
+def write_or_raise(client: kube.Client, current: dict[str, Any], state: resources.AppState,
+                   plan: rollout.Rollout) -> None:
+    """The TraefikService with ``plan``, if it is still the one read (else kube.Conflict)."""
     obj = resources.app_objects(state.name, state.namespace, state.host, state.port, plan, list(state.revisions))[0]
     obj["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+    client.apply(obj)
+
+
+def write(client: kube.Client, current: dict[str, Any], state: resources.AppState, plan: rollout.Rollout) -> None:
     try:
-        client.apply(obj)
+        write_or_raise(client, current, state, plan)
     except kube.Conflict:
         log("conflict", app=state.name, namespace=state.namespace, message="changed meanwhile: next tick")
 
