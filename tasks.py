@@ -109,6 +109,17 @@ def fleet(c: Context, command: str, inventory: str, new: str = "", image: str = 
     _builder(c, "fleet", command, *args)
 
 
+@task
+def app(c: Context) -> None:
+    """Apps on a cluster (a kubeconfig) or --dry-run: ./inv app -- run IMAGE --name N --port P, stage, promote,
+    weight, scale, ps, logs, rm (the node's `basalt app`; docs/apps.md)."""
+    args = getattr(c, "remainder", "") or ""
+    if not args.strip():
+        raise SystemExit("inv app: give the command after --, e.g. ./inv app -- --dry-run run nginx:1.27 "
+                         "--name shop --port 80")
+    c.run(f"{PY} -m agent.apps.cli {args}", pty=False)
+
+
 @task(help={"out": "the secret key to write, NAME.key (NAME.pub beside it)", "comment": "a note kept with the key"})
 def keygen(c: Context, out: str, comment: str = "basalt upgrade signing key") -> None:
     """Make a minisign key pair for upgrade bundles; name it in an image definition's upgrade.signing_key."""

@@ -12,6 +12,7 @@ import os
 import struct
 import tarfile
 from pathlib import Path
+from typing import Any
 
 from agent.apps import deploy
 from builder import oci
@@ -190,3 +191,27 @@ def build(root: Path, out: Path, version: str, arch: str) -> str:
                        ("/usr/bin/python3", "-S", "-m", "agent.apps.controller"), compress=False,
                        env=("PATH=/usr/bin", f"PYTHONPATH=/{APP_DIR}", "PYTHONDONTWRITEBYTECODE=1"))
 
+
+
+def unpack(archive: Path, dest: Path) -> dict[str, Any]:
+    """The image's one layer unpacked into ``dest`` (e.g. to chroot into); returns its index and
+    config documents."""
+    import json
+    import subprocess
+    with tarfile.open(archive) as tar:
+        blobs = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]
+    index = json.loads(blobs["index.json"])
+    manifest = json.loads(blobs["blobs/sha256/" + index["manifests"][0]["digest"].split(":")[1]])
+    config = json.loads(blobs["blobs/sha256/" + manifest["config"]["digest"].split(":")[1]])
+    dest.mkdir(parents=True)
+    subprocess.run(["tar", "-xf", "-", "-C", str(dest)], check=True,
+                   input=blobs["blobs/sha256/" + manifest["layers"][0]["digest"].split(":")[1]])
+    return {"index": index, "config": config}
+
+
+def chroot_argv(layer: Path) -> list[str]:
+    """The image's command, run in its unpacked layer (its Python and libraries, none of the host's)."""
+    return ["/usr/sbin/chroot", str(layer), "/usr/bin/python3", "-S", "-m", "agent.apps.controller"]
+
+
+CHROOT_ENV = {"PATH": "/usr/bin", "PYTHONPATH": f"/{APP_DIR}", "PYTHONDONTWRITEBYTECODE": "1"}

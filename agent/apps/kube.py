@@ -61,9 +61,13 @@ def _data_file(data: str, suffix: str) -> str:
 
 
 def from_kubeconfig(path: str) -> Credentials:
-    import yaml  # only a workstation or the node reads a kubeconfig; the controller never does
     with open(path) as f:
-        doc = yaml.safe_load(f) or {}
+        text = f.read()
+    try:
+        doc = json.loads(text)  # a kubeconfig may be JSON: no YAML parser needed (the controller's image has none)
+    except ValueError:
+        import yaml
+        doc = yaml.safe_load(text) or {}
     current = doc.get("current-context")
     ctx = next((c["context"] for c in doc.get("contexts", []) if c["name"] == current), None)
     if ctx is None:

@@ -148,7 +148,10 @@ def test_k3s_image_from_a_release_server_runs_under_the_agent(stand_in_build: St
                                        "site=depot-7"],
                         "node-taint": ["dedicated=edge:NoSchedule"]}
         d = "/var/lib/rancher/k3s"
-        assert sh(f"ls {d}/server/manifests") == "basalt-00-configmap-site.yaml\nbasalt-chart-site-app.yaml"
+        assert sh(f"ls {d}/server/manifests") == ("basalt-00-configmap-site.yaml\nbasalt-apps-controller.yaml\n"
+                                                  "basalt-chart-site-app.yaml")
+        assert sh(f"readlink {d}/agent/images/basalt-apps-controller.tar") == \
+            "/usr/lib/basalt/k3s/images/basalt-apps-controller.tar"  # built by the builder, imported by k3s
         chart = json.loads(sh(f"cat {d}/server/manifests/basalt-chart-site-app.yaml"))
         assert chart["spec"]["chart"] == "https://%{KUBERNETES_API}%/static/charts/site-app-1.0.0.tgz"
         assert sh(f"tar -tzf {d}/server/static/charts/site-app-1.0.0.tgz") == "site-app/Chart.yaml"
