@@ -19,6 +19,8 @@ import time
 import urllib.parse
 from typing import Any
 
+from conftest import Local
+
 PLURALS = {"deployments": "Deployment", "services": "Service", "pods": "Pod",
            "horizontalpodautoscalers": "HorizontalPodAutoscaler", "traefikservices": "TraefikService",
            "ingressroutes": "IngressRoute"}
@@ -33,7 +35,7 @@ def selected(obj: dict[str, Any], selector: str) -> bool:
     return True
 
 
-class FakeKube:
+class FakeKube(Local):
     def __init__(self, ready_after: float = 0.0) -> None:
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.ready_after = ready_after
@@ -123,9 +125,7 @@ class FakeKube:
                     api.writes.append(("DELETE", kind, name))
                 self.reply(200 if gone else 404, {})
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.serve(Handler)
 
     def settle(self) -> None:
         """The Deployment controller's part: ready replicas follow replicas (not for a broken image)."""
@@ -153,12 +153,3 @@ class FakeKube:
                                     "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "u"}}],
                                     "users": [{"name": "u", "user": {"token": "fake-token"}}]}))
         return path
-
-    def __enter__(self) -> FakeKube:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(10)
