@@ -84,6 +84,8 @@ def test_run_stage_promote_and_the_split_through_traefik(key: Path, tmp_path: Pa
                      "1", 900) == "1", sh("k3s kubectl get pods -A", 60)
         assert until("k3s kubectl get deploy -n basalt-system basalt-apps-controller "
                      "-o jsonpath='{.status.readyReplicas}'", "1", 300) == "1"
+        # Traefik's ClusterIP: reachable from the node through kube-proxy (a hostPort on 127.0.0.1 may not be)
+        traefik = sh("k3s kubectl get svc -n kube-system traefik -o jsonpath='{.spec.clusterIP}'")
         for rev in ("v1", "v2"):
             subprocess.run(["scp", "-q", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
                             "-i", str(key), "-P", str(guest.ssh_port), str(tmp_path / f"web-{rev}.tar"),
@@ -91,14 +93,16 @@ def test_run_stage_promote_and_the_split_through_traefik(key: Path, tmp_path: Pa
             sh(f"k3s ctr -n k8s.io images import /tmp/web-{rev}.tar")
 
         def split(n: int = 400) -> dict[str, int]:
-            text = sh(f"for i in $(seq {n}); do curl -s -H 'Host: web.local' http://127.0.0.1/; echo; done", 600)
+            get = f"wget -q -O - --header 'Host: web.local' http://{traefik}/"
+            text = sh(f"for i in $(seq {n}); do {get}; echo; done", 600)
             lines = text.splitlines()
             return {rev: lines.count(rev) for rev in ("v1", "v2")}
 
         sh("basalt app run docker.io/basalt/web:v1 --name web --port 8080")
-        assert until("curl -s -H 'Host: web.local' http://127.0.0.1/", "v1", 300) == "v1"
+        assert until(f"wget -q -O - --header 'Host: web.local' http://{traefik}/", "v1", 300) == "v1"
         sh("basalt app stage web docker.io/basalt/web:v2")
-        assert until("curl -s -H 'Host: v2-web.local' http://127.0.0.1/", "v2", 300) == "v2"  # its preview host
+        preview = f"wget -q -O - --header 'Host: v2-web.local' http://{traefik}/"
+        assert until(preview, "v2", 300) == "v2"  # its preview host
         assert split(100) == {"v1": 100, "v2": 0}  # staged at 0%
         sh("basalt app weight web v1=70 v2=30")
         until("k3s kubectl get traefikservice web -o jsonpath='{.spec.weighted.services[1].weight}'", "30", 60)
