@@ -41,6 +41,7 @@ class FakeKube(Local):
         self.ready_after = ready_after
         self.version = 0
         self.writes: list[tuple[str, str, str]] = []  # (method, kind, name), in order
+        self.logs: dict[str, str] = {}  # pod name → its log
         self.lock = threading.Lock()
         api = self
 
@@ -78,6 +79,13 @@ class FakeKube(Local):
 
             def do_GET(self) -> None:
                 kind, ns, name, _, query = self.route()
+                if kind == "Pod" and name.endswith("/log"):
+                    data = api.logs.get(name.removesuffix("/log"), "").encode()
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
                 with api.lock:
                     api.settle()
                     if name:
@@ -138,6 +146,15 @@ class FakeKube(Local):
             up = not image.endswith(":broken") and now - obj["metadata"]["changed"] >= self.ready_after
             obj["status"] = {"observedGeneration": obj["metadata"]["generation"], "replicas": replicas,
                              "readyReplicas": replicas if up else 0}
+
+    def add_pod(self, app: str, revision: str, name: str, log: str, namespace: str = "default") -> None:
+        """A pod of a revision (the Deployment controller's part, by hand) and what it logged."""
+        with self.lock:
+            self.objects[("Pod", namespace, name)] = {
+                "apiVersion": "v1", "kind": "Pod", "metadata": {
+                    "name": name, "namespace": namespace,
+                    "labels": {"basalt.io/app": app, "basalt.io/revision": revision}}}
+            self.logs[name] = log
 
     def get(self, kind: str, name: str, namespace: str = "default") -> dict[str, Any]:
         with self.lock:

@@ -88,6 +88,20 @@ def test_a_command_and_a_step_at_once_the_later_write_loses_and_says_so(api: Fak
     assert api.weights("shop") == {"v1": 100, "v2": 0}
 
 
+def test_logs_of_an_app_and_of_one_revision(api: FakeKube, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    conf = api.kubeconfig(tmp_path / "kubeconfig")
+    api.add_pod("shop", "v1", "shop-v1-aaa", "GET / 200\nGET /x 404\n")
+    api.add_pod("shop", "v2", "shop-v2-bbb", "started\n")
+    api.add_pod("cart", "v1", "cart-v1-ccc", "not shop's\n")
+    assert basalt_app(conf, "logs", "shop") == 0
+    assert capsys.readouterr().out == "shop-v1-aaa: GET / 200\nshop-v1-aaa: GET /x 404\nshop-v2-bbb: started\n"
+    assert basalt_app(conf, "logs", "shop", "v2") == 0
+    assert capsys.readouterr().out == "shop-v2-bbb: started\n"
+    assert basalt_app(conf, "logs", "shop", "v3") == 1
+    assert capsys.readouterr().err == "no pods for shop v3\nhint: basalt app ps\n"
+
+
 def test_no_cluster_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))
