@@ -3,6 +3,7 @@ API server: no k3s can run here). The clock is the test's: each tick is given it
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,9 +17,9 @@ def basalt_app(kubeconfig: Path, *argv: str) -> int:
 
 
 @pytest.fixture
-def api(tmp_path: Path) -> FakeKube:
+def api(tmp_path: Path) -> Iterator[FakeKube]:
     with FakeKube() as fake:
-        yield fake  # type: ignore[misc]
+        yield fake
 
 
 def test_run_stage_promote_through_the_api_and_the_controller(api: FakeKube, tmp_path: Path,
