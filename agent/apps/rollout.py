@@ -163,8 +163,8 @@ def step(r: Rollout, revisions: dict[str, Revision], now: float) -> Step:
     wanted = sorted(x for x in set(r.weights) | set(r.target) if r.weights.get(x, 0) > 0 or r.target.get(x, 0) > 0)
     missing = [x for x in wanted if x not in revisions]
     if missing:
-        msg = f"held: no Deployment for revision {', '.join(missing)}"
-        return Step(replace(r, message=msg), events=(msg,) if msg != r.message else ())
+        return Step(replace(r, message=f"held: no Deployment for revision {', '.join(missing)}"),
+                    events=(f"held: no Deployment for revision {', '.join(missing)}",))
     # a revision that is to serve again, but was scaled down: up first (it is not Ready until then)
     for x in wanted:
         if revisions[x].replicas == 0:

@@ -112,13 +112,6 @@ def test_a_scaled_down_revision_is_woken_before_it_gets_weight() -> None:
     assert got.rollout.weights == {"v1": 0, "v2": 100} and got.rollout.message == "held: v1 not Ready"
 
 
-def test_a_revision_with_weight_but_no_deployment_holds_and_says_so_once() -> None:
-    r = promoting({"v1": 100, "v2": 0})
-    held = step(r, {"v1": UP}, now=1.0)
-    assert held.rollout.weights == r.weights and held.events == ("held: no Deployment for revision v2",)
-    assert step(held.rollout, {"v1": UP}, now=2.0).events == ()
-
-
 def test_a_staged_revision_at_0_is_not_scaled_down() -> None:
     r = Rollout(weights={"v1": 100, "v2": 0}, target={"v1": 100, "v2": 0}, served=frozenset({"v1"}))
     assert step(r, {"v1": UP, "v2": UP}, now=1.0).scale == {}
