@@ -85,8 +85,7 @@ def _find_library(root: Path, name: str) -> str:
 
 
 def closure(root: Path) -> list[str]:
-    """Every file the layer holds from ``root``, as paths relative to it (links kept as links);
-    ``FROM=>TO`` for one that moves (a module's cached .pyc to where its source was)."""
+    """Every file the layer holds from ``root``, as paths relative to it (links kept as links)."""
     root = root.resolve()
     stdlib = sorted((root / "usr/lib").glob("python3.[0-9]*"))[-1]
     finder = modulefinder.ModuleFinder(path=[str(ROOT), str(stdlib)], excludes=["yaml"])
@@ -98,12 +97,11 @@ def closure(root: Path) -> list[str]:
         path = Path(found) if found else None
         if path is None or not path.is_relative_to(stdlib):
             continue
+        files.add(str(path.relative_to(root)))
         tag = stdlib.name.replace("python", "cpython-").replace(".", "")  # python3.11 → cpython-311
         cached = path.parent / "__pycache__" / f"{path.stem}.{tag}.pyc"
-        # The tree's compiled module alone, where the source was (Python loads a sourceless .pyc
-        # there): half the size of source and cache, and no compiling at start.
-        files.add(f"{cached.relative_to(root)}=>{path.with_suffix('.pyc').relative_to(root)}" if cached.exists()
-                  else str(path.relative_to(root)))
+        if cached.exists():
+            files.add(str(cached.relative_to(root)))
     for name in sorted(finder.badmodules):
         short = name.split(".")[-1]
         if short in SKIP_EXTENSIONS:
@@ -167,11 +165,7 @@ def entries(root: Path) -> list[tuple[tarfile.TarInfo, bytes | None]]:
             out.append(oci.entry(rel, mode=here.stat().st_mode & 0o755, data=here.read_bytes()))
 
     for name in closure(root):
-        if "=>" in name:
-            cached, dest = name.split("=>")
-            add_path_from(out, dirs, dest, (root / cached).read_bytes())
-        else:
-            add_path(name)
+        add_path(name)
     for src in sorted(p for p in (ROOT / "agent").rglob("*.py") if "__pycache__" not in p.parts):
         source = src.relative_to(ROOT)
         if source.parent == Path("agent") and source.name not in ("__init__.py", "errors.py"):
