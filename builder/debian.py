@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import lzma
+import os
 import re
 import subprocess
 import tempfile
@@ -301,7 +302,7 @@ def _cached_index(store: BlobStore, url: str, digest: str, size: int, uri: str) 
     with progress.step(f"Parsing {url.split('/dists/', 1)[-1]}"):
         pkgs = list(_parse_packages(lzma.decompress(blob.read_bytes()).decode("utf-8", "replace"), uri))
     parsed.parent.mkdir(parents=True, exist_ok=True)
-    tmp = parsed.with_suffix(".tmp")
+    tmp = parsed.with_suffix(f".{os.getpid()}.tmp")
     rows = [{k: v for k, v in p.__dict__.items() if k != "uri"} for p in pkgs]
     tmp.write_text(json.dumps(rows))
     tmp.replace(parsed)

@@ -18,6 +18,7 @@ import requests
 
 from agent.errors import BasaltError, Problem
 from builder import progress
+from builder.locks import held
 
 CHUNK = 1 << 20
 
@@ -62,13 +63,16 @@ class BlobStore:
         if dest.is_file():
             return dest
         part = self.root.parent / "partial" / f"{sha256}.part"
-        part.parent.mkdir(parents=True, exist_ok=True)
-        download(url, part, label=label or url.rsplit("/", 1)[-1], retries=retries, expected_size=size, bar=bar)
-        try:
-            return self.put_file(part, sha256)
-        except ChecksumMismatch:
-            part.unlink(missing_ok=True)
-            raise
+        with held(part.with_suffix(".lock"), what=label or url.rsplit("/", 1)[-1]):  # one writer of the .part
+            if dest.is_file():  # another build downloaded it while this one waited
+                return dest
+            download(url, part, label=label or url.rsplit("/", 1)[-1], retries=retries, expected_size=size,
+                     bar=bar)
+            try:
+                return self.put_file(part, sha256)
+            except ChecksumMismatch:
+                part.unlink(missing_ok=True)
+                raise
 
 
 class ChecksumMismatch(BasaltError):

@@ -4,6 +4,10 @@ A stage declares its inputs (the stages whose outputs it reads). Its id hashes i
 version, options, code and the ids of its inputs (as osbuild does), so it is reused exactly
 when nothing it is built from changed, and a change re-runs the stages that read it, and
 only those. A volatile stage (fetch, k3s) always runs and is keyed by what it produced.
+
+Builds may run at once over one cache (two ``inv build``s, the test suite's workers): a stage is
+built under its id's lock, so a second build of it waits and reuses the first's output
+(builder/locks.py), and publishing into ``out/<image>/`` is serialised per image.
 """
 
 from __future__ import annotations
@@ -21,13 +25,19 @@ from agent.errors import BasaltError, Problem
 from builder import host, progress
 from builder.download import BlobStore, cache_root, sha256_file
 from builder.imagedef import project_version
+from builder.locks import Lock, held
 from builder.plan import Plan, PlannedStage
 from builder.sbom import document
 from builder.stages import StageContext, module
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "out"
-KEEP = 3  # cached outputs kept per image and stage
+KEEP = 3  # cached outputs kept per image and stage (BASALT_CACHE_KEEP overrides)
+
+
+def keep() -> int:
+    value = os.environ.get("BASALT_CACHE_KEEP", "")
+    return max(int(value), 1) if value.isdigit() else KEEP
 
 
 @dataclass(frozen=True)
@@ -106,6 +116,19 @@ class Pipeline:
         self.out = out or OUT
         self.store = BlobStore(self.cache)
         self.results: dict[str, StageResult] = {}
+        self._held: list[Lock] = []  # shared locks on the stage outputs this build reads
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Let go of the stage outputs this build read (the cache may collect them again)."""
+        for lock in self._held:
+            lock.close()
+        self._held.clear()
 
     def run(self, until: str | None = None) -> dict[str, StageResult]:
         check_tools(self.plan)
@@ -113,20 +136,34 @@ class Pipeline:
             self.results[stage.name] = self._run_stage(stage)
         return self.results
 
+    def _lock(self, sid: str) -> Lock:
+        """The lock of stage output ``sid``, kept (shared, once taken) until close()."""
+        lock = Lock(self.stages_dir / "locks" / f"{sid}.lock")
+        self._held.append(lock)
+        return lock
+
     def _remember(self, name: str, sid: str) -> None:
         """Keep the last KEEP outputs of each stage per image; remove older ones that no
         image still lists (a rootfs tree is hundreds of MB)."""
         history_file = self.stages_dir / "last" / f"{self.plan.image.name}.{name}.history.json"
-        history = json.loads(history_file.read_text()) if history_file.is_file() else []
-        history = [sid, *(h for h in history if h != sid)]
-        dropped, history = history[KEEP:], history[:KEEP]
-        history_file.parent.mkdir(parents=True, exist_ok=True)
-        history_file.write_text(json.dumps(history))
-        if dropped:
-            kept = {h for f in history_file.parent.glob("*.history.json") for h in json.loads(f.read_text())}
+        with held(self.stages_dir / "locks" / "history.lock"):
+            history = json.loads(history_file.read_text()) if history_file.is_file() else []
+            history = [sid, *(h for h in history if h != sid)]
+            dropped, history = history[keep():], history[:keep()]
+            kept = {h for f in history_file.parent.glob("*.history.json") if f != history_file
+                    for h in json.loads(f.read_text())} | set(history)
             for old in dropped:
-                if old not in kept:
-                    shutil.rmtree(self.stages_dir / old, ignore_errors=True)
+                if old in kept:
+                    continue
+                lock = Lock(self.stages_dir / "locks" / f"{old}.lock")
+                try:
+                    if lock.try_take():  # nobody reads or builds it now
+                        shutil.rmtree(self.stages_dir / old, ignore_errors=True)
+                    else:
+                        history.append(old)  # in use by another build: collected next time
+                finally:
+                    lock.close()
+            write_text(history_file, json.dumps(history))
 
     def _last_record(self, name: str) -> Path:
         return self.stages_dir / "last" / f"{self.plan.image.name}.{name}.json"
@@ -159,54 +196,78 @@ class Pipeline:
         if not mod.VOLATILE:
             sid = stage_id(stage, mod.VERSION, code, inputs)
             done = self.stages_dir / sid
+            lock = self._lock(sid)
+            lock.take(exclusive=False, what=stage.name)  # waits while another build writes it
             if (done / "stage.json").is_file():
                 progress.log(f"✓ {stage.name}: cached ({sid[:12]})")
                 self._remember(stage.name, sid)
                 return StageResult(stage.name, sid, done / "tree", True, 0.0)
             why = self._explain_miss(stage, record)
+            lock.take(exclusive=True, what=stage.name)
+            if (done / "stage.json").is_file():  # built by another build while this one waited
+                lock.take(exclusive=False)
+                progress.log(f"✓ {stage.name}: built by another build meanwhile ({sid[:12]})")
+                self._remember(stage.name, sid)
+                return StageResult(stage.name, sid, done / "tree", True, time.monotonic() - started)
         else:
             why = "always checked"
         with progress.step(f"{stage.name} ({why})"):
-            tmp = self.stages_dir / f"tmp-{stage.name}-{os.getpid()}"
+            tmp = self.stages_dir / f"tmp-{stage.name}-{os.getpid()}-{id(self)}"
             shutil.rmtree(tmp, ignore_errors=True)
             (tmp / "out").mkdir(parents=True)
             ctx = StageContext(out=tmp / "out", inputs={name: self.results[name].path for name in mod.INPUTS},
                                store=self.store, work=tmp / "work")
             ctx.work.mkdir()
             try:
-                mod.run(ctx, stage.options)
+                if mod.VOLATILE:  # one at a time: they share downloads and the archive's indexes
+                    with held(self.stages_dir / "locks" / f"volatile-{stage.kind}.lock", what=stage.name):
+                        mod.run(ctx, stage.options)
+                else:
+                    mod.run(ctx, stage.options)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
             shutil.rmtree(ctx.work, ignore_errors=True)
             if mod.VOLATILE:
                 sid = volatile_id(stage, mod.VERSION, sha256_file(ctx.out / "key"))
+                lock = self._lock(sid)
+                lock.take(exclusive=False)
             done = self.stages_dir / sid
-            if (done / "stage.json").is_file():
+            cached = (done / "stage.json").is_file()
+            if not cached:
+                lock.take(exclusive=True, what=stage.name)  # a volatile stage: another may be keeping it
+                cached = (done / "stage.json").is_file()
+            if cached:
                 shutil.rmtree(tmp)  # a volatile stage produced what we already had
-                cached = True
             else:
-                shutil.rmtree(done, ignore_errors=True)
+                shutil.rmtree(done, ignore_errors=True)  # a tree a killed build left without its stage.json
                 (tmp / "out").rename(tmp / "tree")
-                os.rename(tmp, done)
-                (done / "stage.json").write_text(json.dumps(record, indent=1))
-                cached = False
-            self._last_record(stage.name).parent.mkdir(parents=True, exist_ok=True)
-            self._last_record(stage.name).write_text(json.dumps(record))
+                (tmp / "stage.json").write_text(json.dumps(record, indent=1))
+                os.rename(tmp, done)  # complete, stage.json and all, or absent
+            lock.take(exclusive=False)
+            write_text(self._last_record(stage.name), json.dumps(record))
         self._remember(stage.name, sid)
         return StageResult(stage.name, sid, done / "tree", cached, time.monotonic() - started)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Replace ``path`` whole (a concurrent reader sees the old text or the new, never a part)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def build(plan: Plan, out: Path | None = None, until: str | None = None) -> Path:
     """Run ``plan`` and publish its artifacts in ``out/<image>/``; return that directory
     (with ``until``: that stage's output directory in the cache, nothing published)."""
-    pipe = Pipeline(plan, out=out)
     needed(plan, until)  # an unknown stage is an error before anything runs
-    with progress.step(f"Building {plan.image.name} {plan.image.version}"):
+    with Pipeline(plan, out=out) as pipe, progress.step(f"Building {plan.image.name} {plan.image.version}"):
         results = pipe.run(until)
         if until:
             return results[until].path
-        return publish(plan, results, pipe.out)
+        with held(pipe.out / f".{plan.image.name}.lock", what=f"out/{plan.image.name}"):
+            return publish(plan, results, pipe.out)
 
 
 def publish(plan: Plan, results: dict[str, StageResult], out_root: Path) -> Path:

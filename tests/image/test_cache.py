@@ -51,3 +51,31 @@ def test_an_unchanged_rebuild_runs_no_stage_but_the_volatile_ones(built_iso: Pat
         f"x86_64-iso-{plan.load_image('x86_64-iso').version}.bundle": "bundle",
         f"x86_64-iso-{plan.load_image('x86_64-iso').version}.oci.tar": "bundle",
         f"x86_64-iso-{plan.load_image('x86_64-iso').version}.iso": "iso"}
+
+
+def test_two_builds_at_once_build_each_stage_once(tmp_path: Path) -> None:
+    """Two real builds of one new image started together, as two processes over one cache (two
+    ``inv build``s, or the test suite's two workers): the stage lock lets one build the rootfs and
+    squashfs while the other waits and then reuses them; both finish with the same outputs."""
+    import os
+    import sys
+    import uuid
+    definition = tmp_path / "locked.yaml"
+    definition.write_text(f"extends: x86_64-iso\nversion: lock-{uuid.uuid4().hex[:8]}\n")  # stages no build has
+    env = {**os.environ, "BASALT_JSON": "1"}
+    argv = [sys.executable, "-m", "builder", "build", "--image", str(definition), "--until", "squashfs"]
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for _ in range(2)]
+    results = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in results]
+    events = [[json.loads(line) for line in err.splitlines() if line.startswith("{")] for _, err in results]
+    built = [{e["title"].split(" (")[0] for e in ev if e["event"] == "step-start" and e["depth"] == 1} for ev in events]
+    for stage in ("rootfs", "squashfs"):  # built by exactly one of the two
+        assert sorted(stage in b for b in built) == [False, True], (stage, built)
+    reused = [" ".join(e.get("message", "") for e in ev) for ev in events]
+    assert all("✓ rootfs: " in r for r, b in zip(reused, built, strict=True) if "rootfs" not in b), reused
+    assert results[0][0] == results[1][0]  # the same squashfs stage output
+    squashfs = Path(results[0][0].strip()) / "rootfs.squashfs"
+    assert squashfs.read_bytes()[:4] == b"hsqs"
+    for proc in procs:  # nothing half-built left in the cache
+        assert not list(squashfs.parent.parent.parent.glob(f"tmp-*-{proc.pid}-*"))
