@@ -60,6 +60,73 @@ def find_artifact(img: ImageDefinition) -> tuple[str, Path]:
 RELAY = Path(__file__).resolve().parent / "relay.py"
 
 
+def boot_files(medium: Path, work: Path) -> tuple[Path, Path, str]:
+    """What the medium's own GRUB boots by default: its kernel, its initramfs and their command
+    line (an ISO's live entry; a disk's slot A, installed), copied into ``work`` for QEMU to load
+    directly. Only the firmware and the boot loader are left out."""
+    kernel, initrd = work / "direct-vmlinuz", work / "direct-initrd.img"
+    if medium.suffix == ".iso":
+        import io
+
+        import pycdlib
+        iso = pycdlib.PyCdlib()
+        iso.open(str(medium))
+        try:
+            def read(path: str) -> bytes:
+                out = io.BytesIO()
+                iso.get_file_from_iso_fp(out, rr_path=path)
+                return out.getvalue()
+            entry = grub_entry(read("/boot/grub/grub.cfg").decode(), {})
+            kernel.write_bytes(read(entry[0]))
+            initrd.write_bytes(read(entry[1]))
+        finally:
+            iso.close()
+    else:
+        from builder import stamp
+        if disk_format(medium) == "qcow2":  # read as the guest would now see it
+            qemu_img("convert", "-O", "raw", str(medium), str(work / "direct-disk.img"))
+            medium = work / "direct-disk.img"
+        fat = f"{medium}@@{stamp.boot_partition(medium)}"
+        cfg = work / "direct-grub.cfg"
+        mcopy(fat, "/boot/grub/grub.cfg", cfg)
+        entry = grub_entry(cfg.read_text(), {"basalt_boot": "a", "basalt_trial": ""})
+        mcopy(fat, entry[0], kernel)
+        mcopy(fat, entry[1], initrd)
+        (work / "direct-disk.img").unlink(missing_ok=True)
+    return kernel, initrd, entry[2]
+
+
+def grub_entry(cfg: str, variables: dict[str, str]) -> tuple[str, str, str]:
+    """(kernel, initrd, command line) of a grub.cfg's first menu entry, ``$variables`` put in."""
+    lines = [line.strip() for line in cfg.splitlines()]
+    linux = next(line for line in lines if line.startswith("linux "))
+    initrd = next(line for line in lines if line.startswith("initrd "))
+    for name, value in variables.items():
+        linux, initrd = linux.replace(f"${name}", value), initrd.replace(f"${name}", value)
+    _, kernel, *args = linux.split()
+    return kernel, initrd.split()[1], " ".join(args)
+
+
+def mcopy(fat: str, path: str, dest: Path) -> None:
+    proc = subprocess.run(["mcopy", "-n", "-i", fat, f"::{path}", str(dest)], capture_output=True, text=True,
+                          env={"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"})
+    if proc.returncode != 0:
+        raise BasaltError(Problem(f"{fat.split('@@')[0]}: cannot read {path}: {proc.stderr.strip()}",
+                                  hint="apt-get install mtools"))
+
+
+def disk_format(path: Path) -> str:
+    """How QEMU reads a disk file: a .qcow2 as qcow2 (snapshots, overlays), anything else raw."""
+    return "qcow2" if path.suffix == ".qcow2" else "raw"
+
+
+def qemu_img(*args: str) -> None:
+    proc = subprocess.run(["qemu-img", *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise BasaltError(Problem(f"qemu-img {args[0]} failed: {proc.stderr.strip()}",
+                                  hint="apt-get install qemu-utils"))
+
+
 def power_of_two(n: int) -> int:
     """The smallest power of two not below ``n``."""
     return 1 << max(n - 1, 0).bit_length()
@@ -92,6 +159,8 @@ class Guest:
 
     iso: Path | None  # the medium to boot: an ISO (a CD) or, with boot_disk, None
     arch: Architecture = Architecture.X86_64
+    # bios, uefi, or direct: QEMU loads the medium's own kernel and initramfs with the command line
+    # its GRUB would give (boot_files), for what is not about the firmware or the boot loader.
     firmware: str = "bios"
     accel: str = "tcg"
     memory_mb: int = 512
@@ -104,7 +173,7 @@ class Guest:
     # written), of this virtual size in MiB (0: the image's own size).
     boot_disk: Path | None = None
     boot_disk_mib: int = 0
-    boot_disk_in_place: bool = False  # write the boot disk itself (a raw file), e.g. across power cuts
+    boot_disk_in_place: bool = False  # write the boot disk itself (raw, or a .qcow2 file), e.g. across power cuts
     # Direct kernel boot (skips the firmware's boot loader): (vmlinuz, initrd, kernel command line).
     direct: tuple[Path, Path, str] | None = None
     machine: str = ""  # default: the architecture's (q35, virt)
@@ -114,6 +183,13 @@ class Guest:
     # the device tree taken from the card's boot partition, the card as its SD card (padded to a
     # power of two in the overlay), networking by USB (usb-net), the console on the second UART.
     board: str | None = None
+    # Snapshots of the running guest (snapshot()/restore(), QEMU's savevm/loadvm): they are kept in
+    # the qcow2 boot disk (an overlay, or a .qcow2 booted in place), or for a guest with none in a
+    # qcow2 image beside the console log that the guest does not see. ``loadvm``: start from that
+    # snapshot of the .qcow2 boot disk instead of from power-on.
+    snapshots: bool = False
+    loadvm: str = ""
+    append: str = ""  # with firmware="direct": more kernel command line
     _serial: socket.socket | None = None
     proc: subprocess.Popen[bytes] | None = None
     workdir: Path | None = None
@@ -147,20 +223,33 @@ class Guest:
         cdroms = [*([self.iso] if self.iso is not None else []), *self.extra_cdroms]
         if cdroms and not x86:  # no IDE on virt: CDs on virtio-scsi
             argv += ["-device", "virtio-scsi-pci,id=scsi0"]
-        if self.boot_disk is not None and self.boot_disk_in_place:
-            argv += ["-drive", f"file={self.boot_disk},format=raw,if=none,id=boot0",
-                     "-device", "virtio-blk-pci,drive=boot0,bootindex=0"]
-        elif self.boot_disk is not None:
-            argv += ["-drive", f"file={self.overlay()},format=qcow2,if=none,id=boot0",
-                     "-device", "virtio-blk-pci,drive=boot0,bootindex=0"]
+        if self.boot_disk is not None:
+            drive = f"file={self.boot_disk},format={disk_format(self.boot_disk)}" if self.boot_disk_in_place else \
+                f"file={self.overlay()},format=qcow2"
+            loaded = self.firmware == "direct" or self.direct  # a kernel QEMU loads (-kernel) takes boot index 0
+            argv += ["-drive", f"{drive},if=none,id=boot0",
+                     "-device", "virtio-blk-pci,drive=boot0" + ("" if loaded else ",bootindex=0")]
         if self.iso is not None:
             argv += self._cdrom(self.iso, 0, boot=self.boot_disk is None)
+        if self.firmware == "direct" and not self.direct:
+            medium = self.iso or self.boot_disk
+            assert medium, "firmware='direct' boots a medium"
+            kernel, initrd, cmdline = boot_files(medium, self.workdir)
+            self.direct = (kernel, initrd, f"{cmdline} {self.append}".strip())
         if self.direct:
             argv += ["-kernel", str(self.direct[0]), "-initrd", str(self.direct[1]), "-append", self.direct[2]]
         for i, cd in enumerate(self.extra_cdroms, start=1):
             argv += self._cdrom(cd, i)
         for i, disk in enumerate(self.disks):
-            argv += ["-drive", f"file={disk},format=raw,if=none,id=disk{i}", "-device", f"virtio-blk-pci,drive=disk{i}"]
+            argv += ["-drive", f"file={disk},format={disk_format(disk)},if=none,id=disk{i}",
+                     "-device", f"virtio-blk-pci,drive=disk{i}"]
+        if self.snapshots and self.boot_disk is None:  # somewhere for savevm to keep the machine's state
+            vmstate = self.workdir / "vmstate.qcow2"
+            if not vmstate.exists():
+                qemu_img("create", "-q", "-f", "qcow2", str(vmstate), "4G")
+            argv += ["-blockdev", f"driver=qcow2,node-name=vmstate,file.driver=file,file.filename={vmstate}"]
+        if self.loadvm:
+            argv += ["-loadvm", self.loadvm]
         if self.firmware == "uefi":
             code, variables, package = UEFI[self.arch]
             if not code.is_file():
@@ -218,12 +307,26 @@ class Guest:
             size = f"{self.boot_disk_mib}M" if self.boot_disk_mib else str(self.boot_disk.stat().st_size)
             if self.board == "rpi":  # QEMU takes an SD card only of a power-of-two size
                 size = str(power_of_two(max(self.boot_disk_mib << 20, self.boot_disk.stat().st_size)))
-            proc = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(self.boot_disk.resolve()),
-                                   "-F", "raw", str(path), size], capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise BasaltError(Problem(f"qemu-img create failed: {proc.stderr.strip()}",
-                                          hint="apt-get install qemu-utils"))
+            qemu_img("create", "-q", "-f", "qcow2", "-b", str(self.boot_disk.resolve()),
+                     "-F", disk_format(self.boot_disk), str(path), size)
         return path
+
+    def snapshot(self, name: str, timeout: float = 120) -> None:
+        """Save the running machine, memory and disks, as ``name`` (QEMU's savevm)."""
+        self._hmp(f"savevm {name}", timeout)
+
+    def restore(self, name: str, timeout: float = 120) -> int:
+        """Go back to snapshot ``name`` (loadvm): the machine, its memory and its disks as they were
+        then, running; returns the console offset from which what follows was printed."""
+        mark = len(self.console())
+        self._hmp(f"loadvm {name}", timeout)
+        return mark
+
+    def _hmp(self, command: str, timeout: float) -> None:
+        reply = self.qmp("human-monitor-command", {"command-line": command}, timeout=timeout)
+        said = str(reply.get("return", reply.get("error", ""))).strip()
+        if "error" in reply or said:  # HMP prints nothing when it worked
+            raise RuntimeError(f"QEMU {command}: {said}")
 
     def __enter__(self) -> Guest:
         self.workdir = Path(tempfile.mkdtemp(prefix="basalt-qemu-"))
@@ -352,10 +455,10 @@ class Guest:
     def tail(self, lines: int = 25) -> str:
         return "\n".join(self.console().splitlines()[-lines:])
 
-    def qmp(self, command: str, arguments: dict[str, object] | None = None) -> dict[str, object]:
+    def qmp(self, command: str, arguments: dict[str, object] | None = None, timeout: float = 10) -> dict[str, object]:
         assert self.workdir
         with socket.socket(socket.AF_UNIX) as s:
-            s.settimeout(10)
+            s.settimeout(timeout)
             s.connect(str(self.workdir / "qmp.sock"))
             f = s.makefile("rw")
             f.readline()
@@ -399,13 +502,14 @@ class Guest:
 INSTALLED = re.compile(r"basalt install: installed to (\S+) in ([0-9.]+) s")
 
 
-def install_unattended(iso: Path, target: Path, user_data: Path, timeout: float = 600) -> dict[str, Any]:
+def install_unattended(iso: Path, target: Path, user_data: Path, timeout: float = 600,
+                       firmware: str = "bios") -> dict[str, Any]:
     """Boot ``iso`` with a NoCloud seed of ``user_data`` (an ``install:`` section with silent and
     power_off) and ``target`` as the first virtio disk, until the installer powers the VM off.
     Returns the console and timings: the installer's own, and QEMU start to power off."""
     from builder import seed
     seed_iso = seed.make_seed(target.with_name(target.name + ".seed.iso"), user_data, instance_id="install")
-    with Guest(iso, extra_cdroms=[seed_iso], disks=[target]) as guest:
+    with Guest(iso, firmware=firmware, extra_cdroms=[seed_iso], disks=[target]) as guest:
         ready = guest.wait_for(READY, min(timeout, 300))
         done = guest.wait_for(INSTALLED, timeout)
         code = guest.wait_exit(120)
