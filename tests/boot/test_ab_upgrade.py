@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from agent import bundle, health
-from builder import pipeline, plan, signing
+from builder import pipeline, plan, powercut, signing
 from builder.qemu import READY, Guest
 from tests.bundles import forged
 from tests.conftest import ROOT, Server
@@ -206,71 +206,19 @@ def test_the_oci_upgrade_image_carries_the_same_bundle(builds: dict[str, Path]) 
 POWER_CUTS = 10  # half while basalt upgrade runs, half during the first boot of the new slot
 
 
-def state_is_clean(disk: Path, work: Path) -> str:
-    """e2fsck -fn of the state partition as the next mount sees it (its journal replayed, on a copy)."""
-    import subprocess
-    table = json.loads(subprocess.run(["sfdisk", "-J", str(disk)], capture_output=True, text=True,
-                                      check=True).stdout)["partitiontable"]["partitions"]
-    part = next(p for p in table if p.get("name") == "BASALT_STATE")
-    copy = work / "state.ext4"
-    subprocess.run(["dd", f"if={disk}", f"of={copy}", "bs=1M", "iflag=skip_bytes,count_bytes", "conv=sparse",
-                    f"skip={part['start'] * 512}", f"count={part['size'] * 512}", "status=none"], check=True)
-    subprocess.run(["e2fsck", "-p", "-E", "journal_only", str(copy)], capture_output=True, text=True)
-    proc = subprocess.run(["e2fsck", "-fn", str(copy)], capture_output=True, text=True)
-    copy.unlink()
-    return "" if proc.returncode == 0 else proc.stdout + proc.stderr
-
-
 def test_power_loss_during_upgrade_and_the_trial_boot_never_strands_the_node(
         builds: dict[str, Path], key: Path, tmp_path: Path, qemu_available: None) -> None:
+    """Ten cuts (builder/powercut.py), each from a snapshot of the node (v1 ready with the bundle on
+    its state partition, or v2 just written with its trial armed), at a random moment of the upgrade
+    or of the trial boot; after each the state partition is clean and the node boots from power-on
+    to a whole, settled slot with its state. ``python -m builder.trials --power-cuts 100`` soaks."""
     import os
-    import random
-    import subprocess
     import time
     seed = int(os.environ.get("BASALT_POWER_SEED") or time.time())
-    rng = random.Random(seed)
-    disk = tmp_path / "disk.img"
-    subprocess.run(["cp", "--sparse=always", str(builds["disk"]), str(disk)], check=True)
-    os.truncate(disk, DISK_MIB << 20)
+    disk = tmp_path / "disk.qcow2"  # over v1's image, which stays as it is
+    powercut.prepare(builds["disk"], builds["v2"], key, disk, DISK_MIB, BOOT_TIMEOUT)
     done: list[str] = []
-
-    def boot_to_ready(guest: Guest) -> dict[str, object]:
-        """Ready on a whole slot, the trial (if this boot is one) settled; the status."""
-        guest.wait_for(READY, BOOT_TIMEOUT)
-        guest.wait_ssh(key)
-        deadline = time.monotonic() + HEALTH_TIMEOUT_S + 120
-        while True:
-            s = json.loads(guest.ssh("basalt status --json", key, timeout=120))
-            if s["boot"]["trial"] is None or time.monotonic() > deadline:  # type: ignore[index]
-                break
-            time.sleep(3)
-        assert s["boot"]["trial"] is None, (seed, done, s["boot"])  # settled by itself
-        assert s["slot"] == s["boot"]["committed"] and s["version"] in (V1, "2"), (seed, done, s)  # type: ignore[index]
-        if done:  # written on the first boot
-            assert guest.ssh("cat /var/lib/basalt/probe", key) == "kept-42", (seed, done)
-        return s
-
-    for cut in range(POWER_CUTS):
-        during_upgrade = cut < POWER_CUTS // 2
-        with Guest(None, boot_disk=disk, boot_disk_in_place=True) as guest:
-            boot_to_ready(guest)
-            if cut == 0:
-                guest.ssh("echo kept-42 > /var/lib/basalt/probe; cat > /var/lib/basalt/v2.bundle; sync", key,
-                          stdin=builds["v2"], timeout=300)
-            upgrade = "basalt upgrade --force --no-reboot /var/lib/basalt/v2.bundle"
-            if during_upgrade:
-                guest.ssh(f"({upgrade} > /dev/console 2>&1 &)", key)
-                delay = rng.uniform(0.5, 25.0)
-            else:
-                said = guest.ssh(f"{upgrade} 2>&1; echo rc=$?", key, timeout=300)
-                assert said.endswith("rc=0"), said
-                mark = len(guest.console())
-                guest.ssh("(sleep 1; basalt reboot) >/dev/null 2>&1 &", key)
-                guest.wait_for(r"basalt: reboot now", 120, start=mark)
-                delay = rng.uniform(0.0, 30.0)
-            time.sleep(delay)
-            done.append(f"{'upgrade' if during_upgrade else 'trial boot'}+{delay:.1f}s")
-        problems = state_is_clean(disk, tmp_path)
-        assert problems == "", (seed, done, problems)
-    with Guest(None, boot_disk=disk, boot_disk_in_place=True) as guest:
-        boot_to_ready(guest)
+    for record in powercut.cuts(disk, key, tmp_path, POWER_CUTS, seed, HEALTH_TIMEOUT_S + 120, BOOT_TIMEOUT):
+        done.append(record["when"])
+        assert powercut.stranded(record, (V1, "2")) == "", (seed, done, record)
+    assert len(done) == POWER_CUTS
