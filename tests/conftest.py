@@ -7,10 +7,11 @@ import os
 import shutil
 import subprocess
 import threading
+import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import pytest
 
@@ -18,11 +19,62 @@ ROOT = Path(__file__).resolve().parent.parent
 TIERS = ("unit", "rootfs", "image", "boot")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+DURATIONS = "basalt/durations"  # in pytest's cache: each test's last duration, for the run order
+
+
+def tier_of(item: pytest.Item) -> str:
+    tier = Path(str(item.fspath)).parent.name
+    return tier if tier in TIERS else "unit"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test with its tier, and order the run longest first: the workers take tests
+    in this order, so the long boots start at once and the short ones fill in around them
+    (an hour-long module started last would leave the other worker idle). The order is by
+    each test's duration in the last run here (pytest's cache), and without one (a fresh
+    clone) by tier, boot first."""
     for item in items:
-        tier = Path(str(item.fspath)).parent.name
-        if tier in TIERS:
-            item.add_marker(getattr(pytest.mark, tier))
+        item.add_marker(getattr(pytest.mark, tier_of(item)))
+    cache = getattr(config, "cache", None)  # absent under -p no:cacheprovider
+    last: dict[str, float] = cache.get(DURATIONS, {}) if cache else {}
+    rank = {t: i for i, t in enumerate(reversed(TIERS))}
+    items.sort(key=lambda item: (-last.get(item.nodeid, 0.0), rank[tier_of(item)]))
+
+
+class Timing:
+    """Each tier's wall time and test time, and what the cache keeps for the next run's order."""
+
+    def __init__(self) -> None:
+        self.spans: dict[str, list[float]] = {}
+        self.seconds: dict[str, float] = {}
+        self.count: dict[str, int] = {}
+        self.durations: dict[str, float] = {}
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        tier = Path(report.nodeid.split("::")[0]).parent.name
+        tier = tier if tier in TIERS else "unit"
+        span = self.spans.setdefault(tier, [report.start, report.stop])
+        span[0], span[1] = min(span[0], report.start), max(span[1], report.stop)
+        self.seconds[tier] = self.seconds.get(tier, 0.0) + report.duration
+        self.durations[report.nodeid] = self.durations.get(report.nodeid, 0.0) + report.duration
+        if report.when == "call":
+            self.count[tier] = self.count.get(tier, 0) + 1
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+        if not self.spans:
+            return
+        terminalreporter.section("time per tier")
+        for tier in TIERS:
+            if tier in self.spans:
+                first, last = self.spans[tier]
+                terminalreporter.write_line(
+                    f"{tier:7} {self.count.get(tier, 0):4} tests  wall {last - first:7.1f} s  "
+                    f"(from {time.strftime('%H:%M:%S', time.localtime(first))}; "
+                    f"test time {self.seconds[tier]:7.1f} s)")
+        cache = getattr(config, "cache", None)
+        if cache:
+            kept = cache.get(DURATIONS, {})
+            cache.set(DURATIONS, {**kept, **{k: round(v, 2) for k, v in self.durations.items()}})
 
 
 class Local:
@@ -96,12 +148,38 @@ def http_server(tmp_path: Path) -> Iterator[Server]:
         yield server
 
 
+Build = Callable[..., Path]
+
+
 @pytest.fixture(scope="session")
-def built_iso() -> Path:
-    """The default image, built for real once per session (stage cache makes reruns fast)."""
+def build(tmp_path_factory: pytest.TempPathFactory) -> Build:
+    """``build(image, config_text=None, **plan_options)``: an image built for real and published
+    in this worker's own output directory, once per worker for each distinct (image, config).
+    The workers share the stage cache, whose per-stage lock makes a second worker wait for and
+    reuse what the first one builds (builder/locks.py): each stage is built once per run."""
     from builder import pipeline, plan
-    out = pipeline.build(plan.plan("x86_64-iso"))
-    return out
+    root = tmp_path_factory.mktemp("out")
+    done: dict[tuple[str, str | None, tuple[tuple[str, Any], ...]], Path] = {}
+
+    def build_once(image: str, config_text: str | None = None, **options: Any) -> Path:
+        key = (image, config_text, tuple(sorted(options.items())))
+        if key not in done:
+            where = root / f"build-{len(done)}"
+            where.mkdir()
+            config = None
+            if config_text is not None:
+                config = where / "config.yaml"
+                config.write_text(config_text)
+            done[key] = pipeline.build(plan.plan(image, str(config) if config else None, **options),
+                                       out=where / "out")
+        return done[key]
+    return build_once
+
+
+@pytest.fixture(scope="session")
+def built_iso(build: Build) -> Path:
+    """The default image, built for real once per run."""
+    return build("x86_64-iso")
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +198,8 @@ def qemu_available() -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
+    # One run builds several variants of one image (the upgrade tests' v2 and v3s): keep them all
+    # in the stage cache for the whole run, so none is collected and built again by a later test.
+    os.environ.setdefault("BASALT_CACHE_KEEP", "12")
+    if not hasattr(config, "workerinput"):  # the controller (or a run without workers) reports
+        config.pluginmanager.register(Timing(), "basalt-timing")

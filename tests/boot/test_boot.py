@@ -54,7 +54,7 @@ def edge7(built_iso: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_console_shell_status_reaping_and_basalt_poweroff(edge7: Path, qemu_available: None) -> None:
     out = edge7
-    with Guest(iso_of(out), firmware="bios") as guest:
+    with Guest(iso_of(out), firmware="direct") as guest:  # the ISO's own kernel, initramfs and command line
         guest.wait_for(READY, BOOT_TIMEOUT)
         guest.wait_for(r"edge-7:/# ", 60)  # the live console shell, prompt showing the configured hostname
         idle = guest.wait_for(IDLE, 60)  # the agent's last unprompted console line
@@ -154,7 +154,7 @@ def test_config_modules_apply_at_boot(built_iso: Path, tmp_path: Path, qemu_avai
     config.write_text(PROVISION.format(b64=base64.b64encode(b"encoded\n").decode(),
                                        gzb64=base64.b64encode(gzip.compress(b"zipped\n", mtime=0)).decode()))
     out = pipeline.build(plan.plan("x86_64-iso", str(config)), out=tmp_path / "out")
-    with Guest(iso_of(out)) as guest:
+    with Guest(iso_of(out), firmware="direct") as guest:
         assert "errors=0" in guest.wait_for(READY.pattern + r" errors=\d+", BOOT_TIMEOUT).group(0)
         guest.wait_for(r"provisioned:/# ", 60)
         guest.wait_for(IDLE, 60)
@@ -191,7 +191,7 @@ def broken_iso(tmp_path: Path, squashfs: bytes) -> Path:
 def test_corrupt_root_reaches_rescue_shell(built_iso: Path, tmp_path: Path, qemu_available: None) -> None:
     good = (built_iso / "rootfs.squashfs").read_bytes()
     corrupt = b"\0" * 4096 + good[4096:]  # superblock destroyed
-    with Guest(broken_iso(tmp_path, corrupt), firmware="bios") as guest:
+    with Guest(broken_iso(tmp_path, corrupt), firmware="direct") as guest:
         guest.wait_for(r"basalt: rescue: root image /basalt/rootfs.squashfs on /dev/sr\d is corrupt or unreadable",
                        BOOT_TIMEOUT)
         guest.wait_for(r"basalt: rescue: dropping to a shell on the console", 30)

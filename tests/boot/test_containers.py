@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from builder import oci, pipeline, plan, seed
+from builder import oci, seed
 from builder.qemu import IDLE, READY, Guest
+from tests.conftest import Build
 
 BOOT_TIMEOUT = 300
 IMAGE = "docker.io/basalt/busybox:test"
@@ -27,8 +28,8 @@ DIRECT = "console=ttyS0,115200 quiet basalt.label=BASALT basalt.mode=live"
 
 
 @pytest.fixture(scope="module")
-def containerd_image() -> Path:
-    return pipeline.build(plan.plan("x86_64-containerd"))
+def containerd_image(build: Build) -> Path:
+    return build("x86_64-containerd")
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,7 @@ def test_containerd_runs_an_imported_oci_image_under_a_cgroup_v2_memory_limit(
     oci.single_binary_image(tarball, busybox, IMAGE, "amd64",
                             links=("sh", "echo", "cat", "head", "tail", "wc", "sleep"))
     iso = next(containerd_image.glob("*.iso"))
-    with Guest(iso, extra_cdroms=[key_seed], memory_mb=768) as guest:
+    with Guest(iso, extra_cdroms=[key_seed], memory_mb=768, firmware="direct") as guest:
         assert "errors=0" in guest.wait_for(READY.pattern + r" errors=\d+", BOOT_TIMEOUT).group(0), guest.tail()
         guest.wait_ssh(key)
 

@@ -18,6 +18,8 @@ import pytest
 from builder import seed
 from builder.qemu import READY, Guest, install_unattended
 
+# One worker runs this module: its tests share one unattended install (a QEMU run of minutes).
+pytestmark = pytest.mark.xdist_group("install")
 BOOT_TIMEOUT = 300
 INSTALL_TIMEOUT = 600
 DISK_GIB = 4
@@ -54,7 +56,7 @@ k3os:
     power_off: true
 """)
     target = blank(tmp / "disk.img", DISK_GIB << 10)
-    done = install_unattended(next(built_iso.glob("*.iso")), target, user_data, INSTALL_TIMEOUT)
+    done = install_unattended(next(built_iso.glob("*.iso")), target, user_data, INSTALL_TIMEOUT, firmware="direct")
     assert done["device"] == "/dev/vda" and done["started"]
     return target, done["console"]
 
@@ -130,7 +132,7 @@ def test_install_refusals_write_nothing(built_iso: Path, key: Path, tmp_path: Pa
     disks = [small, data, big]
     before = {d: sha256(d) for d in disks}
     iso = next(built_iso.glob("*.iso"))
-    with Guest(iso, extra_cdroms=[seed_iso], disks=[*disks, state]) as guest:
+    with Guest(iso, extra_cdroms=[seed_iso], disks=[*disks, state], firmware="direct") as guest:
         guest.wait_for(READY, BOOT_TIMEOUT)
         guest.wait_ssh(key)
 

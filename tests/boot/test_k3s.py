@@ -33,6 +33,8 @@ from conftest import Server
 from builder import pipeline, plan, stamp
 from builder.qemu import READY, Guest
 
+# One worker runs this module: its tests share one k3s image, whose stand-in binary is new each run.
+pytestmark = pytest.mark.xdist_group("k3s")
 BOOT_TIMEOUT = 300
 VERSION = "v1.34.2+k3s1"
 STAND_IN = """#!/bin/sh
@@ -125,7 +127,7 @@ def test_k3s_image_from_a_release_server_runs_under_the_agent(stand_in_build: St
     assert {n: os.readlink(root / "usr/bin" / n) for n in ("kubectl", "crictl", "ctr")} == \
         {"kubectl": "k3s", "crictl": "k3s", "ctr": "k3s"}
 
-    with Guest(next(out.glob("*.iso")), memory_mb=768) as guest:
+    with Guest(next(out.glob("*.iso")), memory_mb=768, firmware="direct") as guest:
         assert "errors=0" in guest.wait_for(READY.pattern + r" errors=\d+", BOOT_TIMEOUT).group(0), guest.tail()
         guest.wait_ssh(key)
 
@@ -185,7 +187,7 @@ def test_a_k3s_image_stamped_with_a_sites_join_settings_joins_as_an_agent(stand_
     before = hashlib.sha256(iso.read_bytes()).hexdigest()
     stamped = stamp.configure(iso, site, tmp_path / "stamped", "depot-join")
     assert hashlib.sha256(iso.read_bytes()).hexdigest() == before
-    with Guest(stamped, memory_mb=768) as guest:
+    with Guest(stamped, memory_mb=768, firmware="direct") as guest:
         assert "errors=0" in guest.wait_for(READY.pattern + r" errors=\d+", BOOT_TIMEOUT).group(0), guest.tail()
         guest.wait_ssh(key)
 

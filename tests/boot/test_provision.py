@@ -71,7 +71,7 @@ def test_ssh_provisioning_trial_apply_and_known_good_fallback(built_iso: Path, k
     state = seed.make_state_disk(tmp_path / "state.img")
     known_hosts = tmp_path / "known_hosts"
 
-    with Guest(iso_of(good), disks=[state]) as guest:
+    with Guest(iso_of(good), disks=[state], firmware="direct") as guest:
         assert "errors=0" in guest.wait_for(READY.pattern + r" errors=\d+", BOOT_TIMEOUT).group(0), guest.tail()
         guest.wait_ssh(key, "ops", options=("StrictHostKeyChecking=accept-new", f"UserKnownHostsFile={known_hosts}",
                                              "HostKeyAlias=basalt-test-node"))
@@ -131,7 +131,7 @@ def test_ssh_provisioning_trial_apply_and_known_good_fallback(built_iso: Path, k
         assert guest.powerdown(90), guest.tail()
 
     # The same node boots again: the invalid source is reported and the known-good config used.
-    with Guest(iso_of(good), disks=[state]) as guest:
+    with Guest(iso_of(good), disks=[state], firmware="direct") as guest:
         ready = guest.wait_for(READY.pattern + r" errors=(\d+)", BOOT_TIMEOUT)
         assert int(ready.group(4)) >= 2
         console = guest.console()

@@ -82,7 +82,7 @@ def test_a_config_dropped_on_the_boot_partition_is_a_source(raw_with_key: Path, 
         (tmp_path / name).write_text(text)
         subprocess.run(["mcopy", "-i", f"{image}@@{esp}", str(tmp_path / name), f"::/{name}"], check=True,
                        env={"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"})
-    with Guest(None, boot_disk=image) as guest:
+    with Guest(None, boot_disk=image, firmware="direct") as guest:  # the disk's own kernel and command line
         guest.wait_for(READY, BOOT_TIMEOUT)
         guest.wait_ssh(key)
         assert guest.ssh("hostname", key) == "from-laptop"

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from builder import pipeline, plan, stamp
+from builder import stamp
 from builder.qemu import READY, Guest
+from tests.conftest import Build
 
 BOOT_TIMEOUT = 300
 SECRET = "K10-fleet-token-52c1e8"
@@ -28,8 +29,8 @@ def config(name: str, key: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def one_image(key: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    raw = pipeline.build(plan.plan("x86_64-raw"))
+def one_image(build: Build, key: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    raw = build("x86_64-raw")
     image = next(p for p in raw.glob("*.img") if p.name != "initrd.img")
     payload = stamp.index([{"name": name, "macs": [mac], "serials": [], "config": config(name, key)}
                            for mac, name in DEVICES.items()]
@@ -65,7 +66,7 @@ def check_node(guest: Guest, key: Path, name: str) -> dict[str, object]:
 def test_one_image_boots_as_the_device_its_mac_names(one_image: Path, key: Path, mac: str,
                                                      qemu_available: None) -> None:
     name = DEVICES.get(mac, "fallback")
-    with Guest(None, firmware="bios", boot_disk=one_image, boot_disk_mib=2048, mac=mac) as guest:
+    with Guest(None, firmware="direct", boot_disk=one_image, boot_disk_mib=2048, mac=mac) as guest:
         status = check_node(guest, key, name)
         site = status["site"]
         assert isinstance(site, dict) and site["site"] == name
@@ -80,7 +81,7 @@ def test_one_image_boots_as_the_device_its_mac_names(one_image: Path, key: Path,
 
 def test_one_image_boots_as_the_device_its_serial_number_names(one_image: Path, key: Path,
                                                                qemu_available: None) -> None:
-    with Guest(None, firmware="bios", boot_disk=one_image, boot_disk_mib=2048, mac=UNKNOWN_MAC,
+    with Guest(None, firmware="direct", boot_disk=one_image, boot_disk_mib=2048, mac=UNKNOWN_MAC,
                serial=SERIAL) as guest:
         status = check_node(guest, key, "edge-sn")
         site = status["site"]
@@ -93,7 +94,7 @@ def test_a_stamped_iso_boots_as_its_site(built_iso: Path, key: Path, tmp_path: P
     site_file = tmp_path / "site-iso.yaml"
     site_file.write_text(config("site-iso", key))
     out = stamp.configure(iso, site_file, tmp_path / "out", "site-iso")
-    with Guest(out, firmware="bios") as guest:
+    with Guest(out, firmware="direct") as guest:
         status = check_node(guest, key, "site-iso")
         # one config for whoever boots it: chosen before the NIC's driver is loaded, so no MAC was read
         assert status["site"] == {"site": "site-iso", "by": "stamped", "macs": [], "serials": []}

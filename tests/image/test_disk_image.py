@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 
 from agent import layout
-from builder import disk, pipeline, plan
+from builder import disk, plan
+from tests.conftest import Build
 
 
 @pytest.fixture(scope="module")
-def raw() -> Path:
-    return pipeline.build(plan.plan("x86_64-raw"))
+def raw(build: Build) -> Path:
+    return build("x86_64-raw")
 
 
 def image_of(out: Path) -> Path:
@@ -102,8 +103,8 @@ def test_sbom_lists_every_locked_package(raw: Path) -> None:
     assert "basalt-agent" in {p["name"] for p in sbom["packages"]}
 
 
-def test_the_arm64_efi_image_is_the_same_layout_with_grub_arm64() -> None:
-    out = pipeline.build(plan.plan("arm64-efi"))
+def test_the_arm64_efi_image_is_the_same_layout_with_grub_arm64(build: Build) -> None:
+    out = build("arm64-efi")
     image = image_of(out)
     parts = partitions(image)
     assert [(p["name"], p["type"]) for p in parts] == [  # UEFI only: no BIOS boot partition
@@ -121,9 +122,9 @@ def test_the_arm64_efi_image_is_the_same_layout_with_grub_arm64() -> None:
     assert {p["arch"] for p in lock["packages"]} <= {"arm64", "all"}
 
 
-def test_the_raspberry_pi_card_has_an_mbr_the_pi_firmware_u_boot_and_grub() -> None:
+def test_the_raspberry_pi_card_has_an_mbr_the_pi_firmware_u_boot_and_grub(build: Build) -> None:
     """images/rpi.yaml: what the Pi's boot ROM, its firmware and U-Boot each look for, on the card."""
-    out = pipeline.build(plan.plan("rpi"))
+    out = build("rpi")
     image = image_of(out)
     table = subprocess.run(["sfdisk", "-J", str(image)], capture_output=True, text=True, check=True).stdout
     table_json = json.loads(table)["partitiontable"]

@@ -14,7 +14,8 @@ import pycdlib
 import pytest
 
 from agent import layout
-from builder import pipeline, plan, stamp
+from builder import stamp
+from tests.conftest import Build
 
 SECRET = "K10-join-token-7f3a9c"
 
@@ -24,8 +25,8 @@ def sha(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def raw() -> Path:
-    return pipeline.build(plan.plan("x86_64-raw"))
+def raw(build: Build) -> Path:
+    return build("x86_64-raw")
 
 
 def site_config(tmp_path: Path, name: str) -> Path:
