@@ -39,8 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("file")
     q = sub.add_parser("boot", help="boot a built image in QEMU")
     q.add_argument("--image", default="x86_64-iso")
-    q.add_argument("--firmware", choices=["bios", "uefi"],
-                   help="default: the image's first (bios on x86_64 images with both, uefi on arm64)")
+    q.add_argument("--firmware", choices=["bios", "uefi", "direct"],
+                   help="default: the image's first (bios on x86_64 images with both, uefi on arm64); direct: "
+                        "QEMU loads the medium's own kernel and initramfs with its GRUB command line")
     q.add_argument("--accel", choices=list(ACCELS), default="tcg",
                    help="tcg: single-threaded TCG (default, reliable); mttcg: one host thread per vCPU; kvm")
     q.add_argument("--cpus", type=int, help="vCPUs (default: the image definition's qemu.cpus)")

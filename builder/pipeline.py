@@ -113,6 +113,7 @@ class Pipeline:
         self.plan = plan
         self.cache = cache or cache_root()
         self.stages_dir = self.cache / "stages"
+        self.locks_dir = self.cache / "stage-locks"  # beside the outputs: stages/ holds outputs only
         self.out = out or OUT
         self.store = BlobStore(self.cache)
         self.results: dict[str, StageResult] = {}
@@ -138,7 +139,7 @@ class Pipeline:
 
     def _lock(self, sid: str) -> Lock:
         """The lock of stage output ``sid``, kept (shared, once taken) until close()."""
-        lock = Lock(self.stages_dir / "locks" / f"{sid}.lock")
+        lock = Lock(self.locks_dir / f"{sid}.lock")
         self._held.append(lock)
         return lock
 
@@ -146,7 +147,7 @@ class Pipeline:
         """Keep the last KEEP outputs of each stage per image; remove older ones that no
         image still lists (a rootfs tree is hundreds of MB)."""
         history_file = self.stages_dir / "last" / f"{self.plan.image.name}.{name}.history.json"
-        with held(self.stages_dir / "locks" / "history.lock"):
+        with held(self.locks_dir / "history.lock"):
             history = json.loads(history_file.read_text()) if history_file.is_file() else []
             history = [sid, *(h for h in history if h != sid)]
             dropped, history = history[keep():], history[:keep()]
@@ -155,7 +156,7 @@ class Pipeline:
             for old in dropped:
                 if old in kept:
                     continue
-                lock = Lock(self.stages_dir / "locks" / f"{old}.lock")
+                lock = Lock(self.locks_dir / f"{old}.lock")
                 try:
                     if lock.try_take():  # nobody reads or builds it now
                         shutil.rmtree(self.stages_dir / old, ignore_errors=True)
@@ -220,7 +221,7 @@ class Pipeline:
             ctx.work.mkdir()
             try:
                 if mod.VOLATILE:  # one at a time: they share downloads and the archive's indexes
-                    with held(self.stages_dir / "locks" / f"volatile-{stage.kind}.lock", what=stage.name):
+                    with held(self.locks_dir / f"volatile-{stage.kind}.lock", what=stage.name):
                         mod.run(ctx, stage.options)
                 else:
                     mod.run(ctx, stage.options)

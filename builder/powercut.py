@@ -22,10 +22,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from agent import layout
 from builder.qemu import READY, Guest, qemu_img
 
-PROBE = "/var/lib/basalt/probe"
-BUNDLE = "/var/lib/basalt/new.bundle"
+PROBE = layout.VAR_LIB + "/probe"
+BUNDLE = layout.VAR_LIB + "/new.bundle"
 UPGRADE = f"basalt upgrade --force --no-reboot {BUNDLE}"
 
 
@@ -37,7 +38,7 @@ def state_is_clean(disk: Path, work: Path) -> str:
     try:
         table = json.loads(subprocess.run(["sfdisk", "-J", str(raw)], capture_output=True, text=True,
                                           check=True).stdout)["partitiontable"]["partitions"]
-        part = next(p for p in table if p.get("name") == "BASALT_STATE")
+        part = next(p for p in table if p.get("name") == layout.STATE_LABEL)
         subprocess.run(["dd", f"if={raw}", f"of={copy}", "bs=1M", "iflag=skip_bytes,count_bytes", "conv=sparse",
                         f"skip={part['start'] * 512}", f"count={part['size'] * 512}", "status=none"], check=True)
         subprocess.run(["e2fsck", "-p", "-E", "journal_only", str(copy)], capture_output=True, text=True)

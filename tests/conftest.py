@@ -38,7 +38,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     cache = getattr(config, "cache", None)  # absent under -p no:cacheprovider
     last: dict[str, float] = cache.get(DURATIONS, {}) if cache else {}
     rank = {t: i for i, t in enumerate(reversed(TIERS))}
-    items.sort(key=lambda item: (-last.get(item.nodeid, 0.0), rank[tier_of(item)]))
+    items.sort(key=lambda item: (-last.get(item.nodeid.split("@")[0], 0.0), rank[tier_of(item)]))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """A group that pytest-xdist did not apply would split a module's shared fixture over both
+    workers (twice the cost, quietly): fail instead (pytest 9 broke it once; pyproject pins)."""
+    workerinput = getattr(session.config, "workerinput", None)
+    if workerinput is None or session.config.getvalue("dist") != "no" or not session.config.option.loadgroup:
+        return
+    lost = [i.nodeid for i in session.items if i.get_closest_marker("xdist_group") and "@" not in i.nodeid]
+    if lost:
+        raise pytest.UsageError(f"pytest-xdist did not group {lost[0]} (and {len(lost) - 1} more): "
+                                "check the pytest and pytest-xdist versions pyproject.toml allows")
 
 
 class Timing:
@@ -56,7 +69,8 @@ class Timing:
         span = self.spans.setdefault(tier, [report.start, report.stop])
         span[0], span[1] = min(span[0], report.start), max(span[1], report.stop)
         self.seconds[tier] = self.seconds.get(tier, 0.0) + report.duration
-        self.durations[report.nodeid] = self.durations.get(report.nodeid, 0.0) + report.duration
+        nodeid = report.nodeid.split("@")[0]  # without pytest-xdist's @group
+        self.durations[nodeid] = self.durations.get(nodeid, 0.0) + report.duration
         if report.when == "call":
             self.count[tier] = self.count.get(tier, 0) + 1
 

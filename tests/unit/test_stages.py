@@ -181,6 +181,7 @@ class FakeStage:
 
 
 def test_pipeline_caches_and_invalidates_downstream(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BASALT_CACHE_KEEP", raising=False)  # the test run's own setting (tests/conftest.py)
     mods = {"fetch": FakeStage("fetch", volatile=True), "rootfs": FakeStage("rootfs", inputs=("fetch",)),
             "iso": FakeStage("iso", inputs=("rootfs",))}
     monkeypatch.setattr(pipeline, "module", lambda name: mods[name])
@@ -210,6 +211,39 @@ def test_pipeline_caches_and_invalidates_downstream(tmp_path: Path, monkeypatch:
     iso_dirs = [d for d in (tmp_path / "cache" / "stages").iterdir()
                 if (d / "stage.json").is_file() and json.loads((d / "stage.json").read_text())["name"] == "iso"]
     assert len(iso_dirs) == pipeline.KEEP
+
+
+def test_an_output_another_build_is_reading_is_not_collected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A build holds a shared lock on every stage output it reads until it is done: the cache's
+    collection skips those (and removes them once the reader lets go), and a stage whose lock
+    another holder has exclusively is waited for, not built twice."""
+    from builder.locks import Lock
+    monkeypatch.delenv("BASALT_CACHE_KEEP", raising=False)
+    mods = {"fetch": FakeStage("fetch", volatile=True), "iso": FakeStage("iso", inputs=("fetch",))}
+    monkeypatch.setattr(pipeline, "module", lambda name: mods[name])
+    monkeypatch.setattr(pipeline, "check_tools", lambda plan: None)
+
+    def pipe(iso_opt: str) -> pipeline.Pipeline:
+        stages = (PlannedStage("fetch", {"key": "k"}), PlannedStage("iso", {"o": iso_opt}))
+        plan = SimpleNamespace(stages=stages, image=SimpleNamespace(name="t"))
+        return pipeline.Pipeline(plan, cache=tmp_path / "cache", out=tmp_path / "out")  # type: ignore[arg-type]
+
+    reader = pipe("first")
+    first = reader.run()["iso"]  # not closed: it is still reading its outputs
+    for n in range(pipeline.KEEP + 1):
+        with pipe(f"later-{n}") as p:
+            p.run()
+    assert (first.path / "data").is_file()  # kept while read, though past the last KEEP
+    reader.close()
+    with pipe("one-more") as p:
+        p.run()
+    assert not first.path.exists()  # collected once nobody reads it
+    # A stage being built elsewhere (its lock held exclusively) is not built beside it.
+    holder = Lock(reader.locks_dir / f"{first.id}.lock")
+    assert holder.try_take()
+    assert not Lock(holder.path).try_take()
+    holder.close()
+    assert Lock(holder.path).try_take()
 
 
 class Recorder:

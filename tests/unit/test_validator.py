@@ -227,7 +227,7 @@ def test_exec_style_command_gets_its_own_message() -> None:
         "hint: write it as one string: \"ls -l '/tmp dir'\""]
 
 
-GZ = base64.b64encode(gzip.compress(b"hello\n")).decode()
+GZ = base64.b64encode(gzip.compress(b"hello\n", mtime=0)).decode()
 
 
 @pytest.mark.parametrize(("encoding", "content", "expected"), [
