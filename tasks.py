@@ -58,7 +58,8 @@ def validate(c: Context, file: str) -> None:
     _builder(c, "validate", file)
 
 
-@task(help={"firmware": "bios, uefi, or direct (the medium's kernel loaded by QEMU: no firmware, no GRUB)", "accel": f"{' or '.join(ACCELS)} (tcg: single-threaded, the default)",
+@task(help={"firmware": "bios, uefi, or direct (the medium's kernel loaded by QEMU: no firmware, no GRUB)",
+            "accel": f"{' or '.join(ACCELS)} (tcg: single-threaded, the default)",
             "cpus": "vCPUs (default: the image definition's)", "check": "wait for ready, power off",
             "timeout": "seconds to wait for the ready line with --check",
             "seed": "a NoCloud seed ISO to attach (inv seed)", "state": "a state disk (created if missing)",

@@ -4,9 +4,11 @@ Each guest is bounded by timeouts and killed on exit (the Guest context manager)
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,15 +17,15 @@ from builder.download import BlobStore
 from builder.qemu import IDLE, READY, Guest
 from builder.stages import StageContext
 from builder.stages import iso as iso_stage
+from tests.conftest import Build
 
 BOOT_TIMEOUT = 300  # TCG on a loaded 2-core machine; a healthy boot takes ~10-25 s
 
 
-def status(guest: Guest, expr: str) -> str:
-    """``expr`` (Python, on the node, over ``s`` = ``basalt status --json``), printed there: only
-    the values a test asserts cross the serial console, never the whole document, whose long
-    read-back the console echo can garble under load. ``expr`` uses double quotes only."""
-    return guest.run(f"basalt status --json | python3 -c 'import json, sys; s = json.load(sys.stdin); print({expr})'")
+def status(guest: Guest, key: Path) -> dict[str, Any]:
+    """``basalt status --json``, read over SSH (the serial console is for the ready line and logs:
+    a long read-back there can be garbled under load)."""
+    return json.loads(guest.ssh("basalt status --json", key))  # type: ignore[no-any-return]
 
 
 def iso_of(out: Path) -> Path:
@@ -44,35 +46,42 @@ def test_boots_to_ready_and_powers_off(built_iso: Path, firmware: str, qemu_avai
 
 
 @pytest.fixture(scope="module")
-def edge7(built_iso: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The default image with a baked site config (hostname: edge-7)."""
-    tmp = tmp_path_factory.mktemp("edge7")
-    config = tmp / "config.yaml"
-    config.write_text("hostname: edge-7\n")
-    return pipeline.build(plan.plan("x86_64-iso", str(config)), out=tmp / "out")
+def edge7(build: Build, key: Path) -> Path:
+    """The default image with a baked site config (hostname: edge-7, the test key)."""
+    return build("x86_64-iso", f"hostname: edge-7\nssh_authorized_keys: ['{pub(key)}']\n")
 
 
-def test_console_shell_status_reaping_and_basalt_poweroff(edge7: Path, qemu_available: None) -> None:
+def pub(key: Path) -> str:
+    return key.with_suffix(".pub").read_text().strip()
+
+
+def test_console_shell_status_reaping_and_basalt_poweroff(edge7: Path, key: Path, qemu_available: None) -> None:
     out = edge7
     with Guest(iso_of(out), firmware="direct") as guest:  # the ISO's own kernel, initramfs and command line
         guest.wait_for(READY, BOOT_TIMEOUT)
         guest.wait_for(r"edge-7:/# ", 60)  # the live console shell, prompt showing the configured hostname
         idle = guest.wait_for(IDLE, 60)  # the agent's last unprompted console line
-        assert guest.run("cat /proc/1/cmdline | tr '\\0' ' '") == "/usr/bin/python3 -S /usr/sbin/basalt init"
-        assert guest.run("hostname") == "edge-7"
-        assert guest.run("grep edge-7 /etc/hosts") == "127.0.1.1\tedge-7"
-        assert status(guest, '[s["hostname"], s["mode"], s["errors"], s["services"]["console-ttyS0"]["state"]]') \
-            == "['edge-7', 'live', [], 'running']"
-        assert guest.run("touch /etc/probe && echo writable") == "writable"  # /etc is a writable overlay
-        assert "Read-only file system" in guest.run("touch /usr/probe 2>&1")  # the root is not
-        assert guest.run("grep -c cgroup2 /proc/mounts") == "1"
+        assert guest.run("echo console-$((6*7))") == "console-42"  # the console shell runs what is typed
+        guest.wait_ssh(key)
+
+        def sh(cmd: str) -> str:
+            return guest.ssh(cmd, key)
+        assert sh("cat /proc/1/cmdline | tr '\\0' ' '") == "/usr/bin/python3 -S /usr/sbin/basalt init "
+        assert sh("hostname") == "edge-7"
+        assert sh("grep edge-7 /etc/hosts") == "127.0.1.1\tedge-7"
+        s = status(guest, key)
+        assert [s["hostname"], s["mode"], s["errors"], s["services"]["console-ttyS0"]["state"]] == \
+            ["edge-7", "live", [], "running"]
+        assert sh("touch /etc/probe && echo writable") == "writable"  # /etc is a writable overlay
+        assert "Read-only file system" in sh("touch /usr/probe 2>&1; true")  # the root is not
+        assert sh("grep -c cgroup2 /proc/mounts") == "1"
         # DHCP on the virtio NIC (driver loaded by coldplug); udhcpc's output is in its service log.
         leased = "for i in $(seq 30); do grep -q obtained /run/basalt/log/dhcp-eth0.log && break; sleep 1; done"
-        assert "lease of 10.0.2.15 obtained" in guest.run(f"{leased}; cat /run/basalt/log/dhcp-eth0.log")
-        assert "inet 10.0.2.15/24" in guest.run("ip -4 addr show eth0")
+        assert "lease of 10.0.2.15 obtained" in sh(f"{leased}; cat /run/basalt/log/dhcp-eth0.log")
+        assert "inet 10.0.2.15/24" in sh("ip -4 addr show eth0")
         # Orphans are re-parented to PID 1 and reaped: no zombies after a double fork.
-        guest.run("sh -c 'sleep 1 & exit 0'; sleep 3")
-        assert guest.run("ps -o stat | grep -c '^Z' || true") == "0"
+        sh("sh -c 'sleep 1 & exit 0'; sleep 3")
+        assert sh("ps -o stat | grep -c '^Z' || true") == "0"
         assert int(idle.group(1)) > 0
         # basalt reboot: services stop, the machine resets and boots to a second ready line.
         mark = len(guest.console())
@@ -89,37 +98,39 @@ def test_console_shell_status_reaping_and_basalt_poweroff(edge7: Path, qemu_avai
 DIRECT = "console=ttyS0,115200 quiet basalt.label=BASALT basalt.mode=live"
 
 
-def test_kernel_command_line_config_overrides_baked(edge7: Path, qemu_available: None) -> None:
+def test_kernel_command_line_config_overrides_baked(edge7: Path, key: Path, qemu_available: None) -> None:
     cmdline = f"{DIRECT} basalt.hostname=from-cmdline"
     with Guest(iso_of(edge7), direct=(edge7 / "vmlinuz", edge7 / "initrd.img", cmdline)) as guest:
         assert "errors=0" in guest.wait_for(READY.pattern + r" errors=\d+", BOOT_TIMEOUT).group(0)
         guest.wait_for(r"from-cmdline:/# ", 60)
-        guest.wait_for(IDLE, 60)  # the agent's last unprompted console line
-        shown = guest.run("basalt config show")
-        assert shown == "hostname = 'from-cmdline'    # kernel command line"
-        assert status(guest, 's["config_sources"]') == \
-            "['/run/basalt/medium/basalt/config.yaml', 'kernel command line']"
+        guest.wait_ssh(key)
+        shown = guest.ssh("basalt config show", key)
+        baked = "/run/basalt/medium/basalt/config.yaml"
+        assert shown.splitlines() == ["hostname = 'from-cmdline'    # kernel command line",  # over the baked one
+                                      f"ssh_authorized_keys = {[pub(key)]!r}    # {baked}"]
+        assert status(guest, key)["config_sources"] == ["/run/basalt/medium/basalt/config.yaml", "kernel command line"]
 
 
-def test_invalid_config_source_is_left_out_and_the_node_still_boots(edge7: Path, qemu_available: None) -> None:
+def test_invalid_config_source_is_left_out_and_the_node_still_boots(edge7: Path, key: Path,
+                                                                    qemu_available: None) -> None:
     cmdline = f"{DIRECT} basalt.hostname=bad_name!"
     with Guest(iso_of(edge7), direct=(edge7 / "vmlinuz", edge7 / "initrd.img", cmdline)) as guest:
         error = "kernel command line: hostname: 'bad_name!' is not valid here"
         guest.wait_for(re.escape(f"basalt: error: config: {error}"), BOOT_TIMEOUT)
         assert "errors=1" in guest.wait_for(READY.pattern + r" errors=\d+", BOOT_TIMEOUT).group(0)
         guest.wait_for(r"edge-7:/# ", 60)  # the baked config still applies
-        guest.wait_for(IDLE, 60)
-        assert status(guest, '[s["hostname"], len(s["errors"])]') == "['edge-7', 1]"
-        # Checked on the node: a long JSON line read back over the serial console can be garbled.
-        assert guest.run(f"basalt status --json | grep -c \"config: {error}\"") == "1"
+        guest.wait_ssh(key)
+        s = status(guest, key)
+        assert [s["hostname"], len(s["errors"])] == ["edge-7", 1] and f"config: {error}" in s["errors"][0]
         baked = "/run/basalt/medium/basalt/config.yaml"
-        assert guest.run(f"basalt config validate {baked}; echo rc=$?").endswith("ok\nrc=0")  # the file is fine
-        every = guest.run("basalt config validate 2>&1; echo rc=$?")  # all sources: the command line is not
+        assert guest.ssh(f"basalt config validate {baked}; echo rc=$?", key).endswith("ok\nrc=0")  # the file is fine
+        every = guest.ssh("basalt config validate 2>&1; echo rc=$?", key)  # all sources: the command line is not
         assert every.startswith(error) and every.endswith("rc=1")
 
 
 PROVISION = """\
 hostname: provisioned
+ssh_authorized_keys: ['{pub}']
 write_files:
 - path: /etc/basalt-test/plain
   content: "plain text\\n"
@@ -147,28 +158,30 @@ k3os:
 """
 
 
-def test_config_modules_apply_at_boot(built_iso: Path, tmp_path: Path, qemu_available: None) -> None:
+def test_config_modules_apply_at_boot(build: Build, key: Path, qemu_available: None) -> None:
     import base64
     import gzip
-    config = tmp_path / "config.yaml"
-    config.write_text(PROVISION.format(b64=base64.b64encode(b"encoded\n").decode(),
-                                       gzb64=base64.b64encode(gzip.compress(b"zipped\n", mtime=0)).decode()))
-    out = pipeline.build(plan.plan("x86_64-iso", str(config)), out=tmp_path / "out")
+    out = build("x86_64-iso", PROVISION.format(b64=base64.b64encode(b"encoded\n").decode(), pub=pub(key),
+                                               gzb64=base64.b64encode(gzip.compress(b"zipped\n", mtime=0)).decode()))
     with Guest(iso_of(out), firmware="direct") as guest:
         assert "errors=0" in guest.wait_for(READY.pattern + r" errors=\d+", BOOT_TIMEOUT).group(0)
         guest.wait_for(r"provisioned:/# ", 60)
-        guest.wait_for(IDLE, 60)
-        assert guest.run("cat /etc/basalt-test/plain /etc/basalt-test/b64 /etc/basalt-test/gz") == \
+        guest.wait_ssh(key)
+
+        def sh(cmd: str) -> str:
+            return guest.ssh(cmd, key)
+        assert sh("cat /etc/basalt-test/plain /etc/basalt-test/b64 /etc/basalt-test/gz") == \
             "plain text\nencoded\nzipped"
-        assert guest.run("stat -c '%a %U' /etc/basalt-test/b64 /etc/basalt-test/gz") == "600 root\n644 nobody"
-        assert guest.run("cat /proc/sys/vm/swappiness") == "7"
-        assert guest.run("ls -d /sys/class/net/dummy* | wc -l") == "3"  # module loaded with its parameter
-        assert guest.run("cat /etc/environment") == "HTTP_PROXY=http://proxy.invalid:3128"
-        assert guest.run("cat /run/init-ran /run/boot-ran") == "init\nboot"
+        assert sh("stat -c '%a %U' /etc/basalt-test/b64 /etc/basalt-test/gz") == "600 root\n644 nobody"
+        assert sh("cat /proc/sys/vm/swappiness") == "7"
+        assert sh("ls -d /sys/class/net/dummy* | wc -l") == "3"  # module loaded with its parameter
+        assert sh("cat /etc/environment") == "HTTP_PROXY=http://proxy.invalid:3128"
+        assert sh("cat /run/init-ran /run/boot-ran") == "init\nboot"
         ran = "for i in $(seq 60); do [ -s /run/run-ran ] && break; sleep 1; done; cat /run/run-ran"
-        assert "inet 10.0.2.15/24" in guest.run(ran)  # run_cmd ran after the network was up
-        assert status(guest, '[s["errors"], s["phases"]["runtime_modules_done_ms"] > '
-                             's["phases"]["boot_modules_done_ms"]]') == "[[], True]"
+        assert "inet 10.0.2.15/24" in sh(ran)  # run_cmd ran after the network was up
+        guest.wait_for(IDLE, 60)  # the agent's last unprompted console line: every phase is done
+        s = status(guest, key)
+        assert s["errors"] == [] and s["phases"]["runtime_modules_done_ms"] > s["phases"]["boot_modules_done_ms"]
 
 
 def broken_iso(tmp_path: Path, squashfs: bytes) -> Path:
