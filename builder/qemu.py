@@ -450,7 +450,7 @@ class Guest:
             except (RuntimeError, subprocess.TimeoutExpired) as exc:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"no SSH login as {user} within {timeout:.0f}s: {exc}") from None
-                time.sleep(2)
+                time.sleep(0.5)  # polling for the server to come up, not retrying a failure
 
     def tail(self, lines: int = 25) -> str:
         return "\n".join(self.console().splitlines()[-lines:])

@@ -127,10 +127,12 @@ def test_upgrade_commit_rollback_and_broken_versions_that_come_back(
 
         # basalt rollback: back to v1 by hand, then forward to v2 again.
         rebooted(reboot("basalt rollback"))
-        assert (status()["slot"], status()["version"]) == ("a", V1)
+        s = status()
+        assert (s["slot"], s["version"]) == ("a", V1)
         assert sh("cat /var/lib/basalt/probe") == "kept-42"
         rebooted(reboot("basalt rollback"))
-        assert (status()["slot"], status()["version"]) == ("b", "2")
+        s = status()
+        assert (s["slot"], s["version"]) == ("b", "2")
 
         # v3 whose health check fails: the gate fails it, the node reboots into v2 by itself.
         said = sh(f"basalt upgrade --no-reboot {SERVER}/v3-check.bundle 2>&1; echo rc=$?")
