@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from agent import layout
-from builder.qemu import READY, Guest, qemu_img
+from builder.bootfiles import qemu_img
+from builder.qemu import READY, Guest
 
 PROBE = layout.VAR_LIB + "/probe"
 BUNDLE = layout.VAR_LIB + "/new.bundle"

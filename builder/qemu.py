@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import BasaltError, Problem
+from builder import bootfiles
 from builder.arch import Architecture
+from builder.bootfiles import disk_format, qemu_img
 from builder.imagedef import ImageDefinition
 
 READY = re.compile(r"basalt: ready version=(\S+) boot_ms=(\d+) mem_used_kb=(\d+)")
@@ -60,97 +62,9 @@ def find_artifact(img: ImageDefinition) -> tuple[str, Path]:
 RELAY = Path(__file__).resolve().parent / "relay.py"
 
 
-def boot_files(medium: Path, work: Path) -> tuple[Path, Path, str]:
-    """What the medium's own GRUB boots by default: its kernel, its initramfs and their command
-    line (an ISO's live entry; a disk's slot A, installed), copied into ``work`` for QEMU to load
-    directly. Only the firmware and the boot loader are left out."""
-    kernel, initrd = work / "direct-vmlinuz", work / "direct-initrd.img"
-    if medium.suffix == ".iso":
-        import io
-
-        import pycdlib
-        iso = pycdlib.PyCdlib()
-        iso.open(str(medium))
-        try:
-            def read(path: str) -> bytes:
-                out = io.BytesIO()
-                iso.get_file_from_iso_fp(out, rr_path=path)
-                return out.getvalue()
-            entry = grub_entry(read("/boot/grub/grub.cfg").decode(), {})
-            kernel.write_bytes(read(entry[0]))
-            initrd.write_bytes(read(entry[1]))
-        finally:
-            iso.close()
-    else:
-        from builder import stamp
-        if disk_format(medium) == "qcow2":  # read as the guest would now see it
-            qemu_img("convert", "-O", "raw", str(medium), str(work / "direct-disk.img"))
-            medium = work / "direct-disk.img"
-        fat = f"{medium}@@{stamp.boot_partition(medium)}"
-        cfg = work / "direct-grub.cfg"
-        mcopy(fat, "/boot/grub/grub.cfg", cfg)
-        entry = grub_entry(cfg.read_text(), {"basalt_boot": "a", "basalt_trial": ""})
-        mcopy(fat, entry[0], kernel)
-        mcopy(fat, entry[1], initrd)
-        (work / "direct-disk.img").unlink(missing_ok=True)
-    return kernel, initrd, entry[2]
-
-
-def grub_entry(cfg: str, variables: dict[str, str]) -> tuple[str, str, str]:
-    """(kernel, initrd, command line) of a grub.cfg's first menu entry, ``$variables`` put in."""
-    lines = [line.strip() for line in cfg.splitlines()]
-    linux = next(line for line in lines if line.startswith("linux "))
-    initrd = next(line for line in lines if line.startswith("initrd "))
-    for name, value in variables.items():
-        linux, initrd = linux.replace(f"${name}", value), initrd.replace(f"${name}", value)
-    _, kernel, *args = linux.split()
-    return kernel, initrd.split()[1], " ".join(args)
-
-
-def mcopy(fat: str, path: str, dest: Path) -> None:
-    proc = subprocess.run(["mcopy", "-n", "-i", fat, f"::{path}", str(dest)], capture_output=True, text=True,
-                          env={"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"})
-    if proc.returncode != 0:
-        raise BasaltError(Problem(f"{fat.split('@@')[0]}: cannot read {path}: {proc.stderr.strip()}",
-                                  hint="apt-get install mtools"))
-
-
-def disk_format(path: Path) -> str:
-    """How QEMU reads a disk file: a .qcow2 as qcow2 (snapshots, overlays), anything else raw."""
-    return "qcow2" if path.suffix == ".qcow2" else "raw"
-
-
-def qemu_img(*args: str) -> None:
-    proc = subprocess.run(["qemu-img", *args], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise BasaltError(Problem(f"qemu-img {args[0]} failed: {proc.stderr.strip()}",
-                                  hint="apt-get install qemu-utils"))
-
-
 def power_of_two(n: int) -> int:
     """The smallest power of two not below ``n``."""
     return 1 << max(n - 1, 0).bit_length()
-
-
-def rpi_boot_files(card: Path, work: Path) -> tuple[Path, Path]:
-    """U-Boot and QEMU raspi3b's device tree, read from the card's boot partition (its first MBR
-    partition) with mtools: QEMU runs what the card carries, as the Pi's firmware would."""
-    from builder import rpi
-    with open(card, "rb") as f:
-        mbr = f.read(512)
-    if mbr[510:512] != b"\x55\xaa" or mbr[450] == 0xEE:
-        raise BasaltError(Problem(f"{card}: no MBR partition table", hint="build it with board: rpi"))
-    offset = int.from_bytes(mbr[454:458], "little") * 512
-    out = []
-    for name in ("u-boot.bin", rpi.QEMU_DTB):
-        dest = work / name
-        proc = subprocess.run(["mcopy", "-n", "-i", f"{card}@@{offset}", f"::{name}", str(dest)],
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise BasaltError(Problem(f"{card}: no {name} on its boot partition: {proc.stderr.strip()}",
-                                      hint="build it with board: rpi (apt-get install mtools)"))
-        out.append(dest)
-    return out[0], out[1]
 
 
 @dataclass
@@ -160,7 +74,7 @@ class Guest:
     iso: Path | None  # the medium to boot: an ISO (a CD) or, with boot_disk, None
     arch: Architecture = Architecture.X86_64
     # bios, uefi, or direct: QEMU loads the medium's own kernel and initramfs with the command line
-    # its GRUB would give (boot_files), for what is not about the firmware or the boot loader.
+    # its GRUB would give (bootfiles.boot_files), for what is not about the firmware or the boot loader.
     firmware: str = "bios"
     accel: str = "tcg"
     memory_mb: int = 512
@@ -234,7 +148,7 @@ class Guest:
         if self.firmware == "direct" and not self.direct:
             medium = self.iso or self.boot_disk
             assert medium, "firmware='direct' boots a medium"
-            kernel, initrd, cmdline = boot_files(medium, self.workdir)
+            kernel, initrd, cmdline = bootfiles.boot_files(medium, self.workdir)
             self.direct = (kernel, initrd, f"{cmdline} {self.append}".strip())
         if self.direct:
             argv += ["-kernel", str(self.direct[0]), "-initrd", str(self.direct[1]), "-append", self.direct[2]]
@@ -279,7 +193,7 @@ class Guest:
         binary = "qemu-system-aarch64"
         if shutil.which(binary) is None:
             raise BasaltError(Problem(f"{binary} not found", hint=f"apt-get install {TOOLS[binary]}"))
-        uboot, dtb = rpi_boot_files(self.boot_disk, self.workdir)
+        uboot, dtb = bootfiles.rpi_boot_files(self.boot_disk, self.workdir)
         return [binary, "-machine", "raspi3b", "-accel", ACCELS[self.accel], "-m", "1024",
                 "-display", "none", "-no-user-config", "-nodefaults", "-no-reboot",
                 "-kernel", str(uboot), "-dtb", str(dtb),

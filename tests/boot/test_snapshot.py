@@ -12,7 +12,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from builder.qemu import READY, Guest, qemu_img
+from builder.bootfiles import qemu_img
+from builder.qemu import READY, Guest
 from tests.conftest import Build
 
 BOOT_TIMEOUT = 300
