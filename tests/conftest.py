@@ -22,8 +22,9 @@ TIERS = ("unit", "rootfs", "image", "boot")
 DURATIONS = "basalt/durations"  # in pytest's cache: each test's last duration, for the run order
 
 
-def tier_of(item: pytest.Item) -> str:
-    tier = Path(str(item.fspath)).parent.name
+def tier_of(nodeid: str) -> str:
+    """A test's tier: the directory its module is in (tests/<tier>/test_x.py::...)."""
+    tier = Path(nodeid.split("::")[0]).parent.name
     return tier if tier in TIERS else "unit"
 
 
@@ -34,11 +35,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     each test's duration in the last run here (pytest's cache), and without one (a fresh
     clone) by tier, boot first."""
     for item in items:
-        item.add_marker(getattr(pytest.mark, tier_of(item)))
+        item.add_marker(getattr(pytest.mark, tier_of(item.nodeid)))
     cache = getattr(config, "cache", None)  # absent under -p no:cacheprovider
     last: dict[str, float] = cache.get(DURATIONS, {}) if cache else {}
     rank = {t: i for i, t in enumerate(reversed(TIERS))}
-    items.sort(key=lambda item: (-last.get(item.nodeid.split("@")[0], 0.0), rank[tier_of(item)]))
+    items.sort(key=lambda item: (-last.get(item.nodeid.split("@")[0], 0.0), rank[tier_of(item.nodeid)]))
 
 
 @pytest.hookimpl(trylast=True)
@@ -64,8 +65,7 @@ class Timing:
         self.durations: dict[str, float] = {}
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        tier = Path(report.nodeid.split("::")[0]).parent.name
-        tier = tier if tier in TIERS else "unit"
+        tier = tier_of(report.nodeid)
         span = self.spans.setdefault(tier, [report.start, report.stop])
         span[0], span[1] = min(span[0], report.start), max(span[1], report.stop)
         self.seconds[tier] = self.seconds.get(tier, 0.0) + report.duration
