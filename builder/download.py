@@ -63,11 +63,11 @@ class BlobStore:
         if dest.is_file():
             return dest
         part = self.root.parent / "partial" / f"{sha256}.part"
-        with held(part.with_suffix(".lock"), what=label or url.rsplit("/", 1)[-1]):  # one writer of the .part
+        label = label or url.rsplit("/", 1)[-1]
+        with held(part.with_suffix(".lock"), what=label):  # one writer of the .part
             if dest.is_file():  # another build downloaded it while this one waited
                 return dest
-            download(url, part, label=label or url.rsplit("/", 1)[-1], retries=retries, expected_size=size,
-                     bar=bar)
+            download(url, part, label=label, retries=retries, expected_size=size, bar=bar)
             try:
                 return self.put_file(part, sha256)
             except ChecksumMismatch:

@@ -150,7 +150,8 @@ class Pipeline:
         with held(self.locks_dir / "history.lock"):
             history = json.loads(history_file.read_text()) if history_file.is_file() else []
             history = [sid, *(h for h in history if h != sid)]
-            dropped, history = history[keep():], history[:keep()]
+            kept_count = keep()
+            dropped, history = history[kept_count:], history[:kept_count]
             kept = {h for f in history_file.parent.glob("*.history.json") if f != history_file
                     for h in json.loads(f.read_text())} | set(history)
             for old in dropped:
