@@ -7,18 +7,48 @@ it into a non-zero exit without a traceback.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+FIELDS = ("message", "file", "line", "path", "hint", "warning")
 
 
-@dataclass(frozen=True)
 class Problem:
+    """One thing wrong, where it is, and how to fix it. Immutable, compared and hashed by value.
+    (Not a dataclass: every ``basalt`` command imports this, and ``dataclasses`` costs imports that
+    are felt on a small board.)"""
+
+    __slots__ = FIELDS
     message: str
-    file: str | None = None
-    line: int | None = None
-    path: str | None = None
-    hint: str | None = None
-    warning: bool = False  # what a node would break on at run time, but may be meant: exit 0
+    file: str | None
+    line: int | None
+    path: str | None
+    hint: str | None
+    warning: bool  # what a node would break on at run time, but may be meant: exit 0
+
+    def __init__(self, message: str, file: str | None = None, line: int | None = None, path: str | None = None,
+                 hint: str | None = None, warning: bool = False) -> None:
+        for name, value in zip(FIELDS, (message, file, line, path, hint, warning), strict=True):
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"Problem is immutable: cannot set {name}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"Problem is immutable: cannot delete {name}")
+
+    def _key(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in FIELDS)
+
+    def __eq__(self, other: object) -> bool:
+        return other.__class__ is self.__class__ and self._key() == other._key()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return "Problem(" + ", ".join(f"{name}={getattr(self, name)!r}" for name in FIELDS) + ")"
 
     def render(self) -> str:
         where = [part for part in (self.file, self.line) if part is not None]

@@ -3,23 +3,24 @@ that enumerates seconds after its controller's driver loaded (the Raspberry Pi 3
 one), a USB Wi-Fi stick or disk plugged in later. PID 1 reads them in its main loop, loads a
 driver for each new device's modalias, and brings a new network interface up.
 
-Standard library only; the socket is non-blocking and each read takes what is queued."""
+Standard library only, and on the boot path, so C modules only (``_socket``, not ``socket``,
+which pulls in ``enum`` and ``selectors``; no ``dataclasses``); the socket is non-blocking and
+each read takes what is queued."""
 
 from __future__ import annotations
 
-import socket
-from dataclasses import dataclass, field
+import _socket
 
 NETLINK_KOBJECT_UEVENT = 15
 KERNEL_GROUP = 1  # the kernel's own broadcasts (udev re-broadcasts on group 2; there is no udev here)
 
 
-def open_socket() -> socket.socket | None:
+def open_socket() -> _socket.socket | None:
     """A socket subscribed to the kernel's uevents, or None where there is none (a container)."""
     try:
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
-                             NETLINK_KOBJECT_UEVENT)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)  # a burst of USB devices
+        sock = _socket.socket(_socket.AF_NETLINK, _socket.SOCK_DGRAM | _socket.SOCK_NONBLOCK | _socket.SOCK_CLOEXEC,
+                              NETLINK_KOBJECT_UEVENT)
+        sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_RCVBUF, 1 << 20)  # a burst of USB devices
         sock.bind((0, KERNEL_GROUP))
     except OSError:
         return None
@@ -41,10 +42,18 @@ def parse(datagram: bytes) -> dict[str, str]:
     return event
 
 
-@dataclass
 class Wanted:
-    aliases: list[str] = field(default_factory=list)  # drivers to load, by modalias
-    interfaces: list[str] = field(default_factory=list)  # network interfaces that appeared
+    __slots__ = ("aliases", "interfaces")
+
+    def __init__(self, aliases: list[str] | None = None, interfaces: list[str] | None = None) -> None:
+        self.aliases: list[str] = aliases or []  # drivers to load, by modalias
+        self.interfaces: list[str] = interfaces or []  # network interfaces that appeared
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Wanted) and (self.aliases, self.interfaces) == (other.aliases, other.interfaces)
+
+    def __repr__(self) -> str:
+        return f"Wanted(aliases={self.aliases!r}, interfaces={self.interfaces!r})"
 
     def __bool__(self) -> bool:
         return bool(self.aliases or self.interfaces)
@@ -62,7 +71,7 @@ def wanted(events: list[dict[str, str]]) -> Wanted:
     return out
 
 
-def drain(sock: socket.socket) -> list[dict[str, str]]:
+def drain(sock: _socket.socket) -> list[dict[str, str]]:
     """Every uevent queued on ``sock`` (it is non-blocking)."""
     events: list[dict[str, str]] = []
     while True:

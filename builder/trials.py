@@ -114,15 +114,16 @@ def power_cut_soak(count: int, seed: int, report: Path) -> int:
                 .glob("x86_64-raw-*.img"))
     (work / "v2.yaml").write_text(yaml.safe_dump({"extends": "x86_64-raw", "version": "2"}))
     bundle = pipeline.build(plan.plan(str(work / "v2.yaml")), until="bundle") / "upgrade.bundle"
-    powercut.prepare(disk, bundle, key, work / "disk.qcow2", 2048, 300)
+    windows = powercut.prepare(disk, bundle, key, work / "disk.qcow2", 2048, 300)
     results: list[dict[str, Any]] = []
     report.parent.mkdir(parents=True, exist_ok=True)
-    for record in powercut.cuts(work / "disk.qcow2", key, work, count, seed, health_timeout + 120):
+    for record in powercut.cuts(work / "disk.qcow2", key, work, count, seed, windows, health_timeout + 120):
         record["stranded"] = powercut.stranded(record, (v1, "2"))
         record["status"] = {k: record["status"][k] for k in ("slot", "version", "boot")} if record["status"] else None
         results.append(record)
         print(json.dumps(record), flush=True)
-        summary_row = {"cuts": len(results), "seed": seed, "stranded": sum(1 for r in results if r["stranded"]),
+        summary_row = {"cuts": len(results), "seed": seed, "windows_s": windows,
+                       "stranded": sum(1 for r in results if r["stranded"]),
                        "unclean_state": sum(1 for r in results if r["fsck"]),
                        "during_upgrade": sum(1 for r in results if r["when"].startswith("upgrade")),
                        "during_trial_boot": sum(1 for r in results if r["when"].startswith("trial"))}

@@ -218,9 +218,10 @@ def test_power_loss_during_upgrade_and_the_trial_boot_never_strands_the_node(
     import time
     seed = int(os.environ.get("BASALT_POWER_SEED") or time.time())
     disk = tmp_path / "disk.qcow2"  # over v1's image, which stays as it is
-    powercut.prepare(builds["disk"], builds["v2"], key, disk, DISK_MIB, BOOT_TIMEOUT)
+    windows = powercut.prepare(builds["disk"], builds["v2"], key, disk, DISK_MIB, BOOT_TIMEOUT)
     done: list[str] = []
-    for record in powercut.cuts(disk, key, tmp_path, POWER_CUTS, seed, HEALTH_TIMEOUT_S + 120, BOOT_TIMEOUT):
+    for record in powercut.cuts(disk, key, tmp_path, POWER_CUTS, seed, windows, HEALTH_TIMEOUT_S + 120,
+                                BOOT_TIMEOUT):
         done.append(record["when"])
         assert powercut.stranded(record, (V1, "2")) == "", (seed, done, record)
     assert len(done) == POWER_CUTS
