@@ -40,7 +40,7 @@ def cmd_status(args: argparse.Namespace) -> int:
           f"memory used {status['mem_used_kb'] // 1024} MiB")
     print(f"slot: {status.get('slot', '-')}; state: {status.get('state_device') or 'tmpfs (nothing persists)'}")
     if status.get("slots"):
-        from agent import slots
+        from agent.upgrade import slots
         print(f"slots: {slots.summary(status['slots'])}")
         print(f"boot: {boot_line(status['boot'])}")
         last = status.get("upgrade", {}).get("last")
@@ -49,7 +49,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                   f"{last.get('at')}" + (f": {last['reason']}" if last.get("reason") else ""))
         for version, failed in sorted(status.get("upgrade", {}).get("failed", {}).items()):
             print(f"  failed version {version}: {failed.get('reason')}")
-    from agent import site
+    from agent.config import site
     print(f"site: {site.describe(status.get('site'))}")
     print("config: " + (", ".join(status.get("config_sources", [])) or "none"))
     if status.get("config_fallback"):
@@ -68,7 +68,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def upgrade_status() -> dict[str, object]:
     """Both slots (each with its version and whether it is the committed one), the boot selection
     (a trial armed, and its boots left), and the upgrade record: the last result, failed versions."""
-    from agent import bootsel, slots
+    from agent.upgrade import bootsel, slots
     described = slots.describe()
     state = slots.load_state()
     try:
@@ -96,17 +96,17 @@ def boot_line(boot: dict[str, object]) -> str:
 
 
 def cmd_upgrade(args: argparse.Namespace) -> int:
-    from agent import upgrade
+    from agent.upgrade import upgrade
     return upgrade.upgrade(args.source, force=args.force, reboot=not args.no_reboot)
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from agent import upgrade
+    from agent.upgrade import upgrade
     return upgrade.rollback(reboot=not args.no_reboot)
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    from agent import health
+    from agent.upgrade import health
     return health.main()
 
 
@@ -148,7 +148,7 @@ def request(command: str, timeout: float = 300.0, **fields: object) -> dict[str,
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    from agent import sources
+    from agent.config import sources
     merged = sources.gather(Path("/proc/cmdline").read_text(), known_good="/nonexistent", rejected="/nonexistent")
     if merged.problems:  # checked here too, so the problems print with their lines and hints
         print("\n".join(p.render() for p in merged.problems), file=sys.stderr)
@@ -179,7 +179,7 @@ def cmd_config(args: argparse.Namespace) -> int:
     if args.config_command == "confirm":
         return cmd_confirm(args)
     if args.config_command == "show":
-        from agent import sources
+        from agent.config import sources
         merged = sources.gather(Path("/proc/cmdline").read_text())
         print(sources.show(merged) or "(no config)")
         if merged.fallback:
@@ -188,7 +188,7 @@ def cmd_config(args: argparse.Namespace) -> int:
             print(f"left out: {problem.render()}", file=sys.stderr)
         return 1 if merged.problems else 0
     if not args.file:  # every source this node reads, as the agent reads them
-        from agent import sources
+        from agent.config import sources
         merged = sources.gather(Path("/proc/cmdline").read_text(), known_good="/nonexistent",
                                 rejected="/nonexistent")
         for warning in merged.warnings:
@@ -198,7 +198,7 @@ def cmd_config(args: argparse.Namespace) -> int:
             return 1
         print(f"ok: {', '.join(merged.sources) or 'no config sources'}")
         return 0
-    from agent.config import load_config
+    from agent.config.validate import load_config
     loaded = load_config(args.file)
     for warning in loaded.warnings:
         print(warning.render(), file=sys.stderr)
@@ -210,12 +210,12 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_install(args: argparse.Namespace) -> int:
-    from agent import install
+    from agent.disk import install
     host = install.Host.running()
     if args.list:
         print(install.listing(host))
         return 0
-    from agent import sources
+    from agent.config import sources
     settings = install.settings_from(sources.gather(Path("/proc/cmdline").read_text()).value)
     if not args.unattended:
         for name in ("device", "config_url", "iso_url"):
@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     apps_cli.add_arguments(sub.add_parser("app", help="apps: run, stage, promote, weight, scale, ps, logs, rm"))
     args = parser.parse_args(argv)
     if args.command == "init":
-        from agent import init
+        from agent.pid1 import init
         return init.main()
     handlers = {"status": cmd_status, "version": cmd_version, "config": cmd_config, "doctor": cmd_doctor,
                 "install": cmd_install, "upgrade": cmd_upgrade, "rollback": cmd_rollback, "health": cmd_health,

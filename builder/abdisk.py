@@ -1,6 +1,6 @@
 """The A/B disk, described once: its partitions, the files of its boot partition and its GRUB.
 The raw output writes it into an image file; the ISO carries it as the installer's plan
-(``/basalt/install/plan.json``), from which ``basalt install`` (agent/install.py) writes the same
+(``/basalt/install/plan.json``), from which ``basalt install`` (agent/disk/install.py) writes the same
 disk onto a machine's. Options are a disk output's: arch, firmware, label (the boot partition's
 filesystem label), cmdline, version, name, config, source_date_epoch, slot_mib, boot_mib, state_mib.
 """
@@ -13,14 +13,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent import bootsel, layout, slots
-from agent.partitions import BASIC_DATA, BIOS_BOOT, ESP, LINUX_DATA, Disk, Partition
+from agent import layout
+from agent.disk.partitions import BASIC_DATA, BIOS_BOOT, ESP, LINUX_DATA, Disk, Partition
+from agent.upgrade import bootsel, slots
 from builder import grub, medium
 from builder.arch import Architecture
 
 BIOS_BOOT_MIB = 1
 SOURCES = ("builder/abdisk.py", "builder/templates/grub-disk.cfg.j2", "builder/grub.py", "builder/disk.py",
-           "builder/medium.py", "agent/layout.py", "agent/slots.py", "agent/bootsel.py", "agent/partitions.py")
+           "builder/medium.py", "agent/layout.py", "agent/upgrade/slots.py", "agent/upgrade/bootsel.py",
+           "agent/disk/partitions.py")
 
 
 def layout_for(options: dict[str, Any], boot: object = None, slot_a: object = None, state: object = None) -> Disk:

@@ -168,7 +168,7 @@ def entries(root: Path) -> list[tuple[tarfile.TarInfo, bytes | None]]:
         add_path(name)
     for src in sorted(p for p in (ROOT / "agent").rglob("*.py") if "__pycache__" not in p.parts):
         source = src.relative_to(ROOT)
-        if source.parent == Path("agent") and source.name not in ("__init__.py", "errors.py"):
+        if source.parts[1] != "apps" and str(source) not in ("agent/__init__.py", "agent/errors.py"):
             continue  # the controller's own package and what it imports, not the node's agent
         add_path_from(out, dirs, f"{APP_DIR}/{source}", src.read_bytes())
     out.append(oci.entry("tmp", tarfile.DIRTYPE, 0o1777))

@@ -285,8 +285,8 @@ def upgrade(work: Path, skip_boot: bool) -> dict[str, Any]:
 
     import yaml
 
-    from agent import bundle as bundle_format
     from agent import layout
+    from agent.upgrade import bundle as bundle_format
     key = work / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     config = work / "config.yaml"

@@ -182,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def looks_like_image_definition(name: str) -> bool:
-    from agent.yamlsource import load
+    from agent.config.yamlsource import load
     from builder import imagedef
     path = imagedef.find(name)
     value = load(path, strict=False).value

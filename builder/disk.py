@@ -1,6 +1,6 @@
 """The disk layer: partition tables described as data, and written without mounts, loop devices or
 privilege: filesystems are built as files (FAT with mtools, ext4 with ``mkfs.ext4 -d``), the table
-written by agent/partitions.py (the same code ``basalt install`` uses on a disk), and each
+written by agent/disk/partitions.py (the same code ``basalt install`` uses on a disk), and each
 partition's content copied to its offset, sparsely (a block of zeros is skipped, so the image file
 stays sparse).
 """
@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import BinaryIO
 
+from agent.disk.partitions import BIOS_BOOT, ESP, LINUX_DATA, MIB, SECTOR, Disk, Partition, Placed, place, write_table
 from agent.errors import BasaltError, Problem
-from agent.partitions import BIOS_BOOT, ESP, LINUX_DATA, MIB, SECTOR, Disk, Partition, Placed, place, write_table
 from builder import progress
 
 __all__ = ["BIOS_BOOT", "ESP", "LINUX_DATA", "MIB", "SECTOR", "Disk", "Partition", "Placed", "copy_sparse", "ext4",

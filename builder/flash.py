@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from agent import install, partitions
+from agent.disk import install, partitions
 from agent.errors import BasaltError, Problem
 from builder import progress
 

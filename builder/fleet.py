@@ -65,7 +65,7 @@ class Inventory:
 
 def load(path: Path, resolve_secrets: bool = True) -> Inventory:
     """Read and check the inventory; every problem at once."""
-    from agent.yamlsource import load as load_yaml
+    from agent.config.yamlsource import load as load_yaml
     doc = load_yaml(path)
     src = str(path)
     value = doc.value
@@ -173,7 +173,7 @@ def render(inv: Inventory) -> tuple[list[Rendered], list[Problem]]:
     """Every site rendered and validated; the problems of all of them."""
     import jinja2
 
-    from agent.config import check_text
+    from agent.config.validate import check_text
     env = _environment(inv.template.parent)
     problems: list[Problem] = []
     try:

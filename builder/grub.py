@@ -1,7 +1,7 @@
 """GRUB, in one place for every output: the fetched modules, core images for i386-pc and EFI
 (made with the host's grub-mkimage from the target's modules, so no target code runs), the
 early config that finds the boot medium by a marker file, the menu templates, and the BIOS
-embedding of a core image into a disk's BIOS boot partition (agent/partitions.py, on a file).
+embedding of a core image into a disk's BIOS boot partition (agent/disk/partitions.py, on a file).
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from typing import Any
 
 import jinja2
 
-from agent import layout, partitions
+from agent import layout
+from agent.disk import partitions
 from agent.errors import BasaltError, Problem
 from builder.arch import Architecture
 from builder.stages.fetch import blobs_by_role
@@ -80,6 +81,6 @@ def core_images(grub_lib: Path, arch: Architecture, firmware: list[str], medium:
 
 
 def embed_bios(disk: Path, boot_img: Path, core_img: Path, core_lba: int, room_sectors: int) -> None:
-    """GRUB for BIOS on the disk image ``disk`` (agent/partitions.py does it, for the node too)."""
+    """GRUB for BIOS on the disk image ``disk`` (agent/disk/partitions.py does it, for the node too)."""
     with disk.open("r+b") as f:
         partitions.embed_bios(f, boot_img.read_bytes(), core_img.read_bytes(), core_lba, room_sectors)

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from agent import layout
+from agent.config.yamlsource import Located, load
 from agent.errors import BasaltError, Problem
-from agent.yamlsource import Located, load
 from builder.arch import Architecture
 from builder.validate import load_schema, validate
 

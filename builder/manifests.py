@@ -14,9 +14,9 @@ from typing import Any
 import jsonschema
 import yaml
 
-from agent import k3s
+from agent.config.yamlsource import Located
 from agent.errors import Problem
-from agent.yamlsource import Located
+from agent.modules import k3s
 
 HELMCHART_SCHEMA = Path(__file__).parent / "schemas" / "helmchart.schema.json"
 

@@ -19,9 +19,9 @@ def marker_name(name: str, version: str, config: str | None, kind: str = "") -> 
 
 def precompiled_config(text: str, tree: Path) -> bytes:
     """The site config's normalised value for the node to use without parsing it again, keyed
-    to the schema the image carries (agent/sources.py)."""
-    from agent.config import check_text
-    from agent.sources import precompile
+    to the schema the image carries (agent/config/sources.py)."""
+    from agent.config.sources import precompile
+    from agent.config.validate import check_text
     schema_raw = (tree / layout.LIB_SCHEMA.lstrip("/")).read_bytes()
     loaded = check_text(text, "config.yaml")
     if loaded.problems:  # the plan validated it already; this is the same check

@@ -16,7 +16,7 @@ from typing import Any
 
 import jsonschema
 
-from agent.config import load_config
+from agent.config.validate import load_config
 from agent.errors import BasaltError, Problem
 from builder import debian, rpi, signing
 from builder.download import sha256_file

@@ -131,7 +131,7 @@ class Guest:
                 "-serial", "chardev:ser0", *(["-vga", "std"] if x86 else []),
                 "-qmp", f"unix:{self.workdir / 'qmp.sock'},server=on,wait=off",
                 "-netdev", net, "-device", "virtio-net-pci,netdev=n0" + (f",mac={self.mac}" if self.mac else ""),
-                # x86: a hardware watchdog the node arms (agent/watchdog.py); its expiry resets the machine
+                # x86: a hardware watchdog the node arms (agent/pid1/watchdog.py); its expiry resets the machine
                 *(["-device", "i6300esb", "-action", "watchdog=reset"] if x86 else []),
                 *(["-smbios", f"type=1,serial={self.serial}"] if self.serial and x86 else [])]
         cdroms = [*([self.iso] if self.iso is not None else []), *self.extra_cdroms]

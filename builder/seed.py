@@ -21,7 +21,7 @@ def check_user_data(path: Path) -> bytes:
     data = path.read_bytes()
     if data.startswith(b"#!"):
         return data
-    from agent.config import load_config
+    from agent.config.validate import load_config
     loaded = load_config(str(path))
     if loaded.problems:
         raise BasaltError(loaded.problems)

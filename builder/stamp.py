@@ -1,7 +1,7 @@
 """``inv configure``: stamp a validated site config onto an already-built artifact, without
 rebuilding it and without mounts or loop devices; the input is never modified.
 
-- ISO: the build reserves ``/basalt/site.json`` (``layout.SITE_RESERVE`` bytes of NULs, agent/site.py
+- ISO: the build reserves ``/basalt/site.json`` (``layout.SITE_RESERVE`` bytes of NULs, agent/config/site.py
   reads it); a copy of the ISO gets the index written over that reservation, in place.
 - Raw disk / SD card: a copy of the image gets ``/basalt/site.json`` on its boot partition (FAT)
   with mtools (``mcopy -o``), at the partition's offset (GPT name ``BASALT_BOOT``, or the MBR's
@@ -26,14 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from agent import layout
+from agent.config.site import FORMAT
 from agent.errors import BasaltError, Problem
-from agent.site import FORMAT
 from builder import progress
 from builder.download import sha256_file
 
 
 def index(configs: list[dict[str, Any]], default: dict[str, Any] | None, image: str = "") -> bytes:
-    """The site index agent/site.py reads: ``default`` ({name, config}) and per-device entries
+    """The site index agent/config/site.py reads: ``default`` ({name, config}) and per-device entries
     ({name, config, macs, serials})."""
     return json.dumps({"format": FORMAT, "image": image, "default": default, "devices": configs},
                       sort_keys=True).encode()
@@ -70,7 +70,7 @@ def iso_reservation(path: Path) -> tuple[int, int]:
 
 def boot_partition(path: Path) -> int:
     """The byte offset of a disk image's boot partition (FAT)."""
-    from agent.partitions import SECTOR, read_gpt
+    from agent.disk.partitions import SECTOR, read_gpt
     with path.open("rb") as f:
         try:
             _, entries = read_gpt(f)

@@ -2,7 +2,7 @@
 its namespace, service account, cluster role binding, settings and Deployment, pinned, as one
 multi-document manifest that the node's k3s server deploys (the controller registers its Plan
 CRD itself at start). The Plan that drives Basalt upgrades is made on the node from the site
-config (agent/k3s.py ``upgrade_plan``)."""
+config (agent/modules/k3s.py ``upgrade_plan``)."""
 
 from __future__ import annotations
 

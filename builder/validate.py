@@ -12,9 +12,9 @@ from typing import Any
 
 import jsonschema
 
-from agent import schema as agent_schema
+from agent.config import schema as agent_schema
+from agent.config.yamlsource import Located
 from agent.errors import Problem
-from agent.yamlsource import Located
 
 SCHEMAS = Path(__file__).parent / "schemas"
 

@@ -6,7 +6,7 @@ import json
 import tarfile
 from pathlib import Path
 
-from agent import bundle
+from agent.upgrade import bundle
 from builder import signing
 from builder.stages import bundle as bundle_stage
 

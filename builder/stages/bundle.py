@@ -1,4 +1,4 @@
-"""bundle: the upgrade bundle ``<image>-<version>.bundle`` (agent/bundle.py has the format):
+"""bundle: the upgrade bundle ``<image>-<version>.bundle`` (agent/upgrade/bundle.py has the format):
 this build's kernel (as a slot holds it), initramfs and squashfs, with a signed manifest.
 
 The stage's id covers the public key, so a new key re-signs; the secret key's path is an
@@ -12,8 +12,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent import bundle, layout
+from agent import layout
 from agent.errors import BasaltError, Problem
+from agent.upgrade import bundle
 from builder import abdisk, oci, signing
 from builder.arch import Architecture
 
@@ -21,7 +22,7 @@ NAME = "bundle"
 VERSION = 1
 VOLATILE = False
 INPUTS = ("rootfs", "squashfs", "initramfs")
-SOURCES = ("agent/bundle.py", "builder/signing.py", "builder/abdisk.py", "builder/oci.py")
+SOURCES = ("agent/upgrade/bundle.py", "builder/signing.py", "builder/abdisk.py", "builder/oci.py")
 PUBLISH = (("upgrade.bundle", "{name}-{version}.bundle"), ("upgrade.oci.tar", "{name}-{version}.oci.tar"))
 # The OCI upgrade image's entry point: the system-upgrade-controller's job mounts the host's root at
 # /host (and shares its PID namespace), so basalt upgrade runs on the host, and its reboot is the host's.

@@ -129,7 +129,7 @@ def run(ctx: Any, options: dict[str, Any]) -> None:
 def install_payload(options: dict[str, Any], grub_lib: Path, work: Path, rootfs: Path,
                     initramfs: Path) -> dict[str, bytes | Path]:
     """``/basalt/install/``: the plan of the disk ``basalt install`` writes, and what it writes that
-    the ISO does not already carry (agent/install.py reads it)."""
+    the ISO does not already carry (agent/disk/install.py reads it)."""
     opts = {**options, "label": layout.BOOT_LABEL}
     work = work / "install"
     work.mkdir()

@@ -218,7 +218,7 @@ def install_agent(root: Path, version: str) -> None:
     # `basalt init` (PID 1) skips the CLI's argparse: it is on the boot's critical path.
     launcher.write_text("#!/usr/bin/python3 -S\nimport sys\n"
                         f"sys.path[:0] = ['{layout.LIB}', '/usr/lib/python3/dist-packages']\n"
-                        "if sys.argv[1:] == ['init']:\n    from agent.init import main\n"
+                        "if sys.argv[1:] == ['init']:\n    from agent.pid1.init import main\n"
                         "else:\n    from agent.cli import main\n"
                         "sys.exit(main())\n")
     launcher.chmod(0o755)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent import bundle, health
+from agent.upgrade import bundle, health
 from builder import pipeline, plan, powercut, signing
 from builder.qemu import READY, Guest
 from tests.bundles import forged

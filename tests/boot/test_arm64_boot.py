@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import bundle, health
+from agent.upgrade import bundle, health
 from builder import pipeline, plan
 from builder.arch import Architecture
 from builder.qemu import READY, Guest

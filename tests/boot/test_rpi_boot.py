@@ -114,7 +114,7 @@ def test_the_pi_card_boots_under_raspi3b_through_u_boot_and_grub(rpi_card: Path,
         assert "Booting /efi\\boot\\bootaa64.efi" in console  # U-Boot found the card's GRUB
         assert "Booting `Basalt (slot a)'" in console
         assert "state partition /dev/mmcblk0p4 grown to" in console
-        # Unarmed unless the config asks: QEMU's raspi3b resets at once when it is (agent/watchdog.py).
+        # Unarmed unless the config asks: QEMU's raspi3b resets at once when it is (agent/pid1/watchdog.py).
         assert "basalt: watchdog (Broadcom BCM2835 Watchdog timer) left unarmed" in console
         # The dropped config's hostname, in the getty's prompt on the header console.
         login(guest, "pi-from-laptop")
@@ -181,7 +181,7 @@ def card_with_trial(rpi_card: Path, bundle_path: Path, work: Path, dropped: str)
     import os
     import tarfile
 
-    from agent import bootsel, bundle
+    from agent.upgrade import bootsel, bundle
     card = work / "card.img"
     subprocess.run(["cp", "--sparse=always", str(rpi_card), str(card)], check=True)
     os.truncate(card, CARD_MIB << 20)

@@ -38,7 +38,7 @@ def test_the_image_is_reproducible_and_small(image: tuple[Path, Path, dict[str, 
     index = meta["index"]
     assert isinstance(index, dict)
     assert index["manifests"][0]["annotations"]["io.containerd.image.name"] == deploy.image("0.1.0")
-    assert (layer / "app/agent/apps/controller.py").is_file() and not (layer / "app/agent/init.py").exists()
+    assert (layer / "app/agent/apps/controller.py").is_file() and not (layer / "app/agent/pid1/init.py").exists()
 
 
 def test_the_controller_runs_in_its_image_and_steps_a_promotion(image: tuple[Path, Path, dict[str, object]],

@@ -16,7 +16,7 @@ EPOCH = plan.DEFAULT_EPOCH
 def check_basalt_tree(root: Path) -> None:
     """What every Basalt root must contain, whichever backend unpacked it."""
     assert (root / "usr/sbin/basalt").stat().st_mode & 0o111
-    assert (root / "usr/lib/basalt/agent/init.py").is_file()
+    assert (root / "usr/lib/basalt/agent/pid1/init.py").is_file()
     assert (root / "usr/lib/basalt/version").read_text().strip() == plan.load_image("x86_64-iso").version
     assert os.path.realpath(root / "usr/bin/python3").startswith(str(root))
     assert (root / "usr/lib/python3/dist-packages/yaml/__init__.py").is_file()

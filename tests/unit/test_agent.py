@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import cli, devices, supervise, system
+from agent import cli, system
+from agent.pid1 import devices, supervise
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -80,7 +81,7 @@ def test_mem_used_matches_meminfo() -> None:
 
 
 def test_init_refuses_to_run_as_ordinary_process() -> None:
-    proc = subprocess.run([sys.executable, "-c", "from agent.init import main; raise SystemExit(main())"],
+    proc = subprocess.run([sys.executable, "-c", "from agent.pid1.init import main; raise SystemExit(main())"],
                           capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
     assert proc.returncode == 2 and "must run as PID 1" in proc.stderr
 

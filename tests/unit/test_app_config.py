@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from agent import k3s, modules
 from agent.apps import commands, spec
-from agent.config import check_text
+from agent.config.validate import check_text
+from agent.modules import k3s, plans
 
 FACTS = {"k3s": True, "version": "0.1.0", "slot": "a", "mode": "installed", "k3s_images": [], "k3s_charts": []}
 APPS = """\
@@ -29,7 +29,7 @@ apps:
 
 
 def boot_files(config: dict[str, Any]) -> dict[str, Any]:
-    boot = dict(modules.plan_phase("boot", config, FACTS)).get("k3s", [])
+    boot = dict(plans.plan_phase("boot", config, FACTS)).get("k3s", [])
     return {os.path.basename(a[1]): json.loads(a[2]) for a in boot
             if a[0] == "write" and a[1].startswith(k3s.MANIFESTS)}
 

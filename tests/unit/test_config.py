@@ -9,9 +9,9 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.config import LoadedConfig, check_text, load_config
+from agent.config.section import section
+from agent.config.validate import LoadedConfig, check_text, load_config
 from agent.errors import BasaltError
-from agent.section import section
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = ROOT.parent / "shared" / "testdata" / "k3os-configs"
@@ -280,7 +280,7 @@ def schema_fields(schema: dict) -> list[str]:  # type: ignore[type-arg]
 
 
 def test_every_key_example_validates_and_names_every_key() -> None:
-    from agent.config import load_config, load_schema
+    from agent.config.validate import load_config, load_schema
     loaded = load_config(str(ROOT / "config/examples/every-key.yaml"))
     assert loaded.problems == ()
     value = loaded.value

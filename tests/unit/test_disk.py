@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import growstate, layout, partitions
+from agent import layout
+from agent.disk import growstate, partitions
 from agent.errors import BasaltError
 from builder import disk, grub
 
@@ -148,7 +149,7 @@ def test_the_state_partition_grows_to_the_end_of_a_larger_disk(tmp_path: Path) -
 
 
 def test_slots_are_described_from_the_boot_partition(tmp_path: Path) -> None:
-    from agent import slots
+    from agent.upgrade import slots
     (tmp_path / "basalt/a").mkdir(parents=True)
     (tmp_path / "basalt/a/build.json").write_text(
         '{"version": "0.1.0", "image": "x86_64-raw", "built": "2025-01-01T00:00:00Z"}')

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent import doctor
-from agent.init import rotate_logs
+from agent.pid1.init import rotate_logs
 
 RELEASE = "6.1.0-28-amd64"
 

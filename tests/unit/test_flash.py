@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from test_installer import fake_block
 
-from agent import install
+from agent.disk import install
 from agent.errors import BasaltError
 from builder import disk, flash
 

@@ -1,11 +1,11 @@
-"""agent/hotplug.py: the kernel's uevents as PID 1 reads them (parsed from the kernel's wire
+"""agent/pid1/hotplug.py: the kernel's uevents as PID 1 reads them (parsed from the kernel's wire
 format), what they ask for, and a real netlink uevent socket on this host."""
 
 from __future__ import annotations
 
 import socket
 
-from agent import hotplug
+from agent.pid1 import hotplug
 
 USB_NIC = (b"add@/devices/platform/soc/3f980000.usb/usb1/1-1/1-1.1/1-1.1:1.0\0ACTION=add\0"
            b"DEVPATH=/devices/platform/soc/3f980000.usb/usb1/1-1/1-1.1/1-1.1:1.0\0SUBSYSTEM=usb\0"

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import datasources, install, sources
+from agent.config import datasources, sources
+from agent.disk import install
 from agent.errors import BasaltError
 from builder import disk
 
@@ -192,7 +193,8 @@ def test_host_key_fingerprint_is_what_ssh_keygen_shows(tmp_path: Path) -> None:
     import base64
     import struct
 
-    from agent import modules
+    from agent.modules import plans
+
     public = bytes(range(32, 64))
     key = tmp_path / "dropbear_ed25519_host_key"
     kind = b"ssh-ed25519"
@@ -201,7 +203,7 @@ def test_host_key_fingerprint_is_what_ssh_keygen_shows(tmp_path: Path) -> None:
     pub = tmp_path / "key.pub"
     pub.write_text(f"ssh-ed25519 {base64.b64encode(blob).decode()} test\n")
     shown = subprocess.run(["ssh-keygen", "-l", "-f", str(pub)], capture_output=True, text=True, check=True).stdout
-    assert shown.split()[1] == modules.host_key_fingerprint(str(key))
+    assert shown.split()[1] == plans.host_key_fingerprint(str(key))
     key.write_bytes(b"\0\0\0\x07ssh-rsa")
     with pytest.raises(ValueError, match="not a dropbear ed25519 key"):
-        modules.host_key_fingerprint(str(key))
+        plans.host_key_fingerprint(str(key))

@@ -13,9 +13,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from agent import k3s, modules
-from agent.config import check_text
+from agent.config.validate import check_text
 from agent.errors import BasaltError
+from agent.modules import actions, k3s, plans
 from builder import manifests, plan
 
 FACTS = {"k3s": True, "version": "0.1.0", "slot": "a", "mode": "installed", "k3s_images": [],
@@ -34,8 +34,8 @@ def written(actions: list[tuple[Any, ...]]) -> dict[str, bytes]:
 
 
 def boot_and_runtime(config: dict[str, Any], facts: dict[str, Any] = FACTS) -> tuple[list[Any], list[Any]]:
-    boot = dict(modules.plan_phase("boot", config, facts)).get("k3s", [])
-    runtime = dict(modules.plan_phase("runtime", config, facts)).get("k3s_service", [])
+    boot = dict(plans.plan_phase("boot", config, facts)).get("k3s", [])
+    runtime = dict(plans.plan_phase("runtime", config, facts)).get("k3s_service", [])
     return boot, runtime
 
 
@@ -203,7 +203,7 @@ def test_apply_into_a_scratch_root_prunes_what_is_no_longer_configured(tmp_path:
     (manifests_dir / "operator-own.yaml").write_text("kept")
     config = load(SITE.replace("/etc/basalt/extra.yaml", str(tmp_path / "etc/basalt/extra.yaml")))
     boot, _ = boot_and_runtime(config)
-    assert modules.apply(boot, lambda argv: 0, root=str(tmp_path)) == []
+    assert actions.apply(boot, lambda argv: 0, root=str(tmp_path)) == []
     assert sorted(os.listdir(manifests_dir)) == [
         "basalt-00-deployment-web.yaml", "basalt-01-inline.yaml", "basalt-02-extra.yaml", "basalt-chart-ingress.yaml",
         "basalt-chart-site-app.yaml", "operator-own.yaml"]

@@ -23,7 +23,7 @@ def literals(path: Path) -> list[tuple[int, str]]:
 
 def test_shared_paths_and_labels_are_spelled_only_in_the_contract() -> None:
     offenders = []
-    for path in sorted([*(ROOT / "agent").glob("*.py"), *(ROOT / "builder").rglob("*.py")]):
+    for path in sorted([*(ROOT / "agent").rglob("*.py"), *(ROOT / "builder").rglob("*.py")]):
         if path.name != "layout.py":
             offenders += [f"{path.relative_to(ROOT)}:{n}: {v!r}" for n, v in literals(path) if SHARED.search(v)]
     for path in (ROOT / "builder/initramfs/init", *(ROOT / "builder/templates").glob("*")):

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from agent import modules
+from agent.modules import actions, plans
 
 GZ = gzip.compress(b"zipped\n", mtime=0)
 B64 = base64.b64encode(b"encoded\n").decode()
@@ -52,7 +52,7 @@ PLANS: list[tuple[dict[str, Any], dict[str, Any], str, list[tuple[str, list[tupl
 @pytest.mark.parametrize(("config", "facts", "phase", "expected"), PLANS)
 def test_plans(config: dict[str, Any], facts: dict[str, Any], phase: str,
                expected: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
-    assert modules.plan_phase(phase, config, facts) == expected
+    assert plans.plan_phase(phase, config, facts) == expected
 
 
 def scratch_root(tmp_path: Path) -> Path:
@@ -66,8 +66,8 @@ def scratch_root(tmp_path: Path) -> Path:
 
 def test_apply_writes_atomically_with_mode_and_owner(tmp_path: Path) -> None:
     root = scratch_root(tmp_path)
-    actions = [("write", "/opt/app/conf", b"x=1\n", 0o640, "me:me"), ("sysctl", "vm.swappiness", "10")]
-    assert modules.apply(actions, run=lambda argv: 0, root=str(root)) == []
+    planned = [("write", "/opt/app/conf", b"x=1\n", 0o640, "me:me"), ("sysctl", "vm.swappiness", "10")]
+    assert actions.apply(planned, run=lambda argv: 0, root=str(root)) == []
     conf = root / "opt/app/conf"
     assert conf.read_bytes() == b"x=1\n" and stat.S_IMODE(conf.stat().st_mode) == 0o640
     assert (conf.stat().st_uid, conf.stat().st_gid) == (os.getuid(), os.getgid())
@@ -82,9 +82,9 @@ def test_apply_reports_each_failure_and_keeps_going(tmp_path: Path) -> None:
     def run(argv: list[str]) -> int:
         ran.append(argv)
         return 3 if "false" in argv[-1] else 0
-    actions = [("write", "/a", b"1", 0o644, "ghost:root"), ("run", "false"), ("modprobe", "dummy", "numdummies=2"),
+    planned = [("write", "/a", b"1", 0o644, "ghost:root"), ("run", "false"), ("modprobe", "dummy", "numdummies=2"),
                ("sysctl", "no.such.key", "1"), ("write", "/b", b"2", 0o644, "root:root")]
-    errors = modules.apply(actions, run=run, root=str(root))
+    errors = actions.apply(planned, run=run, root=str(root))
     assert errors[0] == "write /a: no such user 'ghost'"
     assert errors[1] == "run false: exited 3"
     assert errors[2].startswith("sysctl no.such.key: ")

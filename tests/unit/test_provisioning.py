@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from agent import bootargs, datasources, modules, sources
+from agent.config import bootargs, datasources, sources
+from agent.modules import actions, plans
 from builder import seed
 
 PASSWD = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
@@ -21,8 +22,8 @@ GROUP = "root:x:0:\nadm:x:4:\nnogroup:x:65534:\n"
 FACTS = {"passwd": PASSWD, "group": GROUP, "interfaces": ["eth0", "eth1"], "wireless": [],
          "have_wpa_supplicant": False}
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ0000 me@laptop"
-DHCP0 = ("service", "dhcp-eth0", modules.dhcp_argv("eth0"))
-DHCP1 = ("service", "dhcp-eth1", modules.dhcp_argv("eth1"))
+DHCP0 = ("service", "dhcp-eth0", plans.dhcp_argv("eth0"))
+DHCP1 = ("service", "dhcp-eth1", plans.dhcp_argv("eth1"))
 LO = ("ip", ["link", "set", "lo", "up"])
 
 PLANS: list[tuple[str, dict[str, Any], dict[str, Any], list[tuple[Any, ...]]]] = [
@@ -77,24 +78,24 @@ PLANS: list[tuple[str, dict[str, Any], dict[str, Any], list[tuple[Any, ...]]]] =
 def test_plans(what: str, config: dict[str, Any], facts: dict[str, Any], expected: list[tuple[Any, ...]]) -> None:
     name = {"users": "users", "ssh keys at boot": "ssh_authorized_keys", "ssh server": "ssh_server", "ntp": "ntp",
             "timezone": "timezone", "wifi without wpa_supplicant in the image": "wifi"}[what.split(":")[0]]
-    plans = dict(modules.plan_phase("initrd", config, facts) + modules.plan_phase("boot", config, facts))
-    assert plans[name] == expected
+    planned = dict(plans.plan_phase("initrd", config, facts) + plans.plan_phase("boot", config, facts))
+    assert planned[name] == expected
 
 
 def test_wifi_with_a_wireless_interface_runs_a_supplicant_and_dhcp() -> None:
     facts = {**FACTS, "wireless": ["wlan0"], "have_wpa_supplicant": True}
-    plan = modules.plan_wifi({"basalt": {"wifi": [{"name": "n"}]}}, facts)
+    plan = plans.plan_wifi({"basalt": {"wifi": [{"name": "n"}]}}, facts)
     assert plan[1:] == [("service", "wifi-wlan0", ["/usr/sbin/wpa_supplicant", "-i", "wlan0", "-c",
                                                    "/etc/wpa_supplicant/basalt.conf"]),
-                        ("service", "dhcp-wlan0", modules.dhcp_argv("wlan0"))]
-    assert modules.plan_wifi({"basalt": {"wifi": [{"name": "n"}]}}, {**facts, "wireless": []})[-1] == \
+                        ("service", "dhcp-wlan0", plans.dhcp_argv("wlan0"))]
+    assert plans.plan_wifi({"basalt": {"wifi": [{"name": "n"}]}}, {**facts, "wireless": []})[-1] == \
         ("error", "wifi", "wifi is configured but there is no wireless interface")
 
 
 def test_remote_keys_only_at_runtime() -> None:
     config = {"ssh_authorized_keys": [KEY, "github:alice", "gitlab:bob", "https://keys.example/me"],
               "users": [{"name": "ops", "ssh_authorized_keys": [KEY]}]}
-    runtime = dict(modules.plan_phase("runtime", config, FACTS))
+    runtime = dict(plans.plan_phase("runtime", config, FACTS))
     assert runtime["ssh_authorized_keys_remote"] == [
         ("keys", "/root/.ssh/authorized_keys", [KEY],
          ["https://github.com/alice.keys", "https://gitlab.com/bob.keys", "https://keys.example/me"], "root:root")]
@@ -113,13 +114,13 @@ def test_remote_keys_only_at_runtime() -> None:
     ({"interfaces": {"eth1": {"dhcp": False}, "mgmt": {"vlan": {"id": 42, "link": "eth0"}, "dhcp": True}}},
      [LO, DHCP0, ("stop", "dhcp-eth1"), ("ip", ["addr", "flush", "dev", "eth1"]), ("ip", ["link", "set", "eth1", "up"]),
       ("modprobe", "8021q", ""), ("ip", ["link", "add", "link", "eth0", "name", "mgmt", "type", "vlan", "id", "42"]),
-      ("ip", ["link", "set", "mgmt", "up"]), ("service", "dhcp-mgmt", modules.dhcp_argv("mgmt")),
+      ("ip", ["link", "set", "mgmt", "up"]), ("service", "dhcp-mgmt", plans.dhcp_argv("mgmt")),
       ("touch", "/run/basalt/network-up")]),
     ({"interfaces": {"wlan9": {"dhcp": True}}},
      [LO, DHCP0, DHCP1, ("error", "network.interfaces.wlan9", "no interface 'wlan9' (present: eth0, eth1)")]),
 ])
 def test_network_plans(network: dict[str, Any], expected: list[tuple[Any, ...]]) -> None:
-    assert modules.plan_network({"network": network} if network else {}, FACTS) == expected
+    assert plans.plan_network({"network": network} if network else {}, FACTS) == expected
 
 
 class Recorder:
@@ -147,8 +148,8 @@ def scratch(tmp_path: Path) -> Path:
 def test_plain_passwords_are_hashed_before_they_touch_disk(tmp_path: Path) -> None:
     import _crypt
     root = scratch(tmp_path)
-    actions = [("shadow", {"root": "s3cret", "me": None, "new": "$6$given$hash"})]
-    assert modules.apply(actions, run=lambda argv: 0, root=str(root)) == []
+    planned = [("shadow", {"root": "s3cret", "me": None, "new": "$6$given$hash"})]
+    assert actions.apply(planned, run=lambda argv: 0, root=str(root)) == []
     rows = {r.split(":")[0]: r.split(":") for r in (root / "etc/shadow").read_text().splitlines()}
     assert rows["root"][1].startswith("$6$") and _crypt.crypt("s3cret", rows["root"][1]) == rows["root"][1]
     assert "s3cret" not in (root / "etc/shadow").read_text()
@@ -161,12 +162,12 @@ def test_keys_services_symlink_and_errors_apply(tmp_path: Path, http_server) -> 
     root = scratch(tmp_path)
     (http_server.root / "me.keys").write_text(f"{KEY}\n# comment\n\nssh-rsa AAAAB3 other\n")
     services = Recorder()
-    actions = [("keys", "/home/me/.ssh/authorized_keys", [KEY], [f"{http_server.url}/me.keys"], "me:me"),
+    planned = [("keys", "/home/me/.ssh/authorized_keys", [KEY], [f"{http_server.url}/me.keys"], "me:me"),
                ("symlink", "/usr/share/zoneinfo/Europe/Berlin", "/etc/localtime"),
                ("symlink", "/usr/share/zoneinfo/Mars/Olympus", "/etc/localtime"),
                ("service", "sshd", ["/usr/sbin/dropbear", "-F"]), ("stop", "ntpd"), ("touch", "/ready"),
                ("error", "wifi", "no wireless interface")]
-    errors = modules.apply(actions, run=lambda argv: 0, root=str(root), services=services)
+    errors = actions.apply(planned, run=lambda argv: 0, root=str(root), services=services)
     assert errors == ["symlink /usr/share/zoneinfo/Mars/Olympus: /usr/share/zoneinfo/Mars/Olympus does not exist "
                       "in this image", "error wifi: no wireless interface"]
     keys = root / "home/me/.ssh/authorized_keys"
@@ -180,7 +181,7 @@ def test_keys_services_symlink_and_errors_apply(tmp_path: Path, http_server) -> 
 def test_key_urls_are_retried_then_reported(http_server, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setattr("time.sleep", lambda s: None)
     with pytest.raises(OSError, match=r"cannot fetch keys from .*/missing.keys after 3 attempts: HTTP Error 404"):
-        modules.fetch_keys(f"{http_server.url}/missing.keys", attempts=3)
+        actions.fetch_keys(f"{http_server.url}/missing.keys", attempts=3)
     assert [p for p, _ in http_server.requests] == ["/missing.keys"] * 3
 
 
@@ -313,7 +314,7 @@ def test_a_reverted_trial_config_is_not_applied_at_the_next_boot(tmp_path: Path)
 
 
 def test_a_precompiled_baked_config_is_used_only_while_it_matches(tmp_path: Path) -> None:
-    from agent.config import check_text
+    from agent.config.validate import check_text
     baked = tmp_path / "config.yaml"
     text = "hostname: Edge-1\nk3os: {dnsNameserver: 10.0.0.1}\n"
     baked.write_text(text)
@@ -340,7 +341,7 @@ def test_a_precompiled_baked_config_is_used_only_while_it_matches(tmp_path: Path
     ({"name": "hex", "passphrase": "AB" * 32}, ['\tssid="hex"', "\tpsk=" + "ab" * 32]),
 ])
 def test_wifi_networks_cannot_break_the_supplicant_config(network: dict[str, str], lines: list[str]) -> None:
-    (_, path, text, mode, _), = modules.plan_wifi({"basalt": {"wifi": [network]}}, FACTS)[:1]
+    (_, path, text, mode, _), = plans.plan_wifi({"basalt": {"wifi": [network]}}, FACTS)[:1]
     assert path == "/etc/wpa_supplicant/basalt.conf" and mode == 0o600
     body = text.decode().split("network={\n")[1].splitlines()
     assert body[:2] == lines and body[2:] == ["\tpriority=1", "}"]
@@ -351,7 +352,7 @@ def test_wifi_networks_cannot_break_the_supplicant_config(network: dict[str, str
 def test_the_schema_takes_only_passphrases_wpa_takes(passphrase: str, ok: bool) -> None:
     import json
 
-    from agent.config import check_text
+    from agent.config.validate import check_text
     loaded = check_text(json.dumps({"basalt": {"wifi": [{"name": "n", "passphrase": passphrase}]}}))
     assert loaded.ok is ok, loaded.problems
     if not ok:
@@ -362,6 +363,6 @@ def test_an_unmanaged_interface_gets_no_dhcp_and_no_wifi_client() -> None:
     config = {"network": {"interfaces": {"wlan1": {"unmanaged": True}, "eth1": {"unmanaged": True}}},
               "basalt": {"wifi": [{"name": "n"}]}}
     facts = {**FACTS, "interfaces": ["eth0", "eth1"], "wireless": ["wlan0", "wlan1"], "have_wpa_supplicant": True}
-    services = [a[1] for a in modules.plan_network(config, facts) + modules.plan_wifi(config, facts)
+    services = [a[1] for a in plans.plan_network(config, facts) + plans.plan_wifi(config, facts)
                 if a[0] == "service"]
     assert services == ["dhcp-eth0", "wifi-wlan0", "dhcp-wlan0"]

@@ -1,4 +1,4 @@
-"""The stamped site index (agent/site.py): which config a node takes, by MAC, serial or default; the
+"""The stamped site index (agent/config/site.py): which config a node takes, by MAC, serial or default; the
 chosen config written owner-only; its place in the merge order; secrets redacted in config show."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import layout, site, sources
+from agent import layout
+from agent.config import site, sources
 from builder import stamp
 
 pytestmark = pytest.mark.unit

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import bootargs, sources
+from agent.config import bootargs, sources
 from tests.conftest import ROOT
 
 TOP = {"hostname", "ssh_authorized_keys", "write_files", "run_cmd"}
@@ -90,7 +90,7 @@ def test_every_boot_control_argument_the_boot_chain_writes_is_not_read_as_config
     import re
     written = set()
     for path in [*(ROOT / "builder/templates").glob("*.j2"), *(ROOT / "builder/initramfs").rglob("*"),
-                 *(ROOT / "agent").glob("*.py"), *(ROOT / "builder").glob("*.py")]:
+                 *(ROOT / "agent").rglob("*.py"), *(ROOT / "builder").rglob("*.py")]:
         if path.is_file():
             written |= set(re.findall(r"basalt\.([a-z_]+)=", path.read_text(errors="replace")))
     config_keys = {"hostname", "datasource"}  # the documented config arguments of the examples

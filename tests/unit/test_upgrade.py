@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import bootsel, bundle, health, slots, upgrade
 from agent.errors import BasaltError
+from agent.upgrade import bootsel, bundle, health, slots, upgrade
 from builder import signing
 from builder.stages import bundle as bundle_stage
 
@@ -271,7 +271,7 @@ def test_keygen_writes_a_pair_and_never_overwrites(tmp_path: Path, capsys: pytes
 
 
 def test_labels_are_set_through_the_api_with_the_roles_credentials() -> None:
-    from agent import k3s
+    from agent.modules import k3s
     server = k3s.relabel_argv({}, "edge-1", "2", "b")
     assert server == ["/usr/bin/k3s", "kubectl", "--kubeconfig", "/etc/rancher/k3s/k3s.yaml", "label", "node",
                       "edge-1", "--overwrite", "basalt.io/version=2", "basalt.io/slot=b"]

@@ -12,7 +12,7 @@ import jsonschema
 import pytest
 import yaml
 
-from agent import k3s
+from agent.modules import k3s
 from builder import manifests, suc
 
 ROOT = Path(__file__).resolve().parents[2]

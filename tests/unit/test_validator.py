@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from test_config import rendered  # type: ignore[import-not-found]
 
-from agent.config import check_text, load_config
+from agent.config.validate import check_text, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CLOUD_INIT = ROOT.parent / "shared" / "testdata" / "cloud-init-examples"
@@ -174,7 +174,7 @@ def test_cloud_init_examples(number: str) -> None:
 
 
 def test_cloud_init_write_files_decode_as_cloud_init_writes_them() -> None:
-    from agent.modules import plan_write_files
+    from agent.modules.plans import plan_write_files
     loaded = load_config(str(next(p for p in examples() if p.name.startswith("04"))))
     files = {a[1]: a[2] for a in plan_write_files(loaded.value, {})}
     assert files["/usr/bin/hello"] == b"#!/bin/sh\necho hello world\n"  # gzip + !!binary
@@ -310,16 +310,16 @@ def test_relative_write_files_path_is_written_from_root_with_a_warning() -> None
      "1: warning: write_files[0].path: nothing on Basalt reads /etc/ssh/sshd_config"),
 ])
 def test_warnings_for_what_a_node_would_break_on(text: str, expected: str) -> None:
-    from agent.config import check
-    from agent.yamlsource import loads
+    from agent.config.validate import check
+    from agent.config.yamlsource import loads
     loaded = check(loads(text, "c.yaml"), k3s_version="v1.34.2+k3s1")  # the x86_64-k3s image's release
     assert loaded.problems == ()
     assert [w.render().splitlines()[0] for w in loaded.warnings] == [f"c.yaml:{expected}"]
 
 
 def test_removed_flags_are_fine_on_an_old_k3s() -> None:
-    from agent.config import check
-    from agent.yamlsource import loads
+    from agent.config.validate import check
+    from agent.config.yamlsource import loads
     doc = loads("k3os: {k3s_args: [server, --no-deploy=traefik]}\n", "c.yaml")
     assert check(doc, k3s_version="v1.21.5+k3s2").warnings == ()
 

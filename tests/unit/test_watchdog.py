@@ -1,4 +1,4 @@
-"""agent/watchdog.py: when PID 1 feeds the hardware watchdog and when it lets it reset the board.
+"""agent/pid1/watchdog.py: when PID 1 feeds the hardware watchdog and when it lets it reset the board.
 The device is a file here (the boundary: a real watchdog would reset this machine); the QEMU x86
 tests arm a real i6300esb."""
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import watchdog
+from agent.pid1 import watchdog
 
 
 def fed(path: Path) -> int:

@@ -13,7 +13,7 @@ from agent.log import log
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from agent.provision import Provisioner
+    from agent.pid1.provision import Provisioner
 
 REQUEST = layout.RUN_REQUEST
 RESULT = layout.RUN_RESULT
@@ -45,7 +45,7 @@ def handle_request(prov: Provisioner) -> None:
 
 
 def apply(prov: Provisioner, try_s: float | None) -> dict[str, object]:
-    from agent import sources
+    from agent.config import sources
     if prov.trying:
         return {"ok": False, "errors": ["a 'config apply --try' is waiting: confirm it, or wait for its revert"]}
     previous = (prov.config, prov.merged, prov.config_sources)
@@ -66,7 +66,7 @@ def apply(prov: Provisioner, try_s: float | None) -> dict[str, object]:
 
 
 def confirm(prov: Provisioner) -> dict[str, object]:
-    from agent import sources
+    from agent.config import sources
     if not prov.trying:
         return {"ok": False, "errors": ["nothing to confirm: no 'config apply --try' is waiting"]}
     prov.trying = None
@@ -83,7 +83,7 @@ def deadline(prov: Provisioner) -> float | None:
 def revert(prov: Provisioner) -> None:
     """The trial ran out unconfirmed: put back the config in force before it, and remember
     the rejected sources so the next boot does not apply them either."""
-    from agent import sources
+    from agent.config import sources
     trying, prov.trying = prov.trying, None
     assert isinstance(trying, Trial)
     rejected = getattr(prov.merged, "digest", "")

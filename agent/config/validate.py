@@ -14,10 +14,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent import schema as schema_mod
-from agent.bootargs import SCHEMA_PATHS
+from agent.config import schema as schema_mod
+from agent.config.bootargs import SCHEMA_PATHS
+from agent.config.yamlsource import TEMPLATE, Located, PathKey, format_path, load, loads
 from agent.errors import Problem
-from agent.yamlsource import TEMPLATE, Located, PathKey, format_path, load, loads
 
 TRUE = {"true", "yes", "on", "1"}
 FALSE = {"false", "no", "off", "0"}
@@ -137,7 +137,7 @@ def normalise(doc: Located, schema: dict[str, Any]) -> tuple[Located, list[Probl
 def check(doc: Located, schema: dict[str, Any] | None = None, k3s_version: str | None = None) -> LoadedConfig:
     """Normalise and validate one parsed document: every problem and every warning, ordered by
     line. ``k3s_version``: the release the config will run with (default: this node's)."""
-    from agent import checks
+    from agent.config import checks
     schema = schema or load_schema()
     if doc.value is None:
         return LoadedConfig({}, doc, tuple(doc.problems))

@@ -8,14 +8,14 @@ from __future__ import annotations
 import os
 
 from agent import layout, system
-from agent.devices import read
 from agent.log import log
-from agent.supervise import listdir, spawn_wait
+from agent.pid1.devices import read
+from agent.pid1.supervise import listdir, spawn_wait
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from agent.log import Errors
-    from agent.supervise import Supervisor
+    from agent.pid1.supervise import Supervisor
 
 COMMANDS_LOG = layout.RUN_LOG + "/config-commands.log"
 
@@ -29,7 +29,7 @@ class Provisioner:
         self.merged: object = None  # sources.Merged of the config in force
         self.config_sources: list[str] = []
         self.config_fallback: str | None = None
-        self.site_index: dict[str, object] | None = None  # the medium's stamped configs (agent/site.py)
+        self.site_index: dict[str, object] | None = None  # the medium's stamped configs (agent/config/site.py)
         self.site_match: dict[str, object] | None = None
         self.base_tables: dict[str, str] = {}  # the image's passwd/group, before users: added to them
         self.trying: object = None  # control.Trial: an unconfirmed "config apply --try"
@@ -37,17 +37,17 @@ class Provisioner:
 
     def load(self) -> dict[str, object]:
         """Merge the config sources (see sources.py); problems are logged and kept in the status."""
-        from agent import bootargs
+        from agent.config import bootargs
         text = read("/proc/cmdline")
         if self.site_index is not None:
-            from agent import site
+            from agent.config import site
             self.site_match = self.errors.guard("site", site.select, self.site_index)
             if self.site_match:
                 log(f"site: {site.describe(self.site_match)}")
         seed = self.errors.guard("nocloud seed", collect_seed)
         if not seed and not bootargs.has_config(text):
             return {}  # nothing to load: skip the parser and validator imports
-        from agent import sources
+        from agent.config import sources
         merged = sources.gather(text)
         for problem in merged.problems:
             self.errors.add("config", problem.render().replace("\n", " - "))
@@ -78,12 +78,12 @@ class Provisioner:
         """Apply the config modules of ``phase``; each module's failure is recorded, the rest run."""
         if not self.config and not getattr(self.merged, "scripts", None) and not os.path.exists(layout.K3S_BINARY):
             return []
-        from agent import modules
+        from agent.modules import actions, plans
         before = len(self.errors)
-        for name, actions in modules.plan_phase(phase, self.config, self.facts()):
+        for name, planned in plans.plan_phase(phase, self.config, self.facts()):
             if name in skip:
                 continue
-            for error in modules.apply(actions, run_command, services=self.supervisor):
+            for error in actions.apply(planned, run_command, services=self.supervisor):
                 self.errors.add(f"{phase}/{name}", error)
         if phase == "runtime" and "scripts" not in skip:
             for script in getattr(self.merged, "scripts", []):
@@ -97,10 +97,10 @@ class Provisioner:
         """Once the network is up: the HTTP datasource (a new or changed copy is applied now;
         its init_cmd and boot_cmd run from the next boot), then the runtime modules, run_cmd
         and user-data scripts."""
-        from agent import bootargs
+        from agent.config import bootargs
         url = bootargs.datasource_url(read("/proc/cmdline"))
         if url:
-            from agent import datasources
+            from agent.config import datasources
             if self.errors.guard("datasource", datasources.fetch_url, url):
                 log(f"datasource {url}: new user-data, applying")
                 self.reconfigure()
@@ -110,8 +110,8 @@ class Provisioner:
     def reapply(self, runtime: bool = True) -> None:
         """The config in force, applied again to the running node: commands and scripts run once
         per boot, so not here."""
-        from agent import modules
-        skip = (*modules.ONCE_PER_BOOT, "scripts")
+        from agent.modules import plans
+        skip = (*plans.ONCE_PER_BOOT, "scripts")
         self.errors.guard("hostname", self.set_hostname, self.config)
         for phase in ("initrd", "boot"):
             self.run_phase(phase, skip)
@@ -143,8 +143,8 @@ class Provisioner:
 
     def network(self) -> None:
         """DHCP on every wired interface, or what ``network:`` says (static, VLAN)."""
-        from agent import modules
-        for error in modules.apply(modules.plan_network(self.config, self.facts()), run_command,
+        from agent.modules import actions, plans
+        for error in actions.apply(plans.plan_network(self.config, self.facts()), run_command,
                                    services=self.supervisor):
             self.errors.add("network", error)
 
@@ -154,7 +154,7 @@ def run_command(argv: list[str]) -> int:
 
 
 def collect_seed() -> str | None:
-    from agent import datasources
+    from agent.config import datasources
     found = datasources.find_seed()
     if found is None:
         return None

@@ -4,8 +4,8 @@ Upgrade: fetch the bundle (an http(s) URL, resumed and retried; or a file, such 
 inside the OCI upgrade image), check its signature, every part's hash, its arch and image name,
 that its version has not failed here before (unless ``--force``) and that it fits the inactive
 slot — all before anything is written — then write the inactive slot (its squashfs read back
-and compared), arm a one-shot trial boot of it (agent/bootsel.py) and reboot. The trial boot's
-health gate (agent/health.py) commits it, or the boot loader comes back to the committed slot.
+and compared), arm a one-shot trial boot of it (agent/upgrade/bootsel.py) and reboot. The trial boot's
+health gate (agent/upgrade/health.py) commits it, or the boot loader comes back to the committed slot.
 
 The slot booted now is never written, and the boot selection is changed last, in one sector
 write: power lost at any point leaves the node booting a slot that was healthy.
@@ -20,9 +20,10 @@ import sys
 import time
 from typing import Any
 
-from agent import bootsel, bundle, layout, slots
+from agent import layout
+from agent.disk.partitions import sha256_range
 from agent.errors import BasaltError, Problem
-from agent.partitions import sha256_range
+from agent.upgrade import bootsel, bundle, slots
 
 CHUNK = 4 << 20
 ARCHES = {"x86_64": "x86_64", "aarch64": "arm64"}

@@ -10,11 +10,11 @@ import time
 
 from agent import system
 from agent.log import log
-from agent.supervise import HANDLED
+from agent.pid1.supervise import HANDLED
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from agent.supervise import Supervisor
+    from agent.pid1.supervise import Supervisor
 
 ACTIONS = {_signal.SIGUSR1: "halt", _signal.SIGUSR2: "poweroff", _signal.SIGPWR: "poweroff",
            _signal.SIGTERM: "reboot", _signal.SIGINT: "reboot"}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from agent import layout
-from agent.devices import read
+from agent.pid1.devices import read
 
 
 def write(fields: dict[str, object], path: str = layout.RUN_STATUS) -> None:

@@ -2,7 +2,7 @@
 
 A raw image is small; the disk it is written to is not. When the state partition is the last on
 a GPT or MBR disk and the disk has more than a few MiB past it: the table is rewritten with the partition
-reaching the disk's end (agent/partitions.py: backup first, the primary last, so an
+reaching the disk's end (agent/disk/partitions.py: backup first, the primary last, so an
 interruption leaves a valid table), the kernel is told the new size (BLKPG, which works
 while other partitions of the disk are mounted), and the mounted ext4 is grown online (the
 ioctl resize2fs uses). Standard library only; ``needed()`` is cheap (sysfs reads) and is all a
@@ -49,7 +49,7 @@ def grow_gpt(disk: str, number: int, new_last: int) -> tuple[int, int]:
     """Rewrite ``disk``'s GPT so partition ``number`` ends at ``new_last``; ``(start, last)`` in sectors."""
     from dataclasses import replace
 
-    from agent import partitions
+    from agent.disk import partitions
     with open(disk, "r+b") as f:
         total = f.seek(0, os.SEEK_END) // SECTOR
         try:

@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 import struct
 
-from agent import hotplug, layout
+from agent import layout
 from agent.log import log
-from agent.supervise import Service, spawn_wait
+from agent.pid1 import hotplug
+from agent.pid1.supervise import Service, spawn_wait
 
 KEY_POWER = 116
 EV_KEY = 1
@@ -100,7 +101,7 @@ class Coldplug:
         return changed
 
     def hotplug(self, events: list[dict[str, str]]) -> list[str]:
-        """Devices that appeared since boot (agent/hotplug.py): their drivers loaded; returns the
+        """Devices that appeared since boot (agent/pid1/hotplug.py): their drivers loaded; returns the
         new network interfaces."""
         wanted = hotplug.wanted(events)
         if wanted.aliases:

@@ -1,5 +1,5 @@
 """Upgrade bundles: ``<image>-<version>.bundle``, written by the builder (builder/stages/bundle.py)
-and checked by ``basalt upgrade`` (agent/upgrade.py) before anything is written.
+and checked by ``basalt upgrade`` (agent/upgrade/upgrade.py) before anything is written.
 
 A bundle is a plain tar (its parts are compressed already), in this order:
 

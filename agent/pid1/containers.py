@@ -8,13 +8,13 @@ from __future__ import annotations
 import os
 
 from agent import layout, system
-from agent.devices import read
-from agent.supervise import listdir, spawn_wait
+from agent.pid1.devices import read
+from agent.pid1.supervise import listdir, spawn_wait
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from agent.log import Errors
-    from agent.supervise import Supervisor
+    from agent.pid1.supervise import Supervisor
 
 CONTAINER_DATA = ("/var/lib/containerd", "/var/lib/rancher")  # overlayfs snapshots live under these
 CGROUP_CONTROLLERS = ("cpu", "cpuset", "io", "memory", "pids")

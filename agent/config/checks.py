@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from agent import layout
+from agent.config.yamlsource import TEMPLATE, Located, format_path
 from agent.errors import Problem
-from agent.yamlsource import TEMPLATE, Located, format_path
 
 COMMAND_KEYS = ("init_cmd", "boot_cmd", "run_cmd")
 # Values that are not configuration but payload or shell: a `${VAR}` there is meant.
@@ -87,7 +87,7 @@ def payloads(doc: Located) -> list[Problem]:
     at the item's content line."""
     import zlib
 
-    from agent.modules import decode
+    from agent.modules.plans import decode
     out = []
     for i, item in _write_files(doc.value):
         if not isinstance(item.get("content", ""), str):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 
 from agent import layout
-from agent.section import section
+from agent.config.section import section
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

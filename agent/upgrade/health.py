@@ -21,8 +21,9 @@ import sys
 import time
 from typing import Any
 
-from agent import bootsel, layout, slots
-from agent.section import health_timeout, upgrade_settings
+from agent import layout
+from agent.config.section import health_timeout, upgrade_settings
+from agent.upgrade import bootsel, slots
 
 CHECK_TIMEOUT_S = 60
 POLL_S = 3.0
@@ -44,7 +45,8 @@ LABEL_TIMEOUT_S = 600
 
 
 def node_config() -> dict[str, Any]:
-    from agent import devices, sources
+    from agent.config import sources
+    from agent.pid1 import devices
     value = sources.gather(devices.read("/proc/cmdline")).value
     return value if isinstance(value, dict) else {}
 
@@ -79,7 +81,7 @@ def problems(checks: list[dict[str, Any]], config: dict[str, Any] | None = None)
         if svc.get("state") != "running":
             out.append(f"service {name} is {svc.get('state')} ({svc.get('failures')} failures)")
     if "k3s" in status.get("services", {}):
-        from agent import k3s
+        from agent.modules import k3s
         ok, said = run_check(k3s.node_ready_argv(config or {}, str(status.get("hostname"))), CHECK_TIMEOUT_S)
         if not ok or not said.endswith("True"):
             out.append(f"the k3s node {status.get('hostname')} is not Ready ({said})")
@@ -111,7 +113,7 @@ def relabel(config: dict[str, Any], version: str, slot: str, clock: Any = time.m
     status = read_status()
     if "k3s" not in status.get("services", {}):
         return False
-    from agent import k3s
+    from agent.modules import k3s
     argv = k3s.relabel_argv(config, str(status.get("hostname")), version, slot)
     deadline = clock() + LABEL_TIMEOUT_S
     while True:
@@ -183,7 +185,7 @@ def settle(booted: str, backend: bootsel.GrubEnv, sel: bootsel.Selection) -> int
 
 
 def main(cmdline: str | None = None) -> int:
-    from agent import devices
+    from agent.pid1 import devices
     booted = slots.booted()
     if booted not in layout.SLOTS:
         return 0

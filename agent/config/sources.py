@@ -1,6 +1,6 @@
 """Config sources and the merge order (design.md): later wins.
 
-baked-in (boot medium) -> the stamped site config (agent/site.py) -> kernel command line (basalt.* /
+baked-in (boot medium) -> the stamped site config (agent/config/site.py) -> kernel command line (basalt.* /
 k3os.*) -> /var/lib/basalt/config.yaml
 -> /var/lib/basalt/config.d/*.yaml -> datasources (NoCloud seed meta-data then user-data, then
 the HTTP URL's). Mappings merge key by key, scalars override, lists are replaced (as k3OS).
@@ -17,22 +17,22 @@ from __future__ import annotations
 import os
 
 from agent import layout
-from agent.bootargs import BAKED, CONTROL, has_config_args, is_datasource_url
+from agent.config.bootargs import BAKED, CONTROL, has_config_args, is_datasource_url
 
 TYPE_CHECKING = False  # typing costs a tenth of a second on the boot path under emulation
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-    from agent.config import LoadedConfig
+    from agent.config.validate import LoadedConfig
+    from agent.config.yamlsource import PathKey
     from agent.errors import Problem
-    from agent.yamlsource import PathKey
 
 STATE = layout.STATE_CONFIG
 STATE_DIR = layout.STATE_CONFIG_D
 KNOWN_GOOD = layout.KNOWN_GOOD
 REJECTED = layout.REJECTED
-SITE = layout.RUN_SITE_CONFIG  # chosen from the medium's stamped configs at boot (agent/site.py)
+SITE = layout.RUN_SITE_CONFIG  # chosen from the medium's stamped configs at boot (agent/config/site.py)
 DROPPED = layout.RUN_MEDIUM + layout.MEDIUM_SITE_CONFIG  # put on the boot partition from a laptop
 
 
@@ -113,7 +113,7 @@ def gather(cmdline: str, baked: str = BAKED, state: str = STATE, state_dir: str 
            rejected: str = REJECTED, dropped: str = DROPPED, site: str = SITE) -> Merged:
     """Every source in order, each validated alone; see the module docstring for what a
     problem in one of them does."""
-    from agent.datasources import DIRS, is_script
+    from agent.config.datasources import DIRS, is_script
     schema_raw = schema_bytes()
     parsed: list[dict[str, Any]] = []
 
@@ -130,8 +130,8 @@ def gather(cmdline: str, baked: str = BAKED, state: str = STATE, state_dir: str 
         [(path, _load(path, schema, schema_raw)) for path in files[:2]]
     cmd = cmdline_config(cmdline, set(schema()["properties"])) if has_config_args(cmdline) else {}
     if cmd:
-        from agent.config import check
-        from agent.yamlsource import Located
+        from agent.config.validate import check
+        from agent.config.yamlsource import Located
         layers.append(("kernel command line", check(Located(cmd, "kernel command line"), schema())))
         digest.update(repr(sorted(cmd.items())).encode())
     layers += [(path, _load(path, schema, schema_raw)) for path in files[2:]]
@@ -216,9 +216,9 @@ def _problem(message: str, hint: str) -> Problem:
 
 def _meta_data(path: str, schema: dict[str, Any]) -> LoadedConfig | list[Problem]:
     """NoCloud meta-data: its ``local-hostname`` sets the host name."""
-    from agent.config import check
+    from agent.config.validate import check
+    from agent.config.yamlsource import Located, load
     from agent.errors import BasaltError
-    from agent.yamlsource import Located, load
     try:
         doc = load(path)
     except BasaltError as exc:
@@ -252,7 +252,7 @@ def sha256(data: bytes = b"") -> Any:
 
 
 def schema_bytes() -> bytes:
-    from agent.bootargs import SCHEMA_PATHS
+    from agent.config.bootargs import SCHEMA_PATHS
     for path in SCHEMA_PATHS:
         if os.path.isfile(path):
             with open(path, "rb") as f:
@@ -295,9 +295,9 @@ def _load(path: str, schema: Callable[[], dict[str, Any]], schema_raw: bytes) ->
         cached = precompiled(path, f.read(), schema_raw)
     if cached is not None:
         return Valid(cached)
-    from agent.config import check
+    from agent.config.validate import check
+    from agent.config.yamlsource import load
     from agent.errors import BasaltError
-    from agent.yamlsource import load
     try:
         return check(load(path, strict=False), schema())
     except BasaltError as exc:  # a YAML syntax error: the whole source is unusable

@@ -29,7 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from agent import layout, partitions
+from agent import layout
+from agent.disk import partitions
 from agent.errors import BasaltError, Problem
 
 SYS_BLOCK = "/sys/block"
@@ -103,7 +104,7 @@ def probe(device: str) -> str:
 
 
 def identify(head: bytes) -> str:
-    from agent.datasources import fs_label
+    from agent.config.datasources import fs_label
     found = fs_label(head)
     if found:
         label = found[1].decode(errors="replace").strip()
@@ -298,15 +299,15 @@ def config_to_install(settings: Settings, cmdline: str, fetch: Callable[[str], b
     layered on top; without the install section, which has done its work. Validated; YAML text."""
     import yaml
 
-    from agent import sources
-    from agent.config import check_text
+    from agent.config import sources
+    from agent.config.validate import check_text
     merged = sources.gather(cmdline)
     if merged.problems:
         raise BasaltError([*merged.problems, Problem(
             "the live system's config has problems; nothing was written",
             hint="basalt config validate shows them; fix the source, then install")])
     if settings.config_url:
-        from agent.datasources import get
+        from agent.config.datasources import get
         try:
             text = (fetch or get)(settings.config_url).decode()
         except (OSError, UnicodeDecodeError) as exc:

@@ -25,11 +25,12 @@ import select
 import sys
 import time
 
-from agent import containers, control, devices, hotplug, layout, power, status, system, watchdog
-from agent.devices import read
+from agent import layout, system
 from agent.log import Errors, format_exception, log
-from agent.provision import Provisioner
-from agent.supervise import Service, Supervisor, rotate_logs, spawn
+from agent.pid1 import containers, control, devices, hotplug, power, status, watchdog
+from agent.pid1.devices import read
+from agent.pid1.provision import Provisioner
+from agent.pid1.supervise import Service, Supervisor, rotate_logs, spawn
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -87,7 +88,7 @@ class Init:
         self.early_mounts()
         self.errors.guard("ctrl-alt-del", system.disable_ctrl_alt_del)
         self.phase("state", self.grow_state)
-        from agent import site
+        from agent.config import site
         self.prov.site_index = self.errors.guard("site", site.load)  # type: ignore[assignment]
         early = site.needs_identity(self.prov.site_index)
         if early:  # per-device configs are chosen by MAC address: the network drivers first
@@ -101,12 +102,12 @@ class Init:
         self.phase("containers", containers.prepare, self.supervisor, self.errors)
         self.phase("network", self.prov.network)
         self.phase("boot_modules", self.prov.run_phase, "boot")
-        from agent import bootargs
+        from agent.config import bootargs
         self.runtime_pending = bool(self.prov.config) or bootargs.datasource_url(read("/proc/cmdline")) is not None \
             or os.path.exists(layout.K3S_BINARY)
         merged = self.prov.merged
         if merged is not None and not merged.problems:  # type: ignore[attr-defined]
-            from agent import sources
+            from agent.config import sources
             self.errors.guard("known-good config", sources.save_known_good, merged)
         self.errors.guard("ssh host key", report_host_key)
         self.phase("consoles", self.consoles)
@@ -132,15 +133,15 @@ class Init:
         """On an installed disk, the state partition takes the rest of the disk (first boot)."""
         device = read(layout.RUN_STATE_DEVICE).strip()
         if device and self.prov.mode == "installed":
-            from agent import growstate
+            from agent.disk import growstate
             said = growstate.grow(device, layout.RUN_STATE)
             if said:
                 log(said)
 
     def arm_watchdog(self) -> None:
         """After the coldplug (it loads the driver); on a trial boot the main loop must keep turning
-        until the health gate's verdict can be acted on (agent/watchdog.py)."""
-        from agent.section import health_timeout, section
+        until the health gate's verdict can be acted on (agent/pid1/watchdog.py)."""
+        from agent.config.section import health_timeout, section
         name = watchdog.identity()
         if not watchdog.wanted(section(self.prov.config).get("watchdog"), name):
             if name:
@@ -175,14 +176,14 @@ class Init:
         basalt.mode=install): ``basalt install`` runs by itself, its messages on the console."""
         if self.prov.mode != "live":
             return
-        from agent import install
+        from agent.disk import install
         if install.wanted_at_boot(self.prov.config, read("/proc/cmdline")):
             log("unattended install: starting basalt install")
             pid = spawn([layout.AGENT, "install", "--unattended"], log_path="/dev/console")
             self.supervisor.watch(pid, self.install_done)
 
     def health(self) -> None:
-        """An installed node's boot selection settled after each boot (agent/health.py): a trial
+        """An installed node's boot selection settled after each boot (agent/upgrade/health.py): a trial
         boot's health gate, or the record of a trial that did not come back."""
         if self.prov.mode == "installed" and read(layout.RUN_SLOT).strip() in layout.SLOTS:
             pid = spawn([layout.AGENT, "health"], log_path=layout.RUN_LOG + "/health.log")
@@ -294,9 +295,9 @@ class Init:
 
 def report_host_key() -> None:
     """The SSH host key's fingerprint on the console, to check a first login against."""
-    from agent import modules
-    if os.path.exists(modules.HOST_KEY):
-        log(f"ssh host key: ED25519 {modules.host_key_fingerprint()}")
+    from agent.modules import plans
+    if os.path.exists(plans.HOST_KEY):
+        log(f"ssh host key: ED25519 {plans.host_key_fingerprint()}")
 
 
 def main() -> int:

@@ -8,9 +8,9 @@ import os
 from agent import layout
 
 BAKED = layout.RUN_MEDIUM + layout.MEDIUM_CONFIG
-SCHEMA_PATHS = (layout.LIB_SCHEMA,
-                os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config",
-                             "config.schema.json"))
+SCHEMA_PATHS = (layout.LIB_SCHEMA,  # on a node; in the source tree, the repository's config/
+                os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                              "../../config/config.schema.json")))
 # basalt.* arguments read by the initramfs and init, not config keys.
 CONTROL = frozenset({"label", "state", "root", "mode", "slot", "wait", "rescue", "console", "debug", "trial"})
 # Where config may come from besides the command line (see sources.py and datasources.py).

@@ -1,0 +1,1 @@
+"""A/B upgrades: slots, the boot selection, signed bundles, ``basalt upgrade``, the health gate."""
