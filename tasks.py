@@ -10,8 +10,8 @@ import sys
 
 from invoke import Context, task
 
-from builder.qemu import ACCELS
 from builder.stages import ORDER
+from builder.vm.qemu import ACCELS
 
 PY = sys.executable
 
@@ -153,7 +153,7 @@ def lint(c: Context) -> None:
 def bench(c: Context, image: str = "x86_64-iso", skip_boot: bool = False) -> None:
     """Benchmark builds, sizes, boot time and memory; writes out/bench.json."""
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    c.run(f"{PY} -m builder.bench --image {_quote(image)}" + (" --skip-boot" if skip_boot else ""))
+    c.run(f"{PY} -m builder.bench.bench --image {_quote(image)}" + (" --skip-boot" if skip_boot else ""))
 
 
 @task

@@ -28,12 +28,12 @@ MEDIUM_CONFIG_BIN = MEDIUM_DIR + "/config.bin"  # the baked config, precompiled 
 # Dropped at the root of a disk's boot partition (FAT) from any laptop: config sources too.
 MEDIUM_SITE_CONFIG = "/basalt-config.yaml"
 MEDIUM_NOCLOUD = ("/user-data", "/meta-data")  # NoCloud-style, as on a cidata seed
-# Stamped by ``inv configure`` / ``inv fleet build`` onto a built artifact (builder/stamp.py): the
+# Stamped by ``inv configure`` / ``inv fleet build`` onto a built artifact (builder/fleet/stamp.py): the
 # site's config, or one per device chosen at boot by MAC address or serial (agent/config/site.py). On an
 # ISO the file is reserved at build time, SITE_RESERVE bytes of NULs, and overwritten in place.
 MEDIUM_SITE = MEDIUM_DIR + "/site.json"
 SITE_RESERVE = 1 << 20
-# On an ISO, what ``basalt install`` writes to a disk (builder/abdisk.py, agent/disk/install.py).
+# On an ISO, what ``basalt install`` writes to a disk (builder/media/abdisk.py, agent/disk/install.py).
 MEDIUM_INSTALL = MEDIUM_DIR + "/install"
 INSTALL_PLAN = MEDIUM_INSTALL + "/plan.json"
 # On a disk's boot partition, each slot's kernel and initramfs (GRUB 2.06 cannot read a zstd squashfs).

@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 from agent.errors import BasaltError
-from builder.qemu import ACCELS
 from builder.stages import ORDER
+from builder.vm.qemu import ACCELS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,18 +119,18 @@ def run(args: argparse.Namespace) -> int:
         print(out)
         return 0
     if args.command == "boot":
-        from builder import qemu
+        from builder.vm import qemu
         img = imagedef.load_image(args.image)
         iso = Path(args.iso) if args.iso else qemu.find_artifact(img)[1]
         state = Path(args.state) if args.state else None
         if state and not state.exists():
-            from builder import seed
+            from builder.vm import seed
             seed.make_state_disk(state)
         firmware = args.firmware or img.outputs[0].firmware[0]
         return qemu.boot_command(img, iso, firmware, args.accel, args.check, args.timeout, args.ssh_port,
                                  Path(args.seed) if args.seed else None, state, args.cpus, args.disk_size)
     if args.command == "flash":
-        from builder import flash
+        from builder.fleet import flash
         img = imagedef.load_image(args.image)
         artifact = Path(args.artifact) if args.artifact else \
             Path(__file__).resolve().parent.parent / "out" / img.name / f"{img.name}-{img.version}.img"
@@ -138,27 +138,27 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.device}: {done['written'] >> 20} MiB of {done['image_size'] >> 20} MiB written and verified")
         return 0
     if args.command == "configure":
-        from builder import stamp
+        from builder.fleet import stamp
         artifact = Path(args.image)
         if not artifact.is_file() and "/" not in args.image:
-            from builder import qemu
+            from builder.vm import qemu
             artifact = qemu.find_artifact(imagedef.load_image(args.image))[1]
         site = args.name or Path(args.config).stem
         out = Path(args.out) if args.out else Path(__file__).resolve().parent.parent / "out" / "sites" / site
         print(stamp.configure(artifact, Path(args.config), out, site))
         return 0
     if args.command == "fleet":
-        from builder import fleet
+        from builder.fleet import render
         if args.fleet_command == "render":
-            rendered = fleet.render_all(Path(args.inventory), Path(args.out) if args.out else None)
+            rendered = render.render_all(Path(args.inventory), Path(args.out) if args.out else None)
             print(f"{args.inventory}: {len(rendered)} site(s) rendered and valid"
                   + (f", written to {args.out}" if args.out else ""))
         elif args.fleet_command == "build":
-            for path in fleet.build(Path(args.inventory), Path(args.image), Path(args.out), args.one_image,
+            for path in render.build(Path(args.inventory), Path(args.image), Path(args.out), args.one_image,
                                     args.jobs):
                 print(path)
         else:
-            changes = fleet.diff(Path(args.old), Path(args.new))
+            changes = render.diff(Path(args.old), Path(args.new))
             print(changes or "no site changed", end="" if changes else "\n")
         return 0
     if args.command == "keygen":
@@ -173,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"name it in the image definition:\n  upgrade:\n    signing_key: {key.secret}")
         return 0
     if args.command == "seed":
-        from builder import seed
+        from builder.vm import seed
         out = seed.make_seed(Path(args.output), Path(args.user_data),
                              Path(args.meta_data) if args.meta_data else None)
         print(out)

@@ -234,7 +234,7 @@ def check_kernel_deb(doc: Located) -> list[Problem]:
 
 
 def check_board(doc: Located) -> list[Problem]:
-    """A Raspberry Pi card is a raw arm64 disk booted through U-Boot's UEFI (builder/rpi.py)."""
+    """A Raspberry Pi card is a raw arm64 disk booted through U-Boot's UEFI (builder/media/rpi.py)."""
     out = []
     for i, o in enumerate(doc.value.get("outputs", [])):
         if "board" not in o:

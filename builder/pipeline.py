@@ -325,7 +325,7 @@ def publish(plan: Plan, results: dict[str, StageResult], out_root: Path) -> Path
 
 def copy_with_progress(src: Path, dest: Path) -> None:
     """Copy with a progress bar; holes (runs of zeros) stay holes, so a disk image stays sparse."""
-    from builder import disk
+    from builder.media import disk
     with dest.open("wb") as fout:
         disk.copy_sparse(src, fout, 0, block=1 << 20, label=dest.name)
         fout.truncate(src.stat().st_size)

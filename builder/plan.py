@@ -18,9 +18,10 @@ import jsonschema
 
 from agent.config.validate import load_config
 from agent.errors import BasaltError, Problem
-from builder import debian, rpi, signing
+from builder import debian, signing
 from builder.download import sha256_file
 from builder.imagedef import OVERLAYS, ROOT, ImageDefinition, Output, load_image
+from builder.media import rpi
 from builder.stages import BUILD, schema_for
 
 AGENT_DIR = ROOT / "agent"

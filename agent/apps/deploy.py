@@ -1,5 +1,5 @@
 """The apps controller in the cluster: its namespace, service account, the little it may do, and
-its Deployment, running the image the builder made (builder/appsimage.py), which k3s imports from
+its Deployment, running the image the builder made (builder/media/appsimage.py), which k3s imports from
 the air-gap images directory: ``imagePullPolicy: Never``, so an offline site never tries a registry."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The stamped site config (``inv configure``, ``inv fleet build``; builder/stamp.py): which of the
+"""The stamped site config (``inv configure``, ``inv fleet build``; builder/fleet/stamp.py): which of the
 configs on the boot medium is this node's.
 
 ``/basalt/site.json`` on the medium holds a default config and any number of per-device ones, each

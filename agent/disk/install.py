@@ -1,5 +1,5 @@
 """``basalt install``: put the running live system on a disk, as the A/B disk the ISO's plan
-describes (``/basalt/install/plan.json``, made by builder/abdisk.py: the same layout as the raw
+describes (``/basalt/install/plan.json``, made by builder/media/abdisk.py: the same layout as the raw
 image). Interactive (lists the disks and asks), or unattended from the config's ``install:``
 section (k3OS's keys) or the kernel command line (``basalt.install.*`` / ``k3os.install.*``).
 

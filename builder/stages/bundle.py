@@ -15,14 +15,15 @@ from typing import Any
 from agent import layout
 from agent.errors import BasaltError, Problem
 from agent.upgrade import bundle
-from builder import abdisk, oci, signing
+from builder import signing
 from builder.arch import Architecture
+from builder.media import abdisk, oci
 
 NAME = "bundle"
 VERSION = 1
 VOLATILE = False
 INPUTS = ("rootfs", "squashfs", "initramfs")
-SOURCES = ("agent/upgrade/bundle.py", "builder/signing.py", "builder/abdisk.py", "builder/oci.py")
+SOURCES = ("agent/upgrade/bundle.py", "builder/signing.py", "builder/media/abdisk.py", "builder/media/oci.py")
 PUBLISH = (("upgrade.bundle", "{name}-{version}.bundle"), ("upgrade.oci.tar", "{name}-{version}.oci.tar"))
 # The OCI upgrade image's entry point: the system-upgrade-controller's job mounts the host's root at
 # /host (and shares its PID namespace), so basalt upgrade runs on the host, and its reboot is the host's.

@@ -15,11 +15,11 @@ from typing import Any
 
 from agent import layout
 from agent.errors import BasaltError, Problem
-from builder import cpio
+from builder.media import cpio
 
 NAME = "initramfs"
 VERSION = 1
-SOURCES = ("builder/cpio.py", "agent/layout.py")
+SOURCES = ("builder/media/cpio.py", "agent/layout.py")
 VOLATILE = False
 INPUTS = ("rootfs",)
 PUBLISH = (("initrd.img", "initrd.img"),)

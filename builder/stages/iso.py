@@ -7,7 +7,7 @@ GRUBs find the medium by a marker file unique to this build and read the same
 ``/basalt/config.yaml`` so a config-only change rebuilds only this stage.
 
 The ISO is also the installer: ``/basalt/install/`` carries the plan of the A/B disk
-(builder/abdisk.py) that ``basalt install`` writes, the disk's GRUB, and its empty boot and state
+(builder/media/abdisk.py) that ``basalt install`` writes, the disk's GRUB, and its empty boot and state
 filesystems (compressed); the kernel, initramfs and squashfs are the ISO's own.
 """
 
@@ -28,8 +28,9 @@ from typing import Any
 import pycdlib
 
 from agent import layout
-from builder import abdisk, disk, grub, medium, progress
+from builder import progress
 from builder.arch import Architecture
+from builder.media import abdisk, disk, grub, medium
 
 NAME = "iso"
 VERSION = 2
@@ -48,7 +49,7 @@ SCHEMA: dict[str, Any] = {
         "volume_id": {"type": "string"}, "cmdline": {"type": "string"},
         "version": {"type": "string"}, "name": {"type": "string"},
         "config": {"type": ["string", "null"]}, "source_date_epoch": {"type": "integer"},
-        # the disk basalt install writes (builder/abdisk.py)
+        # the disk basalt install writes (builder/media/abdisk.py)
         "slot_mib": {"type": "integer"}, "boot_mib": {"type": "integer"}, "state_mib": {"type": "integer"},
     },
 }
@@ -107,7 +108,7 @@ def run(ctx: Any, options: dict[str, Any]) -> None:
         layout.MEDIUM_KERNEL: ctx.input("rootfs") / "kernel" / "vmlinuz",
         layout.MEDIUM_INITRD: ctx.input("initramfs") / "initrd.img",
         layout.MEDIUM_ROOT: ctx.input("squashfs") / "rootfs.squashfs",
-        # reserved for 'inv configure' to stamp a site config into in place (builder/stamp.py)
+        # reserved for 'inv configure' to stamp a site config into in place (builder/fleet/stamp.py)
         layout.MEDIUM_SITE: bytes(layout.SITE_RESERVE),
     }
     boot_entries = []

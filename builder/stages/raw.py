@@ -15,8 +15,9 @@ from typing import Any
 
 from agent import layout
 from agent.errors import BasaltError, Problem
-from builder import abdisk, disk, grub, progress, rpi
+from builder import progress
 from builder.arch import Architecture
+from builder.media import abdisk, disk, grub, rpi
 from builder.stages.fetch import blobs_by_role
 
 NAME = "raw"

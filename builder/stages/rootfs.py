@@ -27,8 +27,8 @@ from builder.stages.k3s import locked as k3s_locked
 
 NAME = "rootfs"
 VERSION = 1
-SOURCES = ("builder/backends.py", "builder/debian.py", "builder/stages/k3s.py", "agent/layout.py", "builder/suc.py",
-           "builder/appsimage.py", "builder/oci.py")
+SOURCES = ("builder/backends.py", "builder/debian.py", "builder/stages/k3s.py", "agent/layout.py",
+           "builder/media/suc.py", "builder/media/appsimage.py", "builder/media/oci.py")
 VOLATILE = False
 INPUTS = ("fetch", "k3s")
 # The config schema this image's agent validates with, for editors (docs/config.md, "Editors").
@@ -85,7 +85,7 @@ def run(ctx: Any, options: dict[str, Any]) -> None:
             install_upgrade_controller(root, options["controller_images"])
         with progress.step("Building the apps controller's image"):
             from agent.apps import deploy
-            from builder import appsimage
+            from builder.media import appsimage
             appsimage.build(root, root / K3S_SHARE / "images" / deploy.IMAGE_FILE, options["version"],
                             options["arch"])  # Debian's names are OCI's (amd64, arm64)
     finish(root, options["source_date_epoch"])
@@ -109,7 +109,7 @@ def install_kernel(ctx: Any, root: Path, options: dict[str, Any]) -> None:
     shutil.copyfile(kernels[0], ctx.out / "kernel" / "vmlinuz")
     (ctx.out / "kernel" / "release").write_text(release + "\n")
     dtbs = unpacked / "usr/lib" / f"linux-image-{release}"
-    if dtbs.is_dir():  # device trees (arm64), for a board's boot partition (builder/rpi.py)
+    if dtbs.is_dir():  # device trees (arm64), for a board's boot partition (builder/media/rpi.py)
         shutil.copytree(dtbs, ctx.out / "kernel" / "dtbs")
     src = next(p for p in (unpacked / "lib/modules" / release, unpacked / "usr/lib/modules" / release) if p.is_dir())
     # The image's kernel is this one: a backend that installed its own (diskimage-builder
@@ -237,7 +237,7 @@ K3S_SHARE = layout.LIB_K3S.lstrip("/")  # read-only parts the agent links into /
 def install_upgrade_controller(root: Path, images: dict[str, str] | None) -> None:
     """The system-upgrade-controller's manifest (the k3s server deploys it) and, when given, its
     images into the air-gap set (re-verified as copied)."""
-    from builder import suc
+    from builder.media import suc
     (root / layout.LIB_UPGRADE_CONTROLLER.lstrip("/")).write_text(suc.manifest())
     if images:
         dest = root / layout.LIB_K3S.lstrip("/") / "images" / f"system-upgrade-controller-{suc.VERSION}.tar"

@@ -17,8 +17,9 @@ import pytest
 import yaml
 
 from agent.upgrade import bundle, health
-from builder import pipeline, plan, powercut, signing
-from builder.qemu import READY, Guest
+from builder import pipeline, plan, signing
+from builder.bench import powercut
+from builder.vm.qemu import READY, Guest
 from tests.bundles import forged
 from tests.conftest import ROOT, Server
 
@@ -210,10 +211,10 @@ POWER_CUTS = 10  # half while basalt upgrade runs, half during the first boot of
 
 def test_power_loss_during_upgrade_and_the_trial_boot_never_strands_the_node(
         builds: dict[str, Path], key: Path, tmp_path: Path, qemu_available: None) -> None:
-    """Ten cuts (builder/powercut.py), each from a snapshot of the node (v1 ready with the bundle on
+    """Ten cuts (builder/bench/powercut.py), each from a snapshot of the node (v1 ready with the bundle on
     its state partition, or v2 just written with its trial armed), at a random moment of the upgrade
     or of the trial boot; after each the state partition is clean and the node boots from power-on
-    to a whole, settled slot with its state. ``python -m builder.trials --power-cuts 100`` soaks."""
+    to a whole, settled slot with its state. ``python -m builder.bench.trials --power-cuts 100`` soaks."""
     import os
     import time
     seed = int(os.environ.get("BASALT_POWER_SEED") or time.time())

@@ -5,7 +5,7 @@ requests through k3s's Traefik (within ±5 points of each weight over 400 reques
 Needs a real k3s binary (``BASALT_K3S_BINARY``) and, since these machines reach no registry, the
 release's air-gap images for Traefik and the rest (``BASALT_K3S_AIRGAP``, the
 ``k3s-airgap-images-amd64.tar.zst`` of the same release); skipped otherwise. The apps are busybox
-httpd images the test makes itself (builder/oci.py), imported into containerd over SSH."""
+httpd images the test makes itself (builder/media/oci.py), imported into containerd over SSH."""
 
 from __future__ import annotations
 
@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from builder import oci, pipeline, plan
-from builder.qemu import READY, Guest
+from builder import pipeline, plan
+from builder.media import oci
+from builder.vm.qemu import READY, Guest
 
 BINARY = os.environ.get("BASALT_K3S_BINARY", "")
 AIRGAP = os.environ.get("BASALT_K3S_AIRGAP", "")

@@ -16,7 +16,7 @@ import pytest
 from agent.upgrade import bundle, health
 from builder import pipeline, plan
 from builder.arch import Architecture
-from builder.qemu import READY, Guest
+from builder.vm.qemu import READY, Guest
 from tests.bundles import forged
 from tests.conftest import Server
 

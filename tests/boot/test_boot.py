@@ -14,9 +14,9 @@ import pytest
 
 from builder import pipeline, plan
 from builder.download import BlobStore
-from builder.qemu import IDLE, READY, Guest
 from builder.stages import StageContext
 from builder.stages import iso as iso_stage
+from builder.vm.qemu import IDLE, READY, Guest
 from tests.conftest import Build
 
 BOOT_TIMEOUT = 300  # TCG on a loaded 2-core machine; a healthy boot takes ~10-25 s

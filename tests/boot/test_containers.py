@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from builder import oci, seed
-from builder.qemu import IDLE, READY, Guest
+from builder.media import oci
+from builder.vm import seed
+from builder.vm.qemu import IDLE, READY, Guest
 from tests.conftest import Build
 
 BOOT_TIMEOUT = 300

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from builder import seed
-from builder.qemu import READY, Guest, install_unattended
+from builder.vm import seed
+from builder.vm.qemu import READY, Guest, install_unattended
 
 # One worker runs this module: its tests share one unattended install (a QEMU run of minutes).
 pytestmark = pytest.mark.xdist_group("install")

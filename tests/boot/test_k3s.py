@@ -30,8 +30,9 @@ from pathlib import Path
 import pytest
 from conftest import Server
 
-from builder import pipeline, plan, stamp
-from builder.qemu import READY, Guest
+from builder import pipeline, plan
+from builder.fleet import stamp
+from builder.vm.qemu import READY, Guest
 
 # One worker runs this module: its tests share one k3s image, whose stand-in binary is new each run.
 pytestmark = pytest.mark.xdist_group("k3s")
@@ -177,7 +178,7 @@ JOIN_TOKEN = "K10-join-token-7f3a91"
 
 def test_a_k3s_image_stamped_with_a_sites_join_settings_joins_as_an_agent(stand_in_build: StandIn, key: Path,
                                                                           tmp_path: Path, qemu_available: None) -> None:
-    """The fleet path (builder/stamp.py): the same k3s image, stamped after the build with one
+    """The fleet path (builder/fleet/stamp.py): the same k3s image, stamped after the build with one
     site's config, which layers over the baked one and turns this node into an agent."""
     site = tmp_path / "join.yaml"
     site.write_text(f"hostname: depot-join\nk3os:\n  server_url: https://10.0.2.100:6443\n  token: {JOIN_TOKEN}\n"

@@ -15,8 +15,9 @@ import re
 import time
 from pathlib import Path
 
-from builder import pipeline, plan, seed
-from builder.qemu import IDLE, READY, Guest
+from builder import pipeline, plan
+from builder.vm import seed
+from builder.vm.qemu import IDLE, READY, Guest
 
 BOOT_TIMEOUT = 300
 

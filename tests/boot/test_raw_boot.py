@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from builder import pipeline, plan
-from builder.qemu import READY, Guest
+from builder.vm.qemu import READY, Guest
 
 BOOT_TIMEOUT = 300
 DISK_MIB = 2048

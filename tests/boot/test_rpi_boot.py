@@ -22,7 +22,7 @@ import pytest
 
 from builder import pipeline, plan
 from builder.arch import Architecture
-from builder.qemu import READY, Guest
+from builder.vm.qemu import READY, Guest
 
 BOOT_TIMEOUT = 300
 CARD_MIB = 1024

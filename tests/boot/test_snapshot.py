@@ -1,4 +1,4 @@
-"""The test harness's snapshots (builder/qemu.py, QEMU's savevm/loadvm), which give a test a fresh
+"""The test harness's snapshots (builder/vm/qemu.py, QEMU's savevm/loadvm), which give a test a fresh
 node in seconds instead of a boot: a node restored from a snapshot is the node as it was then —
 what was written before the snapshot is there, on disk and in memory, and what a previous user of
 the node wrote after it is not — whether restored in the running QEMU or by a new QEMU started from
@@ -12,8 +12,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from builder.bootfiles import qemu_img
-from builder.qemu import READY, Guest
+from builder.vm.bootfiles import qemu_img
+from builder.vm.qemu import READY, Guest
 from tests.conftest import Build
 
 BOOT_TIMEOUT = 300

@@ -1,4 +1,4 @@
-"""Artifacts stamped after the build (builder/stamp.py), booted in QEMU (TCG, restricted network,
+"""Artifacts stamped after the build (builder/fleet/stamp.py), booted in QEMU (TCG, restricted network,
 guests killed on exit): an ISO stamped with one site's config comes up as that site; one raw disk
 carrying three devices' configs comes up as each device by the MAC address QEMU gives its NIC, and
 with an unknown MAC as the default. The join token is in force but never printed: not on the
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from builder import stamp
-from builder.qemu import READY, Guest
+from builder.fleet import stamp
+from builder.vm.qemu import READY, Guest
 from tests.conftest import Build
 
 BOOT_TIMEOUT = 300

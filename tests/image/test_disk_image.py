@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from agent import layout
-from builder import disk, plan
+from builder import plan
+from builder.media import disk
 from tests.conftest import Build
 
 

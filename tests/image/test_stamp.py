@@ -1,4 +1,4 @@
-"""``inv configure`` on real artifacts (builder/stamp.py): a site config stamped onto a copy of the
+"""``inv configure`` on real artifacts (builder/fleet/stamp.py): a site config stamped onto a copy of the
 built ISO and raw disk, read back without mounting (pycdlib, mtools); the input unchanged (sha256);
 stamping twice replaces; a bad config stamps nothing; no secret in the manifest."""
 
@@ -14,7 +14,7 @@ import pycdlib
 import pytest
 
 from agent import layout
-from builder import stamp
+from builder.fleet import render, stamp
 from tests.conftest import Build
 
 SECRET = "K10-join-token-7f3a9c"
@@ -122,18 +122,17 @@ def test_a_bad_config_stamps_nothing(built_iso: Path, tmp_path: Path) -> None:
 
 def test_fleet_build_stamps_each_site_and_one_image_for_all(built_iso: Path, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    from builder import fleet
     data = Path(__file__).resolve().parents[1] / "data" / "fleet"
     monkeypatch.setenv("FLEET_TEST_TOKEN", SECRET)
     iso = next(built_iso.glob("*.iso"))
     before = sha(iso)
-    outs = fleet.build(data / "sites.yaml", iso, tmp_path / "fleet")
+    outs = render.build(data / "sites.yaml", iso, tmp_path / "fleet")
     assert [p.parent.name for p in outs] == ["depot-1", "depot-2"]
     for path in outs:
         index = json.loads(iso_site(path).rstrip(b"\0"))
         assert index["default"]["name"] == path.parent.name and f"token: {SECRET}" in index["default"]["config"]
         assert SECRET not in (path.parent / "manifest.json").read_text()
-    [one] = fleet.build(data / "sites.yaml", iso, tmp_path / "one", one_image=True)
+    [one] = render.build(data / "sites.yaml", iso, tmp_path / "one", one_image=True)
     index = json.loads(iso_site(one).rstrip(b"\0"))
     assert [(d["name"], d["macs"], d["serials"]) for d in index["devices"]] == [
         ("depot-1", ["52:54:00:00:0a:01"], []), ("depot-2", [], ["10000000abcdef01"])]

@@ -1,4 +1,4 @@
-"""The apps controller's container image (builder/appsimage.py), made from a real root tree and run:
+"""The apps controller's container image (builder/media/appsimage.py), made from a real root tree and run:
 its layer unpacked and the controller started in it with chroot (the image's own Python and
 libraries, nothing from the host), stepping a promotion against tests/fake_kube.py (an API stand-in:
 no k3s here) in real time; its resident memory once idle is read from /proc."""
@@ -14,7 +14,8 @@ import pytest
 from fake_kube import FakeKube
 
 from agent.apps import cli, deploy
-from builder import appsimage, manifests
+from builder import manifests
+from builder.media import appsimage
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,12 @@
-"""What ``firmware="direct"`` boots (builder/bootfiles.py): the first menu entry of the grub.cfg the
+"""What ``firmware="direct"`` boots (builder/vm/bootfiles.py): the first menu entry of the grub.cfg the
 stages really generate, with GRUB's variables put in as GRUB would on a committed boot of slot A."""
 
 from __future__ import annotations
 
 from agent import layout
-from builder import abdisk, bootfiles
+from builder.media import abdisk
 from builder.stages import iso
+from builder.vm import bootfiles
 
 OPTIONS = {"arch": "x86_64", "version": "7.1", "cmdline": "console=ttyS0,115200 quiet", "label": "BASALT_BOOT",
            "volume_id": "BASALT"}

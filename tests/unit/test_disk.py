@@ -15,7 +15,7 @@ import pytest
 from agent import layout
 from agent.disk import growstate, partitions
 from agent.errors import BasaltError
-from builder import disk, grub
+from builder.media import disk, grub
 
 
 def table(image: Path) -> dict:  # type: ignore[type-arg]

@@ -14,7 +14,8 @@ from test_installer import fake_block
 
 from agent.disk import install
 from agent.errors import BasaltError
-from builder import disk, flash
+from builder.fleet import flash
+from builder.media import disk
 
 MIB = 1 << 20
 

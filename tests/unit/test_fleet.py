@@ -1,4 +1,4 @@
-"""The fleet inventory (builder/fleet.py): every site rendered from the template and validated,
+"""The fleet inventory (builder/fleet/render.py): every site rendered from the template and validated,
 each problem at its inventory line (and the template's); secrets never in what is printed or
 written; ``fleet diff`` per site."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from builder import fleet
+from builder.fleet import render
 
 pytestmark = pytest.mark.unit
 
@@ -37,7 +37,7 @@ def cli(*args: str, env_token: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 def test_every_site_renders_with_its_defaults_and_secrets(inventory: Path) -> None:
-    rendered = {r.site.name: r for r in fleet.render_all(inventory)}
+    rendered = {r.site.name: r for r in render.render_all(inventory)}
     assert sorted(rendered) == ["default", "depot-1", "depot-2"]
     two = rendered["depot-2"]
     assert f"token: {TOKEN}" in two.text and f"passphrase: {PSK}" in two.text and "role: server" in two.text

@@ -13,7 +13,7 @@ import pytest
 from agent.config import datasources, sources
 from agent.disk import install
 from agent.errors import BasaltError
-from builder import disk
+from builder.media import disk
 
 PLAN = {"min_mib": 2243, "partitions": [{"name": n, "size_mib": s} for n, s in (
     ("BIOS_BOOT", 1), ("BASALT_BOOT", 128), ("BASALT_A", 1024), ("BASALT_B", 1024), ("BASALT_STATE", 64))]}

@@ -15,7 +15,7 @@ import pytest
 
 from agent.config import bootargs, datasources, sources
 from agent.modules import actions, plans
-from builder import seed
+from builder.vm import seed
 
 PASSWD = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
 GROUP = "root:x:0:\nadm:x:4:\nnogroup:x:65534:\n"

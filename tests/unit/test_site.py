@@ -12,7 +12,7 @@ import pytest
 
 from agent import layout
 from agent.config import site, sources
-from builder import stamp
+from builder.fleet import stamp
 
 pytestmark = pytest.mark.unit
 

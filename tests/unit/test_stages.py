@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from agent.errors import BasaltError
-from builder import cpio, grub, pipeline
+from builder import pipeline
 from builder.imagedef import load_image
+from builder.media import cpio, grub
 from builder.plan import PlannedStage, compile_plan
 from builder.stages import initramfs, iso, rootfs, squashfs
 

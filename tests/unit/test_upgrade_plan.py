@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from agent.modules import k3s
-from builder import manifests, suc
+from builder import manifests
+from builder.media import suc
 
 ROOT = Path(__file__).resolve().parents[2]
 PLAN_CRD = ROOT.parent / "shared" / "reference" / "crds" / "upgrade.cattle.io_plans.yaml"

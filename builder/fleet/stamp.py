@@ -143,7 +143,7 @@ def stamp(artifact: Path, payload: bytes, out: Path, name: str = "") -> Path:
             digests[dest] = pool.submit(sha256_file, dest)
             bmap, xz = (artifact.with_name(artifact.name + ext).exists() for ext in (".bmap", ".xz"))
             if bmap or xz:
-                from builder import disk
+                from builder.media import disk
                 disk.flashables(dest, xz=xz)
         outputs = []
         for item in sorted(partial.iterdir()):

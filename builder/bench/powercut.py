@@ -11,7 +11,7 @@ with ``e2fsck`` as the next mount would see it, and the node boots from power-on
 cut, and must come up on a whole slot with its trial settled and its state kept.
 
 Used by the boot tests (tests/boot/test_ab_upgrade.py, 10 cuts) and by the long soak outside CI
-(``python -m builder.trials --power-cuts 100``, docs/upgrades.md).
+(``python -m builder.bench.trials --power-cuts 100``, docs/upgrades.md).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from agent import layout
-from builder.bootfiles import qemu_img
-from builder.qemu import READY, Guest
+from builder.vm.bootfiles import qemu_img
+from builder.vm.qemu import READY, Guest
 
 PROBE = layout.VAR_LIB + "/probe"
 BUNDLE = layout.VAR_LIB + "/new.bundle"

@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 from agent.errors import BasaltError, Problem
-from builder.stamp import boot_partition
+from builder.fleet.stamp import boot_partition
 
 
 def boot_files(medium: Path, work: Path) -> tuple[Path, Path, str]:
@@ -70,7 +70,7 @@ def mcopy(fat: str, path: str, dest: Path, hint: str = "apt-get install mtools")
 def rpi_boot_files(card: Path, work: Path) -> tuple[Path, Path]:
     """U-Boot and QEMU raspi3b's device tree, read from the card's boot partition: QEMU runs what
     the card carries, as the Pi's firmware would."""
-    from builder import rpi
+    from builder.media import rpi
     offset = boot_partition(card)
     out = []
     for name in ("u-boot.bin", rpi.QEMU_DTB):

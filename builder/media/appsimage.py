@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.apps import deploy
-from builder import oci
 from builder.imagedef import ROOT
+from builder.media import oci
 
 PYTHON = "usr/bin/python3"
 APP_DIR = "app"  # /app/agent/apps/*.py

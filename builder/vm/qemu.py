@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import BasaltError, Problem
-from builder import bootfiles
 from builder.arch import Architecture
-from builder.bootfiles import disk_format, qemu_img
-from builder.imagedef import ImageDefinition
+from builder.imagedef import ROOT, ImageDefinition
+from builder.vm import bootfiles
+from builder.vm.bootfiles import disk_format, qemu_img
 
 READY = re.compile(r"basalt: ready version=(\S+) boot_ms=(\d+) mem_used_kb=(\d+)")
 IDLE = re.compile(r"basalt: idle mem_used_kb=(\d+) rss_kb=(\d+)")
@@ -35,7 +35,7 @@ UEFI = {Architecture.X86_64: (OVMF_CODE, OVMF_VARS, "ovmf"),
 TOOLS = {"qemu-system-x86_64": "qemu-system-x86", "qemu-system-aarch64": "qemu-system-arm"}
 # Accelerators by the name users give them. TCG is single-threaded by default: under
 # multi-threaded TCG (one host thread per vCPU) on a 2-core host, guests locked up (soft
-# lockups in runc, silent hangs before the initramfs); builder/trials.py measured both
+# lockups in runc, silent hangs before the initramfs); builder/bench/trials.py measured both
 # (docs/architecture.md, "QEMU"). ``mttcg`` and ``kvm`` are there for those who want them.
 ACCELS = {"tcg": "tcg,thread=single", "mttcg": "tcg,thread=multi", "kvm": "kvm"}
 
@@ -53,7 +53,7 @@ def find_iso(img: ImageDefinition) -> Path:
 def find_artifact(img: ImageDefinition) -> tuple[str, Path]:
     """The built medium to boot: ("iso", the ISO) or ("disk", the raw disk image), by the first output."""
     kind, suffix = ("disk", "img") if img.outputs[0].format == "raw" else ("iso", "iso")
-    path = Path(__file__).resolve().parent.parent / "out" / img.name / f"{img.name}-{img.version}.{suffix}"
+    path = ROOT / "out" / img.name / f"{img.name}-{img.version}.{suffix}"
     if not path.is_file():
         raise BasaltError(Problem(f"{path} does not exist", hint=f"build it first: inv build --image {img.name}"))
     return kind, path
@@ -421,7 +421,7 @@ def install_unattended(iso: Path, target: Path, user_data: Path, timeout: float 
     """Boot ``iso`` with a NoCloud seed of ``user_data`` (an ``install:`` section with silent and
     power_off) and ``target`` as the first virtio disk, until the installer powers the VM off.
     Returns the console and timings: the installer's own, and QEMU start to power off."""
-    from builder import seed
+    from builder.vm import seed
     seed_iso = seed.make_seed(target.with_name(target.name + ".seed.iso"), user_data, instance_id="install")
     with Guest(iso, firmware=firmware, extra_cdroms=[seed_iso], disks=[target]) as guest:
         ready = guest.wait_for(READY, min(timeout, 300))

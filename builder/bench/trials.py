@@ -1,6 +1,6 @@
 """Boot trials: how often does a QEMU guest hang, and how long does a boot take, per setting?
 
-``python -m builder.trials --runs 30 [--settings mttcg:2,tcg:2] [--images x86_64-iso,x86_64-containerd]``
+``python -m builder.bench.trials --runs 30 [--settings mttcg:2,tcg:2] [--images x86_64-iso,x86_64-containerd]``
 
 Not a test (it takes an hour or more): it is how the default QEMU setting was chosen
 (docs/architecture.md, "QEMU"). Settings are interleaved run by run, so the host's load
@@ -13,8 +13,8 @@ falls on each alike. Nothing is retried: every hang counts. A trial:
 Each trial is bounded in time; a guest that misses a bound is a hang, its console tail
 and registers kept in the report (``out/trials.json``).
 
-``python -m builder.trials --power-cuts 100 [--seed N]``: the long soak of the power-cut test
-(builder/powercut.py; CI runs 10 cuts): the x86_64-raw disk and a version 2 bundle are built,
+``python -m builder.bench.trials --power-cuts 100 [--seed N]``: the long soak of the power-cut test
+(builder/bench/powercut.py; CI runs 10 cuts): the x86_64-raw disk and a version 2 bundle are built,
 then the power is cut that many times during upgrades and trial boots; every cut that leaves the
 node stranded or its state partition unclean is counted, with why (``out/powercuts.json``).
 """
@@ -33,8 +33,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from builder import oci, qemu, seed
 from builder.imagedef import ROOT, load_image
+from builder.media import oci
+from builder.vm import qemu, seed
 
 OCI_IMAGE = "docker.io/basalt/busybox:trial"
 LOCKUP = re.compile(r"soft lockup|rcu_sched self-detected stall|rcu: INFO: rcu_preempt|hung_task|BUG: ")
@@ -102,7 +103,8 @@ def power_cut_soak(count: int, seed: int, report: Path) -> int:
     """The power-cut trials (module docstring); 0 when no cut stranded the node."""
     import yaml
 
-    from builder import pipeline, plan, powercut
+    from builder import pipeline, plan
+    from builder.bench import powercut
     work = Path(tempfile.mkdtemp(prefix="basalt-powercuts-"))
     key = ssh_key(work)
     health_timeout = 30
@@ -134,7 +136,7 @@ def power_cut_soak(count: int, seed: int, report: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m builder.trials", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m builder.bench.trials", description=__doc__.splitlines()[0])
     parser.add_argument("--power-cuts", type=int, default=0, metavar="N", help="the power-cut soak: N cuts")
     parser.add_argument("--seed", type=int, default=0, help="the power cuts' random seed (default: the time)")
     parser.add_argument("--runs", type=int, default=30)

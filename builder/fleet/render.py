@@ -242,14 +242,14 @@ def render_all(path: Path, out: Path | None = None) -> list[Rendered]:
 
 
 def _stamp_one(args: tuple[str, bytes, str, str]) -> str:
-    from builder import stamp
+    from builder.fleet import stamp
     artifact, payload, out, name = args
     return str(stamp.stamp(Path(artifact), payload, Path(out), name))
 
 
 def build(path: Path, artifact: Path, out: Path, one_image: bool = False, jobs: int = 0) -> list[Path]:
     """``inv fleet build``: one stamped artifact per site (in parallel), or one carrying them all."""
-    from builder import stamp
+    from builder.fleet import stamp
     inv = load(path)
     rendered, problems = render(inv)
     if problems:

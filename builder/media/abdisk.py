@@ -16,13 +16,13 @@ from typing import Any
 from agent import layout
 from agent.disk.partitions import BASIC_DATA, BIOS_BOOT, ESP, LINUX_DATA, Disk, Partition
 from agent.upgrade import bootsel, slots
-from builder import grub, medium
 from builder.arch import Architecture
+from builder.media import grub, medium
 
 BIOS_BOOT_MIB = 1
-SOURCES = ("builder/abdisk.py", "builder/templates/grub-disk.cfg.j2", "builder/grub.py", "builder/disk.py",
-           "builder/medium.py", "agent/layout.py", "agent/upgrade/slots.py", "agent/upgrade/bootsel.py",
-           "agent/disk/partitions.py")
+SOURCES = ("builder/media/abdisk.py", "builder/templates/grub-disk.cfg.j2", "builder/media/grub.py",
+           "builder/media/disk.py", "builder/media/medium.py", "agent/layout.py", "agent/upgrade/slots.py",
+           "agent/upgrade/bootsel.py", "agent/disk/partitions.py")
 
 
 def layout_for(options: dict[str, Any], boot: object = None, slot_a: object = None, state: object = None) -> Disk:

@@ -29,12 +29,13 @@ from agent.errors import BasaltError, Problem
 from builder import pipeline, plan
 from builder.arch import Architecture
 from builder.download import cache_root
-from builder.qemu import ACCELS, IDLE, READY, Guest
+from builder.imagedef import ROOT
+from builder.vm.qemu import ACCELS, IDLE, READY, Guest
 
 OUT = pipeline.OUT
 TARGETS = {"warm_rebuild_s": 30, "iso_mb": 100, "boot_ms": 8000, "idle_mem_used_mb": 64, "config_modules_ms": 1000,
            "agent_rss_mb": 25}
-EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "examples" / "edge-site.yaml"
+EXAMPLE = ROOT / "config" / "examples" / "edge-site.yaml"
 
 
 def timed_build(compiled: plan.Plan, out: Path) -> tuple[float, Path]:
@@ -205,8 +206,8 @@ def apps_controller(baseline: Path, work: Path, idle_s: float = 60.0) -> dict[st
     against the API stand-in of tests/fake_kube.py (no k3s here): the time a promotion at the default
     rate (5 points every 5 s) takes from 0 to 100%, then its memory and CPU once idle."""
     from agent.apps import cli, deploy
-    from builder import appsimage
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from builder.media import appsimage
+    sys.path.insert(0, str(ROOT / "tests"))
     from fake_kube import FakeKube
     archive = work / deploy.IMAGE_FILE
     started = time.monotonic()
@@ -247,7 +248,7 @@ def apps_controller(baseline: Path, work: Path, idle_s: float = 60.0) -> dict[st
 
 def install_to_disk(iso: Path, work: Path) -> dict[str, Any]:
     """An unattended install from the ISO onto a blank 4 GiB disk (TCG)."""
-    from builder.qemu import install_unattended
+    from builder.vm.qemu import install_unattended
     target = work / "disk.img"
     with target.open("wb") as f:
         f.truncate(4 << 30)
@@ -327,7 +328,7 @@ def upgrade(work: Path, skip_boot: bool) -> dict[str, Any]:
 def stamping(iso: Path, work: Path) -> dict[str, Any]:
     """``inv configure``: one ISO, 100 ISOs one after another, and a 1 GiB SD card (the Pi's card
     padded to 1 GiB, sparse), its .img and .bmap alone and with the .img.xz made again."""
-    from builder import fleet, stamp
+    from builder.fleet import render, stamp
     inventory = work / "sites.yaml"
     (work / "site.yaml.j2").write_text("hostname: {{ hostname }}\nk3os:\n  token: {{ secret('token') }}\n"
                                        "  labels:\n    role: {{ role }}\n")
@@ -337,7 +338,7 @@ def stamping(iso: Path, work: Path) -> dict[str, Any]:
                                               f"  macs: ['52:54:00:00:{n >> 8:02x}:{n & 255:02x}']\n"
                                               for n in range(1000)))
     started = time.monotonic()
-    rendered = fleet.render_all(inventory)
+    rendered = render.render_all(inventory)
     assert len(rendered) == 1000
     render_s = round(time.monotonic() - started, 2)
     config = work / "site.yaml"

@@ -18,7 +18,7 @@ from agent.errors import BasaltError, Problem
 from builder.arch import Architecture
 from builder.stages.fetch import blobs_by_role
 
-TEMPLATES = Path(__file__).resolve().parent / "templates"
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 TOOLS = {"grub-mkimage": "grub-common", "dpkg-deb": "dpkg"}
 MODULES_COMMON = ["normal", "search", "search_fs_file", "configfile", "linux", "echo", "serial", "terminal",
                   "test", "true", "ls", "cat", "reboot", "halt", "sleep"]

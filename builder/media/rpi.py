@@ -1,5 +1,5 @@
 """The Raspberry Pi board (``outputs[].board: rpi``): what its SD card's boot partition holds
-besides the A/B disk's own files (builder/abdisk.py).
+besides the A/B disk's own files (builder/media/abdisk.py).
 
 Boot chain: the Pi's boot ROM (Pi 3) or EEPROM (Pi 4) reads the first partition of the MBR
 card (FAT32, type 0x0C), loads the firmware and ``config.txt``, which names ``u-boot.bin``
@@ -19,7 +19,7 @@ import subprocess
 from pathlib import Path
 
 from agent.errors import BasaltError, Problem
-from builder import grub
+from builder.media import grub
 
 PACKAGES = ("raspi-firmware", "u-boot-rpi")
 # The cut-down firmware (config.txt selects it per model) and the Pi 3's second stage.
@@ -29,7 +29,7 @@ FIRMWARE_DIR = "usr/lib/raspi-firmware"
 # The 64-bit boards Debian's kernel has device trees for: Pi 3 family (bcm2837), Pi 4 family (bcm2711).
 DTB_PATTERNS = ("broadcom/bcm2837-rpi-*.dtb", "broadcom/bcm2711-rpi-*.dtb")
 QEMU_DTB = "bcm2837-rpi-3-b.dtb"  # QEMU's raspi3b
-SOURCES = ("builder/rpi.py", "builder/templates/rpi-config.txt.j2")
+SOURCES = ("builder/media/rpi.py", "builder/templates/rpi-config.txt.j2")
 
 
 def unpack(packages: list[tuple[dict[str, object], Path]], work: Path) -> Path:
@@ -58,12 +58,12 @@ def boot_files(tree: Path, dtbs: Path, version: str) -> dict[str, bytes | Path]:
         path = tree / FIRMWARE_DIR / name
         if not path.is_file():
             raise BasaltError(Problem(f"board rpi: {FIRMWARE_DIR}/{name} is not in raspi-firmware",
-                                      hint="the package's layout changed; see builder/rpi.py FIRMWARE"))
+                                      hint="the package's layout changed; see builder/media/rpi.py FIRMWARE"))
         files[f"/{name}"] = path
     uboot = tree / UBOOT
     if not uboot.is_file():
         raise BasaltError(Problem(f"board rpi: {UBOOT} is not in u-boot-rpi",
-                                  hint="the package's layout changed; see builder/rpi.py UBOOT"))
+                                  hint="the package's layout changed; see builder/media/rpi.py UBOOT"))
     files["/u-boot.bin"] = uboot
     trees = sorted(p for pattern in DTB_PATTERNS for p in dtbs.glob(pattern))
     if not any(p.name == QEMU_DTB for p in trees):
