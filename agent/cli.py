@@ -9,20 +9,18 @@ import signal
 import sys
 from pathlib import Path
 
-from agent import layout
+from agent import files, layout, system
 from agent.errors import BasaltError
 
 STATUS = Path(layout.RUN_STATUS)
-POWER_SIGNALS = {"poweroff": signal.SIGUSR2, "reboot": signal.SIGTERM, "halt": signal.SIGUSR1}
 
 
 def cmd_power(args: argparse.Namespace) -> int:
-    os.kill(1, POWER_SIGNALS[args.command])
+    system.request_power(args.command)
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from agent import system
     if not STATUS.is_file():
         raise BasaltError.simple("no status yet: the agent is not running as PID 1",
                                  hint="basalt status works on a booted Basalt node")
@@ -132,9 +130,7 @@ def request(command: str, timeout: float = 300.0, **fields: object) -> dict[str,
         raise BasaltError.simple(f"basalt config {command}: permission denied", hint="run it as root")
     ident = int(time.time() * 1000) % 10**9
     result = Path(layout.RUN_RESULT.format(ident))
-    tmp = Path(layout.RUN_REQUEST + ".tmp")
-    tmp.write_text(json.dumps({"command": command, "id": ident, **fields}))
-    tmp.replace(layout.RUN_REQUEST)
+    files.write_atomic(layout.RUN_REQUEST, json.dumps({"command": command, "id": ident, **fields}), 0o600)
     os.kill(1, signal.SIGHUP)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -252,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("init", help="run as PID 1 (started by the initramfs)")
-    for name in POWER_SIGNALS:
+    for name in system.POWER_SIGNALS:
         sub.add_parser(name, help=f"{name} the node cleanly")
     st = sub.add_parser("status", help="version, mode, services, errors")
     st.add_argument("--json", action="store_true")
@@ -298,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"status": cmd_status, "version": cmd_version, "config": cmd_config, "doctor": cmd_doctor,
                 "install": cmd_install, "upgrade": cmd_upgrade, "rollback": cmd_rollback, "health": cmd_health,
                 "app": apps_cli.main,
-                **{n: cmd_power for n in POWER_SIGNALS}}
+                **{n: cmd_power for n in system.POWER_SIGNALS}}
     try:
         return handlers[args.command](args)
     except BasaltError as exc:

@@ -7,12 +7,22 @@ boards.
 
 from __future__ import annotations
 
+import _signal
 import os
 import time
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MNT_DETACH = 2
 REBOOT = {"reboot": 0x01234567, "halt": 0xCDEF0123 - (1 << 32), "poweroff": 0x4321FEDC}
+# How anything asks PID 1 to end the node cleanly (busybox/sysvinit conventions; PID 1 also takes
+# SIGPWR and Ctrl-Alt-Del's SIGINT: agent/pid1/power.py).
+POWER_SIGNALS = {"poweroff": _signal.SIGUSR2, "reboot": _signal.SIGTERM, "halt": _signal.SIGUSR1}
+
+
+def request_power(action: str) -> None:
+    """Ask PID 1 to ``action`` ("poweroff", "reboot", "halt") the node: it stops every service and
+    unmounts first."""
+    os.kill(1, POWER_SIGNALS[action])
 
 # (source, target, fstype, flags, data): what PID 1 needs mounted before anything runs.
 EARLY_MOUNTS = (

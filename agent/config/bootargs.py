@@ -1,11 +1,17 @@
-"""Kernel arguments that steer the boot, and the boot path's cheap "is there config?" test.
-Imports only os: it runs before anything else on every boot."""
+"""The kernel command line, parsed in one place: its arguments (``parse``, ``values``), the ones
+that steer the boot (``CONTROL``), the ones that are config keys (``config_args``, read into
+config by agent/config/sources.py), the HTTP datasource; and the boot path's cheap "is there
+config?" test. Imports only os: it runs before anything else on every boot."""
 
 from __future__ import annotations
 
 import os
 
 from agent import layout
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 BAKED = layout.RUN_MEDIUM + layout.MEDIUM_CONFIG
 SCHEMA_PATHS = (layout.LIB_SCHEMA,  # on a node; in the source tree, the repository's config/
@@ -20,6 +26,39 @@ PLACES = (BAKED, layout.RUN_SITE_CONFIG, layout.STATE_CONFIG, layout.STATE_CONFI
           *(layout.RUN_MEDIUM + name for name in layout.MEDIUM_NOCLOUD))
 
 
+def parse(cmdline: str) -> dict[str, str]:
+    """Kernel arguments by name (the first of a repeated one; ``console=`` may repeat, so its
+    values are joined with spaces); a bare word maps to ''."""
+    out: dict[str, str] = {}
+    for arg in cmdline.split():
+        key, _, value = arg.partition("=")
+        if key == "console":
+            out[key] = (out.get(key, "") + " " + value).strip()
+        else:
+            out.setdefault(key, value)
+    return out
+
+
+def values(cmdline: str, *keys: str) -> list[str]:
+    """Every value given to any of ``keys``, in order."""
+    return [arg.partition("=")[2] for arg in cmdline.split() if arg.partition("=")[0] in keys]
+
+
+def config_args(cmdline: str) -> Iterator[tuple[str, list[str], str | None]]:
+    """The arguments that are config keys (``basalt.hostname=x``, ``k3os.ntp_servers=a``):
+    (prefix, the key's parts, the value or None for a bare key); not boot control arguments
+    (``CONTROL``) nor the HTTP datasource."""
+    for arg in cmdline.split():
+        prefix, dot, rest = arg.partition(".")
+        if prefix not in ("basalt", "k3os") or not dot or not rest or is_datasource_url(arg):
+            continue
+        key, eq, value = rest.partition("=")
+        parts = key.split(".")
+        if parts[0] in CONTROL or not all(parts):
+            continue
+        yield prefix, parts, value if eq else None
+
+
 def is_datasource_url(arg: str) -> bool:
     """``basalt.datasource=http(s)://...``: the HTTP datasource, not a config key (k3OS's
     ``k3os.datasource=cdrom`` still means ``data_sources``)."""
@@ -27,7 +66,7 @@ def is_datasource_url(arg: str) -> bool:
 
 
 def datasource_url(cmdline: str) -> str | None:
-    return next((arg.partition("=")[2] for arg in cmdline.split() if is_datasource_url(arg)), None)
+    return next((v for v in values(cmdline, "basalt.datasource") if v.startswith(("http://", "https://"))), None)
 
 
 def has_config(cmdline: str, baked: str = BAKED, places: tuple[str, ...] = PLACES[1:]) -> bool:
@@ -39,9 +78,4 @@ def has_config(cmdline: str, baked: str = BAKED, places: tuple[str, ...] = PLACE
 
 def has_config_args(cmdline: str) -> bool:
     """Config keys on the command line (``basalt.hostname=x``), not just boot control arguments."""
-    for arg in cmdline.split():
-        prefix, _, rest = arg.partition(".")
-        if prefix in ("basalt", "k3os") and rest and rest.split("=")[0].split(".")[0] not in CONTROL \
-                and not is_datasource_url(arg):
-            return True
-    return False
+    return next(config_args(cmdline), None) is not None

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import time
 
-from agent import layout
+from agent import files, layout
 
 SEED_LABELS = (b"cidata", b"CIDATA")
 NOCLOUD_DIR = layout.RUN_NOCLOUD
@@ -88,15 +88,7 @@ def collect_seed(device: str, fstype: str) -> str:
 
 def write(path: str, data: bytes) -> None:
     """Atomic, owner-only (user-data may hold secrets); scripts are made executable."""
-    tmp = path + ".tmp"
-    mode = 0o700 if data.startswith(b"#!") else 0o600
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fchmod(fd, mode)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    files.write_atomic(path, data, 0o700 if data.startswith(b"#!") else 0o600)
 
 
 def is_script(path: str) -> bool:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 
-from agent import layout
+from agent import files, layout
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -128,20 +128,12 @@ def select(index: dict[str, Any] | None, out: str = layout.RUN_SITE, net: str = 
         text = entry.get("config")
         if not isinstance(text, str):
             raise ValueError(f"{layout.MEDIUM_SITE}: site {entry.get('name')!r} has no config text")
-        _write(config, text.encode(), 0o600)
+        files.write_atomic(config, text, 0o600)
     import json
-    _write(match_path, json.dumps(match).encode(), 0o644)
+    files.write_atomic(match_path, json.dumps(match))
     return match
 
 
-def _write(path: str, data: bytes, mode: int) -> None:
-    fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-    os.replace(path + ".tmp", path)
 
 
 def describe(match: dict[str, Any] | None) -> str:

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import os
 
-from agent import layout
-from agent.config.bootargs import BAKED, CONTROL, has_config_args, is_datasource_url
+from agent import files, layout
+from agent.config.bootargs import BAKED, config_args, has_config_args
 
 TYPE_CHECKING = False  # typing costs a tenth of a second on the boot path under emulation
 if TYPE_CHECKING:
@@ -41,14 +41,7 @@ def cmdline_config(text: str, top_level: set[str]) -> dict[str, Any]:
     key is true. A first part naming a top-level key (``basalt.hostname=x``) sets that key;
     anything else goes into the section of the prefix used."""
     out: dict[str, Any] = {}
-    for arg in text.split():
-        prefix, dot, rest = arg.partition(".")
-        if prefix not in ("basalt", "k3os") or not dot or not rest or is_datasource_url(arg):
-            continue
-        key, eq, value = rest.partition("=")
-        parts = key.split(".")
-        if parts[0] in CONTROL or not all(parts):
-            continue
+    for prefix, parts, value in config_args(text):
         path = parts if parts[0] in top_level else [prefix, *parts]
         node = out
         for part in path[:-1]:
@@ -57,7 +50,7 @@ def cmdline_config(text: str, top_level: set[str]) -> dict[str, Any]:
                 break
             node = nxt
         else:
-            leaf: Any = value if eq else "true"
+            leaf: Any = "true" if value is None else value
             if path[-1] in node:
                 prev = node[path[-1]]
                 node[path[-1]] = [*(prev if isinstance(prev, list) else [prev]), leaf]
@@ -124,27 +117,27 @@ def gather(cmdline: str, baked: str = BAKED, state: str = STATE, state_dir: str 
         return parsed[0]
     merged = Merged()
     digest = sha256()
-    files = [baked, site, state, *sorted(os.path.join(state_dir, f) for f in (os.listdir(state_dir)
+    paths = [baked, site, state, *sorted(os.path.join(state_dir, f) for f in (os.listdir(state_dir)
                                    if os.path.isdir(state_dir) else []) if f.endswith(".yaml")), dropped]
     layers: list[tuple[str, LoadedConfig | Valid | list[Problem]]] = \
-        [(path, _load(path, schema, schema_raw)) for path in files[:2]]
+        [(path, _load(path, schema, schema_raw)) for path in paths[:2]]
     cmd = cmdline_config(cmdline, set(schema()["properties"])) if has_config_args(cmdline) else {}
     if cmd:
         from agent.config.validate import check
         from agent.config.yamlsource import Located
         layers.append(("kernel command line", check(Located(cmd, "kernel command line"), schema())))
         digest.update(repr(sorted(cmd.items())).encode())
-    layers += [(path, _load(path, schema, schema_raw)) for path in files[2:]]
+    layers += [(path, _load(path, schema, schema_raw)) for path in paths[2:]]
     for directory in DIRS if datasource_dirs is None else datasource_dirs:
         meta, user = os.path.join(directory, "meta-data"), os.path.join(directory, "user-data")
         if os.path.isfile(meta):
             layers.append((meta, _meta_data(meta, schema())))
         if is_script(user):
             merged.scripts.append(user)
-            files.append(user)
+            paths.append(user)
         elif os.path.isfile(user):
             layers.append((user, _load(user, schema, schema_raw)))
-    for path in files + [name for name, _ in layers if name not in files]:
+    for path in paths + [name for name, _ in layers if name not in paths]:
         if os.path.isfile(path):
             with open(path, "rb") as f:
                 digest.update(path.encode() + b"\0" + f.read() + b"\0")
@@ -158,10 +151,10 @@ def gather(cmdline: str, baked: str = BAKED, state: str = STATE, state_dir: str 
             merged.warnings.extend(loaded.warnings)
             merged.add(name, loaded.value)
     why = "a source has problems" if merged.problems else None
-    if _read_json(rejected).get("digest") == merged.digest:
+    if files.read_json(rejected).get("digest") == merged.digest:
         why = "this config was reverted: 'basalt config apply --try' was not confirmed"
         merged.problems.append(_problem(why, "fix the config, then 'basalt config apply --try' and 'confirm'"))
-    good = _read_json(known_good) if why else {}
+    good = files.read_json(known_good) if why else {}
     if good.get("config") is not None:
         merged.value = good["config"]
         merged.origin = {tuple(path): name for path, name in good.get("origin", [])}
@@ -179,34 +172,12 @@ def save_known_good(merged: Merged, path: str = KNOWN_GOOD) -> None:
                 return  # unchanged: spare the flash a write (and the boot a json import)
     except OSError:
         pass
-    import json
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    for target, text in ((path, json.dumps(merged.known_good())), (path + ".digest", merged.digest)):
-        with open(target + ".tmp", "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(target + ".tmp", target)
+    files.write_json(path, merged.known_good(), makedirs=True)
+    files.write_atomic(path + ".digest", merged.digest)
 
 
 def reject(digest: str, path: str = REJECTED) -> None:
-    import json
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump({"digest": digest}, f)
-    os.replace(path + ".tmp", path)
-
-
-def _read_json(path: str) -> dict[str, Any]:
-    if not os.path.exists(path):
-        return {}  # without importing json
-    import json
-    try:
-        with open(path) as f:
-            data = json.load(f)
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
+    files.write_json(path, {"digest": digest}, makedirs=True)
 
 
 def _problem(message: str, hint: str) -> Problem:

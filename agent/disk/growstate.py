@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 import struct
 
+from agent import files
+
 SECTOR = 512
 MIB_SECTORS = 2048
 BLKPG = 0x1269
@@ -22,9 +24,8 @@ EXT4_IOC_RESIZE_FS = 0x40086610
 MIN_GAIN_SECTORS = 8 * MIB_SECTORS  # do not bother for less than 8 MiB
 
 
-def _read(path: str) -> str:
-    with open(path) as f:
-        return f.read().strip()
+def _value(path: str) -> int:
+    return int(files.read_text(path, "-").strip())  # a missing file: ValueError, as a bad one
 
 
 def needed(device: str, sysfs: str = "/sys/class/block") -> tuple[str, int, int] | None:
@@ -32,10 +33,10 @@ def needed(device: str, sysfs: str = "/sys/class/block") -> tuple[str, int, int]
     name = os.path.basename(device)
     part = os.path.join(sysfs, name)
     try:
-        number = int(_read(os.path.join(part, "partition")))
-        start, size = int(_read(os.path.join(part, "start"))), int(_read(os.path.join(part, "size")))
+        number = _value(os.path.join(part, "partition"))
+        start, size = _value(os.path.join(part, "start")), _value(os.path.join(part, "size"))
         disk = os.path.basename(os.path.dirname(os.path.realpath(part)))
-        disk_sectors = int(_read(os.path.join(sysfs, disk, "size")))
+        disk_sectors = _value(os.path.join(sysfs, disk, "size"))
     except (OSError, ValueError):
         return None
     last_usable = disk_sectors - 34  # the backup GPT: 32 sectors of entries and its header
@@ -114,7 +115,7 @@ def grow_ext4(mountpoint: str, device: str, sysfs: str = "/sys/class/block") -> 
     """Grow the mounted ext4 at ``mountpoint`` to its partition's size; returns its size in MiB."""
     import fcntl
     block = os.statvfs(mountpoint).f_frsize
-    sectors = int(_read(os.path.join(sysfs, os.path.basename(device), "size")))
+    sectors = int(_value(os.path.join(sysfs, os.path.basename(device), "size")))
     fd = os.open(mountpoint, os.O_RDONLY)
     try:
         fcntl.ioctl(fd, EXT4_IOC_RESIZE_FS, struct.pack("Q", sectors * SECTOR // block))

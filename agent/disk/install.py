@@ -29,7 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from agent import layout
+from agent import files, layout, system
+from agent.config import bootargs
 from agent.disk import partitions
 from agent.errors import BasaltError, Problem
 
@@ -70,19 +71,10 @@ class Host:
 
     @classmethod
     def running(cls) -> Host:
-        from agent import system
         mounts = [(src, target) for src, target, _ in system.mounts()]
-        swaps = [line.split()[0] for line in _read("/proc/swaps").splitlines()[1:] if line.strip()]
-        boot = [d for d in (_read(layout.RUN_MEDIUM_DEVICE).strip(), _root_device(mounts)) if d]
+        swaps = [line.split()[0] for line in files.read_text("/proc/swaps").splitlines()[1:] if line.strip()]
+        boot = [d for d in (files.read_text(layout.RUN_MEDIUM_DEVICE).strip(), _root_device(mounts)) if d]
         return cls(mounts=mounts, swaps=swaps, boot_devices=boot, probe=probe)
-
-
-def _read(path: str, default: str = "") -> str:
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError:
-        return default
 
 
 def _root_device(mounts: list[tuple[str, str]]) -> str:
@@ -125,15 +117,15 @@ def disks(sys_block: str = SYS_BLOCK) -> list[Target]:
     out = []
     for name in sorted(os.listdir(sys_block)) if os.path.isdir(sys_block) else []:
         base = os.path.join(sys_block, name)
-        size = int(_read(f"{base}/size", "0").strip() or 0) * 512
+        size = int(files.read_text(f"{base}/size", "0").strip() or 0) * 512
         if name.startswith(NOT_DISKS) or size == 0:
             continue
-        model = " ".join(_read(f"{base}/device/{f}").strip() for f in ("vendor", "model")).strip()
+        model = " ".join(files.read_text(f"{base}/device/{f}").strip() for f in ("vendor", "model")).strip()
         parts = sorted((p for p in os.listdir(base) if os.path.isfile(f"{base}/{p}/partition")),
-                       key=lambda p: int(_read(f"{base}/{p}/partition").strip()))
-        out.append(Target(name, size, model or "-", _read(f"{base}/removable").strip() == "1",
-                          _read(f"{base}/ro").strip() == "1", name.startswith("sr") or
-                          _read(f"{base}/device/type").strip() == "5", parts))
+                       key=lambda p: int(files.read_text(f"{base}/{p}/partition").strip()))
+        out.append(Target(name, size, model or "-", files.read_text(f"{base}/removable").strip() == "1",
+                          files.read_text(f"{base}/ro").strip() == "1", name.startswith("sr") or
+                          files.read_text(f"{base}/device/type").strip() == "5", parts))
     return out
 
 
@@ -244,14 +236,14 @@ def check_fits(target: Target, plan: dict[str, Any], host: Host, force: bool = F
 
 def existing_layout(target: Target, plan: dict[str, Any], host: Host) -> str:
     """Why the disk's present partitions cannot be reused (no_format), or ""."""
-    names = [_read(f"{host.sys_block}/{target.name}/{p}/uevent") for p in target.partitions]
+    names = [files.read_text(f"{host.sys_block}/{target.name}/{p}/uevent") for p in target.partitions]
     have = [next((line[9:] for line in u.splitlines() if line.startswith("PARTNAME=")), "") for u in names]
     want = [p["name"] for p in plan["partitions"]]
     if have != want:
         return (f"no_format: its partitions ({', '.join(n or '?' for n in have) or 'none'}) "
                 f"are not Basalt's ({', '.join(want)})")
     for part, spec in zip(target.partitions, plan["partitions"], strict=True):
-        size = int(_read(f"{host.sys_block}/{target.name}/{part}/size", "0").strip() or 0) * 512
+        size = int(files.read_text(f"{host.sys_block}/{target.name}/{part}/size", "0").strip() or 0) * 512
         if spec["size_mib"] and size < spec["size_mib"] << 20:
             return f"no_format: partition {spec['name']} is {size >> 20} MiB, smaller than {spec['size_mib']} MiB"
     return ""
@@ -288,7 +280,7 @@ def wanted_at_boot(config: dict[str, Any], cmdline: str) -> bool:
     """Does this live boot install by itself: a device and silent (k3OS's unattended form), or
     ``basalt.mode=install`` / ``k3os.mode=install`` on the kernel command line?"""
     s = section(config)
-    mode = {a.partition("=")[2] for a in cmdline.split() if a.startswith(("basalt.mode=", "k3os.mode="))}
+    mode = set(bootargs.values(cmdline, "basalt.mode", "k3os.mode"))
     return bool(s.get("device")) and (bool(s.get("silent")) or "install" in mode)
 
 
@@ -489,16 +481,12 @@ def write_disk(target: Target, plan: dict[str, Any], config_text: str, medium: s
         for entry in plan["files"]:
             dest = bt + entry["path"]
             os.makedirs(os.path.dirname(dest), exist_ok=True)
-            data = base64.b64decode(entry["data"]) if "data" in entry else None
-            tmp = dest + ".new"
-            if data is None:
-                with open(medium + entry["medium"], "rb") as src, open(tmp, "wb") as out:
-                    while chunk := src.read(CHUNK):
-                        out.write(chunk)
-            else:
-                with open(tmp, "wb") as out:
-                    out.write(data)
-            os.replace(tmp, dest)
+            if "data" in entry:
+                files.write_atomic(dest, base64.b64decode(entry["data"]))
+                continue
+            with open(medium + entry["medium"], "rb") as src, files.Replacing(dest) as out:
+                while chunk := src.read(CHUNK):
+                    out.write(chunk)
     if plan.get("bios") and layout.BIOS_LABEL in {p.partition.name for p in placed}:
         bios = next(pl for pl in placed if pl.partition.name == layout.BIOS_LABEL)
         _say("installing GRUB for BIOS")
@@ -554,11 +542,7 @@ def seed_state(image: str, state: str, config_text: str, keys_from: str) -> None
             subprocess.run(["cp", "-a", f"{image}/{d}/.", f"{state}/{d}.new/"], check=True)
             os.rename(f"{state}/{d}.new", f"{state}/{d}")
     config = state + layout.STATE_CONFIG
-    os.makedirs(os.path.dirname(config), exist_ok=True)
-    fd = os.open(config + ".new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(config_text)
-    os.replace(config + ".new", config)
+    files.write_atomic(config, config_text, 0o600, makedirs=True)
     keys = state + layout.SSH_STATE
     if os.path.isdir(keys_from) and not (os.path.isdir(keys) and os.listdir(keys)):  # keep a disk's own keys
         os.makedirs(keys, mode=0o700, exist_ok=True)
@@ -623,7 +607,7 @@ def run(settings: Settings, unattended: bool = False, host: Host | None = None,
         check_fits(target, plan, host, settings.force, settings.no_format)
         if settings.config_url and unattended:
             wait_for_network()
-        text = config_to_install(settings, _read("/proc/cmdline"))
+        text = config_to_install(settings, files.read_text("/proc/cmdline"))
         if not settings.silent:
             confirm(target, host, plan, answer)
         started = time.monotonic()
@@ -632,9 +616,8 @@ def run(settings: Settings, unattended: bool = False, host: Host | None = None,
         _say(f"installed to {target.path} in {time.monotonic() - started:.1f} s")
     action = "poweroff" if settings.power_off else "reboot" if settings.reboot else None
     if action:
-        from agent.cli import POWER_SIGNALS
         _say(f"{action}: the node boots from {target.path} next")
-        os.kill(1, POWER_SIGNALS[action])
+        system.request_power(action)
     else:
         _say("remove the installation medium and reboot (basalt reboot) to boot from the disk")
     return 0

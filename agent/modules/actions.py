@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from agent import layout
+from agent import files, layout
 from agent.modules.plans import colon_rows, colon_text
 
 TYPE_CHECKING = False
@@ -33,20 +33,6 @@ def _lookup(name: str, table: str) -> int:
     except OSError:
         pass
     raise LookupError(f"no such {'user' if table.endswith('passwd') else 'group'} '{name}'")
-
-
-def write_atomic(path: str, data: bytes, mode: int, uid: int, gid: int) -> None:
-    os.makedirs(os.path.dirname(path) or "/", exist_ok=True)
-    tmp = f"{path}.basalt-tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fchown(fd, uid, gid)
-        os.fchmod(fd, mode)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 class NoSupervisor:
@@ -119,7 +105,7 @@ class Context:
 
 
 def _write(ctx: Context, path: str, data: bytes, mode: int, owner: str) -> None:
-    write_atomic(ctx.at(path), data, mode, *owner_ids(owner, ctx.root))
+    files.write_atomic(ctx.at(path), data, mode, owner_ids(owner, ctx.root), makedirs=True)
 
 
 def _sysctl(ctx: Context, name: str, value: str) -> None:
@@ -147,7 +133,8 @@ def _shadow(ctx: Context, passwords: dict[str, str | None]) -> None:
     if os.path.exists(ctx.at("etc/shadow")):
         with open(ctx.at("etc/shadow")) as f:
             current = f.read()
-    write_atomic(ctx.at("etc/shadow"), shadow_text(current, passwords, int(time.time() // 86400)), 0o600, 0, 0)
+    files.write_atomic(ctx.at("etc/shadow"), shadow_text(current, passwords, int(time.time() // 86400)), 0o600,
+                       (0, 0), makedirs=True)
 
 
 def _mkdir(ctx: Context, path: str, mode: int, owner: str) -> None:
@@ -164,7 +151,7 @@ def _keys(ctx: Context, path: str, lines: list[str], urls: list[str], owner: str
     ssh_dir = os.path.dirname(ctx.at(path))
     os.makedirs(ssh_dir, 0o700, exist_ok=True)
     os.chown(ssh_dir, uid, gid)
-    write_atomic(ctx.at(path), "".join(k + "\n" for k in keys).encode(), 0o600, uid, gid)
+    files.write_atomic(ctx.at(path), "".join(k + "\n" for k in keys), 0o600, (uid, gid))
 
 
 def _hostkey(ctx: Context, path: str) -> None:
@@ -193,7 +180,7 @@ def _service(ctx: Context, name: str, argv: list[str], *env: dict[str, str]) -> 
 
 def _copy(ctx: Context, src: str, dest: str, mode: int) -> None:
     with open(src, "rb") as source:
-        write_atomic(ctx.at(dest), source.read(), mode, 0, 0)
+        files.write_atomic(ctx.at(dest), source.read(), mode, (0, 0), makedirs=True)
 
 
 def _prune(ctx: Context, directory: str, prefix: str, keep: list[str]) -> None:

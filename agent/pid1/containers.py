@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 
 from agent import layout, system
-from agent.pid1.devices import read
+from agent.files import read_text
 from agent.pid1.supervise import listdir, spawn_wait
 
 TYPE_CHECKING = False
@@ -35,12 +35,12 @@ def prepare(supervisor: Supervisor, errors: Errors) -> None:
     if not services and not os.path.exists(layout.K3S_BINARY):
         return
     names = [name for conf in listdir("/usr/lib/modules-load.d")
-             for line in read(f"/usr/lib/modules-load.d/{conf}").splitlines()
+             for line in read_text(f"/usr/lib/modules-load.d/{conf}").splitlines()
              if (name := line.split("#")[0].strip())]
     if names and spawn_wait([layout.BUSYBOX, "modprobe", "-a", *names], quiet=True) != 0:
         errors.add("containers", f"modprobe -a {' '.join(names)} failed (basalt doctor names the missing ones)")
     for conf in sorted(listdir("/usr/lib/sysctl.d")):
-        for line in read(f"/usr/lib/sysctl.d/{conf}").splitlines():
+        for line in read_text(f"/usr/lib/sysctl.d/{conf}").splitlines():
             key, sep, value = line.split("#")[0].partition("=")
             if sep:
                 errors.guard(f"sysctl {key.strip()}", write_file,
@@ -55,5 +55,5 @@ def prepare(supervisor: Supervisor, errors: Errors) -> None:
                 errors.add("containers", f"cannot mount a tmpfs on {d}")
     import json
     for name in services:
-        spec = json.loads(read(f"{layout.LIB_SERVICES}/{name}"))
+        spec = json.loads(read_text(f"{layout.LIB_SERVICES}/{name}"))
         supervisor.ensure(name[:-5], spec["argv"], spec.get("env"))

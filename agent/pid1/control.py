@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import time
 
-from agent import layout
+from agent import files, layout
 from agent.log import log
 
 TYPE_CHECKING = False
@@ -39,9 +39,7 @@ def handle_request(prov: Provisioner) -> None:
         return  # a plain SIGHUP: nothing asked
     result = confirm(prov) if request.get("command") == "confirm" else apply(prov, request.get("try"))
     path = RESULT.format(int(request.get("id", 0)))
-    with open(path + ".tmp", "w") as f:
-        json.dump(result, f)
-    os.replace(path + ".tmp", path)
+    files.write_atomic(path, json.dumps(result))
 
 
 def apply(prov: Provisioner, try_s: float | None) -> dict[str, object]:

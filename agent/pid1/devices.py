@@ -10,6 +10,7 @@ import os
 import struct
 
 from agent import layout
+from agent.files import read_text
 from agent.log import log
 from agent.pid1 import hotplug
 from agent.pid1.supervise import Service, spawn_wait
@@ -17,26 +18,6 @@ from agent.pid1.supervise import Service, spawn_wait
 KEY_POWER = 116
 EV_KEY = 1
 INPUT_EVENT = struct.Struct("llHHi")
-
-
-def read(path: str, default: str = "") -> str:
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError:
-        return default
-
-
-def parse_cmdline(text: str) -> dict[str, str]:
-    """Kernel arguments; ``console=`` may repeat, so its values are joined with spaces."""
-    out: dict[str, str] = {}
-    for arg in text.split():
-        key, _, value = arg.partition("=")
-        if key == "console":
-            out[key] = (out.get(key, "") + " " + value).strip()
-        else:
-            out.setdefault(key, value)
-    return out
 
 
 def consoles(args: dict[str, str]) -> list[str]:
@@ -70,7 +51,7 @@ def device_aliases(sys_root: str = "/sys") -> list[str]:
     for bus in sorted(os.listdir(bus_root)) if os.path.isdir(bus_root) else []:
         devices = f"{bus_root}/{bus}/devices"
         for dev in sorted(os.listdir(devices)) if os.path.isdir(devices) else []:
-            value = read(f"{devices}/{dev}/modalias").strip()
+            value = read_text(f"{devices}/{dev}/modalias").strip()
             if value:
                 out.add(value)
     return sorted(out)
@@ -85,7 +66,7 @@ class Coldplug:
 
         Drivers create devices that want drivers (a USB controller's devices, say), so a
         later pass catches those; returns whether new devices appeared since the last pass."""
-        before = set(read("/proc/modules").split("\n"))
+        before = set(read_text("/proc/modules").split("\n"))
         changed = False
         for _ in range(passes):
             aliases = device_aliases()
@@ -95,7 +76,7 @@ class Coldplug:
             self.seen_aliases = aliases
             # Drivers that find no device of theirs (e.g. cpufreq in a VM) refuse to load: not an error.
             spawn_wait([layout.BUSYBOX, "modprobe", "-a", "-q", *aliases, "button", "evdev"], quiet=True)
-        loaded = sorted(line.split()[0] for line in set(read("/proc/modules").split("\n")) - before if line)
+        loaded = sorted(line.split()[0] for line in set(read_text("/proc/modules").split("\n")) - before if line)
         with open(layout.RUN_MODULES_LOADED, "a") as f:
             f.write("".join(m + "\n" for m in loaded))
         return changed
@@ -117,7 +98,7 @@ def power_buttons() -> list[int]:
     """Open event devices of the power buttons present (ACPI's, in a VM too)."""
     fds = []
     for dev in sorted(os.listdir("/sys/class/input")):
-        if dev.startswith("event") and read(f"/sys/class/input/{dev}/device/name").strip() == "Power Button":
+        if dev.startswith("event") and read_text(f"/sys/class/input/{dev}/device/name").strip() == "Power Button":
             fds.append(os.open(f"/dev/input/{dev}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
     return fds
 

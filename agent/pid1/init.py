@@ -26,9 +26,10 @@ import sys
 import time
 
 from agent import layout, system
+from agent.config import bootargs
+from agent.files import read_text
 from agent.log import Errors, format_exception, log
 from agent.pid1 import containers, control, devices, hotplug, power, status, watchdog
-from agent.pid1.devices import read
 from agent.pid1.provision import Provisioner
 from agent.pid1.supervise import Service, Supervisor, rotate_logs, spawn
 
@@ -57,8 +58,8 @@ class Init:
         self.errors = Errors()
         self.phases: dict[str, int] = {"agent_start_ms": system.boot_ms()}
         self.supervisor = Supervisor()
-        self.args = devices.parse_cmdline(read("/proc/cmdline"))
-        self.version = read(layout.LIB_VERSION, "unknown").strip()
+        self.args = bootargs.parse(read_text("/proc/cmdline"))
+        self.version = read_text(layout.LIB_VERSION, "unknown").strip()
         self.prov = Provisioner(self.supervisor, self.errors, self.phases, self.version)
         self.coldplug = devices.Coldplug()
         self.action: str | None = None
@@ -102,9 +103,8 @@ class Init:
         self.phase("containers", containers.prepare, self.supervisor, self.errors)
         self.phase("network", self.prov.network)
         self.phase("boot_modules", self.prov.run_phase, "boot")
-        from agent.config import bootargs
-        self.runtime_pending = bool(self.prov.config) or bootargs.datasource_url(read("/proc/cmdline")) is not None \
-            or os.path.exists(layout.K3S_BINARY)
+        self.runtime_pending = bool(self.prov.config) or os.path.exists(layout.K3S_BINARY) \
+            or bootargs.datasource_url(read_text("/proc/cmdline")) is not None
         merged = self.prov.merged
         if merged is not None and not merged.problems:  # type: ignore[attr-defined]
             from agent.config import sources
@@ -122,16 +122,16 @@ class Init:
             if not system.is_mounted(target):
                 os.makedirs(target, exist_ok=True)
                 self.errors.guard(f"mount {target}", system.mount, source, target, fstype, flags, data)
-        if read(layout.RUN_STATE_DEVICE).strip() and not os.path.lexists(layout.RUN_LOG):
+        if read_text(layout.RUN_STATE_DEVICE).strip() and not os.path.lexists(layout.RUN_LOG):
             # With a state partition, service logs are kept across reboots (same path, rotated).
             self.errors.guard("persistent logs", os.makedirs, layout.PERSISTENT_LOG, 0o750, True)
             self.errors.guard("persistent logs", os.symlink, layout.PERSISTENT_LOG, layout.RUN_LOG)
         os.makedirs(layout.RUN_LOG, exist_ok=True)
-        self.prov.mode = read(layout.RUN_MODE, "live").strip() or "live"
+        self.prov.mode = read_text(layout.RUN_MODE, "live").strip() or "live"
 
     def grow_state(self) -> None:
         """On an installed disk, the state partition takes the rest of the disk (first boot)."""
-        device = read(layout.RUN_STATE_DEVICE).strip()
+        device = read_text(layout.RUN_STATE_DEVICE).strip()
         if device and self.prov.mode == "installed":
             from agent.disk import growstate
             said = growstate.grow(device, layout.RUN_STATE)
@@ -177,7 +177,7 @@ class Init:
         if self.prov.mode != "live":
             return
         from agent.disk import install
-        if install.wanted_at_boot(self.prov.config, read("/proc/cmdline")):
+        if install.wanted_at_boot(self.prov.config, read_text("/proc/cmdline")):
             log("unattended install: starting basalt install")
             pid = spawn([layout.AGENT, "install", "--unattended"], log_path="/dev/console")
             self.supervisor.watch(pid, self.install_done)
@@ -185,7 +185,7 @@ class Init:
     def health(self) -> None:
         """An installed node's boot selection settled after each boot (agent/upgrade/health.py): a trial
         boot's health gate, or the record of a trial that did not come back."""
-        if self.prov.mode == "installed" and read(layout.RUN_SLOT).strip() in layout.SLOTS:
+        if self.prov.mode == "installed" and read_text(layout.RUN_SLOT).strip() in layout.SLOTS:
             pid = spawn([layout.AGENT, "health"], log_path=layout.RUN_LOG + "/health.log")
             self.supervisor.watch(pid, self.health_done)
 

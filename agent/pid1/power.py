@@ -16,8 +16,9 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from agent.pid1.supervise import Supervisor
 
-ACTIONS = {_signal.SIGUSR1: "halt", _signal.SIGUSR2: "poweroff", _signal.SIGPWR: "poweroff",
-           _signal.SIGTERM: "reboot", _signal.SIGINT: "reboot"}
+# system.POWER_SIGNALS turned round, and what else asks: a UPS daemon's SIGPWR, Ctrl-Alt-Del's SIGINT.
+ACTIONS = {**{sig: action for action, sig in system.POWER_SIGNALS.items()},
+           _signal.SIGPWR: "poweroff", _signal.SIGINT: "reboot"}
 STOP_GRACE_S = 3.0
 KEEP_MOUNTED = ("/", "/proc", "/sys", "/dev", "/run")
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import os
 
 from agent import layout, system
+from agent.files import read_text
 from agent.log import log
-from agent.pid1.devices import read
 from agent.pid1.supervise import listdir, spawn_wait
 
 TYPE_CHECKING = False
@@ -38,7 +38,7 @@ class Provisioner:
     def load(self) -> dict[str, object]:
         """Merge the config sources (see sources.py); problems are logged and kept in the status."""
         from agent.config import bootargs
-        text = read("/proc/cmdline")
+        text = read_text("/proc/cmdline")
         if self.site_index is not None:
             from agent.config import site
             self.site_match = self.errors.guard("site", site.select, self.site_index)
@@ -61,7 +61,7 @@ class Provisioner:
     def facts(self) -> dict[str, object]:
         """What plans need to know about the running system."""
         if not self.base_tables:
-            self.base_tables = {name: read(f"/etc/{name}") for name in ("passwd", "group")}
+            self.base_tables = {name: read_text(f"/etc/{name}") for name in ("passwd", "group")}
         net = "/sys/class/net"
         ifaces = sorted(os.listdir(net)) if os.path.isdir(net) else []
         wired = [i for i in ifaces if os.path.exists(f"{net}/{i}/device") and not os.path.exists(f"{net}/{i}/wireless")]
@@ -69,7 +69,7 @@ class Provisioner:
         return {"hostname": self.hostname, **self.base_tables, "interfaces": wired,
                 "wireless": [i for i in ifaces if os.path.exists(f"{net}/{i}/wireless")],
                 "have_wpa_supplicant": os.path.exists("/usr/sbin/wpa_supplicant"),
-                "version": self.version, "mode": self.mode, "slot": read(layout.RUN_SLOT, self.mode).strip(),
+                "version": self.version, "mode": self.mode, "slot": read_text(layout.RUN_SLOT, self.mode).strip(),
                 "k3s": k3s, "upgrade_controller": k3s and os.path.exists(layout.LIB_UPGRADE_CONTROLLER),
                 "k3s_images": listdir(layout.LIB_K3S + "/images") if k3s else [],
                 "k3s_charts": listdir(layout.LIB_K3S + "/charts") if k3s else []}
@@ -98,7 +98,7 @@ class Provisioner:
         its init_cmd and boot_cmd run from the next boot), then the runtime modules, run_cmd
         and user-data scripts."""
         from agent.config import bootargs
-        url = bootargs.datasource_url(read("/proc/cmdline"))
+        url = bootargs.datasource_url(read_text("/proc/cmdline"))
         if url:
             from agent.config import datasources
             if self.errors.guard("datasource", datasources.fetch_url, url):

@@ -14,14 +14,13 @@ line) settles the boot selection:
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 import time
 from typing import Any
 
-from agent import layout
+from agent import files, layout, system
+from agent.config import bootargs
 from agent.config.section import health_timeout, upgrade_settings
 from agent.upgrade import bootsel, slots
 
@@ -46,18 +45,8 @@ LABEL_TIMEOUT_S = 600
 
 def node_config() -> dict[str, Any]:
     from agent.config import sources
-    from agent.pid1 import devices
-    value = sources.gather(devices.read("/proc/cmdline")).value
+    value = sources.gather(files.read_text("/proc/cmdline")).value
     return value if isinstance(value, dict) else {}
-
-
-def read_status() -> dict[str, Any]:
-    try:
-        with open(layout.RUN_STATUS) as f:
-            status = json.load(f)
-        return status if isinstance(status, dict) else {}
-    except (OSError, ValueError):
-        return {}
 
 
 def run_check(argv: list[str], timeout: float) -> tuple[bool, str]:
@@ -73,7 +62,7 @@ def run_check(argv: list[str], timeout: float) -> tuple[bool, str]:
 
 def problems(checks: list[dict[str, Any]], config: dict[str, Any] | None = None) -> list[str]:
     """What keeps the node from passing its gate now (empty: it passes)."""
-    status = read_status()
+    status = files.read_json(layout.RUN_STATUS)
     if not status.get("ready_ms"):
         return ["the agent has not reported ready"]
     out = []
@@ -110,7 +99,7 @@ def relabel(config: dict[str, Any], version: str, slot: str, clock: Any = time.m
             sleep: Any = time.sleep) -> bool:
     """After a commit, the node labels basalt.io/version and basalt.io/slot through the API (k3s applies
     node-label only when a node registers), retried while k3s comes up."""
-    status = read_status()
+    status = files.read_json(layout.RUN_STATUS)
     if "k3s" not in status.get("services", {}):
         return False
     from agent.modules import k3s
@@ -128,8 +117,7 @@ def relabel(config: dict[str, Any], version: str, slot: str, clock: Any = time.m
 
 
 def reboot() -> None:
-    import signal
-    os.kill(1, signal.SIGTERM)
+    system.request_power("reboot")
 
 
 def trial(booted: str, backend: bootsel.GrubEnv, version: str, image: str | None) -> int:
@@ -185,13 +173,12 @@ def settle(booted: str, backend: bootsel.GrubEnv, sel: bootsel.Selection) -> int
 
 
 def main(cmdline: str | None = None) -> int:
-    from agent.pid1 import devices
     booted = slots.booted()
     if booted not in layout.SLOTS:
         return 0
     backend = bootsel.backend()
     sel = backend.read()
-    args = devices.parse_cmdline(cmdline if cmdline is not None else devices.read("/proc/cmdline"))
+    args = bootargs.parse(cmdline if cmdline is not None else files.read_text("/proc/cmdline"))
     info = slots.build_info(booted)
     if args.get("basalt.trial") == "1" and sel.trial == booted and sel.committed != booted:
         return trial(booted, backend, str(info.get("version")), info.get("image"))

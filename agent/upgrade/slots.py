@@ -7,7 +7,7 @@ import json
 import os
 from typing import Any
 
-from agent import layout
+from agent import files, layout
 
 BUILD_INFO = "build.json"  # in each slot's directory on the boot partition, written with the slot
 
@@ -44,17 +44,9 @@ def summary(slots: dict[str, dict[str, Any]]) -> str:
     return ", ".join(parts)
 
 
-def read_text(path: str, default: str = "") -> str:
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return default
-
-
 def booted() -> str:
     """The slot this boot came from (a, b), or "live"."""
-    return read_text(layout.RUN_SLOT, "live")
+    return files.read_text(layout.RUN_SLOT, "live").strip()
 
 
 def other(slot: str) -> str:
@@ -75,20 +67,20 @@ def device(slot: str, sys_block: str = "/sys/class/block", medium_device: str | 
     """The slot's partition: by its GPT name, or on an MBR disk by number beside the boot partition."""
     names = sorted(os.listdir(sys_block)) if os.path.isdir(sys_block) else []
     for name in names:
-        uevent = read_text(f"{sys_block}/{name}/uevent")
+        uevent = files.read_text(f"{sys_block}/{name}/uevent").strip()
         if f"PARTNAME={layout.SLOT_LABELS[slot]}" in uevent.splitlines():
             return f"/dev/{name}"
-    medium_device = medium_device or read_text(layout.RUN_MEDIUM_DEVICE)
+    medium_device = medium_device or files.read_text(layout.RUN_MEDIUM_DEVICE).strip()
     if medium_device:
         disk = os.path.basename(os.path.realpath(f"{sys_block}/{os.path.basename(medium_device)}/.."))
         for name in names:
-            if read_text(f"{sys_block}/{disk}/{name}/partition") == str(layout.SLOT_NUMBERS[slot]):
+            if files.read_text(f"{sys_block}/{disk}/{name}/partition").strip() == str(layout.SLOT_NUMBERS[slot]):
                 return f"/dev/{name}"
     raise OSError(f"no partition for slot {slot} ({layout.SLOT_LABELS[slot]}) on this node")
 
 
 def size_bytes(dev: str, sys_block: str = "/sys/class/block") -> int:
-    return int(read_text(f"{sys_block}/{os.path.basename(dev)}/size", "0") or 0) * 512
+    return int(files.read_text(f"{sys_block}/{os.path.basename(dev)}/size", "0").strip() or 0) * 512
 
 
 class writable_boot:
@@ -127,19 +119,7 @@ def load_state(path: str | None = None) -> dict[str, Any]:
 
 
 def save_state(state: dict[str, Any], path: str | None = None) -> None:
-    path = path or layout.UPGRADE_STATE
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(state, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(os.path.dirname(path), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    files.write_json(path or layout.UPGRADE_STATE, state, makedirs=True, indent=1, sort_keys=True)
 
 
 def record(event: dict[str, Any], failed_reason: str | None = None, path: str | None = None) -> None:

@@ -20,7 +20,7 @@ import sys
 import time
 from typing import Any
 
-from agent import layout
+from agent import files, layout, system
 from agent.disk.partitions import sha256_range
 from agent.errors import BasaltError, Problem
 from agent.upgrade import bootsel, bundle, slots
@@ -218,18 +218,13 @@ def write_root(b: bundle.Bundle, dev: str) -> None:
 
 
 def write_file(path: str, src: Any, digest: str) -> None:
-    tmp = path + ".new"
     h = hashlib.sha256()
-    with open(tmp, "wb") as out:
+    with files.Replacing(path) as out:
         while data := src.read(CHUNK):
             h.update(data)
             out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    if h.hexdigest() != digest:
-        os.unlink(tmp)
-        raise BasaltError.simple(f"the bundle changed while {path} was written", hint="run basalt upgrade again")
-    os.replace(tmp, path)
+        if h.hexdigest() != digest:  # raised inside: the target is left as it was
+            raise BasaltError.simple(f"the bundle changed while {path} was written", hint="run basalt upgrade again")
 
 
 def write_slot(b: bundle.Bundle, target: str, dev: str, medium: str = layout.RUN_MEDIUM) -> None:
@@ -248,16 +243,11 @@ def write_slot(b: bundle.Bundle, target: str, dev: str, medium: str = layout.RUN
     for name, text in (("version", man["version"] + "\n"),
                        (slots.BUILD_INFO, json.dumps({"version": man["version"], "image": man["image"],
                                                       "built": man["built"]}, sort_keys=True))):
-        with open(f"{directory}/{name}.new", "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(f"{directory}/{name}.new", f"{directory}/{name}")
+        files.write_atomic(f"{directory}/{name}", text)
 
 
 def request_reboot() -> None:
-    import signal
-    os.kill(1, signal.SIGTERM)
+    system.request_power("reboot")
 
 
 class Node:

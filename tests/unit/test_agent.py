@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent import cli, system
+from agent.config import bootargs
 from agent.pid1 import devices, supervise
 
 
@@ -22,7 +23,7 @@ from agent.pid1 import devices, supervise
     ("", {}),
 ])
 def test_parse_cmdline(text: str, expected: dict[str, str]) -> None:
-    assert devices.parse_cmdline(text) == expected
+    assert bootargs.parse(text) == expected
 
 
 @pytest.mark.parametrize(("console", "ttys"), [

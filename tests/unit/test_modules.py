@@ -71,7 +71,7 @@ def test_apply_writes_atomically_with_mode_and_owner(tmp_path: Path) -> None:
     conf = root / "opt/app/conf"
     assert conf.read_bytes() == b"x=1\n" and stat.S_IMODE(conf.stat().st_mode) == 0o640
     assert (conf.stat().st_uid, conf.stat().st_gid) == (os.getuid(), os.getgid())
-    assert not list(root.rglob("*.basalt-tmp"))
+    assert not list(root.rglob("*.basalt-new"))
     assert (root / "proc/sys/vm/swappiness").read_text() == "10"
 
 
