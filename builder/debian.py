@@ -18,6 +18,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from agent.errors import BasaltError, Problem
 from builder import progress
@@ -328,3 +329,10 @@ __all__ = [
     "sha256_file",
     "sources_for",
 ]
+
+
+def blobs_by_role(lock_dir: Path, store: BlobStore, role: str) -> list[tuple[dict[str, Any], Path]]:
+    """The locked packages of one role (the fetch stage's ``packages.lock.json`` in ``lock_dir``)
+    with their verified blob paths."""
+    rows = json.loads((lock_dir / "packages.lock.json").read_text())["packages"]
+    return [(r, store.path(r["sha256"])) for r in rows if r["role"] == role]

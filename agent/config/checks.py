@@ -87,7 +87,7 @@ def payloads(doc: Located) -> list[Problem]:
     at the item's content line."""
     import zlib
 
-    from agent.modules.plans import decode
+    from agent.config.content import decode
     out = []
     for i, item in _write_files(doc.value):
         if not isinstance(item.get("content", ""), str):

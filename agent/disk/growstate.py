@@ -70,20 +70,21 @@ def grow_gpt(disk: str, number: int, new_last: int) -> tuple[int, int]:
 
 def grow_mbr(disk: str, number: int, new_last: int) -> tuple[int, int]:
     """The same on an MBR (a Raspberry Pi's card): primary partition ``number``'s sector count."""
+    from agent.disk import partitions
     with open(disk, "r+b") as f:
-        mbr = bytearray(f.read(SECTOR))
-        if mbr[510:512] != b"\x55\xaa" or not 1 <= number <= 4:
+        try:
+            entries = {e.number: e for e in partitions.read_mbr(f)}
+        except ValueError:
+            entries = {}
+        if number not in entries:
             raise ValueError(f"{disk}: no MBR primary partition {number}")
-        entry = 446 + 16 * (number - 1)
-        start, sectors = struct.unpack_from("<II", mbr, entry + 8)
-        others = [struct.unpack_from("<II", mbr, 446 + 16 * i + 8) for i in range(4) if i != number - 1]
-        if any(s0 > start for s0, n in others if n):
+        start, sectors = entries[number].start, entries[number].sectors
+        if any(e.start > start for e in entries.values()):
             raise ValueError(f"{disk}: partition {number} is not the last one")
         if new_last <= start + sectors - 1 or new_last - start + 1 > 0xFFFFFFFF:
             return start, start + sectors - 1
-        struct.pack_into("<I", mbr, entry + 12, new_last - start + 1)
-        f.seek(0)
-        f.write(bytes(mbr))
+        f.seek(partitions.MBR_ENTRIES + 16 * (number - 1) + 12)
+        f.write(struct.pack("<I", new_last - start + 1))
         f.flush()
         os.fsync(f.fileno())
         return start, new_last

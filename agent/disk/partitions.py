@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from agent import layout
 from agent.errors import BasaltError, Problem
 
 SECTOR = 512
@@ -205,6 +206,50 @@ def _write_mbr_entries(f: BinaryIO, records: list[bytes], disk_id: int | None = 
     mbr[MBR_ENTRIES:MBR_ENTRIES + 64] = b"".join(records).ljust(64, b"\0")
     mbr[510:512] = b"\x55\xaa"
     _pwrite(f, bytes(mbr), 0)
+
+
+@dataclass(frozen=True)
+class MbrEntry:
+    number: int  # 1-4
+    code: int  # the type code (0x0C FAT32 LBA, 0x83 Linux, ...)
+    start: int  # in sectors
+    sectors: int
+
+
+FAT_CODES = (0x0B, 0x0C, 0xEF)  # FAT32 (CHS, LBA), an EFI system partition
+
+
+def read_mbr(f: BinaryIO) -> list[MbrEntry]:
+    """The MBR's primary partitions in use (ValueError when the disk has no MBR signature)."""
+    f.seek(0)
+    mbr = f.read(SECTOR)
+    if len(mbr) < SECTOR or mbr[510:512] != b"\x55\xaa":
+        raise ValueError("no MBR")
+    out = []
+    for i in range(4):
+        _, _, code, _, start, sectors = struct.unpack_from("<B3sB3sII", mbr, MBR_ENTRIES + 16 * i)
+        if sectors:
+            out.append(MbrEntry(i + 1, code, start, sectors))
+    return out
+
+
+def boot_partition(f: BinaryIO) -> int | None:
+    """The byte offset of a Basalt disk's boot partition: the GPT partition named
+    ``layout.BOOT_LABEL``, or on an MBR disk (the Raspberry Pi's card) its FAT partition; None
+    when there is none."""
+    try:
+        _, entries = read_gpt(f)
+    except ValueError:
+        entries = []
+    for entry in entries:
+        if entry.name == layout.BOOT_LABEL:
+            return entry.first * SECTOR
+    if entries:
+        return None
+    try:
+        return next((e.start * SECTOR for e in read_mbr(f) if e.code in FAT_CODES), None)
+    except ValueError:
+        return None
 
 
 def write_mbr(f: BinaryIO, disk_id: int, parts: list[tuple[int, int, int, bool]]) -> None:

@@ -13,6 +13,7 @@ Actions are plain tuples, so plans compare equal in tests:
 from __future__ import annotations
 
 from agent import layout
+from agent.config.content import decode
 from agent.config.section import section
 
 TYPE_CHECKING = False  # typing, base64 and gzip cost a tenth of a second each under emulation
@@ -29,20 +30,6 @@ if TYPE_CHECKING:
         def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None: ...
 
         def stop(self, name: str) -> None: ...
-
-
-ENCODINGS = {"": (), "b64": ("b64",), "base64": ("b64",), "gz": ("gz",), "gzip": ("gz",),
-             "gz+b64": ("b64", "gz"), "gz+base64": ("b64", "gz"), "gzip+b64": ("b64", "gz"),
-             "gzip+base64": ("b64", "gz")}
-
-
-def decode(content: str, encoding: str) -> bytes:
-    import base64
-    import gzip
-    data = content.encode()
-    for step in ENCODINGS[encoding]:  # base64 first, then gunzip
-        data = base64.b64decode(data, validate=False) if step == "b64" else gzip.decompress(data)
-    return data
 
 
 def plan_write_files(config: dict[str, Any], facts: dict[str, Any]) -> list[Action]:

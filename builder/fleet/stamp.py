@@ -19,7 +19,6 @@ import concurrent.futures
 import json
 import os
 import shutil
-import struct
 import subprocess
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from agent.config.site import FORMAT
 from agent.errors import BasaltError, Problem
 from builder import progress
 from builder.download import sha256_file
+from builder.media import disk
 
 
 def index(configs: list[dict[str, Any]], default: dict[str, Any] | None, image: str = "") -> bytes:
@@ -66,25 +66,6 @@ def iso_reservation(path: Path) -> tuple[int, int]:
                                   hint="it was built by an older Basalt: rebuild it (./inv build)")) from None
     finally:
         iso.close()
-
-
-def boot_partition(path: Path) -> int:
-    """The byte offset of a disk image's boot partition (FAT)."""
-    from agent.disk.partitions import SECTOR, read_gpt
-    with path.open("rb") as f:
-        try:
-            _, entries = read_gpt(f)
-        except ValueError:
-            entries = []
-        for entry in entries:
-            if entry.name == layout.BOOT_LABEL:
-                return entry.first * SECTOR
-        f.seek(446)
-        _, _, kind, _, start, sectors = struct.unpack("<B3sB3sII", f.read(16))
-        if not entries and kind in (0x0C, 0x0B, 0xEF) and sectors:
-            return start * SECTOR
-    raise BasaltError(Problem(f"{path}: no boot partition ({layout.BOOT_LABEL}) found",
-                              hint="give a Basalt disk image (x86_64-raw, arm64-efi, rpi)"))
 
 
 def _copy(src: Path, dest: Path) -> None:
@@ -133,7 +114,7 @@ def stamp(artifact: Path, payload: bytes, out: Path, name: str = "") -> Path:
                 f.write(payload + bytes(size - len(payload)))
             digests[dest] = pool.submit(sha256_file, dest)
         else:
-            offset = boot_partition(dest)
+            offset = disk.boot_partition(dest)
             staged = partial / "site.json"
             staged.write_bytes(payload)
             with progress.step("Writing the site config to the boot partition (mtools)"):
@@ -143,7 +124,6 @@ def stamp(artifact: Path, payload: bytes, out: Path, name: str = "") -> Path:
             digests[dest] = pool.submit(sha256_file, dest)
             bmap, xz = (artifact.with_name(artifact.name + ext).exists() for ext in (".bmap", ".xz"))
             if bmap or xz:
-                from builder.media import disk
                 disk.flashables(dest, xz=xz)
         outputs = []
         for item in sorted(partial.iterdir()):

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import BinaryIO
 
+from agent import layout
 from agent.disk.partitions import BIOS_BOOT, ESP, LINUX_DATA, MIB, SECTOR, Disk, Partition, Placed, place, write_table
 from agent.errors import BasaltError, Problem
 from builder import progress
@@ -121,3 +122,15 @@ def flashables(image: Path, xz: bool = True) -> None:
                                   text=False)
         if proc.returncode != 0:
             raise BasaltError(Problem(f"xz failed: {proc.stderr.decode(errors='replace').strip()}"))
+
+
+def boot_partition(path: Path) -> int:
+    """The byte offset of a Basalt disk image's boot partition (FAT), where stamping and the
+    direct kernel boot read and write."""
+    from agent.disk import partitions
+    with path.open("rb") as f:
+        offset = partitions.boot_partition(f)
+    if offset is None:
+        raise BasaltError(Problem(f"{path}: no boot partition ({layout.BOOT_LABEL}) found",
+                                  hint="give a Basalt disk image (x86_64-raw, arm64-efi, rpi)"))
+    return offset

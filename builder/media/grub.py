@@ -16,7 +16,7 @@ from agent import layout
 from agent.disk import partitions
 from agent.errors import BasaltError, Problem
 from builder.arch import Architecture
-from builder.stages.fetch import blobs_by_role
+from builder.debian import blobs_by_role
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 TOOLS = {"grub-mkimage": "grub-common", "dpkg-deb": "dpkg"}

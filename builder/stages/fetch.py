@@ -122,9 +122,3 @@ def run(ctx: Any, options: dict[str, Any]) -> None:
 def manifest(options: dict[str, Any], tree: Path) -> dict[str, Any]:
     rows = json.loads((tree / "packages.lock.json").read_text())["packages"]
     return {"packages": [{k: p[k] for k in ("name", "version", "sha256", "role")} for p in rows]}
-
-
-def blobs_by_role(lock_dir: Path, store: BlobStore, role: str) -> list[tuple[dict[str, Any], Path]]:
-    """The locked packages of one role with their verified blob paths."""
-    rows = json.loads((lock_dir / "packages.lock.json").read_text())["packages"]
-    return [(r, store.path(r["sha256"])) for r in rows if r["role"] == role]

@@ -17,8 +17,8 @@ from agent import layout
 from agent.errors import BasaltError, Problem
 from builder import progress
 from builder.arch import Architecture
+from builder.debian import blobs_by_role
 from builder.media import abdisk, disk, grub, rpi
-from builder.stages.fetch import blobs_by_role
 
 NAME = "raw"
 VERSION = 1

@@ -20,9 +20,9 @@ from agent import layout
 from agent.errors import BasaltError, Problem
 from builder import progress
 from builder.backends import BACKENDS
+from builder.debian import blobs_by_role
 from builder.download import sha256_file
 from builder.imagedef import OVERLAYS, ROOT
-from builder.stages.fetch import blobs_by_role
 from builder.stages.k3s import locked as k3s_locked
 
 NAME = "rootfs"

@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 from agent.errors import BasaltError, Problem
-from builder.fleet.stamp import boot_partition
+from builder.media.disk import boot_partition
 
 
 def boot_files(medium: Path, work: Path) -> tuple[Path, Path, str]:

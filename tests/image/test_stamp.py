@@ -15,6 +15,7 @@ import pytest
 
 from agent import layout
 from builder.fleet import render, stamp
+from builder.media import disk
 from tests.conftest import Build
 
 SECRET = "K10-join-token-7f3a9c"
@@ -48,7 +49,7 @@ def iso_site(iso: Path) -> bytes:
 
 
 def disk_site(image: Path) -> bytes:
-    offset = stamp.boot_partition(image)
+    offset = disk.boot_partition(image)
     return subprocess.run(["mtype", "-i", f"{image}@@{offset}", "::" + layout.MEDIUM_SITE], capture_output=True,
                           check=True, env={"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"}).stdout
 
@@ -99,7 +100,7 @@ def test_a_raw_disk_is_stamped_on_its_boot_partition_with_new_flashables(raw: Pa
     bmap = out.with_name(base + ".bmap").read_text()
     assert f"<ImageSize> {out.stat().st_size} </ImageSize>" in bmap
     # the rest of the disk is the input's, byte for byte, outside the boot partition
-    start = stamp.boot_partition(image)
+    start = disk.boot_partition(image)
     with image.open("rb") as a, out.open("rb") as b:
         assert a.read(start) == b.read(start)
     restamped = stamp.configure(out, site_config(tmp_path, "edge-2"), tmp_path / "edge-2", "edge-2")
