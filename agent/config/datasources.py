@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import time
 
-from agent import files, layout
+from agent import files, http, layout
 
 SEED_LABELS = (b"cidata", b"CIDATA")
 NOCLOUD_DIR = layout.RUN_NOCLOUD
@@ -101,19 +101,9 @@ def is_script(path: str) -> bool:
 
 def get(url: str, attempts: int = 5, delay: float = 2.0, timeout: float = 15.0, sleep: object = time.sleep,
         limit: int = 4 << 20) -> bytes:
-    """The body at ``url`` (at most ``limit`` bytes), with retries and backoff; OSError after the last attempt."""
-    import urllib.request
-    last: Exception | None = None
-    for attempt in range(attempts):
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as resp:
-                return bytes(resp.read(limit))
-        except (OSError, ValueError) as exc:
-            last = exc
-            if attempt + 1 == attempts:
-                raise OSError(f"{url}: no answer after {attempts} attempts: {last}") from None
-            sleep(delay * 2 ** attempt)  # type: ignore[operator]
-    raise AssertionError("unreachable")
+    """The body at ``url`` (at most ``limit`` bytes), with retries and backoff (a 404 too: at boot
+    the server may not have it yet); OSError after the last attempt."""
+    return http.get(url, limit, attempts, delay, timeout, sleep=sleep)  # type: ignore[arg-type]
 
 
 def fetch_url(url: str, dest: str = HTTP_DIR, attempts: int = 5, delay: float = 2.0,

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from agent import files, layout, system
+from agent import files, http, layout, system
 from agent.config import bootargs
 from agent.disk import partitions
 from agent.errors import BasaltError, Problem
@@ -42,6 +42,7 @@ BLKRRPART = 0x125F
 BLKFLSBUF = 0x1261
 BLKZEROOUT = 0x127F
 CHUNK = 1 << 20
+MAX_ISO = 8 << 30  # install.iso_url: far more than a Basalt ISO
 LIST_HINT = "basalt install --list shows the disks"
 
 
@@ -558,15 +559,23 @@ def seed_state(image: str, state: str, config_text: str, keys_from: str) -> None
 
 def fetch_iso(url: str, work: str = WORK) -> str:
     """``install.iso_url``: download the ISO (to /run, a tmpfs) and mount it as the medium."""
-    import urllib.request
     os.makedirs(work, exist_ok=True)
     iso, where = f"{work}/medium.iso", f"{work}/medium"
     _say(f"downloading {url}")
-    with urllib.request.urlopen(url, timeout=30) as resp, open(iso, "wb") as out:
-        bar = Progress("downloading the ISO", int(resp.headers.get("Content-Length") or 0))
-        while chunk := resp.read(CHUNK):
-            out.write(chunk)
-            bar.update(len(chunk))
+    bars: list[Progress] = []
+
+    def progress(got: int, total: int) -> None:
+        if not bars:
+            bars.append(Progress("downloading the ISO", total))
+        bars[0].update(got - bars[0].done)
+
+    try:
+        http.download(url, iso, MAX_ISO, progress=progress, chunk=CHUNK,
+                      on_retry=lambda exc, wait: _say(f"download interrupted ({exc}); resuming in {wait:.0f}s"))
+    except http.Failed as exc:
+        raise BasaltError(Problem(f"install.iso_url: {url}: cannot download the ISO: {exc.last}",
+                                  hint="check the URL and the node's network; a partial download is resumed "
+                                       "by the next try")) from None
     os.makedirs(where, exist_ok=True)
     subprocess.run(["mount", "-t", "iso9660", "-o", "ro,loop", iso, where], check=True, capture_output=True)
     return where

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from agent import files, layout
+from agent import files, http, layout
 from agent.modules.plans import colon_rows, colon_text
 
 TYPE_CHECKING = False
@@ -72,19 +72,13 @@ def shadow_text(current: str, passwords: dict[str, str | None], days: int) -> by
 
 def fetch_keys(url: str, attempts: int = 4, delay: float = 2.0, timeout: float = 10.0) -> list[str]:
     """The public key lines published at ``url``, retried with backoff."""
-    import urllib.request
-    last: Exception | None = None
-    for attempt in range(attempts):
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as resp:
-                text = resp.read(1 << 20).decode()
-            return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
-        except (OSError, ValueError) as exc:
-            last = exc
-            if attempt + 1 < attempts:
-                import time
-                time.sleep(delay * 2 ** attempt)
-    raise OSError(f"cannot fetch keys from {url} after {attempts} attempts: {last}")
+    try:
+        text = http.get(url, 1 << 20, attempts, delay, timeout).decode()
+    except http.Failed as exc:
+        raise OSError(f"cannot fetch keys from {url} after {exc.attempts} attempts: {exc.last}") from None
+    except ValueError as exc:
+        raise OSError(f"{url}: not text: {exc}") from None
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
 class Context:

@@ -20,7 +20,7 @@ import sys
 import time
 from typing import Any
 
-from agent import files, layout, system
+from agent import files, http, layout, system
 from agent.disk.partitions import sha256_range
 from agent.errors import BasaltError, Problem
 from agent.upgrade import bootsel, bundle, slots
@@ -28,6 +28,7 @@ from agent.upgrade import bootsel, bundle, slots
 CHUNK = 4 << 20
 ARCHES = {"x86_64": "x86_64", "aarch64": "arm64"}
 ATTEMPTS = 5
+MAX_BUNDLE = 2 << 30  # far more than any slot holds (the slot's size is checked against the bundle's head)
 
 
 def say(message: str) -> None:
@@ -64,48 +65,22 @@ def check_node(booted: str, selection: bootsel.Selection) -> None:
 def download(url: str, directory: str = layout.UPGRADE_DOWNLOADS, attempts: int = ATTEMPTS,
              timeout: float = 30.0) -> str:
     """The bundle at ``url`` in ``directory``, resumed from a partial copy and retried with backoff."""
-    import urllib.error
-    import urllib.request
     os.makedirs(directory, 0o700, exist_ok=True)
-    name = hashlib.sha256(url.encode()).hexdigest()[:16] + ".bundle"
-    final, part = os.path.join(directory, name), os.path.join(directory, name + ".part")
-    last: Exception | None = None
-    for attempt in range(attempts):
-        have = os.path.getsize(part) if os.path.exists(part) else 0
-        req = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                if have and resp.status != 206:
-                    have = 0  # the server ignored the range: start over
-                total = have + int(resp.headers.get("Content-Length") or 0)
-                with open(part, "ab" if have else "wb") as out:
-                    got, shown = have, -1
-                    while data := resp.read(CHUNK):
-                        out.write(data)
-                        got += len(data)
-                        if total and got * 10 // total != shown:
-                            shown = got * 10 // total
-                            say(f"downloading {url}: {got >> 20}/{total >> 20} MiB")
-                    out.flush()
-                    os.fsync(out.fileno())
-            os.replace(part, final)
-            return final
-        except urllib.error.HTTPError as exc:
-            if exc.code == 416 and have:  # asked past the end: the partial copy is the whole file
-                os.replace(part, final)
-                return final
-            last = exc
-            if 400 <= exc.code < 500:
-                break
-        except (OSError, ValueError) as exc:
-            last = exc
-        if attempt + 1 < attempts:
-            delay = 2.0 * 2 ** attempt
-            say(f"download interrupted ({last}); resuming in {delay:.0f}s")
-            time.sleep(delay)
-    raise BasaltError(Problem(f"{url}: cannot download the bundle: {last}",
-                              hint="check the URL and the node's network; a partial download is resumed "
-                                   "by the next try"))
+    final = os.path.join(directory, hashlib.sha256(url.encode()).hexdigest()[:16] + ".bundle")
+    shown = [-1]
+
+    def progress(got: int, total: int) -> None:
+        if total and got * 10 // total != shown[0]:
+            shown[0] = got * 10 // total
+            say(f"downloading {url}: {got >> 20}/{total >> 20} MiB")
+
+    try:
+        return http.download(url, final, MAX_BUNDLE, attempts, timeout=timeout, progress=progress, chunk=CHUNK,
+                             on_retry=lambda exc, wait: say(f"download interrupted ({exc}); resuming in {wait:.0f}s"))
+    except http.Failed as exc:
+        raise BasaltError(Problem(f"{url}: cannot download the bundle: {exc.last}",
+                                  hint="check the URL and the node's network; a partial download is resumed "
+                                       "by the next try")) from None
 
 
 def fetch(source: str) -> tuple[str, bool]:
@@ -168,24 +143,12 @@ def preflight(node: Node, man: dict[str, Any], source: str, force: bool) -> str 
 def download_head(url: str, attempts: int = 3, timeout: float = 30.0) -> bytes:
     """The bundle's first ``bundle.HEAD_BYTES`` (a range request; a server that ignores it is read
     no further than that)."""
-    import urllib.error
-    import urllib.request
-    last: Exception | None = None
-    for attempt in range(attempts):
-        req = urllib.request.Request(url, headers={"Range": f"bytes=0-{bundle.HEAD_BYTES - 1}"})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                return bytes(resp.read(bundle.HEAD_BYTES))
-        except urllib.error.HTTPError as exc:
-            last = exc
-            if 400 <= exc.code < 500:
-                break
-        except (OSError, ValueError) as exc:
-            last = exc
-        if attempt + 1 < attempts:
-            time.sleep(2.0 * 2 ** attempt)
-    raise BasaltError(Problem(f"{url}: cannot download the bundle: {last}",
-                              hint="check the URL and the node's network"))
+    try:
+        return http.get(url, bundle.HEAD_BYTES, attempts, timeout=timeout, retry_client_errors=False,
+                        headers={"Range": f"bytes=0-{bundle.HEAD_BYTES - 1}"})
+    except http.Failed as exc:
+        raise BasaltError(Problem(f"{url}: cannot download the bundle: {exc.last}",
+                                  hint="check the URL and the node's network")) from None
 
 
 # --- writing ----------------------------------------------------------------------------------
