@@ -43,7 +43,7 @@ def test_a_client_error_ends_at_once_when_the_caller_says_so(http_server: Server
 
 def test_nobody_listening_is_retried_and_reported() -> None:
     slept: list[float] = []
-    with pytest.raises(http.Failed, match="no answer after 2 attempts: .*Connection refused"):
+    with pytest.raises(http.Failed, match=r"no answer after 2 attempts: .*Connection refused"):
         http.get(f"http://127.0.0.1:{closed_port()}/x", 100, attempts=2, timeout=5, sleep=slept.append)
     assert slept == [2.0]
 
