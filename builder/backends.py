@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tarfile
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-from agent.errors import BasaltError, Problem
 from builder import host, progress
 
 
@@ -27,15 +25,6 @@ class Backend(Protocol):
 
     def unpack(self, packages: list[tuple[dict[str, Any], Path]], target: Path, options: dict[str, Any],
                work: Path) -> None: ...
-
-
-def _run(argv: list[str], what: str, hint: str, env: dict[str, str] | None = None, log: Path | None = None) -> None:
-    with (log.open("w") if log else open(os.devnull, "w")) as out:
-        proc = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
-    if proc.returncode != 0:
-        tail = log.read_text(errors="replace").strip().splitlines()[-8:] if log else []
-        detail = ("\n  " + "\n  ".join(tail)) if tail else ""
-        raise BasaltError(Problem(f"{what} failed (exit {proc.returncode}){detail}", hint=hint))
 
 
 class Mmdebstrap:
@@ -63,7 +52,7 @@ class Mmdebstrap:
                 "--include=" + ",".join(row["name"] for row, _ in packages),
                 options["suite"], str(target), f"deb [trusted=yes] copy://{repo} ./"]
         env = {**os.environ, "SOURCE_DATE_EPOCH": str(options["source_date_epoch"])}
-        _run(argv, "mmdebstrap", "see the log above; 'inv setup' installs mmdebstrap", env, work / "mmdebstrap.log")
+        host.run(argv, "mmdebstrap", "see the log above; 'inv setup' installs mmdebstrap", env, work / "mmdebstrap.log")
 
 
 class DiskImageBuilder:
@@ -86,7 +75,7 @@ class DiskImageBuilder:
         argv = ["disk-image-create", "-a", arch, "-t", "tar", "-o", str(work / "dib"), "--no-tmpfs",
                 "-p", names, "debian-minimal"]
         with progress.step("diskimage-builder (chroot bootstrap; takes minutes)"):
-            _run(argv, "disk-image-create", "diskimage-builder needs root, debootstrap and the [dib] extra",
+            host.run(argv, "disk-image-create", "diskimage-builder needs root, debootstrap and the [dib] extra",
                  env, work / "dib.log")
         target.mkdir(parents=True, exist_ok=True)
         # Our own build's tarball, owners kept. (The filter argument exists from Python 3.11.4;

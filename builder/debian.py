@@ -13,7 +13,6 @@ import json
 import lzma
 import os
 import re
-import subprocess
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import BasaltError, Problem
-from builder import progress
+from builder import host, progress
 from builder.download import BlobStore, download, sha256_file
 
 DEFAULT_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
@@ -182,12 +181,8 @@ def verified_release(store: BlobStore, source: Source, suite: str, keyring: Path
         raw = Path(tmp) / "InRelease"
         download(url, raw, label=f"{suite}/InRelease")
         plain = Path(tmp) / "Release"
-        proc = subprocess.run(["gpgv", "--keyring", str(keyring), "--output", str(plain), str(raw)],
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise BasaltError(Problem(f"{url}: signature check failed: {proc.stderr.strip().splitlines()[-1:]}",
-                                      hint=f"the mirror is not signed by a key in {keyring}; "
-                                           "set debian.keyring or use a Debian mirror"))
+        host.run(["gpgv", "--keyring", str(keyring), "--output", str(plain), str(raw)], f"{url}: signature check",
+                 hint=f"the mirror is not signed by a key in {keyring}; set debian.keyring or use a Debian mirror")
         text = plain.read_text()
     sums: dict[str, tuple[str, int]] = {}
     in_sha = False

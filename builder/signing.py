@@ -6,12 +6,12 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from agent.errors import BasaltError, Problem
+from builder import host
 from builder.download import cache_root
 
 TOOLS = {"minisign": "minisign"}
@@ -43,10 +43,7 @@ def generate(secret: Path, comment: str) -> SigningKey:
             raise BasaltError(Problem(f"{path} exists: not overwriting a signing key",
                                       hint="choose another path, or remove it if it is really unused"))
     secret.parent.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(["minisign", "-G", "-W", "-p", str(key.public), "-s", str(key.secret),
-                           "-c", comment], capture_output=True, text=True, stdin=subprocess.DEVNULL)
-    if proc.returncode != 0:
-        raise BasaltError(Problem(f"minisign -G failed: {proc.stderr.strip()}", hint="apt-get install minisign"))
+    host.run(["minisign", "-G", "-W", "-p", str(key.public), "-s", str(key.secret), "-c", comment], "minisign -G")
     os.chmod(key.secret, 0o600)
     return key
 
@@ -72,9 +69,6 @@ def resolve(configured: Path | None, source: str = "") -> SigningKey:
 
 def sign(key: SigningKey, path: Path, trusted_comment: str) -> Path:
     sig = path.with_name(path.name + ".minisig")
-    proc = subprocess.run(["minisign", "-S", "-s", str(key.secret), "-m", str(path), "-x", str(sig),
-                           "-t", trusted_comment], capture_output=True, text=True, stdin=subprocess.DEVNULL)
-    if proc.returncode != 0:
-        raise BasaltError(Problem(f"minisign -S failed: {proc.stderr.strip()}",
-                                  hint=f"is {key.secret} a minisign secret key without a password?"))
+    host.run(["minisign", "-S", "-s", str(key.secret), "-m", str(path), "-x", str(sig), "-t", trusted_comment],
+             "minisign -S", hint=f"is {key.secret} a minisign secret key without a password?")
     return sig

@@ -19,7 +19,6 @@ import concurrent.futures
 import json
 import os
 import shutil
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from typing import Any
 from agent import layout
 from agent.config.site import FORMAT
 from agent.errors import BasaltError, Problem
-from builder import progress
+from builder import host, progress
 from builder.download import sha256_file
 from builder.media import disk
 
@@ -70,17 +69,13 @@ def iso_reservation(path: Path) -> tuple[int, int]:
 
 def _copy(src: Path, dest: Path) -> None:
     """A sparse (or reflinked) copy: a 1 GiB card with 200 MiB on it copies 200 MiB."""
-    proc = subprocess.run(["cp", "--sparse=always", "--reflink=auto", str(src), str(dest)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise BasaltError(Problem(f"copying {src}: {proc.stderr.strip()}"))
+    host.run(["cp", "--sparse=always", "--reflink=auto", str(src), str(dest)], f"copying {src}",
+             hint="is there room for the copy?")
 
 
 def _mtools(argv: list[str]) -> None:
     env = {"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise BasaltError(Problem(f"{argv[0]} failed: {proc.stderr.strip()}", hint="apt-get install mtools"))
+    host.run(argv, env=env)
 
 
 def stamp(artifact: Path, payload: bytes, out: Path, name: str = "") -> Path:

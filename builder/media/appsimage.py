@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.apps import deploy
+from builder import host
 from builder.imagedef import ROOT
 from builder.media import oci
 
@@ -197,15 +198,14 @@ def unpack(archive: Path, dest: Path) -> dict[str, Any]:
     """The image's one layer unpacked into ``dest`` (e.g. to chroot into); returns its index and
     config documents."""
     import json
-    import subprocess
     with tarfile.open(archive) as tar:
         blobs = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]
     index = json.loads(blobs["index.json"])
     manifest = json.loads(blobs["blobs/sha256/" + index["manifests"][0]["digest"].split(":")[1]])
     config = json.loads(blobs["blobs/sha256/" + manifest["config"]["digest"].split(":")[1]])
     dest.mkdir(parents=True)
-    subprocess.run(["tar", "-xf", "-", "-C", str(dest)], check=True,
-                   input=blobs["blobs/sha256/" + manifest["layers"][0]["digest"].split(":")[1]])
+    host.run(["tar", "-xf", "-", "-C", str(dest)], "unpacking the apps image's layer",
+             input=blobs["blobs/sha256/" + manifest["layers"][0]["digest"].split(":")[1]])
     return {"index": index, "config": config}
 
 

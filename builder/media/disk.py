@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import BinaryIO
 from agent import layout
 from agent.disk.partitions import BIOS_BOOT, ESP, LINUX_DATA, MIB, SECTOR, Disk, Partition, Placed, place, write_table
 from agent.errors import BasaltError, Problem
-from builder import progress
+from builder import host, progress
 
 __all__ = ["BIOS_BOOT", "ESP", "LINUX_DATA", "MIB", "SECTOR", "Disk", "Partition", "Placed", "copy_sparse", "ext4",
            "fat", "flashables", "place", "write"]
@@ -67,22 +66,16 @@ def copy_sparse(src: Path, out: BinaryIO, offset: int, block: int = 1 << 16, lab
     bar.close()
 
 
-def _run(argv: list[str], env: Mapping[str, str] | None = None) -> None:
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise BasaltError(Problem(f"{argv[0]} failed: {proc.stderr.strip()}"))
-
-
 def fat(dest: Path, label: str, size_kib: int, files: Mapping[str, bytes | Path], epoch: int,
         seed: str = "") -> None:
     """A FAT image at ``dest`` holding ``files`` (by path on the filesystem), built with mtools."""
     env = {"SOURCE_DATE_EPOCH": str(epoch), "MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
     volume = hashlib.sha256(f"{seed}/{label}".encode()).hexdigest()[:8]
-    _run(["mkfs.vfat", "--invariant", "-i", volume, "-n", label, "-C", str(dest), str(size_kib)], env)
+    host.run(["mkfs.vfat", "--invariant", "-i", volume, "-n", label, "-C", str(dest), str(size_kib)], env=env)
     dirs = sorted({"/".join(path.strip("/").split("/")[:i]) for path in files
                    for i in range(1, len(path.strip("/").split("/")))})
     if dirs:
-        _run(["mmd", "-i", str(dest), *(f"::/{d}" for d in dirs)], env)
+        host.run(["mmd", "-i", str(dest), *(f"::/{d}" for d in dirs)], env=env)
     staging = dest.with_name(dest.name + ".files")
     staging.mkdir(exist_ok=True)
     try:
@@ -90,7 +83,7 @@ def fat(dest: Path, label: str, size_kib: int, files: Mapping[str, bytes | Path]
             src = content if isinstance(content, Path) else staging / str(n)
             if not isinstance(content, Path):
                 src.write_bytes(content)
-            _run(["mcopy", "-i", str(dest), str(src), f"::/{path.strip('/')}"], env)  # times: SOURCE_DATE_EPOCH
+            host.run(["mcopy", "-i", str(dest), str(src), f"::/{path.strip('/')}"], env=env)  # times: SOURCE_DATE_EPOCH
     finally:
         for f in staging.iterdir():
             f.unlink()
@@ -104,24 +97,21 @@ def ext4(dest: Path, label: str, size_mib: int, tree: Path | None, epoch: int, s
     env = {"E2FSPROGS_FAKE_TIME": str(epoch), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
     fs_uuid = str(uuid.UUID(bytes=hashlib.sha256(f"{seed}/{label}".encode()).digest()[:16], version=4))
     hash_seed = str(uuid.UUID(bytes=hashlib.sha256(f"{seed}/{label}/hash".encode()).digest()[:16], version=4))
-    _run(["mkfs.ext4", "-q", "-F", "-L", label, "-U", fs_uuid, "-E", f"root_owner=0:0,hash_seed={hash_seed}",
-          *(["-d", str(tree)] if tree else []), str(dest)], env)
+    host.run(["mkfs.ext4", "-q", "-F", "-L", label, "-U", fs_uuid, "-E", f"root_owner=0:0,hash_seed={hash_seed}",
+          *(["-d", str(tree)] if tree else []), str(dest)], env=env)
 
 
 def flashables(image: Path, xz: bool = True) -> None:
     """``IMAGE.xz`` (multithreaded xz; holes compress to nothing) and ``IMAGE.bmap`` (bmaptool's
     block map: ``bmaptool copy`` writes only the mapped blocks, and checks each range's sha256)."""
     with progress.step(f"Block map of {image.name} (bmaptool)"):
-        _run(["bmaptool", "-q", "create", "-o", str(image.with_name(image.name + ".bmap")), str(image)])
+        host.run(["bmaptool", "-q", "create", "-o", str(image.with_name(image.name + ".bmap")), str(image)])
     if not xz:
         return
     with progress.step(f"Compressing {image.name} (xz)"):
         with (image.with_name(image.name + ".xz")).open("wb") as out:
             # -0: a third of -3's time for the same size (the squashfs inside is compressed already)
-            proc = subprocess.run(["xz", "-T0", "-0", "-c", str(image)], stdout=out, stderr=subprocess.PIPE,
-                                  text=False)
-        if proc.returncode != 0:
-            raise BasaltError(Problem(f"xz failed: {proc.stderr.decode(errors='replace').strip()}"))
+            host.run(["xz", "-T0", "-0", "-c", str(image)], stdout=out)
 
 
 def boot_partition(path: Path) -> int:

@@ -6,7 +6,6 @@ embedding of a core image into a disk's BIOS boot partition (agent/disk/partitio
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import jinja2
 
 from agent import layout
 from agent.disk import partitions
-from agent.errors import BasaltError, Problem
+from builder import host
 from builder.arch import Architecture
 from builder.debian import blobs_by_role
 
@@ -32,7 +31,7 @@ MEDIUM_MODULES = {"iso": ["iso9660"], "disk": ["fat", "part_gpt", "part_msdos", 
 def unpack(fetch_dir: Path, store: Any, dest: Path) -> Path:
     """The fetched GRUB packages (role ``boot``) unpacked under ``dest``; returns its usr/lib/grub."""
     for _row, blob in blobs_by_role(fetch_dir, store, "boot"):
-        subprocess.run(["dpkg-deb", "-x", str(blob), str(dest)], check=True)
+        host.run(["dpkg-deb", "-x", str(blob), str(dest)], f"unpacking {blob.name}")
     return dest / "usr/lib/grub"
 
 
@@ -56,10 +55,8 @@ def early_cfg(marker: str, serial: bool = True) -> str:
 def mkimage(grub_lib: Path, fmt: str, modules: list[str], early: Path, dest: Path) -> None:
     argv = ["grub-mkimage", "-d", str(grub_lib / fmt.removesuffix("-eltorito")), "-O", fmt, "-o", str(dest),
             "-p", "/boot/grub", "-c", str(early), *modules]
-    proc = subprocess.run(argv, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise BasaltError(Problem(f"grub-mkimage -O {fmt} failed: {proc.stderr.strip()}",
-                                  hint="the host's grub-common must be able to read the fetched GRUB modules"))
+    host.run(argv, f"grub-mkimage -O {fmt}",
+             hint="the host's grub-common must be able to read the fetched GRUB modules")
 
 
 def core_images(grub_lib: Path, arch: Architecture, firmware: list[str], medium: str, early: Path,

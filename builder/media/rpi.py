@@ -15,10 +15,10 @@ components), fetched as boot packages; nothing of them runs on the build host.
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 from agent.errors import BasaltError, Problem
+from builder import host
 from builder.media import grub
 
 PACKAGES = ("raspi-firmware", "u-boot-rpi")
@@ -42,7 +42,7 @@ def unpack(packages: list[tuple[dict[str, object], Path]], work: Path) -> Path:
                                   hint="internal: the plan adds them as boot packages for board: rpi"))
     for row, blob in packages:
         if row["name"] in PACKAGES:
-            subprocess.run(["dpkg-deb", "-x", str(blob), str(tree)], check=True)
+            host.run(["dpkg-deb", "-x", str(blob), str(tree)], f"unpacking {blob.name}")
     return tree
 
 

@@ -11,12 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 from agent.errors import BasaltError, Problem
-from builder import debian, progress
+from builder import debian, host, progress
 from builder.download import BlobStore
 
 NAME = "fetch"
@@ -68,11 +67,11 @@ def local_kernel(path: Path, sha256: str, arch: str, store: BlobStore) -> dict[s
     """``kernel.deb``: a kernel package from a file (one Debian does not ship, e.g. for the
     Raspberry Pi 5), checked to be a kernel for this architecture, then kept in the blob store
     like any download (so the build reads it by its hash, as every package)."""
-    proc = subprocess.run(["dpkg-deb", "-f", str(path), "Package", "Version", "Architecture"],
-                          capture_output=True, text=True)
-    fields = dict(line.split(": ", 1) for line in proc.stdout.splitlines() if ": " in line)
-    if proc.returncode != 0 or not fields.get("Package"):
-        raise BasaltError(Problem(f"kernel.deb: {path} is not a Debian package: {proc.stderr.strip()}",
+    said = host.run(["dpkg-deb", "-f", str(path), "Package", "Version", "Architecture"],
+                    f"kernel.deb: {path} is not a Debian package: dpkg-deb -f", hint="give a linux-image-*.deb file")
+    fields = dict(line.split(": ", 1) for line in said.stdout.decode(errors="replace").splitlines() if ": " in line)
+    if not fields.get("Package"):
+        raise BasaltError(Problem(f"kernel.deb: {path} is not a Debian package (it names no package)",
                                   hint="give a linux-image-*.deb file"))
     if fields.get("Architecture") != arch:
         raise BasaltError(Problem(f"kernel.deb: {path} is for {fields.get('Architecture')}, the image for {arch}",

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import gzip
 import io
-import subprocess
 from pathlib import Path
 from typing import Any
 
 from agent import layout
 from agent.errors import BasaltError, Problem
+from builder import host
 from builder.media import cpio
 
 NAME = "initramfs"
@@ -96,5 +96,4 @@ def run(ctx: Any, options: dict[str, Any]) -> None:
     if options["compression"] == "gzip":
         dest.write_bytes(gzip.compress(raw.getvalue(), compresslevel=9, mtime=0))
     else:
-        proc = subprocess.run(["zstd", "-19", "-q", "-c"], input=raw.getvalue(), capture_output=True, check=True)
-        dest.write_bytes(proc.stdout)
+        dest.write_bytes(host.run(["zstd", "-19", "-q", "-c"], "zstd", input=raw.getvalue()).stdout)

@@ -10,12 +10,10 @@ partition (ext4, BASALT_STATE; grown to the disk by the node). The image file is
 
 from __future__ import annotations
 
-import subprocess
 from typing import Any
 
 from agent import layout
-from agent.errors import BasaltError, Problem
-from builder import progress
+from builder import host, progress
 from builder.arch import Architecture
 from builder.debian import blobs_by_role
 from builder.media import abdisk, disk, grub, rpi
@@ -73,8 +71,5 @@ def run(ctx: Any, options: dict[str, Any]) -> None:
     disk.flashables(image)
     if options["qcow2"]:
         with progress.step("qcow2 copy"):
-            proc = subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(image),
-                                   str(ctx.out / "disk.qcow2")], capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise BasaltError(Problem(f"qemu-img convert failed: {proc.stderr.strip()}",
-                                          hint="apt-get install qemu-utils"))
+            host.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(image), str(ctx.out / "disk.qcow2")],
+                     "qemu-img convert")

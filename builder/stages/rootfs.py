@@ -9,7 +9,6 @@ from __future__ import annotations
 import fnmatch
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import yaml
 
 from agent import layout
 from agent.errors import BasaltError, Problem
-from builder import progress
+from builder import host, progress
 from builder.backends import BACKENDS
 from builder.debian import blobs_by_role
 from builder.download import sha256_file
@@ -99,7 +98,7 @@ def manifest(options: dict[str, Any], tree: Path) -> dict[str, Any]:
 def install_kernel(ctx: Any, root: Path, options: dict[str, Any]) -> None:
     (row, blob), = blobs_by_role(ctx.input("fetch"), ctx.store, "kernel")
     unpacked = ctx.work / "kernel"
-    subprocess.run(["dpkg-deb", "-x", str(blob), str(unpacked)], check=True)
+    host.run(["dpkg-deb", "-x", str(blob), str(unpacked)], f"unpacking {row['name']}")
     kernels = sorted((unpacked / "boot").glob("vmlinuz-*"))
     if not kernels:
         raise BasaltError(Problem(f"kernel package {row['name']} has no /boot/vmlinuz-*",
@@ -136,7 +135,7 @@ def install_kernel(ctx: Any, root: Path, options: dict[str, Any]) -> None:
     config = unpacked / "boot" / f"config-{release}"
     if config.is_file():  # for `basalt doctor` (Debian's kernels have no /proc/config.gz)
         shutil.copyfile(config, dest / "config")
-    subprocess.run(["depmod", "-b", str(root), release], check=True)
+    host.run(["depmod", "-b", str(root), release], "depmod")
 
 
 def merge_usr(root: Path) -> None:
@@ -316,12 +315,12 @@ def compile_python(root: Path) -> None:
     if not libs:
         return
     target = libs[-1].name  # python3.11
-    host = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    interpreter = shutil.which(target) or (sys.executable if host == target else None)
+    ours = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    interpreter = shutil.which(target) or (sys.executable if ours == target else None)
     if interpreter is None:
         progress.warn(f"no host {target}: the image's Python modules are not precompiled (slower agent start)")
         return
     dirs = [str(d) for d in (libs[-1], root / "usr/lib/python3/dist-packages", root / layout.LIB.lstrip("/"))
             if d.is_dir()]
-    subprocess.run([interpreter, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash",
-                    "-s", str(root), "-p", "/", *dirs], check=True, stdout=subprocess.DEVNULL)
+    host.run([interpreter, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash",
+              "-s", str(root), "-p", "/", *dirs], "precompiling the image's Python modules")

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from typing import Any
 
-from agent.errors import BasaltError, Problem
+from builder import host
 
 NAME = "squashfs"
 VERSION = 1
@@ -38,8 +37,5 @@ def command(src: str, dest: str, options: dict[str, Any]) -> list[str]:
 
 def run(ctx: Any, options: dict[str, Any]) -> None:
     dest = ctx.out / "rootfs.squashfs"
-    proc = subprocess.run(command(str(ctx.input("rootfs") / "root"), str(dest), options),
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise BasaltError(Problem(f"mksquashfs failed: {proc.stderr.strip()[-500:]}",
-                                  hint="is there enough free space in the cache directory?"))
+    host.run(command(str(ctx.input("rootfs") / "root"), str(dest), options), "mksquashfs",
+             hint="is there enough free space in the cache directory?")

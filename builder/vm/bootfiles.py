@@ -7,10 +7,9 @@ partition), nothing mounted."""
 from __future__ import annotations
 
 import io
-import subprocess
 from pathlib import Path
 
-from agent.errors import BasaltError, Problem
+from builder import host
 from builder.media.disk import boot_partition
 
 
@@ -60,11 +59,9 @@ def grub_entry(cfg: str, variables: dict[str, str]) -> tuple[str, str, str]:
 
 def mcopy(fat: str, path: str, dest: Path, hint: str = "apt-get install mtools") -> None:
     """``path`` on the FAT file system at ``fat`` (FILE@@OFFSET) copied to ``dest``."""
-    proc = subprocess.run(["mcopy", "-n", "-i", fat, f"::{path}", str(dest)], capture_output=True, text=True,
-                          env={"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"})
-    if proc.returncode != 0:
-        raise BasaltError(Problem(f"{fat.split('@@')[0]}: no {path.lstrip('/')} on its boot partition: "
-                                  f"{proc.stderr.strip()}", hint=hint))
+    host.run(["mcopy", "-n", "-i", fat, f"::{path}", str(dest)],
+             f"{fat.split('@@')[0]}: reading {path.lstrip('/')} from its boot partition", hint=hint,
+             env={"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"})
 
 
 def rpi_boot_files(card: Path, work: Path) -> tuple[Path, Path]:
@@ -85,7 +82,4 @@ def disk_format(path: Path) -> str:
 
 
 def qemu_img(*args: str) -> None:
-    proc = subprocess.run(["qemu-img", *args], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise BasaltError(Problem(f"qemu-img {args[0]} failed: {proc.stderr.strip()}",
-                                  hint="apt-get install qemu-utils"))
+    host.run(["qemu-img", *args], f"qemu-img {args[0]}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import os
-import subprocess
 from pathlib import Path
 
 from agent import layout
@@ -58,10 +57,10 @@ def make_state_disk(out: Path, size_mb: int = 512) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(tmp, "wb") as f:
         f.truncate(size_mb << 20)
-    result = subprocess.run([mkfs, "-q", "-F", "-L", STATE_LABEL, "-E", "root_owner=0:0", str(tmp)],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
+    try:
+        host.run([mkfs, "-q", "-F", "-L", STATE_LABEL, "-E", "root_owner=0:0", str(tmp)], "mkfs.ext4")
+    except BasaltError:
         tmp.unlink(missing_ok=True)
-        raise BasaltError(Problem(f"mkfs.ext4 failed: {result.stderr.strip()}"))
+        raise
     os.replace(tmp, out)
     return out
