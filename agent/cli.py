@@ -206,10 +206,10 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_install(args: argparse.Namespace) -> int:
-    from agent.disk import install
-    host = install.Host.running()
+    from agent.disk import install, targets
+    host = targets.Host.running()
     if args.list:
-        print(install.listing(host))
+        print(targets.listing(host))
         return 0
     from agent.config import sources
     settings = install.settings_from(sources.gather(Path("/proc/cmdline").read_text()).value)

@@ -26,18 +26,17 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from agent import files, http, layout, system
 from agent.config import bootargs
-from agent.disk import partitions
+from agent.disk import partitions, targets
+from agent.disk.targets import Host, Target, describe, listing, size_text
 from agent.errors import BasaltError, Problem
 
-SYS_BLOCK = "/sys/block"
 MEDIUM = layout.RUN_MEDIUM
 WORK = layout.RUN_INSTALL
-NOT_DISKS = ("loop", "ram", "zram", "dm-", "md", "nbd")
 BLKRRPART = 0x125F
 BLKFLSBUF = 0x1261
 BLKZEROOUT = 0x127F
@@ -46,175 +45,31 @@ MAX_ISO = 8 << 30  # install.iso_url: far more than a Basalt ISO
 LIST_HINT = "basalt install --list shows the disks"
 
 
-@dataclass
-class Target:
-    name: str  # vda
-    size: int  # bytes
-    model: str
-    removable: bool
-    readonly: bool
-    cdrom: bool
-    partitions: list[str] = field(default_factory=list)  # vda1, vda2, ...
-
-    @property
-    def path(self) -> str:
-        return f"/dev/{self.name}"
-
-
-@dataclass
-class Host:
-    """What the checks look at, from the running system (or a test's stand-in)."""
-    sys_block: str = SYS_BLOCK
-    mounts: list[tuple[str, str]] = field(default_factory=list)  # (source, target)
-    swaps: list[str] = field(default_factory=list)
-    boot_devices: list[str] = field(default_factory=list)  # the medium, the root: /dev/sr0, /dev/vda3
-    probe: Callable[[str], str] = lambda device: ""  # what is on a device: "vfat BASALT_BOOT"
-
-    @classmethod
-    def running(cls) -> Host:
-        mounts = [(src, target) for src, target, _ in system.mounts()]
-        swaps = [line.split()[0] for line in files.read_text("/proc/swaps").splitlines()[1:] if line.strip()]
-        boot = [d for d in (files.read_text(layout.RUN_MEDIUM_DEVICE).strip(), _root_device(mounts)) if d]
-        return cls(mounts=mounts, swaps=swaps, boot_devices=boot, probe=probe)
-
-
-def _root_device(mounts: list[tuple[str, str]]) -> str:
-    """The device under /: a slot's partition, or the loop device of the live squashfs (whose
-    backing file is on the medium, already counted)."""
-    roots = [src for src, target in mounts if target == "/" and src.startswith("/dev/")]
-    return roots[-1] if roots else ""
-
-
-def probe(device: str) -> str:
-    """What is on ``device``, from its first blocks: ``TYPE LABEL`` of a filesystem (ext4, vfat,
-    iso9660, squashfs, swap) or its partition table, or ""."""
-    try:
-        with open(device, "rb") as f:
-            head = f.read(36 * 1024)
-    except OSError:
-        return ""
-    return identify(head)
-
-
-def identify(head: bytes) -> str:
-    from agent.config.datasources import fs_label
-    found = fs_label(head)
-    if found:
-        label = found[1].decode(errors="replace").strip()
-        return " ".join(filter(None, (found[0], "" if label == "NO NAME" else label)))
-    if head[:4] == b"hsqs":
-        return "squashfs"
-    if len(head) >= 4096 and head[4086:4096] in (b"SWAPSPACE2", b"SWAP-SPACE"):
-        return "swap"
-    if len(head) >= 520 and head[512:520] == partitions.GPT_SIGNATURE:
-        return "GPT partition table"
-    if len(head) >= 512 and head[510:512] == b"\x55\xaa" and head[450] != 0:
-        return "MBR partition table"
-    return ""
-
-
-def disks(sys_block: str = SYS_BLOCK) -> list[Target]:
-    """The machine's disks (not loop, RAM, device-mapper or RAID devices), by name."""
-    out = []
-    for name in sorted(os.listdir(sys_block)) if os.path.isdir(sys_block) else []:
-        base = os.path.join(sys_block, name)
-        size = int(files.read_text(f"{base}/size", "0").strip() or 0) * 512
-        if name.startswith(NOT_DISKS) or size == 0:
-            continue
-        model = " ".join(files.read_text(f"{base}/device/{f}").strip() for f in ("vendor", "model")).strip()
-        parts = sorted((p for p in os.listdir(base) if os.path.isfile(f"{base}/{p}/partition")),
-                       key=lambda p: int(files.read_text(f"{base}/{p}/partition").strip()))
-        out.append(Target(name, size, model or "-", files.read_text(f"{base}/removable").strip() == "1",
-                          files.read_text(f"{base}/ro").strip() == "1", name.startswith("sr") or
-                          files.read_text(f"{base}/device/type").strip() == "5", parts))
-    return out
-
-
-def disk_of(device: str, sys_block: str = SYS_BLOCK) -> str:
-    """``vda`` for /dev/vda3 or /dev/vda; "" when it is no disk's."""
-    name = os.path.basename(os.path.realpath(device)) if device.startswith("/dev/") else device
-    for d in os.listdir(sys_block) if os.path.isdir(sys_block) else []:
-        if d == name or os.path.isfile(os.path.join(sys_block, d, name, "partition")):
-            return d
-    return ""
-
-
-def size_text(size: int) -> str:
-    gib = size / (1 << 30)
-    return f"{gib:.1f} GiB" if gib >= 1 else f"{size >> 20} MiB"
-
-
-def in_use(target: Target, host: Host) -> list[str]:
-    """What holds the disk: mounts, swap, device-mapper/RAID holders (of it or its partitions)."""
-    names = {target.name, *target.partitions}
-    where: dict[str, list[str]] = {}
-    for src, target_dir in host.mounts:
-        if src.startswith("/dev/") and os.path.basename(src) in names:
-            where.setdefault(src, []).append(target_dir)
-    found = [f"{src} is mounted at {', '.join(dirs)}" for src, dirs in where.items()]
-    found += [f"{s} is a swap area" for s in host.swaps if os.path.basename(s) in names]
-    for n in sorted(names):
-        holders = os.path.join(host.sys_block, target.name, *([] if n == target.name else [n]), "holders")
-        found += [f"/dev/{n} is held by {h}" for h in (sorted(os.listdir(holders)) if os.path.isdir(holders) else [])]
-    return found
-
-
-def describe(target: Target, host: Host) -> str:
-    """What is on the disk, for the listing and the confirmation."""
-    if target.cdrom:
-        return "optical drive"
-    parts = []
-    for p in target.partitions:
-        what = host.probe(f"/dev/{p}")
-        parts.append(f"{p} ({what})" if what else p)
-    if parts:
-        return ", ".join(parts)
-    whole = host.probe(target.path)
-    return whole or "empty (no partitions)"
-
-
-def listing(host: Host) -> str:
-    booted = {disk_of(d, host.sys_block) for d in host.boot_devices}
-    rows = [("DEVICE", "SIZE", "MODEL", "REMOVABLE", "ON IT")]
-    for t in disks(host.sys_block):
-        note = " [booted from]" if t.name in booted else ""
-        rows.append((t.path, size_text(t.size), t.model, "yes" if t.removable else "no", describe(t, host) + note))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4] for r in rows)
-
-
 def refuse(path: str, message: str, hint: str) -> BasaltError:
     return BasaltError(Problem(f"{path}: {message}; nothing was written", path="install.device", hint=hint))
+
+
+# How basalt install words each refusal (agent/disk/targets.py makes them).
+WORDS = targets.Words(
+    not_a_disk=("is not a disk (loop, RAM, device-mapper and RAID devices are not installed to)", LIST_HINT),
+    partition=("is a partition of /dev/{owner}, not a disk", "give the whole disk: basalt install /dev/{owner}"),
+    missing=("no such disk", LIST_HINT),
+    booted=("this system booted from it ({booted})",
+            "install to another disk; a node installed there upgrades itself instead"),
+    readonly=("is read-only{cdrom}", LIST_HINT),
+    busy=("is in use: {busy}", f"unmount it first; a live system uses a disk's {layout.STATE_LABEL} partition for "
+          "/var: boot the ISO with basalt.state=none to leave it alone"),
+    too_small=("is too small: {have_mib} MiB, the layout needs {need_mib} MiB",
+               "use a larger disk, or an image definition with smaller slot_mib/boot_mib"),
+    removable=("is a removable disk", "--force (install.force) installs to it anyway"),
+)
 
 
 def check_target(device: str, host: Host, plan: dict[str, Any] | None = None, force: bool = False,
                  no_format: bool = False) -> Target:
     """The disk to install to, after every refusal that applies (nothing has been written). Without
     a plan (none on this medium), only what the disk itself rules out."""
-    real = os.path.realpath(device)
-    name = os.path.basename(real)
-    found = {t.name: t for t in disks(host.sys_block)}
-    if name not in found:
-        owner = disk_of(real, host.sys_block)
-        if owner == name:
-            raise refuse(device, "is not a disk (loop, RAM, device-mapper and RAID devices are not installed to)",
-                         LIST_HINT)
-        if owner:
-            raise refuse(device, f"is a partition of /dev/{owner}, not a disk",
-                         f"give the whole disk: basalt install /dev/{owner}")
-        raise refuse(device, "no such disk", LIST_HINT)
-    target = found[name]
-    booted = sorted({b for b in host.boot_devices if disk_of(b, host.sys_block) == name})
-    if booted:
-        raise refuse(device, f"this system booted from it ({', '.join(booted)})",
-                     "install to another disk; a node installed there upgrades itself instead")
-    if target.cdrom or target.readonly:
-        raise refuse(device, "is read-only" + (" (an optical drive)" if target.cdrom else ""), LIST_HINT)
-    busy = in_use(target, host)
-    if busy:
-        raise refuse(device, "is in use: " + "; ".join(busy),
-                     f"unmount it first; a live system uses a disk's {layout.STATE_LABEL} partition for /var: "
-                     "boot the ISO with basalt.state=none to leave it alone")
+    target = targets.whole_disk(device, host, WORDS, refuse)
     if plan is not None:
         check_fits(target, plan, host, force, no_format)
     return target
@@ -222,17 +77,11 @@ def check_target(device: str, host: Host, plan: dict[str, Any] | None = None, fo
 
 def check_fits(target: Target, plan: dict[str, Any], host: Host, force: bool = False, no_format: bool = False) -> None:
     """The refusals that depend on the disk to write: its size, removable, an existing layout."""
-    device = target.path
-    need = int(plan["min_mib"])
-    if target.size < need << 20:
-        raise refuse(device, f"is too small: {target.size >> 20} MiB, the layout needs {need} MiB",
-                     "use a larger disk, or an image definition with smaller slot_mib/boot_mib")
-    if target.removable and not force:
-        raise refuse(device, "is a removable disk", "--force (install.force) installs to it anyway")
+    targets.fits(target, int(plan["min_mib"]) << 20, False, force, WORDS, refuse)
     if no_format:
         existing = existing_layout(target, plan, host)
         if existing:
-            raise refuse(device, existing, "install without no_format to partition the disk")
+            raise refuse(target.path, existing, "install without no_format to partition the disk")
 
 
 def existing_layout(target: Target, plan: dict[str, Any], host: Host) -> str:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from agent.disk import install, partitions
+from agent.disk import partitions, targets
 from agent.errors import BasaltError, Problem
 from builder import progress
 
@@ -60,37 +60,30 @@ def refuse(device: str, message: str, hint: str) -> BasaltError:
     return BasaltError(Problem(f"{device}: {message}; nothing was written", hint=hint))
 
 
-def check_device(device: str, bmap: BlockMap, host: install.Host, force: bool = False) -> None:
+# How inv flash words each refusal (agent/disk/targets.py makes them, as for basalt install).
+WORDS = targets.Words(
+    not_a_disk=("is not a disk", "lsblk lists the disks"),
+    partition=("is a partition of /dev/{owner}", "flash the whole disk: --device /dev/{owner}"),
+    missing=("is not a disk", "lsblk lists the disks"),
+    booted=("it holds this machine's root filesystem ({booted})",
+            "pick the card's device: lsblk shows it (often /dev/sdX or /dev/mmcblkN)"),
+    readonly=("is read-only", "check the card's write-protect switch"),
+    busy=("is in use: {busy}", "unmount it first (umount {real}*)"),
+    too_small=("is too small: {have_mib} MiB, the image is {need_mib} MiB", "use a larger card"),
+    removable=("is not a removable disk ({model}, {size})",
+               "--force writes to it anyway, if it really is the card or disk to erase"),
+)
+
+
+def check_device(device: str, bmap: BlockMap, host: targets.Host, force: bool = False) -> None:
     """Every refusal that applies to ``device`` (a block device) for an image of ``bmap``."""
-    real = os.path.realpath(device)
-    name = os.path.basename(real)
-    found = {t.name: t for t in install.disks(host.sys_block)}
-    if name not in found:
-        owner = install.disk_of(real, host.sys_block)
-        if owner and owner != name:
-            raise refuse(device, f"is a partition of /dev/{owner}", f"flash the whole disk: --device /dev/{owner}")
-        raise refuse(device, "is not a disk", "lsblk lists the disks")
-    target = found[name]
-    root = sorted({d for d in host.boot_devices if install.disk_of(d, host.sys_block) == name})
-    if root:
-        raise refuse(device, f"it holds this machine's root filesystem ({', '.join(root)})",
-                     "pick the card's device: lsblk shows it (often /dev/sdX or /dev/mmcblkN)")
-    busy = install.in_use(target, host)
-    if busy:
-        raise refuse(device, "is in use: " + "; ".join(busy), f"unmount it first (umount {real}*)")
-    if target.readonly:
-        raise refuse(device, "is read-only", "check the card's write-protect switch")
-    if target.size < bmap.image_size:
-        raise refuse(device, f"is too small: {target.size >> 20} MiB, the image is {bmap.image_size >> 20} MiB",
-                     "use a larger card")
-    if not target.removable and not force:
-        raise refuse(device, f"is not a removable disk ({target.model}, {install.size_text(target.size)})",
-                     "--force writes to it anyway, if it really is the card or disk to erase")
+    target = targets.whole_disk(device, host, WORDS, refuse)
+    targets.fits(target, bmap.image_size, True, force, WORDS, refuse)
 
 
-def host_for_flash() -> install.Host:
+def host_for_flash() -> targets.Host:
     """This machine, seen as the installer sees a node: what is mounted, and where / lives."""
-    host = install.Host.running()
+    host = targets.Host.running()
     host.boot_devices = [src for src, target in host.mounts if target == "/" and src.startswith("/dev/")]
     return host
 
@@ -108,7 +101,7 @@ def source(image: Path) -> tuple[BinaryIO, Path]:
     raise BasaltError(Problem(f"{image}: not built (nor {xz.name})", hint="inv build --image … first"))
 
 
-def flash(image: Path, device: str, force: bool = False, host: install.Host | None = None) -> dict[str, int]:
+def flash(image: Path, device: str, force: bool = False, host: targets.Host | None = None) -> dict[str, int]:
     """Write ``image`` to ``device`` by its block map and verify it; bytes written and checked."""
     src, bmap_path = source(image)
     bmap = read_bmap(bmap_path)

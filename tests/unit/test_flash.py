@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from test_installer import fake_block
 
-from agent.disk import install
+from agent.disk import targets
 from agent.errors import BasaltError
 from builder.fleet import flash
 from builder.media import disk
@@ -68,14 +68,14 @@ def test_a_corrupt_image_is_caught(image: Path, tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def host(tmp_path: Path) -> install.Host:
+def host(tmp_path: Path) -> targets.Host:
     root = tmp_path / "block"
     fake_block(root, "sda", 64 << 30, parts=("root",), model="Internal SSD")
     fake_block(root, "sdb", 32 << 30, removable=True, model="SD Card Reader")
     fake_block(root, "sdc", 8 << 20, removable=True)
     fake_block(root, "sdd", 32 << 30, removable=True, parts=("data",))
     fake_block(root, "sde", 500 << 30, model="USB HDD")
-    return install.Host(sys_block=str(root), mounts=[("/dev/sda1", "/"), ("/dev/sdd1", "/media/card")],
+    return targets.Host(sys_block=str(root), mounts=[("/dev/sda1", "/"), ("/dev/sdd1", "/media/card")],
                         boot_devices=["/dev/sda1"])
 
 
@@ -91,14 +91,14 @@ def host(tmp_path: Path) -> install.Host:
     ("/dev/sdd1", False, ["/dev/sdd1: is a partition of /dev/sdd; nothing was written",
                           "hint: flash the whole disk: --device /dev/sdd"]),
 ])
-def test_flash_refusals(image: Path, host: install.Host, device: str, force: bool, expected: list[str]) -> None:
+def test_flash_refusals(image: Path, host: targets.Host, device: str, force: bool, expected: list[str]) -> None:
     bmap = flash.read_bmap(image.with_name(image.name + ".bmap"))
     with pytest.raises(BasaltError) as exc:
         flash.check_device(device, bmap, host, force)
     assert exc.value.render().splitlines() == expected
 
 
-def test_flash_accepts_a_removable_card_or_a_forced_disk(image: Path, host: install.Host) -> None:
+def test_flash_accepts_a_removable_card_or_a_forced_disk(image: Path, host: targets.Host) -> None:
     bmap = flash.read_bmap(image.with_name(image.name + ".bmap"))
     flash.check_device("/dev/sdb", bmap, host)
     flash.check_device("/dev/sde", bmap, host, force=True)

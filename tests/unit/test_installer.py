@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import datasources, sources
-from agent.disk import install
+from agent.disk import install, targets
 from agent.errors import BasaltError
 from builder.media import disk
 
@@ -40,7 +40,7 @@ def fake_block(root: Path, name: str, size: int, parts: tuple[str, ...] = (), re
 
 
 @pytest.fixture
-def host(tmp_path: Path) -> install.Host:
+def host(tmp_path: Path) -> targets.Host:
     root = tmp_path / "block"
     fake_block(root, "sr0", 70 << 20, model="QEMU DVD-ROM", removable=True, cdrom=True)
     fake_block(root, "vda", 4 * GIB, model="Samsung SSD")
@@ -54,7 +54,7 @@ def host(tmp_path: Path) -> install.Host:
     (root / "vdg/holders").mkdir()
     (root / "vdg/holders/dm-0").mkdir()
     what = {"/dev/vdc1": "ext4 DATA", "/dev/vdf2": "vfat BASALT_BOOT", "/dev/vdf5": "ext4 BASALT_STATE"}
-    return install.Host(sys_block=str(root), mounts=[("/dev/sr0", "/run/basalt/medium"), ("/dev/loop0", "/"),
+    return targets.Host(sys_block=str(root), mounts=[("/dev/sr0", "/run/basalt/medium"), ("/dev/loop0", "/"),
                                                      ("/dev/vdc1", "/run/basalt/state"), ("/dev/vdc1", "/var")],
                         swaps=[], boot_devices=["/dev/sr0", "/dev/loop0"], probe=lambda d: what.get(d, ""))
 
@@ -91,21 +91,21 @@ HINT_IN_USE = ("hint: unmount it first; a live system uses a disk's BASALT_STATE
         "install.device: /dev/vdf: no_format: partition BASALT_A is 682 MiB, smaller than 1024 MiB; "
         "nothing was written", "hint: install without no_format to partition the disk"]),
 ])
-def test_refusals(host: install.Host, device: str, options: dict[str, bool], expected: list[str]) -> None:
+def test_refusals(host: targets.Host, device: str, options: dict[str, bool], expected: list[str]) -> None:
     with pytest.raises(BasaltError) as exc:
         install.check_target(device, host, PLAN, **options)
     assert exc.value.render().splitlines() == expected
 
 
-def test_what_may_be_installed_to(host: install.Host) -> None:
+def test_what_may_be_installed_to(host: targets.Host) -> None:
     assert install.check_target("/dev/vda", host, PLAN).path == "/dev/vda"
     assert install.check_target("/dev/vdd", host, PLAN, force=True).name == "vdd"  # removable, forced
     with pytest.raises(BasaltError, match="booted from"):
         install.check_target("/dev/sr0", host, PLAN, force=True)  # --force never overrides the boot disk
 
 
-def test_listing(host: install.Host) -> None:
-    assert install.listing(host).splitlines() == [
+def test_listing(host: targets.Host) -> None:
+    assert targets.listing(host).splitlines() == [
         "DEVICE    SIZE      MODEL         REMOVABLE  ON IT",
         "/dev/sr0  70 MiB    QEMU DVD-ROM  yes        optical drive [booted from]",
         "/dev/vda  4.0 GiB   Samsung SSD   no         empty (no partitions)",
@@ -131,7 +131,7 @@ def test_what_is_on_a_disk_is_read_from_its_first_blocks(tmp_path: Path) -> None
     subprocess.run(["mkswap", "-q", str(swap)], check=True, capture_output=True)
     empty = tmp_path / "empty.img"
     empty.write_bytes(bytes(64 << 10))
-    assert [install.probe(str(p)) for p in (ext4, fat, gpt, swap, empty, tmp_path / "missing")] == [
+    assert [targets.probe(str(p)) for p in (ext4, fat, gpt, swap, empty, tmp_path / "missing")] == [
         "ext4 BASALT_STATE", "vfat BASALT_BOOT", "GPT partition table", "swap", "", ""]
 
 
