@@ -17,29 +17,25 @@ from __future__ import annotations
 import base64
 import fcntl
 import gzip
-import hashlib
 import json
 import os
-import struct
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any
 
 from agent import files, http, layout, system
 from agent.config import bootargs
-from agent.disk import partitions, targets
+from agent.disk import blockdev, partitions, targets
 from agent.disk.targets import Host, Target, describe, listing, size_text
 from agent.errors import BasaltError, Problem
 
 MEDIUM = layout.RUN_MEDIUM
 WORK = layout.RUN_INSTALL
 BLKRRPART = 0x125F
-BLKFLSBUF = 0x1261
-BLKZEROOUT = 0x127F
 CHUNK = 1 << 20
 MAX_ISO = 8 << 30  # install.iso_url: far more than a Basalt ISO
 LIST_HINT = "basalt install --list shows the disks"
@@ -197,42 +193,6 @@ class Progress:
             self.out.flush()
 
 
-class Writer:
-    """Writes onto the open disk ``f``: data as given, runs of zeros by BLKZEROOUT (the disk
-    zeroes them itself; a plain write where it cannot)."""
-
-    def __init__(self, f: BinaryIO):
-        self.f = f
-        self.zeroout = True
-
-    def zero(self, offset: int, length: int) -> None:
-        if self.zeroout:
-            try:
-                fcntl.ioctl(self.f.fileno(), BLKZEROOUT, struct.pack("QQ", offset, length))
-                return
-            except OSError:
-                self.zeroout = False
-        self.f.seek(offset)
-        for done in range(0, length, CHUNK):
-            self.f.write(bytes(min(CHUNK, length - done)))
-
-    def stream(self, src: BinaryIO, offset: int, limit: int, bar: Progress) -> str:
-        """Copy ``src`` to ``offset`` (at most ``limit`` bytes); its sha256."""
-        digest, pos, zero = hashlib.sha256(), offset, bytes(CHUNK)
-        while chunk := src.read(CHUNK):
-            if pos + len(chunk) > offset + limit:
-                raise BasaltError(Problem(f"an image is larger than its partition ({limit >> 20} MiB)"))
-            digest.update(chunk)
-            if chunk == zero[:len(chunk)]:
-                self.zero(pos, len(chunk))
-            else:
-                self.f.seek(pos)
-                self.f.write(chunk)
-            pos += len(chunk)
-            bar.update(len(chunk))
-        return digest.hexdigest()
-
-
 def _say(message: str) -> None:
     print(f"basalt install: {message}", flush=True)
 
@@ -290,7 +250,7 @@ def write_disk(target: Target, plan: dict[str, Any], config_text: str, medium: s
     by_content = {pl.partition.content: pl for pl in placed if pl.partition.content}
     fd = os.open(target.path, os.O_RDWR | os.O_EXCL | os.O_CLOEXEC)  # EBUSY if anything holds it
     with os.fdopen(fd, "r+b", buffering=0) as f:
-        w = Writer(f)
+        w = blockdev.Device(f)
         total = target.size // partitions.SECTOR
         if not no_format:
             _say(f"clearing the partition tables of {target.path}")
@@ -305,11 +265,13 @@ def write_disk(target: Target, plan: dict[str, Any], config_text: str, medium: s
                      "boot": "boot partition"}[what]
             opener = gzip.open if path.endswith(".gz") else open
             size = os.path.getsize(path) if what == "slot" else pl.sectors * partitions.SECTOR
+            start, room = pl.start * partitions.SECTOR, pl.sectors * partitions.SECTOR
             with opener(path, "rb") as src:  # type: ignore[operator]
-                digest = w.stream(src, pl.start * partitions.SECTOR, pl.sectors * partitions.SECTOR,
-                                  Progress(f"writing {label}", size))
+                digest, written = w.copy(src, start, room, Progress(f"writing {label}", size).update)
+                if src.read(1):
+                    raise BasaltError(Problem(f"an image is larger than its partition ({room >> 20} MiB)"))
             if what == "slot":
-                verify(f, pl.start * partitions.SECTOR, os.path.getsize(path), digest, label)
+                verify(w, start, written, digest, label)
         other = next((pl for pl in placed if pl.partition.name == layout.SLOT_LABELS["b"]), None)
         if other is not None:
             w.zero(other.start * partitions.SECTOR, partitions.MIB)  # slot B: empty, not an old squashfs
@@ -355,16 +317,9 @@ def existing_placed(target: Target, disk: partitions.Disk) -> list[partitions.Pl
                               by_name[p.name].last - by_name[p.name].first + 1) for p in disk.partitions]
 
 
-def verify(f: BinaryIO, offset: int, length: int, digest: str, label: str) -> None:
+def verify(w: blockdev.Device, offset: int, length: int, digest: str, label: str) -> None:
     """Read back what was written (past the page cache) and compare its sha256."""
-    f.flush()
-    os.fsync(f.fileno())
-    try:
-        fcntl.ioctl(f.fileno(), BLKFLSBUF)
-    except OSError:
-        pass
-    os.posix_fadvise(f.fileno(), offset, length, os.POSIX_FADV_DONTNEED)
-    if partitions.sha256_range(f, offset, length, CHUNK) != digest:
+    if not w.reads_back(offset, length, digest):
         raise BasaltError(Problem(f"{label} reads back differently from what was written: the disk is failing",
                                   hint="the disk is left without a boot loader; use another disk"))
     _say(f"{label}: {length >> 20} MiB written and verified (sha256 {digest[:16]}…)")

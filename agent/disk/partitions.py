@@ -13,7 +13,6 @@ import os
 import struct
 import uuid
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -298,21 +297,3 @@ def embed_bios(f: BinaryIO, boot_img: bytes, core_img: bytes, core_lba: int, roo
     _pwrite(f, bytes(core), core_lba * SECTOR)
     _pwrite(f, bytes(mbr), 0)
     _sync(f)
-
-
-def sha256_range(f: BinaryIO, offset: int, length: int, chunk: int = MIB,
-                 on_read: Callable[[int], None] | None = None) -> str:
-    """The sha256 of ``length`` bytes of ``f`` from ``offset`` (shorter at its end), read in
-    ``chunk``s; ``on_read`` is told each chunk's size (a progress bar). Used to check what was
-    written to a disk or card (``basalt install``, ``inv flash``)."""
-    h, left = hashlib.sha256(), length
-    f.seek(offset)
-    while left > 0:
-        data = f.read(min(chunk, left))
-        if not data:
-            break
-        h.update(data)
-        left -= len(data)
-        if on_read:
-            on_read(len(data))
-    return h.hexdigest()

@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 from agent import files, http, layout, system
-from agent.disk.partitions import sha256_range
+from agent.disk import blockdev
 from agent.errors import BasaltError, Problem
 from agent.upgrade import bootsel, bundle, slots
 
@@ -156,26 +156,21 @@ def download_head(url: str, attempts: int = 3, timeout: float = 30.0) -> bytes:
 def write_root(b: bundle.Bundle, dev: str) -> None:
     want = b.manifest["parts"][bundle.ROOT]
     size = int(want["size"])
-    src = b.reader(bundle.ROOT)
-    h = hashlib.sha256()
-    done, shown = 0, -1
+    shown = [-1, 0]  # tenths shown, bytes written
+
+    def progress(n: int) -> None:
+        shown[1] += n
+        if shown[1] * 10 // max(size, 1) != shown[0]:
+            shown[0] = shown[1] * 10 // max(size, 1)
+            say(f"writing slot {dev}: {shown[1] >> 20}/{size >> 20} MiB")
+
     with open(dev, "r+b", buffering=0) as out:
-        while data := src.read(CHUNK):
-            h.update(data)
-            out.write(data)
-            done += len(data)
-            if done * 10 // max(size, 1) != shown:
-                shown = done * 10 // max(size, 1)
-                say(f"writing slot {dev}: {done >> 20}/{size >> 20} MiB")
-        os.fsync(out.fileno())
-        if h.hexdigest() != want["sha256"]:
+        w = blockdev.Device(out)
+        digest, _ = w.copy(b.reader(bundle.ROOT), 0, size, progress)
+        if digest != want["sha256"]:
             raise BasaltError.simple(f"the bundle changed while it was written to {dev}",
                                      hint="the slot is not armed; run basalt upgrade again")
-        try:
-            os.posix_fadvise(out.fileno(), 0, size, os.POSIX_FADV_DONTNEED)
-        except OSError:
-            pass
-        if sha256_range(out, 0, size, CHUNK) != want["sha256"]:  # type: ignore[arg-type]
+        if not w.reads_back(0, size, want["sha256"]):
             raise BasaltError.simple(f"{dev} reads back differently from what was written: the disk is failing",
                                      hint="the slot is not armed; the node keeps booting its committed slot")
 

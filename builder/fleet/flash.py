@@ -11,7 +11,6 @@ image, and (unless ``force``) a disk that is not removable. A regular file stand
 
 from __future__ import annotations
 
-import hashlib
 import lzma
 import os
 import xml.etree.ElementTree as ET
@@ -19,11 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from agent.disk import partitions, targets
+from agent.disk import blockdev, targets
 from agent.errors import BasaltError, Problem
 from builder import progress
-
-CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -115,40 +112,31 @@ def flash(image: Path, device: str, force: bool = False, host: targets.Host | No
         with os.fdopen(fd, "r+b", buffering=0) as out:
             if os.path.isfile(device) and os.fstat(fd).st_size < bmap.image_size:
                 out.truncate(bmap.image_size)
+            dev = blockdev.Device(out)
             bar = progress.Bar(f"Writing {image.name} to {device}", bmap.mapped_bytes)
             for first, last, digest in bmap.ranges:
                 start, end = first * bmap.block_size, min((last + 1) * bmap.block_size, bmap.image_size)
                 src.seek(start)
-                h, pos = hashlib.sha256(), start
-                while pos < end:
-                    chunk = src.read(min(CHUNK, end - pos))
-                    if not chunk:
-                        raise BasaltError(Problem(f"{image}: ends before block {last} of its block map"))
-                    h.update(chunk)
-                    out.seek(pos)
-                    out.write(chunk)
-                    pos += len(chunk)
-                    bar.update(len(chunk))
-                if digest and h.hexdigest() != digest:
+                actual, copied = dev.copy(src, start, end - start, bar.update)
+                if copied < end - start:
+                    raise BasaltError(Problem(f"{image}: ends before block {last} of its block map"))
+                if digest and actual != digest:
                     raise BasaltError(Problem(f"{image}: blocks {first}-{last} do not match its block map "
                                               "(a corrupt or changed image); the device is incomplete",
                                               hint="rebuild or download the image again, then flash again"))
             bar.close()
             with progress.step("Syncing"):
-                os.fsync(fd)
-            verify(out, bmap, device)
+                dev.drop_cache()
+            verify(dev, bmap, device)
     return {"written": bmap.mapped_bytes, "image_size": bmap.image_size}
 
 
-def verify(out: BinaryIO, bmap: BlockMap, device: str) -> None:
+def verify(dev: blockdev.Device, bmap: BlockMap, device: str) -> None:
     """Read every mapped range back from the device (not the page cache) and check its sha256."""
-    fd = out.fileno()
-    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     bar = progress.Bar(f"Verifying {device}", bmap.mapped_bytes)
     for first, last, digest in bmap.ranges:
         start, end = first * bmap.block_size, min((last + 1) * bmap.block_size, bmap.image_size)
-        actual = partitions.sha256_range(out, start, end - start, CHUNK, bar.update)
-        if digest and actual != digest:
+        if digest and dev.sha256(start, end - start, bar.update) != digest:
             raise BasaltError(Problem(f"{device}: blocks {first}-{last} read back differently from what was written",
                                       hint="the card may be failing or fake (smaller than it claims); try another"))
     bar.close()
