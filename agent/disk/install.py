@@ -14,7 +14,6 @@ partition's files and GRUB's BIOS embedding, without which no firmware boots the
 
 from __future__ import annotations
 
-import base64
 import fcntl
 import gzip
 import json
@@ -25,11 +24,11 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 from agent import files, http, layout, system
 from agent.config import bootargs
-from agent.disk import blockdev, partitions, targets
+from agent.disk import blockdev, installplan, partitions, targets
 from agent.disk.targets import Host, Target, describe, listing, size_text
 from agent.errors import BasaltError, Problem
 
@@ -61,7 +60,7 @@ WORDS = targets.Words(
 )
 
 
-def check_target(device: str, host: Host, plan: dict[str, Any] | None = None, force: bool = False,
+def check_target(device: str, host: Host, plan: installplan.Plan | None = None, force: bool = False,
                  no_format: bool = False) -> Target:
     """The disk to install to, after every refusal that applies (nothing has been written). Without
     a plan (none on this medium), only what the disk itself rules out."""
@@ -71,27 +70,28 @@ def check_target(device: str, host: Host, plan: dict[str, Any] | None = None, fo
     return target
 
 
-def check_fits(target: Target, plan: dict[str, Any], host: Host, force: bool = False, no_format: bool = False) -> None:
+def check_fits(target: Target, plan: installplan.Plan, host: Host, force: bool = False,
+               no_format: bool = False) -> None:
     """The refusals that depend on the disk to write: its size, removable, an existing layout."""
-    targets.fits(target, int(plan["min_mib"]) << 20, False, force, WORDS, refuse)
+    targets.fits(target, plan.min_mib << 20, False, force, WORDS, refuse)
     if no_format:
         existing = existing_layout(target, plan, host)
         if existing:
             raise refuse(target.path, existing, "install without no_format to partition the disk")
 
 
-def existing_layout(target: Target, plan: dict[str, Any], host: Host) -> str:
+def existing_layout(target: Target, plan: installplan.Plan, host: Host) -> str:
     """Why the disk's present partitions cannot be reused (no_format), or ""."""
     names = [files.read_text(f"{host.sys_block}/{target.name}/{p}/uevent") for p in target.partitions]
     have = [next((line[9:] for line in u.splitlines() if line.startswith("PARTNAME=")), "") for u in names]
-    want = [p["name"] for p in plan["partitions"]]
+    want = [p.name for p in plan.partitions]
     if have != want:
         return (f"no_format: its partitions ({', '.join(n or '?' for n in have) or 'none'}) "
                 f"are not Basalt's ({', '.join(want)})")
-    for part, spec in zip(target.partitions, plan["partitions"], strict=True):
+    for part, spec in zip(target.partitions, plan.partitions, strict=True):
         size = int(files.read_text(f"{host.sys_block}/{target.name}/{part}/size", "0").strip() or 0) * 512
-        if spec["size_mib"] and size < spec["size_mib"] << 20:
-            return f"no_format: partition {spec['name']} is {size >> 20} MiB, smaller than {spec['size_mib']} MiB"
+        if spec.size_mib and size < spec.size_mib << 20:
+            return f"no_format: partition {spec.name} is {size >> 20} MiB, smaller than {spec.size_mib} MiB"
     return ""
 
 
@@ -227,25 +227,15 @@ def _mounted(device: str, fstype: str, where: str, readonly: bool = False) -> An
     return cm()
 
 
-def load_plan(medium: str = MEDIUM) -> dict[str, Any]:
-    try:
-        with open(medium + layout.INSTALL_PLAN) as f:
-            plan: dict[str, Any] = json.load(f)
-    except OSError:
-        raise BasaltError(Problem(f"{medium + layout.INSTALL_PLAN}: no installer on this medium",
-                                  hint="basalt install runs from the live ISO (or give --iso-url)")) from None
-    if plan.get("format") != 1:
-        raise BasaltError(Problem(f"{layout.INSTALL_PLAN}: format {plan.get('format')} is not one this agent reads"))
-    return plan
+def load_plan(medium: str = MEDIUM) -> installplan.Plan:
+    return installplan.load(medium + layout.INSTALL_PLAN)
 
 
-def write_disk(target: Target, plan: dict[str, Any], config_text: str, medium: str = MEDIUM,
+def write_disk(target: Target, plan: installplan.Plan, config_text: str, medium: str = MEDIUM,
                no_format: bool = False, work: str = WORK, keys_from: str = layout.SSH_STATE) -> None:
     """Write the planned disk onto ``target`` (checked already), in the order the module's
     docstring gives."""
-    disk = partitions.Disk(plan["table"], tuple(partitions.Partition(p["name"], p["type"], p["size_mib"], p["content"])
-                                                for p in plan["partitions"]),
-                           seed=str(uuid.uuid4()))  # every installed disk has its own ids
+    disk = plan.disk(seed=str(uuid.uuid4()))  # every installed disk has its own ids
     placed = partitions.place(disk, target.size >> 20) if not no_format else existing_placed(target, disk)
     by_content = {pl.partition.content: pl for pl in placed if pl.partition.content}
     fd = os.open(target.path, os.O_RDWR | os.O_EXCL | os.O_CLOEXEC)  # EBUSY if anything holds it
@@ -260,13 +250,13 @@ def write_disk(target: Target, plan: dict[str, Any], config_text: str, medium: s
             pl = by_content.get(what)
             if pl is None or (what == "state" and no_format):
                 continue
-            path = medium + plan["images"][what]
+            path = medium + plan.images[what]
             label = {"slot": f"slot A ({pl.partition.name})", "state": "state partition",
                      "boot": "boot partition"}[what]
-            opener = gzip.open if path.endswith(".gz") else open
             size = os.path.getsize(path) if what == "slot" else pl.sectors * partitions.SECTOR
             start, room = pl.start * partitions.SECTOR, pl.sectors * partitions.SECTOR
-            with opener(path, "rb") as src:  # type: ignore[operator]
+            with (gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")) as opened:
+                src = cast(BinaryIO, opened)
                 digest, written = w.copy(src, start, room, Progress(f"writing {label}", size).update)
                 if src.read(1):
                     raise BasaltError(Problem(f"an image is larger than its partition ({room >> 20} MiB)"))
@@ -290,20 +280,20 @@ def write_disk(target: Target, plan: dict[str, Any], config_text: str, medium: s
         seed_state(image, st, config_text, keys_from)
     _say("writing the boot partition")
     with _mounted(_partition_device(target, boot.number), "vfat", f"{work}/boot") as bt:
-        for entry in plan["files"]:
-            dest = bt + entry["path"]
+        for entry in plan.files:
+            dest = bt + entry.path
             os.makedirs(os.path.dirname(dest), exist_ok=True)
-            if "data" in entry:
-                files.write_atomic(dest, base64.b64decode(entry["data"]))
+            if not entry.medium:
+                files.write_atomic(dest, entry.data)
                 continue
-            with open(medium + entry["medium"], "rb") as src, files.Replacing(dest) as out:
+            with open(medium + entry.medium, "rb") as src, files.Replacing(dest) as out:
                 while chunk := src.read(CHUNK):
                     out.write(chunk)
-    if plan.get("bios") and layout.BIOS_LABEL in {p.partition.name for p in placed}:
+    if plan.bios and layout.BIOS_LABEL in {p.partition.name for p in placed}:
         bios = next(pl for pl in placed if pl.partition.name == layout.BIOS_LABEL)
         _say("installing GRUB for BIOS")
-        with open(target.path, "r+b", buffering=0) as f, open(medium + plan["bios"]["boot_img"], "rb") as b, \
-                open(medium + plan["bios"]["core_img"], "rb") as c:
+        with open(target.path, "r+b", buffering=0) as f, open(medium + plan.bios[0], "rb") as b, \
+                open(medium + plan.bios[1], "rb") as c:
             partitions.embed_bios(f, b.read(), c.read(), bios.start, bios.sectors)
     os.sync()
 
@@ -385,9 +375,9 @@ def fetch_iso(url: str, work: str = WORK) -> str:
     return where
 
 
-def confirm(target: Target, host: Host, plan: dict[str, Any], answer: Callable[[str], str]) -> None:
+def confirm(target: Target, host: Host, plan: installplan.Plan, answer: Callable[[str], str]) -> None:
     text = answer(f"Everything on {target.path} ({size_text(target.size)}, {target.model}; {describe(target, host)}) "
-                  f"will be erased.\nType 'yes' to install Basalt {plan['version']} there: ")
+                  f"will be erased.\nType 'yes' to install Basalt {plan.version} there: ")
     if text.strip().lower() != "yes":
         raise BasaltError(Problem("not confirmed; nothing was written"))
 
@@ -424,7 +414,7 @@ def run(settings: Settings, unattended: bool = False, host: Host | None = None,
         if not settings.silent:
             confirm(target, host, plan, answer)
         started = time.monotonic()
-        _say(f"installing Basalt {plan['version']} ({plan['image']}) to {target.path} ({size_text(target.size)})")
+        _say(f"installing Basalt {plan.version} ({plan.image}) to {target.path} ({size_text(target.size)})")
         write_disk(target, plan, text, medium, settings.no_format)
         _say(f"installed to {target.path} in {time.monotonic() - started:.1f} s")
     action = "poweroff" if settings.power_off else "reboot" if settings.reboot else None

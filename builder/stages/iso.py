@@ -13,12 +13,11 @@ filesystems (compressed); the kernel, initramfs and squashfs are the ISO's own.
 
 from __future__ import annotations
 
-import base64
 import contextlib
+import dataclasses
 import gzip
 import hashlib
 import io
-import json
 import struct
 import time
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from typing import Any
 import pycdlib
 
 from agent import layout
+from agent.disk import installplan
 from builder import progress
 from builder.arch import Architecture
 from builder.media import abdisk, disk, grub, medium
@@ -150,23 +150,20 @@ def install_payload(options: dict[str, Any], grub_lib: Path, work: Path, rootfs:
     disk.ext4(empty["state"], layout.STATE_LABEL, opts["state_mib"], None, epoch, seed=opts["name"])
     for what, image in empty.items():  # mostly zeros: a few hundred KiB compressed
         payload[f"{where}/{what}-partition.gz"] = gzip.compress(image.read_bytes(), compresslevel=6, mtime=0)
-    images = {"bios": None, "boot": f"{where}/boot-partition.gz", "slot": layout.MEDIUM_ROOT,
+    images = {"boot": f"{where}/boot-partition.gz", "slot": layout.MEDIUM_ROOT,
               "state": f"{where}/state-partition.gz"}
     contents = {layout.BIOS_LABEL: "bios", layout.BOOT_LABEL: "boot", layout.SLOT_LABELS["a"]: "slot",
                 layout.STATE_LABEL: "state"}
-    plan = abdisk.layout_for(opts)
+    disk_layout = abdisk.layout_for(opts)
     boot_files = abdisk.boot_files(opts, rootfs / "root", kernel, initrd, cores.get("uefi"))
-    payload[layout.INSTALL_PLAN] = json.dumps({
-        "format": 1, "image": opts["name"], "version": opts["version"], "arch": opts["arch"],
-        "table": plan.table, "min_mib": plan.min_size_mib(),
-        "partitions": [{"name": p.name, "type": p.type, "size_mib": p.size_mib, "content": contents.get(p.name)}
-                       for p in plan.partitions],
-        "images": {k: v for k, v in images.items() if v},
-        "bios": {"boot_img": f"{where}/boot.img", "core_img": f"{where}/core.img"} if "bios" in cores else None,
-        "files": [{"path": path, "medium": on_medium[content]} if isinstance(content, Path)
-                  else {"path": path, "data": base64.b64encode(content).decode()}
-                  for path, content in sorted(boot_files.items())],
-    }, indent=1, sort_keys=True).encode()
+    payload[layout.INSTALL_PLAN] = installplan.Plan(
+        image=opts["name"], version=opts["version"], arch=opts["arch"], table=disk_layout.table,
+        partitions=tuple(dataclasses.replace(p, content=contents.get(p.name)) for p in disk_layout.partitions),
+        images=images,
+        files=tuple(installplan.BootFile(path, medium=on_medium[content]) if isinstance(content, Path)
+                    else installplan.BootFile(path, data=content) for path, content in sorted(boot_files.items())),
+        bios=(f"{where}/boot.img", f"{where}/core.img") if "bios" in cores else None,
+    ).to_json()
     return payload
 
 

@@ -11,12 +11,16 @@ from pathlib import Path
 import pytest
 
 from agent.config import datasources, sources
-from agent.disk import install, targets
+from agent.disk import install, installplan, targets
+from agent.disk.partitions import Partition
 from agent.errors import BasaltError
 from builder.media import disk
 
-PLAN = {"min_mib": 2243, "partitions": [{"name": n, "size_mib": s} for n, s in (
-    ("BIOS_BOOT", 1), ("BASALT_BOOT", 128), ("BASALT_A", 1024), ("BASALT_B", 1024), ("BASALT_STATE", 64))]}
+PLAN = installplan.Plan(
+    image="basalt-x86", version="1.0.0", arch="amd64", table="gpt", images={}, files=(),
+    partitions=tuple(Partition(n, "0FC63DAF-8483-4772-8E79-3D69D8477DE4", s, c) for n, s, c in (
+        ("BIOS_BOOT", 1, "bios"), ("BASALT_BOOT", 128, "boot"), ("BASALT_A", 1024, "slot"), ("BASALT_B", 1024, None),
+        ("BASALT_STATE", 64, "state"))))
 GIB = 1 << 30
 GATHER = sources.gather  # the real one, also while a test replaces it
 
