@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pycdlib
 
+from agent import layout
+from agent.disk import installplan
 from builder import pipeline, plan
 from builder.download import BlobStore
 from builder.stages import StageContext
@@ -46,6 +48,10 @@ def test_iso_layout(built_iso: Path) -> None:
         assert squashfs[:4] == b"hsqs"
         assert hashlib.sha256(squashfs).hexdigest() == hashlib.sha256(
             (built_iso / "rootfs.squashfs").read_bytes()).hexdigest()
+        wanted = installplan.parse(read(iso, layout.INSTALL_PLAN), layout.INSTALL_PLAN)  # as the installer reads it
+        assert [p.content for p in wanted.partitions] == ["bios", "boot", "slot", None, "state"]
+        for where in (*wanted.images.values(), *(f.medium for f in wanted.files if f.medium), *(wanted.bios or ())):
+            assert read(iso, where), where  # everything the plan names is on the ISO
     finally:
         iso.close()
 
