@@ -51,10 +51,8 @@ class StageResult:
 
 def code_digest(name: str) -> str:
     """The stage's own source and the helpers it declares: editing them invalidates its cache."""
-    mod = module(name)
-    files = [Path(str(mod.__file__)), *(ROOT / p for p in getattr(mod, "SOURCES", ()))]
     digest = hashlib.sha256()
-    for f in files:
+    for f in module(name).sources:
         digest.update(f.read_bytes())
     return digest.hexdigest()
 
@@ -86,7 +84,7 @@ def needed(plan: Plan, until: str | None) -> list[PlannedStage]:
         name = todo.pop()
         if name not in want:
             want.add(name)
-            todo += module(by_name[name].kind).INPUTS
+            todo += module(by_name[name].kind).inputs
     return [s for s in plan.stages if s.name in want]
 
 
@@ -94,7 +92,7 @@ def check_tools(plan: Plan) -> None:
     """Fail in the first second, naming the Debian package, if a host tool is missing."""
     missing: dict[str, str] = {}
     for s in plan.stages:
-        tools: dict[str, str] = getattr(module(s.kind), "TOOLS", {})
+        tools = module(s.kind).tools
         if s.kind == "rootfs":
             from builder.backends import BACKENDS
             tools = {**tools, **BACKENDS[s.options["backend"]].TOOLS}
@@ -192,11 +190,11 @@ class Pipeline:
     def _run_stage(self, stage: PlannedStage) -> StageResult:
         mod = module(stage.kind)
         started = time.monotonic()
-        inputs = {name: self.results[name].id for name in mod.INPUTS}
+        inputs = {name: self.results[name].id for name in mod.inputs}
         code = code_digest(stage.kind)
         record: dict[str, Any] = {"name": stage.name, "options": stage.options, "code": code, "inputs": inputs}
-        if not mod.VOLATILE:
-            sid = stage_id(stage, mod.VERSION, code, inputs)
+        if not mod.volatile:
+            sid = stage_id(stage, mod.version, code, inputs)
             done = self.stages_dir / sid
             lock = self._lock(sid)
             lock.take(exclusive=False, what=stage.name)  # waits while another build writes it
@@ -217,11 +215,11 @@ class Pipeline:
             tmp = self.stages_dir / f"tmp-{stage.name}-{os.getpid()}-{id(self)}"
             shutil.rmtree(tmp, ignore_errors=True)
             (tmp / "out").mkdir(parents=True)
-            ctx = StageContext(out=tmp / "out", inputs={name: self.results[name].path for name in mod.INPUTS},
+            ctx = StageContext(out=tmp / "out", inputs={name: self.results[name].path for name in mod.inputs},
                                store=self.store, work=tmp / "work")
             ctx.work.mkdir()
             try:
-                if mod.VOLATILE:  # one at a time: they share downloads and the archive's indexes
+                if mod.volatile:  # one at a time: they share downloads and the archive's indexes
                     with held(self.locks_dir / f"volatile-{stage.kind}.lock", what=stage.name):
                         mod.run(ctx, stage.options)
                 else:
@@ -230,8 +228,8 @@ class Pipeline:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
             shutil.rmtree(ctx.work, ignore_errors=True)
-            if mod.VOLATILE:
-                sid = volatile_id(stage, mod.VERSION, sha256_file(ctx.out / "key"))
+            if mod.volatile:
+                sid = volatile_id(stage, mod.version, sha256_file(ctx.out / "key"))
                 lock = self._lock(sid)
                 lock.take(exclusive=False)
             done = self.stages_dir / sid
@@ -291,17 +289,14 @@ def publish(plan: Plan, results: dict[str, StageResult], out_root: Path) -> Path
 
     for stage in plan.stages:
         mod, tree = module(stage.kind), results[stage.name].path
-        entries = mod.published(stage.options) if hasattr(mod, "published") else mod.PUBLISH  # type: ignore[attr-defined]
-        for src, pattern in entries:
+        for src, pattern in mod.published(stage.options):
             name = pattern.format(name=img.name, version=img.version)
             with progress.step(f"Publishing {name}"):
                 copy_with_progress(tree / src, partial / name)
             record(name, stage.name)
-        if hasattr(mod, "manifest"):
-            inputs.update(mod.manifest(stage.options, tree))
-        link = getattr(mod, "INSPECT", None)
-        if link:  # a link into the cache, for inspection (not an artifact)
-            (partial / link).symlink_to(tree)
+        inputs.update(mod.manifest(stage.options, tree))
+        if mod.inspect:  # a link into the cache, for inspection (not an artifact)
+            (partial / mod.inspect).symlink_to(tree)
     sbom = partial / "sbom.spdx.json"
     sbom.write_text(json.dumps(document(img.name, img.version, img.arch.to_debian(), plan.source_date_epoch, inputs,
                                         f"Tool: basalt-build-{project_version()}"), indent=1) + "\n")

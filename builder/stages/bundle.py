@@ -18,6 +18,7 @@ from agent.upgrade import bundle
 from builder import signing
 from builder.arch import Architecture
 from builder.media import abdisk, oci
+from builder.stages import StageContext
 
 NAME = "bundle"
 VERSION = 1
@@ -74,7 +75,7 @@ def write(dest: Path, parts: dict[str, Path], name: str, version: str, arch: str
                 tar.addfile(_file_info(member, path.stat().st_size, epoch), f)
 
 
-def run(ctx: Any, options: dict[str, Any]) -> None:
+def run(ctx: StageContext, options: dict[str, Any]) -> None:
     kernel = abdisk.slot_kernel(options, ctx.input("rootfs") / "kernel" / "vmlinuz")
     if isinstance(kernel, bytes):
         (ctx.work / bundle.KERNEL).write_bytes(kernel)

@@ -17,6 +17,7 @@ from typing import Any
 from agent.errors import BasaltError, Problem
 from builder import debian, host, progress
 from builder.download import BlobStore
+from builder.stages import StageContext
 
 NAME = "fetch"
 VERSION = 1
@@ -85,7 +86,7 @@ def local_kernel(path: Path, sha256: str, arch: str, store: BlobStore) -> dict[s
             "size": path.stat().st_size, "url": path.resolve().as_uri(), "role": "kernel"}
 
 
-def run(ctx: Any, options: dict[str, Any]) -> None:
+def run(ctx: StageContext, options: dict[str, Any]) -> None:
     options_key = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:24]
     last = ctx.store.root.parent.parent / "locks" / f"{options_key}.json"
     try:

@@ -16,6 +16,7 @@ from agent import layout
 from agent.errors import BasaltError, Problem
 from builder import host
 from builder.media import cpio
+from builder.stages import StageContext
 
 NAME = "initramfs"
 VERSION = 1
@@ -89,7 +90,7 @@ def entries(rootfs: Path, options: dict[str, Any]) -> list[cpio.Entry]:
     return out
 
 
-def run(ctx: Any, options: dict[str, Any]) -> None:
+def run(ctx: StageContext, options: dict[str, Any]) -> None:
     raw = io.BytesIO()
     cpio.write(raw, entries(ctx.input("rootfs") / "root", options))
     dest = ctx.out / "initrd.img"

@@ -31,6 +31,7 @@ from agent.disk import installplan
 from builder import progress
 from builder.arch import Architecture
 from builder.media import abdisk, disk, grub, medium
+from builder.stages import StageContext
 
 NAME = "iso"
 VERSION = 2
@@ -95,7 +96,7 @@ def iso_name(path: str) -> str:
     return "/" + "/".join([*clean[:-1], leaf])
 
 
-def run(ctx: Any, options: dict[str, Any]) -> None:
+def run(ctx: StageContext, options: dict[str, Any]) -> None:
     arch = Architecture(options["arch"])
     epoch = options["source_date_epoch"]
     grub_lib = grub.unpack(ctx.input("fetch"), ctx.store, ctx.work / "grub")

@@ -25,6 +25,7 @@ from typing import Any
 from agent.errors import BasaltError, Problem
 from builder import progress
 from builder.download import BlobStore, ChecksumMismatch, DownloadError, download, sha256_file
+from builder.stages import StageContext
 
 NAME = "k3s"
 VERSION = 1
@@ -173,7 +174,7 @@ def fetch_file(store: BlobStore, o: dict[str, Any], sums: Sums, name: str, pinne
         raise fail(o, exc.problems[0].message) from None
 
 
-def run(ctx: Any, options: dict[str, Any]) -> None:
+def run(ctx: StageContext, options: dict[str, Any]) -> None:
     o = options
     lock: dict[str, Any] = {"enabled": o["enabled"]}
     if o["enabled"]:

@@ -17,6 +17,7 @@ from builder import host, progress
 from builder.arch import Architecture
 from builder.debian import blobs_by_role
 from builder.media import abdisk, disk, grub, rpi
+from builder.stages import StageContext
 
 NAME = "raw"
 VERSION = 1
@@ -46,7 +47,7 @@ def published(options: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     return (*PUBLISH, *((("disk.qcow2", "{name}-{version}.qcow2"),) if options["qcow2"] else ()))
 
 
-def run(ctx: Any, options: dict[str, Any]) -> None:
+def run(ctx: StageContext, options: dict[str, Any]) -> None:
     epoch = options["source_date_epoch"]
     grub_lib = grub.unpack(ctx.input("fetch"), ctx.store, ctx.work / "grub")
     cores = abdisk.boot_loaders(options, grub_lib, ctx.work)

@@ -22,6 +22,7 @@ from builder.backends import BACKENDS
 from builder.debian import blobs_by_role
 from builder.download import sha256_file
 from builder.imagedef import OVERLAYS, ROOT
+from builder.stages import StageContext
 from builder.stages.k3s import locked as k3s_locked
 
 NAME = "rootfs"
@@ -60,7 +61,7 @@ SKELETON = ("proc", "sys", "dev", "run", "tmp", "var", "var/tmp", "home", "opt",
             "etc/basalt", layout.VAR_LIB.lstrip("/"), layout.LIB.lstrip("/"))
 
 
-def run(ctx: Any, options: dict[str, Any]) -> None:
+def run(ctx: StageContext, options: dict[str, Any]) -> None:
     root = ctx.out / "root"
     with progress.step(f"Unpacking packages ({options['backend']})"):
         packages = blobs_by_role(ctx.input("fetch"), ctx.store, "rootfs")
@@ -95,7 +96,7 @@ def manifest(options: dict[str, Any], tree: Path) -> dict[str, Any]:
             "overlays": options["overlays"], "agent_digest": options["agent_digest"]}
 
 
-def install_kernel(ctx: Any, root: Path, options: dict[str, Any]) -> None:
+def install_kernel(ctx: StageContext, root: Path, options: dict[str, Any]) -> None:
     (row, blob), = blobs_by_role(ctx.input("fetch"), ctx.store, "kernel")
     unpacked = ctx.work / "kernel"
     host.run(["dpkg-deb", "-x", str(blob), str(unpacked)], f"unpacking {row['name']}")

@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from builder import host
+from builder.stages import StageContext
 
 NAME = "squashfs"
 VERSION = 1
@@ -35,7 +36,7 @@ def command(src: str, dest: str, options: dict[str, Any]) -> list[str]:
     return argv
 
 
-def run(ctx: Any, options: dict[str, Any]) -> None:
+def run(ctx: StageContext, options: dict[str, Any]) -> None:
     dest = ctx.out / "rootfs.squashfs"
     host.run(command(str(ctx.input("rootfs") / "root"), str(dest), options), "mksquashfs",
              hint="is there enough free space in the cache directory?")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import stat
@@ -16,7 +17,7 @@ from builder import pipeline
 from builder.imagedef import load_image
 from builder.media import cpio, grub
 from builder.plan import PlannedStage, compile_plan
-from builder.stages import initramfs, iso, rootfs, squashfs
+from builder.stages import Stage, initramfs, iso, rootfs, squashfs
 
 
 def read_cpio(data: bytes) -> dict[str, tuple[int, bytes, tuple[int, int]]]:
@@ -165,26 +166,23 @@ def test_config_change_only_changes_the_iso_stage(tmp_path: Path) -> None:
     assert changed == ["iso"]
 
 
-class FakeStage:
-    """A stage module stand-in that records runs (the pipeline's caching is what is tested)."""
-
-    def __init__(self, name: str, volatile: bool = False, inputs: tuple[str, ...] = ()):
-        self.NAME, self.VERSION, self.VOLATILE, self.SCHEMA, self.INPUTS = name, 1, volatile, {}, inputs
-        self.PUBLISH: tuple[tuple[str, str], ...] = ()
-        self.__file__ = __file__
-        self.runs = 0
-
-    def run(self, ctx: Any, options: dict[str, Any]) -> None:
-        self.runs += 1
+def fake_stage(name: str, volatile: bool = False, inputs: tuple[str, ...] = ()) -> Any:
+    """A stage stand-in that records runs (the pipeline's caching is what is tested)."""
+    def run(ctx: Any, options: dict[str, Any]) -> None:
+        stage.runs += 1  # type: ignore[attr-defined]
         (ctx.out / "data").write_text(json.dumps(options))
-        if self.VOLATILE:
+        if volatile:
             (ctx.out / "key").write_text(options.get("key", "k"))
+
+    stage = SimpleNamespace(**vars(Stage(name, 1, {}, inputs, volatile, (Path(__file__),), {}, run,
+                                         lambda options: (), lambda options, tree: {})), runs=0)
+    return stage
 
 
 def test_pipeline_caches_and_invalidates_downstream(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("BASALT_CACHE_KEEP", raising=False)  # the test run's own setting (tests/conftest.py)
-    mods = {"fetch": FakeStage("fetch", volatile=True), "rootfs": FakeStage("rootfs", inputs=("fetch",)),
-            "iso": FakeStage("iso", inputs=("rootfs",))}
+    mods = {"fetch": fake_stage("fetch", volatile=True), "rootfs": fake_stage("rootfs", inputs=("fetch",)),
+            "iso": fake_stage("iso", inputs=("rootfs",))}
     monkeypatch.setattr(pipeline, "module", lambda name: mods[name])
     monkeypatch.setattr(pipeline, "check_tools", lambda plan: None)
 
@@ -220,7 +218,7 @@ def test_an_output_another_build_is_reading_is_not_collected(tmp_path: Path, mon
     another holder has exclusively is waited for, not built twice."""
     from builder.locks import Lock
     monkeypatch.delenv("BASALT_CACHE_KEEP", raising=False)
-    mods = {"fetch": FakeStage("fetch", volatile=True), "iso": FakeStage("iso", inputs=("fetch",))}
+    mods = {"fetch": fake_stage("fetch", volatile=True), "iso": fake_stage("iso", inputs=("fetch",))}
     monkeypatch.setattr(pipeline, "module", lambda name: mods[name])
     monkeypatch.setattr(pipeline, "check_tools", lambda plan: None)
 
@@ -248,7 +246,7 @@ def test_an_output_another_build_is_reading_is_not_collected(tmp_path: Path, mon
 
 
 class Recorder:
-    """Stands in for a real stage module: its real name, version, inputs, code and volatility, but
+    """Stands in for a real stage: its real name, version, inputs, code and volatility, but
     ``run`` records the call instead of building (what is tested is which stages the real plan's
     ids send to run). A volatile stand-in's key is what the real stage's lock would hold: fetch's
     the resolved package set (here: its options and the archive's state), k3s's the version and the
@@ -256,24 +254,23 @@ class Recorder:
 
     archive = "snapshot-1"  # the Debian archive's state: a security update changes it
 
-    def __init__(self, real: Any, runs: list[str]):
-        self.real, self.runs = real, runs
-        for attr in ("NAME", "VERSION", "INPUTS", "VOLATILE", "SCHEMA", "PUBLISH", "SOURCES", "__file__"):
-            if hasattr(real, attr):
-                setattr(self, attr, getattr(real, attr))
+    def __init__(self, runs: list[str]):
+        self.runs = runs
 
-    def run(self, ctx: Any, options: dict[str, Any]) -> None:
-        self.runs.append(self.NAME)
-        for name in self.INPUTS:
-            assert ctx.input(name).is_dir()
-        if self.NAME == "fetch":
-            key = json.dumps([options["packages"], options["sources"], self.archive])
-        elif self.NAME == "k3s":
-            binary = Path(options["binary"]).read_bytes().hex() if options["binary"] else None
-            key = json.dumps([options["enabled"], options["version"], binary])
-        else:
-            return
-        (ctx.out / "key").write_text(key)
+    def __call__(self, real: Stage) -> Stage:
+        def run(ctx: Any, options: dict[str, Any]) -> None:
+            self.runs.append(real.name)
+            for name in real.inputs:
+                assert ctx.input(name).is_dir()
+            if real.name == "fetch":
+                key = json.dumps([options["packages"], options["sources"], self.archive])
+            elif real.name == "k3s":
+                binary = Path(options["binary"]).read_bytes().hex() if options["binary"] else None
+                key = json.dumps([options["enabled"], options["version"], binary])
+            else:
+                return
+            (ctx.out / "key").write_text(key)
+        return dataclasses.replace(real, run=run)
 
 
 @pytest.fixture
@@ -281,7 +278,8 @@ def recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[list[str]
     """(the stages run so far, build(image) -> the manifest-like results) over the real plan."""
     runs: list[str] = []
     from builder import stages
-    recorders = {name: Recorder(stages.module(name), runs) for name in stages.ORDER}
+    recorder = Recorder(runs)
+    recorders = {name: recorder(stages.module(name)) for name in stages.ORDER}
     monkeypatch.setattr(pipeline, "module", lambda name: recorders[name])
     monkeypatch.setattr(pipeline, "check_tools", lambda plan: None)
 
@@ -426,11 +424,11 @@ def test_a_stage_cannot_read_an_undeclared_input(tmp_path: Path) -> None:
 
 
 def test_failed_stage_leaves_nothing_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    class Boom(FakeStage):
-        def run(self, ctx: Any, options: dict[str, Any]) -> None:
-            (ctx.out / "half").write_text("written")
-            raise BasaltError.simple("disk full")
-    mods = {"rootfs": Boom("rootfs")}
+    def boom(ctx: Any, options: dict[str, Any]) -> None:
+        (ctx.out / "half").write_text("written")
+        raise BasaltError.simple("disk full")
+    mods = {"rootfs": fake_stage("rootfs")}
+    mods["rootfs"].run = boom
     monkeypatch.setattr(pipeline, "module", lambda name: mods[name])
     monkeypatch.setattr(pipeline, "check_tools", lambda plan: None)
     plan = SimpleNamespace(stages=(PlannedStage("rootfs", {}),), image=SimpleNamespace(name="t"))
@@ -456,8 +454,7 @@ def test_cli_help_and_docs_take_the_stage_list_from_one_place() -> None:
                        re.M)
     assert tuple(table) == stages.ORDER
     assert tuple(stages.ORDER) == (*stages.BUILD, *stages.OUTPUTS)
-    assert all(hasattr(stages.module(name), "INPUTS") and hasattr(stages.module(name), "PUBLISH")
-               for name in stages.ORDER)
+    assert all(stages.module(name).name == name for name in stages.ORDER)
     import io
     from contextlib import redirect_stdout
     out = io.StringIO()
