@@ -1,13 +1,19 @@
-"""Checks on a normalised config that the schema cannot state: payloads that must decode,
-template placeholders left unrendered, and warnings for what a node would break on at run time.
+"""Every named config rule the schema cannot state, in one list (RULES), run once after parsing,
+normalising and the schema (agent/config/validate.py's ``check``): payloads that must decode,
+template placeholders left unrendered, rules that span keys, and warnings for what a node would
+break on at run time.
 
-Each check is a named function over a ``Located`` document returning problems at the user's own
-lines. The same code runs on the host (``inv validate``, ``inv build --config``) and on the node
-(``basalt config validate``, and at boot for every source).
+A rule is a function of the checked document (``Checked``) yielding problems at the user's own
+lines; ``Problem.warning`` marks the ones that do not refuse the config. A rule marked
+``valid_only`` trusts the schema's types and runs only when the schema found nothing. The same
+list runs on the host (``inv validate``, ``inv build --config``) and on the node (``basalt config
+validate``, and at boot for every source). A new rule is a function here and one line in RULES.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from agent import layout
@@ -44,6 +50,32 @@ UNREAD_FILES = (
 )
 
 
+@dataclass
+class Checked:
+    """What a rule sees: the normalised document, the paths the schema already reported, and the
+    k3s release the config will run with (looked up on first use: on a node, the one it carries)."""
+    doc: Located
+    reported: set[tuple[str | int, ...]] = field(default_factory=set)
+    k3s_version: str | None = None
+    _looked_up: bool = False
+
+    @property
+    def value(self) -> dict[str, Any]:
+        return self.doc.value if isinstance(self.doc.value, dict) else {}
+
+    def k3s(self) -> str | None:
+        if self.k3s_version is None and not self._looked_up:
+            self.k3s_version, self._looked_up = pinned_k3s_version(), True
+        return self.k3s_version
+
+    def problem(self, path: tuple[str | int, ...], message: str, hint: str, warning: bool = False) -> Problem:
+        return Problem(message, self.doc.source, self.doc.line_of(path),
+                       format_path(self.doc.display.get(path, path)), hint, warning=warning)
+
+    def warn(self, path: tuple[str | int, ...], message: str, hint: str) -> Problem:
+        return self.problem(path, message, hint, warning=True)
+
+
 def _walk(value: Any, path: tuple[str | int, ...] = ()) -> Any:
     yield path, value
     if isinstance(value, dict):
@@ -54,7 +86,7 @@ def _walk(value: Any, path: tuple[str | int, ...] = ()) -> Any:
             yield from _walk(v, (*path, i))
 
 
-def _write_files(value: Any) -> list[tuple[int, dict[str, Any]]]:
+def write_files_items(value: Any) -> list[tuple[int, dict[str, Any]]]:
     """``(index, item)`` of each ``write_files`` item that is a mapping (the schema reports the rest)."""
     items = value.get("write_files") if isinstance(value, dict) else None
     return [(i, item) for i, item in enumerate(items) if isinstance(item, dict)] if isinstance(items, list) else []
@@ -65,31 +97,27 @@ def _free_text(path: tuple[str | int, ...]) -> bool:
     return any(pattern[:len(f)] == f for f in FREE_TEXT)
 
 
-def placeholders(doc: Located, reported: set[tuple[str | int, ...]]) -> list[Problem]:
+def placeholders(c: Checked) -> Iterator[Problem]:
     """Unrendered template placeholders (``${…}``, ``{{ … }}``, ``<…>``) in any string value
     that is configuration, not payload; paths already reported by the schema are skipped."""
-    out = []
-    for path, value in _walk(doc.value):
-        if any(path[:len(r)] == r for r in reported):
+    for path, value in _walk(c.doc.value):
+        if any(path[:len(r)] == r for r in c.reported):
             continue  # reported already (an unknown key's whole value, a value off its pattern)
         if isinstance(value, str) and not _free_text(path) and TEMPLATE.search(value):
-            message, hint = placeholder_message(value)
-            out.append(Problem(message, doc.source, doc.line_of(path), format_path(doc.display.get(path, path)), hint))
-    return out
+            yield c.problem(path, *placeholder_message(value))
 
 
 def placeholder_message(value: str) -> tuple[str, str]:
     return f"{value!r} looks like an unfilled template placeholder", "render the template first"
 
 
-def payloads(doc: Located) -> list[Problem]:
+def payloads(c: Checked) -> Iterator[Problem]:
     """``write_files`` content that does not decode with its encoding fails on the node: say so now,
     at the item's content line."""
     import zlib
 
     from agent.config.content import decode
-    out = []
-    for i, item in _write_files(doc.value):
+    for i, item in write_files_items(c.doc.value):
         if not isinstance(item.get("content", ""), str):
             continue
         encoding = item.get("encoding", "")
@@ -98,28 +126,10 @@ def payloads(doc: Located) -> list[Problem]:
         except KeyError:
             continue  # an unknown encoding: the schema says so
         except (ValueError, OSError, EOFError, zlib.error) as exc:  # binascii.Error, gzip.BadGzipFile, truncated
-            path = ("write_files", i, "content")
             reason = str(exc) or type(exc).__name__
-            out.append(Problem(f"content does not decode as {encoding}: {reason}", doc.source, doc.line_of(path),
-                               format_path(doc.display.get(path, path)),
-                               "gz+b64 is base64 of gzip data, b64 is base64 (e.g. 'gzip -c FILE | base64 -w0'); "
-                               "or drop 'encoding' for plain text"))
-    return out
-
-
-def relative_paths(doc: Located) -> list[Problem]:
-    """k3OS writes a relative ``write_files`` path relative to ``/``: so does Basalt, with a warning.
-    Rewrites the normalised value in place."""
-    out = []
-    for i, item in _write_files(doc.value):
-        path = item.get("path")
-        if isinstance(path, str) and path and not path.startswith("/") and not TEMPLATE.search(path):
-            item["path"] = "/" + path
-            where = ("write_files", i, "path")
-            out.append(Problem(f"relative path '{path}' is written as '/{path}' (as k3OS does)", doc.source,
-                               doc.line_of(where), format_path(doc.display.get(where, where)), f"write '/{path}'",
-                               warning=True))
-    return out
+            yield c.problem(("write_files", i, "content"), f"content does not decode as {encoding}: {reason}",
+                            "gz+b64 is base64 of gzip data, b64 is base64 (e.g. 'gzip -c FILE | base64 -w0'); "
+                            "or drop 'encoding' for plain text")
 
 
 def _version(text: str | None) -> tuple[int, int] | None:
@@ -141,58 +151,125 @@ def pinned_k3s_version() -> str | None:
         return None
 
 
-def warnings(doc: Located, k3s_version: str | None = None) -> list[Problem]:
-    """What a node would break on at run time, though the config is valid. ``k3s_version``: the
-    release the config runs with (on a node, the one it carries)."""
-    value = doc.value if isinstance(doc.value, dict) else {}
-    out: list[Problem] = []
-
-    def warn(path: tuple[str | int, ...], message: str, hint: str) -> None:
-        out.append(Problem(message, doc.source, doc.line_of(path), format_path(doc.display.get(path, path)), hint,
-                           warning=True))
-
-    pinned = _version(k3s_version)
+def _sections(c: Checked) -> Iterator[tuple[str, dict[str, Any]]]:
     for name in ("k3os", "basalt"):
-        sec = value.get(name)
-        if not isinstance(sec, dict):
+        sec = c.value.get(name)
+        if isinstance(sec, dict):
+            yield name, sec
+
+
+def join_token(c: Checked) -> Iterator[Problem]:
+    """An agent joining a server needs the server's token from somewhere."""
+    value = c.value
+    for name, sec in _sections(c):
+        if sec.get("server_url") and not (sec.get("token") or value.get("k3os", {}).get("token")
+                                          or value.get("basalt", {}).get("token")
+                                          or value.get("k3s", {}).get("config", {}).get("token")
+                                          or sec.get("environment", {}).get("K3S_TOKEN")):
+            yield c.problem((name, "server_url"), "an agent joining a server needs a token",
+                            f"add {name}.token (the server's /var/lib/rancher/k3s/server/token)")
+
+
+def apps(c: Checked) -> Iterator[Problem]:
+    """``apps:``: what the schema cannot say (a range that runs backwards, a bad host, one name twice)."""
+    from agent.apps import spec
+    from agent.errors import BasaltError
+    seen: dict[tuple[str, str], int] = {}
+    for i, fields in enumerate(c.value.get("apps", [])):
+        try:
+            app = spec.from_fields(fields)
+        except BasaltError as exc:
+            p = exc.problems[0]
+            yield c.problem(("apps", i, *((p.path,) if p.path in fields else ())), p.message, p.hint or "")
             continue
+        key = (app.namespace, app.name)
+        if key in seen:
+            yield c.problem(("apps", i, "name"), f"app {app.name} is declared twice (also apps[{seen[key]}])",
+                            "give each app one entry; revisions are made by basalt app stage")
+        seen.setdefault(key, i)
+
+
+def helm_chart_source(c: Checked) -> Iterator[Problem]:
+    for i, chart in enumerate(c.value.get("k3s", {}).get("helm_charts", [])):
+        if "chart" in chart and "bundled" in chart:
+            yield c.problem(("k3s", "helm_charts", i), "give 'chart' or 'bundled', not both",
+                            "'bundled' names a chart in the image; 'chart' one in 'repo' or at a URL")
+
+
+def k3s_args(c: Checked) -> Iterator[Problem]:
+    """k3s arguments k3s would refuse or read otherwise than meant: removed flags (for the release
+    the config runs with), one item holding two arguments, a misplaced subcommand, a flag without
+    its dashes."""
+    for name, sec in _sections(c):
         args = sec.get("k3s_args", [])
-        args = args if isinstance(args, list) else []
-        for i, arg in enumerate(args):
+        for i, arg in enumerate(args if isinstance(args, list) else []):
             if not isinstance(arg, str):
                 continue
             path = (name, "k3s_args", i)
             flag = arg.split("=", 1)[0]
             if flag in REMOVED_K3S_FLAGS:
                 removed, instead = REMOVED_K3S_FLAGS[flag]
-                if k3s_version is None:
-                    k3s_version = pinned_k3s_version()
-                    pinned = _version(k3s_version)
+                version = c.k3s()
+                pinned = _version(version)
                 if pinned is None or pinned >= removed:
-                    pins = f" (this image has {k3s_version})" if k3s_version else ""
-                    warn(path, f"k3s removed {flag} in v{removed[0]}.{removed[1]}{pins}: k3s will not start",
-                         f"use {instead}")
+                    pins = f" (this image has {version})" if version else ""
+                    yield c.warn(path, f"k3s removed {flag} in v{removed[0]}.{removed[1]}{pins}: k3s will not start",
+                                 f"use {instead}")
             if " " in flag.strip():
                 first, _, rest = arg.strip().partition(" ")
-                warn(path, f"'{arg}' is one argument to k3s, space and all, not two",
-                     f"write two items: '{first}' and '{rest}' (or '{first}={rest}')")
+                yield c.warn(path, f"'{arg}' is one argument to k3s, space and all, not two",
+                             f"write two items: '{first}' and '{rest}' (or '{first}={rest}')")
             elif i > 0 and arg in ("server", "agent"):
-                warn(path, f"'{arg}' is a k3s subcommand only as the first item; here it is an argument",
-                     f"move '{arg}' to the start of k3s_args, or drop it (the role follows server_url)")
+                yield c.warn(path, f"'{arg}' is a k3s subcommand only as the first item; here it is an argument",
+                             f"move '{arg}' to the start of k3s_args, or drop it (the role follows server_url)")
             elif not arg.startswith("-") and (arg in K3S_FLAG_WORDS or flag in K3S_FLAG_WORDS):
-                warn(path, f"'{arg}' is not a flag to k3s without its dashes", f"write '--{arg}'")
-        role = args[0] if args and isinstance(args[0], str) else None
+                yield c.warn(path, f"'{arg}' is not a flag to k3s without its dashes", f"write '--{arg}'")
+
+
+def agent_without_server(c: Checked) -> Iterator[Problem]:
+    for name, sec in _sections(c):
+        args = sec.get("k3s_args", [])
+        role = args[0] if isinstance(args, list) and args and isinstance(args[0], str) else None
         env: dict[str, Any] = sec["environment"] if isinstance(sec.get("environment"), dict) else {}
         if role == "agent" and not (sec.get("server_url") or env.get("K3S_URL")):
-            warn((name, "k3s_args", 0), "k3s runs as an agent, but there is no server_url to join",
-                 f"set {name}.server_url and {name}.token (unless a datasource or another config source "
-                 "sets them), or drop 'agent' to run a server")
-    for i, item in _write_files(value):
+            yield c.warn((name, "k3s_args", 0), "k3s runs as an agent, but there is no server_url to join",
+                         f"set {name}.server_url and {name}.token (unless a datasource or another config source "
+                         "sets them), or drop 'agent' to run a server")
+
+
+def unread_files(c: Checked) -> Iterator[Problem]:
+    """Files k3OS or a general-purpose distribution reads, written where nothing on Basalt does."""
+    for i, item in write_files_items(c.value):
         target = item.get("path")
         if not isinstance(target, str):
             continue
         for prefix, why in UNREAD_FILES:
             if target.startswith(prefix) or target == prefix.rstrip("/"):
-                warn(("write_files", i, "path"), f"nothing on Basalt reads {target}", why)
+                yield c.warn(("write_files", i, "path"), f"nothing on Basalt reads {target}", why)
                 break
-    return out
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    check: Callable[[Checked], Iterator[Problem]]
+    valid_only: bool = False  # trusts the schema's types: runs only when the schema found nothing
+
+
+RULES = (
+    Rule("payloads decode", payloads),
+    Rule("no unfilled placeholders", placeholders),
+    Rule("an agent has a token", join_token, valid_only=True),
+    Rule("apps", apps, valid_only=True),
+    Rule("a helm chart has one source", helm_chart_source, valid_only=True),
+    Rule("k3s arguments", k3s_args, valid_only=True),
+    Rule("an agent has a server", agent_without_server, valid_only=True),
+    Rule("files something reads", unread_files, valid_only=True),
+)
+
+
+def run(doc: Located, reported: set[tuple[str | int, ...]], k3s_version: str | None = None) -> list[Problem]:
+    """Every rule's problems and warnings for ``doc``; ``reported``: the paths the schema flagged
+    (when there are any, the rules marked valid_only do not run)."""
+    c = Checked(doc, reported, k3s_version)
+    return [p for rule in RULES if not (rule.valid_only and reported) for p in rule.check(c)]

@@ -134,6 +134,22 @@ def normalise(doc: Located, schema: dict[str, Any]) -> tuple[Located, list[Probl
     return Located(value, doc.source, n.lines, n.display), n.notes
 
 
+def relative_paths(doc: Located) -> list[Problem]:
+    """Normalising, as k3OS does: a relative ``write_files`` path is relative to ``/`` (rewritten in
+    place, before the schema, which wants absolute paths), with a warning."""
+    from agent.config.checks import write_files_items
+    out = []
+    for i, item in write_files_items(doc.value):
+        path = item.get("path")
+        if isinstance(path, str) and path and not path.startswith("/") and not TEMPLATE.search(path):
+            item["path"] = "/" + path
+            where = ("write_files", i, "path")
+            out.append(Problem(f"relative path '{path}' is written as '/{path}' (as k3OS does)", doc.source,
+                               doc.line_of(where), format_path(doc.display.get(where, where)), f"write '/{path}'",
+                               warning=True))
+    return out
+
+
 def check(doc: Located, schema: dict[str, Any] | None = None, k3s_version: str | None = None) -> LoadedConfig:
     """Normalise and validate one parsed document: every problem and every warning, ordered by
     line. ``k3s_version``: the release the config will run with (default: this node's)."""
@@ -146,7 +162,7 @@ def check(doc: Located, schema: dict[str, Any] | None = None, k3s_version: str |
                                                   hint="see docs/config.md for the keys"),))
     located, notes = normalise(doc, schema)
     problems = [*doc.problems, *notes]
-    warnings = checks.relative_paths(located)
+    warnings = relative_paths(located)
     validator = schema_mod.Validator(schema)
     top, section = schema["properties"], validator.resolve(schema["properties"]["basalt"])
     errors = list(validator.errors(located.value))
@@ -161,55 +177,11 @@ def check(doc: Located, schema: dict[str, Any] | None = None, k3s_version: str |
             message, hint = checks.placeholder_message(value)
         hint = better_hint(path, message, hint, value, top, section["properties"], validator)
         problems.append(Problem(message, doc.source, located.line_of(path), format_path(shown), hint))
-    problems += checks.payloads(located)
-    problems += checks.placeholders(located, {tuple(path) for path, _, _ in errors})
-    if not errors:
-        problems += semantic(located)
-        warnings += checks.warnings(located, k3s_version)
+    for found in checks.run(located, {tuple(path) for path, _, _ in errors}, k3s_version):
+        (warnings if found.warning else problems).append(found)
     problems.sort(key=lambda p: (p.line or 0, p.path or ""))
     warnings.sort(key=lambda p: (p.line or 0, p.path or ""))
     return LoadedConfig(located.value, located, tuple(problems), tuple(warnings))
-
-
-def semantic(doc: Located) -> list[Problem]:
-    """Rules that span keys, which the schema cannot say."""
-    value = doc.value
-    out = []
-    for name in ("k3os", "basalt"):
-        sec = value.get(name, {})
-        if sec.get("server_url") and not (sec.get("token") or value.get("k3os", {}).get("token")
-                                          or value.get("basalt", {}).get("token")
-                                          or value.get("k3s", {}).get("config", {}).get("token")
-                                          or sec.get("environment", {}).get("K3S_TOKEN")):
-            out.append(doc.problem((name, "server_url"), "an agent joining a server needs a token",
-                                   f"add {name}.token (the server's /var/lib/rancher/k3s/server/token)"))
-    out += app_problems(doc)
-    for i, chart in enumerate(value.get("k3s", {}).get("helm_charts", [])):
-        if "chart" in chart and "bundled" in chart:
-            out.append(doc.problem(("k3s", "helm_charts", i), "give 'chart' or 'bundled', not both",
-                                   "'bundled' names a chart in the image; 'chart' one in 'repo' or at a URL"))
-    return out
-
-
-def app_problems(doc: Located) -> list[Problem]:
-    """``apps:``: what the schema cannot say (a range that runs backwards, a bad host, one name twice)."""
-    from agent.apps import spec
-    from agent.errors import BasaltError
-    out: list[Problem] = []
-    seen: dict[tuple[str, str], int] = {}
-    for i, fields in enumerate(doc.value.get("apps", [])):
-        try:
-            app = spec.from_fields(fields)
-        except BasaltError as exc:
-            p = exc.problems[0]
-            out.append(doc.problem(("apps", i, *((p.path,) if p.path in fields else ())), p.message, p.hint))
-            continue
-        key = (app.namespace, app.name)
-        if key in seen:
-            out.append(doc.problem(("apps", i, "name"), f"app {app.name} is declared twice (also apps[{seen[key]}])",
-                                   "give each app one entry; revisions are made by basalt app stage"))
-        seen.setdefault(key, i)
-    return out
 
 
 def _value_at(value: Any, path: schema_mod.Path) -> Any:

@@ -301,3 +301,21 @@ def test_every_key_example_validates_and_names_every_key() -> None:
                if not present(value if f.split(".")[0].split("[")[0] in top else sections,
                               f.replace("[].", "[] ").replace(".", " ").split())]
     assert missing == [], missing
+
+
+def test_every_rule_is_in_the_one_list_and_runs_after_the_schema() -> None:
+    import inspect
+
+    from agent.config import checks
+    takes_checked = {name for name, fn in vars(checks).items() if inspect.isfunction(fn)
+                     and fn.__module__ == checks.__name__ and not name.startswith("_")
+                     and list(inspect.signature(fn).parameters) == ["c"]}
+    assert takes_checked == {rule.check.__name__ for rule in checks.RULES}
+    assert len({rule.name for rule in checks.RULES}) == len(checks.RULES)
+    # a schema error stops the rules that trust the types, not the others: an unknown key and a
+    # placeholder are both reported, the missing token (a valid_only rule) is not
+    loaded = check_text("hostname: ${HOST}\nbogus: 1\nk3os:\n  server_url: https://a:6443\n")
+    assert [(p.path, p.message.split(":")[0]) for p in loaded.problems] == [
+        ("hostname", "'${HOST}' looks like an unfilled template placeholder"), ("bogus", "unknown key 'bogus'")]
+    loaded = check_text("hostname: edge\nk3os:\n  server_url: https://a:6443\n")
+    assert [p.path for p in loaded.problems] == ["k3os.server_url"]
