@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "boot":
         from builder.vm import qemu
         img = imagedef.load_image(args.image)
-        iso = Path(args.iso) if args.iso else qemu.find_artifact(img)[1]
+        iso = Path(args.iso) if args.iso else img.medium()[1]
         state = Path(args.state) if args.state else None
         if state and not state.exists():
             from builder.vm import seed
@@ -132,8 +132,7 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "flash":
         from builder.fleet import flash
         img = imagedef.load_image(args.image)
-        artifact = Path(args.artifact) if args.artifact else \
-            Path(__file__).resolve().parent.parent / "out" / img.name / f"{img.name}-{img.version}.img"
+        artifact = Path(args.artifact) if args.artifact else img.artifact("img")
         done = flash.flash(artifact, args.device, args.force)
         print(f"{args.device}: {done['written'] >> 20} MiB of {done['image_size'] >> 20} MiB written and verified")
         return 0
@@ -141,10 +140,9 @@ def run(args: argparse.Namespace) -> int:
         from builder.fleet import stamp
         artifact = Path(args.image)
         if not artifact.is_file() and "/" not in args.image:
-            from builder.vm import qemu
-            artifact = qemu.find_artifact(imagedef.load_image(args.image))[1]
+            artifact = imagedef.load_image(args.image).medium()[1]
         site = args.name or Path(args.config).stem
-        out = Path(args.out) if args.out else Path(__file__).resolve().parent.parent / "out" / "sites" / site
+        out = Path(args.out) if args.out else imagedef.OUT / "sites" / site
         print(stamp.configure(artifact, Path(args.config), out, site))
         return 0
     if args.command == "fleet":

@@ -13,6 +13,7 @@ from builder.arch import Architecture
 from builder.validate import load_schema, validate
 
 ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "out"  # what builds publish: out/<image>/, out/sites/<site>/, reports
 IMAGES = ROOT / "images"
 OVERLAYS = ROOT / "overlays"
 
@@ -63,6 +64,19 @@ class ImageDefinition:
     signing_key: Path | None = None  # upgrade.signing_key: the minisign secret key bundles are signed with
     upgrade_kubernetes: bool = False  # upgrade.kubernetes: ship the system-upgrade-controller
     controller_images: Path | None = None  # upgrade.controller_images: its images, for the air-gap set
+
+    def artifact(self, suffix: str, out: Path | None = None) -> Path:
+        """Where a build publishes its ``suffix`` artifact: out/<name>/<name>-<version>.<suffix>."""
+        return (out or OUT) / self.name / f"{self.name}-{self.version}.{suffix}"
+
+    def medium(self) -> tuple[str, Path]:
+        """The built medium to boot: ("iso", the ISO) or ("disk", the raw disk image), by the first
+        output; a clear error when it is not built."""
+        kind, suffix = ("disk", "img") if self.outputs[0].format == "raw" else ("iso", "iso")
+        path = self.artifact(suffix)
+        if not path.is_file():
+            raise BasaltError(Problem(f"{path} does not exist", hint=f"build it first: inv build --image {self.name}"))
+        return kind, path
 
 
 def project_version() -> str:

@@ -24,14 +24,13 @@ from typing import Any
 from agent.errors import BasaltError, Problem
 from builder import host, progress
 from builder.download import BlobStore, cache_root, sha256_file
-from builder.imagedef import project_version
+from builder.imagedef import OUT, project_version
 from builder.locks import Lock, held
 from builder.plan import Plan, PlannedStage
 from builder.sbom import document
 from builder.stages import StageContext, module
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "out"
 KEEP = 3  # cached outputs kept per image and stage (BASALT_CACHE_KEEP overrides)
 
 

@@ -29,10 +29,9 @@ from agent.errors import BasaltError, Problem
 from builder import pipeline, plan
 from builder.arch import Architecture
 from builder.download import cache_root
-from builder.imagedef import ROOT
+from builder.imagedef import OUT, ROOT
 from builder.vm.qemu import ACCELS, IDLE, READY, Guest
 
-OUT = pipeline.OUT
 TARGETS = {"warm_rebuild_s": 30, "iso_mb": 100, "boot_ms": 8000, "idle_mem_used_mb": 64, "config_modules_ms": 1000,
            "agent_rss_mb": 25}
 EXAMPLE = ROOT / "config" / "examples" / "edge-site.yaml"

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from builder.imagedef import ROOT, load_image
+from builder.imagedef import OUT, load_image
 from builder.media import oci
 from builder.vm import qemu, seed
 
@@ -143,10 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settings", default="mttcg:2,tcg:2", help="ACCEL:CPUS,... (accel: tcg, mttcg, kvm)")
     parser.add_argument("--images", default="x86_64-iso,x86_64-containerd")
     parser.add_argument("--bound", type=float, default=300.0, help="seconds each step may take")
-    parser.add_argument("--report", default=str(ROOT / "out" / "trials.json"))
+    parser.add_argument("--report", default=str(OUT / "trials.json"))
     args = parser.parse_args(argv)
     if args.power_cuts:
-        report = ROOT / "out" / "powercuts.json" if args.report == parser.get_default("report") else Path(args.report)
+        report = OUT / "powercuts.json" if args.report == parser.get_default("report") else Path(args.report)
         return power_cut_soak(args.power_cuts, args.seed or int(time.time()), report)
     settings = [(s.split(":")[0], int(s.split(":")[1])) for s in args.settings.split(",")]
     images = args.images.split(",")
@@ -155,13 +155,13 @@ def main(argv: list[str] | None = None) -> int:
     isos = {}  # copies: a build during the trials replaces out/<image>/
     for image in images:
         isos[image] = work / f"{image}.iso"
-        shutil.copyfile(next((ROOT / "out" / image).glob("*.iso")), isos[image])
+        shutil.copyfile(next((OUT / image).glob("*.iso")), isos[image])
     if "x86_64-containerd" in images:
         key = ssh_key(work)
         (work / "user-data").write_text(f"ssh_authorized_keys:\n- {key.with_suffix('.pub').read_text().strip()}\n")
         tarball = work / "oci.tar"
         busybox = work / "busybox"
-        shutil.copyfile((ROOT / "out/x86_64-containerd/rootfs/root/usr/bin/busybox").resolve(), busybox)
+        shutil.copyfile((OUT / "x86_64-containerd/rootfs/root/usr/bin/busybox").resolve(), busybox)
         oci.single_binary_image(tarball, busybox, OCI_IMAGE, "amd64", links=("sh", "echo"))
         media["x86_64-containerd"] = {"key": key, "tarball": tarball,
                                       "cdroms": [seed.make_seed(work / "seed.iso", work / "user-data", None)]}

@@ -20,7 +20,7 @@ from typing import Any
 
 from agent.errors import BasaltError, Problem
 from builder.arch import Architecture
-from builder.imagedef import ROOT, ImageDefinition
+from builder.imagedef import ImageDefinition
 from builder.vm import bootfiles
 from builder.vm.bootfiles import disk_format, qemu_img
 
@@ -44,19 +44,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def find_iso(img: ImageDefinition) -> Path:
-    return find_artifact(img)[1]
-
-
-def find_artifact(img: ImageDefinition) -> tuple[str, Path]:
-    """The built medium to boot: ("iso", the ISO) or ("disk", the raw disk image), by the first output."""
-    kind, suffix = ("disk", "img") if img.outputs[0].format == "raw" else ("iso", "iso")
-    path = ROOT / "out" / img.name / f"{img.name}-{img.version}.{suffix}"
-    if not path.is_file():
-        raise BasaltError(Problem(f"{path} does not exist", hint=f"build it first: inv build --image {img.name}"))
-    return kind, path
 
 
 RELAY = Path(__file__).resolve().parent / "relay.py"
