@@ -27,7 +27,7 @@ def test_inv_test_runs_every_core_and_asks_for_the_slowest() -> None:
 def test_the_report_lists_each_tier_and_the_slowest_tests(tmp_path: Path) -> None:
     argv = [sys.executable, "-m", "pytest", "-n", "2", "--dist", "loadgroup", "--durations=25",
             "-o", f"cache_dir={tmp_path / 'cache'}",
-            "tests/unit/test_layout.py", "tests/unit/test_bootfiles.py"]
+            "tests/unit/agent/test_layout.py", "tests/unit/builder/vm/test_bootfiles.py"]
     proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:]
     out = proc.stdout
@@ -35,7 +35,7 @@ def test_the_report_lists_each_tier_and_the_slowest_tests(tmp_path: Path) -> Non
     line = r"^unit +4 tests +wall +\d+\.\d s +\(from \d\d:\d\d:\d\d; test time +\d+\.\d s\)$"
     assert re.search(line, tiers, re.M), tiers
     slowest = out[out.index("slowest 25 durations"):]
-    assert re.search(r"^\d+\.\d\ds call +tests/unit/test_layout\.py::test_", slowest, re.M), slowest
+    assert re.search(r"^\d+\.\d\ds call +tests/unit/agent/test_layout\.py::test_", slowest, re.M), slowest
     kept = json.loads((tmp_path / "cache" / "v" / DURATIONS).read_text())
-    assert sorted(k.split("::")[0] for k in kept) == ["tests/unit/test_bootfiles.py"] * 2 + \
-        ["tests/unit/test_layout.py"] * 2
+    assert sorted(k.split("::")[0] for k in kept) == ["tests/unit/agent/test_layout.py"] * 2 + \
+        ["tests/unit/builder/vm/test_bootfiles.py"] * 2

@@ -16,7 +16,7 @@ from agent.modules import k3s
 from builder import manifests
 from builder.media import suc
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[4]
 PLAN_CRD = ROOT.parent / "shared" / "reference" / "crds" / "upgrade.cattle.io_plans.yaml"
 CONFIG = {"basalt": {"upgrade": {"plan": {"image": "registry.example/basalt/x86_64-k3s", "version": "2.1",
                                           "concurrency": 2}}}}

@@ -15,7 +15,7 @@ from test_config import rendered  # type: ignore[import-not-found]
 
 from agent.config.validate import check_text, load_config
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[4]
 CLOUD_INIT = ROOT.parent / "shared" / "testdata" / "cloud-init-examples"
 
 # cloud-init's own documentation examples (../shared/testdata/cloud-init-examples, SOURCES.md):

@@ -449,7 +449,7 @@ def test_cli_help_and_docs_take_the_stage_list_from_one_place() -> None:
     import re
 
     from builder import cli, stages
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[4]
     table = re.findall(r"^\| (\w+)(?: \(output\))? \| `builder/stages/", (root / "docs/architecture.md").read_text(),
                        re.M)
     assert tuple(table) == stages.ORDER

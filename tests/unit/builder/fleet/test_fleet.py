@@ -15,7 +15,7 @@ from builder.fleet import render
 
 pytestmark = pytest.mark.unit
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "fleet"
+DATA = Path(__file__).resolve().parents[3] / "data" / "fleet"
 TOKEN = "K10-unit-token-90ab"
 PSK = "correct-horse-battery"
 
@@ -33,7 +33,7 @@ def cli(*args: str, env_token: bool = True) -> subprocess.CompletedProcess[str]:
     if not env_token:
         env.pop("FLEET_TEST_TOKEN", None)
     return subprocess.run([sys.executable, "-m", "builder", "fleet", *args], capture_output=True, text=True, env=env,
-                          cwd=Path(__file__).resolve().parents[2])
+                          cwd=Path(__file__).resolve().parents[4])
 
 
 def test_every_site_renders_with_its_defaults_and_secrets(inventory: Path) -> None:

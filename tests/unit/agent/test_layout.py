@@ -9,7 +9,7 @@ from pathlib import Path
 
 from agent import layout
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SHARED = re.compile(r"/run/basalt|/usr/lib/basalt|/var/lib/basalt|BASALT_STATE|BASALT_EFI")
 
 

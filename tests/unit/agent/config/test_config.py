@@ -13,7 +13,7 @@ from agent.config.section import section
 from agent.config.validate import LoadedConfig, check_text, load_config
 from agent.errors import BasaltError
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[4]
 CORPUS = ROOT.parent / "shared" / "testdata" / "k3os-configs"
 DATA = ROOT / "tests" / "data"
 

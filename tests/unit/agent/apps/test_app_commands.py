@@ -20,7 +20,7 @@ from agent.apps import cli, resources
 from agent.errors import BasaltError
 from builder import imagedef, manifests
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[4]
 DATA = ROOT / "tests" / "data" / "apps"
 CRDS = ROOT.parent / "shared" / "reference" / "crds"
 K3S = imagedef.load_image("x86_64-k3s").k3s["version"]

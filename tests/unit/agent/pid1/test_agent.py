@@ -83,7 +83,7 @@ def test_mem_used_matches_meminfo() -> None:
 
 def test_init_refuses_to_run_as_ordinary_process() -> None:
     proc = subprocess.run([sys.executable, "-c", "from agent.pid1.init import main; raise SystemExit(main())"],
-                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[4])
     assert proc.returncode == 2 and "must run as PID 1" in proc.stderr
 
 
