@@ -13,7 +13,7 @@ falls on each alike. Nothing is retried: every hang counts. A trial:
 Each trial is bounded in time; a guest that misses a bound is a hang, its console tail
 and registers kept in the report (``out/trials.json``).
 
-``python -m builder.bench.trials --power-cuts 100 [--seed N]``: the long soak of the power-cut test
+``python -m builder.bench.trials --power-cuts 100 [--seed N] [--jobs 2]``: the long soak of the power-cut test
 (builder/bench/powercut.py; CI runs 10 cuts): the x86_64-raw disk and a version 2 bundle are built,
 then the power is cut that many times during upgrades and trial boots; every cut that leaves the
 node stranded or its state partition unclean is counted, with why (``out/powercuts.json``).
@@ -99,8 +99,12 @@ def summary(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def power_cut_soak(count: int, seed: int, report: Path) -> int:
-    """The power-cut trials (module docstring); 0 when no cut stranded the node."""
+def power_cut_soak(count: int, seed: int, report: Path, jobs: int = 1) -> int:
+    """The power-cut trials (module docstring); 0 when no cut stranded the node. ``jobs`` nodes are
+    cut at once, each on its own disk (its own qcow2 over the same image, prepared on its own) with
+    its own share of the cuts and seed ``seed + job``: a core each, one report."""
+    import threading
+
     import yaml
 
     from builder import pipeline, plan
@@ -116,29 +120,54 @@ def power_cut_soak(count: int, seed: int, report: Path) -> int:
                 .glob("x86_64-raw-*.img"))
     (work / "v2.yaml").write_text(yaml.safe_dump({"extends": "x86_64-raw", "version": "2"}))
     bundle = pipeline.build(plan.plan(str(work / "v2.yaml")), until="bundle") / "upgrade.bundle"
-    windows = powercut.prepare(disk, bundle, key, work / "disk.qcow2", 2048, 300)
     results: list[dict[str, Any]] = []
+    windows: dict[int, dict[str, float]] = {}
+    failures: list[BaseException] = []
+    lock = threading.Lock()
     report.parent.mkdir(parents=True, exist_ok=True)
-    for record in powercut.cuts(work / "disk.qcow2", key, work, count, seed, windows, health_timeout + 120):
-        record["stranded"] = powercut.stranded(record, (v1, "2"))
-        record["status"] = {k: record["status"][k] for k in ("slot", "version", "boot")} if record["status"] else None
-        results.append(record)
-        print(json.dumps(record), flush=True)
-        summary_row = {"cuts": len(results), "seed": seed, "windows_s": windows,
-                       "stranded": sum(1 for r in results if r["stranded"]),
-                       "unclean_state": sum(1 for r in results if r["fsck"]),
-                       "during_upgrade": sum(1 for r in results if r["when"].startswith("upgrade")),
-                       "during_trial_boot": sum(1 for r in results if r["when"].startswith("trial"))}
-        report.write_text(json.dumps({"summary": summary_row, "cuts": results}, indent=1))
-    print(json.dumps(summary_row))
+
+    def summary() -> dict[str, Any]:
+        return {"cuts": len(results), "seed": seed, "jobs": jobs, "windows_s": [windows[j] for j in sorted(windows)],
+                "stranded": sum(1 for r in results if r["stranded"]),
+                "unclean_state": sum(1 for r in results if r["fsck"]),
+                "during_upgrade": sum(1 for r in results if r["when"].startswith("upgrade")),
+                "during_trial_boot": sum(1 for r in results if r["when"].startswith("trial"))}
+
+    def job(j: int, share: int) -> None:
+        mine = work / f"job{j}"
+        mine.mkdir()
+        try:
+            windows[j] = powercut.prepare(disk, bundle, key, mine / "disk.qcow2", 2048, 300)
+            for record in powercut.cuts(mine / "disk.qcow2", key, mine, share, seed + j, windows[j],
+                                        health_timeout + 120):
+                record["job"] = j
+                record["stranded"] = powercut.stranded(record, (v1, "2"))
+                record["status"] = {k: record["status"][k] for k in ("slot", "version", "boot")} \
+                    if record["status"] else None
+                with lock:
+                    results.append(record)
+                    print(json.dumps(record), flush=True)
+                    report.write_text(json.dumps({"summary": summary(), "cuts": results}, indent=1))
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread, which exits non-zero
+            failures.append(exc)
+
+    threads = [threading.Thread(target=job, args=(j, count // jobs + (j < count % jobs))) for j in range(jobs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    print(json.dumps(summary()))
     shutil.rmtree(work, ignore_errors=True)
-    return 1 if summary_row["stranded"] else 0
+    if failures:
+        raise failures[0]
+    return 1 if summary()["stranded"] else 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m builder.bench.trials", description=__doc__.splitlines()[0])
     parser.add_argument("--power-cuts", type=int, default=0, metavar="N", help="the power-cut soak: N cuts")
     parser.add_argument("--seed", type=int, default=0, help="the power cuts' random seed (default: the time)")
+    parser.add_argument("--jobs", type=int, default=1, help="the power-cut soak: nodes cut at once (a core each)")
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--settings", default="mttcg:2,tcg:2", help="ACCEL:CPUS,... (accel: tcg, mttcg, kvm)")
     parser.add_argument("--images", default="x86_64-iso,x86_64-containerd")
@@ -147,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.power_cuts:
         report = OUT / "powercuts.json" if args.report == parser.get_default("report") else Path(args.report)
-        return power_cut_soak(args.power_cuts, args.seed or int(time.time()), report)
+        return power_cut_soak(args.power_cuts, args.seed or int(time.time()), report, max(1, args.jobs))
     settings = [(s.split(":")[0], int(s.split(":")[1])) for s in args.settings.split(",")]
     images = args.images.split(",")
     work = Path(tempfile.mkdtemp(prefix="basalt-trials-"))
