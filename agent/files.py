@@ -6,6 +6,14 @@ target (created exclusively, never through a link), is fsynced, renamed over the
 directory is fsynced, so that after a power cut a reader finds the old file or the new one, whole,
 on flash as on tmpfs. A failed write removes its temporary file and leaves the target as it was.
 
+Links: PID 1 writes as root into directories other accounts own (a user's home, ``~/.ssh``), where
+that account could plant a symbolic link to ``/etc``. So a write never follows a link it did not
+expect: every directory on the way is opened with ``O_NOFOLLOW`` from the one before, and a link
+is followed only when root owns it and the directory holding it, and only root can write there
+(``/bin -> usr/bin``, ``/var/run -> ../run``); the file is created exclusively beside its target,
+given its owner through its own descriptor, and renamed in place (a link at the target is
+replaced, never followed). ``open_dir`` is that walk; ``Replacing``, ``make_dir`` and ``touch`` use it.
+
 On the bottom floor (it imports nothing of the agent) and on PID 1's boot path, so C modules only
 at import; ``json`` is imported when a JSON file is read.
 """
@@ -51,6 +59,85 @@ def fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_MAX_LINKS = 40  # as the kernel's own walk
+
+
+class UnsafeLink(OSError):
+    """A directory on the way to a write is a link someone other than root could have made."""
+
+
+def open_dir(path: str, mode: int | None = None, owner: tuple[int, int] | None = None) -> int:
+    """A descriptor of the directory ``path``, reached under the rule for links above; ``mode``:
+    make the directories that are missing, with that mode (and ``owner``, the ones made here).
+    Raises UnsafeLink for a link it may not follow, OSError for the rest. The caller closes it."""
+    parts = [p for p in os.path.abspath(path).split("/") if p]
+    shown = ""  # the path walked so far, for messages
+    fd = os.open("/", _DIR)
+    links = 0
+    try:
+        while parts:
+            name = parts.pop(0)
+            try:
+                child = os.open(name, _DIR | os.O_NOFOLLOW, dir_fd=fd)
+            except FileNotFoundError:
+                if mode is None:
+                    raise
+                os.mkdir(name, mode, dir_fd=fd)  # mkdirat: never through a link at its last component
+                child = os.open(name, _DIR | os.O_NOFOLLOW, dir_fd=fd)
+                if owner is not None:
+                    os.fchown(child, *owner)
+                os.fchmod(child, mode)  # whatever the umask took away
+            except OSError as exc:
+                import errno
+                import stat
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                if not stat.S_ISLNK(st.st_mode):
+                    raise
+                holder = os.fstat(fd)
+                links += 1
+                if st.st_uid != 0 or holder.st_uid != 0 or holder.st_mode & 0o022 or links > _MAX_LINKS:
+                    raise UnsafeLink(errno.ELOOP, f"{shown}/{name} is a link that root does not control alone; "
+                                     "not followed for a write") from None
+                target = os.readlink(name, dir_fd=fd)
+                parts[:0] = [p for p in target.split("/") if p]
+                if target.startswith("/"):
+                    os.close(fd)
+                    fd = os.open("/", _DIR)
+                    shown = ""
+                continue
+            os.close(fd)
+            fd, shown = child, f"{shown}/{name}"
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def make_dir(path: str, mode: int, owner: tuple[int, int] | None = None) -> None:
+    """Make the directory ``path`` (and those missing before it) with ``mode``, given to ``owner``;
+    an existing one is given to ``owner`` (and ``mode``) too. Links: the rule above."""
+    fd = open_dir(path, mode, owner)
+    try:
+        if owner is not None:
+            os.fchown(fd, *owner)
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
+def touch(path: str, mode: int = 0o644) -> None:
+    """Create ``path`` empty if it is missing (never through a link); leave it as it is if not."""
+    fd = open_dir(os.path.dirname(path) or ".")
+    try:
+        os.close(os.open(os.path.basename(path), os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, mode,
+                         dir_fd=fd))
+    finally:
+        os.close(fd)
+
+
 class Replacing:
     """A context manager: ``with Replacing(path, mode) as f: f.write(...)`` replaces ``path`` by
     what was written when the block ends without an exception (the durability rule above), and
@@ -59,48 +146,60 @@ class Replacing:
     def __init__(self, path: str, mode: int = 0o644, owner: tuple[int, int] | None = None,
                  makedirs: bool = False) -> None:
         self.path, self.mode, self.owner, self.makedirs = path, mode, owner, makedirs
-        self.tmp = f"{path}.basalt-new"
+        self.name = os.path.basename(path)
+        self.tmp = f"{self.name}.basalt-new"
+        self.dir: int | None = None
         self.file: BinaryIO | None = None
 
     def __enter__(self) -> BinaryIO:
-        directory = os.path.dirname(self.path)
-        if self.makedirs:
-            os.makedirs(directory or ".", exist_ok=True)
+        self.dir = open_dir(os.path.dirname(self.path) or ".", 0o755 if self.makedirs else None)
         try:
-            os.unlink(self.tmp)  # left by a write a power cut interrupted (unlink never follows a link)
-        except FileNotFoundError:
-            pass
-        fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, self.mode)
+            try:
+                os.unlink(self.tmp, dir_fd=self.dir)  # left by a write a power cut interrupted (never follows)
+            except FileNotFoundError:
+                pass
+            fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, self.mode,
+                         dir_fd=self.dir)
+        except BaseException:
+            os.close(self.dir)
+            raise
         self.file = os.fdopen(fd, "wb")
         return self.file
 
     def __exit__(self, kind: object, exc: object, tb: object) -> None:
-        assert self.file is not None
+        assert self.file is not None and self.dir is not None
         f, self.file = self.file, None
         written = False
         try:
-            if kind is None:
-                f.flush()
-                if self.owner is not None:
-                    os.fchown(f.fileno(), *self.owner)
-                os.fchmod(f.fileno(), self.mode)  # whatever the umask took away
-                os.fsync(f.fileno())
-                written = True
-        finally:
-            f.close()
-            if not written:
-                self.discard()
-        if written:
             try:
-                os.replace(self.tmp, self.path)
-            except BaseException:
-                self.discard()
-                raise
-            fsync_dir(os.path.dirname(self.path))
+                if kind is None:
+                    f.flush()
+                    if self.owner is not None:
+                        os.fchown(f.fileno(), *self.owner)
+                    os.fchmod(f.fileno(), self.mode)  # whatever the umask took away
+                    os.fsync(f.fileno())
+                    written = True
+            finally:
+                f.close()
+                if not written:
+                    self.discard()
+            if written:
+                try:
+                    os.replace(self.tmp, self.name, src_dir_fd=self.dir, dst_dir_fd=self.dir)
+                except BaseException:
+                    self.discard()
+                    raise
+                try:
+                    os.fsync(self.dir)
+                except OSError:
+                    pass  # as fsync_dir
+        finally:
+            os.close(self.dir)
+            self.dir = None
 
     def discard(self) -> None:
         try:
-            os.unlink(self.tmp)
+            os.unlink(self.tmp, dir_fd=self.dir)
         except OSError:
             pass
 

@@ -133,8 +133,7 @@ def _shadow(ctx: Context, passwords: dict[str, str | None]) -> None:
 
 def _mkdir(ctx: Context, path: str, mode: int, owner: str) -> None:
     if not os.path.isdir(ctx.at(path)):
-        os.makedirs(ctx.at(path), mode)
-        os.chown(ctx.at(path), *owner_ids(owner, ctx.root))
+        files.make_dir(ctx.at(path), mode, owner_ids(owner, ctx.root))
 
 
 def _keys(ctx: Context, path: str, lines: list[str], urls: list[str], owner: str) -> None:
@@ -142,9 +141,7 @@ def _keys(ctx: Context, path: str, lines: list[str], urls: list[str], owner: str
     for url in urls:
         keys += fetch_keys(url)
     uid, gid = owner_ids(owner, ctx.root)
-    ssh_dir = os.path.dirname(ctx.at(path))
-    os.makedirs(ssh_dir, 0o700, exist_ok=True)
-    os.chown(ssh_dir, uid, gid)
+    files.make_dir(os.path.dirname(ctx.at(path)), 0o700, (uid, gid))  # ~/.ssh: the user's, never a link
     files.write_atomic(ctx.at(path), "".join(k + "\n" for k in keys), 0o600, (uid, gid))
 
 
@@ -156,16 +153,21 @@ def _hostkey(ctx: Context, path: str) -> None:
 def _symlink(ctx: Context, target: str, path: str) -> None:
     if not os.path.exists(ctx.at(target)):
         raise OSError(f"{target} does not exist in this image")
-    tmp = ctx.at(path) + ".basalt-tmp"
-    if os.path.lexists(tmp):
-        os.unlink(tmp)
-    os.symlink(target, tmp)
-    os.replace(tmp, ctx.at(path))
+    fd = files.open_dir(os.path.dirname(ctx.at(path)))
+    name = os.path.basename(path)
+    try:
+        try:
+            os.unlink(name + ".basalt-tmp", dir_fd=fd)
+        except FileNotFoundError:
+            pass
+        os.symlink(target, name + ".basalt-tmp", dir_fd=fd)
+        os.replace(name + ".basalt-tmp", name, src_dir_fd=fd, dst_dir_fd=fd)
+    finally:
+        os.close(fd)
 
 
 def _touch(ctx: Context, path: str) -> None:
-    with open(ctx.at(path), "a"):
-        pass
+    files.touch(ctx.at(path))
 
 
 def _service(ctx: Context, name: str, argv: list[str], *env: dict[str, str]) -> None:

@@ -51,6 +51,38 @@ def sha256_stream(f: BinaryIO, size: int | None = None) -> tuple[int, str]:
     return total, h.hexdigest()
 
 
+def _order(c: str) -> int:
+    """dpkg's weight of one character of a version's non-digit part ('' is its end)."""
+    if c == "~":
+        return -1
+    if not c:
+        return 0
+    return ord(c) if c.isalpha() else ord(c) + 256
+
+
+def compare_versions(a: str, b: str) -> int:
+    """-1, 0 or 1 as version ``a`` is older than, the same as or newer than ``b``, in Debian's
+    order (dpkg's, without epochs): non-digit runs by character (letters before other marks, and
+    ``~`` before everything, even the end: 1.0~rc1 < 1.0 < 1.0.1 < 1.0a), digit runs as numbers."""
+    i = j = 0
+    while i < len(a) or j < len(b):
+        while (i < len(a) and not a[i].isdigit()) or (j < len(b) and not b[j].isdigit()):
+            x = _order(a[i] if i < len(a) and not a[i].isdigit() else "")
+            y = _order(b[j] if j < len(b) and not b[j].isdigit() else "")
+            if x != y:
+                return -1 if x < y else 1
+            i, j = i + 1, j + 1
+        m, n = i, j
+        while i < len(a) and a[i].isdigit():
+            i += 1
+        while j < len(b) and b[j].isdigit():
+            j += 1
+        x, y = int(a[m:i] or 0), int(b[n:j] or 0)
+        if x != y:
+            return -1 if x < y else 1
+    return 0
+
+
 def refused(source: str, message: str, hint: str) -> BasaltError:
     return BasaltError(Problem(f"{source}: refused: {message}", hint=hint))
 

@@ -2,8 +2,8 @@
 
 Upgrade: fetch the bundle (an http(s) URL, resumed and retried; or a file, such as the payload
 inside the OCI upgrade image), check its signature, every part's hash, its arch and image name,
-that its version has not failed here before (unless ``--force``) and that it fits the inactive
-slot — all before anything is written — then write the inactive slot (its squashfs read back
+that its version has not failed here before and is not older than the running one (unless
+``--force``: a downgrade is a decision, not an accident) and that it fits the inactive slot — all before anything is written — then write the inactive slot (its squashfs read back
 and compared), arm a one-shot trial boot of it (agent/upgrade/bootsel.py) and reboot. The trial boot's
 health gate (agent/upgrade/health.py) commits it, or the boot loader comes back to the committed slot.
 
@@ -137,6 +137,9 @@ def preflight(node: Node, man: dict[str, Any], source: str, force: bool) -> str 
     if str(man["version"]) == running and not force:
         say(f"this node already runs {running} (slot {node.booted}): nothing to do")
         return None
+    if running and not force and bundle.compare_versions(str(man["version"]), str(running)) < 0:
+        raise bundle.refused(source, f"version {man['version']} is older than {running}, which this node runs",
+                             "--force installs an older version (a downgrade)")
     return target
 
 

@@ -91,3 +91,86 @@ def test_apply_reports_each_failure_and_keeps_going(tmp_path: Path) -> None:
     assert len(errors) == 3
     assert ran == [["/bin/sh", "-c", "false"], ["/usr/bin/busybox", "modprobe", "dummy", "numdummies=2"]]
     assert (root / "b").read_bytes() == b"2"  # the action after the failures still ran
+
+
+BOB = 1000  # a user from `users:`, who owns their home and may plant links in it
+
+
+def bobs_root(tmp_path: Path) -> Path:
+    """A scratch root with bob's home (his, mode 0755) and a system directory that is root's alone."""
+    root = scratch_root(tmp_path)
+    with open(root / "etc/passwd", "a") as f:
+        f.write(f"bob:x:{BOB}:{BOB}::/home/bob:/bin/sh\n")
+    with open(root / "etc/group", "a") as f:
+        f.write(f"bob:x:{BOB}:\n")
+    (root / "etc/shadow").write_text("root:*:1::::::\n")
+    os.chmod(root / "etc/shadow", 0o600)
+    (root / "home/bob").mkdir(parents=True)
+    os.chown(root / "home/bob", BOB, BOB)
+    (root / "run").mkdir()
+    (root / "var").mkdir()
+    os.symlink("../run", root / "var/run")  # root's link in root's directory: followed
+    return root
+
+
+def plant(root: Path, link: str, target: str) -> None:
+    """bob's link (owned by him, as if he made it)."""
+    os.symlink(target, root / link)
+    os.lchown(root / link, BOB, BOB)
+
+
+def snapshot(directory: Path) -> dict[str, tuple[int, int, int, bytes]]:
+    return {str(p.relative_to(directory)): (p.lstat().st_uid, p.lstat().st_gid, p.lstat().st_mode,
+                                            p.read_bytes() if p.is_file() and not p.is_symlink() else b"")
+            for p in [directory, *directory.rglob("*")]}
+
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGJvYg== bob@laptop"
+
+# Hostile homes: (bob's link, its target, the action PID 1 carries out, the error it must report).
+LINKS = [
+    # ~/.ssh -> /etc: authorized_keys would land in /etc and /etc would be chowned to bob
+    ("home/bob/.ssh", "../../etc", ("keys", "/home/bob/.ssh/authorized_keys", [KEY], [], "bob:bob"),
+     "/home/bob/.ssh is a link that root does not control alone"),
+    ("home/bob/.ssh", "/etc", ("keys", "/home/bob/.ssh/authorized_keys", [KEY], [], "bob:bob"),
+     "/home/bob/.ssh is a link that root does not control alone"),
+    # a write_files entry into bob's home, through a directory link he planted
+    ("home/bob/conf", "/etc", ("write", "/home/bob/conf/shadow", b"root::0::::::\n", 0o644, "bob:bob"),
+     "/home/bob/conf is a link that root does not control alone"),
+    ("home/bob/deep", "../..", ("write", "/home/bob/deep/etc/shadow", b"root::0::::::\n", 0o600, "root:root"),
+     "/home/bob/deep is a link that root does not control alone"),
+    ("home/bob/made", "/etc", ("mkdir", "/home/bob/made/sudoers.d", 0o755, "bob:bob"),
+     "/home/bob/made is a link that root does not control alone"),
+    ("home/bob/t", "/etc", ("touch", "/home/bob/t/nologin"), "/home/bob/t is a link that root does not control alone"),
+    ("home/bob/l", "/etc", ("symlink", "/etc/passwd", "/home/bob/l/localtime"),
+     "/home/bob/l is a link that root does not control alone"),
+]
+
+
+@pytest.mark.parametrize(("link", "target", "action", "error"), LINKS)
+def test_a_write_never_follows_a_link_a_user_planted(tmp_path: Path, link: str, target: str,
+                                                     action: tuple[Any, ...], error: str) -> None:
+    root = bobs_root(tmp_path)
+    plant(root, link, target.replace("/etc", str(root / "etc")) if target.startswith("/") else target)
+    etc = snapshot(root / "etc")
+    errors = actions.apply([action], run=lambda argv: 0, root=str(root))
+    assert len(errors) == 1 and error in errors[0], errors
+    assert snapshot(root / "etc") == etc  # nothing written, created or chowned in /etc
+    assert not list(root.rglob("*.basalt-new")) and not list(root.rglob("*.basalt-tmp"))
+
+
+def test_a_users_link_at_the_target_is_replaced_not_followed_and_roots_links_are_followed(tmp_path: Path) -> None:
+    root = bobs_root(tmp_path)
+    plant(root, "home/bob/.profile", str(root / "etc/shadow"))
+    etc = snapshot(root / "etc")
+    planned = [("write", "/home/bob/.profile", b"PS1='$ '\n", 0o644, "bob:bob"),
+               ("keys", "/home/bob/.ssh/authorized_keys", [KEY], [], "bob:bob"),
+               ("write", "/var/run/basalt.pid", b"1\n", 0o644, "root:root")]
+    assert actions.apply(planned, run=lambda argv: 0, root=str(root)) == []
+    assert snapshot(root / "etc") == etc
+    profile = root / "home/bob/.profile"
+    assert not profile.is_symlink() and profile.read_bytes() == b"PS1='$ '\n" and profile.stat().st_uid == BOB
+    ssh = root / "home/bob/.ssh"
+    assert (ssh.stat().st_uid, stat.S_IMODE(ssh.stat().st_mode)) == (BOB, 0o700)
+    assert (ssh / "authorized_keys").read_text() == KEY + "\n"
+    assert (root / "run/basalt.pid").read_bytes() == b"1\n"  # /var/run -> ../run, root's: followed

@@ -132,6 +132,8 @@ def rewrite(path: Path, old: bytes, new: bytes) -> Path:
     ("trial not committed", "this boot is a trial of slot a, not yet committed (the committed slot is b)"),
     ("live node", "upgrades need an installed disk: this node runs live from its medium"),
     ("not a bundle", "v.bundle: refused: not a bundle"),
+    ("older", "v.bundle: refused: version 0.9 is older than 1, which this node runs"),
+    ("older pre-release", "v.bundle: refused: version 1~rc1 is older than 1, which this node runs"),
 ])
 def test_refused_before_any_write(case: str, message: str, tmp_path: Path, keys: dict[str, signing.SigningKey],
                                   node: upgrade.Node) -> None:
@@ -157,6 +159,8 @@ def test_refused_before_any_write(case: str, message: str, tmp_path: Path, keys:
         node.boot().write(bootsel.Selection("b"))
     elif case == "live node":
         node.booted = "live"
+    elif case in ("older", "older pre-release"):
+        path = make_bundle(tmp_path, keys["site"], version="0.9" if case == "older" else "1~rc1")
     elif case == "not a bundle":
         path = tmp_path / "v.bundle"
         path.write_bytes(b"not a tar at all" * 100)
@@ -181,6 +185,24 @@ def test_a_failed_version_goes_in_with_force(tmp_path: Path, keys: dict[str, sig
                                             node: upgrade.Node) -> None:
     slots.record({"result": "failed", "version": "2", "image": IMAGE, "slot": "b"}, "x", path=node.state)
     assert upgrade.install_bundle(node, str(make_bundle(tmp_path, keys["site"])), "v", force=True)["result"] == "armed"
+
+
+def test_an_older_version_goes_in_only_with_force(tmp_path: Path, keys: dict[str, signing.SigningKey],
+                                                node: upgrade.Node) -> None:
+    older = make_bundle(tmp_path, keys["site"], version="0.9")
+    with pytest.raises(BasaltError, match="older than 1"):
+        upgrade.install_bundle(node, str(older), "v")
+    assert upgrade.install_bundle(node, str(older), "v", force=True)["result"] == "armed"
+
+
+@pytest.mark.parametrize(("older", "newer"), [
+    ("1", "2"), ("0.1.0", "2"), ("1.9", "1.10"), ("1.0", "1.0.1"), ("1.0~rc1", "1.0"), ("1.0~rc1", "1.0~rc2"),
+    ("1.0", "1.0a"), ("1.0a", "1.0+b1"), ("2024.12.1", "2025.1.0"), ("1.0-1", "1.0-2"), ("v1", "v2"), ("", "0.1"),
+])
+def test_versions_are_ordered_as_debian_orders_them(older: str, newer: str) -> None:
+    assert bundle.compare_versions(older, newer) == -1
+    assert bundle.compare_versions(newer, older) == 1
+    assert bundle.compare_versions(newer, newer) == 0
 
 
 # --- the health gate ------------------------------------------------------------------------------
