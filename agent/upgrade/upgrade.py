@@ -3,8 +3,9 @@
 Upgrade: fetch the bundle (an http(s) URL, resumed and retried; or a file, such as the payload
 inside the OCI upgrade image), check its signature, every part's hash, its arch and image name,
 that its version has not failed here before and is not older than the running one (unless
-``--force``: a downgrade is a decision, not an accident) and that it fits the inactive slot — all before anything is written — then write the inactive slot (its squashfs read back
-and compared), arm a one-shot trial boot of it (agent/upgrade/bootsel.py) and reboot. The trial boot's
+``--force``: a downgrade is a decision, not an accident) and that it fits the inactive slot —
+all before anything is written — then write the inactive slot (its squashfs read back and
+compared), arm a one-shot trial boot of it (agent/upgrade/bootsel.py) and reboot. The trial boot's
 health gate (agent/upgrade/health.py) commits it, or the boot loader comes back to the committed slot.
 
 The slot booted now is never written, and the boot selection is changed last, in one sector
