@@ -273,6 +273,9 @@ def _load(path: str, schema: Callable[[], dict[str, Any]], schema_raw: bytes) ->
         return check(load(path, strict=False), schema())
     except BasaltError as exc:  # a YAML syntax error: the whole source is unusable
         return list(exc.problems)
+    except Exception as exc:  # noqa: BLE001 - a fault in the validator costs this source, not the node's config
+        return [_problem(f"{path}: the validator failed on this source ({type(exc).__name__}: {exc})",
+                         "this is a Basalt bug: report it with the source; the node keeps its last known-good config")]
 
 
 def show(merged: Merged) -> str:

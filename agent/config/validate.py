@@ -81,8 +81,9 @@ class Normaliser:
             # YAML !!binary content: carried as base64 text, decoded when the file is written.
             import base64
             # The bytes are decoded already: what 'encoding' still asks for is gunzip (cloud-init's reading).
-            encoding = {"": "b64", "gz": "gz+b64", "gzip": "gz+b64"}.get(value.get("encoding") or "",
-                                                                          value.get("encoding"))
+            encoding = value.get("encoding") or ""
+            if isinstance(encoding, str):  # anything else: the schema says what it must be
+                encoding = {"": "b64", "gz": "gz+b64", "gzip": "gz+b64"}.get(encoding, encoding)
             value = {**value, "content": base64.b64encode(value["content"]).decode(), "encoding": encoding}
         if isinstance(value, list) and isinstance(node.get("items"), dict):
             return [self.walk(item, node["items"], (*new, i), (*old, i)) for i, item in enumerate(value)]

@@ -98,3 +98,41 @@ def test_every_boot_control_argument_the_boot_chain_writes_is_not_read_as_config
     assert "trial" in written
     assert not bootargs.has_config_args("quiet basalt.slot=b basalt.trial=1 panic=10")
     assert bootargs.has_config_args("basalt.hostname=x")
+
+
+KNOWN_GOOD = '{"config": {"hostname": "good", "users": [{"name": "ops"}]}, "origin": [], "sources": ["baked"]}'
+
+
+@pytest.mark.parametrize("encoding", ["[b64]", "{a: 1}", "[gz, b64]", "7", "true"])
+def test_an_encoding_that_is_not_a_name_is_a_problem_and_the_node_keeps_its_known_good(
+        tmp_path: Path, encoding: str) -> None:
+    """It crashed the validator (a traceback), and at boot left the node with no config at all."""
+    (tmp_path / "known-good.json").write_text(KNOWN_GOOD)
+    for content in ("aGVsbG8=", "!!binary aGVsbG8="):
+        (tmp_path / "state.yaml").write_text(f"write_files:\n- path: /x\n  content: {content}\n"
+                                             f"  encoding: {encoding}\n")
+        merged = sources.gather("", str(tmp_path / "none"), str(tmp_path / "state.yaml"), str(tmp_path / "d"),
+                                datasource_dirs=(), known_good=str(tmp_path / "known-good.json"))
+        (problem,) = merged.problems
+        assert problem.render().startswith(f"{tmp_path / 'state.yaml'}:4: write_files[0].encoding: "), problem
+        assert merged.value == {"hostname": "good", "users": [{"name": "ops"}]}
+        assert merged.fallback == "a source has problems"
+
+
+def test_a_fault_in_the_validator_costs_the_source_not_the_config(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault injection (a validator bug cannot be written on purpose): the source is reported, the
+    last known-good config is used."""
+    from agent.config import validate
+
+    def broken(*args: object) -> None:
+        raise TypeError("unhashable type: 'list'")
+    monkeypatch.setattr(validate, "check", broken)
+    (tmp_path / "known-good.json").write_text(KNOWN_GOOD)
+    (tmp_path / "state.yaml").write_text("hostname: new\n")
+    merged = sources.gather("", str(tmp_path / "none"), str(tmp_path / "state.yaml"), str(tmp_path / "d"),
+                            datasource_dirs=(), known_good=str(tmp_path / "known-good.json"))
+    assert [p.render() for p in merged.problems] == [
+        f"{tmp_path / 'state.yaml'}: the validator failed on this source (TypeError: unhashable type: 'list')\n"
+        "hint: this is a Basalt bug: report it with the source; the node keeps its last known-good config"]
+    assert merged.value["hostname"] == "good"
