@@ -14,7 +14,8 @@
       macs: ["52:54:00:00:0a:01"]   # --one-image: how a device is recognised at boot
       serials: []
 
-The template sees every variable, ``name``, and ``secret('k3s_token')``. Every site is rendered
+The template sees every variable, ``name``, and ``secret('k3s_token')``; it runs sandboxed, and
+a value that could change the YAML's shape is written quoted (``yaml_value``). Every site is rendered
 and validated even after one fails; each problem is ``sites.yaml:LINE: site 'x': ...`` (the
 template's own line too, when the error comes from it). A secret's value is replaced by
 ``<secret:NAME>`` in every message and in what ``render`` writes and ``diff`` prints; only
@@ -163,10 +164,47 @@ def _site(entry: Any, where: tuple[str | int, ...], defaults: dict[str, Any], ba
                 [str(s) for s in serials])
 
 
-def _environment(template_dir: Path) -> Any:
+PLAIN = re.compile(r"[A-Za-z0-9_./][A-Za-z0-9_./@+=:~%-]*")  # a YAML plain scalar that cannot change structure
+
+
+class Raw(str):
+    """Text the template writes as it is: the ``<secret:NAME>`` placeholders of what is shown."""
+
+
+def yaml_value(value: Any) -> Any:
+    """What ``{{ value }}`` writes into the YAML: a string that could change the document's shape
+    (a line break, ': ', '#', a flow bracket, a quote, a leading '-' or '&') as a double-quoted
+    YAML scalar, so that a site variable can never add a key (``run_cmd``) or an item; plain
+    words, names, addresses and URLs as they are (they read back as the same string; one that YAML
+    would read as a boolean, a number or null, such as 'yes' or '0644', is quoted); numbers
+    and booleans as YAML writes them; lists and mappings as flow collections."""
+    import json
+
     import jinja2
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(template_dir)), undefined=jinja2.StrictUndefined,
-                              keep_trailing_newline=True, autoescape=False)
+    if isinstance(value, (Raw, jinja2.Undefined)):
+        return value
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, str):
+        import yaml
+        plain = PLAIN.fullmatch(value) and \
+            yaml.resolver.Resolver().resolve(yaml.ScalarNode, value, (True, False)) == "tag:yaml.org,2002:str"
+        return value if plain else json.dumps(value)  # 'yes', '0644', 'null': strings, not YAML's reading
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value, default=str)
+    return json.dumps(str(value))
+
+
+def _environment(template_dir: Path) -> Any:
+    """jinja2 sandboxed (a template reads its variables; it cannot reach Python's internals, run
+    a command or change a value in place), each value written as ``yaml_value`` says."""
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    return ImmutableSandboxedEnvironment(loader=jinja2.FileSystemLoader(str(template_dir)),
+                                         undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                                         autoescape=False, finalize=yaml_value)
 
 
 def render(inv: Inventory) -> tuple[list[Rendered], list[Problem]]:
@@ -184,15 +222,18 @@ def render(inv: Inventory) -> tuple[list[Rendered], list[Problem]]:
     out: list[Rendered] = []
     # Rendered twice: with the secrets (what the node gets) and with placeholders (what people see),
     # so a secret that a filter transforms is still never shown.
-    real, placeholder = secret_fn(inv.secrets), secret_fn({name: f"<secret:{name}>" for name in inv.secrets})
+    real, placeholder = secret_fn(inv.secrets), secret_fn({name: Raw(f"<secret:{name}>") for name in inv.secrets})
     for site in [*inv.sites, *([inv.default] if inv.default else [])]:
         try:
             text = template.render(**site.variables, secret=real)
             shown = template.render(**site.variables, secret=placeholder)
         except (jinja2.UndefinedError, KeyError, TypeError, jinja2.TemplateError) as exc:
+            from jinja2.sandbox import SecurityError
             problems.append(Problem(f"site '{site.name}': {inv.template.name}:{_template_line(exc)}: "
                                     f"{_redact(str(exc).strip(chr(34)), inv.secrets)}", str(inv.path), site.line,
-                                    hint="set the variable in the site or in defaults:, or fix the template"))
+                                    hint="a template reads its variables and nothing else (it runs sandboxed)"
+                                    if isinstance(exc, SecurityError) else
+                                    "set the variable in the site or in defaults:, or fix the template"))
             continue
         loaded = check_text(text, f"{site.name}.yaml")
         for p in loaded.problems:

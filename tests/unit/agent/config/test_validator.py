@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_config import rendered  # type: ignore[import-not-found]
 
 from agent.config.validate import check_text, load_config
+from tests.unit.agent.config.test_config import rendered
 
 ROOT = Path(__file__).resolve().parents[4]
 CLOUD_INIT = ROOT.parent / "shared" / "testdata" / "cloud-init-examples"

@@ -10,12 +10,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_installer import fake_block
 
 from agent.disk import targets
 from agent.errors import BasaltError
 from builder.fleet import flash
 from builder.media import disk
+from tests.unit.agent.disk.test_installer import fake_block
 
 MIB = 1 << 20
 

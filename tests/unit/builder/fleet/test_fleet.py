@@ -118,3 +118,66 @@ def test_diff_names_the_changed_sites_with_secrets_redacted(inventory: Path, tmp
     assert "-    role: server\n+    role: agent\n" in out and "default" not in out
     assert TOKEN not in out and PSK not in out
     assert cli("diff", str(inventory), str(inventory)).stdout == "no site changed\n"
+
+
+# Hostile templates: each must be refused as a template error at its line, and run nothing.
+ESCAPES = [
+    ("{{ ''.__class__.__mro__[1].__subclasses__() }}", "access to attribute '__class__' of 'str' object is unsafe"),
+    ("{{ cycler.__init__.__globals__.os.system('touch PWNED') }}",
+     "access to attribute '__init__' of 'type' object is unsafe"),
+    ("{{ lipsum.__globals__['os'].system('touch PWNED') }}",
+     "access to attribute '__globals__' of 'function' object is unsafe"),
+    ("{{ secret.__globals__['__builtins__']['__import__']('os').system('touch PWNED') }}",
+     "access to attribute '__globals__' of 'function' object is unsafe"),
+    ("{{ self._TemplateReference__context.environment }}", "access to attribute"),
+    ("{% set x = [] %}{{ x.append(1) }}", "access to attribute 'append' of 'list' object is unsafe"),
+]
+
+
+@pytest.mark.parametrize(("line", "message"), ESCAPES)
+def test_a_template_cannot_run_code(inventory: Path, line: str, message: str) -> None:
+    template = inventory.with_name("site.yaml.j2")
+    template.write_text(template.read_text() + line + "\n")
+    proc = cli("render", str(inventory))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "site 'depot-1': site.yaml.j2:12: " in proc.stderr and message in proc.stderr, proc.stderr
+    assert "hint: a template reads its variables and nothing else (it runs sandboxed)" in proc.stderr
+    assert not (inventory.parent / "PWNED").exists()
+    assert not (Path(__file__).resolve().parents[4] / "PWNED").exists()  # the CLI's working directory
+
+
+# Hostile site variables: (the variable's YAML in the inventory, what the config must not get).
+INJECTIONS = [
+    ('"depot-1\\nrun_cmd: [touch /tmp/pwned]"', "run_cmd"),
+    ('"depot-1\\nssh_authorized_keys: [ssh-ed25519 AAAA attacker]"', "ssh_authorized_keys"),
+    ('"depot-1 # comment"', None),
+    ("'x\", run_cmd: [\"id\"], y: \"'", "run_cmd"),
+    ('"[a, b]"', None),
+    ('{run_cmd: [id]}', "run_cmd"),
+    ('"&anchor x"', None),
+    ('"- item"', None),
+]
+
+
+@pytest.mark.parametrize(("value", "key"), INJECTIONS)
+def test_a_site_variable_is_a_value_never_yaml(inventory: Path, value: str, key: str | None) -> None:
+    edit(inventory, "  hostname: depot-1\n", f"  hostname: {value}\n")
+    inv = render.load(inventory)
+    rendered, problems = render.render(inv)
+    import yaml
+    got = yaml.safe_load(next((r.text for r in rendered if r.site.name == "depot-1"), "{}")) or {}
+    assert key is None or key not in got
+    one = [p.render() for p in problems if "site 'depot-1'" in p.message]
+    # the value arrives whole, as the hostname, and is refused there (no host name has these characters)
+    assert one and all(": hostname: " in p for p in one), one
+    assert all("run_cmd" not in p.split("hostname: ")[0] for p in one)
+
+
+def test_values_that_need_no_quotes_are_written_as_they_are() -> None:
+    for value, written in (("depot-7", "depot-7"), ("https://10.0.0.1:6443", "https://10.0.0.1:6443"),
+                           ("a b", '"a b"'), ("x\ny", '"x\\ny"'), (7, "7"), (True, "true"), (None, "null"),
+                           (["a", "b: c"], '["a", "b: c"]'), ("#x", '"#x"'), ("-x", '"-x"'),
+                           (render.Raw("<secret:t>"), "<secret:t>"),
+                           # strings YAML would read as something else stay strings
+                           ("yes", '"yes"'), ("0644", '"0644"'), ("1.5", '"1.5"'), ("null", '"null"'), ("~", '"~"')):
+        assert render.yaml_value(value) == written, value
