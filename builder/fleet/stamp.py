@@ -18,6 +18,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -78,6 +79,41 @@ def _mtools(argv: list[str]) -> None:
     host.run(argv, env=env)
 
 
+SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def is_stamp_output(out: Path) -> bool:
+    """Whether ``out`` is what an earlier stamp wrote (its manifest says so): the only directory a
+    stamp replaces, besides an empty one."""
+    try:
+        manifest = json.loads((out / "manifest.json").read_text())
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(manifest, dict) and isinstance(manifest.get("stamped_from"), dict)
+
+
+def check_out(out: Path, artifact: Path, name: str) -> Path:
+    """The output directory, made absolute, after the refusals that keep a stamp from replacing
+    anything but an earlier stamp's own output (``-o ~``, ``-o .``, ``--name ..``)."""
+    def refuse(message: str, hint: str) -> BaseException:
+        return BasaltError(Problem(message, hint=hint))
+    if name and not SITE_NAME.fullmatch(name):
+        raise refuse(f"{name!r}: a site name is letters, digits, '.', '_' and '-' (at most 64), not starting "
+                     "with '.' or '-'", "--name depot-7")
+    if out.is_symlink():
+        raise refuse(f"{out}: the output directory is a link: not followed", "give the directory itself")
+    out = out.resolve()
+    if out == artifact.resolve().parent or out in artifact.resolve().parents:
+        raise refuse(f"{out}: the output directory holds the input", "choose another: -o out/sites/NAME")
+    if out.exists():
+        if not out.is_dir():
+            raise refuse(f"{out}: exists and is not a directory", "choose a new directory: -o out/sites/NAME")
+        if any(out.iterdir()) and not is_stamp_output(out):
+            raise refuse(f"{out}: exists and is not an earlier stamp's output (no stamp manifest.json): "
+                         "a stamp replaces only its own output", "choose a new or empty directory: -o out/sites/NAME")
+    return out
+
+
 def stamp(artifact: Path, payload: bytes, out: Path, name: str = "") -> Path:
     """Write ``payload`` (an index) into a copy of ``artifact`` in the directory ``out``, with its
     manifest; returns the stamped artifact's path."""
@@ -85,11 +121,10 @@ def stamp(artifact: Path, payload: bytes, out: Path, name: str = "") -> Path:
     if kind == "iso" and len(payload) > layout.SITE_RESERVE:
         raise BasaltError(Problem(f"the site index is {len(payload)} bytes; the ISO reserves {layout.SITE_RESERVE}",
                                   hint="stamp fewer devices per image (inv fleet build without --one-image)"))
-    out = out.resolve()
-    if out == artifact.resolve().parent:
-        raise BasaltError(Problem(f"{out}: the output directory is the input's",
-                                  hint="choose another: -o out/sites/NAME"))
+    out = check_out(out, artifact, name)
     partial = out.with_name(f".{out.name}.partial")
+    if partial.is_symlink() or partial.is_file():
+        partial.unlink()
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     started = time.monotonic()
