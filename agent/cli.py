@@ -143,6 +143,15 @@ def request(command: str, timeout: float = 300.0, **fields: object) -> dict[str,
                              hint=f"see {layout.RUN_AGENT_LOG}")
 
 
+def try_seconds(text: str) -> float:
+    """argparse's type for --try: its message, not a traceback, for nan, inf, -5 or 'soon'."""
+    from agent.pid1.control import trial_seconds
+    try:
+        return trial_seconds(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def cmd_apply(args: argparse.Namespace) -> int:
     from agent.config import sources
     merged = sources.gather(Path("/proc/cmdline").read_text(), known_good="/nonexistent", rejected="/nonexistent")
@@ -262,8 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     val.add_argument("file", nargs="?", help="default: every config source of this node")
     cfg_sub.add_parser("show", help="the merged config, each value with the source that set it")
     app = cfg_sub.add_parser("apply", help="re-apply the config sources to the running node")
-    app.add_argument("--try", dest="try_s", type=float, metavar="SECONDS",
-                     help="revert unless 'basalt config confirm' comes within SECONDS")
+    app.add_argument("--try", dest="try_s", type=try_seconds, metavar="SECONDS",
+                     help="revert unless 'basalt config confirm' comes within SECONDS (1 to 86400)")
     cfg_sub.add_parser("confirm", help="keep the config applied with 'apply --try'")
     ins = sub.add_parser("install", help="install this live system to a disk (erases it; asks first)")
     ins.add_argument("device", nargs="?", help="the disk, e.g. /dev/vda (default: install.device, or ask)")

@@ -19,6 +19,25 @@ REQUEST = layout.RUN_REQUEST
 RESULT = layout.RUN_RESULT
 
 
+TRIAL_S = (1.0, 86400.0)  # how long an 'apply --try' may wait for its confirm: a second to a day
+MAX_REQUEST = 64 << 10
+
+
+def trial_seconds(value: object) -> float:
+    """``--try``'s seconds, checked: a finite number within TRIAL_S (ValueError says what it must be).
+    A NaN deadline never came and never let the main loop sleep; inf waited forever."""
+    import math
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"--try takes seconds, not {value!r}")
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError(f"--try takes seconds, not {value!r}") from None
+    if not math.isfinite(seconds) or not TRIAL_S[0] <= seconds <= TRIAL_S[1]:
+        raise ValueError(f"--try takes {TRIAL_S[0]:g} to {TRIAL_S[1]:g} seconds, not {value}")
+    return seconds
+
+
 class Trial:
     """A config applied with ``--try``: what to put back if it is not confirmed in time."""
 
@@ -32,14 +51,32 @@ class Trial:
 def handle_request(prov: Provisioner) -> None:
     import json
     try:
-        with open(REQUEST) as f:
-            request = json.load(f)
+        with open(REQUEST, "rb") as f:
+            raw = f.read(MAX_REQUEST + 1)
         os.unlink(REQUEST)
-    except (OSError, ValueError):
+    except OSError:
         return  # a plain SIGHUP: nothing asked
-    result = confirm(prov) if request.get("command") == "confirm" else apply(prov, request.get("try"))
-    path = RESULT.format(int(request.get("id", 0)))
-    files.write_atomic(path, json.dumps(result))
+    try:
+        request = json.loads(raw) if len(raw) <= MAX_REQUEST else None
+    except (ValueError, RecursionError):
+        request = None
+    ident = request.get("id") if isinstance(request, dict) else None
+    if not isinstance(ident, int) or isinstance(ident, bool) or not 0 <= ident < 1 << 63:
+        log("error: config request: not a request from 'basalt config' (ignored)")
+        return
+    assert isinstance(request, dict)
+    if request.get("command") == "confirm":
+        result = confirm(prov)
+    elif request.get("command") != "apply":
+        result = {"ok": False, "errors": [f"unknown request {request.get('command')!r}"]}
+    else:
+        try:
+            seconds = None if request.get("try") is None else trial_seconds(request["try"])
+        except ValueError as exc:
+            result = {"ok": False, "errors": [str(exc)], "applied": False}
+        else:
+            result = apply(prov, seconds)
+    files.write_atomic(RESULT.format(ident), json.dumps(result))
 
 
 def apply(prov: Provisioner, try_s: float | None) -> dict[str, object]:
