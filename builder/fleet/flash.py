@@ -5,8 +5,11 @@ every range is read back from the device (past the page cache) and checked again
 
 Refused before anything is written: a partition instead of a disk, the disk holding this host's
 root filesystem, a disk with anything mounted, swapped or held on it, a disk smaller than the
-image, and (unless ``force``) a disk that is not removable. A regular file stands in for a device
-(what the tests write to); it is created or extended to the image's size.
+image, (unless ``force``) a disk that is not removable, a name in /dev that does not exist (a
+typo: never made into a file in RAM), a regular file in /dev, a link to anything but a block
+device, and a block map whose sizes or ranges no image has. A regular file elsewhere stands in
+for a device (what the tests write to); it is created or extended to the image's size, and a
+file made here is removed again if the flash fails.
 """
 
 from __future__ import annotations
@@ -46,11 +49,25 @@ def read_bmap(path: Path) -> BlockMap:
         for r in root.iter("Range"):
             first, _, last = (r.text or "").strip().partition("-")
             ranges.append((int(first), int(last or first), r.get("chksum", "")))
-        return BlockMap(int((root.findtext("ImageSize") or "").strip()),
+        bmap = BlockMap(int((root.findtext("ImageSize") or "").strip()),
                         int((root.findtext("BlockSize") or "").strip()), tuple(ranges))
+        if not 0 < bmap.image_size <= MAX_IMAGE:
+            raise ValueError(f"an image size of {bmap.image_size} bytes is not one a card or disk has")
+        if bmap.block_size not in (512 << n for n in range(12)):
+            raise ValueError(f"a block size of {bmap.block_size} bytes is not a power of two from 512 to 1 MiB")
+        count = -(-bmap.image_size // bmap.block_size)
+        for low, high, digest in bmap.ranges:
+            if not 0 <= low <= high < count:
+                raise ValueError(f"the range {low}-{high} is not within the image's {count} blocks")
+            if digest and (len(digest) != 64 or digest.strip("0123456789abcdef")):
+                raise ValueError(f"the range {low}-{high} has no sha256 ({digest[:80]!r})")
+        return bmap
     except (OSError, ET.ParseError, ValueError) as exc:
         raise BasaltError(Problem(f"{path}: {exc}", hint="rebuild the image: every disk output writes its .bmap")) \
             from None
+
+
+MAX_IMAGE = 16 << 40  # 16 TiB: past any card or disk an edge image is flashed to
 
 
 def refuse(device: str, message: str, hint: str) -> BasaltError:
@@ -103,32 +120,66 @@ def flash(image: Path, device: str, force: bool = False, host: targets.Host | No
     src, bmap_path = source(image)
     bmap = read_bmap(bmap_path)
     with src:
-        if not os.path.exists(device) or os.path.isfile(device):
-            flags = os.O_RDWR | os.O_CREAT
-        else:
-            check_device(device, bmap, host or host_for_flash(), force)
-            flags = os.O_RDWR | os.O_EXCL
-        fd = os.open(device, flags | os.O_CLOEXEC, 0o644)
-        with os.fdopen(fd, "r+b", buffering=0) as out:
-            if os.path.isfile(device) and os.fstat(fd).st_size < bmap.image_size:
-                out.truncate(bmap.image_size)
-            dev = blockdev.Device(out)
-            bar = progress.Bar(f"Writing {image.name} to {device}", bmap.mapped_bytes)
-            for first, last, digest in bmap.ranges:
-                start, end = first * bmap.block_size, min((last + 1) * bmap.block_size, bmap.image_size)
-                src.seek(start)
-                actual, copied = dev.copy(src, start, end - start, bar.update)
-                if copied < end - start:
-                    raise BasaltError(Problem(f"{image}: ends before block {last} of its block map"))
-                if digest and actual != digest:
-                    raise BasaltError(Problem(f"{image}: blocks {first}-{last} do not match its block map "
-                                              "(a corrupt or changed image); the device is incomplete",
-                                              hint="rebuild or download the image again, then flash again"))
-            bar.close()
-            with progress.step("Syncing"):
-                dev.drop_cache()
-            verify(dev, bmap, device)
+        fd, created = open_target(device, bmap, host, force)
+        try:
+            write(fd, src, image, device, bmap)
+        except BaseException:
+            if created:
+                os.unlink(device)  # nothing left that looks like a flashed card
+            raise
     return {"written": bmap.mapped_bytes, "image_size": bmap.image_size}
+
+
+def open_target(device: str, bmap: BlockMap, host: targets.Host | None, force: bool) -> tuple[int, bool]:
+    """The device (or the regular file standing in for one) opened for writing, after every
+    refusal; and whether the file was made here. A name in /dev that is not there is a typo, not
+    a file to make (it would be a file in RAM, "written and verified"); a link is followed only to
+    a block device (/dev/disk/by-id/...), and a regular file is never written through a link."""
+    import stat
+    path = device
+    if os.path.islink(device):
+        path = os.path.realpath(device)
+        if not os.path.exists(path) or not stat.S_ISBLK(os.stat(path).st_mode):
+            raise refuse(device, f"is a link to {path}, which is not a block device", "lsblk lists the disks")
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if os.path.realpath(os.path.dirname(path) or ".").startswith("/dev"):
+            raise refuse(device, "no such device", "lsblk lists the disks: check the name") from None
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644), True
+    if stat.S_ISBLK(mode):
+        check_device(path, bmap, host or host_for_flash(), force)
+        return os.open(path, os.O_RDWR | os.O_EXCL | os.O_CLOEXEC), False
+    if not stat.S_ISREG(mode):
+        raise refuse(device, "is neither a block device nor a regular file", "lsblk lists the disks")
+    if os.path.realpath(path).startswith("/dev/"):
+        raise refuse(device, "is a regular file in /dev, not a device (left by an earlier typo?)",
+                     f"lsblk lists the disks; remove {device} if nothing needs it")
+    return os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC), False
+
+
+def write(fd: int, src: BinaryIO, image: Path, device: str, bmap: BlockMap) -> None:
+    """Every mapped range of ``src`` onto ``fd``, checked on the way in, then read back."""
+    import stat
+    with os.fdopen(fd, "r+b", buffering=0) as out:
+        if stat.S_ISREG(os.fstat(fd).st_mode) and os.fstat(fd).st_size < bmap.image_size:
+            out.truncate(bmap.image_size)
+        dev = blockdev.Device(out)
+        bar = progress.Bar(f"Writing {image.name} to {device}", bmap.mapped_bytes)
+        for first, last, digest in bmap.ranges:
+            start, end = first * bmap.block_size, min((last + 1) * bmap.block_size, bmap.image_size)
+            src.seek(start)
+            actual, copied = dev.copy(src, start, end - start, bar.update)
+            if copied < end - start:
+                raise BasaltError(Problem(f"{image}: ends before block {last} of its block map"))
+            if digest and actual != digest:
+                raise BasaltError(Problem(f"{image}: blocks {first}-{last} do not match its block map "
+                                          "(a corrupt or changed image); the device is incomplete",
+                                          hint="rebuild or download the image again, then flash again"))
+        bar.close()
+        with progress.step("Syncing"):
+            dev.drop_cache()
+        verify(dev, bmap, device)
 
 
 def verify(dev: blockdev.Device, bmap: BlockMap, device: str) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,80 @@ def test_flash_accepts_a_removable_card_or_a_forced_disk(image: Path, host: targ
     bmap = flash.read_bmap(image.with_name(image.name + ".bmap"))
     flash.check_device("/dev/sdb", bmap, host)
     flash.check_device("/dev/sde", bmap, host, force=True)
+
+
+@pytest.fixture
+def in_dev() -> Iterator[Path]:
+    """A name in /dev that nothing else uses; removed afterwards whatever flash did with it."""
+    import uuid
+    path = Path(f"/dev/basalt-test-{uuid.uuid4().hex[:12]}")
+    yield path
+    if path.is_file() or path.is_symlink():
+        path.unlink()
+
+
+def test_a_typo_in_dev_is_refused_not_created(image: Path, in_dev: Path) -> None:
+    with pytest.raises(BasaltError) as exc:
+        flash.flash(image, str(in_dev))
+    assert exc.value.render().splitlines() == [f"{in_dev}: no such device; nothing was written",
+                                               "hint: lsblk lists the disks: check the name"]
+    assert not in_dev.exists()
+
+
+def test_a_regular_file_in_dev_is_refused(image: Path, in_dev: Path) -> None:
+    in_dev.write_bytes(b"left by an earlier typo")
+    with pytest.raises(BasaltError, match=r"is a regular file in /dev, not a device"):
+        flash.flash(image, str(in_dev))
+    assert in_dev.read_bytes() == b"left by an earlier typo"
+
+
+def test_links_and_other_files_are_refused(image: Path, tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious")
+    (tmp_path / "card-link").symlink_to(victim)
+    with pytest.raises(BasaltError) as exc:
+        flash.flash(image, str(tmp_path / "card-link"))
+    assert exc.value.render().startswith(f"{tmp_path / 'card-link'}: is a link to {victim}, which is not a block "
+                                         "device")
+    assert victim.read_bytes() == b"precious"
+    with pytest.raises(BasaltError, match=r"/dev/null: is neither a block device nor a regular file"):
+        flash.flash(image, "/dev/null")
+
+
+def bmap_text(image_size: str, block_size: str, ranges: str) -> str:
+    return (f'<?xml version="1.0" ?>\n<bmap version="2.0"><ImageSize>{image_size}</ImageSize>'
+            f"<BlockSize>{block_size}</BlockSize><BlocksCount>1</BlocksCount><MappedBlocksCount>1</MappedBlocksCount>"
+            f"<ChecksumType>sha256</ChecksumType><BlockMap>{ranges}</BlockMap></bmap>\n")
+
+
+GOOD = f'<Range chksum="{"0" * 64}">0-1</Range>'
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    (bmap_text(str(10 ** 30), "4096", GOOD), "an image size of 1000000000000000000000000000000 bytes is not one"),
+    (bmap_text("0", "4096", GOOD), "an image size of 0 bytes is not one a card or disk has"),
+    (bmap_text("-4096", "4096", GOOD), "an image size of -4096 bytes"),
+    (bmap_text("8192", "3", GOOD), "a block size of 3 bytes is not a power of two from 512 to 1 MiB"),
+    (bmap_text("8192", "4096", f'<Range chksum="{"0" * 64}">0-99999999999</Range>'),
+     "the range 0-99999999999 is not within the image's 2 blocks"),
+    (bmap_text("8192", "4096", f'<Range chksum="{"0" * 64}">1-0</Range>'), "the range 1-0 is not within"),
+    (bmap_text("8192", "4096", '<Range chksum="../../etc">0-1</Range>'), "the range 0-1 has no sha256"),
+    (bmap_text("8192", "4096", f'<Range chksum="{"0" * 64}">x-y</Range>'), "invalid literal for int()"),
+    ("<bmap version='2.0'>" * 3, "no element found"),
+])
+def test_an_absurd_block_map_is_refused_and_writes_nothing(image: Path, tmp_path: Path, text: str,
+                                                          message: str) -> None:
+    image.with_name(image.name + ".bmap").write_text(text)
+    with pytest.raises(BasaltError) as exc:
+        flash.flash(image, str(tmp_path / "card"))
+    assert message in exc.value.render(), exc.value.render()
+    assert not (tmp_path / "card").exists()
+
+
+def test_a_failed_flash_leaves_no_file_it_made(image: Path, tmp_path: Path) -> None:
+    with image.open("r+b") as f:
+        f.seek(3 * MIB + 100)
+        f.write(b"Z")
+    with pytest.raises(BasaltError, match="do not match its block map"):
+        flash.flash(image, str(tmp_path / "new-card.img"))
+    assert not (tmp_path / "new-card.img").exists()  # nothing that looks like a flashed card
