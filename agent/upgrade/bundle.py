@@ -140,7 +140,7 @@ def parse_manifest(data: bytes, source: str) -> dict[str, Any]:
     """The manifest (its signature already checked) of a format this node reads."""
     try:
         man = json.loads(data)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise refused(source, f"its manifest is not JSON ({exc})", "rebuild the bundle") from None
     if not isinstance(man, dict) or man.get("format") != FORMAT or not isinstance(man.get("parts"), dict):
         got = man.get("format") if isinstance(man, dict) else None
@@ -149,7 +149,29 @@ def parse_manifest(data: bytes, source: str) -> dict[str, Any]:
     for part in PARTS:
         if part not in man["parts"]:
             raise refused(source, f"the bundle has no {part}", "rebuild the bundle")
+    wrong = manifest_problem(man)
+    if wrong:
+        raise refused(source, f"its manifest is not one a build writes: {wrong}", "rebuild the bundle")
     return man
+
+
+def manifest_problem(man: dict[str, Any]) -> str:
+    """What is wrong with a manifest's fields ('' when nothing): each that a node reads, typed as
+    ``manifest()`` writes it. A signed manifest is trusted for what it says, not for its shape."""
+    for name in ("image", "version", "arch"):
+        value = man.get(name)
+        if not isinstance(value, str) or not value or len(value) > 128 or not value.isprintable():
+            return f"{name} is {value!r}, not a name"
+    for part in PARTS:
+        entry = man["parts"][part]
+        if not isinstance(entry, dict):
+            return f"parts.{part} is {entry!r}, not {{size, sha256}}"
+        size, digest = entry.get("size"), entry.get("sha256")
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size < 1 << 42:
+            return f"parts.{part}.size is {size!r}, not a size in bytes"
+        if not isinstance(digest, str) or len(digest) != 64 or digest.strip("0123456789abcdef"):
+            return f"parts.{part}.sha256 is {str(digest)[:80]!r}, not a sha256"
+    return ""
 
 
 def head_members(data: bytes) -> dict[str, bytes]:
@@ -191,7 +213,11 @@ def open_bundle(path: str, public_key: str, work: str, source: str | None = None
         tar = tarfile.open(path, "r:")
     except (OSError, tarfile.TarError) as exc:
         raise refused(source, f"not a bundle ({exc})", "give a .bundle file made by ./inv build") from None
-    members = {m.name: m for m in tar.getmembers() if m.isfile()}
+    try:
+        members = {m.name: m for m in tar.getmembers() if m.isfile()}
+    except (OSError, tarfile.TarError) as exc:  # cut short: the common partial download
+        tar.close()
+        raise refused(source, f"it is incomplete ({exc})", "the download was cut short: fetch it again") from None
     missing = [n for n in (MANIFEST, SIGNATURE) if n not in members]
     if missing:
         tar.close()
@@ -200,7 +226,10 @@ def open_bundle(path: str, public_key: str, work: str, source: str | None = None
     def content(name: str) -> bytes:
         f = tar.extractfile(members[name])
         assert f is not None
-        return f.read(1 << 20)
+        try:
+            return f.read(1 << 20)
+        except (OSError, tarfile.TarError) as exc:
+            raise refused(source, f"it is incomplete ({exc})", "the download was cut short: fetch it again") from None
 
     try:
         data = content(MANIFEST)
@@ -208,7 +237,8 @@ def open_bundle(path: str, public_key: str, work: str, source: str | None = None
         man = parse_manifest(data, source)
         for part in PARTS:
             if part not in members:
-                raise refused(source, f"the bundle has no {part}", "rebuild the bundle")
+                raise refused(source, f"the bundle has no {part} (cut short, or not made by a build)",
+                              "fetch it again; if it is still short, rebuild the bundle")
     except BaseException:
         tar.close()
         raise
@@ -223,7 +253,11 @@ def check_parts(bundle: Bundle, source: str) -> None:
         if info.size != int(want["size"]):
             raise refused(source, f"{part} is {info.size} bytes, the manifest says {want['size']}",
                           "the bundle is damaged: fetch it again")
-        _, digest = sha256_stream(bundle.reader(part))
+        try:
+            _, digest = sha256_stream(bundle.reader(part))
+        except (OSError, tarfile.TarError) as exc:
+            raise refused(source, f"{part} is incomplete ({exc})", "the download was cut short: fetch it again") \
+                from None
         if digest != want["sha256"]:
             raise refused(source, f"bad hash: {part} has sha256 {digest[:16]}…, the manifest says "
                           f"{str(want['sha256'])[:16]}…", "the bundle is damaged: fetch it again")

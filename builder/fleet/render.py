@@ -235,12 +235,16 @@ def render(inv: Inventory) -> tuple[list[Rendered], list[Problem]]:
                                     if isinstance(exc, SecurityError) else
                                     "set the variable in the site or in defaults:, or fix the template"))
             continue
-        loaded = check_text(text, f"{site.name}.yaml")
-        for p in loaded.problems:
+        try:
+            loaded = check_text(text, f"{site.name}.yaml")
+            found = list(loaded.problems)
+        except BasaltError as exc:  # not YAML at all: this site's problem, and the other sites go on
+            found = list(exc.problems)
+        for p in found:
             problems.append(Problem(f"site '{site.name}': {p.path + ': ' if p.path else ''}"
                                     f"{_redact(p.message, inv.secrets)} (rendered line {p.line})",
                                     str(inv.path), site.line, hint=_redact(p.hint, inv.secrets) if p.hint else None))
-        if not loaded.problems:
+        if not found:
             out.append(Rendered(site, text, shown))
     return out, problems
 

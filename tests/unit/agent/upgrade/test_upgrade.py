@@ -205,6 +205,81 @@ def test_versions_are_ordered_as_debian_orders_them(older: str, newer: str) -> N
     assert bundle.compare_versions(newer, newer) == 0
 
 
+def member_offsets(path: Path) -> dict[str, tuple[int, int]]:
+    import tarfile
+    with tarfile.open(path) as tar:
+        return {m.name: (m.offset, m.offset_data + m.size) for m in tar.getmembers()}
+
+
+@pytest.mark.parametrize("where", ["first header", "manifest", "signature", "kernel", "root header", "root data",
+                                   "root's last byte"])
+def test_a_truncated_bundle_is_refused_as_incomplete(where: str, tmp_path: Path,
+                                                     keys: dict[str, signing.SigningKey], node: upgrade.Node) -> None:
+    """The common partial download: cut anywhere, refused with a message (no traceback), nothing written."""
+    path = make_bundle(tmp_path, keys["site"])
+    at = member_offsets(path)
+    cut = {"first header": 100, "manifest": at[bundle.MANIFEST][0] + 600,
+           "signature": at[bundle.SIGNATURE][0] + 520, "kernel": at[bundle.KERNEL][1] - 10,
+           "root header": at[bundle.ROOT][0] + 200, "root data": at[bundle.ROOT][1] - 4096,
+           "root's last byte": at[bundle.ROOT][1] - 1}[where]
+    short = tmp_path / "short.bundle"
+    short.write_bytes(path.read_bytes()[:cut])
+    before = snapshot(node)
+    with pytest.raises(BasaltError) as err:
+        upgrade.install_bundle(node, str(short), "v.bundle")
+    text = err.value.render()
+    assert text.startswith("v.bundle: refused: ") and "\nhint: " in text, text
+    assert any(why in text for why in ("incomplete", "not a bundle", "cut short")), text
+    assert snapshot(node) == before
+
+
+# A manifest signed by the right key but not as a build writes it: (field, value, the refusal).
+MANIFESTS = [
+    ("version", None, "version is None, not a name"),
+    ("version", 7, "version is 7, not a name"),
+    ("version", "2\nrun", "version is '2\\nrun', not a name"),
+    ("version", "", "version is '', not a name"),
+    ("image", ["x86_64-raw"], "image is ['x86_64-raw'], not a name"),
+    ("arch", {"x": 1}, "arch is {'x': 1}, not a name"),
+    ("size", "abc", "parts.rootfs.squashfs.size is 'abc', not a size in bytes"),
+    ("size", -1, "parts.rootfs.squashfs.size is -1, not a size in bytes"),
+    ("size", True, "parts.rootfs.squashfs.size is True, not a size in bytes"),
+    ("size", 1e9, "parts.rootfs.squashfs.size is 1000000000.0, not a size in bytes"),
+    ("sha256", "abc", "parts.rootfs.squashfs.sha256 is 'abc', not a sha256"),
+    ("sha256", None, "parts.rootfs.squashfs.sha256 is 'None', not a sha256"),
+    ("part", ["size", "sha256"], "parts.rootfs.squashfs is ['size', 'sha256'], not {size, sha256}"),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "message"), MANIFESTS)
+def test_a_signed_manifest_with_a_wrong_field_is_refused(field: str, value: object, message: str, tmp_path: Path,
+                                                         keys: dict[str, signing.SigningKey], node: upgrade.Node,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whoever holds the key can sign anything: the node still refuses what no build writes."""
+    real = bundle.manifest
+
+    def hostile(*args: object) -> dict[str, object]:
+        man = real(*args)  # type: ignore[arg-type]
+        if field in ("size", "sha256"):
+            man["parts"][bundle.ROOT][field] = value
+        elif field == "part":
+            man["parts"][bundle.ROOT] = value
+        elif value is None:
+            del man[field]
+        else:
+            man[field] = value
+        return man
+    monkeypatch.setattr(bundle, "manifest", hostile)
+    path = make_bundle(tmp_path, keys["site"])
+    monkeypatch.undo()
+    before = snapshot(node)
+    with pytest.raises(BasaltError) as err:
+        upgrade.install_bundle(node, str(path), "v.bundle")
+    assert err.value.render().startswith("v.bundle: refused: "), err.value.render()
+    assert message in err.value.render(), err.value.render()
+    assert snapshot(node) == before
+
+
 # --- the health gate ------------------------------------------------------------------------------
 
 def test_gate_passes_only_when_everything_passes_together(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -181,3 +181,17 @@ def test_values_that_need_no_quotes_are_written_as_they_are() -> None:
                            # strings YAML would read as something else stay strings
                            ("yes", '"yes"'), ("0644", '"0644"'), ("1.5", '"1.5"'), ("null", '"null"'), ("~", '"~"')):
         assert render.yaml_value(value) == written, value
+
+
+def test_one_site_that_renders_to_broken_yaml_is_its_problem_and_the_rest_are_checked(inventory: Path) -> None:
+    template = inventory.with_name("site.yaml.j2")
+    template.write_text(template.read_text() + "{% if name == 'depot-1' %}\nbad: [unclosed\n{% endif %}\n")
+    (inventory.parent / "wifi.txt").write_text("short\n")
+    proc = cli("render", str(inventory))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.splitlines()[:3] == [
+        "error: 2 problems:",
+        f"{inventory}:11: site 'depot-1': YAML syntax error: expected ',' or ']', but got '<stream end>' "
+        "(rendered line 11)",
+        "hint: while parsing a flow sequence started on line 9; is it closed?"]
+    assert f"{inventory}:14: site 'depot-2': k3os.wifi[0].passphrase: " in proc.stderr
