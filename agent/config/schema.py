@@ -4,9 +4,13 @@ The device has only the standard library and PyYAML, so the agent cannot use
 the jsonschema package; the host uses this same code, so a config is judged
 identically everywhere. Supported: type, enum, const, pattern, minLength,
 maxLength, minimum, maximum, minItems, maxItems, uniqueItems, items,
-properties, additionalProperties, required, anyOf, oneOf, if/then/else,
-$ref to #/$defs. Problems come back in the user's terms: a path and a
-message, with a hint where one helps.
+properties, additionalProperties, propertyNames, required, anyOf, oneOf,
+if/then/else, $ref to #/$defs. Problems come back in the user's terms: a
+path and a message, with a hint where one helps.
+
+A pattern's ``$`` means the end of the value, as in JSON Schema's (ECMA-262)
+regular expressions, not Python's "the end, or before a final newline": a
+value with a trailing newline never passes a pattern that ends in ``$``.
 """
 
 from __future__ import annotations
@@ -23,6 +27,29 @@ Error = tuple[Path, str, str | None]  # (path, message, hint)
 _TYPES: dict[str, type | tuple[type, ...]] = {
     "string": str, "integer": int, "number": (int, float), "boolean": bool, "array": list, "object": dict,
     "null": type(None)}
+
+
+_PATTERNS: dict[str, re.Pattern[str]] = {}
+
+
+def ecma_pattern(pattern: str) -> re.Pattern[str]:
+    """``pattern`` compiled with ``$`` (unescaped, outside a class) meaning the end of the text."""
+    if pattern not in _PATTERNS:
+        out, i, in_class = [], 0, False
+        while i < len(pattern):
+            c = pattern[i]
+            if c == "\\":
+                out.append(pattern[i:i + 2])
+                i += 2
+                continue
+            if c == "[" and not in_class:
+                in_class = True
+            elif c == "]" and in_class:
+                in_class = False
+            out.append(r"\Z" if c == "$" and not in_class else c)
+            i += 1
+        _PATTERNS[pattern] = re.compile("".join(out))
+    return _PATTERNS[pattern]
 
 
 def json_type(value: Any) -> str:
@@ -91,7 +118,7 @@ class Validator:
                 f"must be at least {node['minLength']} characters", None
         if "maxLength" in node and len(value) > node["maxLength"]:
             yield path, f"must be at most {node['maxLength']} characters", None
-        if "pattern" in node and not re.search(node["pattern"], value):
+        if "pattern" in node and not ecma_pattern(node["pattern"]).search(value):
             yield path, f"{value!r} is not valid here", node.get("x-hint", f"must match the pattern {node['pattern']}")
 
     def _array(self, value: list[Any], node: dict[str, Any], path: Path) -> Iterator[Error]:
@@ -113,7 +140,13 @@ class Validator:
             if key not in value:
                 yield path, f"'{key}' is required", None
         extra = node.get("additionalProperties", True)
+        names = node.get("propertyNames")
         for key, item in value.items():
+            if isinstance(names, dict):
+                bad = [message for _, message, _ in self.errors(key, names, (*path, key))]
+                if bad:
+                    yield (*path, key), f"the key {key!r} is not valid here", names.get("x-hint")
+                    continue
             if key in props:
                 yield from self.errors(item, props[key], (*path, key))
             elif extra is False:

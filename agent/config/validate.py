@@ -71,6 +71,8 @@ class Normaliser:
             self.lines[new] = line
         self.display[new] = old
         want = node.get("type")
+        if want == "array" and isinstance(value, str) and node.get("x-comma-separated"):
+            value = [v.strip() for v in value.split(",") if v.strip()]  # cloud-init's groups: "users, adm"
         if want == "array" and value is not None and not isinstance(value, list):
             value = [value]  # a scalar where a list is expected: a one-item list
         if want == "boolean" and isinstance(value, str) and value.strip().lower() in TRUE | FALSE:
@@ -104,6 +106,8 @@ class Normaliser:
                 if not isinstance(extra, dict):
                     self._mark(item, (*new, key), (*old, key))
                 continue
+            if item == "" and self.validator.resolve(props[name]).get("x-empty-is-unset"):
+                continue  # k3OS (Go) reads an empty password as "not set"
             if name in out:
                 self.notes.append(self.source.problem((*old, key), f"'{key}' repeats '{name}', set already",
                                                       hint=f"keep one of them; '{key}' wins"))

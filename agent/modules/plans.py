@@ -54,6 +54,9 @@ def plan_environment(config: dict[str, Any], facts: dict[str, Any]) -> list[Acti
     env = section(config).get("environment", {})
     if not env:
         return []
+    bad = [k for k in env if not (k.isidentifier() and k.isascii())]
+    if bad:
+        raise ValueError(f"{bad[0]!r} is not a variable name")  # the schema refuses it first; the writer's guard
     text = "".join(f"{k}={_shell_quote(str(v))}\n" for k, v in sorted(env.items()))
     return [("write", "/etc/environment", text.encode(), 0o644, "root:root")]
 
@@ -96,6 +99,12 @@ def colon_rows(text: str) -> list[list[str]]:
 
 
 def colon_text(rows: list[list[str]]) -> bytes:
+    """/etc/passwd, group or shadow from rows; a field that would add a field or a line (the schema
+    refuses them first, this is the writer's own guard) is an error, never written."""
+    for row in rows:
+        for field in row:
+            if ":" in field or "\n" in field or "\r" in field:
+                raise ValueError(f"{field!r} cannot be a field of {row[0]!r}'s entry: it holds ':' or a line break")
     return "".join(":".join(r) + "\n" for r in rows).encode()
 
 

@@ -405,3 +405,82 @@ def test_the_schema_works_in_a_standard_validator_as_editors_use_it() -> None:
     assert bad == ["5 is not of type 'string'", "Additional properties are not allowed ('bogus' was unexpected)"]
     docs = (ROOT / "docs/config.md").read_text()
     assert "# yaml-language-server: $schema=" in docs
+
+
+# Injection: a field that reaches a line-based file (/etc/passwd, group, shadow, resolv.conf,
+# ntpd.conf, wpa_supplicant.conf, /etc/environment, the kernel command line) cannot carry a line
+# break, a ':' or a space into it; a pattern's '$' is the end of the value (not "before a final
+# newline"). Each: (config, the exact problems).
+INJECTIONS = [
+    ('users:\n- name: bob\n  shell: "/bin/sh\\nevil::0:0::/:/bin/sh"\n',
+     ["c.yaml:3: users[0].shell: '/bin/sh\\nevil::0:0::/:/bin/sh' is not valid here\nhint: an absolute path, "
+      "e.g. /bin/sh"]),
+    ('users:\n- name: bob\n  shell: "/bin/sh:x"\n',
+     ["c.yaml:3: users[0].shell: '/bin/sh:x' is not valid here\nhint: an absolute path, e.g. /bin/sh"]),
+    ('users:\n- name: bob\n  groups: ["wheel\\nevil:x:0:bob"]\n',
+     ["c.yaml:3: users[0].groups[0]: 'wheel\\nevil:x:0:bob' is not valid here\nhint: a group name: lower-case "
+      'letters, digits, _ and -; several as a list or "a, b"']),
+    ('users:\n- name: bob\n  groups: "users,adm:x:0:"\n',
+     ["c.yaml:3: users[0].groups[1]: 'adm:x:0:' is not valid here\nhint: a group name: lower-case "
+      'letters, digits, _ and -; several as a list or "a, b"']),
+    ('users:\n- name: bob\n  password: "$6$salt$hash:0:0::::::\\nevil::0:0::::::"\n',
+     ["c.yaml:3: users[0].password: '$6$salt$hash:0:0::::::\\nevil::0:0::::::' is not valid here\nhint: a "
+      "password on one line, or a crypt(3) hash ($6$..., $y$...: letters, digits and ./=,$ only)"]),
+    ('hostname: "node1\\n"\n',
+     ["c.yaml:1: hostname: 'node1\\n' is not valid here\nhint: a host name or FQDN: dot-separated labels of "
+      "letters, digits and '-', at most 64 characters"]),
+    ('k3os:\n  ntp_servers: ["pool.ntp.org\\nserver evil"]\n',
+     ["c.yaml:2: k3os.ntp_servers[0]: 'pool.ntp.org\\nserver evil' is not valid here\nhint: a host name or an "
+      "IP address"]),
+    ('k3os:\n  dns_nameservers: ["1.1.1.1\\nnameserver 6.6.6.6"]\n',
+     ["c.yaml:2: k3os.dns_nameservers[0]: '1.1.1.1\\nnameserver 6.6.6.6' is not valid here\nhint: an IPv4 or "
+      "IPv6 address, e.g. 1.1.1.1"]),
+    ('k3os:\n  environment: {"PATH=/tmp;x": y}\n',
+     ["c.yaml:2: k3os.environment.PATH=/tmp;x: the key 'PATH=/tmp;x' is not valid here\nhint: a variable name: "
+      "letters, digits and _, not starting with a digit"]),
+    ('k3os:\n  labels: {"a b": x, ok: "v w"}\n',
+     ["c.yaml:2: k3os.labels.a b: the key 'a b' is not valid here\nhint: a Kubernetes label key: [prefix/]name, "
+      "letters, digits, - _ .",
+      "c.yaml:2: k3os.labels.ok: 'v w' is not valid here\nhint: a Kubernetes label value: at most 63 letters, "
+      "digits, - _ ., starting and ending with a letter or digit"]),
+    ('k3os:\n  wifi: [{name: net, passphrase: "abcdefgh\\n}\\nnetwork={"}]\n',
+     ["c.yaml:2: k3os.wifi[0].passphrase: 'abcdefgh\\n}\\nnetwork={' is not valid here\nhint: a WPA passphrase "
+      "is 8 to 63 printable ASCII characters (or a 64-digit hex key); leave it out for an open network"]),
+    ('k3os:\n  install: {tty: "ttyS0 init=/bin/sh"}\n',
+     ["c.yaml:2: k3os.install.tty: 'ttyS0 init=/bin/sh' is not valid here\nhint: a console device and speed, "
+      "e.g. ttyS0,115200"]),
+    ('network:\n  interfaces:\n    eth0:\n      dns: ["1.1.1.1 x"]\n      vlan: {id: 5, link: "eth0;reboot"}\n'
+     '      routes: [{to: "10.0.0.0/8\\n", via: "10.0.0.1"}]\n',
+     ["c.yaml:4: network.interfaces.eth0.dns[0]: '1.1.1.1 x' is not valid here\nhint: an IPv4 or IPv6 address, "
+      "e.g. 1.1.1.1",
+      "c.yaml:5: network.interfaces.eth0.vlan.link: 'eth0;reboot' is not valid here\nhint: an interface name, "
+      "e.g. eth0",
+      "c.yaml:6: network.interfaces.eth0.routes[0].to: '10.0.0.0/8\\n' is not valid here\nhint: default, or an "
+      "address with prefix length, e.g. 10.1.0.0/16"]),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), INJECTIONS)
+def test_nothing_injects_a_line_or_a_field(text: str, expected: list[str]) -> None:
+    assert [p.render() for p in check_text(text, "c.yaml").problems] == expected
+
+
+@pytest.mark.parametrize(("text", "value"), [
+    ('users:\n- name: bob\n  groups: "users, adm"\n', {"users": [{"name": "bob", "groups": ["users", "adm"]}]}),
+    ('users:\n- name: bob\n  password: "$6$abc$def"\n', {"users": [{"name": "bob", "password": "$6$abc$def"}]}),
+    ('users:\n- name: bob\n  password: ""\n', {"users": [{"name": "bob"}]}),  # k3OS: "" is not set
+    ('k3os:\n  password: ""\n', {"k3os": {}}),
+    ('k3os:\n  ntp_servers: [pool.ntp.org, 10.0.0.1, "fe80::1"]\n',
+     {"k3os": {"ntp_servers": ["pool.ntp.org", "10.0.0.1", "fe80::1"]}}),
+])
+def test_what_people_write_is_read_as_cloud_init_and_k3os_read_it(text: str, value: dict[str, object]) -> None:
+    loaded = check_text(text, "c.yaml")
+    assert loaded.problems == () and loaded.value == value
+
+
+def test_the_writers_refuse_a_field_that_would_add_a_line_even_past_the_schema() -> None:
+    from agent.modules import plans
+    with pytest.raises(ValueError, match="cannot be a field of 'bob'"):
+        plans.colon_text([["bob", "x", "1000", "1000", "", "/home/bob", "/bin/sh\nevil::0:0::/:/bin/sh"]])
+    with pytest.raises(ValueError, match="is not a variable name"):
+        plans.plan_environment({"k3os": {"environment": {"A;B": "x"}}}, {})
