@@ -114,11 +114,16 @@ def fleet(c: Context, command: str, inventory: str, new: str = "", image: str = 
 def app(c: Context) -> None:
     """Apps on a cluster (a kubeconfig) or --dry-run: ./inv app -- run IMAGE --name N --port P, stage, promote,
     weight, scale, ps, logs, rm (the node's `basalt app`; docs/apps.md)."""
-    args = getattr(c, "remainder", "") or ""
-    if not args.strip():
+    # The arguments as the shell split them (sys.argv after --), passed as argv: never joined into a
+    # shell line again, so an argument holding ';' or '$(...)' is only ever an argument.
+    import subprocess
+    argv = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else []
+    if not argv:
         raise SystemExit("inv app: give the command after --, e.g. ./inv app -- --dry-run run nginx:1.27 "
                          "--name shop --port 80")
-    c.run(f"{PY} -m agent.apps.cli {args}", pty=False)
+    code = subprocess.run([PY, "-m", "agent.apps.cli", *argv], check=False).returncode
+    if code:
+        raise SystemExit(code)
 
 
 @task(help={"out": "the secret key to write, NAME.key (NAME.pub beside it)", "comment": "a note kept with the key"})

@@ -80,13 +80,14 @@ def plan(args: argparse.Namespace, objects: list[dict[str, Any]]) -> Change:
     """The change a command makes, from the app's objects now (pure: the dry run prints this)."""
     ns, cmd = args.namespace, args.app_command
     if cmd == "run":
-        s = spec.AppSpec(name=spec.check_name(args.name), image=args.image, port=spec.check_port(args.port),
+        s = spec.AppSpec(name=spec.check_name(args.name), image=spec.check_image(args.image),
+                         port=spec.check_port(args.port),
                          scale=spec.parse_scale(args.scale, "--scale"), env=spec.parse_env(args.env, "--env"),
                          host=spec.check_host(args.host, "--host") if args.host else "", namespace=ns,
                          revision=spec.check_revision(args.revision))
         return commands.run(objects, s)
     if cmd == "stage":
-        return commands.stage(objects, args.name, ns, args.image, args.revision,
+        return commands.stage(objects, args.name, ns, spec.check_image(args.image), args.revision,
                               spec.parse_scale(args.scale, "--scale") if args.scale else None,
                               spec.parse_env(args.env, "--env"))
     if cmd == "promote":

@@ -16,6 +16,10 @@ NAME = re.compile(r"^[a-z]([-a-z0-9]{0,28}[a-z0-9])?$")
 REVISION_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,14}[a-z0-9])?$")
 ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 HOST = re.compile(r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+# An OCI image reference, as the distribution spec's grammar has it: [registry[:port]/]path[:tag][@sha256:digest]
+_PART = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+IMAGE = re.compile(rf"(?:[a-zA-Z0-9](?:[-a-zA-Z0-9.]*[a-zA-Z0-9])?(?::[0-9]{{1,5}})?/)?{_PART}(?:/{_PART})*"
+                   r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?")
 DEFAULT_DOMAIN = "local"  # an app's host when none is given: NAME.local (mDNS, /etc/hosts, or a Host header)
 FIRST_REVISION = "v1"
 INCREMENT, INTERVAL = 5, 5.0  # Rio's default rate: 5 points every 5 seconds
@@ -83,24 +87,33 @@ def parse_env(items: list[str] | dict[str, Any], path: str = "env") -> tuple[tup
                 raise problem(f"{item!r} is not KEY=VALUE", "e.g. --env LOG_LEVEL=debug", path)
             pairs.append((key, val))
     for key, _ in pairs:
-        if not ENV_NAME.match(key):
+        if not ENV_NAME.fullmatch(key):
             raise problem(f"{key!r} is not a valid environment variable name", "letters, digits, '_', '-', '.'; "
                                                                              "not starting with a digit", path)
     return tuple(pairs)
 
 
 def check_name(name: str, path: str = "name") -> str:
-    if not NAME.match(name):
+    if not NAME.fullmatch(name):
         raise problem(f"{name!r} is not a valid app name", "lowercase letters, digits and '-', starting with a "
                                                           "letter, at most 30 characters", path)
     return name
 
 
 def check_revision(revision: str, path: str = "revision") -> str:
-    if not REVISION_NAME.match(revision):
+    if not REVISION_NAME.fullmatch(revision):
         raise problem(f"{revision!r} is not a valid revision name", "lowercase letters, digits and '-', at most "
                                                                    "16 characters, e.g. v2", path)
     return revision
+
+
+def check_image(image: str, path: str = "image") -> str:
+    if not image:
+        raise problem("an app needs an image", "e.g. image: nginx:1.27", path)
+    if len(image) > 255 or not IMAGE.fullmatch(image):
+        raise problem(f"{image!r} is not an image reference", "[registry/]name[:tag][@sha256:digest], "
+                                                             "e.g. nginx:1.27 or ghcr.io/acme/shop:2", path)
+    return image
 
 
 def check_port(port: Any, path: str = "port") -> int:
@@ -111,7 +124,7 @@ def check_port(port: Any, path: str = "port") -> int:
 
 
 def check_host(host: str, path: str = "host") -> str:
-    if not HOST.match(host) or len(host) > 253:
+    if not HOST.fullmatch(host) or len(host) > 253:
         raise problem(f"{host!r} is not a host name", "e.g. shop.example.com", path)
     return host
 
@@ -138,9 +151,7 @@ class AppSpec:
 def from_fields(fields: dict[str, Any]) -> AppSpec:
     """An AppSpec from config.yaml's fields (already schema-checked: types and keys)."""
     name = check_name(str(fields["name"]))
-    image = str(fields.get("image") or "")
-    if not image:
-        raise problem("an app needs an image", "e.g. image: nginx:1.27", "image")
+    image = check_image(str(fields.get("image") or ""))
     return AppSpec(name=name, image=image, port=check_port(fields.get("port")),
                    scale=parse_scale(fields.get("scale", 1)), env=parse_env(fields.get("env") or {}),
                    host=check_host(fields["host"]) if fields.get("host") else "",

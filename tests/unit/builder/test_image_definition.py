@@ -39,6 +39,8 @@ def test_default_image_loads() -> None:
     assert "python3-minimal" in img.packages
 
 
+CMDLINE_HINT = ("kernel arguments, one space between: letters, digits and _.,:=/+@%- (a quote, #, $, ;, { or a line "
+                "break would be GRUB script in grub.cfg)")
 BAD = [
     # (edit, needle on the reported line, expected "path: message", expected hint or None)
     (("  - format: iso", "  - format: sdimg"), "format: sdimg",
@@ -60,6 +62,17 @@ BAD = [
     (("  cmdline: console=tty0", "  cmdline: root=/dev/sda console=tty0"), "cmdline:",
      "kernel.cmdline: root= is set by the boot loader, not the image definition",
      "remove root=...; the initramfs finds the root by label"),
+    # GRUB script through the command line: a new menu entry, a comment cutting the boot line, a variable
+    (("  cmdline: console=tty0 console=ttyS0,115200 quiet",
+      "  cmdline: \"quiet\\n}\\nmenuentry evil {\\nlinux /x init=/bin/sh\\n}\\n#\""),
+     "cmdline:", "kernel.cmdline: 'quiet\\n}\\nmenuentry evil {\\nlinux /x init=/bin/sh\\n}\\n#' is not valid here",
+     CMDLINE_HINT),
+    (("  cmdline: console=tty0 console=ttyS0,115200 quiet", "  cmdline: 'quiet # basalt.label'"), "cmdline:",
+     "kernel.cmdline: 'quiet # basalt.label' is not valid here", CMDLINE_HINT),
+    (("  cmdline: console=tty0 console=ttyS0,115200 quiet", "  cmdline: 'quiet init=$evil'"), "cmdline:",
+     "kernel.cmdline: 'quiet init=$evil' is not valid here", CMDLINE_HINT),
+    (("  cmdline: console=tty0 console=ttyS0,115200 quiet", "  cmdline: 'quiet; reboot'"), "cmdline:",
+     "kernel.cmdline: 'quiet; reboot' is not valid here", CMDLINE_HINT),
 ]
 
 

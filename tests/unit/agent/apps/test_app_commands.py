@@ -103,6 +103,20 @@ def test_the_story_says_what_each_step_does() -> None:
     (["promote", "shop", "--resume"], ["run", "stage"], "shop: the promotion is not paused (idle)"),
     (["weight", "shop", "v1=50", "v2=40"], ["run", "stage"], "the weights add up to 90, not 100 (v1=50 + v2=40)"),
     (["rm", "shop", "v1"], ["run", "stage"], "shop: revision v1 has traffic (100%, target 100%)"),
+    # hostile values: a trailing newline never passes a name's pattern; an image is an image reference
+    (["run", "nginx", "--name", "shop\n", "--port", "80"], [], "name: 'shop\\n' is not a valid app name"),
+    (["run", "nginx", "--name", "shop", "--port", "80", "--host", "shop.example.com\n"], [],
+     "--host: 'shop.example.com\\n' is not a host name"),
+    (["run", "nginx", "--name", "shop", "--port", "80", "--env", "A\nB=1"], [],
+     "--env: 'A\\nB' is not a valid environment variable name"),
+    (["run", "x;touch /tmp/pwned;", "--name", "shop", "--port", "80"], [],
+     "image: 'x;touch /tmp/pwned;' is not an image reference"),
+    (["run", "nginx:1.27\n", "--name", "shop", "--port", "80"], [], "image: 'nginx:1.27\\n' is not an image reference"),
+    (["run", "$(id)", "--name", "shop", "--port", "80"], [], "image: '$(id)' is not an image reference"),
+    (["stage", "shop", "nginx:1.28 --privileged"], ["run"], "image: 'nginx:1.28 --privileged' is not an image "
+                                                            "reference"),
+    (["run", "nginx", "--name", "shop", "--port", "80", "--revision", "v1\n"], [],
+     "revision: 'v1\\n' is not a valid revision name"),
 ])
 def test_bad_commands_are_refused_with_the_reason(argv: list[str], states: list[str], message: str) -> None:
     with pytest.raises(BasaltError) as exc:
@@ -171,3 +185,13 @@ def test_a_crd_schema_catches_a_bad_object() -> None:
 
 def test_the_pinned_k3s_bundles_traefik_3_5() -> None:
     assert K3S == "v1.34.2+k3s1" and manifests.traefik_version(K3S) == "3.5.1"
+
+
+def test_inv_app_passes_its_arguments_as_arguments_never_as_a_shell_line(tmp_path: Path) -> None:
+    """./inv app -- ARGS: an argument holding ';' is one argument (it was joined into a shell line)."""
+    marker = tmp_path / "PWNED"
+    proc = subprocess.run([sys.executable, "-m", "invoke", "app", "--", "--dry-run", "run", f"x;touch {marker};",
+                           "--name", "shop", "--port", "80"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert not marker.exists()
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith(f"image: 'x;touch {marker};' is not an image reference\n"), proc.stderr
