@@ -37,6 +37,24 @@ def fs_label(head: bytes) -> tuple[str, bytes] | None:
     return None
 
 
+SEED_SOURCES = ("nocloud", "cdrom")  # the data_sources names that let a node read a NoCloud seed
+
+
+def seed_allowed(mode: str, data_sources: object) -> tuple[bool, str]:
+    """May a node in ``mode`` (live, installed) read a NoCloud seed, given the ``data_sources`` its
+    own config sets (None when unset)? A live node (booted from its ISO, provisioned by the seed
+    beside it) may unless its config says otherwise; an installed node only when its config names
+    nocloud: a USB stick labelled CIDATA and a power cycle must not be a way in. (allowed, why)."""
+    if data_sources is None:
+        if mode == "live":
+            return True, "a live node reads a seed unless data_sources says otherwise"
+        return False, "an installed node reads a seed only when its config's data_sources names nocloud"
+    named = [s for s in data_sources if s in SEED_SOURCES] if isinstance(data_sources, list) else []
+    if named:
+        return True, f"data_sources names {named[0]}"
+    return False, "the config's data_sources does not name nocloud"
+
+
 def find_seed(sys_block: str = "/sys/class/block", dev: str = "/dev") -> tuple[str, str] | None:
     """The first block device whose filesystem is labelled cidata: (device, fstype)."""
     for name in sorted(os.listdir(sys_block)) if os.path.isdir(sys_block) else []:

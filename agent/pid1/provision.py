@@ -44,7 +44,7 @@ class Provisioner:
             self.site_match = self.errors.guard("site", site.select, self.site_index)
             if self.site_match:
                 log(f"site: {site.describe(self.site_match)}")
-        seed = self.errors.guard("nocloud seed", collect_seed)
+        seed = self.errors.guard("nocloud seed", self.collect_seed, text)
         if not seed and not bootargs.has_config(text):
             return {}  # nothing to load: skip the parser and validator imports
         from agent.config import sources
@@ -57,6 +57,21 @@ class Provisioner:
         self.config_sources = merged.sources
         self.config_fallback = merged.fallback
         return merged.value
+
+    def collect_seed(self, cmdline: str) -> str | None:
+        """Copy a NoCloud seed (a disk labelled CIDATA) if one is attached and this node may read it
+        (datasources.seed_allowed); its device, or None."""
+        from agent.config import datasources
+        found = datasources.find_seed()
+        if found is None:
+            return None
+        allowed, why = datasources.seed_allowed(self.mode, seed_data_sources(cmdline))
+        if not allowed:
+            log(f"nocloud seed on {found[0]} not read: {why}")
+            return None
+        datasources.collect_seed(*found)
+        log(f"nocloud seed found on {found[0]} ({why})")
+        return found[0]
 
     def facts(self) -> dict[str, object]:
         """What plans need to know about the running system."""
@@ -153,11 +168,11 @@ def run_command(argv: list[str]) -> int:
     return spawn_wait(argv, log_path=COMMANDS_LOG)
 
 
-def collect_seed() -> str | None:
-    from agent.config import datasources
-    found = datasources.find_seed()
-    if found is None:
+def seed_data_sources(cmdline: str) -> object:
+    """``data_sources`` as the node's own config sets it (every source but a seed), or None."""
+    from agent.config import bootargs, datasources, sources
+    from agent.config.section import section
+    if not bootargs.has_config(cmdline):
         return None
-    datasources.collect_seed(*found)
-    log(f"nocloud seed found on {found[0]}")
-    return found[0]
+    own = sources.gather(cmdline, datasource_dirs=tuple(d for d in datasources.DIRS if d != datasources.NOCLOUD_DIR))
+    return section(own.value).get("data_sources")

@@ -75,13 +75,18 @@ def test_unattended_install_powers_off_having_written_the_layout(installed: tupl
 
 
 @pytest.mark.parametrize("firmware", ["bios", "uefi"])
-def test_the_installed_disk_boots_alone(installed: tuple[Path, str], key: Path, firmware: str,
+def test_the_installed_disk_boots_alone(installed: tuple[Path, str], key: Path, firmware: str, tmp_path: Path,
                                         qemu_available: None) -> None:
     target, _ = installed
     before = sha256(target)
-    with Guest(None, firmware=firmware, boot_disk=target) as guest:
+    # A stranger's USB stick labelled CIDATA, attached at power-on: an installed node does not read it.
+    (tmp_path / "user-data").write_text("hostname: pwned-by-usb\nusers:\n- name: evil\n  password: x\n")
+    stick = seed.make_seed(tmp_path / "stick.iso", tmp_path / "user-data")
+    with Guest(None, firmware=firmware, boot_disk=target, extra_cdroms=[stick]) as guest:
         m = guest.wait_for(READY.pattern + r" errors=(\d+)", BOOT_TIMEOUT)
         assert m.group(4) == "0", guest.tail()
+        assert re.search(r"nocloud seed on /dev/\w+ not read: an installed node reads a seed only when its "
+                         r"config's data_sources names nocloud", guest.console()), guest.console()[-3000:]
         assert "state partition /dev/vda5 grown to" in guest.console()
         guest.wait_ssh(key)  # the key came from the seed, through the installed config
 
@@ -89,6 +94,7 @@ def test_the_installed_disk_boots_alone(installed: tuple[Path, str], key: Path, 
             return guest.ssh(cmd, key)
 
         assert sh("hostname") == "installed-node"
+        assert sh("grep -c '^evil:' /etc/passwd || true") == "0"  # the stick's user does not exist
         live_key = re.search(r"basalt: ssh host key: (ED25519 SHA256:\S+)", installed[1])
         assert live_key and f"basalt: ssh host key: {live_key.group(1)}" in guest.console()  # the same identity
         scan = subprocess.run(["ssh-keyscan", "-t", "ed25519", "-p", str(guest.ssh_port), "127.0.0.1"],

@@ -136,3 +136,20 @@ def test_a_fault_in_the_validator_costs_the_source_not_the_config(tmp_path: Path
         f"{tmp_path / 'state.yaml'}: the validator failed on this source (TypeError: unhashable type: 'list')\n"
         "hint: this is a Basalt bug: report it with the source; the node keeps its last known-good config"]
     assert merged.value["hostname"] == "good"
+
+
+@pytest.mark.parametrize(("mode", "data_sources", "allowed", "why"), [
+    ("live", None, True, "a live node reads a seed unless data_sources says otherwise"),
+    ("installed", None, False, "an installed node reads a seed only when its config's data_sources names nocloud"),
+    ("installed", ["nocloud"], True, "data_sources names nocloud"),
+    ("installed", ["aws", "cdrom"], True, "data_sources names cdrom"),
+    ("installed", ["aws"], False, "the config's data_sources does not name nocloud"),
+    ("live", [], False, "the config's data_sources does not name nocloud"),
+    ("installed", "nocloud", False, "the config's data_sources does not name nocloud"),  # not a list: no
+])
+def test_a_nocloud_seed_is_read_only_where_the_node_says(mode: str, data_sources: object, allowed: bool,
+                                                         why: str) -> None:
+    """Any disk labelled CIDATA was applied at every boot, installed nodes too (a USB stick and a power
+    cycle gave root): now data_sources decides, and an installed node reads none by default."""
+    from agent.config import datasources
+    assert datasources.seed_allowed(mode, data_sources) == (allowed, why)
