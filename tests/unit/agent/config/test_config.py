@@ -242,6 +242,55 @@ def test_fuzz_arbitrary_text_gives_a_clean_error_or_a_result(text: str) -> None:
     assert isinstance(loaded.value, dict)
 
 
+LAUGHS = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"{x}: &{x} [{', '.join([f'*{p}'] * 10)}]\n" for p, x in zip("abcdefgh", "bcdefghi", strict=True))  # 10^9 values
+
+# Bombs and the unbounded: (the text, the refusal). Each answered in under a second and 100 MB.
+BOMBS = [
+    (LAUGHS, "the document expands to more than 20000 values or 100 levels (aliases used over and over?)"),
+    ("a: " + "[" * 50_000 + "]" * 50_000 + "\n", "nested more than 100 levels deep"),
+    ("a: " + "{b: " * 20_000 + "1" + "}" * 20_000 + "\n", "nested more than 100 levels deep"),
+    ("".join(f"{'  ' * i}k{i}:\n" for i in range(300)) + "  " * 300 + "v\n",
+     "the document expands to more than 20000 values or 100 levels"),
+    ("hostname: " + "a" * (1 << 20) + "\n", "characters: larger than 1024 KiB, more than any config or definition"),
+    ("write_files:\n- path: /x\n  encoding: gz+b64\n  content: "
+     + __import__("base64").b64encode(__import__("gzip").compress(bytes(64 << 20), mtime=0)).decode() + "\n",
+     "content does not decode as gz+b64: it decompresses to more than 16 MiB"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), BOMBS, ids=["aliases", "flow lists", "flow maps", "block maps",
+                                                          "a large file", "gzip"])
+def test_a_bomb_is_refused_within_a_second_and_100_mb(text: str, message: str) -> None:
+    import time
+    import tracemalloc
+    started = time.monotonic()
+    try:
+        found = [p.render() for p in check_text(text, "c.yaml").problems]
+    except BasaltError as exc:
+        found = [exc.render()]
+    assert time.monotonic() - started < 1.0
+    assert any(message in f for f in found), found
+    tracemalloc.start()
+    try:
+        check_text(text, "c.yaml")
+    except BasaltError:
+        pass
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 100 << 20, peak
+
+
+def test_a_merge_key_may_be_overridden_and_a_repeated_key_is_still_a_duplicate() -> None:
+    text = ("users:\n- &bob {name: bob, shell: /bin/sh, groups: [users]}\n- <<: *bob\n  name: alice\n"
+            "  shell: /bin/bash\n")
+    loaded = check_text(text, "c.yaml")
+    assert loaded.problems == ()
+    assert loaded.value["users"][1] == {"name": "alice", "shell": "/bin/bash", "groups": ["users"]}
+    again = check_text("users:\n- &bob {name: bob}\n- <<: *bob\n  name: alice\n  name: carol\n", "c.yaml")
+    assert [p.render().splitlines()[0] for p in again.problems] == ["c.yaml:5: users[1].name: duplicate key 'name'"]
+
+
 def test_docs_name_every_config_key() -> None:
     """docs/config.md documents every key the schema accepts."""
     import json
