@@ -63,6 +63,7 @@ class Normaliser:
     lines: dict[PathKey, int] = field(default_factory=dict)
     display: dict[PathKey, PathKey] = field(default_factory=dict)
     notes: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
 
     def walk(self, value: Any, node: dict[str, Any], new: PathKey, old: PathKey) -> Any:
         node = self.validator.resolve(node)
@@ -78,7 +79,15 @@ class Normaliser:
         if want == "boolean" and isinstance(value, str) and value.strip().lower() in TRUE | FALSE:
             return value.strip().lower() in TRUE
         if want == "string" and isinstance(value, (bool, int, float)):
-            return ("true" if value else "false") if isinstance(value, bool) else str(value)
+            if isinstance(value, bool):
+                return "true" if value else "false"
+            text = getattr(value, "raw", "") or str(value)  # as written: 0644 stays "0644", 1.10 "1.10"
+            if node.get("x-octal"):  # cloud-init's own docs write permissions: 0644 unquoted
+                self.warnings.append(Problem(
+                    f"unquoted {text} is read as the octal mode {text} (as cloud-init writes 0644), not the number "
+                    f"{int(value)}", self.source.source, self.source.line_of(old), format_path(old),
+                    f"quote it: '{text}'", warning=True))
+            return text
         if isinstance(value, dict) and isinstance(value.get("content"), bytes):
             # YAML !!binary content: carried as base64 text, decoded when the file is written.
             import base64
@@ -133,10 +142,11 @@ class LoadedConfig:
         return not self.problems
 
 
-def normalise(doc: Located, schema: dict[str, Any]) -> tuple[Located, list[Problem]]:
+def normalise(doc: Located, schema: dict[str, Any]) -> tuple[Located, list[Problem], list[Problem]]:
+    """The document in canonical form; the problems and the warnings normalising found."""
     n = Normaliser(schema_mod.Validator(schema), doc)
     value = n.walk(doc.value, schema, (), ())
-    return Located(value, doc.source, n.lines, n.display), n.notes
+    return Located(value, doc.source, n.lines, n.display), n.notes, n.warnings
 
 
 def relative_paths(doc: Located) -> list[Problem]:
@@ -165,9 +175,9 @@ def check(doc: Located, schema: dict[str, Any] | None = None, k3s_version: str |
     if not isinstance(doc.value, dict):
         return LoadedConfig({}, doc, (doc.problem([], "config.yaml must be a mapping of keys",
                                                   hint="see docs/config.md for the keys"),))
-    located, notes = normalise(doc, schema)
+    located, notes, noticed = normalise(doc, schema)
     problems = [*doc.problems, *notes]
-    warnings = relative_paths(located)
+    warnings = [*noticed, *relative_paths(located)]
     validator = schema_mod.Validator(schema)
     top, section = schema["properties"], validator.resolve(schema["properties"]["basalt"])
     errors = list(validator.errors(located.value))

@@ -159,7 +159,21 @@ def _construct(loader: _Loader, node: yaml.Node, path: PathKey, lines: dict[Path
         return [_construct(loader, item, (*path, i), lines, source, duplicates, text,
                            item.start_mark.line + 1 if node.flow_style else _item_line(text, item.start_mark))
                 for i, item in enumerate(node.value)]
-    return loader.construct_object(node, deep=True)
+    value = loader.construct_object(node, deep=True)
+    if type(value) in (int, float) and isinstance(node, yaml.ScalarNode) and not node.style:
+        value = (Int if type(value) is int else Float)(value)
+        value.raw = node.value  # 0644, 1.10: as written, for a key that wants text (k3OS reads them so)
+    return value
+
+
+class Int(int):
+    """An unquoted YAML integer that remembers how it was written (``raw``)."""
+    raw = ""
+
+
+class Float(float):
+    """An unquoted YAML float that remembers how it was written (``raw``)."""
+    raw = ""
 
 
 def loads(text: str, source: str = "<string>", strict: bool = True) -> Located:

@@ -484,3 +484,22 @@ def test_the_writers_refuse_a_field_that_would_add_a_line_even_past_the_schema()
         plans.colon_text([["bob", "x", "1000", "1000", "", "/home/bob", "/bin/sh\nevil::0:0::/:/bin/sh"]])
     with pytest.raises(ValueError, match="is not a variable name"):
         plans.plan_environment({"k3os": {"environment": {"A;B": "x"}}}, {})
+
+
+@pytest.mark.parametrize(("text", "mode", "warning"), [
+    ("write_files:\n- path: /a\n  permissions: 0644\n", 0o644,
+     "c.yaml:3: warning: write_files[0].permissions: unquoted 0644 is read as the octal mode 0644 (as cloud-init "
+     "writes 0644), not the number 420\nhint: quote it: '0644'"),
+    ("write_files:\n- path: /a\n  permissions: 600\n", 0o600,
+     "c.yaml:3: warning: write_files[0].permissions: unquoted 600 is read as the octal mode 600 (as cloud-init "
+     "writes 0644), not the number 600\nhint: quote it: '600'"),
+    ("write_files:\n- path: /a\n  permissions: '0640'\n", 0o640, None),
+])
+def test_an_unquoted_mode_is_the_octal_mode_it_looks_like_with_a_warning(text: str, mode: int,
+                                                                         warning: str | None) -> None:
+    """cloud-init's own documented form, permissions: 0644, was written as mode 0420."""
+    from agent.modules.plans import plan_write_files
+    loaded = check_text(text, "c.yaml")
+    assert loaded.problems == ()
+    assert [w.render() for w in loaded.warnings] == ([warning] if warning else [])
+    assert plan_write_files(loaded.value, {})[0][3] == mode
