@@ -279,29 +279,14 @@ def _load(path: str, schema: Callable[[], dict[str, Any]], schema_raw: bytes) ->
 
 
 def show(merged: Merged) -> str:
-    """The merged config, one leaf per line, with the source that set it."""
+    """The merged config, one leaf per line, with the source that set it (secrets as <redacted>)."""
+    from agent.config import secrets
     lines = []
     for path in sorted(merged.origin, key=lambda p: [str(x) for x in p]):
         value: Any = merged.value
         for part in path:
             value = value[part]
         dotted = ".".join(str(p) for p in path)
-        lines.append(f"{dotted} = {redacted(path, value)!r}    # {merged.origin[path]}")
+        lines.append(f"{dotted} = {secrets.redacted(path, value)!r}    # {merged.origin[path]}")
     return "\n".join(lines)
 
-
-SECRET_KEYS = frozenset({"password", "token", "passphrase"})  # join tokens, passwords, Wi-Fi passphrases
-SECRET_ARGS = ("--token", "--agent-token", "--datastore-endpoint")  # k3s flags whose value is a secret
-
-
-def redacted(path: PathKey, value: Any) -> Any:
-    """``value`` as ``basalt config show`` may print it: a secret's value never is."""
-    if any(part in SECRET_KEYS for part in path if isinstance(part, str)) and value not in (None, ""):
-        return "<redacted>"
-    if isinstance(value, list):  # k3s args: "--token=x", or "--token" then "x"
-        return [("<redacted>" if i and value[i - 1] in SECRET_ARGS else redacted(path, item))
-                for i, item in enumerate(value)]
-    if isinstance(value, str) and value.startswith(SECRET_ARGS):
-        flag, eq, _ = value.partition("=")
-        return f"{flag}=<redacted>" if eq else value
-    return value

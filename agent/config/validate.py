@@ -168,7 +168,7 @@ def relative_paths(doc: Located) -> list[Problem]:
 def check(doc: Located, schema: dict[str, Any] | None = None, k3s_version: str | None = None) -> LoadedConfig:
     """Normalise and validate one parsed document: every problem and every warning, ordered by
     line. ``k3s_version``: the release the config will run with (default: this node's)."""
-    from agent.config import checks
+    from agent.config import checks, secrets
     schema = schema or load_schema()
     if doc.value is None:
         return LoadedConfig({}, doc, tuple(doc.problems))
@@ -196,6 +196,11 @@ def check(doc: Located, schema: dict[str, Any] | None = None, k3s_version: str |
         (warnings if found.warning else problems).append(found)
     problems.sort(key=lambda p: (p.line or 0, p.path or ""))
     warnings.sort(key=lambda p: (p.line or 0, p.path or ""))
+    hidden = [v for v in (*secrets.values(doc.value), *secrets.values(located.value)) if not TEMPLATE.search(v)]
+    if hidden:  # a bad passphrase is not printed to the console, agent.log, status.json or a CI log
+        problems, warnings = ([Problem(secrets.scrub(p.message, hidden), p.file, p.line, p.path,
+                                       secrets.scrub(p.hint, hidden) if p.hint else None, p.warning) for p in found]
+                              for found in (problems, warnings))
     return LoadedConfig(located.value, located, tuple(problems), tuple(warnings))
 
 

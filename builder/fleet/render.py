@@ -211,7 +211,6 @@ def render(inv: Inventory) -> tuple[list[Rendered], list[Problem]]:
     """Every site rendered and validated; the problems of all of them."""
     import jinja2
 
-    from agent.config.validate import check_text
     env = _environment(inv.template.parent)
     problems: list[Problem] = []
     try:
@@ -235,18 +234,30 @@ def render(inv: Inventory) -> tuple[list[Rendered], list[Problem]]:
                                     if isinstance(exc, SecurityError) else
                                     "set the variable in the site or in defaults:, or fix the template"))
             continue
-        try:
-            loaded = check_text(text, f"{site.name}.yaml")
-            found = list(loaded.problems)
-        except BasaltError as exc:  # not YAML at all: this site's problem, and the other sites go on
-            found = list(exc.problems)
+        found = _problems(text, f"{site.name}.yaml")
+        # What people see comes from the render with placeholders: a problem that render has too is
+        # shown as it words it; one only the real render has is about a value made from a secret
+        # (upper-cased, escaped, an anchor's name...), and its words may hold the secret: withheld.
+        seen = {(p.line, p.path, p.message): p for p in _problems(shown, f"{site.name}.yaml")} if found else {}
         for p in found:
-            problems.append(Problem(f"site '{site.name}': {p.path + ': ' if p.path else ''}"
-                                    f"{_redact(p.message, inv.secrets)} (rendered line {p.line})",
-                                    str(inv.path), site.line, hint=_redact(p.hint, inv.secrets) if p.hint else None))
+            twin = seen.get((p.line, p.path, _redact(p.message, inv.secrets)))
+            message = twin.message if twin else "a value made from a secret is not valid here (the message " \
+                                                 "is withheld: it could show the secret)"
+            hint = twin.hint if twin else "check what the template makes of the secret on this line"
+            problems.append(Problem(f"site '{site.name}': {p.path + ': ' if p.path else ''}{message} "
+                                    f"(rendered line {p.line})", str(inv.path), site.line,
+                                    hint=_redact(hint, inv.secrets) if hint else None))
         if not found:
             out.append(Rendered(site, text, shown))
     return out, problems
+
+
+def _problems(text: str, name: str) -> list[Problem]:
+    from agent.config.validate import check_text
+    try:
+        return list(check_text(text, name).problems)
+    except BasaltError as exc:  # not YAML at all: this site's problem, and the other sites go on
+        return list(exc.problems)
 
 
 def secret_fn(table: dict[str, str]) -> Any:

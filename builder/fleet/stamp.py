@@ -155,6 +155,9 @@ def stamp(artifact: Path, payload: bytes, out: Path, name: str = "") -> Path:
             bmap, xz = (artifact.with_name(artifact.name + ext).exists() for ext in (".bmap", ".xz"))
             if bmap or xz:
                 disk.flashables(dest, xz=xz)
+        for item in partial.iterdir():  # the stamped artifacts hold the site's secrets: the owner's alone
+            if item.name in (dest.name, dest.name + ".xz"):
+                item.chmod(0o600)
         outputs = []
         for item in sorted(partial.iterdir()):
             digest = (digests.get(item) or pool.submit(sha256_file, item)).result()

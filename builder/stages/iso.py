@@ -183,6 +183,10 @@ def patch_grub2_boot_info(image: Path, extent: int) -> None:
         f.write(struct.pack("<Q", extent * 4 + 5))
 
 
+# What may hold a site's secrets (a join token, passwords): root's alone on the mounted medium (Rock Ridge)
+SECRET_FILES = frozenset({layout.MEDIUM_SITE, layout.MEDIUM_CONFIG, layout.MEDIUM_CONFIG_BIN})
+
+
 def write_iso(dest: Path, volume_id: str, files: dict[str, bytes | Path], boot: list[tuple[str, bool]]) -> None:
     iso = pycdlib.PyCdlib()
     iso.new(interchange_level=3, rock_ridge="1.09", joliet=3, vol_ident=volume_id, sys_ident="LINUX",
@@ -207,7 +211,7 @@ def write_iso(dest: Path, volume_id: str, files: dict[str, bytes | Path], boot: 
                 fp = io.BytesIO(content)  # type: ignore[assignment]
                 length = len(content)
             iso.add_fp(fp, length, iso_name(path), rr_name=parts[-1], joliet_path=path,
-                       file_mode=0o100400 if path == layout.MEDIUM_SITE else None)  # may hold secrets
+                       file_mode=0o100400 if path in SECRET_FILES else None)
         for i, (path, efi) in enumerate(boot):
             kwargs: dict[str, Any] = {"bootcatfile": "/BOOT/GRUB/BOOT.CAT;1", "rr_bootcatname": "boot.cat",
                                       "joliet_bootcatfile": "/boot/grub/boot.cat"} if i == 0 else {}

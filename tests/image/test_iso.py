@@ -124,6 +124,9 @@ def test_config_only_rebuild_reruns_only_the_iso_stage(built_iso: Path, tmp_path
     iso = open_iso(next(out.glob("*.iso")))
     try:
         assert read(iso, "/basalt/config.yaml") == f"hostname: {hostname}\n".encode()
+        for path in ("/basalt/config.yaml", "/basalt/config.bin", "/basalt/site.json"):  # may hold secrets
+            record = iso.get_record(rr_path=path)
+            assert record.rock_ridge is not None and record.rock_ridge.get_file_mode() == 0o100400, path
     finally:
         iso.close()
 

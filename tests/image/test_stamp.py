@@ -73,6 +73,7 @@ def test_an_iso_is_stamped_in_a_copy_and_restamped(built_iso: Path, tmp_path: Pa
     index = json.loads(data.rstrip(b"\0"))
     assert index["default"]["name"] == "site-a" and "hostname: site-a" in index["default"]["config"]
     assert out.stat().st_size == iso.stat().st_size and sha(iso) == before
+    assert out.stat().st_mode & 0o777 == 0o600  # it holds the site's secrets
     # stamping the stamped ISO again replaces the site config
     again = stamp.configure(out, site_config(tmp_path, "site-b"), tmp_path / "b", "site-b")
     assert json.loads(iso_site(again).rstrip(b"\0"))["default"]["name"] == "site-b"
@@ -94,6 +95,8 @@ def test_a_raw_disk_is_stamped_on_its_boot_partition_with_new_flashables(raw: Pa
     base = out.name
     assert names == sorted([base, f"{base}.sha256", f"{base}.bmap", f"{base}.bmap.sha256", f"{base}.xz",
                             f"{base}.xz.sha256", "manifest.json"])
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.parent.iterdir()}
+    assert modes == {**{n: 0o644 for n in names}, base: 0o600, f"{base}.xz": 0o600}  # what holds the secrets
     import lzma
     with lzma.open(out.with_name(base + ".xz")) as f:
         assert hashlib.sha256(f.read()).hexdigest() == sha(out)

@@ -106,9 +106,20 @@ def test_the_site_config_merges_after_the_baked_one_and_before_the_state_partiti
     (("k3os", "k3s_args"), ["--token=abc", "--node-label", "x=y"], ["--token=<redacted>", "--node-label", "x=y"]),
     (("k3os", "k3s_args"), ["--token", "abc"], ["--token", "<redacted>"]),
     (("hostname",), "edge", "edge"),
+    # each was printed by basalt config show
+    (("k3s", "config", "agent-token"), "K10agent", "<redacted>"),
+    (("k3s", "config", "datastore-endpoint"), "mysql://u:pw@tcp(db)/k3s", "<redacted>"),
+    (("k3s", "config", "etcd-s3-secret-key"), "s3cr3t", "<redacted>"),
+    (("k3os", "environment", "K3S_TOKEN"), "K10env", "<redacted>"),
+    (("k3os", "environment", "AWS_SECRET_ACCESS_KEY"), "abc", "<redacted>"),
+    (("k3s", "registries", "configs", "r.example", "auth", "username"), "bob", "<redacted>"),
+    (("k3os", "k3s_args"), ["--etcd-s3-secret-key=x", "--agent-token", "y"],
+     ["--etcd-s3-secret-key=<redacted>", "--agent-token", "<redacted>"]),
+    (("k3os", "environment", "HTTP_PROXY"), "http://proxy:3128", "http://proxy:3128"),
 ])
 def test_config_show_redacts_secrets(path: tuple[str | int, ...], value: object, shown: object) -> None:
-    assert sources.redacted(path, value) == shown
+    from agent.config import secrets
+    assert secrets.redacted(path, value) == shown
 
 
 def test_the_site_index_file_name_is_the_layouts() -> None:

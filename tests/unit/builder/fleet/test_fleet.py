@@ -94,8 +94,8 @@ def test_every_site_is_checked_and_a_bad_secret_value_is_not_printed(inventory: 
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: 2 problems:\n")
     assert f"{inventory}:11: site 'depot-1': hostname: 'depot_1!' is not valid here" in proc.stderr
-    assert f"{inventory}:14: site 'depot-2': k3os.wifi[0].passphrase: '<secret:wifi_psk>' is not valid here" \
-        in proc.stderr
+    assert f"{inventory}:14: site 'depot-2': k3os.wifi[0].passphrase: a value made from a secret is not valid " \
+        "here (the message is withheld" in proc.stderr
     assert "short" not in proc.stderr.replace("shorter", "") and TOKEN not in proc.stderr
 
 
@@ -195,3 +195,26 @@ def test_one_site_that_renders_to_broken_yaml_is_its_problem_and_the_rest_are_ch
         "(rendered line 11)",
         "hint: while parsing a flow sequence started on line 9; is it closed?"]
     assert f"{inventory}:14: site 'depot-2': k3os.wifi[0].passphrase: " in proc.stderr
+
+
+
+# A secret that reaches a message in a form the raw value is not: each message is withheld, never shown.
+DISGUISES = [
+    ("hostname: {{ secret('wifi_psk')|upper }}\n", "hostname"),  # upper-cased into a host name (invalid: '_')
+    ("hostname: \"{{ secret('wifi_psk') }}\\\\n\"\n", "hostname"),  # escaped by repr() in the message
+    ("basalt: {labels: {x: '{{ secret(\"wifi_psk\")|reverse }} !'}}\n", "basalt.labels.x"),
+]
+
+
+@pytest.mark.parametrize(("line", "path"), DISGUISES)
+def test_a_secret_in_disguise_never_reaches_a_message(inventory: Path, line: str, path: str) -> None:
+    (inventory.parent / "wifi.txt").write_text("Se_cret.Psk-Value\n")
+    template = inventory.with_name("site.yaml.j2")
+    template.write_text(template.read_text().replace("hostname: {{ hostname }}\n", "") + line)
+    proc = cli("render", str(inventory))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    text = proc.stderr.lower()
+    for form in ("se_cret.psk-value", "se_cret.psk-value"[::-1], "se_cret"):
+        assert form not in text, proc.stderr
+    assert f"{path}: a value made from a secret is not valid here (the message is withheld" in proc.stderr or \
+        f"{path}: '<secret:wifi_psk>" in proc.stderr, proc.stderr  # withheld, or in the placeholder's words
