@@ -63,10 +63,23 @@ def check_node(booted: str, selection: bootsel.Selection) -> None:
 
 # --- fetching ----------------------------------------------------------------------------------
 
+def expected_size(man: dict[str, Any]) -> int:
+    """The most a bundle with this signed manifest can be: its parts, each with a tar header and
+    padding, the manifest and signature, and the end blocks (a server sending more is refused)."""
+    return sum(int(part["size"]) + 1024 for part in man["parts"].values()) + (64 << 10)
+
+
 def download(url: str, directory: str = layout.UPGRADE_DOWNLOADS, attempts: int = ATTEMPTS,
-             timeout: float = 30.0) -> str:
-    """The bundle at ``url`` in ``directory``, resumed from a partial copy and retried with backoff."""
+             timeout: float = 30.0, limit: int = 0) -> str:
+    """The bundle at ``url`` in ``directory``, resumed from a partial copy and retried with backoff;
+    no more than ``limit`` bytes (the signed manifest's size), and only if they fit there."""
     os.makedirs(directory, 0o700, exist_ok=True)
+    limit = limit or MAX_BUNDLE
+    free = os.statvfs(directory)
+    if limit <= MAX_BUNDLE and free.f_bavail * free.f_frsize < limit:
+        raise BasaltError(Problem(f"{url}: the bundle ({limit >> 20} MiB) does not fit in {directory} "
+                                  f"({free.f_bavail * free.f_frsize >> 20} MiB free)",
+                                  hint="free space on the state partition (old logs, images), or upgrade from a file"))
     final = os.path.join(directory, hashlib.sha256(url.encode()).hexdigest()[:16] + ".bundle")
     shown = [-1]
 
@@ -76,7 +89,8 @@ def download(url: str, directory: str = layout.UPGRADE_DOWNLOADS, attempts: int 
             say(f"downloading {url}: {got >> 20}/{total >> 20} MiB")
 
     try:
-        return http.download(url, final, MAX_BUNDLE, attempts, timeout=timeout, progress=progress, chunk=CHUNK,
+        return http.download(url, final, min(limit, MAX_BUNDLE), attempts, timeout=timeout, progress=progress,
+                             chunk=CHUNK,
                              on_retry=lambda exc, wait: say(f"download interrupted ({exc}); resuming in {wait:.0f}s"))
     except http.Failed as exc:
         raise BasaltError(Problem(f"{url}: cannot download the bundle: {exc.last}",
@@ -84,10 +98,10 @@ def download(url: str, directory: str = layout.UPGRADE_DOWNLOADS, attempts: int 
                                        "by the next try")) from None
 
 
-def fetch(source: str) -> tuple[str, bool]:
+def fetch(source: str, limit: int = 0) -> tuple[str, bool]:
     """A local path to the bundle, and whether it is a download to remove afterwards."""
     if source.startswith(("http://", "https://")):
-        return download(source), True
+        return download(source, limit=limit), True
     if not os.path.isfile(source):
         raise BasaltError.simple(f"{source}: no such file", hint="give a .bundle file or an http(s) URL")
     return source, False
@@ -108,6 +122,9 @@ def check(man: dict[str, Any], source: str, target: str, state: dict[str, Any], 
         raise bundle.refused(source, f"it is for {man.get('arch')}, this node is {arch}",
                              "use the bundle built from this node's image definition")
     image = slots.build_info(booted or slots.booted(), medium).get("image")
+    if not image and not force:
+        raise bundle.refused(source, f"this node's slot records no image name, so a bundle for {man.get('image')} "
+                             "cannot be told apart from one for another image", "--force installs it anyway")
     if image and man.get("image") != image:
         raise bundle.refused(source, f"it is for image {man.get('image')}, this node runs {image}",
                              "use a bundle built from the same image definition (its name:)")
@@ -270,11 +287,13 @@ def upgrade(source: str, force: bool = False, reboot: bool = True, tries: int = 
     try:
         node = Node()
         check_node(node.booted, node.boot().read())
+        limit = 0
         if source.startswith(("http://", "https://")):  # refused from its first bytes, not after the download
             head = bundle.open_head(download_head(source), node.key, node.work, source)
             if preflight(node, head, source, force) is None:
                 return 0
-        path, downloaded = fetch(source)
+            limit = expected_size(head)
+        path, downloaded = fetch(source, limit)
         try:
             event = install_bundle(node, path, source, force, tries)
         finally:

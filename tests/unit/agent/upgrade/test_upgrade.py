@@ -415,6 +415,37 @@ def test_the_head_is_a_range_request(tmp_path: Path, keys: dict[str, signing.Sig
         upgrade.download_head(f"{http_server.url}/absent.bundle", attempts=1)
 
 
+def test_a_download_stops_at_the_size_its_signed_manifest_gives(tmp_path: Path,
+                                                                keys: dict[str, signing.SigningKey],
+                                                                http_server) -> None:  # type: ignore[no-untyped-def]
+    """A server that sends more than the bundle can be (any amount, once) is cut off at that size."""
+    path = make_bundle(tmp_path, keys["site"], root_size=1 << 20)
+    man = bundle.open_head(path.read_bytes()[:bundle.HEAD_BYTES], str(keys["site"].public), str(tmp_path / "w"), "v")
+    limit = upgrade.expected_size(man)
+    assert path.stat().st_size <= limit < path.stat().st_size + (100 << 10)
+    (http_server.root / "v.bundle").write_bytes(path.read_bytes())
+    got = upgrade.download(f"{http_server.url}/v.bundle", str(tmp_path / "dl"), attempts=1, limit=limit)
+    assert Path(got).read_bytes() == path.read_bytes()
+    (http_server.root / "big.bundle").write_bytes(path.read_bytes() + bytes(4 << 20))
+    with pytest.raises(BasaltError, match=f"cannot download the bundle: .*more than the {limit} "):
+        upgrade.download(f"{http_server.url}/big.bundle", str(tmp_path / "dl"), attempts=1, limit=limit)
+    assert not any(p.stat().st_size > limit for p in (tmp_path / "dl").iterdir())
+
+
+def test_a_slot_without_an_image_name_takes_a_bundle_only_with_force(tmp_path: Path,
+                                                                    keys: dict[str, signing.SigningKey],
+                                                                    node: upgrade.Node) -> None:
+    """It failed open: a bundle for any image went in."""
+    (Path(node.medium) / "basalt/a/build.json").write_text(json.dumps({"version": "1", "built": "x"}))
+    path = make_bundle(tmp_path, keys["site"], image="rpi")
+    before = snapshot(node)
+    with pytest.raises(BasaltError, match="this node's slot records no image name, so a bundle for rpi cannot be "
+                                          "told apart"):
+        upgrade.install_bundle(node, str(path), "v.bundle")
+    assert snapshot(node) == before
+    assert upgrade.install_bundle(node, str(path), "v.bundle", force=True)["result"] == "armed"
+
+
 def test_upgrade_reboots_only_into_an_armed_trial(tmp_path: Path, keys: dict[str, signing.SigningKey],
                                                   node: upgrade.Node, monkeypatch: pytest.MonkeyPatch) -> None:
     """The Kubernetes job runs again after the reboot it caused: finding its version running, it must
