@@ -4,14 +4,16 @@ template placeholders left unrendered, rules that span keys, and warnings for wh
 break on at run time.
 
 A rule is a function of the checked document (``Checked``) yielding problems at the user's own
-lines; ``Problem.warning`` marks the ones that do not refuse the config. A rule marked
-``valid_only`` trusts the schema's types and runs only when the schema found nothing. The same
+lines; ``Problem.warning`` marks the ones that do not refuse the config. Every rule runs every
+time, the schema's problems or not, so one run shows everything: a rule skips a value of the
+wrong type (the schema says so), and says nothing at a path the schema already flagged. The same
 list runs on the host (``inv validate``, ``inv build --config``) and on the node (``basalt config
 validate``, and at boot for every source). A new rule is a function here and one line in RULES.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -215,7 +217,12 @@ def k3s_args(c: Checked) -> Iterator[Problem]:
                     pins = f" (this image has {version})" if version else ""
                     yield c.warn(path, f"k3s removed {flag} in v{removed[0]}.{removed[1]}{pins}: k3s will not start",
                                  f"use {instead}")
-            if " " in flag.strip():
+            two = re.search(r"\s+(-{1,2}[A-Za-z][-A-Za-z0-9]*)", arg)
+            if two and arg.lstrip().startswith("-"):
+                first = arg[:two.start()].strip()
+                yield c.warn(path, f"'{arg}' holds two flags in one argument: k3s reads '{first}' with the rest as "
+                             "its value", f"write two items: '{first}' and '{arg[two.start():].strip()}'")
+            elif " " in flag.strip():
                 first, _, rest = arg.strip().partition(" ")
                 yield c.warn(path, f"'{arg}' is one argument to k3s, space and all, not two",
                              f"write two items: '{first}' and '{rest}' (or '{first}={rest}')")
@@ -253,23 +260,39 @@ def unread_files(c: Checked) -> Iterator[Problem]:
 class Rule:
     name: str
     check: Callable[[Checked], Iterator[Problem]]
-    valid_only: bool = False  # trusts the schema's types: runs only when the schema found nothing
 
 
 RULES = (
     Rule("payloads decode", payloads),
     Rule("no unfilled placeholders", placeholders),
-    Rule("an agent has a token", join_token, valid_only=True),
-    Rule("apps", apps, valid_only=True),
-    Rule("a helm chart has one source", helm_chart_source, valid_only=True),
-    Rule("k3s arguments", k3s_args, valid_only=True),
-    Rule("an agent has a server", agent_without_server, valid_only=True),
-    Rule("files something reads", unread_files, valid_only=True),
+    Rule("an agent has a token", join_token),
+    Rule("apps", apps),
+    Rule("a helm chart has one source", helm_chart_source),
+    Rule("k3s arguments", k3s_args),
+    Rule("an agent has a server", agent_without_server),
+    Rule("files something reads", unread_files),
 )
 
 
 def run(doc: Located, reported: set[tuple[str | int, ...]], k3s_version: str | None = None) -> list[Problem]:
-    """Every rule's problems and warnings for ``doc``; ``reported``: the paths the schema flagged
-    (when there are any, the rules marked valid_only do not run)."""
+    """Every rule's problems and warnings for ``doc``, but none at (or under) a path the schema
+    flagged (``reported``): it said what is wrong there. A rule that trips over a value of the
+    wrong type where the schema found problems gives what it found before; with none, that would
+    be a bug in the rule, and it is raised."""
     c = Checked(doc, reported, k3s_version)
-    return [p for rule in RULES if not (rule.valid_only and reported) for p in rule.check(c)]
+    flagged = {format_path(doc.display.get(path, path)) for path in reported}
+
+    def under_flagged(problem: Problem) -> bool:
+        where = problem.path or ""
+        return any(where == f or where.startswith((f + ".", f + "[")) for f in flagged if f)
+    out: list[Problem] = []
+    for rule in RULES:
+        found: list[Problem] = []
+        try:
+            for problem in rule.check(c):
+                found.append(problem)
+        except (TypeError, KeyError, AttributeError, ValueError, IndexError):
+            if not reported:
+                raise
+        out += [p for p in found if not under_flagged(p)]
+    return out

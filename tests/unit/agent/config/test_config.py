@@ -24,6 +24,8 @@ EXPECTED: dict[str, list[str] | str | None] = {
     "01": None,
     "02": [
         "2: ssh_authorized_keys[0]: '${tf_ssh_pubkey}' looks like an unfilled template placeholder",
+        # shown with the problems now: every rule runs in the one run
+        "4: warning: write_files[0].path: nothing on Basalt reads /var/lib/connman/default.config",
         "11: hostname: '${tf_appliance_hostname}' looks like an unfilled template placeholder",
         "20: k3os.environment.K3S_TOKEN: '${tf_cluster_token}' looks like an unfilled template placeholder",
         "22: k3os.labels.region: '${tf_label_region}' looks like an unfilled template placeholder",
@@ -361,10 +363,15 @@ def test_every_rule_is_in_the_one_list_and_runs_after_the_schema() -> None:
                      and list(inspect.signature(fn).parameters) == ["c"]}
     assert takes_checked == {rule.check.__name__ for rule in checks.RULES}
     assert len({rule.name for rule in checks.RULES}) == len(checks.RULES)
-    # a schema error stops the rules that trust the types, not the others: an unknown key and a
-    # placeholder are both reported, the missing token (a valid_only rule) is not
+    # one run shows everything: an unknown key, a placeholder and the missing token (a cross-key rule)
+    # all at once, problems hidden behind no other problem
     loaded = check_text("hostname: ${HOST}\nbogus: 1\nk3os:\n  server_url: https://a:6443\n")
     assert [(p.path, p.message.split(":")[0]) for p in loaded.problems] == [
-        ("hostname", "'${HOST}' looks like an unfilled template placeholder"), ("bogus", "unknown key 'bogus'")]
+        ("hostname", "'${HOST}' looks like an unfilled template placeholder"), ("bogus", "unknown key 'bogus'"),
+        ("k3os.server_url", "an agent joining a server needs a token")]
+    # a value of the wrong type is the schema's to report; the rules neither crash on it nor repeat it
+    loaded = check_text("k3os:\n  k3s_args: 7\n  server_url: [x]\napps: [{name: 7}]\nwrite_files: [{path: 5}]\n")
+    assert loaded.problems and all("Traceback" not in p.render() for p in loaded.problems)
+    assert len({(p.line, p.path, p.message) for p in loaded.problems}) == len(loaded.problems)
     loaded = check_text("hostname: edge\nk3os:\n  server_url: https://a:6443\n")
     assert [p.path for p in loaded.problems] == ["k3os.server_url"]

@@ -332,6 +332,9 @@ def test_relative_write_files_path_is_written_from_root_with_a_warning() -> None
      "1: warning: k3os.k3s_args[1]: '--disable traefik' is one argument to k3s, space and all, not two"),
     ("k3os: {k3s_args: [server, cluster-init]}",
      "1: warning: k3os.k3s_args[1]: 'cluster-init' is not a flag to k3s without its dashes"),
+    ("k3os: {k3s_args: [server, '--node-label=a=b --flannel-backend=none']}",
+     "1: warning: k3os.k3s_args[1]: '--node-label=a=b --flannel-backend=none' holds two flags in one argument: k3s "
+     "reads '--node-label=a=b' with the rest as its value"),
     ("k3os: {k3s_args: [--disable=traefik, server]}",
      "1: warning: k3os.k3s_args[1]: 'server' is a k3s subcommand only as the first item; here it is an argument"),
     ("k3os: {k3s_args: [agent]}",
