@@ -14,6 +14,7 @@ import lzma
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,6 +175,29 @@ class Package:
         return groups
 
 
+def check_release(text: str, suite: str, url: str, now: float | None = None) -> None:
+    """A signed Release is only good for the suite asked for and until its Valid-Until (as apt
+    checks them): an old, validly signed Release replayed by a mirror or a man in the middle would
+    otherwise pin packages with known holes, and one for another suite would swap the set."""
+    import email.utils
+    fields = {k: v.strip() for k, _, v in (line.partition(":") for line in text.splitlines()
+                                           if line and not line.startswith(" ") and ":" in line)}
+    names = {fields.get("Suite", ""), fields.get("Codename", "")}
+    if suite not in names:
+        raise BasaltError(Problem(f"{url}: a signed Release for {fields.get('Codename') or fields.get('Suite')!r}, "
+                                  f"not {suite!r}", hint="the mirror serves another suite here: check debian.mirror"))
+    until = fields.get("Valid-Until")
+    if until:
+        try:
+            expires = email.utils.parsedate_to_datetime(until).timestamp()
+        except (TypeError, ValueError):
+            raise BasaltError(Problem(f"{url}: its Valid-Until {until!r} is not a date",
+                                      hint="use another mirror")) from None
+        if expires < (time.time() if now is None else now):
+            raise BasaltError(Problem(f"{url}: the signed Release expired on {until} (an old copy, replayed?)",
+                                      hint="the mirror is stale or not the archive: use another (debian.mirror)"))
+
+
 def verified_release(store: BlobStore, source: Source, suite: str, keyring: Path) -> dict[str, tuple[str, int]]:
     """Fetch and verify ``InRelease``; return ``{index path: (sha256, size)}``."""
     url = f"{source.uri}/dists/{suite}/InRelease"
@@ -184,6 +208,7 @@ def verified_release(store: BlobStore, source: Source, suite: str, keyring: Path
         host.run(["gpgv", "--keyring", str(keyring), "--output", str(plain), str(raw)], f"{url}: signature check",
                  hint=f"the mirror is not signed by a key in {keyring}; set debian.keyring or use a Debian mirror")
         text = plain.read_text()
+    check_release(text, suite, url)
     sums: dict[str, tuple[str, int]] = {}
     in_sha = False
     for line in text.splitlines():

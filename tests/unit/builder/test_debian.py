@@ -91,3 +91,38 @@ def test_mirror_override_and_missing_sources(tmp_path: Path) -> None:
     with pytest.raises(BasaltError) as exc:
         sources_for("trixie", None, tmp_path)
     assert "set debian.mirror" in exc.value.render()
+
+
+RELEASE = """Origin: Debian
+Label: Debian
+Suite: {suite}
+Codename: {codename}
+Date: Sat, 08 Nov 2025 09:37:23 UTC
+{valid}Architectures: all amd64 arm64
+SHA256:
+ 0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef  1234 main/binary-amd64/Packages.xz
+"""
+NOW = 1_764_806_400.0  # 2025-12-04
+
+
+@pytest.mark.parametrize(("suite", "codename", "valid", "asked", "message"), [
+    ("oldstable", "bookworm", "", "bookworm", None),  # the main suite carries no Valid-Until
+    ("stable-security", "bookworm-security", "Valid-Until: Sat, 13 Dec 2025 09:37:23 UTC\n", "bookworm-security",
+     None),
+    ("oldstable", "bookworm", "", "bookworm-updates", "a signed Release for 'bookworm', not 'bookworm-updates'"),
+    ("stable", "trixie", "", "bookworm", "a signed Release for 'trixie', not 'bookworm'"),
+    ("oldstable-updates", "bookworm-updates", "Valid-Until: Sat, 15 Nov 2025 09:37:23 UTC\n", "bookworm-updates",
+     "the signed Release expired on Sat, 15 Nov 2025 09:37:23 UTC (an old copy, replayed?)"),
+    ("oldstable-updates", "bookworm-updates", "Valid-Until: someday\n", "bookworm-updates",
+     "its Valid-Until 'someday' is not a date"),
+])
+def test_a_signed_release_is_good_only_for_its_suite_and_until_it_expires(
+        suite: str, codename: str, valid: str, asked: str, message: str | None) -> None:
+    from builder.debian import check_release
+    text = RELEASE.format(suite=suite, codename=codename, valid=valid)
+    if message is None:
+        check_release(text, asked, "http://mirror/InRelease", NOW)
+        return
+    with pytest.raises(BasaltError) as err:
+        check_release(text, asked, "http://mirror/InRelease", NOW)
+    assert err.value.render().splitlines()[0] == f"http://mirror/InRelease: {message}"
