@@ -256,6 +256,19 @@ def unread_files(c: Checked) -> Iterator[Problem]:
                 break
 
 
+def plain_http_keys(c: Checked) -> Iterator[Problem]:
+    """SSH keys fetched over plain http: whoever is on the path can add a key that logs in."""
+    lists = [(("ssh_authorized_keys",), c.value.get("ssh_authorized_keys"))]
+    users = c.value.get("users")
+    lists += [(("users", i, "ssh_authorized_keys"), u.get("ssh_authorized_keys"))
+              for i, u in enumerate(users if isinstance(users, list) else []) if isinstance(u, dict)]
+    for path, keys in lists:
+        for i, entry in enumerate(keys if isinstance(keys, list) else []):
+            if isinstance(entry, str) and entry.startswith("http://"):
+                yield c.warn((*path, i), f"{entry} is fetched over plain http: anyone between the node and the "
+                             "server can add a key that logs in", "use https://, or write the key itself")
+
+
 @dataclass(frozen=True)
 class Rule:
     name: str
@@ -271,6 +284,7 @@ RULES = (
     Rule("k3s arguments", k3s_args),
     Rule("an agent has a server", agent_without_server),
     Rule("files something reads", unread_files),
+    Rule("keys over https", plain_http_keys),
 )
 
 

@@ -339,6 +339,12 @@ def test_relative_write_files_path_is_written_from_root_with_a_warning() -> None
      "1: warning: k3os.k3s_args[1]: 'server' is a k3s subcommand only as the first item; here it is an argument"),
     ("k3os: {k3s_args: [agent]}",
      "1: warning: k3os.k3s_args[0]: k3s runs as an agent, but there is no server_url to join"),
+    ("ssh_authorized_keys: ['http://keys.example/ops.keys']",
+     "1: warning: ssh_authorized_keys[0]: http://keys.example/ops.keys is fetched over plain http: anyone between "
+     "the node and the server can add a key that logs in"),
+    ("users: [{name: bob, ssh_authorized_keys: ['http://k.example/bob']}]",
+     "1: warning: users[0].ssh_authorized_keys[0]: http://k.example/bob is fetched over plain http: anyone between "
+     "the node and the server can add a key that logs in"),
     ("write_files: [{path: /etc/connman/main.conf}]",
      "1: warning: write_files[0].path: nothing on Basalt reads /etc/connman/main.conf"),
     ("write_files: [{path: /etc/ssh/sshd_config}]",
