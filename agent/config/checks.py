@@ -258,7 +258,7 @@ def unread_files(c: Checked) -> Iterator[Problem]:
 
 def plain_http_keys(c: Checked) -> Iterator[Problem]:
     """SSH keys fetched over plain http: whoever is on the path can add a key that logs in."""
-    lists = [(("ssh_authorized_keys",), c.value.get("ssh_authorized_keys"))]
+    lists: list[tuple[tuple[str | int, ...], Any]] = [(("ssh_authorized_keys",), c.value.get("ssh_authorized_keys"))]
     users = c.value.get("users")
     lists += [(("users", i, "ssh_authorized_keys"), u.get("ssh_authorized_keys"))
               for i, u in enumerate(users if isinstance(users, list) else []) if isinstance(u, dict)]

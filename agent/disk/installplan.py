@@ -4,6 +4,11 @@ One record on both sides: builder/stages/iso.py makes a ``Plan`` and stores ``to
 ``/basalt/install/plan.json`` on the ISO; agent/disk/install.py reads it back with ``load()``,
 which checks the format and every field, so a plan from another Basalt (or a damaged medium)
 is a clear error instead of a KeyError halfway through writing a disk.
+
+The plan names the sha256 of every file it takes from the medium (``digests``), and the build
+signs it with the image's upgrade key (``plan.json.minisig``), so an ISO fetched from a URL
+(``install.iso_url``) is verified as an upgrade bundle is — the signature first, then every
+file's hash — before a byte is written (``verify_medium``).
 """
 
 from __future__ import annotations
@@ -38,6 +43,12 @@ class Plan:
     images: dict[str, str]  # content -> its image on the medium ("slot": /basalt/root.squashfs)
     files: tuple[BootFile, ...]
     bios: tuple[str, str] | None = None  # GRUB's boot.img and core.img on the medium, for BIOS
+    digests: dict[str, str] | None = None  # medium path -> sha256, for every file taken from the medium
+
+    @property
+    def on_medium(self) -> list[str]:
+        """Every file the plan takes from the medium."""
+        return [*self.images.values(), *(f.medium for f in self.files if f.medium), *(self.bios or ())]
 
     @property
     def min_mib(self) -> int:
@@ -56,6 +67,7 @@ class Plan:
             "bios": {"boot_img": self.bios[0], "core_img": self.bios[1]} if self.bios else None,
             "files": [{"path": f.path, "medium": f.medium} if f.medium
                       else {"path": f.path, "data": base64.b64encode(f.data).decode()} for f in self.files],
+            "digests": self.digests,
         }, indent=1, sort_keys=True).encode()
 
 
@@ -94,7 +106,8 @@ def parse(raw: bytes, source: str) -> Plan:
             files=tuple(BootFile(str(f["path"]), medium=str(f["medium"])) if "medium" in f
                         else BootFile(str(f["path"]), data=base64.b64decode(f["data"], validate=True))
                         for f in doc["files"]),
-            bios=(str(bios["boot_img"]), str(bios["core_img"])) if bios else None)
+            bios=(str(bios["boot_img"]), str(bios["core_img"])) if bios else None,
+            digests={str(k): str(v) for k, v in doc["digests"].items()} if doc.get("digests") is not None else None)
     except KeyError as exc:
         raise bad(f"no {exc.args[0]!r}") from None
     except (TypeError, ValueError, AttributeError) as exc:
@@ -109,8 +122,52 @@ def parse(raw: bytes, source: str) -> Plan:
     missing = [c for c in ("boot", "slot", "state") if c not in {p.content for p in plan.partitions}]
     if missing:
         raise bad(f"no partition for {', '.join(missing)}")
-    on_medium = [*plan.images.values(), *(f.medium for f in plan.files if f.medium), *(plan.bios or ())]
-    for where in (*on_medium, *(f.path for f in plan.files)):
+    for where in (*plan.on_medium, *(f.path for f in plan.files)):
         if not where.startswith("/") or ".." in where.split("/"):
             raise bad(f"{where!r}: not an absolute path inside the medium or the boot partition")
+    if plan.digests is not None:
+        missing = [m for m in plan.on_medium if m not in plan.digests]
+        bad_digest = [d for d in plan.digests.values() if len(d) != 64 or d.strip("0123456789abcdef")]
+        if missing or bad_digest:
+            raise bad(f"digests: {'no sha256 for ' + missing[0] if missing else repr(bad_digest[0]) + ' is not one'}")
+    return plan
+
+
+SIGNATURE = ".minisig"  # beside the plan: plan.json.minisig
+
+
+def verify_medium(medium: str, plan_path: str, public_key: str, work: str, source: str) -> Plan:
+    """The plan of a medium that is not the one this node booted (``install.iso_url``), checked as
+    an upgrade bundle is: its signature by ``public_key`` (this node's upgrade key), then the
+    sha256 of every file it takes from the medium. A BasaltError names what failed."""
+    import hashlib
+
+    from agent import minisign
+    try:
+        with open(medium + plan_path, "rb") as f:
+            raw = f.read(MAX_BYTES + 1)
+        with open(medium + plan_path + SIGNATURE, "rb") as f:
+            signature = f.read(64 << 10)
+    except OSError as exc:
+        raise BasaltError(Problem(f"{source}: refused: no signed install plan ({exc.strerror}: {exc.filename})",
+                                  hint="an ISO built by this Basalt carries /basalt/install/plan.json and its "
+                                       ".minisig")) from None
+    minisign.verify(raw, signature, public_key, work, source, "install plan")
+    plan = parse(raw, source)
+    if plan.digests is None:
+        raise BasaltError(Problem(f"{source}: refused: its install plan names no sha256 of its files",
+                                  hint="build the ISO with this Basalt"))
+    for where in plan.on_medium:
+        h = hashlib.sha256()
+        try:
+            with open(medium + where, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+        except OSError as exc:
+            raise BasaltError(Problem(f"{source}: refused: {where}: {exc.strerror}", hint="fetch the ISO again")) \
+                from None
+        if h.hexdigest() != plan.digests[where]:
+            raise BasaltError(Problem(f"{source}: refused: bad hash: {where} has sha256 {h.hexdigest()[:16]}…, the "
+                                      f"signed plan says {plan.digests[where][:16]}…",
+                                      hint="the ISO was changed or damaged: fetch it again"))
     return plan
