@@ -198,8 +198,10 @@ def compile_plan(img: ImageDefinition, config_text: str | None = None, etc_apt: 
     formats = [o.format for o in img.outputs]
     for i, output in enumerate(img.outputs):
         name = output.format if formats.count(output.format) == 1 else f"{output.format}-{i + 1}"
-        stages.append(PlannedStage(name, OUTPUT_OPTIONS[output.format](img, output, config_text, epoch),
-                                   output.format))
+        options = OUTPUT_OPTIONS[output.format](img, output, config_text, epoch)
+        if output.format == "iso":  # its install plan is signed as the bundles are
+            options.update(signing_key=str(key.secret), public_key=key.public_text())
+        stages.append(PlannedStage(name, options, output.format))
     for s in stages:
         check_options(s)
     return Plan(img, tuple(stages), epoch)

@@ -351,8 +351,11 @@ def seed_state(image: str, state: str, config_text: str, keys_from: str) -> None
 
 # --- the command -------------------------------------------------------------------------------
 
-def fetch_iso(url: str, work: str = WORK) -> str:
-    """``install.iso_url``: download the ISO (to /run, a tmpfs) and mount it as the medium."""
+def fetch_iso(url: str, work: str = WORK, public_key: str = layout.LIB_UPGRADE_KEY) -> tuple[str, installplan.Plan]:
+    """``install.iso_url``: download the ISO (to /run, a tmpfs, root's alone), mount it as the
+    medium, and verify it as an upgrade bundle is (installplan.verify_medium: the plan's signature
+    by this node's upgrade key, then every file's sha256) before anything is written; the medium
+    and its verified plan."""
     os.makedirs(work, exist_ok=True)
     iso, where = f"{work}/medium.iso", f"{work}/medium"
     _say(f"downloading {url}")
@@ -372,7 +375,12 @@ def fetch_iso(url: str, work: str = WORK) -> str:
                                        "by the next try")) from None
     os.makedirs(where, exist_ok=True)
     subprocess.run(["mount", "-t", "iso9660", "-o", "ro,loop", iso, where], check=True, capture_output=True)
-    return where
+    try:
+        _say(f"verifying {url}")
+        return where, installplan.verify_medium(where, layout.INSTALL_PLAN, public_key, f"{work}/verify", url)
+    except BaseException:
+        subprocess.run(["umount", where], check=False, capture_output=True)
+        raise
 
 
 def confirm(target: Target, host: Host, plan: installplan.Plan, answer: Callable[[str], str]) -> None:
@@ -395,9 +403,9 @@ def run(settings: Settings, unattended: bool = False, host: Host | None = None,
     except OSError:
         raise BasaltError(Problem("another basalt install is running")) from None
     with contextlib.ExitStack() as stack:
-        medium = MEDIUM
+        medium, verified = MEDIUM, None
         if settings.iso_url:
-            medium = fetch_iso(settings.iso_url)
+            medium, verified = fetch_iso(settings.iso_url)
             stack.callback(lambda: subprocess.run(["umount", medium], check=False))
         if not settings.device:
             if unattended or settings.silent:
@@ -406,7 +414,7 @@ def run(settings: Settings, unattended: bool = False, host: Host | None = None,
             print(listing(host))
             settings.device = answer("Install to which disk (e.g. /dev/vda)? ").strip()
         target = check_target(settings.device, host)  # what the disk rules out, even with no installer here
-        plan = load_plan(medium)
+        plan = verified or load_plan(medium)
         check_fits(target, plan, host, settings.force, settings.no_format)
         if settings.config_url and unattended:
             wait_for_network()

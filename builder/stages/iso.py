@@ -28,8 +28,10 @@ import pycdlib
 
 from agent import layout
 from agent.disk import installplan
-from builder import progress
+from agent.errors import BasaltError, Problem
+from builder import progress, signing
 from builder.arch import Architecture
+from builder.download import sha256_file
 from builder.media import abdisk, disk, grub, medium
 from builder.stages import StageContext
 
@@ -43,7 +45,7 @@ TOOLS = {**grub.TOOLS, **disk.TOOLS}  # disk: the installer payload's empty FAT 
 SCHEMA: dict[str, Any] = {
     "type": "object", "additionalProperties": False,
     "required": ["arch", "firmware", "volume_id", "cmdline", "version", "name", "config", "source_date_epoch",
-                 "slot_mib", "boot_mib", "state_mib"],
+                 "slot_mib", "boot_mib", "state_mib", "signing_key", "public_key"],
     "properties": {
         "arch": {"enum": [a.value for a in Architecture]},
         "firmware": {"type": "array", "items": {"enum": ["bios", "uefi"]}, "minItems": 1},
@@ -52,6 +54,8 @@ SCHEMA: dict[str, Any] = {
         "config": {"type": ["string", "null"]}, "source_date_epoch": {"type": "integer"},
         # the disk basalt install writes (builder/media/abdisk.py)
         "slot_mib": {"type": "integer"}, "boot_mib": {"type": "integer"}, "state_mib": {"type": "integer"},
+        # the install plan is signed as bundles are (install.iso_url verifies it)
+        "signing_key": {"type": "string"}, "public_key": {"type": "string"},
     },
 }
 
@@ -123,9 +127,27 @@ def run(ctx: StageContext, options: dict[str, Any]) -> None:
         files["/boot/grub/efi.img"] = efi_img
         boot_entries.append(("/boot/grub/efi.img", True))
     files.update(install_payload(options, grub_lib, ctx.work, ctx.input("rootfs"), ctx.input("initramfs")))
+    sign_plan(files, options, ctx.work)
     dest = ctx.out / "basalt.iso"
     with progress.step("Writing ISO 9660 image"), frozen_clock(epoch):
         write_iso(dest, options["volume_id"], files, boot_entries)
+
+
+def sign_plan(files: dict[str, bytes | Path], options: dict[str, Any], work: Path) -> None:
+    """The install plan with the sha256 of every file it takes from the medium, signed with the
+    image's upgrade key beside it (plan.json.minisig): what ``install.iso_url`` verifies."""
+    def sha256(content: bytes | Path) -> str:
+        return hashlib.sha256(content).hexdigest() if isinstance(content, bytes) else sha256_file(content)
+    plan = installplan.parse(files[layout.INSTALL_PLAN], "the install plan")  # type: ignore[arg-type]
+    plan = dataclasses.replace(plan, digests={where: sha256(files[where]) for where in plan.on_medium})
+    key = signing.pair(Path(options["signing_key"]))
+    if key.public_text() != options["public_key"]:
+        raise BasaltError(Problem(f"{key.public} changed since the build was planned", hint="build again"))
+    signed = work / "plan.json"
+    signed.write_bytes(plan.to_json())
+    files[layout.INSTALL_PLAN] = signed.read_bytes()
+    files[layout.INSTALL_PLAN + installplan.SIGNATURE] = signing.sign(
+        key, signed, f"basalt install plan {options['name']} {options['version']} {options['arch']}").read_bytes()
 
 
 def install_payload(options: dict[str, Any], grub_lib: Path, work: Path, rootfs: Path,

@@ -161,3 +161,62 @@ def test_failed_build_leaves_no_finished_looking_output(tmp_path: Path, monkeypa
     except BasaltError:
         pass
     assert not (tmp_path / "out" / "x86_64-iso").exists()
+
+
+def extent_of(path: Path, rr_path: str) -> tuple[int, int]:
+    """(byte offset, length) of a file's data inside the ISO."""
+    iso = open_iso(path)
+    try:
+        record = iso.get_record(rr_path=rr_path)
+        return record.extent_location() * 2048, record.get_data_length()
+    finally:
+        iso.close()
+
+
+def flip(src: Path, dest: Path, rr_path: str, at: float = 0.5) -> Path:
+    offset, length = extent_of(src, rr_path)
+    data = bytearray(src.read_bytes())
+    data[offset + int(length * at)] ^= 0xFF
+    dest.write_bytes(bytes(data))
+    return dest
+
+
+def test_an_iso_from_a_url_is_verified_before_anything_is_written(built_iso: Path, tmp_path: Path,
+                                                                  http_server) -> None:  # type: ignore[no-untyped-def]
+    """install.iso_url: the plan's signature (the image's upgrade key), then every file it takes
+    from the medium, checked after the download and before a disk is touched; a tampered ISO is
+    refused and unmounted. (A real loop mount of the built ISO, as the node does it.)"""
+    from agent.disk import install
+    from agent.errors import BasaltError
+    from builder import signing
+    iso = next(built_iso.glob("*.iso"))
+    key = str(signing.resolve(None).public)
+    www = http_server.root
+    (www / "good.iso").write_bytes(iso.read_bytes())
+    flip(iso, www / "root.iso", layout.MEDIUM_ROOT)
+    flip(iso, www / "plan.iso", layout.INSTALL_PLAN, at=0.3)
+    cases = [("good.iso", key, None),
+             ("root.iso", key, f"refused: bad hash: {layout.MEDIUM_ROOT} has sha256 "),
+             ("plan.iso", key, "refused: bad signature"),
+             ("good.iso", str(signing.generate(tmp_path / "other.key", "another").public),
+              "refused: it is signed with another key")]
+    for name, public, refusal in cases:
+        work = tmp_path / f"work-{name}-{len(public)}-{refusal is None}"
+        url = f"{http_server.url}/{name}"
+        if refusal is None:
+            medium, verified = install.fetch_iso(url, str(work), public)
+            try:
+                assert verified.digests and set(verified.digests) == set(verified.on_medium)
+                assert layout.MEDIUM_ROOT in verified.digests
+                assert verified == installplan.load(medium + layout.INSTALL_PLAN)
+            finally:
+                subprocess.run(["umount", medium], check=True)
+            continue
+        try:
+            install.fetch_iso(url, str(work), public)
+        except BasaltError as exc:
+            assert exc.render().startswith(f"{url}: {refusal}"), exc.render()
+        else:
+            raise AssertionError(f"{name} was not refused")
+        mounts = Path("/proc/mounts").read_text()
+        assert str(work) not in mounts, mounts  # unmounted again

@@ -81,3 +81,15 @@ def test_a_damaged_or_foreign_plan_is_refused(raw: bytes, message: str) -> None:
 def test_a_medium_without_a_plan_says_so(tmp_path: Any) -> None:
     with pytest.raises(BasaltError, match="no installer on this medium"):
         installplan.load(str(tmp_path / "plan.json"))
+
+
+def test_digests_name_every_medium_file_and_are_sha256s() -> None:
+    plan = json.loads(PLAN.to_json())
+    plan["digests"] = {where: "a" * 64 for where in PLAN.on_medium}
+    assert installplan.parse(json.dumps(plan).encode(), "p").digests == plan["digests"]
+    missing = dict(plan, digests={k: v for k, v in list(plan["digests"].items())[1:]})
+    with pytest.raises(BasaltError, match="p: digests: no sha256 for "):
+        installplan.parse(json.dumps(missing).encode(), "p")
+    wrong = dict(plan, digests={k: "zz" for k in plan["digests"]})
+    with pytest.raises(BasaltError, match="p: digests: 'zz' is not one"):
+        installplan.parse(json.dumps(wrong).encode(), "p")
