@@ -351,13 +351,11 @@ def seed_state(image: str, state: str, config_text: str, keys_from: str) -> None
 
 # --- the command -------------------------------------------------------------------------------
 
-def fetch_iso(url: str, work: str = WORK, public_key: str = layout.LIB_UPGRADE_KEY) -> tuple[str, installplan.Plan]:
-    """``install.iso_url``: download the ISO (to /run, a tmpfs, root's alone), mount it as the
-    medium, and verify it as an upgrade bundle is (installplan.verify_medium: the plan's signature
-    by this node's upgrade key, then every file's sha256) before anything is written; the medium
-    and its verified plan."""
-    os.makedirs(work, exist_ok=True)
-    iso, where = f"{work}/medium.iso", f"{work}/medium"
+def download_iso(url: str, work: str = WORK) -> str:
+    """``install.iso_url``'s ISO, downloaded (resumed and retried) into ``work`` (under /run: a
+    tmpfs, root's alone)."""
+    os.makedirs(work, 0o700, exist_ok=True)
+    iso = f"{work}/medium.iso"
     _say(f"downloading {url}")
     bars: list[Progress] = []
 
@@ -373,11 +371,20 @@ def fetch_iso(url: str, work: str = WORK, public_key: str = layout.LIB_UPGRADE_K
         raise BasaltError(Problem(f"install.iso_url: {url}: cannot download the ISO: {exc.last}",
                                   hint="check the URL and the node's network; a partial download is resumed "
                                        "by the next try")) from None
+    return iso
+
+
+def fetch_iso(url: str, work: str = WORK, public_key: str = layout.LIB_UPGRADE_KEY) -> tuple[str, installplan.Plan]:
+    """``install.iso_url``: download the ISO, mount it as the medium, and verify it as an upgrade
+    bundle is (installplan.verify_medium: the plan's signature by this node's upgrade key, then
+    every file's sha256) before anything is written; the medium and its verified plan."""
+    iso, where = download_iso(url, work), f"{work}/medium"
     os.makedirs(where, exist_ok=True)
     subprocess.run(["mount", "-t", "iso9660", "-o", "ro,loop", iso, where], check=True, capture_output=True)
     try:
         _say(f"verifying {url}")
-        return where, installplan.verify_medium(where, layout.INSTALL_PLAN, public_key, f"{work}/verify", url)
+        return where, installplan.verify_medium(lambda path: open(where + path, "rb"), layout.INSTALL_PLAN,
+                                                public_key, f"{work}/verify", url)
     except BaseException:
         subprocess.run(["umount", where], check=False, capture_output=True)
         raise

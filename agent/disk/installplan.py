@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from agent.disk.partitions import Disk, Partition
 from agent.errors import BasaltError, Problem
@@ -136,20 +138,21 @@ def parse(raw: bytes, source: str) -> Plan:
 SIGNATURE = ".minisig"  # beside the plan: plan.json.minisig
 
 
-def verify_medium(medium: str, plan_path: str, public_key: str, work: str, source: str) -> Plan:
+def verify_medium(read: Callable[[str], BinaryIO], plan_path: str, public_key: str, work: str, source: str) -> Plan:
     """The plan of a medium that is not the one this node booted (``install.iso_url``), checked as
     an upgrade bundle is: its signature by ``public_key`` (this node's upgrade key), then the
-    sha256 of every file it takes from the medium. A BasaltError names what failed."""
+    sha256 of every file it takes from the medium. ``read(path)`` opens a file of the medium (the
+    mounted ISO on a node). A BasaltError names what failed."""
     import hashlib
 
     from agent import minisign
     try:
-        with open(medium + plan_path, "rb") as f:
+        with read(plan_path) as f:
             raw = f.read(MAX_BYTES + 1)
-        with open(medium + plan_path + SIGNATURE, "rb") as f:
+        with read(plan_path + SIGNATURE) as f:
             signature = f.read(64 << 10)
     except OSError as exc:
-        raise BasaltError(Problem(f"{source}: refused: no signed install plan ({exc.strerror}: {exc.filename})",
+        raise BasaltError(Problem(f"{source}: refused: no signed install plan ({exc.strerror or exc})",
                                   hint="an ISO built by this Basalt carries /basalt/install/plan.json and its "
                                        ".minisig")) from None
     minisign.verify(raw, signature, public_key, work, source, "install plan")
@@ -160,12 +163,12 @@ def verify_medium(medium: str, plan_path: str, public_key: str, work: str, sourc
     for where in plan.on_medium:
         h = hashlib.sha256()
         try:
-            with open(medium + where, "rb") as f:
+            with read(where) as f:
                 while chunk := f.read(1 << 20):
                     h.update(chunk)
         except OSError as exc:
-            raise BasaltError(Problem(f"{source}: refused: {where}: {exc.strerror}", hint="fetch the ISO again")) \
-                from None
+            raise BasaltError(Problem(f"{source}: refused: {where}: {exc.strerror or exc}",
+                                      hint="fetch the ISO again")) from None
         if h.hexdigest() != plan.digests[where]:
             raise BasaltError(Problem(f"{source}: refused: bad hash: {where} has sha256 {h.hexdigest()[:16]}…, the "
                                       f"signed plan says {plan.digests[where][:16]}…",

@@ -96,7 +96,8 @@ def iso_name(path: str) -> str:
     """``/boot/grub/grub.cfg`` -> ISO 9660 level-3 identifier ``/BOOT/GRUB/GRUB.CFG;1``."""
     parts = path.strip("/").split("/")
     clean = [p.upper().replace("-", "_") for p in parts]
-    leaf = clean[-1] + ("" if "." in clean[-1] else ".") + ";1"
+    stem, dot, suffix = clean[-1].rpartition(".")
+    leaf = (stem.replace(".", "_") + "." + suffix if dot else clean[-1] + ".") + ";1"  # one dot: PLAN_JSON.MINISIG
     return "/" + "/".join([*clean[:-1], leaf])
 
 

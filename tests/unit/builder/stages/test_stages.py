@@ -105,6 +105,7 @@ def test_initramfs_archive_contents(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("path", "name"), [
     ("/boot/grub/grub.cfg", "/BOOT/GRUB/GRUB.CFG;1"), ("/basalt/vmlinuz", "/BASALT/VMLINUZ.;1"),
     ("/basalt/rootfs.squashfs", "/BASALT/ROOTFS.SQUASHFS;1"), ("/basalt/id-ab12", "/BASALT/ID_AB12.;1"),
+    ("/basalt/install/plan.json.minisig", "/BASALT/INSTALL/PLAN_JSON.MINISIG;1"),  # ISO 9660: one dot
 ])
 def test_iso_names(path: str, name: str) -> None:
     assert iso.iso_name(path) == name
