@@ -81,7 +81,7 @@ class Normaliser:
         if want == "string" and isinstance(value, (bool, int, float)):
             if isinstance(value, bool):
                 return "true" if value else "false"
-            text = getattr(value, "raw", "") or str(value)  # as written: 0644 stays "0644", 1.10 "1.10"
+            text = self.source.raw.get(old) or str(value)  # as written: 0644 stays "0644", 1.10 "1.10"
             if node.get("x-octal"):  # cloud-init's own docs write permissions: 0644 unquoted
                 self.warnings.append(Problem(
                     f"unquoted {text} is read as the octal mode {text} (as cloud-init writes 0644), not the number "

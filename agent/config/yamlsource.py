@@ -42,6 +42,8 @@ class Located:
     display: dict[PathKey, PathKey] = field(default_factory=dict)
     # Problems found while loading that do not stop it (duplicate keys: the first value is kept).
     problems: list[Problem] = field(default_factory=list)
+    # An unquoted number as it was written (0644, 1.10), for a key that wants text (k3OS reads it so).
+    raw: dict[PathKey, str] = field(default_factory=dict)
 
     def line_of(self, path: Sequence[str | int]) -> int | None:
         """Line of ``path``, or of its nearest ancestor that has one."""
@@ -73,6 +75,10 @@ class _Loader(yaml.SafeLoader):
     override hides typos)."""
 
     values = 0  # constructed so far (MAX_VALUES)
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.raw: dict[PathKey, str] = {}
 
 
 def flow_depth(text: str) -> int:
@@ -161,19 +167,8 @@ def _construct(loader: _Loader, node: yaml.Node, path: PathKey, lines: dict[Path
                 for i, item in enumerate(node.value)]
     value = loader.construct_object(node, deep=True)
     if type(value) in (int, float) and isinstance(node, yaml.ScalarNode) and not node.style:
-        value = (Int if type(value) is int else Float)(value)
-        value.raw = node.value  # 0644, 1.10: as written, for a key that wants text (k3OS reads them so)
+        loader.raw[path] = node.value
     return value
-
-
-class Int(int):
-    """An unquoted YAML integer that remembers how it was written (``raw``)."""
-    raw = ""
-
-
-class Float(float):
-    """An unquoted YAML float that remembers how it was written (``raw``)."""
-    raw = ""
 
 
 def loads(text: str, source: str = "<string>", strict: bool = True) -> Located:
@@ -216,7 +211,7 @@ def loads(text: str, source: str = "<string>", strict: bool = True) -> Located:
         loader.dispose()
     if duplicates and strict:
         raise BasaltError(duplicates)
-    return Located(value, source, lines, problems=duplicates)
+    return Located(value, source, lines, problems=duplicates, raw=loader.raw)
 
 
 def load(path: Path | str, strict: bool = True) -> Located:

@@ -317,6 +317,9 @@ def test_a_precompiled_baked_config_is_used_only_while_it_matches(tmp_path: Path
     from agent.config.validate import check_text
     baked = tmp_path / "config.yaml"
     text = "hostname: Edge-1\nk3os: {dnsNameserver: 10.0.0.1}\n"
+    # numbers of every kind, unquoted, precompile (marshal takes plain values only)
+    numbers = "basalt: {upgrade: {health_timeout: 30}}\nwrite_files: [{path: /a, permissions: 0644}]\n"
+    assert sources.precompile(numbers.encode(), check_text(numbers).value, sources.schema_bytes())
     baked.write_text(text)
     raw = sources.schema_bytes()
     (tmp_path / "config.bin").write_bytes(sources.precompile(text.encode(), check_text(text).value, raw))
