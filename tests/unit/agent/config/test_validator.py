@@ -273,9 +273,9 @@ def test_a_gzip_bomb_is_refused_within_a_second_and_little_memory() -> None:
     import tracemalloc
     bomb = base64.b64encode(gzip.compress(bytes(256 << 20), mtime=0, compresslevel=9)).decode()  # 256 MiB in 350 KiB
     text = f"write_files:\n- path: /x\n  encoding: gz+b64\n  content: {bomb}\n"
-    started = time.monotonic()
+    started = time.process_time()  # CPU time: the work itself, whatever else the machine runs
     (problem,) = check_text(text).problems
-    assert time.monotonic() - started < 1.0
+    assert time.process_time() - started < 1.0
     assert problem.message.endswith("it decompresses to more than 16 MiB"), problem.message
     tracemalloc.start()
     check_text(text)
