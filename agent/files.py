@@ -67,9 +67,9 @@ class UnsafeLink(OSError):
     """A directory on the way to a write is a link someone other than root could have made."""
 
 
-def open_dir(path: str, mode: int | None = None, owner: tuple[int, int] | None = None) -> int:
+def open_dir(path: str, mode: int | None = None) -> int:
     """A descriptor of the directory ``path``, reached under the rule for links above; ``mode``:
-    make the directories that are missing, with that mode (and ``owner``, the ones made here).
+    make the directories that are missing, with that mode (root's, as PID 1 is).
     Raises UnsafeLink for a link it may not follow, OSError for the rest. The caller closes it."""
     parts = [p for p in os.path.abspath(path).split("/") if p]
     shown = ""  # the path walked so far, for messages
@@ -85,8 +85,6 @@ def open_dir(path: str, mode: int | None = None, owner: tuple[int, int] | None =
                     raise
                 os.mkdir(name, mode, dir_fd=fd)  # mkdirat: never through a link at its last component
                 child = os.open(name, _DIR | os.O_NOFOLLOW, dir_fd=fd)
-                if owner is not None:
-                    os.fchown(child, *owner)
                 os.fchmod(child, mode)  # whatever the umask took away
             except OSError as exc:
                 import errno
@@ -117,9 +115,17 @@ def open_dir(path: str, mode: int | None = None, owner: tuple[int, int] | None =
 
 
 def make_dir(path: str, mode: int, owner: tuple[int, int] | None = None) -> None:
-    """Make the directory ``path`` (and those missing before it) with ``mode``, given to ``owner``;
-    an existing one is given to ``owner`` (and ``mode``) too. Links: the rule above."""
-    fd = open_dir(path, mode, owner)
+    """Make the directory ``path`` with ``mode``, given to ``owner`` (those missing before it:
+    root's, 0755, as os.makedirs makes them); an existing one is given to ``owner`` (and
+    ``mode``) too. Links: the rule above, for ``path`` itself as for the way to it."""
+    parent = open_dir(os.path.dirname(path) or ".", 0o755)
+    try:
+        os.mkdir(os.path.basename(path), mode, dir_fd=parent)
+    except FileExistsError:
+        pass  # a link there is refused by the walk below
+    finally:
+        os.close(parent)
+    fd = open_dir(path)
     try:
         if owner is not None:
             os.fchown(fd, *owner)

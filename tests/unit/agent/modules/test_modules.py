@@ -174,3 +174,9 @@ def test_a_users_link_at_the_target_is_replaced_not_followed_and_roots_links_are
     assert (ssh.stat().st_uid, stat.S_IMODE(ssh.stat().st_mode)) == (BOB, 0o700)
     assert (ssh / "authorized_keys").read_text() == KEY + "\n"
     assert (root / "run/basalt.pid").read_bytes() == b"1\n"  # /var/run -> ../run, root's: followed
+    # directories made on the way to a user's are root's (0755); only the user's own is theirs
+    assert actions.apply([("keys", "/srv/bob/.ssh/authorized_keys", [KEY], [], "bob:bob")], run=lambda argv: 0,
+                         root=str(root)) == []
+    for made, ids in (("srv", (0, 0, 0o755)), ("srv/bob", (0, 0, 0o755)), ("srv/bob/.ssh", (BOB, BOB, 0o700))):
+        st = (root / made).stat()
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == ids, made
