@@ -74,13 +74,16 @@ def download(url: str, directory: str = layout.UPGRADE_DOWNLOADS, attempts: int 
     """The bundle at ``url`` in ``directory``, resumed from a partial copy and retried with backoff;
     no more than ``limit`` bytes (the signed manifest's size), and only if they fit there."""
     os.makedirs(directory, 0o700, exist_ok=True)
-    limit = limit or MAX_BUNDLE
-    free = os.statvfs(directory)
-    if limit <= MAX_BUNDLE and free.f_bavail * free.f_frsize < limit:
-        raise BasaltError(Problem(f"{url}: the bundle ({limit >> 20} MiB) does not fit in {directory} "
-                                  f"({free.f_bavail * free.f_frsize >> 20} MiB free)",
-                                  hint="free space on the state partition (old logs, images), or upgrade from a file"))
     final = os.path.join(directory, hashlib.sha256(url.encode()).hexdigest()[:16] + ".bundle")
+    if limit:  # the size is known: what is still to come must fit (a partial copy is resumed)
+        have = os.path.getsize(final + ".part") if os.path.exists(final + ".part") else 0
+        stat = os.statvfs(directory)
+        if stat.f_bavail * stat.f_frsize < limit - have:
+            raise BasaltError(Problem(f"{url}: the bundle ({limit >> 20} MiB) does not fit in {directory} "
+                                      f"({stat.f_bavail * stat.f_frsize >> 20} MiB free)",
+                                      hint="free space on the state partition (old logs, images), or upgrade from a "
+                                           "file"))
+    limit = limit or MAX_BUNDLE
     shown = [-1]
 
     def progress(got: int, total: int) -> None:

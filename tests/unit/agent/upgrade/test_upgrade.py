@@ -430,6 +430,12 @@ def test_a_download_stops_at_the_size_its_signed_manifest_gives(tmp_path: Path,
     with pytest.raises(BasaltError, match=f"cannot download the bundle: .*more than the {limit} "):
         upgrade.download(f"{http_server.url}/big.bundle", str(tmp_path / "dl"), attempts=1, limit=limit)
     assert not any(p.stat().st_size > limit for p in (tmp_path / "dl").iterdir())
+    # what must fit is what is still to come: a partial copy counts (and is resumed)
+    free = __import__("os").statvfs(tmp_path)
+    room = free.f_bavail * free.f_frsize
+    with pytest.raises(BasaltError, match=r"the bundle \(\d+ MiB\) does not fit in "):
+        upgrade.download(f"{http_server.url}/v.bundle", str(tmp_path / "dl2"), attempts=1, limit=room + (1 << 30))
+    assert not (tmp_path / "dl2").exists() or list((tmp_path / "dl2").iterdir()) == []
 
 
 def test_a_slot_without_an_image_name_takes_a_bundle_only_with_force(tmp_path: Path,
