@@ -283,6 +283,42 @@ def test_a_bomb_is_refused_within_a_second_and_100_mb(text: str, message: str) -
     assert peak < 100 << 20, peak
 
 
+PEAK = ("import sys\nfrom builder.cli import main\nsys.argv[0] = 'builder'\ncode = main(sys.argv[1:])\n"
+        "print(next(line for line in open('/proc/self/status') if line.startswith('VmHWM:')))\nsys.exit(code)\n")
+
+
+def test_inv_validate_answers_every_bomb_within_a_second_and_100_mb(tmp_path: Path) -> None:
+    """The command itself (``inv validate FILE`` runs ``python -m builder validate FILE``), interpreter
+    start included: a refusal with its message, a failing exit (1: problems found, 2: not read at
+    all), no traceback, under a second of CPU and
+    100 MB resident, for each bomb (its CPU time from wait4, its peak from its own VmHWM)."""
+    import os
+    import subprocess
+    import sys
+    import threading
+    root = Path(__file__).resolve().parents[4]
+    for n, (text, message) in enumerate(BOMBS):
+        path, said = tmp_path / f"bomb{n}.yaml", tmp_path / f"bomb{n}.out"
+        path.write_text(text)
+        with open(said, "w") as out:  # builder/__main__.py, and then its own peak (the child's ru_maxrss
+            # would count the pytest worker it was spawned from: Linux keeps the pre-exec peak)
+            proc = subprocess.Popen([sys.executable, "-c", PEAK, "validate", str(path)], cwd=root,
+                                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        timer = threading.Timer(60, proc.kill)  # bounded; reaped here by wait4, not by Popen
+        timer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            timer.cancel()
+        proc.returncode = os.waitstatus_to_exitcode(status)  # so Popen never waits for it again
+        text_out = said.read_text()
+        assert proc.returncode in (1, 2), (n, proc.returncode, text_out[-500:])
+        assert message in text_out and "Traceback" not in text_out, (n, text_out[-500:])
+        assert usage.ru_utime + usage.ru_stime < 1.0, (n, usage.ru_utime, usage.ru_stime)
+        peak_kib = int(text_out.rsplit("VmHWM:", 1)[1].split()[0])
+        assert peak_kib < 100 << 10, (n, peak_kib)
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.integers(2, 14), st.integers(2, 12), st.sampled_from(["flow", "block"]), st.integers(0, 28))
 def test_fuzz_alias_and_gzip_bombs_are_answered_within_a_second(width: int, depth: int, style: str,
