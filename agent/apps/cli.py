@@ -43,6 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pr.add_argument("revision", nargs="?", default="")
     pr.add_argument("--increment", type=int, default=rollout.INCREMENT, help="points per step (default 5)")
     pr.add_argument("--interval", default="5s", help="time between steps (default 5s)")
+    pr.add_argument("--max-error-rate", default=spec.format_error_rate(spec.MAX_ERROR_RATE),
+                    help="roll back when the new revision answers more than this share of its requests "
+                         "with 5xx in a step, and more than the old one (default 5%%)")
+    pr.add_argument("--max-latency", default=spec.format_interval(spec.MAX_LATENCY),
+                    help="roll back when the new revision's p95 latency in a step is above this, and above "
+                         "the old one's (default 1s)")
     how = pr.add_mutually_exclusive_group()
     how.add_argument("--pause", action="store_true", help="hold the promotion where it is")
     how.add_argument("--resume", action="store_true", help="go on with a paused promotion")
@@ -100,7 +106,8 @@ def plan(args: argparse.Namespace, objects: list[dict[str, Any]]) -> Change:
         if not args.revision:
             raise BasaltError(Problem("promote needs a REVISION", hint=f"basalt app promote {args.name} v2"))
         return commands.promote(objects, args.name, ns, args.revision, args.increment,
-                                spec.parse_interval(args.interval, "--interval"))
+                                spec.parse_interval(args.interval, "--interval"),
+                                spec.parse_error_rate(args.max_error_rate), spec.parse_latency(args.max_latency))
     if cmd == "weight":
         return commands.weight(objects, args.name, ns, _weights(args.weights), args.increment,
                                spec.parse_interval(args.interval, "--interval"))

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from agent.apps import resources, rollout
+from agent.apps import resources, rollout, spec
 from agent.apps.resources import AppState, app_objects, require, revision_name, revision_objects
 from agent.apps.rollout import Rollout, State
 from agent.apps.spec import AppSpec, Scale, check_revision, preview_host, problem
@@ -62,7 +62,8 @@ def stage(objects: list[dict[str, Any]], app: str, namespace: str, image: str, r
 
 
 def promote(objects: list[dict[str, Any]], app: str, namespace: str, revision: str,
-            increment: int = rollout.INCREMENT, interval: float = rollout.INTERVAL) -> Change:
+            increment: int = rollout.INCREMENT, interval: float = rollout.INTERVAL,
+            max_error_rate: float = spec.MAX_ERROR_RATE, max_latency: float = spec.MAX_LATENCY) -> Change:
     state = require(objects, app, namespace)
     if revision not in state.revisions:
         raise problem(f"app {app} has no revision {revision}", f"its revisions: {', '.join(sorted(state.revisions))}")
@@ -73,7 +74,8 @@ def promote(objects: list[dict[str, Any]], app: str, namespace: str, revision: s
         raise problem(f"{app}: {revision} has all the traffic already", "stage a new revision first")
     target = {x: (100 if x == revision else 0) for x in state.revisions}
     plan = replace(r, target=target, rollback_to=dict(r.weights), promoting=revision, state=State.PROMOTING,
-                   increment=increment, interval=interval, last_step=0.0, unready_since=None, message="")
+                   increment=increment, interval=interval, last_step=0.0, unready_since=None, message="",
+                   max_error_rate=max_error_rate, max_latency=max_latency)
     steps = -(-(100 - r.weights.get(revision, 0)) // increment)
     return Change(_app(state, plan, list(state.revisions)),
                   message=f"{app}: promoting {revision}, {increment} points every {interval:g}s "

@@ -6,17 +6,26 @@ Basalt app's TraefikService and Deployments (two list calls), steps each rollout
 what changed: the TraefikService (with the resourceVersion it read, so a command run meanwhile
 wins and the app is stepped again on the next tick) and replica counts. It ticks every second while
 a rollout is under way, and every ``IDLE_TICK`` seconds when none is.
+
+While a promotion runs it also reads Traefik's metrics (``Traffic``: one scrape a tick, none when
+nothing is promoting) and gives each step what each revision served since the step before; a
+promotion whose new revision fails its bounds is rolled back at once, said in the TraefikService's
+``basalt.io/message`` (``basalt app ps``), in the log, and as a Kubernetes Event on the
+TraefikService. Where the metrics are: ``$BASALT_TRAEFIK_METRICS`` (a URL), else the Traefik pod in
+``kube-system`` on port 9100 (k3s's chart). Unreachable metrics are logged once and the promotion
+goes on by readiness alone, as before metrics.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import time
 from typing import Any
 
-from agent.apps import kube, resources, rollout
+from agent.apps import kube, metrics, resources, rollout
 from agent.apps.spec import APP, MANAGED
 from agent.errors import BasaltError
 
@@ -34,11 +43,90 @@ def revisions_of(state: resources.AppState) -> dict[str, rollout.Revision]:
             for name, r in state.revisions.items()}
 
 
-def tick(client: kube.Client, now: float) -> float:
+METRICS_ENV = "BASALT_TRAEFIK_METRICS"
+TRAEFIK_POD = ("kube-system", "app.kubernetes.io/name=traefik", 9100)  # k3s's chart: namespace, labels, port
+
+
+class Traffic:
+    """Traefik's counters for the controller: a scrape a tick while something is promoting, and
+    per app the scrapes taken at its last two steps. A revision is judged at every tick over the
+    window since the step before the last: one to two intervals of traffic, never only the few
+    requests since a step that has just been taken."""
+
+    def __init__(self, url: str = "") -> None:
+        self.url = url
+        # (namespace, app) → the scrapes at its step before the last, and at its last
+        self.started: dict[tuple[str, str], tuple[metrics.Snapshot, metrics.Snapshot]] = {}
+        self.now: metrics.Snapshot | None = None
+        self.failing = ""
+
+    def locate(self, client: kube.Client) -> str:
+        if self.url:
+            return self.url
+        namespace, selector, port = TRAEFIK_POD
+        for pod in client.list("Pod", namespace, selector):
+            ip = (pod.get("status") or {}).get("podIP")
+            if ip:
+                return f"http://{ip}:{port}/metrics"
+        raise OSError(f"no Traefik pod in {namespace} ({selector}) to read metrics from")
+
+    def scrape(self, client: kube.Client) -> None:
+        try:
+            self.now = metrics.parse(metrics.fetch(self.locate(client)))
+            if self.failing:
+                log("metrics", message="reading Traefik's metrics again")
+            self.failing = ""
+        except (OSError, ValueError, kube.NotFound, BasaltError) as exc:
+            self.now = None
+            if str(exc) != self.failing:  # once, not every tick
+                self.failing = str(exc)
+                log("metrics", message=f"cannot read Traefik's metrics ({exc}): promotions go by readiness alone")
+
+    def windows(self, state: resources.AppState) -> dict[str, metrics.Window] | None:
+        """What each revision served since the app's last step (None: no scrape to judge by)."""
+        if self.now is None:
+            return None
+        key = (state.namespace, state.name)
+        if key not in self.started:  # first seen: the window starts now
+            self.started[key] = (self.now, self.now)
+        return {rev: metrics.window(self.started[key][0], self.now, metrics.service(
+                    state.namespace, resources.revision_name(state.name, rev), r.port))
+                for rev, r in state.revisions.items()}
+
+    def stepped(self, state: resources.AppState) -> None:
+        key = (state.namespace, state.name)
+        if self.now is not None:
+            self.started[key] = (self.started.get(key, (self.now, self.now))[1], self.now)
+
+
+def event(client: kube.Client, svc: dict[str, Any], reason: str, message: str) -> None:
+    """A Warning Event on the app's TraefikService (``kubectl describe``, ``kubectl get events``)."""
+    meta = svc["metadata"]
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    try:
+        client.create({
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}-", "namespace": meta.get("namespace", "default")},
+            "involvedObject": {"apiVersion": resources.TRAEFIK, "kind": "TraefikService", "name": meta["name"],
+                               "namespace": meta.get("namespace", "default"), "uid": meta.get("uid", "")},
+            "reason": reason, "message": message[:1024], "type": "Warning", "count": 1,
+            "source": {"component": "basalt-apps-controller"}, "firstTimestamp": stamp, "lastTimestamp": stamp})
+    except (OSError, BasaltError, kube.NotFound, kube.Conflict) as exc:
+        log("error", message=f"could not record the event: {exc}")
+
+
+def tick(client: kube.Client, now: float, traffic: Traffic | None = None) -> float:
     """One pass over every app; the seconds until the next is due."""
     services = client.list("TraefikService", None, SELECTOR)
     deployments = client.list("Deployment", None, SELECTOR)
     wait = IDLE_TICK
+    promoting = any((s["metadata"].get("annotations") or {}).get(rollout.STATE) == rollout.State.PROMOTING
+                    for s in services)
+    if traffic is not None:
+        if promoting:
+            traffic.scrape(client)
+        else:
+            traffic.started.clear()  # the next promotion's windows start when it does
     for svc in services:
         meta = svc["metadata"]
         app, namespace = meta["labels"].get(APP, ""), meta.get("namespace", "default")
@@ -49,9 +137,15 @@ def tick(client: kube.Client, now: float) -> float:
             continue
         if state is None:
             continue
-        result = rollout.step(state.rollout, revisions_of(state), now)
-        for event in result.events:
-            log("step", app=app, namespace=namespace, message=event)
+        windows = traffic.windows(state) if traffic is not None else None
+        result = rollout.step(state.rollout, revisions_of(state), now, windows)
+        for said in result.events:
+            log("step", app=app, namespace=namespace, message=said)
+            if said.startswith("rolled back:"):
+                event(client, svc, "RolledBack", said)
+        if traffic is not None and (result.rollout.last_step != state.rollout.last_step
+                                    or result.rollout.state != state.rollout.state):
+            traffic.stepped(state)  # a step (or a rollback): the next window starts here
         for revision, replicas in sorted(result.scale.items()):
             client.patch("Deployment", namespace, resources.revision_name(app, revision),
                          {"spec": {"replicas": replicas}})
@@ -87,10 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     except BasaltError as exc:
         print(exc.render(), file=sys.stderr)
         return 1
-    log("start", idle_tick=IDLE_TICK, busy_tick=BUSY_TICK)
+    traffic = Traffic(os.environ.get(METRICS_ENV, ""))
+    log("start", idle_tick=IDLE_TICK, busy_tick=BUSY_TICK, metrics=traffic.url or "the Traefik pod")
     while not stop:
         try:
-            wait = tick(client, time.time())
+            wait = tick(client, time.time(), traffic)
         except Exception as exc:  # noqa: BLE001 - the API unreachable or refusing: say so, try at the next tick
             log("error", message=str(exc) or type(exc).__name__)
             wait = BUSY_TICK

@@ -23,7 +23,10 @@ def objects(version: str) -> list[dict[str, Any]]:
     labels = {**MANAGED, "app.kubernetes.io/name": NAME}
     meta = {"name": NAME, "namespace": NAMESPACE, "labels": labels}
     rules = [{"apiGroups": ["traefik.io"], "resources": ["traefikservices"], "verbs": ["get", "list", "patch"]},
-             {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "patch"]}]
+             {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "patch"]},
+             # Traefik's pod (its metrics, agent/apps/controller.Traffic) and the rollbacks' Events
+             {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+             {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]}]
     container = {
         "name": "controller", "image": image(version), "imagePullPolicy": "Never",
         "resources": {"requests": {"cpu": "5m", "memory": "24Mi"}, "limits": {"memory": "64Mi"}},

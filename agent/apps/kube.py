@@ -35,6 +35,7 @@ PATHS = {  # kind → (API prefix, plural)
     "Pod": ("/api/v1", "pods"), "HorizontalPodAutoscaler": ("/apis/autoscaling/v2", "horizontalpodautoscalers"),
     "TraefikService": ("/apis/traefik.io/v1alpha1", "traefikservices"),
     "IngressRoute": ("/apis/traefik.io/v1alpha1", "ingressroutes"),
+    "Event": ("/api/v1", "events"),
 }
 
 
@@ -178,6 +179,11 @@ class Client:
         path = self.path(obj["kind"], meta.get("namespace", "default"), meta["name"])
         query = urllib.parse.urlencode({"fieldManager": FIELD_MANAGER, "force": "true"})
         result: dict[str, Any] = self.request("PATCH", f"{path}?{query}", obj, "application/apply-patch+yaml")
+        return result
+
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        path = self.path(obj["kind"], obj["metadata"].get("namespace", "default"))
+        result: dict[str, Any] = self.request("POST", path, obj)
         return result
 
     def patch(self, kind: str, namespace: str, name: str, body: dict[str, Any]) -> None:

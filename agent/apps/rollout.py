@@ -4,7 +4,9 @@ An app's rollout is read from (and written back to) its TraefikService: the weig
 are in its spec, the rest in annotations. ``step`` is called every tick with the revisions'
 readiness and the time; it never gives weight to a revision that is not Ready, holds while a
 weighted revision is unready, undoes a promotion whose revision stays unready for longer than
-``rollback_after``, and scales down a revision that served before and is now at 0%.
+``rollback_after`` or whose traffic over the last step (Traefik's counters, ``metrics.Window``)
+was worse than the revisions it replaces and past the app's bounds (``judge``), and scales down a
+revision that served before and is now at 0%.
 """
 
 from __future__ import annotations
@@ -13,13 +15,28 @@ import json
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-from agent.apps.spec import DOMAIN, INCREMENT, INTERVAL, ROLLBACK_AFTER, format_interval, parse_interval, problem
+from agent.apps.metrics import MIN_REQUESTS, QUANTILE, Window
+from agent.apps.spec import (
+    DOMAIN,
+    INCREMENT,
+    INTERVAL,
+    MAX_ERROR_RATE,
+    MAX_LATENCY,
+    ROLLBACK_AFTER,
+    format_error_rate,
+    format_interval,
+    parse_error_rate,
+    parse_interval,
+    parse_latency,
+    problem,
+)
 
 TARGET, INCREMENT_KEY, INTERVAL_KEY = f"{DOMAIN}/target", f"{DOMAIN}/increment", f"{DOMAIN}/interval"
 STATE, PROMOTING, ROLLBACK_TO = f"{DOMAIN}/rollout", f"{DOMAIN}/promoting", f"{DOMAIN}/rollback-to"
 LAST_STEP, UNREADY_SINCE, MESSAGE = f"{DOMAIN}/last-step", f"{DOMAIN}/unready-since", f"{DOMAIN}/message"
 SERVED = f"{DOMAIN}/served"  # revisions that have had weight: at 0% again, they are scaled down
 ROLLBACK_AFTER_KEY = f"{DOMAIN}/rollback-after"
+MAX_ERROR_RATE_KEY, MAX_LATENCY_KEY = f"{DOMAIN}/max-error-rate", f"{DOMAIN}/max-latency"
 
 
 class State(StrEnum):
@@ -44,11 +61,15 @@ class Rollout:
     served: frozenset[str] = frozenset()
     rollback_after: float = ROLLBACK_AFTER
     message: str = ""
+    max_error_rate: float = MAX_ERROR_RATE
+    max_latency: float = MAX_LATENCY
 
     def annotations(self) -> dict[str, str]:
         out = {TARGET: _weights_text(self.target), INCREMENT_KEY: str(self.increment),
                INTERVAL_KEY: format_interval(self.interval), STATE: str(self.state),
-               SERVED: ",".join(sorted(self.served)), ROLLBACK_AFTER_KEY: format_interval(self.rollback_after)}
+               SERVED: ",".join(sorted(self.served)), ROLLBACK_AFTER_KEY: format_interval(self.rollback_after),
+               MAX_ERROR_RATE_KEY: format_error_rate(self.max_error_rate),
+               MAX_LATENCY_KEY: format_interval(self.max_latency)}
         if self.promoting:
             out[PROMOTING] = self.promoting
         if self.rollback_to:
@@ -93,7 +114,11 @@ def from_annotations(weights: dict[str, int], annotations: dict[str, str]) -> Ro
                    last_step=float(annotations.get(LAST_STEP) or 0), unready_since=float(since) if since else None,
                    served=frozenset(x for x in annotations.get(SERVED, "").split(",") if x),
                    rollback_after=parse_interval(annotations.get(ROLLBACK_AFTER_KEY, "120s"), ROLLBACK_AFTER_KEY),
-                   message=annotations.get(MESSAGE, ""))
+                   message=annotations.get(MESSAGE, ""),
+                   max_error_rate=parse_error_rate(annotations.get(MAX_ERROR_RATE_KEY, format_error_rate(
+                       MAX_ERROR_RATE)), f"annotation {MAX_ERROR_RATE_KEY}"),
+                   max_latency=parse_latency(annotations.get(MAX_LATENCY_KEY, format_interval(MAX_LATENCY)),
+                                             f"annotation {MAX_LATENCY_KEY}"))
 
 
 def check_weights(weights: dict[str, int], revisions: set[str] | list[str]) -> dict[str, int]:
@@ -157,7 +182,33 @@ def _undo(r: Rollout, state: State, now: float, message: str) -> Rollout:
                    message=message, promoting=r.promoting)
 
 
-def step(r: Rollout, revisions: dict[str, Revision], now: float) -> Step:
+def judge(r: Rollout, traffic: dict[str, Window]) -> str:
+    """Why the promoted revision's recent traffic (the controller's window: since the step before
+    the last) fails the app's bounds ('' when it
+    does not, or when it had fewer than MIN_REQUESTS requests to judge by). It fails on errors when
+    its 5xx share is above ``max_error_rate`` and above that of the revisions it replaces, and on
+    latency when its p95 is above ``max_latency`` and above theirs."""
+    new = traffic.get(r.promoting, Window())
+    if new.requests < MIN_REQUESTS:
+        return ""
+    old = Window()
+    for x, w in sorted(r.rollback_to.items()):
+        if x != r.promoting and w > 0:
+            old = old + traffic.get(x, Window())
+    if new.error_rate > r.max_error_rate and new.error_rate > old.error_rate:
+        return (f"rolled back: {r.promoting} answered {new.error_rate:.0%} of {new.requests:.0f} requests with "
+                f"5xx (more than {format_error_rate(r.max_error_rate)}; the revisions before it {old.error_rate:.0%})")
+    if (new.latency is not None and new.latency > r.max_latency
+            and (old.latency is None or new.latency > old.latency)):
+        before = f"{old.latency * 1000:.0f}ms" if old.latency is not None else "no requests"
+        return (f"rolled back: {r.promoting}'s p{QUANTILE * 100:.0f} latency was {new.latency * 1000:.0f}ms "
+                f"(more than {format_interval(r.max_latency)}; the revisions before it {before})")
+    return ""
+
+
+def step(r: Rollout, revisions: dict[str, Revision], now: float, traffic: dict[str, Window] | None = None) -> Step:
+    """One tick. ``traffic``: what each revision served since the last step (None: no metrics, so
+    promotions go by readiness alone)."""
     events: list[str] = []
     scale: dict[str, int] = {}
     wanted = sorted(x for x in set(r.weights) | set(r.target) if r.weights.get(x, 0) > 0 or r.target.get(x, 0) > 0)
@@ -185,6 +236,9 @@ def step(r: Rollout, revisions: dict[str, Revision], now: float) -> Step:
         changed = since != r.unready_since or msg != r.message
         return Step(replace(r, unready_since=since, message=msg), scale, (msg,) if changed else ())
     r = replace(r, unready_since=None)
+    verdict = judge(r, traffic) if traffic is not None and r.state == State.PROMOTING else ""
+    if verdict:  # at once, not at the next step
+        return step(_undo(r, State.ROLLED_BACK, now, verdict), revisions, now).after(verdict)
     if r.weights != r.target and now - r.last_step >= r.interval:
         # never to an unready revision: only the ready ones may gain (the gate above holds otherwise)
         weights = move(r.weights, r.target, r.increment)

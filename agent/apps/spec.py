@@ -24,6 +24,11 @@ DEFAULT_DOMAIN = "local"  # an app's host when none is given: NAME.local (mDNS, 
 FIRST_REVISION = "v1"
 INCREMENT, INTERVAL = 5, 5.0  # Rio's default rate: 5 points every 5 seconds
 ROLLBACK_AFTER = 120.0  # seconds a promoted revision may stay unready before the promotion is undone
+# A promotion is undone when, over a step's window, the new revision answers more than this share of
+# its requests with 5xx (and more than the revisions it replaces), or its p95 latency is above
+# MAX_LATENCY (and above theirs): judged from Traefik's own metrics (agent/apps/metrics.py).
+MAX_ERROR_RATE, MAX_LATENCY = 0.05, 1.0
+LATENCY_RANGE = (0.001, 60.0)
 
 
 def problem(message: str, hint: str | None = None, path: str | None = None) -> BasaltError:
@@ -74,6 +79,28 @@ def parse_interval(value: Any, path: str = "interval") -> float:
 
 def format_interval(seconds: float) -> str:
     return f"{seconds:g}s"
+
+
+def parse_error_rate(value: Any, path: str = "--max-error-rate") -> float:
+    """A share of requests: ``5%`` (or ``5``), 0-100 percent; a fraction back."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)%?", str(value).strip())
+    if isinstance(value, bool) or not m or not 0 <= float(m.group(1)) <= 100:
+        raise problem(f"{value!r} is not an error rate", "a percentage of requests 0-100, e.g. 5% (a promotion "
+                                                         "is rolled back above it)", path)
+    return float(m.group(1)) / 100
+
+
+def format_error_rate(rate: float) -> str:
+    return f"{rate * 100:g}%"
+
+
+def parse_latency(value: Any, path: str = "--max-latency") -> float:
+    """A p95 latency bound in seconds (``500ms``, ``1s``), 1 ms to 60 s."""
+    seconds = parse_interval(value, path)
+    low, high = LATENCY_RANGE
+    if not low <= seconds <= high:
+        raise problem(f"{value!r} is out of range", "a p95 latency from 1ms to 60s, e.g. 500ms", path)
+    return seconds
 
 
 def parse_env(items: list[str] | dict[str, Any], path: str = "env") -> tuple[tuple[str, str], ...]:

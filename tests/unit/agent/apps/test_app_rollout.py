@@ -142,6 +142,10 @@ def test_the_rollout_round_trips_through_annotations_and_bad_edits_are_errors() 
                                    "'paused', 'rolled-back', 'aborted']"),
         (rollout.INCREMENT_KEY, "0", "annotation basalt.io/increment: '0' is not 1-100"),
         (rollout.INTERVAL_KEY, "soon", "'soon' is not a duration"),
+        (rollout.MAX_ERROR_RATE_KEY, "150%", "'150%' is not an error rate"),
+        (rollout.MAX_ERROR_RATE_KEY, "lots", "'lots' is not an error rate"),
+        (rollout.MAX_LATENCY_KEY, "0.0001s", "'0.0001s' is out of range"),
+        (rollout.MAX_LATENCY_KEY, "", "'' is not a duration"),
     ]:
         with pytest.raises(BasaltError) as exc:
             rollout.from_annotations(r.weights, {**r.annotations(), key: value})

@@ -1,0 +1,209 @@
+"""Canaries judged by their traffic, through the real Traefik.
+
+Real here: Traefik 3.5.1 (tests/traefik.py; it reads every TraefikService, IngressRoute and
+EndpointSlice itself, through its own Kubernetes provider), HTTP through its entry point, its
+Prometheus metrics, ``basalt app`` and the controller's loop. Stand-ins (no k3s can run here): the
+API server (tests/fake_kube.py) and the kubelet (tests/kubelet.py: each replica a small HTTP server
+on 127.0.0.1 that answers with its revision's name, told by its environment to fail or be slow).
+"""
+
+from __future__ import annotations
+
+import http.client
+import re
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fake_kube import FakeKube
+from kubelet import Kubelet
+from traefik import Traefik
+
+from agent.apps import cli, controller, kube
+
+STEP_S = 2.0  # the promotions' interval here: windows of about 60 requests for the new revision at 20%
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FakeKube, Kubelet, Traefik, Path]]:
+    work = tmp_path_factory.mktemp("traffic")
+    with FakeKube() as api, Kubelet(api) as kubelet, Traefik(api.url, work) as router:
+        yield api, kubelet, router, api.kubeconfig(work / "kubeconfig")
+
+
+def basalt_app(conf: Path, *argv: str) -> int:
+    return cli.standalone(["--kubeconfig", str(conf), *argv])
+
+
+class Load:
+    """Requests for ``host`` through Traefik's entry point from a few clients at once (each on its
+    own kept-alive connection, one request at a time), until stopped."""
+
+    def __init__(self, router: Traefik, host: str, clients: int = 4) -> None:
+        self.router, self.host = router, host
+        self.answers: list[tuple[float, int, str]] = []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self.run, daemon=True) for _ in range(clients)]
+
+    def run(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.router.web, timeout=10)  # kept alive, as browsers do
+        try:
+            while not self.stop.is_set():
+                try:
+                    conn.request("GET", "/", headers={"Host": self.host})
+                    resp = conn.getresponse()
+                    self.answers.append((time.monotonic(), resp.status, resp.read().decode(errors="replace").strip()))
+                except (OSError, http.client.HTTPException) as exc:  # recorded (a failed request), then anew
+                    self.answers.append((time.monotonic(), 0, repr(exc)))
+                    conn.close()
+                self.stop.wait(0.005)
+        finally:
+            conn.close()
+
+    def __enter__(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(15)
+
+
+class Controller:
+    """The controller's loop (controller.tick, real time) in a thread, reading Traefik's metrics."""
+
+    def __init__(self, conf: Path, metrics_url: str) -> None:
+        self.client = kube.Client(kube.credentials(str(conf)))
+        self.traffic = controller.Traffic(metrics_url)
+        self.stop = threading.Event()
+        self.weights: list[dict[str, int]] = []
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            wait = controller.tick(self.client, time.time(), self.traffic)
+            self.stop.wait(min(wait, 0.2))
+
+    def __enter__(self) -> Controller:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(15)
+
+
+def until(api: FakeKube, app: str, done: Any, timeout: float = 40) -> list[dict[str, int]]:
+    """The app's weights as they went, until ``done(annotations)``; bounded."""
+    seen: list[dict[str, int]] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        weights = api.weights(app)
+        if not seen or seen[-1] != weights:
+            seen.append(weights)
+        if done(api.get("TraefikService", app)["metadata"]["annotations"]):
+            return seen
+        time.sleep(0.05)
+    raise AssertionError(f"{app}: not done in {timeout}s; weights went {seen}")
+
+
+def served_by(load: Load, since: float) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for at, status, body in load.answers:
+        if at >= since and status == 200:
+            out[body] = out.get(body, 0) + 1
+    return out
+
+
+def start_app(api: FakeKube, router: Traefik, conf: Path, app: str, env: list[str]) -> None:
+    assert basalt_app(conf, "run", "nginx:1.27", "--name", app, "--port", "8080") == 0
+    assert basalt_app(conf, "stage", app, "nginx:1.28", *[x for e in env for x in ("--env", e)]) == 0
+    deadline = time.monotonic() + 20  # Traefik has read the routes and both revisions' endpoints
+    while router.get(f"{app}.local")[1].strip() != "v1" or router.get(f"v2-{app}.local")[1].strip() != "v2":
+        assert time.monotonic() < deadline, router.tail()
+        time.sleep(0.1)
+
+
+def test_a_revision_failing_one_request_in_five_is_rolled_back_within_two_steps(
+        cluster: tuple[FakeKube, Kubelet, Traefik, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    api, kubelet, router, conf = cluster
+    start_app(api, router, conf, "shop", ["FAIL_RATE=0.2"])
+    with Load(router, "shop.local") as load, Controller(conf, router.metrics_url):
+        assert basalt_app(conf, "promote", "shop", "v2", "--increment", "20", "--interval", f"{STEP_S:g}s") == 0
+        seen = until(api, "shop", lambda a: a["basalt.io/rollout"] == "rolled-back" and
+                     api.weights("shop") == {"v1": 100, "v2": 0})
+        back = time.monotonic()
+        time.sleep(2.5)
+    assert max(w["v2"] for w in seen) <= 40, seen  # judged within two steps of 20
+    notes = api.get("TraefikService", "shop")["metadata"]["annotations"]
+    said = re.fullmatch(r"rolled back: v2 answered (\d+)% of (\d+) requests with 5xx \(more than 5%; the "
+                        r"revisions before it 0%\)", notes["basalt.io/message"])
+    assert said and 10 <= int(said.group(1)) <= 30 and int(said.group(2)) >= 10, notes  # 1 in 5, in a window
+    events = [o for (k, _, _), o in api.objects.items() if k == "Event" and o["involvedObject"]["name"] == "shop"]
+    assert [(e["reason"], e["involvedObject"]["kind"], e["type"]) for e in events] == [
+        ("RolledBack", "TraefikService", "Warning")]
+    assert events[0]["message"] == notes["basalt.io/message"]
+    # the real router follows (its watch, then its 0.5 s throttle): soon after, every answer is v1's
+    assert set(served_by(load, back + 1.5)) == {"v1"}, load.answers[-20:]
+    capsys.readouterr()
+    assert basalt_app(conf, "ps") == 0
+    summary = [line for line in capsys.readouterr().out.splitlines() if line.startswith("shop ") and " * " in line]
+    assert summary and "rolled-back: rolled back: v2 answered" in summary[0], summary
+
+
+def test_a_healthy_revision_goes_to_all_the_traffic(cluster: tuple[FakeKube, Kubelet, Traefik, Path]) -> None:
+    api, kubelet, router, conf = cluster
+    start_app(api, router, conf, "blog", [])
+    with Load(router, "blog.local") as load, Controller(conf, router.metrics_url):
+        started = time.monotonic()
+        assert basalt_app(conf, "promote", "blog", "v2", "--increment", "25", "--interval", f"{STEP_S:g}s") == 0
+        seen = until(api, "blog", lambda a: a["basalt.io/rollout"] == "idle")
+        done = time.monotonic()
+        time.sleep(2.5)
+    assert [w["v2"] for w in seen] == [0, 25, 50, 75, 100], seen
+    mid = served_by(load, started + STEP_S * 1.2)  # while both served: the router split the traffic
+    assert mid.get("v1", 0) > 0 and mid.get("v2", 0) > 0, mid
+    assert set(served_by(load, done + 1.5)) == {"v2"}, served_by(load, done + 1.5)
+    assert "basalt.io/message" not in api.get("TraefikService", "blog")["metadata"]["annotations"]
+
+
+def test_a_slow_revision_trips_the_latency_bound(cluster: tuple[FakeKube, Kubelet, Traefik, Path]) -> None:
+    api, kubelet, router, conf = cluster
+    start_app(api, router, conf, "wiki", ["DELAY_MS=700"])
+    with Load(router, "wiki.local"), Controller(conf, router.metrics_url):
+        assert basalt_app(conf, "promote", "wiki", "v2", "--increment", "20", "--interval", f"{STEP_S:g}s",
+                          "--max-latency", "250ms") == 0
+        seen = until(api, "wiki", lambda a: a["basalt.io/rollout"] == "rolled-back")
+    assert max(w["v2"] for w in seen) <= 40, seen
+    message = api.get("TraefikService", "wiki")["metadata"]["annotations"]["basalt.io/message"]
+    # Traefik's default buckets (0.1, 0.3, 1.2, 5 s): 700 ms falls in (0.3, 1.2], interpolated as Prometheus does
+    assert message.startswith("rolled back: v2's p95 latency was "), message
+    assert message.endswith("ms (more than 0.25s; the revisions before it 95ms)"), message
+
+
+@pytest.mark.parametrize(("argv", "said"), [
+    (["--max-error-rate", "120%"], "'120%' is not an error rate"),
+    (["--max-error-rate", "-1"], "'-1' is not an error rate"),
+    (["--max-error-rate", "nan"], "'nan' is not an error rate"),
+    (["--max-latency", "0s"], "'0s': the interval must be more than zero"),
+    (["--max-latency", "2m"], "'2m' is out of range"),
+    (["--max-latency", "fast"], "'fast' is not a duration"),
+])
+def test_thresholds_out_of_range_are_refused_and_nothing_changes(
+        cluster: tuple[FakeKube, Kubelet, Traefik, Path], capsys: pytest.CaptureFixture[str],
+        argv: list[str], said: str) -> None:
+    api, _, _, conf = cluster
+    if ("TraefikService", "default", "news") not in api.objects:
+        assert basalt_app(conf, "run", "nginx:1.27", "--name", "news", "--port", "8080") == 0
+        assert basalt_app(conf, "stage", "news", "nginx:1.28") == 0
+    before = api.get("TraefikService", "news")
+    capsys.readouterr()
+    assert basalt_app(conf, "promote", "news", "v2", *argv) == 1
+    err = capsys.readouterr().err
+    assert said in err and "hint:" in err and "Traceback" not in err, err
+    assert api.get("TraefikService", "news") == before
