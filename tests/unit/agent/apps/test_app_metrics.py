@@ -8,7 +8,7 @@ import pytest
 
 from agent.apps import metrics, rollout
 from agent.apps.metrics import Window
-from agent.apps.rollout import Rollout, Revision, State
+from agent.apps.rollout import Revision, Rollout, State
 
 SVC = "default-shop-v2-8080@kubernetescrd"
 

@@ -147,7 +147,7 @@ def start_app(api: FakeKube, router: Traefik, conf: Path, app: str, env: list[st
 
 def test_a_revision_failing_one_request_in_five_is_rolled_back_within_two_steps(
         cluster: tuple[FakeKube, Kubelet, Traefik, Path], capsys: pytest.CaptureFixture[str]) -> None:
-    api, kubelet, router, conf = cluster
+    api, _, router, conf = cluster
     start_app(api, router, conf, "shop", ["FAIL_RATE=0.2"])
     with Load(router, "shop.local") as load, Controller(conf, router.metrics_url):
         assert basalt_app(conf, "promote", "shop", "v2", "--increment", "20", "--interval", f"{STEP_S:g}s") == 0
@@ -172,7 +172,7 @@ def test_a_revision_failing_one_request_in_five_is_rolled_back_within_two_steps(
 
 
 def test_a_healthy_revision_goes_to_all_the_traffic(cluster: tuple[FakeKube, Kubelet, Traefik, Path]) -> None:
-    api, kubelet, router, conf = cluster
+    api, _, router, conf = cluster
     start_app(api, router, conf, "blog", [])
     with Load(router, "blog.local") as load, Controller(conf, router.metrics_url):
         started = time.monotonic()
@@ -187,7 +187,7 @@ def test_a_healthy_revision_goes_to_all_the_traffic(cluster: tuple[FakeKube, Kub
 
 
 def test_a_slow_revision_trips_the_latency_bound(cluster: tuple[FakeKube, Kubelet, Traefik, Path]) -> None:
-    api, kubelet, router, conf = cluster
+    api, _, router, conf = cluster
     start_app(api, router, conf, "wiki", ["DELAY_MS=400"])
     with Load(router, "wiki.local", clients=8), Controller(conf, router.metrics_url):  # slow answers hold clients
         assert basalt_app(conf, "promote", "wiki", "v2", "--increment", "20", "--interval", f"{STEP_S:g}s",
