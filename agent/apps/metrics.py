@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 REQUESTS = "traefik_service_requests_total"
 BUCKETS = "traefik_service_request_duration_seconds_bucket"
+SECONDS = "traefik_service_request_duration_seconds_sum"  # time spent answering: requests in flight × time
 LIMIT = 16 << 20  # bytes of a scrape read at most (1000 services is about 2 MB)
 LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 QUANTILE = 0.95
@@ -37,6 +38,7 @@ def service(namespace: str, name: str, port: int) -> str:
 class Counts:
     codes: dict[str, float] = field(default_factory=dict)  # status code → requests
     buckets: dict[float, float] = field(default_factory=dict)  # upper bound (s) → requests at most that long
+    seconds: float = 0.0  # the sum of their durations
 
 
 Snapshot = dict[str, Counts]  # service → its counters
@@ -46,7 +48,7 @@ def parse(text: str) -> Snapshot:
     """The two families from a scrape in Prometheus's text format; everything else skipped."""
     out: Snapshot = {}
     for line in text[:LIMIT].splitlines():
-        if not line.startswith((REQUESTS + "{", BUCKETS + "{")):
+        if not line.startswith((REQUESTS + "{", BUCKETS + "{", SECONDS + "{")):
             continue
         name, _, rest = line.partition("{")
         labels_text, _, value_text = rest.rpartition("}")
@@ -64,6 +66,8 @@ def parse(text: str) -> Snapshot:
         if name == REQUESTS:
             code = labels.get("code", "")
             counts.codes[code] = counts.codes.get(code, 0.0) + value
+        elif name == SECONDS:
+            counts.seconds += value
         else:
             try:
                 bound = float(labels.get("le", ""))  # "+Inf" reads as inf
@@ -80,6 +84,7 @@ class Window:
     requests: float = 0.0
     errors: float = 0.0  # answered 5xx
     latency: float | None = None  # the QUANTILE of durations, seconds (None: no requests)
+    busy: float = 0.0  # seconds spent answering (over a window of T seconds: busy / T requests in flight)
 
     @property
     def error_rate(self) -> float:
@@ -88,7 +93,8 @@ class Window:
     def __add__(self, other: Window) -> Window:
         """Two revisions' windows as one (the latency the worse of the two)."""
         lat = [x for x in (self.latency, other.latency) if x is not None]
-        return Window(self.requests + other.requests, self.errors + other.errors, max(lat) if lat else None)
+        return Window(self.requests + other.requests, self.errors + other.errors, max(lat) if lat else None,
+                      self.busy + other.busy)
 
 
 def quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
@@ -122,7 +128,8 @@ def window(before: Snapshot | None, after: Snapshot, svc: str) -> Window:
     requests = sum(codes.values())
     errors = sum(n for c, n in codes.items() if c.startswith("5"))
     cumulative = sorted((b, n - was.buckets.get(b, 0.0)) for b, n in now.buckets.items())
-    return Window(requests, errors, quantile(QUANTILE, cumulative) if requests else None)
+    return Window(requests, errors, quantile(QUANTILE, cumulative) if requests else None,
+                  max(0.0, now.seconds - was.seconds))
 
 
 def fetch(url: str, timeout: float = 5.0) -> str:

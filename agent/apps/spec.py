@@ -35,36 +35,80 @@ def problem(message: str, hint: str | None = None, path: str | None = None) -> B
     return BasaltError(Problem(message, path=path, hint=hint))
 
 
+BY_REQUESTS = ("concurrency", "rps")  # what a request-driven range scales on (Rio's default: concurrency)
+CONCURRENCY, IDLE = 10.0, 60.0  # requests in flight per replica; seconds without a request before zero
+
+
 @dataclass(frozen=True)
 class Scale:
-    """A fixed replica count (min == max) or a range the HorizontalPodAutoscaler moves in."""
+    """A fixed replica count (min == max), a range the HorizontalPodAutoscaler moves in on CPU
+    (``MIN-MAX``), or a range the controller moves in on requests (``MIN-MAX,concurrency=N`` or
+    ``,rps=N`` per replica; a range from 0 always: the controller wakes it on a request, and puts
+    it to sleep after ``idle=`` seconds without one)."""
 
     min: int = 1
     max: int = 1
+    on: str = ""  # "", "cpu", "concurrency", "rps"
+    target: float = 0.0  # per replica: requests in flight (concurrency) or per second (rps)
+    idle: float = IDLE  # a range from 0: seconds without a request before the revision sleeps
 
     @property
     def autoscaled(self) -> bool:
-        return self.max > self.min
+        """By the HorizontalPodAutoscaler (on CPU)."""
+        return self.max > self.min and self.on == "cpu"
+
+    @property
+    def by_requests(self) -> bool:
+        """By the controller, from Traefik's counters."""
+        return self.on in BY_REQUESTS
 
     def __str__(self) -> str:
-        return str(self.min) if not self.autoscaled else f"{self.min}-{self.max}"
+        if self.max == self.min and not self.by_requests:
+            return str(self.min)
+        text = f"{self.min}-{self.max}"
+        if self.by_requests:
+            text += f",{self.on}={self.target:g}"
+            if self.min == 0:
+                text += f",idle={format_interval(self.idle)}"
+        return text
 
 
 def parse_scale(value: Any, path: str = "scale") -> Scale:
     text = str(value).strip()
-    m = re.fullmatch(r"(\d+)(?:-(\d+))?", text)
+    head, *options = text.split(",")
+    m = re.fullmatch(r"(\d+)(?:-(\d+))?", head.strip())
     if isinstance(value, bool) or not m:
-        raise problem(f"{value!r} is not a replica count or a range", "give N (e.g. 2) or MIN-MAX (e.g. 1-5)", path)
+        raise problem(f"{value!r} is not a replica count or a range", "give N (e.g. 2), MIN-MAX (e.g. 1-5, on CPU), "
+                      "or MIN-MAX,concurrency=N or ,rps=N (on requests; e.g. 0-3,concurrency=10)", path)
     low, high = int(m.group(1)), int(m.group(2) or m.group(1))
     if high < low:
-        raise problem(f"{text}: the range runs backwards", f"write it {high}-{low}", path)
+        raise problem(f"{head}: the range runs backwards", f"write it {high}-{low}", path)
     if high < 1:
-        raise problem(f"{text}: an app needs at least one replica", "give 1 or more (a revision at 0% weight "
+        raise problem(f"{head}: an app needs at least one replica", "give 1 or more (a revision at 0% weight "
                                                                     "is scaled down by the controller)", path)
-    if m.group(2) and low < 1:
-        raise problem(f"{text}: an autoscaled range starts at 1 or more", "the HorizontalPodAutoscaler "
-                                                                         "cannot scale to zero", path)
-    return Scale(low, high)
+    if high > 100:
+        raise problem(f"{head}: more than 100 replicas", "a node of 1-2 GB runs a few; give at most 100", path)
+    on, target, idle = ("cpu" if high > low else ""), 0.0, IDLE
+    for option in options:
+        key, eq, val = option.strip().partition("=")
+        if key in BY_REQUESTS and eq:
+            n = re.fullmatch(r"\d+(?:\.\d+)?", val.strip())
+            if not n or not 0 < float(val) <= 10000:
+                raise problem(f"{option.strip()!r}: {key} is a number of requests per replica, more than 0",
+                              f"e.g. {key}=10", path)
+            on, target = key, float(val)
+        elif key == "idle" and eq:
+            idle = parse_interval(val, path)
+            if not 1 <= idle <= 86400:
+                raise problem(f"{option.strip()!r}: idle is 1s to 24h", "e.g. idle=60s", path)
+        else:
+            raise problem(f"{option.strip()!r} is not a scale option", "concurrency=N, rps=N or idle=DURATION, "
+                          "e.g. 0-3,concurrency=10,idle=60s", path)
+    if low == 0 and on != "rps":
+        on, target = "concurrency", target or CONCURRENCY  # only the controller scales from zero
+    if on in BY_REQUESTS and high == low:
+        raise problem(f"{text}: {on}= needs a range", f"e.g. 1-{max(high, 2)},{on}={target:g}", path)
+    return Scale(low, high, on, target, idle)
 
 
 def parse_interval(value: Any, path: str = "interval") -> float:

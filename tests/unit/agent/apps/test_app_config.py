@@ -58,9 +58,13 @@ def test_apps_in_the_config_are_written_as_the_objects_basalt_app_run_makes() ->
       "with a letter, at most 30 characters"]),
     ("apps:\n- name: shop\n  image: nginx\n  port: 80\n  scale: 3-1\n",
      ["site.yaml:5: apps[0].scale: 3-1: the range runs backwards\nhint: write it 1-3"]),
-    ("apps:\n- name: shop\n  image: nginx\n  port: 80\n  scale: 0-2\n",
-     ["site.yaml:5: apps[0].scale: 0-2: an autoscaled range starts at 1 or more\nhint: the "
-      "HorizontalPodAutoscaler cannot scale to zero"]),
+    ("apps:\n- name: shop\n  image: nginx\n  port: 80\n  scale: 2,rps=3\n",
+     ["site.yaml:5: apps[0].scale: 2,rps=3: rps= needs a range\nhint: e.g. 1-2,rps=3"]),
+    ("apps:\n- name: shop\n  image: nginx\n  port: 80\n  scale: 0-3,concurrency=0\n",
+     ["site.yaml:5: apps[0].scale: 'concurrency=0': concurrency is a number of requests per replica, more "
+      "than 0\nhint: e.g. concurrency=10"]),
+    ("apps:\n- name: shop\n  image: nginx\n  port: 80\n  scale: 0-3,idle=0s\n",
+     ["site.yaml:5: apps[0].scale: '0s': the interval must be more than zero\nhint: e.g. 5s"]),
     ("apps:\n- name: shop\n  image: nginx\n  port: 80\n  host: Shop_1\n",
      ["site.yaml:5: apps[0].host: 'Shop_1' is not a host name\nhint: e.g. shop.example.com"]),
     ("apps:\n- name: shop\n  image: nginx\n  port: 80\n  replicas: 2\n",
