@@ -189,8 +189,11 @@ class FakeKube(Local):
                         return self.reply(404, {"message": "not found"})
                     else:
                         obj = json.loads(json.dumps(current))
-                        for k, v in (body.get("spec") or {}).items():
-                            obj["spec"][k] = v
+                        for k, v in (body.get("spec") or {}).items():  # a merge patch: null removes
+                            if v is None:
+                                obj["spec"].pop(k, None)
+                            else:
+                                obj["spec"][k] = v
                         generation = current["metadata"]["generation"] + 1
                     obj["metadata"]["generation"] = generation
                     api.store(kind, ns or "default", name, obj, current is not None)

@@ -9,8 +9,10 @@ does is read from its container's environment, as a real app would read it:
 - ``DELAY_MS``: every answer waits that long;
 - ``START_MS``: the pod takes that long to start (a container's start).
 
-Each pod is published as an EndpointSlice of its revision's Service (one slice per pod: the pods
-listen on different ports of one address), and the Deployment's status counts the pods that run.
+As the EndpointSlice controller does, each pod a Service's selector selects is published as an
+EndpointSlice of that Service (one slice per pod: the pods listen on different ports of one
+address), and slices it did not make (the apps controller's wake slices) are left alone; a Service
+without a selector gets none. The Deployment's status counts the pods that run.
 Traefik, which is real, reads those EndpointSlices to route. A mock at an unreachable boundary
 (no k3s here); what is real and what is not is listed in docs/apps.md.
 """
@@ -25,6 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fake_kube import FakeKube
+
+MANAGED_BY, MANAGER = "endpointslice.kubernetes.io/managed-by", "endpointslice-controller.k8s.io"
 
 
 @dataclass
@@ -115,18 +119,20 @@ class Kubelet:
 
     def sync(self) -> None:
         with self.api.lock:
-            deployments = {(ns, name): obj for (kind, ns, name), obj in self.api.objects.items()
-                           if kind == "Deployment"}
-            deployments = {k: (int(o["spec"].get("replicas", 1)), o["metadata"]["generation"],
-                               o["spec"]["template"], dict(o["spec"]["selector"]["matchLabels"]))
-                           for k, o in deployments.items()}
+            deployments = {(ns, name): (int(o["spec"].get("replicas", 1)), o["metadata"]["generation"],
+                                        o["spec"]["template"])
+                           for (kind, ns, name), o in self.api.objects.items() if kind == "Deployment"}
+            services = {(ns, name): dict(o["spec"].get("selector") or {})
+                        for (kind, ns, name), o in self.api.objects.items() if kind == "Service"}
         for key in list(self.pods):
             if key not in deployments:
                 self.scale(key, 0, None)
-        for key, (replicas, generation, template, _) in deployments.items():
+        for key, (replicas, generation, template) in deployments.items():
             self.scale(key, replicas, template)
             ready = sum(1 for p in self.pods.get(key, []) if self.running(p))
-            self.publish(key, generation, replicas, ready)
+            self.status(key, generation, replicas, ready)
+        for key, selector in services.items():
+            self.publish(key, selector, deployments)
 
     @staticmethod
     def running(pod: Pod) -> bool:
@@ -148,20 +154,29 @@ class Kubelet:
         if not pods:
             self.pods.pop(key, None)
 
-    def publish(self, key: tuple[str, str], generation: int, replicas: int, ready: int) -> None:
-        """The Deployment's status and its Service's EndpointSlices, written when they change."""
+    def status(self, key: tuple[str, str], generation: int, replicas: int, ready: int) -> None:
+        """The Deployment's status, written when it changes."""
         ns, name = key
-        slices = {f"{name}-{pod.name}": pod for pod in self.pods.get(key, []) if self.running(pod)}
         with self.api.lock:
             dep = self.api.objects.get(("Deployment", ns, name))
-            if dep is None:
-                return
             status = {"observedGeneration": generation, "replicas": replicas, "readyReplicas": ready}
-            if dep.get("status") != status:
-                dep = {**dep, "status": status}
-                self.api.store("Deployment", ns, name, dep, True)
-            have = {n for (k, n_ns, n) in self.api.objects if k == "EndpointSlice" and n_ns == ns
-                    and self.api.objects[(k, n_ns, n)]["metadata"]["labels"].get("kubernetes.io/service-name") == name}
+            if dep is not None and dep.get("status") != status:
+                self.api.store("Deployment", ns, name, {**dep, "status": status}, True)
+
+    def publish(self, key: tuple[str, str], selector: dict[str, str],
+                deployments: dict[tuple[str, str], tuple[int, int, dict[str, Any]]]) -> None:
+        """A Service's EndpointSlices: one per running pod its selector selects (none without one)."""
+        ns, service = key
+        slices: dict[str, Pod] = {}
+        for (d_ns, d_name), (_, _, template) in deployments.items():
+            labels = template["metadata"].get("labels") or {}
+            if d_ns == ns and selector and all(labels.get(k) == v for k, v in selector.items()):
+                slices.update({f"{service}-{pod.name}": pod for pod in self.pods.get((d_ns, d_name), [])
+                               if self.running(pod)})
+        with self.api.lock:
+            have = {n for (k, n_ns, n), o in self.api.objects.items() if k == "EndpointSlice" and n_ns == ns
+                    and o["metadata"]["labels"].get("kubernetes.io/service-name") == service
+                    and o["metadata"]["labels"].get(MANAGED_BY) == MANAGER}
             for gone in have - set(slices):
                 obj = self.api.objects.pop(("EndpointSlice", ns, gone))
                 self.api.version += 1
@@ -172,7 +187,8 @@ class Kubelet:
                     continue
                 self.api.store("EndpointSlice", ns, slice_name, {
                     "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
-                    "metadata": {"name": slice_name, "labels": {"kubernetes.io/service-name": name}},
+                    "metadata": {"name": slice_name, "labels": {"kubernetes.io/service-name": service,
+                                                                MANAGED_BY: MANAGER}},
                     "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": True, "serving": True},
                                    "targetRef": {"kind": "Pod", "name": pod.name, "namespace": ns}}],
                     "ports": [{"name": "http", "port": pod.port, "protocol": "TCP"}]})

@@ -6,6 +6,7 @@ Bounded in time, killed by its PID on exit."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -31,11 +32,13 @@ def binary() -> str:
 class Traefik:
     def __init__(self, api_url: str, work: Path, extra: tuple[str, ...] = ()) -> None:
         self.work = work
-        self.web, self.websecure, self.metrics_port = free_port(), free_port(), free_port()
+        self.web, self.websecure, self.metrics_port, self.api_port = free_port(), free_port(), free_port(), free_port()
         self.argv = [binary(), f"--entryPoints.web.address=127.0.0.1:{self.web}",
                      f"--entryPoints.websecure.address=127.0.0.1:{self.websecure}",
                      f"--entryPoints.metrics.address=127.0.0.1:{self.metrics_port}",
                      "--ping=true", "--ping.entryPoint=metrics",
+                     # its API (read-only, loopback): which servers a service has, to await a change
+                     f"--entryPoints.traefik.address=127.0.0.1:{self.api_port}", "--api.insecure=true",
                      "--metrics.prometheus=true", "--metrics.prometheus.entryPoint=metrics",
                      "--metrics.prometheus.addServicesLabels=true",
                      f"--providers.kubernetescrd.endpoint={api_url}",
@@ -88,6 +91,16 @@ class Traefik:
                 return r.status, r.read().decode(errors="replace")
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode(errors="replace")
+
+    def servers(self, service: str) -> list[str]:
+        """The server URLs Traefik routes ``service`` to now ([] when it has none or no such service)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.api_port}/api/http/services/{service}",
+                                        timeout=5) as r:
+                doc = json.loads(r.read())
+        except urllib.error.HTTPError:
+            return []
+        return sorted(s["url"] for s in (doc.get("loadBalancer") or {}).get("servers") or [])
 
     def scrape(self) -> str:
         with urllib.request.urlopen(self.metrics_url, timeout=5) as r:

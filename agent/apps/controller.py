@@ -18,6 +18,7 @@ goes on by readiness alone, as before metrics.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import signal
@@ -25,7 +26,7 @@ import sys
 import time
 from typing import Any
 
-from agent.apps import kube, metrics, resources, rollout
+from agent.apps import activator, autoscale, kube, metrics, resources, rollout, spec
 from agent.apps.spec import APP, MANAGED
 from agent.errors import BasaltError
 
@@ -38,9 +39,17 @@ def log(event: str, **fields: Any) -> None:
     print(json.dumps({"time": round(time.time(), 3), "event": event, **fields}, sort_keys=True), flush=True)
 
 
+def sleeps_at_zero(scale: Any) -> bool:
+    """A request-scaled range from 0: it sleeps at zero replicas instead of being down."""
+    return bool(scale.by_requests and scale.min == 0)
+
+
 def revisions_of(state: resources.AppState) -> dict[str, rollout.Revision]:
-    return {name: rollout.Revision(ready=r.ready, replicas=r.replicas, want=r.scale.min)
-            for name, r in state.revisions.items()}
+    out = {}
+    for name, r in state.revisions.items():
+        sleeps = sleeps_at_zero(r.scale) and r.replicas == 0
+        out[name] = rollout.Revision(ready=r.ready or sleeps, replicas=r.replicas, want=r.scale.min, sleeps=sleeps)
+    return out
 
 
 METRICS_ENV = "BASALT_TRAEFIK_METRICS"
@@ -99,6 +108,109 @@ class Traffic:
             self.started[key] = (self.started.get(key, (self.now, self.now))[1], self.now)
 
 
+class Autoscaler:
+    """Request-scaled revisions (``MIN-MAX,concurrency=N`` or ``,rps=N``): their replicas from the
+    scrapes of the last ``autoscale.WINDOW`` seconds, their sleep after ``idle`` without a request,
+    and the hosts the activator answers for. ``address``:``port`` is where the activator listens,
+    as the wake slices give it (the controller pod's IP)."""
+
+    def __init__(self, address: str, port: int, awake: activator.Activator | None = None) -> None:
+        self.address, self.port, self.activator = address, port, awake
+        self.history: collections.deque[tuple[float, metrics.Snapshot]] = collections.deque()
+        self.total: dict[tuple[str, str, str], float] = {}  # requests counted so far, per revision
+        self.last_request: dict[tuple[str, str, str], float] = {}
+        self.changed: dict[tuple[str, str, str], float] = {}  # when its replicas last changed
+
+    def record(self, now: float, snapshot: metrics.Snapshot | None) -> None:
+        if snapshot is None:
+            return
+        self.history.append((now, snapshot))
+        while len(self.history) > 2 and self.history[1][0] <= now - autoscale.WINDOW:
+            self.history.popleft()
+
+    def load(self, svc: str, now: float) -> tuple[metrics.Window, float]:
+        """What ``svc`` served over the window, and the window's seconds."""
+        if len(self.history) < 2:
+            return metrics.Window(), 0.0
+        (t0, first), (_, last) = self.history[0], self.history[-1]
+        return metrics.window(first, last, svc), now - t0
+
+    def decide(self, client: kube.Client, state: resources.AppState, now: float, skip: set[str]) -> None:
+        for rev, r in sorted(state.revisions.items()):
+            if not r.scale.by_requests or rev in skip:
+                continue
+            key = (state.namespace, state.name, rev)
+            svc = metrics.service(state.namespace, resources.revision_name(state.name, rev), r.port)
+            self.changed.setdefault(key, now)
+            self.last_request.setdefault(key, now)  # first seen: as if just asked for
+            if self.history:
+                counts = self.history[-1][1].get(svc)
+                total = sum(counts.codes.values()) if counts else 0.0
+                if key in self.total and total > self.total[key]:  # asked for since the last tick
+                    self.last_request[key] = now
+                self.total[key] = total
+            woke = self.activator.woke_at.get(key, 0.0) if self.activator else 0.0
+            if woke > self.last_request[key]:
+                self.last_request[key] = woke
+                self.changed[key] = max(self.changed[key], woke)
+            load, seconds = self.load(svc, now)
+            want = autoscale.replicas(r.scale, r.replicas, load, seconds, now - self.last_request[key],
+                                      now - self.changed[key])
+            if want == r.replicas:
+                if r.replicas == 0:
+                    self.keep_asleep(client, state, rev)
+                continue
+            self.changed[key] = now
+            if want == 0:
+                self.sleep(client, state, rev, f"no request for {now - self.last_request[key]:.0f}s")
+            else:
+                client.patch("Deployment", state.namespace, resources.revision_name(state.name, rev),
+                             {"spec": {"replicas": want}})
+                log("scale", app=state.name, namespace=state.namespace,
+                    message=f"{rev}: {r.replicas} to {want} replicas ({r.scale.on} "
+                            f"{autoscale.demand(r.scale, load, seconds):.1f} over {seconds:.0f}s, "
+                            f"{r.scale.target:g} per replica)")
+
+    def sleep(self, client: kube.Client, state: resources.AppState, rev: str, why: str) -> None:
+        """The wake slice first (the activator answers), then the Service's selector off, then no replicas."""
+        name = resources.revision_name(state.name, rev)
+        client.apply(activator.wake_slice(state.name, state.namespace, rev, self.address, self.port))
+        client.patch("Service", state.namespace, name, {"spec": {"selector": None}})
+        client.patch("Deployment", state.namespace, name, {"spec": {"replicas": 0}})
+        log("scale", app=state.name, namespace=state.namespace, message=f"{rev} sleeps: {why}")
+
+    def keep_asleep(self, client: kube.Client, state: resources.AppState, rev: str) -> None:
+        """A sleeping revision whose Service was given its selector back (a command re-applied it,
+        a wake that did not finish): the activator answers for it again."""
+        key = (state.namespace, state.name, rev)
+        if self.activator and key in self.activator.waking:
+            return
+        name = resources.revision_name(state.name, rev)
+        selector = (client.get("Service", state.namespace, name).get("spec") or {}).get("selector")
+        try:
+            client.get("EndpointSlice", state.namespace, activator.wake_slice_name(state.name, rev))
+            slice_there = True
+        except kube.NotFound:
+            slice_there = False
+        if selector or not slice_there:
+            self.sleep(client, state, rev, "at 0 replicas (the controller answers for it until a request)")
+
+    def hosts(self, states: list[resources.AppState]) -> None:
+        """Which app (and revision) each host a sleeping revision may be asked for belongs to."""
+        if self.activator is None:
+            return
+        hosts: dict[str, activator.Target] = {}
+        for st in states:
+            minimum = {rev: max(1, r.scale.min) for rev, r in st.revisions.items()}
+            weighted = sorted((w, rev) for rev, w in st.rollout.weights.items() if w > 0 and rev in st.revisions)
+            if weighted:
+                hosts[st.host] = activator.Target(st.namespace, st.name, tuple(rev for _, rev in reversed(weighted)),
+                                                  minimum)
+            for rev in st.revisions:
+                hosts[spec.preview_host(st.host, rev)] = activator.Target(st.namespace, st.name, (rev,), minimum)
+        self.activator.hosts = hosts
+
+
 def event(client: kube.Client, svc: dict[str, Any], reason: str, message: str) -> None:
     """A Warning Event on the app's TraefikService (``kubectl describe``, ``kubectl get events``)."""
     meta = svc["metadata"]
@@ -115,18 +227,26 @@ def event(client: kube.Client, svc: dict[str, Any], reason: str, message: str) -
         log("error", message=f"could not record the event: {exc}")
 
 
-def tick(client: kube.Client, now: float, traffic: Traffic | None = None) -> float:
+def tick(client: kube.Client, now: float, traffic: Traffic | None = None,
+         scaler: Autoscaler | None = None) -> float:
     """One pass over every app; the seconds until the next is due."""
     services = client.list("TraefikService", None, SELECTOR)
     deployments = client.list("Deployment", None, SELECTOR)
     wait = IDLE_TICK
     promoting = any((s["metadata"].get("annotations") or {}).get(rollout.STATE) == rollout.State.PROMOTING
                     for s in services)
+    by_requests = scaler is not None and any(
+        "concurrency=" in a or "rps=" in a
+        for d in deployments for a in [(d["metadata"].get("annotations") or {}).get(resources.SCALE, "")])
     if traffic is not None:
-        if promoting:
+        if promoting or by_requests:
             traffic.scrape(client)
-        else:
+        if not promoting:
             traffic.started.clear()  # the next promotion's windows start when it does
+    if scaler is not None and by_requests and traffic is not None:
+        scaler.record(now, traffic.now)
+        wait = BUSY_TICK
+    states: list[resources.AppState] = []
     for svc in services:
         meta = svc["metadata"]
         app, namespace = meta["labels"].get(APP, ""), meta.get("namespace", "default")
@@ -137,6 +257,7 @@ def tick(client: kube.Client, now: float, traffic: Traffic | None = None) -> flo
             continue
         if state is None:
             continue
+        states.append(state)
         windows = traffic.windows(state) if traffic is not None else None
         result = rollout.step(state.rollout, revisions_of(state), now, windows)
         for said in result.events:
@@ -147,14 +268,21 @@ def tick(client: kube.Client, now: float, traffic: Traffic | None = None) -> flo
                                     or result.rollout.state != state.rollout.state):
             traffic.stepped(state)  # a step (or a rollback): the next window starts here
         for revision, replicas in sorted(result.scale.items()):
+            if scaler is not None and replicas == 0 and sleeps_at_zero(state.revisions[revision].scale):
+                scaler.sleep(client, state, revision, "at 0%")  # asleep, not down: its preview host wakes it
+                continue
             client.patch("Deployment", namespace, resources.revision_name(app, revision),
                          {"spec": {"replicas": replicas}})
+        if scaler is not None and by_requests:
+            scaler.decide(client, state, now, set(result.scale))
         if result.rollout != state.rollout:
             write(client, svc, state, result.rollout)
         r = result.rollout
         if r.weights != r.target and r.state != rollout.State.PAUSED:
             # at the next step's time, and meanwhile each second (readiness)
             wait = min(wait, BUSY_TICK, max(0.05, r.last_step + r.interval - now))
+    if scaler is not None:
+        scaler.hosts(states)
     return wait
 
 
@@ -182,10 +310,13 @@ def main(argv: list[str] | None = None) -> int:
         print(exc.render(), file=sys.stderr)
         return 1
     traffic = Traffic(os.environ.get(METRICS_ENV, ""))
-    log("start", idle_tick=IDLE_TICK, busy_tick=BUSY_TICK, metrics=traffic.url or "the Traefik pod")
+    awake = activator.Activator(kube.Client(client.creds), ("0.0.0.0", activator.PORT), log).start()
+    scaler = Autoscaler(os.environ.get("POD_IP", "127.0.0.1"), activator.PORT, awake)
+    log("start", idle_tick=IDLE_TICK, busy_tick=BUSY_TICK, metrics=traffic.url or "the Traefik pod",
+        activator=f"{scaler.address}:{scaler.port}")
     while not stop:
         try:
-            wait = tick(client, time.time(), traffic)
+            wait = tick(client, time.time(), traffic, scaler)
         except Exception as exc:  # noqa: BLE001 - the API unreachable or refusing: say so, try at the next tick
             log("error", message=str(exc) or type(exc).__name__)
             wait = BUSY_TICK

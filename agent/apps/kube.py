@@ -36,6 +36,7 @@ PATHS = {  # kind → (API prefix, plural)
     "TraefikService": ("/apis/traefik.io/v1alpha1", "traefikservices"),
     "IngressRoute": ("/apis/traefik.io/v1alpha1", "ingressroutes"),
     "Event": ("/api/v1", "events"),
+    "EndpointSlice": ("/apis/discovery.k8s.io/v1", "endpointslices"),
 }
 
 
@@ -179,6 +180,10 @@ class Client:
         path = self.path(obj["kind"], meta.get("namespace", "default"), meta["name"])
         query = urllib.parse.urlencode({"fieldManager": FIELD_MANAGER, "force": "true"})
         result: dict[str, Any] = self.request("PATCH", f"{path}?{query}", obj, "application/apply-patch+yaml")
+        return result
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", self.path(kind, namespace, name))
         return result
 
     def create(self, obj: dict[str, Any]) -> dict[str, Any]:

@@ -164,6 +164,7 @@ class Revision:
     ready: bool
     replicas: int  # its spec: 0 when scaled down
     want: int = 1  # its replicas when it serves (the low end of its scale)
+    sleeps: bool = False  # a request-scaled range from 0, at 0: it serves (the controller wakes it on a request)
 
 
 @dataclass(frozen=True)
@@ -216,9 +217,10 @@ def step(r: Rollout, revisions: dict[str, Revision], now: float, traffic: dict[s
     if missing:
         return Step(replace(r, message=f"held: no Deployment for revision {', '.join(missing)}"),
                     events=(f"held: no Deployment for revision {', '.join(missing)}",))
-    # a revision that is to serve again, but was scaled down: up first (it is not Ready until then)
+    # a revision that is to serve again, but was scaled down: up first (it is not Ready until then);
+    # one that sleeps is woken by its first request instead
     for x in wanted:
-        if revisions[x].replicas == 0:
+        if revisions[x].replicas == 0 and not revisions[x].sleeps:
             scale[x] = max(1, revisions[x].want)
     if r.state == State.PAUSED:
         return Step(r, scale)
@@ -254,7 +256,8 @@ def step(r: Rollout, revisions: dict[str, Revision], now: float, traffic: dict[s
         state = State.IDLE if r.state in (State.PROMOTING, State.IDLE) else r.state
         r = replace(r, state=state, message="" if state == State.IDLE else r.message)
         for x, rev in sorted(revisions.items()):
-            if r.weights.get(x, 0) == 0 and r.target.get(x, 0) == 0 and x in r.served and rev.replicas > 0:
+            if (r.weights.get(x, 0) == 0 and r.target.get(x, 0) == 0 and x in r.served and rev.replicas > 0
+                    and not rev.sleeps):
                 scale[x] = 0
                 events.append(f"scaled {x} down (0%)")
     return Step(r, scale, tuple(events))
