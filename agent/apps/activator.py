@@ -30,6 +30,7 @@ from agent.apps import kube, resources
 from agent.apps.spec import APP, REVISION
 
 PORT = 8012  # in the controller's pod (docs/apps.md)
+LISTEN_ENV = "BASALT_ACTIVATOR_LISTEN"  # ADDRESS:PORT to listen on instead of 0.0.0.0:8012
 WAKE_TIMEOUT = 60.0
 MAX_BODY = 8 << 20
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",

@@ -310,8 +310,9 @@ def main(argv: list[str] | None = None) -> int:
         print(exc.render(), file=sys.stderr)
         return 1
     traffic = Traffic(os.environ.get(METRICS_ENV, ""))
-    awake = activator.Activator(kube.Client(client.creds), ("0.0.0.0", activator.PORT), log).start()
-    scaler = Autoscaler(os.environ.get("POD_IP", "127.0.0.1"), activator.PORT, awake)
+    host, _, port = os.environ.get(activator.LISTEN_ENV, f"0.0.0.0:{activator.PORT}").rpartition(":")
+    awake = activator.Activator(kube.Client(client.creds), (host, int(port)), log).start()
+    scaler = Autoscaler(os.environ.get("POD_IP", "127.0.0.1"), awake.port, awake)
     log("start", idle_tick=IDLE_TICK, busy_tick=BUSY_TICK, metrics=traffic.url or "the Traefik pod",
         activator=f"{scaler.address}:{scaler.port}")
     while not stop:

@@ -26,9 +26,16 @@ def objects(version: str) -> list[dict[str, Any]]:
              {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "patch"]},
              # Traefik's pod (its metrics, agent/apps/controller.Traffic) and the rollbacks' Events
              {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
-             {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]}]
+             {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+             # a sleeping revision (agent/apps/activator.py): its Service's selector off and on, its wake slice
+             {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "patch"]},
+             {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
+              "verbs": ["get", "list", "create", "patch", "delete"]}]
     container = {
         "name": "controller", "image": image(version), "imagePullPolicy": "Never",
+        # the holding endpoint for sleeping revisions; the wake slices give this pod's IP
+        "ports": [{"name": "activator", "containerPort": 8012}],
+        "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
         "resources": {"requests": {"cpu": "5m", "memory": "24Mi"}, "limits": {"memory": "64Mi"}},
         "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                             "capabilities": {"drop": ["ALL"]}}}

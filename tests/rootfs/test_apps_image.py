@@ -51,7 +51,8 @@ def test_the_controller_runs_in_its_image_and_steps_a_promotion(image: tuple[Pat
         assert cli.standalone(["--kubeconfig", str(conf), "stage", "shop", "nginx:2"]) == 0
         log = (tmp_path / "controller.log").open("wb")
         proc = subprocess.Popen(appsimage.chroot_argv(layer), stdout=log, stderr=subprocess.STDOUT,
-                                env={**appsimage.CHROOT_ENV, "KUBECONFIG": "/kubeconfig.json"})
+                                env={**appsimage.CHROOT_ENV, "KUBECONFIG": "/kubeconfig.json",
+                                     "BASALT_ACTIVATOR_LISTEN": "127.0.0.1:0"})
         try:
             assert cli.standalone(["--kubeconfig", str(conf), "promote", "shop", "v2", "--increment", "50",
                                    "--interval", "1s"]) == 0
