@@ -200,6 +200,58 @@ def run(image: str, skip_boot: bool, skip_cold: bool) -> dict[str, Any]:
     return results
 
 
+DECISION = """
+import sys, time
+from agent.apps import autoscale, metrics, rollout
+from agent.apps.spec import parse_scale
+apps = int(sys.argv[1])
+lines = []
+for a in range(apps):
+    for rev in ("v1", "v2"):
+        svc = f"default-app{a}-{rev}-8080@kubernetescrd"
+        for code, n in (("200", 9000 + a), ("404", 12), ("500", 40)):
+            lines.append(f'traefik_service_requests_total{{code="{code}",method="GET",protocol="http",'
+                         f'service="{svc}"}} {n}')
+        for le, n in (("0.1", 8000), ("0.3", 8900), ("1.2", 9000), ("5", 9050), ("+Inf", 9052)):
+            lines.append(f'traefik_service_request_duration_seconds_bucket{{code="200",method="GET",protocol="http",'
+                         f'service="{svc}",le="{le}"}} {n}')
+        lines.append(f'traefik_service_request_duration_seconds_sum{{code="200",method="GET",protocol="http",'
+                     f'service="{svc}"}} 321.5')
+        lines.append(f'traefik_service_open_connections{{protocol="http",service="{svc}"}} 3')
+text = "\\n".join(lines) + "\\n"
+before = metrics.parse(text.replace(" 9", " 1"))
+r = rollout.Rollout(weights={"v1": 80, "v2": 20}, target={"v2": 100}, state=rollout.State.PROMOTING,
+                    promoting="v2", rollback_to={"v1": 100})
+scale = parse_scale("1-5,concurrency=10")
+started = time.process_time()
+now = metrics.parse(text)  # one scrape, all apps
+for a in range(apps):
+    windows = {rev: metrics.window(before, now, f"default-app{a}-{rev}-8080@kubernetescrd") for rev in ("v1", "v2")}
+    rollout.judge(r, windows)
+    for w in windows.values():
+        autoscale.replicas(scale, 2, w, 10.0, 0.0, 60.0)
+print(f"{(time.process_time() - started) * 1000 / apps:.3f}")
+"""
+
+
+def apps_decision_cpu(apps: int = 20) -> dict[str, Any]:
+    """CPU for one scrape of Traefik's metrics (``apps`` apps of two revisions) parsed and judged,
+    and each revision's replicas decided, per app: natively, and under TCG (QEMU's user-mode
+    emulation, qemu-x86_64: the same translator a TCG guest runs on)."""
+    out: dict[str, Any] = {"apps": apps}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    runs = {"native": [sys.executable]}
+    if shutil.which("qemu-x86_64"):
+        runs["tcg"] = ["qemu-x86_64", os.path.realpath(sys.executable)]
+    for name, argv in runs.items():
+        proc = subprocess.run([*argv, "-S", "-c", DECISION, str(apps)], capture_output=True, text=True, env=env,
+                              timeout=600)
+        if proc.returncode != 0:
+            raise BasaltError(Problem(f"the decision benchmark failed ({name}): {proc.stderr.strip()[-500:]}"))
+        out[f"{name}_ms_per_app"] = float(proc.stdout.strip())
+    return out
+
+
 def apps_controller(baseline: Path, work: Path, idle_s: float = 60.0) -> dict[str, Any]:
     """The apps controller's image (from the baseline's root tree) run in its own layer (chroot)
     against the API stand-in of tests/fake_kube.py (no k3s here): the time a promotion at the default
@@ -222,7 +274,8 @@ def apps_controller(baseline: Path, work: Path, idle_s: float = 60.0) -> dict[st
                 raise BasaltError(Problem(f"basalt app {argv[0]} failed against the API stand-in"))
         with (work / "controller.log").open("wb") as log:
             proc = subprocess.Popen(appsimage.chroot_argv(layer), stdout=log, stderr=subprocess.STDOUT,
-                                    env={**appsimage.CHROOT_ENV, "KUBECONFIG": "/kubeconfig.json"})
+                                    env={**appsimage.CHROOT_ENV, "KUBECONFIG": "/kubeconfig.json",
+                                         "BASALT_ACTIVATOR_LISTEN": "127.0.0.1:0"})
             try:
                 time.sleep(3)  # started, and its first (idle) tick done
                 started = time.monotonic()
@@ -242,6 +295,7 @@ def apps_controller(baseline: Path, work: Path, idle_s: float = 60.0) -> dict[st
             finally:
                 proc.kill()
                 proc.wait(10)
+    out["decision"] = apps_decision_cpu()
     return out
 
 
@@ -488,6 +542,11 @@ def table(r: dict[str, Any]) -> str:
                  ("basalt app promote: 0 → 100% at 5 points / 5 s", f"{ap['promote_0_to_100_s']} s", "≈ 100 s ± 10%"),
                  ("apps controller: RSS once idle", f"{ap['idle_rss_mb']} MiB", "≤ 30 MB"),
                  ("apps controller: CPU while idle", f"{ap['idle_cpu_percent']} %", "")]
+        d = ap.get("decision")
+        if d:
+            rows += [(f"apps: one metrics scrape + decision, CPU per app ({d['apps']} apps), native",
+                      f"{d['native_ms_per_app']} ms", ""),
+                     ("apps: the same under TCG (qemu-x86_64)", f"{d.get('tcg_ms_per_app', '-')} ms", "≤ 50 ms")]
     inst = r.get("install")
     if inst:
         rows += [("unattended install to a blank disk: basalt install (TCG)", f"{inst['install_s']} s", "≤ 60 s"),
