@@ -154,11 +154,12 @@ def lint(c: Context) -> None:
     c.run(f"{PY} -m mypy builder agent")
 
 
-@task(help={"image": "image to benchmark", "skip_boot": "only build figures"})
-def bench(c: Context, image: str = "x86_64-iso", skip_boot: bool = False) -> None:
-    """Benchmark builds, sizes, boot time and memory; writes out/bench.json."""
+@task(help={"image": "image to benchmark", "skip_boot": "only build figures", "only": "one section alone: apps"})
+def bench(c: Context, image: str = "x86_64-iso", skip_boot: bool = False, only: str = "") -> None:
+    """Benchmark builds, sizes, boot time and memory; writes out/bench.json (--only apps: that section)."""
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    c.run(f"{PY} -m builder.bench.bench --image {_quote(image)}" + (" --skip-boot" if skip_boot else ""))
+    c.run(f"{PY} -m builder.bench.bench --image {_quote(image)}" + (" --skip-boot" if skip_boot else "")
+          + (f" --only {_quote(only)}" if only else ""))
 
 
 @task
