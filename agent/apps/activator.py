@@ -151,6 +151,7 @@ class Activator:
                 raise RuntimeError(f"{revision} could not be woken (see the controller's log)")
             return found
         try:
+            self.woke_at[key] = time.time()  # a request came: the autoscaler must not put it to sleep meanwhile
             found = self._wake(target, revision)
             self.woken[key] = found
             self.woke_at[key] = time.time()

@@ -140,6 +140,8 @@ class Autoscaler:
             if not r.scale.by_requests or rev in skip:
                 continue
             key = (state.namespace, state.name, rev)
+            if self.activator is not None and key in self.activator.waking:
+                continue  # a request is waking it: its replicas are the activator's until it is up
             svc = metrics.service(state.namespace, resources.revision_name(state.name, rev), r.port)
             self.changed.setdefault(key, now)
             self.last_request.setdefault(key, now)  # first seen: as if just asked for
