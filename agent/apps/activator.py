@@ -56,6 +56,8 @@ class Activator:
         self.waking: dict[tuple[str, str, str], threading.Event] = {}
         self.woken: dict[tuple[str, str, str], tuple[str, int]] = {}
         self.woke_at: dict[tuple[str, str, str], float] = {}  # when each revision last woke (time.time())
+        # one per revision: held for a whole wake, and by the controller for a whole sleep
+        self.turns: dict[tuple[str, str, str], threading.Lock] = {}
         self.log = log or (lambda *a, **k: None)
         activator = self
 
@@ -129,6 +131,10 @@ class Activator:
         self.server.shutdown()
         self.server.server_close()
 
+    def turn(self, key: tuple[str, str, str]) -> threading.Lock:
+        with self.lock:
+            return self.turns.setdefault(key, threading.Lock())
+
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         with self.lock:
             return fn(*args)
@@ -152,7 +158,8 @@ class Activator:
             return found
         try:
             self.woke_at[key] = time.time()  # a request came: the autoscaler must not put it to sleep meanwhile
-            found = self._wake(target, revision)
+            with self.turn(key):  # after a sleep under way, never during one
+                found = self._wake(target, revision)
             self.woken[key] = found
             self.woke_at[key] = time.time()
             return found

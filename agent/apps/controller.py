@@ -23,6 +23,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -174,11 +175,21 @@ class Autoscaler:
                             f"{r.scale.target:g} per replica)")
 
     def sleep(self, client: kube.Client, state: resources.AppState, rev: str, why: str) -> None:
-        """The wake slice first (the activator answers), then the Service's selector off, then no replicas."""
-        name = resources.revision_name(state.name, rev)
-        client.apply(activator.wake_slice(state.name, state.namespace, rev, self.address, self.port))
-        client.patch("Service", state.namespace, name, {"spec": {"selector": None}})
-        client.patch("Deployment", state.namespace, name, {"spec": {"replicas": 0}})
+        """The wake slice first (the activator answers), then the Service's selector off, then no
+        replicas; never while a request wakes it (the activator's turn for the revision)."""
+        key = (state.namespace, state.name, rev)
+        turn = self.activator.turn(key) if self.activator else threading.Lock()
+        if not turn.acquire(blocking=False):
+            return  # being woken: its next decision comes after
+        try:
+            if self.activator and key in self.activator.waking:
+                return
+            name = resources.revision_name(state.name, rev)
+            client.apply(activator.wake_slice(state.name, state.namespace, rev, self.address, self.port))
+            client.patch("Service", state.namespace, name, {"spec": {"selector": None}})
+            client.patch("Deployment", state.namespace, name, {"spec": {"replicas": 0}})
+        finally:
+            turn.release()
         log("scale", app=state.name, namespace=state.namespace, message=f"{rev} sleeps: {why}")
 
     def keep_asleep(self, client: kube.Client, state: resources.AppState, rev: str) -> None:
