@@ -13,7 +13,7 @@ from agent.apps.rollout import Rollout, State
 from agent.apps.spec import AppSpec, Scale, check_revision, preview_host, problem
 
 Ref = tuple[str, str, str]  # (kind, namespace, name)
-KINDS = ("Deployment", "Service", "HorizontalPodAutoscaler", "TraefikService", "IngressRoute")
+KINDS = ("Deployment", "Service", "HorizontalPodAutoscaler", "EndpointSlice", "TraefikService", "IngressRoute")
 
 
 @dataclass(frozen=True)
@@ -139,6 +139,7 @@ def rm(objects: list[dict[str, Any]], app: str, namespace: str, revision: str = 
     state = require(objects, app, namespace)
     if not revision:
         refs = [(o["kind"], namespace, o["metadata"]["name"]) for o in state.objects if o.get("kind") in KINDS]
+        refs += [_wake_slice(namespace, app, x) for x, rev in sorted(state.revisions.items()) if _sleeps(rev.scale)]
         return Change(delete=sorted(refs, key=lambda x: (KINDS.index(x[0]), x[2])), message=f"{app}: removed")
     if revision not in state.revisions:
         raise problem(f"app {app} has no revision {revision}", f"its revisions: {', '.join(sorted(state.revisions))}")
@@ -150,12 +151,23 @@ def rm(objects: list[dict[str, Any]], app: str, namespace: str, revision: str = 
     refs = [(k, namespace, name) for k in KINDS[:2]]
     if state.revisions[revision].scale.autoscaled:
         refs.append(("HorizontalPodAutoscaler", namespace, name))
+    if _sleeps(state.revisions[revision].scale):
+        refs.append(_wake_slice(namespace, app, revision))
     plan = replace(r, weights={k: v for k, v in r.weights.items() if k != revision},
                    target={k: v for k, v in r.target.items() if k != revision},
                    rollback_to={k: v for k, v in r.rollback_to.items() if k != revision},
                    served=r.served - {revision})
     return Change(_app(state, plan, [x for x in state.revisions if x != revision]), refs,
                   message=f"{app}: revision {revision} removed")
+
+
+def _sleeps(scale: Scale) -> bool:
+    """A range from 0 on requests: it may have a wake EndpointSlice (agent/apps/activator.py)."""
+    return scale.by_requests and scale.min == 0
+
+
+def _wake_slice(namespace: str, app: str, revision: str) -> tuple[str, str, str]:
+    return ("EndpointSlice", namespace, f"{revision_name(app, revision)}-wake")
 
 
 def _weights(weights: dict[str, int]) -> str:

@@ -195,3 +195,14 @@ def test_inv_app_passes_its_arguments_as_arguments_never_as_a_shell_line(tmp_pat
     assert not marker.exists()
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.startswith(f"image: 'x;touch {marker};' is not an image reference\n"), proc.stderr
+
+
+def test_removing_an_app_that_sleeps_removes_its_wake_slice(tmp_path: Path) -> None:
+    (tmp_path / "run.yaml").write_text(dry_run(["run", "nginx:1.27", "--name", "cold", "--port", "80",
+                                                "--scale", "0-2"], []))
+    args = parse(["--dry-run", "--state", str(tmp_path / "run.yaml"), "rm", "cold"])
+    removed = cli.dry_run_text(cli.plan(args, cli.read_state(args.state)))
+    assert removed.splitlines() == [
+        "# delete Deployment default/cold-v1", "# delete Service default/cold-v1",
+        "# delete EndpointSlice default/cold-v1-wake", "# delete TraefikService default/cold",
+        "# delete IngressRoute default/cold"]
