@@ -15,15 +15,13 @@ the pods it really runs. The end-to-end test against a real k3s is tests/boot/te
 
 from __future__ import annotations
 
-import http.server
 import json
-import socket
 import threading
 import time
 import urllib.parse
 from typing import Any
 
-from conftest import Local
+from conftest import Local, QuietHandler
 
 TRAEFIK_KINDS = ("IngressRoute", "IngressRouteTCP", "IngressRouteUDP", "Middleware", "MiddlewareTCP",
                  "ServersTransport", "ServersTransportTCP", "TLSOption", "TLSStore", "TraefikService")
@@ -65,16 +63,7 @@ class FakeKube(Local):
         self.kubelet = False  # set by tests/kubelet.py: pods are real, readiness is theirs
         api = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def setup(self) -> None:
-                super().setup()
-                self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no 40 ms per reply
-
+        class Handler(QuietHandler):
             def reply(self, status: int, body: Any) -> None:
                 data = json.dumps(body).encode()
                 self.send_response(status)

@@ -20,12 +20,12 @@ Traefik, which is real, reads those EndpointSlices to route. A mock at an unreac
 from __future__ import annotations
 
 import http.server
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from conftest import QuietHandler
 from fake_kube import FakeKube
 
 MANAGED_BY, MANAGER = "endpointslice.kubernetes.io/managed-by", "endpointslice-controller.k8s.io"
@@ -53,16 +53,7 @@ class Pod:
         delay = float(self.env.get("DELAY_MS") or 0) / 1000
         lock = threading.Lock()
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def setup(self) -> None:
-                super().setup()
-                self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no 40 ms per answer
-
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 with lock:
                     pod.served += 1
