@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.server
 import os
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -90,20 +89,6 @@ class Timing:
         if cache:
             kept = cache.get(DURATIONS, {})
             cache.set(DURATIONS, {**kept, **{k: round(v, 2) for k, v in self.durations.items()}})
-
-
-class QuietHandler(http.server.BaseHTTPRequestHandler):
-    """HTTP/1.1 (kept-alive connections), no log lines, and no Nagle delay (40 ms per answer whose
-    headers and body are written apart)."""
-
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def setup(self) -> None:
-        super().setup()
-        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class Local:

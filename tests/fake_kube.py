@@ -21,7 +21,9 @@ import time
 import urllib.parse
 from typing import Any
 
-from conftest import Local, QuietHandler
+from conftest import Local
+
+from agent.apps.activator import QuietHandler
 
 TRAEFIK_KINDS = ("IngressRoute", "IngressRouteTCP", "IngressRouteUDP", "Middleware", "MiddlewareTCP",
                  "ServersTransport", "ServersTransportTCP", "TLSOption", "TLSStore", "TraefikService")

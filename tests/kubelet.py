@@ -25,8 +25,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from conftest import QuietHandler
 from fake_kube import FakeKube
+
+from agent.apps.activator import QuietHandler
 
 MANAGED_BY, MANAGER = "endpointslice.kubernetes.io/managed-by", "endpointslice-controller.k8s.io"
 

@@ -246,20 +246,7 @@ def tick(client: kube.Client, now: float, traffic: Traffic | None = None,
     services = client.list("TraefikService", None, SELECTOR)
     deployments = client.list("Deployment", None, SELECTOR)
     wait = IDLE_TICK
-    promoting = any((s["metadata"].get("annotations") or {}).get(rollout.STATE) == rollout.State.PROMOTING
-                    for s in services)
-    by_requests = scaler is not None and any(
-        "concurrency=" in a or "rps=" in a
-        for d in deployments for a in [(d["metadata"].get("annotations") or {}).get(resources.SCALE, "")])
-    if traffic is not None:
-        if promoting or by_requests:
-            traffic.scrape(client)
-        if not promoting:
-            traffic.started.clear()  # the next promotion's windows start when it does
-    if scaler is not None and by_requests and traffic is not None:
-        scaler.record(now, traffic.now)
-        wait = BUSY_TICK
-    states: list[resources.AppState] = []
+    pairs: list[tuple[dict[str, Any], resources.AppState]] = []  # each app's TraefikService and state
     for svc in services:
         meta = svc["metadata"]
         app, namespace = meta["labels"].get(APP, ""), meta.get("namespace", "default")
@@ -268,9 +255,20 @@ def tick(client: kube.Client, now: float, traffic: Traffic | None = None,
         except Exception as exc:  # noqa: BLE001 - one app's bad annotation must not stop the others
             log("error", app=app, namespace=namespace, message=str(exc))
             continue
-        if state is None:
-            continue
-        states.append(state)
+        if state is not None:
+            pairs.append((svc, state))
+    promoting = any(st.rollout.state == rollout.State.PROMOTING for _, st in pairs)
+    by_requests = scaler is not None and any(r.scale.by_requests for _, st in pairs for r in st.revisions.values())
+    if traffic is not None:
+        if promoting or by_requests:
+            traffic.scrape(client)
+        if not promoting:
+            traffic.started.clear()  # the next promotion's windows start when it does
+    if scaler is not None and by_requests and traffic is not None:
+        scaler.record(now, traffic.now)
+        wait = BUSY_TICK
+    for svc, state in pairs:
+        app, namespace = state.name, state.namespace
         windows = traffic.windows(state) if traffic is not None else None
         result = rollout.step(state.rollout, revisions_of(state), now, windows)
         for said in result.events:
@@ -295,7 +293,7 @@ def tick(client: kube.Client, now: float, traffic: Traffic | None = None,
             # at the next step's time, and meanwhile each second (readiness)
             wait = min(wait, BUSY_TICK, max(0.05, r.last_step + r.interval - now))
     if scaler is not None:
-        scaler.hosts(states)
+        scaler.hosts([st for _, st in pairs])
     return wait
 
 
