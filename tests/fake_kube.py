@@ -19,6 +19,7 @@ import json
 import threading
 import time
 import urllib.parse
+import urllib.request
 from typing import Any
 
 from conftest import Local
@@ -133,6 +134,20 @@ class FakeKube(Local):
                 kind, ns, name, _, query = self.route()
                 if query.get("watch", [""])[0] in ("true", "1"):
                     return self.watch(kind, ns, query)
+                if kind == "Pod" and "/proxy/" in name:  # the API server's proxy to a pod's port
+                    pod_port, _, rest = name.partition("/proxy/")
+                    pod_name, _, port = pod_port.partition(":")
+                    with api.lock:
+                        pod = api.objects.get(("Pod", ns or "default", pod_name))
+                    if pod is None or pod["status"]["podIP"] != "127.0.0.1":  # loopback only, ever
+                        return self.reply(404, {"message": "no such pod"})
+                    with urllib.request.urlopen(f"http://127.0.0.1:{int(port)}/{rest}", timeout=10) as r:
+                        data = r.read()
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
                 if kind == "Pod" and name.endswith("/log"):
                     data = api.logs.get(name.removesuffix("/log"), "").encode()
                     self.send_response(200)
@@ -245,6 +260,16 @@ class FakeKube(Local):
                     "name": name, "namespace": namespace,
                     "labels": {"basalt.io/app": app, "basalt.io/revision": revision}}}
             self.logs[name] = log
+
+    def add_traefik_pod(self, metrics_port: int) -> None:
+        """Traefik's pod as k3s's chart makes it (the proxy above reaches its metrics on loopback)."""
+        with self.lock:
+            self.store("Pod", "kube-system", "traefik-0", {
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "traefik-0", "labels": {"app.kubernetes.io/name": "traefik"}},
+                "spec": {"containers": [{"name": "traefik", "ports": [
+                    {"name": "metrics", "containerPort": metrics_port, "protocol": "TCP"}]}]},
+                "status": {"podIP": "127.0.0.1"}})
 
     def get(self, kind: str, name: str, namespace: str = "default") -> dict[str, Any]:
         with self.lock:

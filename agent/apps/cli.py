@@ -63,6 +63,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sc.add_argument("scale")
     sc.add_argument("--revision", default="")
     sub.add_parser("ps", help="apps, revisions, weights, ready replicas, URLs")
+    tp = sub.add_parser("top", help="each revision's traffic: weight, requests a second, errors, p50/p95, replicas")
+    tp.add_argument("--interval", default="2s", help="between the two scrapes, and between refreshes (default 2s)")
+    tp.add_argument("--once", action="store_true", help="one table, then exit (default: refresh until Ctrl-C)")
+    tp.add_argument("--metrics", default="", metavar="URL",
+                    help="Traefik's metrics (default: $BASALT_TRAEFIK_METRICS, else Traefik's pod through the "
+                         "API server)")
     lg = sub.add_parser("logs", help="the logs of an app's pods (one revision's, with REVISION)")
     lg.add_argument("name")
     lg.add_argument("revision", nargs="?", default="")
@@ -155,7 +161,7 @@ def cluster_objects(client: Any, namespace: str | None, app: str = "") -> list[d
 
 def main(args: argparse.Namespace) -> int:
     if args.dry_run:
-        if args.app_command in ("ps", "logs"):
+        if args.app_command in ("ps", "logs", "top"):
             raise BasaltError(Problem(f"basalt app {args.app_command} reads the cluster: it has no --dry-run"))
         sys.stdout.write(dry_run_text(plan(args, read_state(args.state))))
         return 0
@@ -168,6 +174,8 @@ def main(args: argparse.Namespace) -> int:
         states = [s for ns, app in keys if (s := resources.read(objects, app, ns)) is not None]
         print(commands.ps(states))
         return 0
+    if args.app_command == "top":
+        return top(client, args)
     if args.app_command == "logs":
         selector = f"{spec.APP}={args.name}" + (f",{spec.REVISION}={args.revision}" if args.revision else "")
         pods = client.list("Pod", args.namespace, selector)
@@ -194,6 +202,56 @@ def main(args: argparse.Namespace) -> int:
                                       "(the controller stepped it)", hint="run the command again")) from None
     print(change.message)
     return 0
+
+
+def scrape(client: Any, url: str) -> str:
+    """Traefik's metrics: from ``url``, or from its pod through the API server's proxy."""
+    from agent.apps import controller, metrics
+    if url:
+        return metrics.fetch(url)
+    namespace, selector, _ = controller.TRAEFIK_POD
+    pods = client.list("Pod", namespace, selector)
+    if not pods:
+        raise BasaltError(Problem(f"no Traefik pod in {namespace} ({selector}) to read metrics from",
+                                  hint="give --metrics URL (Traefik's metrics entry point)"))
+    name, port = pods[0]["metadata"]["name"], controller.metrics_port(pods[0])
+    text: str = client.request("GET", f"/api/v1/namespaces/{namespace}/pods/{name}:{port}/proxy/metrics", raw=True)
+    return text[:metrics.LIMIT]
+
+
+def top(client: Any, args: argparse.Namespace) -> int:
+    import os
+    import time
+
+    from agent.apps import controller, metrics
+    from agent.apps import top as view
+    interval = spec.parse_interval(args.interval, "--interval")
+    url = args.metrics or os.environ.get(controller.METRICS_ENV, "")
+
+    def read() -> tuple[float, metrics.Snapshot]:
+        try:
+            return time.monotonic(), metrics.parse(scrape(client, url))
+        except (OSError, ValueError) as exc:
+            raise BasaltError(Problem(f"cannot read Traefik's metrics: {exc}",
+                                      hint="give --metrics URL (Traefik's metrics entry point)")) from None
+
+    t0, before = read()
+    try:
+        while True:
+            time.sleep(interval)
+            t1, after = read()
+            objects = cluster_objects(client, None)
+            keys = sorted({(o["metadata"].get("namespace", "default"), o["metadata"]["labels"][spec.APP])
+                           for o in objects if o.get("kind") == "TraefikService"})
+            states = [s for ns, app in keys if (s := resources.read(objects, app, ns)) is not None]
+            text = view.table(states, before, after, t1 - t0)
+            if args.once:
+                print(text)
+                return 0
+            print("\x1b[H\x1b[2J" + text, flush=True)  # the terminal cleared, the table at the top
+            t0, before = t1, after
+    except KeyboardInterrupt:
+        return 0
 
 
 def standalone(argv: list[str] | None = None) -> int:

@@ -57,6 +57,15 @@ METRICS_ENV = "BASALT_TRAEFIK_METRICS"
 TRAEFIK_POD = ("kube-system", "app.kubernetes.io/name=traefik", 9100)  # k3s's chart: namespace, labels, port
 
 
+def metrics_port(pod: dict[str, Any]) -> int:
+    """The port of Traefik's ``metrics`` entry point, as its pod declares it (9100 in k3s's chart)."""
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        for port in container.get("ports") or []:
+            if port.get("name") == "metrics" and isinstance(port.get("containerPort"), int):
+                return int(port["containerPort"])
+    return TRAEFIK_POD[2]
+
+
 class Traffic:
     """Traefik's counters for the controller: a scrape a tick while something is promoting, and
     per app the scrapes taken at its last two steps. A revision is judged at every tick over the
@@ -73,11 +82,11 @@ class Traffic:
     def locate(self, client: kube.Client) -> str:
         if self.url:
             return self.url
-        namespace, selector, port = TRAEFIK_POD
+        namespace, selector, _ = TRAEFIK_POD
         for pod in client.list("Pod", namespace, selector):
             ip = (pod.get("status") or {}).get("podIP")
             if ip:
-                return f"http://{ip}:{port}/metrics"
+                return f"http://{ip}:{metrics_port(pod)}/metrics"
         raise OSError(f"no Traefik pod in {namespace} ({selector}) to read metrics from")
 
     def scrape(self, client: kube.Client) -> None:

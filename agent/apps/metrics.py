@@ -116,6 +116,18 @@ def quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
     return low_bound
 
 
+def _buckets(before: Snapshot | None, after: Snapshot, svc: str) -> list[tuple[float, float]]:
+    """``svc``'s histogram between two scrapes: cumulative (bound, count) pairs, sorted."""
+    now = after.get(svc, Counts())
+    was = (before or {}).get(svc, Counts())
+    return sorted((b, n - was.buckets.get(b, 0.0)) for b, n in now.buckets.items())
+
+
+def window_quantile(before: Snapshot | None, after: Snapshot, svc: str, q: float) -> float | None:
+    """Another quantile of the window's durations (``Window.latency`` is the QUANTILE)."""
+    return quantile(q, _buckets(before, after, svc)) if window(before, after, svc).requests else None
+
+
 def window(before: Snapshot | None, after: Snapshot, svc: str) -> Window:
     """What ``svc`` served between two scrapes (``before`` None: since Traefik started)."""
     now = after.get(svc)
@@ -127,8 +139,7 @@ def window(before: Snapshot | None, after: Snapshot, svc: str) -> Window:
         return Window()
     requests = sum(codes.values())
     errors = sum(n for c, n in codes.items() if c.startswith("5"))
-    cumulative = sorted((b, n - was.buckets.get(b, 0.0)) for b, n in now.buckets.items())
-    return Window(requests, errors, quantile(QUANTILE, cumulative) if requests else None,
+    return Window(requests, errors, quantile(QUANTILE, _buckets(before, after, svc)) if requests else None,
                   max(0.0, now.seconds - was.seconds))
 
 

@@ -275,3 +275,41 @@ def test_a_revision_at_zero_is_woken_by_a_request_and_scales_on_requests_in_flig
         assert time.monotonic() - slept >= 1.0  # not before its idle time (2 s after the last request)
     said = capsys.readouterr().out
     assert "v1: 1 to 2 replicas (concurrency" in said and "v1 sleeps: no request for 2s" in said, said
+
+
+def test_app_top_shows_each_revisions_traffic_from_traefiks_own_counters(
+        cluster: tuple[FakeKube, Kubelet, Traefik, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """Half of v2's answers are 500s and the weights are 50/50: ``top`` (Traefik's metrics reached
+    through the API server's proxy to its pod, as from a workstation) shows it per revision."""
+    api, _, router, conf = cluster
+    api.add_traefik_pod(router.metrics_port)
+    start_app(api, router, conf, "feed", ["FAIL_RATE=0.5"])
+    with Controller(conf, router.metrics_url):
+        assert basalt_app(conf, "weight", "feed", "v1=50", "v2=50") == 0
+        until(api, "feed", lambda a: api.weights("feed") == {"v1": 50, "v2": 50})
+    wait("routed to both", lambda: set(served_by(load_once(router, "feed.local"), 0)) == {"v1", "v2"})
+    with Load(router, "feed.local", clients=2):
+        capsys.readouterr()
+        assert basalt_app(conf, "top", "--once", "--interval", "1s") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["APP", "REVISION", "WEIGHT", "RPS", "ERRORS", "P50", "P95", "READY"]
+    rows = {cols[1]: cols for cols in (line.split() for line in lines[1:]) if cols[0] == "feed"}
+    assert sorted(rows) == ["v1", "v2"], lines
+    for cols in rows.values():
+        assert cols[2] == "50%" and float(cols[3]) > 5 and cols[7] == "1/1", cols  # weight, RPS, ready
+        assert cols[5].endswith("ms") and cols[6].endswith("ms"), cols  # p50, p95
+    assert rows["v1"][4] == "0.0%"
+    assert 35 <= float(rows["v2"][4].rstrip("%")) <= 65, rows["v2"]  # every other answer a 500
+    # Traefik's metrics unreachable: a refusal with a hint, no traceback
+    assert basalt_app(conf, "top", "--once", "--interval", "0.1s", "--metrics", "http://127.0.0.1:9/metrics") == 1
+    err = capsys.readouterr().err
+    assert "cannot read Traefik's metrics" in err and "hint: give --metrics URL" in err and "Traceback" not in err
+
+
+def load_once(router: Traefik, host: str, n: int = 20) -> Load:
+    """``n`` requests, one after another, as a finished Load."""
+    load = Load(router, host, clients=1)
+    for _ in range(n):
+        status, body = router.get(host)
+        load.answers.append((time.monotonic(), status, body.strip()))
+    return load
