@@ -73,6 +73,8 @@ class Activator:
         # one per revision: held for a whole wake, and by the controller for a whole sleep
         self.turns: dict[tuple[str, str, str], threading.Lock] = {}
         self.log = log or (lambda *a, **k: None)
+        # the controller's pages (agent/apps/view.py) for a host that is no app's: path → (status, type, body)
+        self.pages: Callable[[str], tuple[int, str, bytes] | None] | None = None
         activator = self
 
         class Handler(QuietHandler):
@@ -89,6 +91,9 @@ class Activator:
                 host = (self.headers.get("Host") or "").rsplit(":", 1)[0].lower()
                 target = activator.hosts.get(host)
                 if target is None:
+                    page = activator.pages(self.path) if activator.pages and self.command in ("GET", "HEAD") else None
+                    if page is not None:
+                        return self.send_page(*page)
                     return self.answer(404, f"basalt: no sleeping app answers for {host!r}")
                 length = int(self.headers.get("Content-Length") or 0)
                 if length > MAX_BODY:
@@ -99,6 +104,15 @@ class Activator:
                 except (TimeoutError, OSError, kube.NotFound, RuntimeError) as exc:
                     return self.answer(503, f"basalt: {target.app} did not wake: {exc}")
                 self.forward(address, body)
+
+            def send_page(self, status: int, kind: str, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
 
             def forward(self, address: tuple[str, int], body: bytes) -> None:
                 conn = http.client.HTTPConnection(*address, timeout=WAKE_TIMEOUT)

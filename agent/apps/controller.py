@@ -27,7 +27,7 @@ import threading
 import time
 from typing import Any
 
-from agent.apps import activator, autoscale, kube, metrics, resources, rollout, spec
+from agent.apps import activator, autoscale, kube, metrics, resources, rollout, spec, top, view
 from agent.apps.spec import APP, MANAGED
 from agent.errors import BasaltError
 
@@ -80,10 +80,13 @@ class Traffic:
         self.failing = ""
 
     def locate(self, client: kube.Client) -> str:
-        if self.url:
-            return self.url
+        return self.url or self.locate_with(client.list)
+
+    @staticmethod
+    def locate_with(list_objects: Any) -> str:
+        """Traefik's metrics URL: its pod's IP and the port it declares as ``metrics``."""
         namespace, selector, _ = TRAEFIK_POD
-        for pod in client.list("Pod", namespace, selector):
+        for pod in list_objects("Pod", namespace, selector):
             ip = (pod.get("status") or {}).get("podIP")
             if ip:
                 return f"http://{ip}:{metrics_port(pod)}/metrics"
@@ -233,6 +236,41 @@ class Autoscaler:
         self.activator.hosts = hosts
 
 
+class Pages:
+    """The traffic view (agent/apps/view.py), served by the activator's listener: the apps as the
+    API has them, two scrapes of Traefik's metrics a second apart, and the loop's weight history."""
+
+    def __init__(self, awake: activator.Activator, metrics_url: str = "") -> None:
+        self.awake, self.url = awake, metrics_url
+        self.history = view.History()
+
+    def __call__(self, path: str) -> tuple[int, str, bytes] | None:
+        if path.split("?", 1)[0] not in ("/", "/index.html"):
+            return None
+        client = self.awake.client
+        objects = [*self.awake.call(client.list, "TraefikService", None, SELECTOR),
+                   *self.awake.call(client.list, "Deployment", None, SELECTOR)]
+        keys = sorted({(o["metadata"].get("namespace", "default"), o["metadata"]["labels"].get(APP, ""))
+                       for o in objects if o.get("kind") == "TraefikService"})
+        states = []
+        for ns, app in keys:
+            try:
+                if (st := resources.read(objects, app, ns)) is not None:
+                    states.append(st)
+            except BasaltError:
+                continue  # an app with a bad annotation: the loop's log says why
+        note = ""
+        try:
+            url = self.url or Traffic.locate_with(lambda *a: self.awake.call(client.list, *a))
+            t0, before = time.monotonic(), metrics.parse(metrics.fetch(url))
+            time.sleep(1.0)
+            after, seconds = metrics.parse(metrics.fetch(url)), time.monotonic() - t0
+        except (OSError, ValueError, kube.NotFound, BasaltError) as exc:
+            before, after, seconds, note = {}, {}, 0.0, f"Traefik's metrics cannot be read: {exc}"
+        body = view.page(states, top.rows(states, before, after, seconds), self.history, time.time(), note)
+        return 200, "text/html; charset=utf-8", body.encode()
+
+
 def event(client: kube.Client, svc: dict[str, Any], reason: str, message: str) -> None:
     """A Warning Event on the app's TraefikService (``kubectl describe``, ``kubectl get events``)."""
     meta = svc["metadata"]
@@ -250,7 +288,7 @@ def event(client: kube.Client, svc: dict[str, Any], reason: str, message: str) -
 
 
 def tick(client: kube.Client, now: float, traffic: Traffic | None = None,
-         scaler: Autoscaler | None = None) -> float:
+         scaler: Autoscaler | None = None, history: view.History | None = None) -> float:
     """One pass over every app; the seconds until the next is due."""
     services = client.list("TraefikService", None, SELECTOR)
     deployments = client.list("Deployment", None, SELECTOR)
@@ -303,6 +341,8 @@ def tick(client: kube.Client, now: float, traffic: Traffic | None = None,
             wait = min(wait, BUSY_TICK, max(0.05, r.last_step + r.interval - now))
     if scaler is not None:
         scaler.hosts([st for _, st in pairs])
+    if history is not None:
+        history.record([st for _, st in pairs], now)  # after this tick's writes: read back next tick
     return wait
 
 
@@ -333,11 +373,13 @@ def main(argv: list[str] | None = None) -> int:
     host, _, port = os.environ.get(activator.LISTEN_ENV, f"0.0.0.0:{activator.PORT}").rpartition(":")
     awake = activator.Activator(kube.Client(client.creds), (host, int(port)), log).start()
     scaler = Autoscaler(os.environ.get("POD_IP", "127.0.0.1"), awake.port, awake)
+    pages = Pages(awake, traffic.url)
+    awake.pages = pages
     log("start", idle_tick=IDLE_TICK, busy_tick=BUSY_TICK, metrics=traffic.url or "the Traefik pod",
         activator=f"{scaler.address}:{scaler.port}")
     while not stop:
         try:
-            wait = tick(client, time.time(), traffic, scaler)
+            wait = tick(client, time.time(), traffic, scaler, pages.history)
         except Exception as exc:  # noqa: BLE001 - the API unreachable or refusing: say so, try at the next tick
             log("error", message=str(exc) or type(exc).__name__)
             wait = BUSY_TICK

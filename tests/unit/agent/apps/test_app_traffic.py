@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import http.client
 import re
+import shutil
+import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,7 @@ from fake_kube import FakeKube
 from kubelet import Kubelet
 from traefik import Traefik
 
-from agent.apps import activator, cli, controller, kube
+from agent.apps import activator, cli, controller, kube, view
 
 STEP_S = 1.0  # the promotions' interval here: a window holds some 20 requests for the new revision at 20%
 
@@ -84,12 +87,14 @@ class Controller:
         # the holding endpoint, as in the controller's pod (there on its pod IP, here on 127.0.0.1)
         self.activator = activator.Activator(kube.Client(creds), ("127.0.0.1", 0), controller.log)
         self.scaler = controller.Autoscaler("127.0.0.1", self.activator.port, self.activator)
+        self.pages = controller.Pages(self.activator, metrics_url)
+        self.activator.pages = self.pages
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
 
     def run(self) -> None:
         while not self.stop.is_set():
-            wait = controller.tick(self.client, time.time(), self.traffic, self.scaler)
+            wait = controller.tick(self.client, time.time(), self.traffic, self.scaler, self.pages.history)
             self.stop.wait(min(wait, 0.2))
 
     def __enter__(self) -> Controller:
@@ -313,3 +318,45 @@ def load_once(router: Traefik, host: str, n: int = 20) -> Load:
         status, body = router.get(host)
         load.answers.append((time.monotonic(), status, body.strip()))
     return load
+
+
+def chromium(*argv: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    """Debian's chromium, headless (as root: no sandbox), bounded in time."""
+    browser = shutil.which("chromium")
+    if browser is None:
+        pytest.fail("chromium is missing: ./inv installs it (Debian's chromium)")
+    return subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                           "--disable-extensions", "--disable-background-networking", *argv],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_the_traffic_view_in_a_real_browser(cluster: tuple[FakeKube, Kubelet, Traefik, Path],
+                                            tmp_path: Path) -> None:
+    """The controller's page (one HTML file, no script, no CDN) in headless Chromium: a screenshot
+    is taken, and the numbers on the rendered page are the app's."""
+    api, _, router, conf = cluster
+    start_app(api, router, conf, "view", [])
+    with Controller(conf, router.metrics_url) as ctl:
+        assert basalt_app(conf, "weight", "view", "v1=70", "v2=30") == 0
+        until(api, "view", lambda a: api.weights("view") == {"v1": 70, "v2": 30})
+        time.sleep(0.3)  # a tick records the weights it read
+        url = f"http://127.0.0.1:{ctl.activator.port}/"
+        with Load(router, "view.local", clients=2):
+            with urllib.request.urlopen(url, timeout=30) as r:
+                raw = r.read()
+                assert r.headers["Content-Type"] == "text/html; charset=utf-8"
+            dom = chromium(f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", url)
+            shot = chromium(f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={tmp_path / 'view.png'}",
+                            "--window-size=1024,768", url)
+    assert len(raw) <= view.LIMIT, len(raw)
+    assert b"<script" not in raw and b"http://" not in raw.replace(url.encode(), b"")  # nothing fetched
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    section = dom.stdout[dom.stdout.index('id="default-view"'):]
+    section = section[:section.index("</table>")]
+    cells = [re.findall(r"<td>([^<]*)</td>", row) for row in section.split("<tr>")[2:]]
+    assert [c[0] for c in cells] == ["v1", "v2"] and [c[1] for c in cells] == ["70%", "30%"], cells
+    assert all(float(c[2]) > 1 and c[3] == "0.0%" and c[4].endswith("ms") and c[6] == "1/1" for c in cells), cells
+    assert "<polyline" in dom.stdout and "weights over the last" in dom.stdout
+    png = tmp_path / "view.png"
+    assert shot.returncode == 0 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", shot.stderr[-2000:]
+    assert png.stat().st_size > 5000  # a page was drawn, not an empty frame
