@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from builder import pipeline, plan
 from builder.arch import Architecture
 from builder.download import cache_root
 from builder.imagedef import OUT, ROOT
-from builder.vm.qemu import ACCELS, IDLE, READY, Guest
+from builder.vm.qemu import ACCELS, IDLE, READY, Guest, free_port
 
 TARGETS = {"warm_rebuild_s": 30, "iso_mb": 100, "boot_ms": 8000, "idle_mem_used_mb": 64, "config_modules_ms": 1000,
            "agent_rss_mb": 25}
@@ -272,10 +273,11 @@ def apps_controller(baseline: Path, work: Path, idle_s: float = 60.0) -> dict[st
         for argv in (["run", "nginx:1", "--name", "shop", "--port", "80"], ["stage", "shop", "nginx:2"]):
             if cli.standalone(["--kubeconfig", conf, *argv]) != 0:
                 raise BasaltError(Problem(f"basalt app {argv[0]} failed against the API stand-in"))
+        port = free_port()  # the controller's listener: the activator and the traffic view
         with (work / "controller.log").open("wb") as log:
             proc = subprocess.Popen(appsimage.chroot_argv(layer), stdout=log, stderr=subprocess.STDOUT,
                                     env={**appsimage.CHROOT_ENV, "KUBECONFIG": "/kubeconfig.json",
-                                         "BASALT_ACTIVATOR_LISTEN": "127.0.0.1:0"})
+                                         "BASALT_ACTIVATOR_LISTEN": f"127.0.0.1:{port}"})
             try:
                 time.sleep(3)  # started, and its first (idle) tick done
                 started = time.monotonic()
@@ -283,6 +285,8 @@ def apps_controller(baseline: Path, work: Path, idle_s: float = 60.0) -> dict[st
                 while api.weights("shop").get("v2") != 100 and time.monotonic() - started < 300:
                     time.sleep(0.1)
                 out["promote_0_to_100_s"] = round(time.monotonic() - started, 1)
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as page:
+                    out["view_page_kb"] = round(len(page.read()) / 1024, 1)
                 time.sleep(11)
                 ticks = os.sysconf("SC_CLK_TCK")
                 before = sum(int(x) for x in Path(f"/proc/{proc.pid}/stat").read_text().split()[13:15])
@@ -541,7 +545,8 @@ def table(r: dict[str, Any]) -> str:
                  ("apps controller image: size (uncompressed layer)", f"{ap['image_mb']} MiB", ""),
                  ("basalt app promote: 0 → 100% at 5 points / 5 s", f"{ap['promote_0_to_100_s']} s", "≈ 100 s ± 10%"),
                  ("apps controller: RSS once idle", f"{ap['idle_rss_mb']} MiB", "≤ 30 MB"),
-                 ("apps controller: CPU while idle", f"{ap['idle_cpu_percent']} %", "")]
+                 ("apps controller: CPU while idle", f"{ap['idle_cpu_percent']} %", ""),
+                 ("apps: the traffic view's page", f"{ap.get('view_page_kb', '-')} KB", "≤ 50 KB")]
         d = ap.get("decision")
         if d:
             rows += [(f"apps: one metrics scrape + decision, CPU per app ({d['apps']} apps), native",
