@@ -240,13 +240,23 @@ class Pages:
     """The traffic view (agent/apps/view.py), served by the activator's listener: the apps as the
     API has them, two scrapes of Traefik's metrics a second apart, and the loop's weight history."""
 
+    FRESH = 2.0  # seconds a rendered page is served again: one render at a time, however many ask
+
     def __init__(self, awake: activator.Activator, metrics_url: str = "") -> None:
         self.awake, self.url = awake, metrics_url
         self.history = view.History()
+        self.lock = threading.Lock()
+        self.last: tuple[float, bytes] = (0.0, b"")
 
     def __call__(self, path: str) -> tuple[int, str, bytes] | None:
         if path.split("?", 1)[0] not in ("/", "/index.html"):
             return None
+        with self.lock:
+            if time.monotonic() - self.last[0] > self.FRESH:
+                self.last = (time.monotonic(), self.render().encode())
+            return 200, "text/html; charset=utf-8", self.last[1]
+
+    def render(self) -> str:
         client = self.awake.client
         objects = [*self.awake.call(client.list, "TraefikService", None, SELECTOR),
                    *self.awake.call(client.list, "Deployment", None, SELECTOR)]
@@ -267,8 +277,7 @@ class Pages:
             after, seconds = metrics.parse(metrics.fetch(url)), time.monotonic() - t0
         except (OSError, ValueError, kube.NotFound, BasaltError) as exc:
             before, after, seconds, note = {}, {}, 0.0, f"Traefik's metrics cannot be read: {exc}"
-        body = view.page(states, top.rows(states, before, after, seconds), self.history, time.time(), note)
-        return 200, "text/html; charset=utf-8", body.encode()
+        return view.page(states, top.rows(states, before, after, seconds), self.history, time.time(), note)
 
 
 def event(client: kube.Client, svc: dict[str, Any], reason: str, message: str) -> None:

@@ -89,3 +89,33 @@ def test_a_revision_that_does_not_wake_in_time_is_a_503_with_the_reason(
     status, said = ask(act, "late.local")
     assert status == 503 and said == "basalt: late did not wake: late-v1 not Ready within 1s", said
     assert api.get("Deployment", "late-v1")["spec"]["replicas"] == 1  # asked for: its pod is still starting
+
+
+def test_the_traffic_view_serves_one_page_and_nothing_else(sleeping: tuple[FakeKube, activator.Activator]) -> None:
+    """Only GET / (or /index.html), rendered once for many at once; no path, query or method gets
+    anything else; unreadable metrics are said on the page."""
+    import threading
+
+    from agent.apps import controller
+    _, act = sleeping
+    pages = controller.Pages(act, "http://127.0.0.1:9/metrics")  # nothing listens: metrics unreadable
+    renders: list[float] = []
+    real = pages.render
+    pages.render = lambda: renders.append(0) or real()  # type: ignore[method-assign]
+    act.pages = pages
+    for path in ("/../../etc/passwd", "/apps.json", "/index.html/x", "/%2e%2e/", "/.git/config"):
+        conn = http.client.HTTPConnection("127.0.0.1", act.port, timeout=10)
+        conn.request("GET", path, headers={"Host": "127.0.0.1"})
+        resp = conn.getresponse()
+        assert (resp.status, b"Basalt apps" in resp.read()) == (404, False), path
+        conn.close()
+    assert ask(act, "127.0.0.1", b"x")[0] == 404  # a POST: no page
+    answers: list[tuple[int, str]] = []
+    threads = [threading.Thread(target=lambda: answers.append(ask(act, "127.0.0.1:8012"))) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert [a[0] for a in answers] == [200] * 6 and len(renders) == 1, (answers, renders)
+    assert "Traefik&#x27;s metrics cannot be read" in answers[0][1] and "<script" not in answers[0][1]
+    assert "late" in answers[0][1]  # the app, from the API
