@@ -140,9 +140,12 @@ class Activator:
         self.server = http.server.ThreadingHTTPServer(bind, Handler)
         self.server.daemon_threads = True
         self.port = int(self.server.server_address[1])
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread: threading.Thread | None = None
 
-    def start(self) -> Activator:
+    def start(self, poll: float = 0.5) -> Activator:
+        """Serve in a thread. ``poll``: how often the loop wakes to see whether ``stop`` was asked
+        (the controller, which never stops it, wakes it once an hour: idle means idle on a Pi)."""
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(poll,), daemon=True)
         self.thread.start()
         return self
 

@@ -380,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     traffic = Traffic(os.environ.get(METRICS_ENV, ""))
     host, _, port = os.environ.get(activator.LISTEN_ENV, f"0.0.0.0:{activator.PORT}").rpartition(":")
-    awake = activator.Activator(kube.Client(client.creds), (host, int(port)), log).start()
+    awake = activator.Activator(kube.Client(client.creds), (host, int(port)), log).start(poll=3600)
     scaler = Autoscaler(os.environ.get("POD_IP", "127.0.0.1"), awake.port, awake)
     pages = Pages(awake, traffic.url)
     awake.pages = pages
