@@ -115,25 +115,38 @@ class Activator:
                     self.wfile.write(body)
 
             def forward(self, address: tuple[str, int], body: bytes) -> None:
+                """The request to the woken revision, and its answer back as it comes (streamed in
+                64 KiB pieces: a large answer is never held in the controller's memory)."""
                 conn = http.client.HTTPConnection(*address, timeout=WAKE_TIMEOUT)
                 try:
-                    headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
-                    headers["Host"] = self.headers.get("Host", "")
-                    conn.request(self.command, self.path, body or None, headers)
-                    resp = conn.getresponse()
-                    data = resp.read()
-                except (OSError, http.client.HTTPException) as exc:
-                    return self.answer(502, f"basalt: the woken revision did not answer: {exc}")
+                    try:
+                        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+                        headers["Host"] = self.headers.get("Host", "")
+                        conn.request(self.command, self.path, body or None, headers)
+                        resp = conn.getresponse()
+                    except (OSError, http.client.HTTPException) as exc:
+                        return self.answer(502, f"basalt: the woken revision did not answer: {exc}")
+                    self.send_response(resp.status, resp.reason)
+                    for k, v in resp.getheaders():
+                        if k.lower() not in HOP_BY_HOP:
+                            self.send_header(k, v)
+                    length = resp.getheader("Content-Length")
+                    if length is not None and length.isdigit():
+                        self.send_header("Content-Length", length)
+                    else:  # its end is where the connection closes
+                        self.send_header("Connection", "close")
+                        self.close_connection = True
+                    self.end_headers()
+                    if self.command == "HEAD":
+                        return None
+                    while piece := resp.read(65536):
+                        self.wfile.write(piece)
+                    return None
+                except OSError:  # the client or the revision went away mid-answer
+                    self.close_connection = True
+                    return None
                 finally:
                     conn.close()
-                self.send_response(resp.status, resp.reason)
-                for k, v in resp.getheaders():
-                    if k.lower() not in HOP_BY_HOP:
-                        self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = handle_any
 
