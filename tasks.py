@@ -14,6 +14,7 @@ from builder.stages import ORDER
 from builder.vm.qemu import ACCELS
 
 PY = sys.executable
+RUN_NEEDS = "20G"  # free disk a full test run writes at its peak: new stage outputs and its guests' disks
 
 
 def _builder(c: Context, *args: str, debug: bool = False, pty: bool = False) -> None:
@@ -138,6 +139,8 @@ def test(c: Context, tier: str = "all", k: str = "", workers: int = -1) -> None:
     """Run the test suite (lint first), all tiers by default, on every core; prints each tier's
     wall time and the 25 slowest tests."""
     lint(c)
+    if tier != "unit":  # the build and boot tiers: a cache within bounds, and room for a run
+        cache(c, prune=True, need=RUN_NEEDS)
     marker = [] if tier == "all" else ["-m", tier]
     n = (os.cpu_count() or 1) if workers < 0 else workers
     # loadgroup: tests marked with one xdist_group share a worker; the rest go one by one, in the
@@ -145,6 +148,14 @@ def test(c: Context, tier: str = "all", k: str = "", workers: int = -1) -> None:
     parallel = ["-n", str(n), "--dist", "loadgroup", "--no-loadscope-reorder"] if n > 0 else []
     c.run(" ".join([PY, "-m", "pytest", *parallel, "--durations=25", *marker,
                     *(["-k", _quote(k)] if k else [])]), pty=False)
+
+
+@task(help={"prune": "remove least recently used stage outputs down to --max", "max": "e.g. 20G",
+            "need": "fail unless the cache's and the temporary files' disks have this much free"})
+def cache(c: Context, prune: bool = False, max: str = "", need: str = "") -> None:
+    """The stage cache's size; --prune shrinks it (least recently used first, never what a build holds)."""
+    _builder(c, "cache", *(["--prune"] if prune else []), *(["--max", max] if max else []),
+             *(["--need", need] if need else []))
 
 
 @task

@@ -85,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     fd = fsub.add_parser("diff", help="which sites' rendered configs changed, as unified diffs (secrets redacted)")
     fd.add_argument("old", help="an inventory, or a directory 'fleet render -o' wrote")
     fd.add_argument("new")
+    ca = sub.add_parser("cache", help="the stage cache: its size, and pruning it (least recently used first)")
+    ca.add_argument("--prune", action="store_true", help="remove least recently used outputs down to --max")
+    ca.add_argument("--max", metavar="SIZE", help="the cache's largest size, e.g. 20G (default BASALT_CACHE_MAX, 40G)")
+    ca.add_argument("--need", metavar="SIZE",
+                    help="then fail unless the disks of the cache and of temporary files have SIZE free")
     args = parser.parse_args(argv)
     try:
         return run(args)
@@ -176,7 +181,32 @@ def run(args: argparse.Namespace) -> int:
                              Path(args.meta_data) if args.meta_data else None)
         print(out)
         return 0
+    if args.command == "cache":
+        return cache_command(args)
     raise AssertionError(args.command)
+
+
+def cache_command(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from builder import cache
+    from builder.download import cache_root
+    root = cache_root()
+    if args.prune:
+        pruned = cache.prune(root, cache.parse_size(args.max, "--max") if args.max else None)
+        print(f"{root}: {pruned.removed} stage output(s) removed, {pruned.freed / cache.GIB:.1f} GiB freed"
+              + (f"; {pruned.kept} kept" if pruned.kept else ""))
+    print(cache.describe(root))
+    if args.need:
+        need = cache.parse_size(args.need, "--need")
+        for where in {root, Path(tempfile.gettempdir())}:
+            free = cache.free_bytes(where)
+            if free < need:
+                raise BasaltError.simple(
+                    f"{where}: {free / cache.GIB:.1f} GiB free, {need / cache.GIB:.1f} GiB needed",
+                    hint="free space on that disk, or point BASALT_CACHE (the cache) or TMPDIR (the test run's "
+                         "files) at a larger one; './inv cache --prune --max 10G' shrinks the cache")
+    return 0
 
 
 def looks_like_image_definition(name: str) -> bool:

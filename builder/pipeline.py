@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import BasaltError, Problem
+from builder import cache as stage_cache
 from builder import host, progress
 from builder.download import BlobStore, cache_root, sha256_file
 from builder.imagedef import OUT, project_version
@@ -123,7 +124,13 @@ class Pipeline:
         self.close()
 
     def close(self) -> None:
-        """Let go of the stage outputs this build read (the cache may collect them again)."""
+        """Keep the cache within its bounds (builder/cache.py; what this build holds stays), then
+        let go of the stage outputs this build read (the cache may collect them again)."""
+        if self._held:
+            pruned = stage_cache.prune(self.cache)
+            if pruned.removed:
+                progress.log(f"cache: {pruned.removed} least recently used stage output(s) removed, "
+                             f"{pruned.freed >> 20} MiB freed ({pruned.size >> 20} MiB kept)")
         for lock in self._held:
             lock.close()
         self._held.clear()
@@ -143,6 +150,7 @@ class Pipeline:
     def _remember(self, name: str, sid: str) -> None:
         """Keep the last KEEP outputs of each stage per image; remove older ones that no
         image still lists (a rootfs tree is hundreds of MB)."""
+        stage_cache.touch(self.stages_dir / sid)
         history_file = self.stages_dir / "last" / f"{self.plan.image.name}.{name}.history.json"
         with held(self.locks_dir / "history.lock"):
             history = json.loads(history_file.read_text()) if history_file.is_file() else []
