@@ -159,6 +159,16 @@ def cmd_apply(args: argparse.Namespace) -> int:
         print("\n".join(p.render() for p in merged.problems), file=sys.stderr)
         print("basalt config apply: nothing applied; the config in force stays", file=sys.stderr)
         return 1
+    t = merged.value.get("app_tls") or {}
+    if t.get("mode") == "acme":  # the one setting only the network can check: asked before anything changes
+        from agent.apps import tls
+        from agent.errors import BasaltError
+        try:
+            tls.probe_acme(str(t.get("acme_directory", "")))
+        except BasaltError as exc:
+            print(exc.render(), file=sys.stderr)
+            print("basalt config apply: nothing applied; the config in force stays", file=sys.stderr)
+            return 1
     answer = request("apply", **{"try": args.try_s})
     for error in answer.get("errors", []):  # type: ignore[attr-defined]
         print(f"error: {error}", file=sys.stderr)

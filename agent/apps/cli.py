@@ -8,11 +8,11 @@ import argparse
 import sys
 from typing import Any
 
-from agent.apps import commands, resources, rollout, spec
+from agent.apps import commands, resources, rollout, spec, tls
 from agent.apps.commands import Change
 from agent.errors import BasaltError, Problem
 
-KINDS = ("TraefikService", "IngressRoute", "Deployment", "Service", "HorizontalPodAutoscaler")
+KINDS = ("TraefikService", "IngressRoute", "Middleware", "Deployment", "Service", "HorizontalPodAutoscaler")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--env", action="append", default=[], metavar="K=V")
     run.add_argument("--host", default="", help="the app's host name (default NAME.local)")
     run.add_argument("--revision", default=spec.FIRST_REVISION, help=argparse.SUPPRESS)
+    run.add_argument("--tls", choices=tls.MODES,
+                     help="HTTPS for its hosts: site-ca (a certificate from the node's site CA), acme (from the "
+                          "ACME directory in config), off (HTTP only); default: the cluster's (app_tls.mode in the "
+                          "node's config), off without a cluster")
     st = sub.add_parser("stage", help="a new revision beside the current one, at 0%%, at its preview host")
     st.add_argument("name")
     st.add_argument("image")
@@ -73,6 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     lg.add_argument("name")
     lg.add_argument("revision", nargs="?", default="")
     lg.add_argument("--tail", type=int, default=100)
+    sub.add_parser("ca", help="the site CA's certificate (PEM), for clients to trust the apps' HTTPS")
     rm = sub.add_parser("rm", help="remove an app, or one revision without traffic")
     rm.add_argument("name")
     rm.add_argument("revision", nargs="?", default="")
@@ -96,7 +101,7 @@ def plan(args: argparse.Namespace, objects: list[dict[str, Any]]) -> Change:
                          port=spec.check_port(args.port),
                          scale=spec.parse_scale(args.scale, "--scale"), env=spec.parse_env(args.env, "--env"),
                          host=spec.check_host(args.host, "--host") if args.host else "", namespace=ns,
-                         revision=spec.check_revision(args.revision))
+                         revision=spec.check_revision(args.revision), tls=args.tls or "off")
         return commands.run(objects, s)
     if cmd == "stage":
         return commands.stage(objects, args.name, ns, spec.check_image(args.image), args.revision,
@@ -161,7 +166,7 @@ def cluster_objects(client: Any, namespace: str | None, app: str = "") -> list[d
 
 def main(args: argparse.Namespace) -> int:
     if args.dry_run:
-        if args.app_command in ("ps", "logs", "top"):
+        if args.app_command in ("ps", "logs", "top", "ca"):
             raise BasaltError(Problem(f"basalt app {args.app_command} reads the cluster: it has no --dry-run"))
         sys.stdout.write(dry_run_text(plan(args, read_state(args.state))))
         return 0
@@ -176,6 +181,11 @@ def main(args: argparse.Namespace) -> int:
         return 0
     if args.app_command == "top":
         return top(client, args)
+    if args.app_command == "ca":
+        print(site_ca(client), end="")
+        return 0
+    if args.app_command == "run" and not args.tls:
+        args.tls = cluster_tls(client)
     if args.app_command == "logs":
         selector = f"{spec.APP}={args.name}" + (f",{spec.REVISION}={args.revision}" if args.revision else "")
         pods = client.list("Pod", args.namespace, selector)
@@ -202,6 +212,29 @@ def main(args: argparse.Namespace) -> int:
                                       "(the controller stepped it)", hint="run the command again")) from None
     print(change.message)
     return 0
+
+
+def _settings(client: Any) -> dict[str, str]:
+    from agent.apps import kube
+    try:
+        data: dict[str, str] = client.get("ConfigMap", tls.NAMESPACE, tls.SETTINGS).get("data") or {}
+    except kube.NotFound:
+        return {}
+    return data
+
+
+def cluster_tls(client: Any) -> str:
+    """The cluster's TLS mode for new apps (the node's ``app_tls.mode``); off where Basalt set none."""
+    mode = _settings(client).get("tls", "off")
+    return mode if mode in tls.MODES else "off"
+
+
+def site_ca(client: Any) -> str:
+    cert = _settings(client).get("ca.crt", "")
+    if not cert.startswith("-----BEGIN CERTIFICATE-----"):
+        raise BasaltError(Problem(f"this cluster has no site CA ({tls.NAMESPACE}/{tls.SETTINGS} has no ca.crt)",
+                                  hint="a Basalt k3s server makes one with app_tls.mode: site-ca (the default)"))
+    return cert
 
 
 def scrape(client: Any, url: str) -> str:

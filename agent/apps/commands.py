@@ -11,9 +11,15 @@ from agent.apps import resources, rollout, spec
 from agent.apps.resources import AppState, app_objects, require, revision_name, revision_objects
 from agent.apps.rollout import Rollout, State
 from agent.apps.spec import AppSpec, Scale, check_revision, preview_host, problem
+from agent.apps.tls import Tls, secret_name
 
 Ref = tuple[str, str, str]  # (kind, namespace, name)
-KINDS = ("Deployment", "Service", "HorizontalPodAutoscaler", "EndpointSlice", "TraefikService", "IngressRoute")
+KINDS = ("Deployment", "Service", "HorizontalPodAutoscaler", "EndpointSlice", "TraefikService", "IngressRoute",
+         "Middleware", "Secret")
+
+
+def scheme(tls_mode: str) -> str:
+    return "http" if tls_mode == "off" else "https"
 
 
 @dataclass(frozen=True)
@@ -24,7 +30,7 @@ class Change:
 
 
 def _app(state: AppState, plan: Rollout, revisions: list[str]) -> list[dict[str, Any]]:
-    return app_objects(state.name, state.namespace, state.host, state.port, plan, revisions)
+    return app_objects(state.name, state.namespace, state.host, state.port, plan, revisions, state.tls)
 
 
 def run(objects: list[dict[str, Any]], spec: AppSpec) -> Change:
@@ -32,9 +38,9 @@ def run(objects: list[dict[str, Any]], spec: AppSpec) -> Change:
         raise problem(f"app {spec.name} exists already in namespace {spec.namespace}",
                       f"basalt app stage {spec.name} IMAGE adds a revision; basalt app rm {spec.name} removes it")
     plan = Rollout(weights={spec.revision: 100}, target={spec.revision: 100}, served=frozenset({spec.revision}))
-    return Change([*revision_objects(spec), *app_objects(spec.name, spec.namespace, spec.url_host, spec.port, plan,
-                                                         [spec.revision])],
-                  message=f"{spec.name}: revision {spec.revision} at http://{spec.url_host}/")
+    objs = app_objects(spec.name, spec.namespace, spec.url_host, spec.port, plan, [spec.revision], Tls(spec.tls))
+    return Change([*revision_objects(spec), *objs],
+                  message=f"{spec.name}: revision {spec.revision} at {scheme(spec.tls)}://{spec.url_host}/")
 
 
 def next_revision(existing: list[str]) -> str:
@@ -58,7 +64,8 @@ def stage(objects: list[dict[str, Any]], app: str, namespace: str, image: str, r
     plan = replace(state.rollout, weights={**state.rollout.weights, revision: 0},
                    target={**state.rollout.target, revision: 0})
     return Change([*revision_objects(spec), *_app(state, plan, [*state.revisions, revision])],
-                  message=f"{app}: revision {revision} staged at 0%, at http://{preview_host(state.host, revision)}/")
+                  message=f"{app}: revision {revision} staged at 0%, at "
+                          f"{scheme(state.tls.mode)}://{preview_host(state.host, revision)}/")
 
 
 def promote(objects: list[dict[str, Any]], app: str, namespace: str, revision: str,
@@ -140,6 +147,8 @@ def rm(objects: list[dict[str, Any]], app: str, namespace: str, revision: str = 
     if not revision:
         refs = [(o["kind"], namespace, o["metadata"]["name"]) for o in state.objects if o.get("kind") in KINDS]
         refs += [_wake_slice(namespace, app, x) for x, rev in sorted(state.revisions.items()) if _sleeps(rev.scale)]
+        if state.tls.mode == "site-ca":  # the controller's: made for the app, gone with it
+            refs.append(("Secret", namespace, secret_name(app)))
         return Change(delete=sorted(refs, key=lambda x: (KINDS.index(x[0]), x[2])), message=f"{app}: removed")
     if revision not in state.revisions:
         raise problem(f"app {app} has no revision {revision}", f"its revisions: {', '.join(sorted(state.revisions))}")
@@ -185,8 +194,8 @@ def ps(states: list[AppState]) -> str:
             rows.append((st.name if st.namespace == "default" else f"{st.namespace}/{st.name}", rev,
                          info.image if info else "(no Deployment)", f"{w}%" + (f" → {t}%" if t != w else ""),
                          f"{info.ready_replicas}/{info.replicas}" if info else "-", str(info.scale) if info else "-",
-                         f"http://{preview_host(st.host, rev)}/", ""))
+                         f"{scheme(st.tls.mode)}://{preview_host(st.host, rev)}/", ""))
         rows.append((st.name if st.namespace == "default" else f"{st.namespace}/{st.name}", "*", "", "", "", "",
-                     f"http://{st.host}/", f"{r.state}" + (f": {r.message}" if r.message else "")))
+                     f"{scheme(st.tls.mode)}://{st.host}/", f"{r.state}" + (f": {r.message}" if r.message else "")))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows)

@@ -27,7 +27,7 @@ import threading
 import time
 from typing import Any
 
-from agent.apps import activator, autoscale, kube, metrics, resources, rollout, spec, top, view
+from agent.apps import activator, autoscale, kube, metrics, resources, rollout, spec, tls, top, view
 from agent.apps.spec import APP, MANAGED
 from agent.errors import BasaltError
 
@@ -280,6 +280,51 @@ class Pages:
         return view.page(states, top.rows(states, before, after, seconds), self.history, time.time(), note)
 
 
+class Certificates:
+    """Each ``site-ca`` app's certificate (agent/apps/tls.py), from the site CA mounted into this
+    pod: issued when the app has none, when its hosts change (a revision staged or removed), and
+    30 days before its end; kept as the Secret ``APP-tls``, which Traefik serves. Which hosts the
+    certificate names, and when it is due, are in the app's TraefikService (the controller cannot
+    read Secrets: it may only write them)."""
+
+    def __init__(self, ca_dir: str = tls.CA_MOUNT) -> None:
+        self.ca_dir = ca_dir
+        self.said = ""
+
+    def ca(self) -> tuple[bytes, bytes] | None:
+        try:
+            with open(os.path.join(self.ca_dir, "tls.crt"), "rb") as c, open(os.path.join(self.ca_dir, "tls.key"),
+                                                                              "rb") as k:
+                return c.read(64 << 10), k.read(64 << 10)
+        except OSError:
+            return None
+
+    def ensure(self, client: kube.Client, state: resources.AppState, now: float) -> tls.Tls | None:
+        """The app's new TLS record after issuing its certificate, or None when none was due (or
+        none could be issued: said once in the log, tried again next tick)."""
+        hosts = resources.hosts(state.host, list(state.revisions))
+        if not state.tls.due(hosts, now):
+            return None
+        ca = self.ca()
+        if ca is None:
+            self._say(f"no site CA in {self.ca_dir}: {state.name} has no certificate of its own yet")
+            return None
+        try:
+            cert, key = tls.issue(*ca, hosts)
+            client.apply(tls.tls_secret(tls.secret_name(state.name), state.namespace, cert, key,
+                                        labels={APP: state.name}))
+        except (OSError, kube.Conflict, BasaltError) as exc:
+            self._say(f"{state.namespace}/{state.name}: no certificate: {exc}")
+            return None
+        log("certificate", app=state.name, namespace=state.namespace, hosts=hosts, days=tls.CERT_DAYS)
+        return tls.Tls(state.tls.mode, tuple(hosts), tls.renew_at(now))
+
+    def _say(self, message: str) -> None:
+        if message != self.said:
+            self.said = message
+            log("error", message=message)
+
+
 def event(client: kube.Client, svc: dict[str, Any], reason: str, message: str) -> None:
     """A Warning Event on the app's TraefikService (``kubectl describe``, ``kubectl get events``)."""
     meta = svc["metadata"]
@@ -297,7 +342,8 @@ def event(client: kube.Client, svc: dict[str, Any], reason: str, message: str) -
 
 
 def tick(client: kube.Client, now: float, traffic: Traffic | None = None,
-         scaler: Autoscaler | None = None, history: view.History | None = None) -> float:
+         scaler: Autoscaler | None = None, history: view.History | None = None,
+         certificates: Certificates | None = None) -> float:
     """One pass over every app; the seconds until the next is due."""
     services = client.list("TraefikService", None, SELECTOR)
     deployments = client.list("Deployment", None, SELECTOR)
@@ -342,7 +388,10 @@ def tick(client: kube.Client, now: float, traffic: Traffic | None = None,
                          {"spec": {"replicas": replicas}})
         if scaler is not None and by_requests:
             scaler.decide(client, state, now, set(result.scale))
-        if result.rollout != state.rollout:
+        issued = certificates.ensure(client, state, now) if certificates is not None else None
+        if issued is not None:
+            state.tls = issued
+        if result.rollout != state.rollout or issued is not None:
             write(client, svc, state, result.rollout)
         r = result.rollout
         if r.weights != r.target and r.state != rollout.State.PAUSED:
@@ -358,7 +407,8 @@ def tick(client: kube.Client, now: float, traffic: Traffic | None = None,
 def write_or_raise(client: kube.Client, current: dict[str, Any], state: resources.AppState,
                    plan: rollout.Rollout) -> None:
     """The TraefikService with ``plan``, if it is still the one read (else kube.Conflict)."""
-    obj = resources.app_objects(state.name, state.namespace, state.host, state.port, plan, list(state.revisions))[0]
+    obj = resources.app_objects(state.name, state.namespace, state.host, state.port, plan, list(state.revisions),
+                                state.tls)[0]
     obj["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
     client.apply(obj)
 
@@ -383,12 +433,13 @@ def main(argv: list[str] | None = None) -> int:
     awake = activator.Activator(kube.Client(client.creds), (host, int(port)), log).start(poll=3600)
     scaler = Autoscaler(os.environ.get("POD_IP", "127.0.0.1"), awake.port, awake)
     pages = Pages(awake, traffic.url)
+    certificates = Certificates(os.environ.get("BASALT_SITE_CA", tls.CA_MOUNT))
     awake.pages = pages
     log("start", idle_tick=IDLE_TICK, busy_tick=BUSY_TICK, metrics=traffic.url or "the Traefik pod",
         activator=f"{scaler.address}:{scaler.port}")
     while not stop:
         try:
-            wait = tick(client, time.time(), traffic, scaler, pages.history)
+            wait = tick(client, time.time(), traffic, scaler, pages.history, certificates)
         except Exception as exc:  # noqa: BLE001 - the API unreachable or refusing: say so, try at the next tick
             log("error", message=str(exc) or type(exc).__name__)
             wait = BUSY_TICK

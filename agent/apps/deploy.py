@@ -7,9 +7,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from agent.apps import tls
 from agent.apps.spec import MANAGED
 
-NAMESPACE = "basalt-system"
+NAMESPACE = tls.NAMESPACE
 NAME = "basalt-apps-controller"
 IMAGE = "docker.io/basalt/apps-controller"  # fully qualified: the name containerd keeps it under
 IMAGE_FILE = "basalt-apps-controller.tar"  # in /usr/lib/basalt/k3s/images (then k3s's agent/images)
@@ -30,13 +31,18 @@ def objects(version: str) -> list[dict[str, Any]]:
              # a sleeping revision (agent/apps/activator.py): its Service's selector off and on, its wake slice
              {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "patch"]},
              {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
-              "verbs": ["get", "list", "create", "patch", "delete"]}]
+              "verbs": ["get", "list", "create", "patch", "delete"]},
+             # the site-ca apps' certificates (agent/apps/tls.py): written, never read back
+             {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "patch"]}]
     container = {
         "name": "controller", "image": image(version), "imagePullPolicy": "Never",
         # the holding endpoint for sleeping revisions; the wake slices give this pod's IP
         "ports": [{"name": "activator", "containerPort": 8012}],
         "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
         "resources": {"requests": {"cpu": "5m", "memory": "24Mi"}, "limits": {"memory": "64Mi"}},
+        # the site CA (readable by this pod's group only), and a small private /tmp for openssl's files
+        "volumeMounts": [{"name": "site-ca", "mountPath": tls.CA_MOUNT, "readOnly": True},
+                         {"name": "tmp", "mountPath": "/tmp"}],
         "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                             "capabilities": {"drop": ["ALL"]}}}
     return [
@@ -54,7 +60,11 @@ def objects(version: str) -> list[dict[str, Any]]:
                   "template": {"metadata": {"labels": labels},
                                "spec": {"serviceAccountName": NAME, "enableServiceLinks": False,
                                         "securityContext": {"runAsNonRoot": True, "runAsUser": 65534,
-                                                            "runAsGroup": 65534},
+                                                            "runAsGroup": 65534, "fsGroup": 65534},
+                                        "volumes": [
+                                            {"name": "site-ca", "secret": {"secretName": tls.CA_SECRET,
+                                                                           "optional": True, "defaultMode": 0o440}},
+                                            {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}],
                                         "containers": [container]}}}},
     ]
 

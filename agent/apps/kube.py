@@ -37,6 +37,8 @@ PATHS = {  # kind → (API prefix, plural)
     "IngressRoute": ("/apis/traefik.io/v1alpha1", "ingressroutes"),
     "Event": ("/api/v1", "events"),
     "EndpointSlice": ("/apis/discovery.k8s.io/v1", "endpointslices"),
+    "Middleware": ("/apis/traefik.io/v1alpha1", "middlewares"),
+    "Secret": ("/api/v1", "secrets"), "ConfigMap": ("/api/v1", "configmaps"),
 }
 
 

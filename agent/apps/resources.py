@@ -7,10 +7,13 @@ from typing import Any
 
 from agent.apps import rollout
 from agent.apps.spec import APP, DOMAIN, MANAGED, REVISION, AppSpec, Scale, parse_scale, preview_host, problem
+from agent.apps.tls import RESOLVER, Tls, secret_name
 
 TRAEFIK = "traefik.io/v1alpha1"
+PLAIN = Tls()  # HTTP only
 IMAGE, SCALE, PORT, HOST = f"{DOMAIN}/image", f"{DOMAIN}/scale", f"{DOMAIN}/port", f"{DOMAIN}/host"
 ENTRY_POINTS = ["web"]  # k3s's Traefik: port 80
+SECURE_ENTRY_POINTS = ["websecure"]  # port 443
 CPU_REQUEST, MEMORY_REQUEST = "25m", "16Mi"  # the HPA's utilization is of the request; small for 1 GB nodes
 CPU_TARGET = 80  # percent of the request the HPA keeps a revision at
 
@@ -61,23 +64,42 @@ def revision_objects(spec: AppSpec, replicas: int | None = None) -> list[dict[st
     return out
 
 
+def hosts(host: str, revisions: list[str]) -> list[str]:
+    """The names an app answers: its host, then each revision's preview host."""
+    return [host, *(preview_host(host, r) for r in sorted(revisions))]
+
+
 def app_objects(app: str, namespace: str, host: str, port: int, plan: rollout.Rollout,
-                revisions: list[str]) -> list[dict[str, Any]]:
-    """The app: its TraefikService (the weights, the rollout in annotations) and its IngressRoute
-    (the app's host to the weights, each revision's preview host to its own Service)."""
+                revisions: list[str], tls: Tls = PLAIN) -> list[dict[str, Any]]:
+    """The app: its TraefikService (the weights, the rollout and its HTTPS in annotations) and its
+    IngressRoute (the app's host to the weights, each revision's preview host to its own Service).
+    With TLS (agent/apps/tls.py) the route is on ``websecure`` with the app's certificate, and a
+    second one, ``APP-http``, redirects plain HTTP to it (the Middleware ``APP-https``)."""
     names = sorted(revisions)
     weighted = {
         "apiVersion": TRAEFIK, "kind": "TraefikService",
-        "metadata": _meta(app, namespace, app, annotations={HOST: host, PORT: str(port), **plan.annotations()}),
+        "metadata": _meta(app, namespace, app, annotations={HOST: host, PORT: str(port), **plan.annotations(),
+                                                            **tls.annotations(DOMAIN)}),
         "spec": {"weighted": {"services": [{"name": revision_name(app, r), "port": port,
                                             "weight": plan.weights.get(r, 0)} for r in names]}}}
     routes: list[dict[str, Any]] = [{"kind": "Rule", "match": f"Host(`{host}`)",
                                      "services": [{"kind": "TraefikService", "name": app}]}]
     routes += [{"kind": "Rule", "match": f"Host(`{preview_host(host, r)}`)",
                 "services": [{"name": revision_name(app, r), "port": port}]} for r in names]
-    route = {"apiVersion": TRAEFIK, "kind": "IngressRoute", "metadata": _meta(app, namespace, app),
-             "spec": {"entryPoints": ENTRY_POINTS, "routes": routes}}
-    return [weighted, route]
+    if tls.mode == "off":
+        route = {"apiVersion": TRAEFIK, "kind": "IngressRoute", "metadata": _meta(app, namespace, app),
+                 "spec": {"entryPoints": ENTRY_POINTS, "routes": routes}}
+        return [weighted, route]
+    secure = {"apiVersion": TRAEFIK, "kind": "IngressRoute", "metadata": _meta(app, namespace, app),
+              "spec": {"entryPoints": SECURE_ENTRY_POINTS, "routes": routes,
+                       "tls": ({"certResolver": RESOLVER} if tls.mode == "acme" else {"secretName": secret_name(app)})}}
+    redirect = f"{app}-https"
+    middleware = {"apiVersion": TRAEFIK, "kind": "Middleware", "metadata": _meta(redirect, namespace, app),
+                  "spec": {"redirectScheme": {"scheme": "https", "permanent": True}}}
+    plain = {"apiVersion": TRAEFIK, "kind": "IngressRoute", "metadata": _meta(f"{app}-http", namespace, app),
+             "spec": {"entryPoints": ENTRY_POINTS,
+                      "routes": [{**r, "middlewares": [{"name": redirect}]} for r in routes]}}
+    return [weighted, secure, plain, middleware]
 
 
 @dataclass
@@ -102,12 +124,13 @@ class AppState:
     port: int
     rollout: rollout.Rollout
     revisions: dict[str, RevisionState] = field(default_factory=dict)
+    tls: Tls = field(default_factory=Tls)
     objects: list[dict[str, Any]] = field(default_factory=list)
 
     def spec(self, revision: str) -> AppSpec:
         rev = self.revisions[revision]
         return AppSpec(name=self.name, image=rev.image, port=rev.port, scale=rev.scale, env=rev.env,
-                       host=self.host, namespace=self.namespace, revision=revision)
+                       host=self.host, namespace=self.namespace, revision=revision, tls=self.tls.mode)
 
     def current(self) -> str:
         """The revision with the most weight (the newest of equals)."""
@@ -132,7 +155,8 @@ def read(objects: list[dict[str, Any]], app: str, namespace: str = "default") ->
     weights = {s["name"].removeprefix(app + "-"): int(s.get("weight", 0))
                for s in weighted["spec"]["weighted"]["services"]}
     state = AppState(app, namespace, notes.get(HOST, ""), int(notes.get(PORT, 0)),
-                     rollout.from_annotations(weights, notes), objects=mine)
+                     rollout.from_annotations(weights, notes), objects=mine,
+                     tls=Tls.from_annotations(notes, DOMAIN))
     for obj in mine:
         if obj.get("kind") != "Deployment":
             continue

@@ -213,6 +213,7 @@ class AppSpec:
     namespace: str = "default"
     revision: str = FIRST_REVISION
     labels: dict[str, str] = field(default_factory=dict)
+    tls: str = "off"  # site-ca, acme or off (agent/apps/tls.py)
 
     @property
     def url_host(self) -> str:

@@ -191,6 +191,32 @@ def apps(c: Checked) -> Iterator[Problem]:
         seen.setdefault(key, i)
 
 
+def app_tls(c: Checked) -> Iterator[Problem]:
+    """``app_tls:``: ACME needs its directory and contact; they are unused in another mode."""
+    from agent.apps import tls
+    from agent.errors import BasaltError
+    t = c.value.get("app_tls") or {}
+    mode = t.get("mode", tls.DEFAULT_MODE)
+    if mode == "acme":
+        missing = [k for k in ("acme_directory", "acme_email") if not t.get(k)]
+        for key in missing:
+            yield c.problem(("app_tls",), f"app_tls.mode acme needs {key}",
+                            "e.g. acme_directory: https://acme-v02.api.letsencrypt.org/directory, "
+                            "acme_email: ops@example.com; or mode: site-ca, which needs no network")
+        if not missing:
+            try:
+                tls.check_acme(t["acme_directory"], t["acme_email"])
+            except BasaltError as exc:
+                p = exc.problems[0]
+                key = (p.path or "").rpartition(".")[2]
+                yield c.problem(("app_tls", key), p.message, p.hint or "")
+    else:
+        for key in ("acme_directory", "acme_email"):
+            if key in t:
+                yield c.warn(("app_tls", key), f"{key} is used only with app_tls.mode acme (this is {mode})",
+                             "set mode: acme, or remove it")
+
+
 def helm_chart_source(c: Checked) -> Iterator[Problem]:
     for i, chart in enumerate(c.value.get("k3s", {}).get("helm_charts", [])):
         if "chart" in chart and "bundled" in chart:
@@ -280,6 +306,7 @@ RULES = (
     Rule("no unfilled placeholders", placeholders),
     Rule("an agent has a token", join_token),
     Rule("apps", apps),
+    Rule("apps' HTTPS", app_tls),
     Rule("a helm chart has one source", helm_chart_source),
     Rule("k3s arguments", k3s_args),
     Rule("an agent has a server", agent_without_server),

@@ -78,6 +78,8 @@ class Normaliser:
             value = [value]  # a scalar where a list is expected: a one-item list
         if want == "boolean" and isinstance(value, str) and value.strip().lower() in TRUE | FALSE:
             return value.strip().lower() in TRUE
+        if isinstance(value, bool) and (self.source.raw.get(old) or "").lower() in node.get("enum", ()):
+            return (self.source.raw.get(old) or "").lower()  # YAML 1.1 reads mode: off as false; the word was meant
         if want == "string" and isinstance(value, (bool, int, float)):
             if isinstance(value, bool):
                 return "true" if value else "false"

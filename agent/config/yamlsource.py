@@ -166,7 +166,7 @@ def _construct(loader: _Loader, node: yaml.Node, path: PathKey, lines: dict[Path
                            item.start_mark.line + 1 if node.flow_style else _item_line(text, item.start_mark))
                 for i, item in enumerate(node.value)]
     value = loader.construct_object(node, deep=True)
-    if type(value) in (int, float) and isinstance(node, yaml.ScalarNode) and not node.style:
+    if type(value) in (int, float, bool) and isinstance(node, yaml.ScalarNode) and not node.style:
         loader.raw[path] = node.value
     return value
 

@@ -187,6 +187,12 @@ def _prune(ctx: Context, directory: str, prefix: str, keep: list[str]) -> None:
                 os.unlink(os.path.join(ctx.at(directory), name))
 
 
+def _apps_tls(ctx: Context, mode: str, ca_dir: str, path: str, node: str) -> None:
+    """The apps' HTTPS settings for k3s to apply, with the site CA (made the first time)."""
+    from agent.apps import tls
+    files.write_atomic(ctx.at(path), tls.node_manifest(mode, ctx.at(ca_dir), node), 0o600, (0, 0), makedirs=True)
+
+
 def _stop(ctx: Context, name: str) -> None:
     ctx.services.stop(name)
 
@@ -199,7 +205,7 @@ def _error(ctx: Context, _what: str, message: str) -> None:
 ACTIONS: dict[str, Callable[..., None]] = {
     "write": _write, "sysctl": _sysctl, "modprobe": _modprobe, "run": _run, "ip": _ip, "shadow": _shadow,
     "mkdir": _mkdir, "keys": _keys, "hostkey": _hostkey, "symlink": _symlink, "touch": _touch,
-    "service": _service, "copy": _copy, "prune": _prune, "stop": _stop, "error": _error,
+    "service": _service, "copy": _copy, "prune": _prune, "stop": _stop, "error": _error, "apps-tls": _apps_tls,
 }
 
 

@@ -11,6 +11,7 @@ Role, as k3OS: no ``server_url`` → server; ``server_url`` + ``token`` → agen
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from agent import layout
 from agent.config.section import section
@@ -142,12 +143,26 @@ def manifest_files(config: dict[str, Any]) -> list[tuple[str, Any]]:
     return out
 
 
-def apps_controller_files(facts: dict[str, Any]) -> list[tuple[str, Any]]:
+def apps_controller_files(config: dict[str, Any], facts: dict[str, Any]) -> list[tuple[str, Any]]:
     """The apps controller (agent/apps/deploy.py), when the image ships its container image."""
-    from agent.apps import deploy
+    from agent.apps import deploy, tls
     if deploy.IMAGE_FILE not in facts.get("k3s_images", []):
         return []
-    return [(f"{PREFIX}apps-controller.yaml", deploy.manifest(str(facts.get("version", "unknown"))))]
+    version = str(facts.get("version", "unknown"))
+    out: list[tuple[str, Any]] = [(f"{PREFIX}apps-controller.yaml", deploy.manifest(version))]
+    t = app_tls(config)
+    if t.get("mode") == "acme":  # Traefik's own resolver, in k3s's chart's values
+        out.append((f"{PREFIX}traefik-acme.yaml", tls.helm_chart_config(t["acme_directory"], t["acme_email"])))
+    return out
+
+
+APPS_TLS_MANIFEST = f"{PREFIX}apps-tls.yaml"  # the settings and the site CA's Secret (agent/apps/tls.py)
+APPS_CA = layout.VAR_LIB + "/apps-ca"  # the site CA, on the state partition
+
+
+def app_tls(config: dict[str, Any]) -> dict[str, Any]:
+    from agent.apps import tls
+    return {"mode": tls.DEFAULT_MODE, **(config.get("app_tls") or {})}
 
 
 def app_files(config: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -156,8 +171,9 @@ def app_files(config: dict[str, Any]) -> list[tuple[str, Any]]:
         return []
     from agent.apps import commands, spec
     out: list[tuple[str, Any]] = []
+    mode = app_tls(config)["mode"]
     for fields in config["apps"]:
-        app = spec.from_fields(fields)
+        app = replace(spec.from_fields(fields), tls=mode)
         for obj in commands.run([], app).apply:
             out.append((f"{PREFIX}app-{app.name}-{_slug(obj['kind'])}-{_slug(obj['metadata']['name'])}.yaml", obj))
     return out
@@ -229,7 +245,7 @@ def plan_files(config: dict[str, Any], facts: dict[str, Any]) -> list[Action]:
     if upgrade_plan(config) is not None and not facts.get("upgrade_controller"):
         actions.append(("error", "k3s", "upgrade.plan needs the system-upgrade-controller, which this image does "
                                         "not ship (build it with upgrade.kubernetes: true)"))
-    files += upgrade_files(config, facts) + apps_controller_files(facts) if role == "server" else []
+    files += upgrade_files(config, facts) + apps_controller_files(config, facts) if role == "server" else []
     if role != "server":
         if files:
             actions.append(("error", "k3s", "k3s.manifests and k3s.helm_charts are deployed by servers; "
@@ -255,7 +271,13 @@ def plan_files(config: dict[str, Any], facts: dict[str, Any]) -> list[Action]:
             actions.append(("write", path, content.encode(), 0o600, "root:root"))
         else:
             actions.append(("write", path, (json.dumps(content, indent=2) + "\n").encode(), 0o600, "root:root"))
-    actions.append(("prune", MANIFESTS, PREFIX, tuple(name for name, _ in files)))
+    keep = [name for name, _ in files]
+    if any(name == f"{PREFIX}apps-controller.yaml" for name in keep):
+        # made at run time: the site CA is made once, on the node, and kept on its state partition
+        actions.append(("apps-tls", app_tls(config)["mode"], APPS_CA, f"{MANIFESTS}/{APPS_TLS_MANIFEST}",
+                        str(config.get("hostname") or "node")))
+        keep.append(APPS_TLS_MANIFEST)
+    actions.append(("prune", MANIFESTS, PREFIX, tuple(keep)))
     return actions
 
 

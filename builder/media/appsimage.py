@@ -20,6 +20,7 @@ from builder.imagedef import ROOT
 from builder.media import oci
 
 PYTHON = "usr/bin/python3"
+OPENSSL = "usr/bin/openssl"
 APP_DIR = "app"  # /app/agent/apps/*.py
 # Modules Python needs before any import statement runs, and codecs looked up by name.
 SEEDS = ("encodings", "encodings.aliases", "encodings.utf_8", "encodings.latin_1", "encodings.ascii",
@@ -110,6 +111,9 @@ def closure(root: Path) -> list[str]:
         files.update(str(p.relative_to(root)) for p in sorted((stdlib / "lib-dynload").glob(f"{short}.cpython-*.so")))
     elf = [_resolve(root, PYTHON), *(f for f in sorted(files) if f.endswith(".so"))]
     files.add(PYTHON)
+    if (root / OPENSSL).exists():  # the site CA's certificates (agent/apps/tls.py) are made with it
+        files.add(OPENSSL)
+        elf.append(_resolve(root, OPENSSL))
     seen: set[str] = set()
     while elf:
         lib = elf.pop()

@@ -89,11 +89,13 @@ class StandIn:
 def stand_in_build(key: Path, tmp_path_factory: pytest.TempPathFactory) -> StandIn:
     """The k3s image, its binary and air-gap images downloaded from a local release server."""
     tmp_path = tmp_path_factory.mktemp("k3s")
-    www = tmp_path / "www"
-    release = www / VERSION
-    release.mkdir(parents=True)
-    # Unique bytes per run: the blob cache is shared, and these must really be downloaded.
+    # Unique bytes and a unique release URL per run: the blob cache is shared (and the release's
+    # checksum file is kept per URL and version), and these must really be downloaded. The URL
+    # alone is not unique: a later run's server may get an earlier one's port.
     nonce = uuid.uuid4().hex
+    www = tmp_path / "www"
+    release = www / nonce / VERSION
+    release.mkdir(parents=True)
     stand_in = STAND_IN.replace("#!/bin/sh\n", f"#!/bin/sh\n# {nonce}\n", 1)
     (release / "k3s").write_text(stand_in)
     airgap = f"(stand-in air-gap image tarball {nonce})\n".encode() * 64
@@ -108,10 +110,11 @@ def stand_in_build(key: Path, tmp_path_factory: pytest.TempPathFactory) -> Stand
     with Server(www) as server:
         (defs / "k3s-stand-in.yaml").write_text(
             f"extends: x86_64-k3s\nname: k3s-stand-in\nk3s:\n  enabled: true\n  version: {VERSION}\n"
-            f"  url: {server.url}\n  airgap_images: true\n  charts: [site-app-1.0.0.tgz]\nqemu: {{memory_mb: 768}}\n")
+            f"  url: {server.url}/{nonce}\n  airgap_images: true\n  charts: [site-app-1.0.0.tgz]\n"
+            "qemu: {memory_mb: 768}\n")
         out = pipeline.build(plan.plan(str(defs / "k3s-stand-in.yaml"), str(tmp_path / "site.yaml")),
                              out=tmp_path / "out")
-        fetched = [p for p, _ in server.requests]
+        fetched = [p.removeprefix(f"/{nonce}") for p, _ in server.requests]
     return StandIn(out, fetched, stand_in, airgap)
 
 

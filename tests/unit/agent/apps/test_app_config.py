@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from agent.apps import commands, spec
+from agent.apps import commands, deploy, spec
 from agent.config.validate import check_text
 from agent.modules import k3s, plans
 
@@ -38,17 +38,48 @@ def test_apps_in_the_config_are_written_as_the_objects_basalt_app_run_makes() ->
     loaded = check_text(APPS, "site.yaml")
     assert loaded.problems == ()
     files = boot_files(loaded.value)
+    # HTTPS by default (app_tls.mode: site-ca): each app on websecure, plain HTTP redirected to it
     assert sorted(files) == [
-        "basalt-app-clock-deployment-clock-v1.yaml", "basalt-app-clock-ingressroute-clock.yaml",
+        "basalt-app-clock-deployment-clock-v1.yaml", "basalt-app-clock-ingressroute-clock-http.yaml",
+        "basalt-app-clock-ingressroute-clock.yaml", "basalt-app-clock-middleware-clock-https.yaml",
         "basalt-app-clock-service-clock-v1.yaml", "basalt-app-clock-traefikservice-clock.yaml",
         "basalt-app-shop-deployment-shop-v1.yaml", "basalt-app-shop-horizontalpodautoscaler-shop-v1.yaml",
-        "basalt-app-shop-ingressroute-shop.yaml", "basalt-app-shop-service-shop-v1.yaml",
+        "basalt-app-shop-ingressroute-shop-http.yaml", "basalt-app-shop-ingressroute-shop.yaml",
+        "basalt-app-shop-middleware-shop-https.yaml", "basalt-app-shop-service-shop-v1.yaml",
         "basalt-app-shop-traefikservice-shop.yaml"]
     cli_made = commands.run([], spec.AppSpec(name="shop", image="nginx:1.27", port=80, scale=spec.Scale(1, 3),
-                                             env=(("LOG", "info"), ("WORKERS", "2")), host="shop.example.com")).apply
+                                             env=(("LOG", "info"), ("WORKERS", "2")), host="shop.example.com",
+                                             tls="site-ca")).apply
     assert [files[f"basalt-app-shop-{o['kind'].lower()}-{o['metadata']['name']}.yaml"] for o in cli_made] == cli_made
-    clock = files["basalt-app-clock-ingressroute-clock.yaml"]["spec"]["routes"][0]["match"]
-    assert clock == "Host(`clock.local`)"
+    clock = files["basalt-app-clock-ingressroute-clock.yaml"]["spec"]
+    assert clock["routes"][0]["match"] == "Host(`clock.local`)"
+    assert clock["entryPoints"] == ["websecure"] and clock["tls"] == {"secretName": "clock-tls"}
+    assert files["basalt-app-clock-middleware-clock-https.yaml"]["spec"] == {
+        "redirectScheme": {"scheme": "https", "permanent": True}}
+
+
+@pytest.mark.parametrize(("mode", "route_tls"), [("off", None), ("acme", {"certResolver": "basalt"})])
+def test_app_tls_mode_decides_the_routes(mode: str, route_tls: Any) -> None:
+    acme = "\n  acme_directory: https://acme.site/dir\n  acme_email: ops@site.example" if mode == "acme" else ""
+    loaded = check_text(f"{APPS}app_tls:\n  mode: {mode}{acme}\n", "site.yaml")
+    assert loaded.problems == ()
+    files = boot_files(loaded.value)
+    route = files["basalt-app-clock-ingressroute-clock.yaml"]["spec"]
+    assert route.get("tls") == route_tls
+    assert ("basalt-app-clock-middleware-clock-https.yaml" in files) == (mode != "off")
+    assert route["entryPoints"] == (["web"] if mode == "off" else ["websecure"])
+    # with the controller in the image, ACME gives k3s's Traefik the resolver through its chart's values
+    controller = dict(k3s.apps_controller_files(loaded.value, {**FACTS, "k3s_images": [deploy.IMAGE_FILE]}))
+    helm = controller.get("basalt-traefik-acme.yaml")
+    if mode == "off":
+        assert helm is None
+    else:
+        assert helm["kind"] == "HelmChartConfig" and helm["metadata"] == {"name": "traefik", "namespace": "kube-system"}
+        assert json.loads(helm["spec"]["valuesContent"])["additionalArguments"] == [
+            "--certificatesresolvers.basalt.acme.caserver=https://acme.site/dir",
+            "--certificatesresolvers.basalt.acme.email=ops@site.example",
+            "--certificatesresolvers.basalt.acme.storage=/data/acme.json",
+            "--certificatesresolvers.basalt.acme.httpchallenge.entrypoint=web"]
 
 
 @pytest.mark.parametrize(("text", "expected"), [
