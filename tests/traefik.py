@@ -30,9 +30,11 @@ def binary() -> str:
 
 
 class Traefik:
-    def __init__(self, api_url: str, work: Path, extra: tuple[str, ...] = ()) -> None:
-        self.work = work
-        self.web, self.websecure, self.metrics_port, self.api_port = free_port(), free_port(), free_port(), free_port()
+    def __init__(self, api_url: str, work: Path, extra: tuple[str, ...] = (), env: dict[str, str] | None = None,
+                 web: int | None = None) -> None:
+        self.work, self.env = work, env
+        self.web = web or free_port()
+        self.websecure, self.metrics_port, self.api_port = free_port(), free_port(), free_port()
         self.argv = [binary(), f"--entryPoints.web.address=127.0.0.1:{self.web}",
                      f"--entryPoints.websecure.address=127.0.0.1:{self.websecure}",
                      f"--entryPoints.metrics.address=127.0.0.1:{self.metrics_port}",
@@ -61,7 +63,8 @@ class Traefik:
 
     def __enter__(self) -> Traefik:
         with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         env={**os.environ, **self.env} if self.env else None)
         deadline = time.monotonic() + 30
         while True:
             try:

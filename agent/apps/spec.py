@@ -15,7 +15,10 @@ MANAGED = {"app.kubernetes.io/managed-by": "basalt"}
 NAME = re.compile(r"^[a-z]([-a-z0-9]{0,28}[a-z0-9])?$")
 REVISION_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,14}[a-z0-9])?$")
 ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
-HOST = re.compile(r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+HOST = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$")
+# A revision's preview host is REVISION-HOST: with a 16-character revision and '-', the host's first
+# label keeps 46 of DNS's 63, and the whole name 236 of its 253.
+PREVIEW_ROOM = 17
 # An OCI image reference, as the distribution spec's grammar has it: [registry[:port]/]path[:tag][@sha256:digest]
 _PART = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 IMAGE = re.compile(rf"(?:[a-zA-Z0-9](?:[-a-zA-Z0-9.]*[a-zA-Z0-9])?(?::[0-9]{{1,5}})?/)?{_PART}(?:/{_PART})*"
@@ -195,8 +198,19 @@ def check_port(port: Any, path: str = "port") -> int:
 
 
 def check_host(host: str, path: str = "host") -> str:
-    if not HOST.fullmatch(host) or len(host) > 253:
-        raise problem(f"{host!r} is not a host name", "e.g. shop.example.com", path)
+    """A DNS name an app answers on, and its certificate names: no wildcard, no IP address, room
+    for its revisions' preview hosts."""
+    if not HOST.fullmatch(host):
+        raise problem(f"{host!r} is not a host name", "lowercase letters, digits and '-' in dot-separated labels of "
+                      "at most 63 characters, e.g. shop.example.com", path)
+    if host.rsplit(".", 1)[-1].isdigit():
+        raise problem(f"{host!r} is an address, not a host name", "give the app a name (e.g. shop.local) that "
+                      "resolves to this node: routes and certificates are by name", path)
+    first = host.split(".", 1)[0]
+    if len(first) > 63 - PREVIEW_ROOM or len(host) > 253 - PREVIEW_ROOM:
+        raise problem(f"{host!r} is too long for its revisions' preview hosts (REVISION-{first}...)",
+                      f"at most {63 - PREVIEW_ROOM} characters in the first label and {253 - PREVIEW_ROOM} in all",
+                      path)
     return host
 
 

@@ -225,11 +225,11 @@ def probe_acme(directory: str, ca_file: str | None = None, timeout: float = 10.0
                       "app_tls.acme_directory") from None
 
 
-def traefik_arguments(directory: str, email: str) -> list[str]:
+def traefik_arguments(directory: str, email: str, storage: str = "/data/acme.json") -> list[str]:
     """Traefik's static arguments for the ``basalt`` resolver: HTTP-01 on ``web``, its account and
     certificates kept in /data (k3s's chart: the pod's volume)."""
     prefix = f"--certificatesresolvers.{RESOLVER}.acme"
-    return [f"{prefix}.caserver={directory}", f"{prefix}.email={email}", f"{prefix}.storage=/data/acme.json",
+    return [f"{prefix}.caserver={directory}", f"{prefix}.email={email}", f"{prefix}.storage={storage}",
             f"{prefix}.httpchallenge.entrypoint=web"]
 
 

@@ -97,7 +97,8 @@ def test_app_tls_mode_decides_the_routes(mode: str, route_tls: Any) -> None:
     ("apps:\n- name: shop\n  image: nginx\n  port: 80\n  scale: 0-3,idle=0s\n",
      ["site.yaml:5: apps[0].scale: '0s': the interval must be more than zero\nhint: e.g. 5s"]),
     ("apps:\n- name: shop\n  image: nginx\n  port: 80\n  host: Shop_1\n",
-     ["site.yaml:5: apps[0].host: 'Shop_1' is not a host name\nhint: e.g. shop.example.com"]),
+     ["site.yaml:5: apps[0].host: 'Shop_1' is not a host name\nhint: lowercase letters, digits and '-' in "
+      "dot-separated labels of at most 63 characters, e.g. shop.example.com"]),
     ("apps:\n- name: shop\n  image: nginx\n  port: 80\n  replicas: 2\n",
      ["site.yaml:5: apps[0].replicas: unknown key 'replicas'\nhint: valid keys here: env, host, image, name, "
       "namespace, port, revision, scale"]),
