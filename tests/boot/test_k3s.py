@@ -30,8 +30,10 @@ from pathlib import Path
 import pytest
 from conftest import Server
 
+from agent.apps import deploy
 from builder import pipeline, plan
 from builder.fleet import stamp
+from builder.media import appsimage
 from builder.vm.qemu import READY, Guest
 
 # One worker runs this module: its tests share one k3s image, whose stand-in binary is new each run.
@@ -155,7 +157,19 @@ def test_k3s_image_from_a_release_server_runs_under_the_agent(stand_in_build: St
                         "node-taint": ["dedicated=edge:NoSchedule"]}
         d = "/var/lib/rancher/k3s"
         assert sh(f"ls {d}/server/manifests") == ("basalt-00-configmap-site.yaml\nbasalt-apps-controller.yaml\n"
-                                                  "basalt-chart-site-app.yaml")
+                                                  "basalt-apps-tls.yaml\nbasalt-chart-site-app.yaml")
+        # HTTPS for apps by default: the node made its site CA with the image's openssl, kept it
+        # private on the state partition, and gave it to k3s as the controller's Secret
+        assert sh("stat -c '%a %U' /var/lib/basalt/apps-ca /var/lib/basalt/apps-ca/ca.key "
+                  f"{d}/server/manifests/basalt-apps-tls.yaml") == "700 root\n600 root\n600 root"
+        site_ca = sh("cat /var/lib/basalt/apps-ca/ca.crt")
+        tls_docs = [json.loads(x) for x in sh(f"cat {d}/server/manifests/basalt-apps-tls.yaml").split("---\n")
+                    if x.strip()]
+        assert [(x["kind"], x["metadata"]["name"]) for x in tls_docs] == [("ConfigMap", "basalt-apps"),
+                                                                         ("Secret", "basalt-site-ca")]
+        assert tls_docs[0]["data"] == {"tls": "site-ca", "ca.crt": site_ca + "\n"}
+        assert "CN = Basalt site CA" in subprocess.run(["openssl", "x509", "-noout", "-subject"], input=site_ca,
+                                                         capture_output=True, text=True, check=True).stdout
         assert sh(f"readlink {d}/agent/images/basalt-apps-controller.tar") == \
             "/usr/lib/basalt/k3s/images/basalt-apps-controller.tar"  # built by the builder, imported by k3s
         chart = json.loads(sh(f"cat {d}/server/manifests/basalt-chart-site-app.yaml"))
@@ -174,6 +188,27 @@ def test_k3s_image_from_a_release_server_runs_under_the_agent(stand_in_build: St
         sh("for i in $(seq 60); do [ \"$(cat /run/k3s-stand-in.runs)\" = 3 ] && break; sleep 1; done")
         assert sh("cat /run/k3s-stand-in.runs") == "3"
         assert "site=depot-8" in json.loads(sh("cat /etc/rancher/k3s/config.yaml"))["node-label"]
+        assert sh("cat /var/lib/basalt/apps-ca/ca.crt") == site_ca  # the same CA after the change: kept
+
+
+def test_the_apps_controller_image_issues_certificates_with_its_own_openssl(stand_in_build: StandIn,
+                                                                          tmp_path: Path) -> None:
+    """The controller's image as k3s imports it from this image (no boot needed): its layer holds
+    openssl, and the controller's code issues a certificate with it in a chroot (none of the host's)."""
+    archive = stand_in_build.out / "rootfs" / "root" / "usr/lib/basalt/k3s/images" / deploy.IMAGE_FILE
+    layer = tmp_path / "layer"
+    appsimage.unpack(archive, layer)
+    assert (layer / "usr/bin/openssl").is_file()
+    code = ("from agent.apps import tls\n"
+            "ca, key = tls.make_ca('test CA')\n"
+            "cert, _ = tls.issue(ca, key, ['shop.local', 'v1-shop.local'])\n"
+            "open('/tmp/cert.pem', 'wb').write(cert)\n"
+            "open('/tmp/ca.pem', 'wb').write(ca)\n")
+    subprocess.run(["/usr/sbin/chroot", str(layer), "/usr/bin/python3", "-S", "-c", code],
+                   env=appsimage.CHROOT_ENV, check=True, timeout=60)
+    checked = subprocess.run(["openssl", "verify", "-CAfile", str(layer / "tmp/ca.pem"), "-purpose", "sslserver",
+                              str(layer / "tmp/cert.pem")], capture_output=True, text=True)
+    assert checked.returncode == 0 and checked.stdout.strip().endswith(": OK"), checked
 
 
 JOIN_TOKEN = "K10-join-token-7f3a91"
