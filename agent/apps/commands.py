@@ -30,7 +30,7 @@ class Change:
 
 
 def _app(state: AppState, plan: Rollout, revisions: list[str]) -> list[dict[str, Any]]:
-    return app_objects(state.name, state.namespace, state.host, state.port, plan, revisions, state.tls)
+    return app_objects(state.name, state.namespace, state.host, state.port, plan, revisions, state.tls, state.nodes)
 
 
 def run(objects: list[dict[str, Any]], spec: AppSpec) -> Change:
@@ -184,7 +184,8 @@ def _weights(weights: dict[str, int]) -> str:
 
 
 def ps(states: list[AppState]) -> str:
-    """Apps, revisions, weights (and targets), ready replicas, URLs."""
+    """Apps, revisions, weights (and targets), ready replicas, URLs (the app's host, each revision's
+    preview host, and the app's name on each node's LAN)."""
     rows = [("APP", "REVISION", "IMAGE", "WEIGHT", "READY", "SCALE", "URL", "ROLLOUT")]
     for st in sorted(states, key=lambda s: (s.namespace, s.name)):
         r = st.rollout
@@ -197,5 +198,8 @@ def ps(states: list[AppState]) -> str:
                          f"{scheme(st.tls.mode)}://{preview_host(st.host, rev)}/", ""))
         rows.append((st.name if st.namespace == "default" else f"{st.namespace}/{st.name}", "*", "", "", "", "",
                      f"{scheme(st.tls.mode)}://{st.host}/", f"{r.state}" + (f": {r.message}" if r.message else "")))
+        # its names on each node's LAN (mDNS, agent/apps/mdns.py): REV-APP.NODE.local go the same way
+        rows += [(st.name if st.namespace == "default" else f"{st.namespace}/{st.name}", "*", "", "", "", "",
+                  f"{scheme(st.tls.mode)}://{h}/", "") for h in st.local_hosts]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows)

@@ -302,7 +302,7 @@ class Certificates:
     def ensure(self, client: kube.Client, state: resources.AppState, now: float) -> tls.Tls | None:
         """The app's new TLS record after issuing its certificate, or None when none was due (or
         none could be issued: said once in the log, tried again next tick)."""
-        hosts = resources.hosts(state.host, list(state.revisions))
+        hosts = resources.hosts(state.host, list(state.revisions), state.local_hosts)
         if not state.tls.due(hosts, now):
             return None
         ca = self.ca()
@@ -341,12 +341,24 @@ def event(client: kube.Client, svc: dict[str, Any], reason: str, message: str) -
         log("error", message=f"could not record the event: {exc}")
 
 
+def node_labels(client: kube.Client) -> tuple[str, ...] | None:
+    """The cluster's nodes, as the labels of their LAN names (agent/apps/mdns.py); None when the
+    API does not say (the names stay as they are)."""
+    try:
+        found = client.list("Node", None)
+    except (OSError, BasaltError, kube.NotFound, kube.Conflict) as exc:
+        log("error", message=f"cannot list the nodes: {exc}")
+        return None
+    return tuple(sorted({label for n in found if (label := spec.node_label(n["metadata"]["name"]))}))
+
+
 def tick(client: kube.Client, now: float, traffic: Traffic | None = None,
          scaler: Autoscaler | None = None, history: view.History | None = None,
          certificates: Certificates | None = None) -> float:
     """One pass over every app; the seconds until the next is due."""
     services = client.list("TraefikService", None, SELECTOR)
     deployments = client.list("Deployment", None, SELECTOR)
+    nodes = node_labels(client)
     wait = IDLE_TICK
     pairs: list[tuple[dict[str, Any], resources.AppState]] = []  # each app's TraefikService and state
     for svc in services:
@@ -388,11 +400,14 @@ def tick(client: kube.Client, now: float, traffic: Traffic | None = None,
                          {"spec": {"replicas": replicas}})
         if scaler is not None and by_requests:
             scaler.decide(client, state, now, set(result.scale))
+        renamed = nodes is not None and nodes != state.nodes
+        if renamed:  # the nodes whose LANs name the app changed: its names, routes and certificate follow
+            state.nodes = nodes or ()
         issued = certificates.ensure(client, state, now) if certificates is not None else None
         if issued is not None:
             state.tls = issued
-        if result.rollout != state.rollout or issued is not None:
-            write(client, svc, state, result.rollout)
+        if result.rollout != state.rollout or issued is not None or renamed:
+            write(client, svc, state, result.rollout, routes=renamed)
         r = result.rollout
         if r.weights != r.target and r.state != rollout.State.PAUSED:
             # at the next step's time, and meanwhile each second (readiness)
@@ -405,17 +420,23 @@ def tick(client: kube.Client, now: float, traffic: Traffic | None = None,
 
 
 def write_or_raise(client: kube.Client, current: dict[str, Any], state: resources.AppState,
-                   plan: rollout.Rollout) -> None:
-    """The TraefikService with ``plan``, if it is still the one read (else kube.Conflict)."""
-    obj = resources.app_objects(state.name, state.namespace, state.host, state.port, plan, list(state.revisions),
-                                state.tls)[0]
+                   plan: rollout.Rollout, routes: bool = False) -> None:
+    """The TraefikService with ``plan``, if it is still the one read (else kube.Conflict), and
+    with ``routes`` its IngressRoutes and Middleware."""
+    objs = resources.app_objects(state.name, state.namespace, state.host, state.port, plan, list(state.revisions),
+                                 state.tls, state.nodes)
+    obj = objs[0]
     obj["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
     client.apply(obj)
+    if routes:  # the names changed (a node came or went): the routes follow the TraefikService
+        for route in objs[1:]:
+            client.apply(route)
 
 
-def write(client: kube.Client, current: dict[str, Any], state: resources.AppState, plan: rollout.Rollout) -> None:
+def write(client: kube.Client, current: dict[str, Any], state: resources.AppState, plan: rollout.Rollout,
+          routes: bool = False) -> None:
     try:
-        write_or_raise(client, current, state, plan)
+        write_or_raise(client, current, state, plan, routes)
     except kube.Conflict:
         log("conflict", app=state.name, namespace=state.namespace, message="changed meanwhile: next tick")
 

@@ -14,6 +14,7 @@ NAMESPACE = tls.NAMESPACE
 NAME = "basalt-apps-controller"
 IMAGE = "docker.io/basalt/apps-controller"  # fully qualified: the name containerd keeps it under
 IMAGE_FILE = "basalt-apps-controller.tar"  # in /usr/lib/basalt/k3s/images (then k3s's agent/images)
+MDNS = "basalt-mdns"  # the apps' names on each node's LAN (agent/apps/mdns.py): a DaemonSet, same image
 
 
 def image(version: str) -> str:
@@ -33,7 +34,9 @@ def objects(version: str) -> list[dict[str, Any]]:
              {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
               "verbs": ["get", "list", "create", "patch", "delete"]},
              # the site-ca apps' certificates (agent/apps/tls.py): written, never read back
-             {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "patch"]}]
+             {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "patch"]},
+             # the nodes whose LANs name the apps (APP.NODE.local): their names only
+             {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list"]}]
     container = {
         "name": "controller", "image": image(version), "imagePullPolicy": "Never",
         # the holding endpoint for sleeping revisions; the wake slices give this pod's IP
@@ -65,6 +68,41 @@ def objects(version: str) -> list[dict[str, Any]]:
                                             {"name": "site-ca", "secret": {"secretName": tls.CA_SECRET,
                                                                            "optional": True, "defaultMode": 0o440}},
                                             {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}],
+                                        "containers": [container]}}}},
+        *mdns_objects(version),
+    ]
+
+
+def mdns_objects(version: str) -> list[dict[str, Any]]:
+    """The announcer on every node: the host's network (its LAN's multicast), reading the apps'
+    TraefikServices and nothing else, as nobody, with no capability (UDP 5353 needs none)."""
+    labels = {**MANAGED, "app.kubernetes.io/name": MDNS}
+    meta = {"name": MDNS, "namespace": NAMESPACE, "labels": labels}
+    container = {
+        "name": "mdns", "image": image(version), "imagePullPolicy": "Never",
+        "command": ["/usr/bin/python3", "-S", "-m", "agent.apps.mdns"],
+        "env": [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+                {"name": "PYTHONPATH", "value": "/app:/usr/lib/python3/dist-packages"}],  # zeroconf, Debian's
+        "resources": {"requests": {"cpu": "5m", "memory": "16Mi"}, "limits": {"memory": "48Mi"}},
+        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                            "capabilities": {"drop": ["ALL"]}}}
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+         "metadata": {"name": MDNS, "labels": labels},
+         "rules": [{"apiGroups": ["traefik.io"], "resources": ["traefikservices"], "verbs": ["list"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+         "metadata": {"name": MDNS, "labels": labels},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": MDNS},
+         "subjects": [{"kind": "ServiceAccount", "name": MDNS, "namespace": NAMESPACE}]},
+        {"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": meta,
+         "spec": {"selector": {"matchLabels": {"app.kubernetes.io/name": MDNS}},
+                  "template": {"metadata": {"labels": labels},
+                               "spec": {"serviceAccountName": MDNS, "enableServiceLinks": False,
+                                        "hostNetwork": True, "dnsPolicy": "ClusterFirstWithHostNet",
+                                        "tolerations": [{"operator": "Exists"}],  # every node, tainted too
+                                        "securityContext": {"runAsNonRoot": True, "runAsUser": 65534,
+                                                            "runAsGroup": 65534},
                                         "containers": [container]}}}},
     ]
 

@@ -38,7 +38,7 @@ PATHS = {  # kind → (API prefix, plural)
     "Event": ("/api/v1", "events"),
     "EndpointSlice": ("/apis/discovery.k8s.io/v1", "endpointslices"),
     "Middleware": ("/apis/traefik.io/v1alpha1", "middlewares"),
-    "Secret": ("/api/v1", "secrets"), "ConfigMap": ("/api/v1", "configmaps"),
+    "Secret": ("/api/v1", "secrets"), "ConfigMap": ("/api/v1", "configmaps"), "Node": ("/api/v1", "nodes"),
 }
 
 

@@ -6,12 +6,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.apps import rollout
-from agent.apps.spec import APP, DOMAIN, MANAGED, REVISION, AppSpec, Scale, parse_scale, preview_host, problem
+from agent.apps.spec import (
+    APP,
+    DOMAIN,
+    MANAGED,
+    REVISION,
+    AppSpec,
+    Scale,
+    local_host,
+    node_label,
+    parse_scale,
+    preview_host,
+    problem,
+)
 from agent.apps.tls import RESOLVER, Tls, secret_name
 
 TRAEFIK = "traefik.io/v1alpha1"
 PLAIN = Tls()  # HTTP only
 IMAGE, SCALE, PORT, HOST = f"{DOMAIN}/image", f"{DOMAIN}/scale", f"{DOMAIN}/port", f"{DOMAIN}/host"
+NODES = f"{DOMAIN}/nodes"
 ENTRY_POINTS = ["web"]  # k3s's Traefik: port 80
 SECURE_ENTRY_POINTS = ["websecure"]  # port 443
 CPU_REQUEST, MEMORY_REQUEST = "25m", "16Mi"  # the HPA's utilization is of the request; small for 1 GB nodes
@@ -64,27 +77,39 @@ def revision_objects(spec: AppSpec, replicas: int | None = None) -> list[dict[st
     return out
 
 
-def hosts(host: str, revisions: list[str]) -> list[str]:
-    """The names an app answers: its host, then each revision's preview host."""
-    return [host, *(preview_host(host, r) for r in sorted(revisions))]
+def hosts(host: str, revisions: list[str], also: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """The names an app answers: its host, then each revision's preview host; then the same for
+    each name in ``also`` (its names on the nodes' LANs)."""
+    return [name for h in (host, *also) for name in (h, *(preview_host(h, r) for r in sorted(revisions)))]
+
+
+def local_hosts(app: str, namespace: str, nodes: tuple[str, ...]) -> list[str]:
+    return [local_host(app, namespace, n) for n in nodes]
+
+
+def _match(names: list[str]) -> str:
+    return " || ".join(f"Host(`{h}`)" for h in names)
 
 
 def app_objects(app: str, namespace: str, host: str, port: int, plan: rollout.Rollout,
-                revisions: list[str], tls: Tls = PLAIN) -> list[dict[str, Any]]:
-    """The app: its TraefikService (the weights, the rollout and its HTTPS in annotations) and its
-    IngressRoute (the app's host to the weights, each revision's preview host to its own Service).
-    With TLS (agent/apps/tls.py) the route is on ``websecure`` with the app's certificate, and a
-    second one, ``APP-http``, redirects plain HTTP to it (the Middleware ``APP-https``)."""
+                revisions: list[str], tls: Tls = PLAIN, nodes: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """The app: its TraefikService (the weights, the rollout, its HTTPS and the nodes it is named
+    on in annotations) and its IngressRoute (the app's host, and its name on each node's LAN, to
+    the weights; each revision's preview hosts to its own Service). With TLS (agent/apps/tls.py)
+    the route is on ``websecure`` with the app's certificate, and a second one, ``APP-http``,
+    redirects plain HTTP to it (the Middleware ``APP-https``)."""
     names = sorted(revisions)
+    local = local_hosts(app, namespace, nodes)
     weighted = {
         "apiVersion": TRAEFIK, "kind": "TraefikService",
         "metadata": _meta(app, namespace, app, annotations={HOST: host, PORT: str(port), **plan.annotations(),
-                                                            **tls.annotations(DOMAIN)}),
+                                                            **tls.annotations(DOMAIN),
+                                                            **({NODES: ",".join(nodes)} if nodes else {})}),
         "spec": {"weighted": {"services": [{"name": revision_name(app, r), "port": port,
                                             "weight": plan.weights.get(r, 0)} for r in names]}}}
-    routes: list[dict[str, Any]] = [{"kind": "Rule", "match": f"Host(`{host}`)",
+    routes: list[dict[str, Any]] = [{"kind": "Rule", "match": _match([host, *local]),
                                      "services": [{"kind": "TraefikService", "name": app}]}]
-    routes += [{"kind": "Rule", "match": f"Host(`{preview_host(host, r)}`)",
+    routes += [{"kind": "Rule", "match": _match([preview_host(h, r) for h in (host, *local)]),
                 "services": [{"name": revision_name(app, r), "port": port}]} for r in names]
     if tls.mode == "off":
         route = {"apiVersion": TRAEFIK, "kind": "IngressRoute", "metadata": _meta(app, namespace, app),
@@ -125,7 +150,12 @@ class AppState:
     rollout: rollout.Rollout
     revisions: dict[str, RevisionState] = field(default_factory=dict)
     tls: Tls = field(default_factory=Tls)
+    nodes: tuple[str, ...] = ()  # the nodes whose LANs name it (APP.NODE.local), from the controller
     objects: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def local_hosts(self) -> list[str]:
+        return local_hosts(self.name, self.namespace, self.nodes)
 
     def spec(self, revision: str) -> AppSpec:
         rev = self.revisions[revision]
@@ -156,7 +186,8 @@ def read(objects: list[dict[str, Any]], app: str, namespace: str = "default") ->
                for s in weighted["spec"]["weighted"]["services"]}
     state = AppState(app, namespace, notes.get(HOST, ""), int(notes.get(PORT, 0)),
                      rollout.from_annotations(weights, notes), objects=mine,
-                     tls=Tls.from_annotations(notes, DOMAIN))
+                     tls=Tls.from_annotations(notes, DOMAIN),
+                     nodes=tuple(n for n in notes.get(NODES, "").split(",") if node_label(n) == n))
     for obj in mine:
         if obj.get("kind") != "Deployment":
             continue

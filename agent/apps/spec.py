@@ -245,6 +245,21 @@ def from_fields(fields: dict[str, Any]) -> AppSpec:
                    revision=check_revision(str(fields.get("revision") or FIRST_REVISION)))
 
 
+LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def node_label(node: str) -> str | None:
+    """A node's name as the label of its LAN names: its first label, if that is a DNS label."""
+    first = node.split(".", 1)[0].lower()
+    return first if LABEL.fullmatch(first) else None
+
+
+def local_host(app: str, namespace: str, node: str) -> str:
+    """The app's name on ``node``'s LAN, announced by mDNS (agent/apps/mdns.py): APP.NODE.local,
+    or APP.NAMESPACE.NODE.local outside the default namespace."""
+    return f"{app}.{node}.local" if namespace == "default" else f"{app}.{namespace}.{node}.local"
+
+
 def preview_host(host: str, revision: str) -> str:
     """A revision's own host name: REVISION-HOST (shop.example.com → v2-shop.example.com)."""
     first, dot, rest = host.partition(".")

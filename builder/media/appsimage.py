@@ -24,7 +24,8 @@ OPENSSL = "usr/bin/openssl"
 APP_DIR = "app"  # /app/agent/apps/*.py
 # Modules Python needs before any import statement runs, and codecs looked up by name.
 SEEDS = ("encodings", "encodings.aliases", "encodings.utf_8", "encodings.latin_1", "encodings.ascii",
-         "encodings.idna", "agent.apps.controller")
+         "encodings.idna", "agent.apps.controller", "agent.apps.mdns")
+DIST = "usr/lib/python3/dist-packages"  # Debian's python3-zeroconf (and its imports), for agent.apps.mdns
 # Found by modulefinder in code paths the controller never takes (a debugger's line editing).
 SKIP_EXTENSIONS = {"readline", "termios", "_curses", "_tkinter"}
 LIB_DIRS = ("usr/lib", "usr/lib64", "lib", "lib64")
@@ -90,14 +91,15 @@ def closure(root: Path) -> list[str]:
     """Every file the layer holds from ``root``, as paths relative to it (links kept as links)."""
     root = root.resolve()
     stdlib = sorted((root / "usr/lib").glob("python3.[0-9]*"))[-1]
-    finder = modulefinder.ModuleFinder(path=[str(ROOT), str(stdlib)], excludes=["yaml"])
+    dist = root / DIST
+    finder = modulefinder.ModuleFinder(path=[str(ROOT), str(stdlib), str(dist)], excludes=["yaml"])
     for seed in SEEDS:
         finder.import_hook(seed)
     files: set[str] = set()
     for module in finder.modules.values():
         found = getattr(module, "__file__", None)
         path = Path(found) if found else None
-        if path is None or not path.is_relative_to(stdlib):
+        if path is None or not (path.is_relative_to(stdlib) or path.is_relative_to(dist)):
             continue
         files.add(str(path.relative_to(root)))
         tag = stdlib.name.replace("python", "cpython-").replace(".", "")  # python3.11 → cpython-311

@@ -194,7 +194,8 @@ def test_k3s_image_from_a_release_server_runs_under_the_agent(stand_in_build: St
 def test_the_apps_controller_image_issues_certificates_with_its_own_openssl(stand_in_build: StandIn,
                                                                           tmp_path: Path) -> None:
     """The controller's image as k3s imports it from this image (no boot needed): its layer holds
-    openssl, and the controller's code issues a certificate with it in a chroot (none of the host's)."""
+    openssl, and the controller's code issues a certificate with it in a chroot (none of the host's);
+    the mDNS announcer's library is there too."""
     archive = stand_in_build.out / "rootfs" / "root" / "usr/lib/basalt/k3s/images" / deploy.IMAGE_FILE
     layer = tmp_path / "layer"
     appsimage.unpack(archive, layer)
@@ -209,6 +210,13 @@ def test_the_apps_controller_image_issues_certificates_with_its_own_openssl(stan
     checked = subprocess.run(["openssl", "verify", "-CAfile", str(layer / "tmp/ca.pem"), "-purpose", "sslserver",
                               str(layer / "tmp/cert.pem")], capture_output=True, text=True)
     assert checked.returncode == 0 and checked.stdout.strip().endswith(": OK"), checked
+    # the mDNS announcer (the DaemonSet basalt-mdns) imports Debian's python3-zeroconf from the layer
+    mdns = next(o for o in deploy.objects("0.1.0") if o["kind"] == "DaemonSet")["spec"]["template"]["spec"]
+    env = {e["name"]: e["value"] for e in mdns["containers"][0]["env"] if "value" in e}
+    version = subprocess.run(["/usr/sbin/chroot", str(layer), "/usr/bin/python3", "-S", "-c",
+                              "import agent.apps.mdns, zeroconf; print(zeroconf.__version__)"],
+                             env={**appsimage.CHROOT_ENV, **env}, capture_output=True, text=True, timeout=60)
+    assert version.returncode == 0 and version.stdout.strip() == "0.47.3", version
 
 
 JOIN_TOKEN = "K10-join-token-7f3a91"

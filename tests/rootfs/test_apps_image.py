@@ -78,6 +78,14 @@ def test_the_controller_runs_in_its_image_and_steps_a_promotion(image: tuple[Pat
 def test_the_controller_manifest_is_valid_kubernetes() -> None:
     for obj in deploy.objects("0.1.0"):
         assert manifests.object_problems(obj, manifests.kubernetes_version("v1.34.2+k3s1")) == [], obj["kind"]
-    dep = deploy.objects("0.1.0")[-1]
+    by_kind = {(o["kind"], o["metadata"]["name"]): o for o in deploy.objects("0.1.0")}
+    dep = by_kind[("Deployment", "basalt-apps-controller")]
     container = dep["spec"]["template"]["spec"]["containers"][0]
     assert (container["image"], container["imagePullPolicy"]) == ("docker.io/basalt/apps-controller:0.1.0", "Never")
+    # the mDNS announcer: every node, the host's network, the same image, reading TraefikServices only
+    mdns = by_kind[("DaemonSet", "basalt-mdns")]["spec"]["template"]["spec"]
+    assert mdns["hostNetwork"] is True and mdns["tolerations"] == [{"operator": "Exists"}]
+    assert mdns["containers"][0]["image"] == container["image"]
+    assert mdns["containers"][0]["command"] == ["/usr/bin/python3", "-S", "-m", "agent.apps.mdns"]
+    assert by_kind[("ClusterRole", "basalt-mdns")]["rules"] == [
+        {"apiGroups": ["traefik.io"], "resources": ["traefikservices"], "verbs": ["list"]}]

@@ -170,6 +170,53 @@ def test_a_site_ca_app_is_served_over_https_with_its_own_certificate(
     assert ("Secret", "default", "shop-tls") not in api.objects
 
 
+def test_an_app_is_named_on_each_nodes_lan_in_its_routes_certificate_and_ps(
+        cluster: tuple[FakeKube, Traefik, Path], site_ca: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    api, router, conf = cluster
+    assert basalt_app(conf, "run", "nginx:1.27", "--name", "cafe", "--port", "8080", "--tls", "site-ca") == 0
+    with api.lock:  # two nodes; the first has a domain name, which its LAN name drops
+        for node in ("depot-7.site.example", "depot-8"):
+            api.store("Node", "", node, {"metadata": {"name": node}})
+    client = kube.Client(kube.credentials(str(conf)))
+    certificates = controller.Certificates(str(site_ca))
+    try:
+        controller.tick(client, time.time(), certificates=certificates)
+        assert api.get("TraefikService", "cafe")["metadata"]["annotations"]["basalt.io/nodes"] == "depot-7,depot-8"
+        routes = api.get("IngressRoute", "cafe")["spec"]["routes"]
+        assert [r["match"] for r in routes] == [
+            "Host(`cafe.local`) || Host(`cafe.depot-7.local`) || Host(`cafe.depot-8.local`)",
+            "Host(`v1-cafe.local`) || Host(`v1-cafe.depot-7.local`) || Host(`v1-cafe.depot-8.local`)"]
+        status, body, cert = until(lambda: https(router.websecure, "cafe.depot-7.local", site_ca / "ca.pem"),
+                                   "cafe by its LAN name")
+        assert (status, body) == (200, "v1")
+        assert names(cert) == ["cafe.depot-7.local", "cafe.depot-8.local", "cafe.local", "v1-cafe.depot-7.local",
+                               "v1-cafe.depot-8.local", "v1-cafe.local"]
+        assert https(router.websecure, "v1-cafe.depot-8.local", site_ca / "ca.pem")[:2] == (200, "v1")
+        assert plain(router.web, "cafe.depot-8.local") == (301, "https://cafe.depot-8.local/a/path?q=1")
+        capsys.readouterr()
+        assert basalt_app(conf, "ps") == 0
+        urls = [line.split()[-1] for line in capsys.readouterr().out.splitlines() if line.startswith("cafe ")]
+        assert urls == ["https://v1-cafe.local/", "idle", "https://cafe.depot-7.local/", "https://cafe.depot-8.local/"]
+        # a node gone: its names leave the routes and the certificate
+        with api.lock:
+            del api.objects[("Node", "", "depot-8")]
+        controller.tick(client, time.time() + 1, certificates=certificates)
+        assert [r["match"] for r in api.get("IngressRoute", "cafe")["spec"]["routes"]] == [
+            "Host(`cafe.local`) || Host(`cafe.depot-7.local`)",
+            "Host(`v1-cafe.local`) || Host(`v1-cafe.depot-7.local`)"]
+
+        def reissued() -> list[str] | None:
+            served = names(https(router.websecure, "cafe.local", site_ca / "ca.pem")[2])
+            return served if "cafe.depot-8.local" not in served else None
+        assert until(reissued, "the certificate without depot-8") == [
+            "cafe.depot-7.local", "cafe.local", "v1-cafe.depot-7.local", "v1-cafe.local"]
+    finally:
+        with api.lock:
+            for key in [k for k in api.objects if k[0] == "Node"]:
+                del api.objects[key]
+    assert basalt_app(conf, "rm", "cafe") == 0
+
+
 def test_without_a_ca_the_controller_says_so_once_and_issues_when_it_comes(
         cluster: tuple[FakeKube, Traefik, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
         site_ca: Path) -> None:
