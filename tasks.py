@@ -114,7 +114,8 @@ def fleet(c: Context, command: str, inventory: str, new: str = "", image: str = 
 @task
 def app(c: Context) -> None:
     """Apps on a cluster (a kubeconfig) or --dry-run: ./inv app -- run IMAGE --name N --port P, stage, promote,
-    weight, scale, ps, logs, rm (the node's `basalt app`; docs/apps.md)."""
+    weight, scale, ps, top, logs, ca, rm (the node's `basalt app`); ./inv app -- build SOURCE --name N: an
+    image from git, delivered and staged (docs/apps.md)."""
     # The arguments as the shell split them (sys.argv after --), passed as argv: never joined into a
     # shell line again, so an argument holding ';' or '$(...)' is only ever an argument.
     import subprocess
@@ -122,7 +123,10 @@ def app(c: Context) -> None:
     if not argv:
         raise SystemExit("inv app: give the command after --, e.g. ./inv app -- --dry-run run nginx:1.27 "
                          "--name shop --port 80")
-    code = subprocess.run([PY, "-m", "agent.apps.cli", *argv], check=False).returncode
+    if argv[0] == "build":  # on the build host: from git with buildah, delivered, staged (builder/appbuild.py)
+        code = subprocess.run([PY, "-m", "builder", "app-build", *argv[1:]], check=False).returncode
+    else:
+        code = subprocess.run([PY, "-m", "agent.apps.cli", *argv], check=False).returncode
     if code:
         raise SystemExit(code)
 

@@ -90,6 +90,25 @@ def main(argv: list[str] | None = None) -> int:
     ca.add_argument("--max", metavar="SIZE", help="the cache's largest size, e.g. 20G (default BASALT_CACHE_MAX, 40G)")
     ca.add_argument("--need", metavar="SIZE",
                     help="then fail unless the disks of the cache and of temporary files have SIZE free")
+    ab = sub.add_parser("app-build", help="build an app's image from git with buildah, deliver it, stage it "
+                                          "(./inv app -- build; docs/apps.md)")
+    ab.add_argument("source", help="a git URL or a local git checkout")
+    ab.add_argument("--name", required=True, help="the app (it must exist: basalt app run first)")
+    ab.add_argument("--ref", default="HEAD", help="a branch, tag or commit (default HEAD)")
+    ab.add_argument("-n", "--namespace", default="default")
+    ab.add_argument("--kubeconfig", help="the cluster to stage into (default $KUBECONFIG, ~/.kube/config)")
+    ab.add_argument("-o", "--out", default="out/apps", help="where the image archive and its manifest go")
+    ab.add_argument("--store", help="buildah's storage (default: the cache's buildah/)")
+    ab.add_argument("--deliver", metavar="ssh://[USER@]HOST[:PORT]|DIR",
+                    help="put the image on a node: over SSH into its containerd and air-gap images, "
+                         "or into a directory")
+    ab.add_argument("--identity", help="the SSH key for --deliver ssh://")
+    ab.add_argument("--known-hosts", help="the known_hosts file for --deliver ssh:// (new hosts are added)")
+    ab.add_argument("--registry", metavar="HOST[:PORT][/PATH]", help="push to a registry the site runs, and stage that")
+    ab.add_argument("--insecure-registry", action="store_true", help="the registry speaks plain HTTP")
+    ab.add_argument("--no-stage", action="store_true", help="build and deliver only")
+    ab.add_argument("--watch", action="store_true", help="poll the ref; build, deliver and stage each new commit")
+    ab.add_argument("--interval", default="30s", help="how often --watch asks (default 30s)")
     args = parser.parse_args(argv)
     try:
         return run(args)
@@ -181,6 +200,9 @@ def run(args: argparse.Namespace) -> int:
                              Path(args.meta_data) if args.meta_data else None)
         print(out)
         return 0
+    if args.command == "app-build":
+        from builder import appbuild
+        return appbuild.main(args)
     if args.command == "cache":
         return cache_command(args)
     raise AssertionError(args.command)

@@ -24,6 +24,7 @@ PACKAGES = {
     "minisign": "minisign", "xz": "xz-utils", "bmaptool": "bmap-tools", "mksquashfs": "squashfs-tools",
     "grub-mkimage": "grub-common", "gpgv": "gpgv", "mkfs.ext4": "e2fsprogs", "mkfs.vfat": "dosfstools",
     "cp": "coreutils", "mmdebstrap": "mmdebstrap", "sfdisk": "fdisk", "dpkg-deb": "dpkg",
+    "buildah": "buildah", "git": "git", "scp": "openssh-client", "ssh": "openssh-client",
 }
 TAIL_LINES = 8
 
@@ -48,25 +49,30 @@ def install_hint(tool: str) -> str:
 
 def run(argv: list[str], what: str | None = None, hint: str | None = None, env: Mapping[str, str] | None = None,
         log: Path | None = None, stdout: IO[Any] | None = None, cwd: Path | None = None,
-        input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+        input: bytes | None = None, timeout: float | None = None) -> subprocess.CompletedProcess[bytes]:
     """Run ``argv``; a BasaltError when it cannot start or exits non-zero, saying ``what`` failed
     (default: the tool's name) with the last lines it wrote to stderr (or to ``log``, where its
     output goes when given) and ``hint`` (default: the command; for a tool that is missing, its
     Debian package). Its stdout is
-    captured unless ``stdout`` or ``log`` takes it."""
+    captured unless ``stdout`` or ``log`` takes it. ``timeout``: seconds, then it is killed and that
+    is the error."""
     what = what or os.path.basename(argv[0])
     try:
         if log is not None:
             with log.open("wb") as out:
-                proc = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, input=input)
+                proc = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, input=input,
+                                      timeout=timeout)
             said = log.read_bytes()
         else:
             proc = subprocess.run(argv, stdout=stdout if stdout is not None else subprocess.PIPE,
                                   stderr=subprocess.PIPE, env=env, cwd=cwd, input=input,
-                                  stdin=None if input is not None else subprocess.DEVNULL)
+                                  stdin=None if input is not None else subprocess.DEVNULL, timeout=timeout)
             said = proc.stderr or b""
     except FileNotFoundError:
         raise BasaltError(Problem(f"{what}: {argv[0]} not found", hint=install_hint(argv[0]))) from None
+    except subprocess.TimeoutExpired:
+        raise BasaltError(Problem(f"{what}: no answer in {timeout:g} s (stopped)",
+                                  hint=hint or f"the command was: {shlex.join(argv)[:400]}")) from None
     if proc.returncode != 0:
         tail = said.decode(errors="replace").strip().splitlines()[-TAIL_LINES:]
         detail = (":\n  " + "\n  ".join(tail)) if len(tail) > 1 else f": {tail[0]}" if tail else ""
