@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent import files
 from agent.apps import spec
 from agent.errors import BasaltError, Problem
 from builder import host, progress
@@ -152,8 +153,8 @@ def build(source: str, ref: str, name: str, out: Path, store: Path | None = None
     return built
 
 
-def ssh_base(target: str, identity: str | None, known_hosts: str | None) -> tuple[list[str], list[str], str]:
-    """(ssh argv, scp argv, USER@HOST) for ``ssh://[USER@]HOST[:PORT]``."""
+def ssh_base(target: str, identity: str | None, known_hosts: str | None) -> tuple[list[str], str]:
+    """(ssh argv, USER@HOST) for ``ssh://[USER@]HOST[:PORT]``."""
     m = SSH_TARGET.fullmatch(target)
     if not m:
         raise fail(f"{target!r} is not ssh://[USER@]HOST[:PORT]", "e.g. ssh://root@10.0.0.7:22", "--deliver")
@@ -164,23 +165,29 @@ def ssh_base(target: str, identity: str | None, known_hosts: str | None) -> tupl
         opts += ["-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=accept-new"]
     port = m.group("port") or "22"
     where = f"{m.group('user') or 'root'}@{m.group('host')}"
-    return ["ssh", *opts, "-p", port], ["scp", "-q", *opts, "-P", port], where
+    return ["ssh", *opts, "-p", port], where
 
 
 def deliver(built: Built, target: str, identity: str | None = None, known_hosts: str | None = None) -> str:
     """Put the image where the node's containerd has it; what was done, in words."""
     if target.startswith("ssh://"):
-        ssh, scp, where = ssh_base(target, identity, known_hosts)
+        ssh, where = ssh_base(target, identity, known_hosts)
         remote = f"{IMAGES_DIR}/{built.archive.name}"
         host.run([*ssh, where, f"mkdir -p {IMAGES_DIR}"], what=f"reaching {where}", timeout=COPY_TIMEOUT_S)
-        with progress.step(f"Copying {built.archive.name} to {where}"):
-            host.run([*scp, str(built.archive), f"{where}:{remote}.part"], what=f"copying to {where}",
+        with progress.step(f"Copying {built.archive.name} to {where}"), built.archive.open("rb") as f:
+            # streamed through the shell (a node's SSH server may have no scp or sftp), then renamed
+            host.run([*ssh, where, f"cat > {remote}.part"], what=f"copying to {where}", timeout=COPY_TIMEOUT_S,
+                     stdin=f)
+        said = host.run([*ssh, where, f"sha256sum {remote}.part"], what=f"checking the copy on {where}",
+                        timeout=COPY_TIMEOUT_S).stdout.decode(errors="replace").split()[:1]
+        if said != [built.sha256]:
+            host.run([*ssh, where, f"rm -f {remote}.part"], what=f"removing the damaged copy on {where}",
                      timeout=COPY_TIMEOUT_S)
-        host.run([*ssh, where, f"mv {remote}.part {remote} && ctr -n k8s.io images import {remote} >/dev/null "
-                               f"&& sha256sum {remote}"],
+            raise fail(f"{where}: {remote} arrived damaged (sha256 {said}, sent {built.sha256}); removed",
+                       "try again; check the node's disk and link", "--deliver")
+        host.run([*ssh, where, f"mv {remote}.part {remote} && ctr -n k8s.io images import {remote} >/dev/null"],
                  what=f"importing {built.image} on {where}", timeout=COPY_TIMEOUT_S,
-                 hint="the node needs containerd's ctr (a Basalt k3s node has it) and room in "
-                      f"{IMAGES_DIR}")
+                 hint=f"the node needs containerd's ctr (a Basalt k3s node has it) and room in {IMAGES_DIR}")
         return f"imported into {where}'s containerd (and kept in {IMAGES_DIR} for k3s to import at start)"
     if target.startswith(("http://", "https://")) or "://" in target:
         raise fail(f"{target!r} is not a place to deliver to", "ssh://[USER@]HOST[:PORT] or a directory", "--deliver")
@@ -188,9 +195,9 @@ def deliver(built: Built, target: str, identity: str | None = None, known_hosts:
     if not directory.is_dir():
         raise fail(f"{target}: no such directory", "e.g. a node's /var/lib/rancher/k3s/agent/images, mounted",
                    "--deliver")
-    partial = directory / f".{built.archive.name}.part"
-    shutil.copyfile(built.archive, partial)
-    os.replace(partial, directory / built.archive.name)
+    # never through a link planted in the directory: a new file beside, then renamed (agent/files.py)
+    with files.Replacing(str(directory / built.archive.name), 0o644) as out, built.archive.open("rb") as f:
+        shutil.copyfileobj(f, out, 1 << 20)
     return f"copied to {directory}"
 
 

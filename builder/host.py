@@ -49,13 +49,14 @@ def install_hint(tool: str) -> str:
 
 def run(argv: list[str], what: str | None = None, hint: str | None = None, env: Mapping[str, str] | None = None,
         log: Path | None = None, stdout: IO[Any] | None = None, cwd: Path | None = None,
-        input: bytes | None = None, timeout: float | None = None) -> subprocess.CompletedProcess[bytes]:
+        input: bytes | None = None, timeout: float | None = None,
+        stdin: IO[Any] | None = None) -> subprocess.CompletedProcess[bytes]:
     """Run ``argv``; a BasaltError when it cannot start or exits non-zero, saying ``what`` failed
     (default: the tool's name) with the last lines it wrote to stderr (or to ``log``, where its
     output goes when given) and ``hint`` (default: the command; for a tool that is missing, its
     Debian package). Its stdout is
     captured unless ``stdout`` or ``log`` takes it. ``timeout``: seconds, then it is killed and that
-    is the error."""
+    is the error. ``stdin``: a file it reads (streamed, never held in memory)."""
     what = what or os.path.basename(argv[0])
     try:
         if log is not None:
@@ -66,7 +67,8 @@ def run(argv: list[str], what: str | None = None, hint: str | None = None, env: 
         else:
             proc = subprocess.run(argv, stdout=stdout if stdout is not None else subprocess.PIPE,
                                   stderr=subprocess.PIPE, env=env, cwd=cwd, input=input,
-                                  stdin=None if input is not None else subprocess.DEVNULL, timeout=timeout)
+                                  stdin=None if input is not None else stdin if stdin is not None else
+                                  subprocess.DEVNULL, timeout=timeout)
             said = proc.stderr or b""
     except FileNotFoundError:
         raise BasaltError(Problem(f"{what}: {argv[0]} not found", hint=install_hint(argv[0]))) from None

@@ -2,7 +2,8 @@
 
 An OCI image is built on the host from the image's own static busybox (no registry),
 copied in over SSH, imported with ``ctr image import`` and run with a memory limit that
-cgroup v2 must enforce. ``basalt doctor`` must pass on that boot, and fail, naming the
+cgroup v2 must enforce. An app image built from git with buildah (builder/appbuild.py) is
+delivered over SSH the way a k3s node gets it, and runs. ``basalt doctor`` must pass on that boot, and fail, naming the
 block and its fix, when the kernel command line blocks br_netfilter.
 
 Guests are bounded by timeouts and killed on exit; their network is restricted to the
@@ -14,9 +15,12 @@ import hashlib
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from buildah import make_base, repository
 
+from builder import appbuild
 from builder.media import oci
 from builder.vm import seed
 from builder.vm.qemu import IDLE, READY, Guest
@@ -71,6 +75,17 @@ def test_containerd_runs_an_imported_oci_image_under_a_cgroup_v2_memory_limit(
 
         out = sh(f"ctr run --rm {IMAGE} marker sh -c 'echo MARKER-$((6*7))'", timeout=180)
         assert out == "MARKER-42", out
+        # An app built from git on this host (builder/appbuild.py: buildah, FROM a base made of this
+        # image's busybox) and delivered over SSH into this containerd (and its air-gap directory).
+        store = make_base(tmp_path / "buildah", busybox)
+        repo = repository(tmp_path / "shop", hello="hello-from-git\n")
+        built = appbuild.once(SimpleNamespace(
+            source=str(repo), ref="main", name="shop", namespace="default", kubeconfig=None, out=str(tmp_path / "apps"),
+            store=str(store), deliver=f"ssh://root@127.0.0.1:{guest.ssh_port}", identity=str(key),
+            known_hosts=str(tmp_path / "known_hosts"), registry=None, insecure_registry=False, no_stage=True))
+        assert sh(f"sha256sum {appbuild.IMAGES_DIR}/{built.archive.name}").split()[0] == built.sha256
+        assert built.image in sh("ctr -n k8s.io image ls -q").splitlines()
+        assert sh(f"ctr -n k8s.io run --rm {built.image} from-git", timeout=180) == "hello-from-git"
         # A long-running container with a 32 MiB limit, in a cgroup the host can read.
         group = "/sys/fs/cgroup/basalt-test/limited"
         sh(f"ctr run -d --cgroup /basalt-test/limited --memory-limit {LIMIT} {IMAGE} limited sleep 600", timeout=180)

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
-import subprocess
 import tarfile
 import threading
 import time
@@ -19,56 +17,23 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from buildah import commit, dockerfile, git, make_base, repository
 from fake_kube import FakeKube
 
 from agent.apps import cli as app_cli
 from builder import appbuild, progress
 from builder import cli as builder_cli
 
-BASE = "localhost/basalt-test-base:1"
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
-                          capture_output=True, text=True, check=True, timeout=60).stdout.strip()
-
-
-def commit(repo: Path, files: dict[str, str], message: str) -> str:
-    for name, text in files.items():
-        (repo / name).write_text(text)
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", message)
-    return git(repo, "rev-parse", "HEAD")
-
-
-def dockerfile(run: str = "echo built-by-run > /srv/run.txt") -> str:
-    return f"FROM {BASE}\nCOPY hello.txt /srv/hello.txt\nRUN {run}\nCMD [\"/bin/cat\", \"/srv/hello.txt\"]\n"
-
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """buildah's storage with the base image: Debian's static busybox, from scratch."""
-    d = tmp_path_factory.mktemp("buildah")
-    root = d / "rootfs"
-    (root / "bin").mkdir(parents=True)
-    shutil.copy("/bin/busybox", root / "bin/busybox")
-    for name in ("sh", "cat", "echo", "false"):
-        (root / "bin" / name).symlink_to("busybox")
-    b = ["buildah", *appbuild.storage(d)]
-    container = subprocess.run([*b, "from", "scratch"], capture_output=True, text=True, check=True).stdout.strip()
-    subprocess.run([*b, "copy", container, f"{root}/", "/"], check=True, capture_output=True)
-    subprocess.run([*b, "config", "--cmd", '["/bin/sh"]', container], check=True, capture_output=True)
-    subprocess.run([*b, "commit", "-q", container, BASE], check=True, capture_output=True)
-    subprocess.run([*b, "rm", container], check=True, capture_output=True)
-    return d
+    """buildah's storage with the base image: Debian's static busybox (the host's busybox-static)."""
+    return make_base(tmp_path_factory.mktemp("buildah"), Path("/bin/busybox"))
 
 
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[tuple[FakeKube, str, Path]]:
-    repo = tmp_path / "shop"
-    repo.mkdir()
-    git(repo, "init", "-q", "-b", "main")
-    commit(repo, {"Dockerfile": dockerfile(), "hello.txt": "hello-v1\n"}, "first")
+    repo = repository(tmp_path / "shop")
     with FakeKube() as api:
         conf = str(api.kubeconfig(tmp_path / "kubeconfig"))
         assert app_cli.standalone(["--kubeconfig", conf, "run", "nginx:1.27", "--name", "shop", "--port", "8080",
@@ -115,7 +80,7 @@ def test_a_commit_is_built_delivered_and_staged(site: tuple[FakeKube, str, Path]
     files = layer_files(archive)
     assert files["srv/hello.txt"] == b"hello-v1\n" and files["srv/run.txt"] == b"built-by-run\n"  # RUN ran
     assert (node_images / archive.name).read_bytes() == archive.read_bytes()
-    assert not list(node_images.glob(".*part")) and not list(out.glob("*.part"))
+    assert sorted(p.name for p in node_images.iterdir()) == [archive.name] and not list(out.glob("*.part"))
     # staged: a new revision at 0%, the first one untouched
     assert images(api) == {"shop-v1": "nginx:1.27", "shop-v2": image}
     assert api.weights("shop") == {"v1": 100, "v2": 0}
@@ -181,6 +146,24 @@ def test_bad_input_is_refused_and_nothing_is_staged(site: tuple[FakeKube, str, P
     err = capsys.readouterr().err
     assert message in err and "hint:" in err and "Traceback" not in err, err
     assert images(api) == before and not Path("/tmp/pwned").exists()
+
+
+def test_a_link_planted_in_the_delivery_directory_is_not_followed(site: tuple[FakeKube, str, Path], store: Path,
+                                                                   tmp_path: Path) -> None:
+    _, conf, repo = site
+    head = git(repo, "rev-parse", "HEAD")
+    node_images = tmp_path / "node-images"
+    node_images.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    name = f"shop-{head[:12]}.tar"
+    for planted in (name, f"{name}.basalt-new"):  # the archive's name and the file made beside it
+        (node_images / planted).symlink_to(victim)
+    assert builder_cli.main(["app-build", str(repo), "--name", "shop", "--no-stage", "--kubeconfig", conf,
+                             "--store", str(store), "-o", str(tmp_path / "out"), "--deliver", str(node_images)]) == 0
+    assert victim.read_text() == "precious\n"
+    assert not (node_images / name).is_symlink() and (node_images / name).read_bytes() == \
+        (tmp_path / "out" / name).read_bytes()
 
 
 @pytest.mark.parametrize(("files", "message"), [
