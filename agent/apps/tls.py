@@ -53,7 +53,11 @@ def secret_name(app: str) -> str:
 
 
 def _openssl(args: list[str], cwd: str) -> None:
-    env = {"PATH": "/usr/bin:/bin", "OPENSSL_CONF": "/dev/null", "RANDFILE": "/dev/null"}
+    # an empty configuration of its own (not the system's, and no /dev needed: a chroot may lack it)
+    conf = os.path.join(cwd, "openssl.cnf")
+    if not os.path.exists(conf):
+        Path(conf).write_text("")
+    env = {"PATH": "/usr/bin:/bin", "OPENSSL_CONF": conf}
     try:
         done = subprocess.run([os.environ.get("BASALT_OPENSSL", OPENSSL), *args], cwd=cwd, env=env,
                               capture_output=True, text=True, timeout=TIMEOUT_S)

@@ -71,6 +71,12 @@ def https(port: int, host: str, cafile: Path | None, timeout: float = 10) -> tup
         conn.close()
 
 
+def served(port: int, host: str, cafile: Path | None) -> tuple[int, str, dict[str, Any]] | None:
+    """``https(…)`` once the app answers (200); None while Traefik has no server for it yet."""
+    got = https(port, host, cafile)
+    return got if got[0] == 200 else None
+
+
 def plain(port: int, host: str) -> tuple[int, str | None]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
@@ -125,7 +131,7 @@ def test_a_site_ca_app_is_served_over_https_with_its_own_certificate(
     assert abs(float(notes["basalt.io/tls-renew"]) - (now + 60 * DAY)) < 5
 
     # Traefik serves it: a client that trusts the site CA only gets the app, over TLS
-    status, body, cert = until(lambda: https(router.websecure, "shop.local", site_ca / "ca.pem"),
+    status, body, cert = until(lambda: served(router.websecure, "shop.local", site_ca / "ca.pem"),
                                "Traefik serving shop.local with the site CA's certificate")
     assert (status, body) == (200, "v1")
     assert names(cert) == ["shop.local", "v1-shop.local"] and round(lifetime_days(cert)) == tls.CERT_DAYS
@@ -143,7 +149,7 @@ def test_a_site_ca_app_is_served_over_https_with_its_own_certificate(
     assert basalt_app(conf, "stage", "shop", "nginx:1.28") == 0
     assert "at https://v2-shop.local/" in capsys.readouterr().out
     controller.tick(client, now + 2, certificates=certificates)
-    status, body, cert = until(lambda: https(router.websecure, "v2-shop.local", site_ca / "ca.pem"),
+    status, body, cert = until(lambda: served(router.websecure, "v2-shop.local", site_ca / "ca.pem"),
                                "the certificate naming v2-shop.local")
     assert (status, body) == (200, "v2")
     assert names(cert) == ["shop.local", "v1-shop.local", "v2-shop.local"]
@@ -186,7 +192,7 @@ def test_an_app_is_named_on_each_nodes_lan_in_its_routes_certificate_and_ps(
         assert [r["match"] for r in routes] == [
             "Host(`cafe.local`) || Host(`cafe.depot-7.local`) || Host(`cafe.depot-8.local`)",
             "Host(`v1-cafe.local`) || Host(`v1-cafe.depot-7.local`) || Host(`v1-cafe.depot-8.local`)"]
-        status, body, cert = until(lambda: https(router.websecure, "cafe.depot-7.local", site_ca / "ca.pem"),
+        status, body, cert = until(lambda: served(router.websecure, "cafe.depot-7.local", site_ca / "ca.pem"),
                                    "cafe by its LAN name")
         assert (status, body) == (200, "v1")
         assert names(cert) == ["cafe.depot-7.local", "cafe.depot-8.local", "cafe.local", "v1-cafe.depot-7.local",
@@ -235,7 +241,7 @@ def test_without_a_ca_the_controller_says_so_once_and_issues_when_it_comes(
     for name in ("tls.crt", "tls.key"):  # the Secret is mounted at last
         (mount / name).write_bytes((site_ca / name).read_bytes())
     controller.tick(client, time.time() + 4, certificates=certificates)
-    status, body, _ = until(lambda: https(router.websecure, "late.local", site_ca / "ca.pem"), "late.local")
+    status, body, _ = until(lambda: served(router.websecure, "late.local", site_ca / "ca.pem"), "late.local")
     assert (status, body) == (200, "v1")
     assert basalt_app(conf, "rm", "late") == 0
 
@@ -462,7 +468,7 @@ def test_an_acme_app_gets_its_certificate_from_the_acme_server_through_traefik(t
             assert basalt_app(conf, "run", "nginx:1.27", "--name", "shop", "--port", "8080", "--tls", "acme") == 0
             assert ("Secret", "default", "shop-tls") not in api.objects  # Traefik's resolver's, not ours
             (tmp_path / "pebble-root.pem").write_bytes(pebble.root())
-            status, body, cert = until(lambda: https(router.websecure, "shop.local", tmp_path / "pebble-root.pem"),
+            status, body, cert = until(lambda: served(router.websecure, "shop.local", tmp_path / "pebble-root.pem"),
                                        "a certificate from the ACME server", timeout=60)
             assert (status, body) == (200, "v1") and "shop.local" in names(cert)
             assert plain(router.web, "shop.local") == (301, "https://shop.local/a/path?q=1")
