@@ -83,7 +83,7 @@ def mdns_objects(version: str) -> list[dict[str, Any]]:
         "command": ["/usr/bin/python3", "-S", "-m", "agent.apps.mdns"],
         "env": [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
                 {"name": "PYTHONPATH", "value": "/app:/usr/lib/python3/dist-packages"}],  # zeroconf, Debian's
-        "resources": {"requests": {"cpu": "5m", "memory": "16Mi"}, "limits": {"memory": "48Mi"}},
+        "resources": {"requests": {"cpu": "5m", "memory": "24Mi"}, "limits": {"memory": "48Mi"}},
         "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                             "capabilities": {"drop": ["ALL"]}}}
     return [
