@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from agent import files, layout, system
 from agent.errors import BasaltError
@@ -18,6 +19,17 @@ STATUS = Path(layout.RUN_STATUS)
 def cmd_power(args: argparse.Namespace) -> int:
     system.request_power(args.command)
     return 0
+
+
+def boot_timeline(steps: list[dict[str, Any]]) -> str:
+    """The timeline in one line, by part: kernel, initramfs, interpreter, agent (``--json``: each step)."""
+    parts: dict[str, int] = {}
+    for step in steps:
+        name = str(step["step"])
+        part = ("kernel" if name.startswith("kernel") else "initramfs" if name.startswith("initramfs") else
+                "interpreter" if name.startswith("interpreter") else "agent")
+        parts[part] = parts.get(part, 0) + int(step["took_ms"])
+    return ", ".join(f"{part} {ms / 1000:.1f} s" for part, ms in parts.items())
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -36,6 +48,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"Basalt {status['version']} ({status['mode']} mode) on {status['hostname']}")
     print(f"ready after {status['ready_ms']} ms; up {status['uptime_ms'] // 1000} s; "
           f"memory used {status['mem_used_kb'] // 1024} MiB")
+    if status.get("timeline"):
+        print(f"boot: {boot_timeline(status['timeline'])}")
     print(f"slot: {status.get('slot', '-')}; state: {status.get('state_device') or 'tmpfs (nothing persists)'}")
     if status.get("slots"):
         from agent.upgrade import slots

@@ -52,6 +52,7 @@ RUN_STATE = RUN + "/state"  # the state partition's mount point
 RUN_STATE_DEVICE = RUN + "/state-device"
 RUN_RW = RUN + "/rw"  # tmpfs upper layers of the writable overlays
 RUN_SLOT = RUN + "/slot"  # the slot booted (a, b), or "live" from the ISO
+RUN_TIMELINE = RUN + "/boot-timeline"  # the initramfs's steps: NAME=SECONDS (since the kernel started) ...
 # Written by the agent.
 RUN_STATUS = RUN + "/status.json"
 RUN_REQUEST = RUN + "/request.json"  # from "basalt config apply|confirm", with SIGHUP
@@ -99,6 +100,7 @@ STATE_DIRS = ("var", "home", "root", "opt")  # bound from the state partition, s
 INITRAMFS = {"live_label": LIVE_LABEL, "state_label": STATE_LABEL, "root_image": MEDIUM_ROOT, "run": RUN,
              "run_mode": RUN_MODE, "run_medium": RUN_MEDIUM, "run_medium_device": RUN_MEDIUM_DEVICE,
              "run_state": RUN_STATE, "run_state_device": RUN_STATE_DEVICE, "run_rw": RUN_RW, "run_slot": RUN_SLOT,
+             "run_timeline": RUN_TIMELINE,
              "state_dirs": " ".join(STATE_DIRS), "slot_a": SLOT_LABELS["a"], "slot_b": SLOT_LABELS["b"],
              "slot_a_number": str(SLOT_NUMBERS["a"]), "slot_b_number": str(SLOT_NUMBERS["b"])}
 

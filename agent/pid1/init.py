@@ -233,6 +233,7 @@ class Init:
         deadline = control.deadline(prov)
         status.write({"version": self.version, "mode": prov.mode, "hostname": prov.hostname,
                       "ready_ms": self.ready_ms, "phases": self.phases, "errors": self.errors,
+                      "timeline": status.timeline(read_text(layout.RUN_TIMELINE), self.phases, self.ready_ms),
                       "config_sources": prov.config_sources, "site": prov.site_match,
                       "config_fallback": prov.config_fallback,
                       "trial_deadline_s": round(deadline - time.monotonic()) if deadline is not None else None,

@@ -83,7 +83,8 @@ def provisioned_boot(image: str, work: Path, timeout: float = 300) -> dict[str, 
     with Guest(next(out.glob("*.iso"))) as guest:
         ready = guest.wait_for(READY.pattern + r" errors=(\d+)", timeout)
         idle = guest.wait_for(IDLE, 60)
-        phases = json.loads(guest.run("basalt status --json"))["phases"]
+        state = json.loads(guest.run("basalt status --json"))
+        phases = state["phases"]
     # Config work: merge + host name + initrd modules, and the boot modules; driver coldplug and
     # starting DHCP (not config) sit between them and are reported apart.
     config_ms = (phases["initrd_modules_done_ms"] - phases["agent_start_ms"]) + \
@@ -92,7 +93,8 @@ def provisioned_boot(image: str, work: Path, timeout: float = 300) -> dict[str, 
             "pid1_start_to_boot_modules_ms": phases["boot_modules_done_ms"] - phases["agent_start_ms"],
             "config_modules_ms": config_ms,
             "coldplug_ms": phases["coldplug_done_ms"] - phases["initrd_modules_done_ms"],
-            "agent_rss_kb": int(idle.group(2)), "idle_mem_used_kb": int(idle.group(1))}
+            "agent_rss_kb": int(idle.group(2)), "idle_mem_used_kb": int(idle.group(1)),
+            "timeline": state.get("timeline", [])}
 
 
 STAND_IN_MIB = 68  # about a k3s amd64 release binary; incompressible, as the real one nearly is
@@ -473,6 +475,8 @@ def table(r: dict[str, Any]) -> str:
                  ("example config: kernel start → ready", f"{ex['boot_ms']} ms", ""),
                  ("example config: agent (PID 1) RSS once idle", f"{ex['agent_rss_kb'] / 1024:.1f} MiB", "≤ 25 MB"),
                  ("example config: idle memory used", f"{ex['idle_mem_used_kb'] / 1024:.1f} MiB", "")]
+        rows += [(f"  timeline: {t['step']}", f"+{t['took_ms']} ms (at {t['at_ms']} ms)", "")
+                 for t in ex.get("timeline", [])]
     k = r.get("k3s")
     if k:
         rows += [(f"squashfs without k3s / with k3s ({k['k3s_binary']})",

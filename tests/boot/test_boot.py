@@ -72,6 +72,15 @@ def test_console_shell_status_reaping_and_basalt_poweroff(edge7: Path, key: Path
         s = status(guest, key)
         assert [s["hostname"], s["mode"], s["errors"], s["services"]["console-ttyS0"]["state"]] == \
             ["edge-7", "live", [], "running"]
+        # the boot timeline: the initramfs's steps, the interpreter's start, each agent phase, ready
+        steps = [t["step"] for t in s["timeline"]]
+        assert steps[:7] == ["kernel (to the initramfs's /init)", "initramfs: modules", "initramfs: boot medium found",
+                             "initramfs: root mounted", "initramfs: state and writable layers",
+                             "initramfs: switch_root", "interpreter start (switch_root to the agent's first line)"]
+        assert "agent: coldplug" in steps and steps[-1] == "ready" and s["timeline"][-1]["at_ms"] == s["ready_ms"]
+        ats = [t["at_ms"] for t in s["timeline"]]
+        assert ats == sorted(ats) and ats[0] > 0 and sum(t["took_ms"] for t in s["timeline"]) == s["ready_ms"]
+        assert sh("basalt status").count("boot: kernel ") == 1
         assert sh("touch /etc/probe && echo writable") == "writable"  # /etc is a writable overlay
         assert "Read-only file system" in sh("touch /usr/probe 2>&1; true")  # the root is not
         assert sh("grep -c cgroup2 /proc/mounts") == "1"
