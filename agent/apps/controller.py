@@ -347,9 +347,16 @@ def node_labels(client: kube.Client) -> tuple[str, ...] | None:
     try:
         found = client.list("Node", None)
     except (OSError, BasaltError, kube.NotFound, kube.Conflict) as exc:
-        log("error", message=f"cannot list the nodes: {exc}")
+        said = f"cannot list the nodes: {exc}"
+        if said != _NODES_SAID[0]:  # once, not at every tick
+            _NODES_SAID[0] = said
+            log("error", message=said)
         return None
+    _NODES_SAID[0] = ""
     return tuple(sorted({label for n in found if (label := spec.node_label(n["metadata"]["name"]))}))
+
+
+_NODES_SAID = [""]
 
 
 def tick(client: kube.Client, now: float, traffic: Traffic | None = None,
