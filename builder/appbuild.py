@@ -96,15 +96,18 @@ def resolve(source: str, ref: str) -> str:
     raise fail(f"{source}: no branch or tag {ref!r}", "git ls-remote SOURCE lists what there is", "--ref")
 
 
-def checkout(source: str, commit: str, dest: Path) -> Path:
-    """``commit`` of ``source`` in ``dest`` (its files only: the history is not kept)."""
+def checkout(source: str, ref: str, dest: Path) -> tuple[str, Path]:
+    """``ref`` of ``source`` in ``dest`` (its files only: the history is not kept): the commit it
+    names and its Dockerfile. Fetched by name, which every git server serves (not every one serves
+    a bare commit id)."""
     git(["init", "-q", str(dest)])
-    git(["-C", str(dest), "fetch", "-q", "--depth", "1", "--end-of-options", source, commit],
-        what=f"fetching {commit[:12]} from {source}")
+    git(["-C", str(dest), "fetch", "-q", "--depth", "1", "--end-of-options", source, ref],
+        what=f"fetching {ref} from {source}")
     git(["-C", str(dest), "checkout", "-q", "FETCH_HEAD"])
+    commit = git(["-C", str(dest), "rev-parse", "HEAD"]).strip()
     for name in DOCKERFILES:
         if (dest / name).is_file() and not (dest / name).is_symlink():
-            return dest / name
+            return commit, dest / name
     raise fail(f"{source} at {commit[:12]} has no Dockerfile", "add a Dockerfile (or Containerfile) at the "
                "repository's top; the image is built from it", "SOURCE")
 
@@ -128,10 +131,9 @@ def build(source: str, ref: str, name: str, out: Path, store: Path | None = None
     spec.check_name(name, "--name")
     source, ref = check_source(source), check_ref(ref)
     store = store or cache_root() / "buildah"
-    commit = resolve(source, ref)
-    image = f"{REGISTRY}/{name}:{commit[:12]}"
     with tempfile.TemporaryDirectory(prefix="basalt-app-build-") as tmp:
-        dockerfile = checkout(source, commit, Path(tmp) / "src")
+        commit, dockerfile = checkout(source, ref, Path(tmp) / "src")  # the commit the ref names now
+        image = f"{REGISTRY}/{name}:{commit[:12]}"
         with progress.step(f"Building {image} from {source} at {commit[:12]} (buildah)"):
             host.run(["buildah", *storage(store), "bud", "--isolation", "chroot", "--layers=false", "-q",
                       "--pull=never", "-f", str(dockerfile), "-t", image, str(dockerfile.parent)],
