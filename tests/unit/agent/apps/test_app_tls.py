@@ -423,25 +423,28 @@ class Pebble:
 
     def __enter__(self) -> Pebble:
         env = {"PATH": "/usr/bin:/bin", "PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"}
-        for argv, name in (
-                (["pebble-challtestsrv", "-dns01", f"127.0.0.1:{self.dns}", "-management", f"127.0.0.1:{self.dns_mgmt}",
-                  "-http01", "", "-https01", "", "-tlsalpn01", "", "-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""],
-                 "challtestsrv.log"),
-                (["pebble", "-config", str(self.work / "pebble.json"), "-dnsserver", f"127.0.0.1:{self.dns}"],
-                 "pebble.log")):
-            with open(self.work / name, "wb") as log:
-                self.procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                                   stdin=subprocess.DEVNULL, env=env))
+        servers = ((["pebble-challtestsrv", "-dns01", f"127.0.0.1:{self.dns}", "-management",
+                     f"127.0.0.1:{self.dns_mgmt}", "-http01", "", "-https01", "", "-tlsalpn01", "",
+                     "-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""], "challtestsrv.log"),
+                   (["pebble", "-config", str(self.work / "pebble.json"), "-dnsserver", f"127.0.0.1:{self.dns}"],
+                    "pebble.log"))
         deadline = time.monotonic() + 20
-        while True:
-            try:
-                tls.probe_acme(self.directory, str(self.work / "listener-ca.pem"), timeout=2)
-                return self
-            except BasaltError:
-                if time.monotonic() > deadline or any(p.poll() is not None for p in self.procs):
-                    self.__exit__()
-                    raise
-                time.sleep(0.1)
+        try:  # whatever stops the start, the servers that did start are killed by their PIDs
+            for argv, name in servers:
+                with open(self.work / name, "wb") as log:
+                    self.procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                                       stdin=subprocess.DEVNULL, env=env))
+            while True:
+                try:
+                    tls.probe_acme(self.directory, str(self.work / "listener-ca.pem"), timeout=2)
+                    return self
+                except BasaltError:
+                    if time.monotonic() > deadline or any(p.poll() is not None for p in self.procs):
+                        raise
+                    time.sleep(0.1)
+        except BaseException:
+            self.__exit__()
+            raise
 
     def root(self) -> bytes:
         """The root pebble signs under (made anew at each start)."""
