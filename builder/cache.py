@@ -12,6 +12,7 @@ on a disk that cannot hold a run.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -52,28 +53,40 @@ class Entry:
 
 
 def tree_size(path: Path) -> int:
-    """Bytes a tree takes on disk (blocks, so a sparse image counts what it holds), links not followed."""
+    """Bytes a tree takes on disk (blocks, so a sparse image counts what it holds), links not followed.
+    Builds run at once: what another one removes or renames while this walks is not counted."""
     total = 0
     stack = [path]
     while stack:
-        with os.scandir(stack.pop()) as it:
-            for e in it:
-                st = e.stat(follow_symlinks=False)
-                total += st.st_blocks * 512
-                if e.is_dir(follow_symlinks=False):
-                    stack.append(Path(e.path))
+        try:
+            with os.scandir(stack.pop()) as it:
+                for e in it:
+                    try:
+                        st = e.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    total += st.st_blocks * 512
+                    if e.is_dir(follow_symlinks=False):
+                        stack.append(Path(e.path))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
     return total
 
 
 def entry_size(path: Path) -> int:
+    """An output's size, memoised in its ``.size`` (another build may be writing or removing it)."""
     marker = path / ".size"
     try:
         return int(marker.read_text())
     except (OSError, ValueError):
         size = tree_size(path)
         tmp = path / f".size.{os.getpid()}.tmp"
-        tmp.write_text(str(size))
-        os.replace(tmp, marker)
+        try:
+            tmp.write_text(str(size))
+            os.replace(tmp, marker)
+        except OSError:  # collected meanwhile by another build: the size is still right for this pass
+            with contextlib.suppress(OSError):
+                tmp.unlink()
         return size
 
 

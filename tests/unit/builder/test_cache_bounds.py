@@ -95,3 +95,40 @@ def test_the_cli_refuses_a_run_the_disk_cannot_hold(tmp_path: Path) -> None:
     ok = subprocess.run([sys.executable, "-m", "builder", "cache", "--need", "1M"],
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0 and "0 stage outputs" in ok.stdout
+
+
+def test_sizing_outputs_while_another_build_writes_and_removes_them(tmp_path: Path) -> None:
+    """Two builds end at once and both prune (CI saw one walk an output while the other renamed its
+    .size file): what vanishes mid-walk is skipped, never an error."""
+    import shutil
+    import threading
+    stages = tmp_path / "stages"
+    stop = threading.Event()
+
+    def churn() -> None:  # the other build: memoising sizes, collecting and republishing outputs
+        n = 0
+        while not stop.is_set():
+            n += 1
+            path = stages / f"o{n % 4}"
+            if path.exists():
+                for i in range(20):
+                    tmp = path / f".size.{i}.tmp"
+                    tmp.write_text("1")
+                    os.replace(tmp, path / ".size")
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                output(stages, f"o{n % 4}", 0, 1000.0 + n)
+                for i in range(30):
+                    (path / "tree" / f"f{i}").write_bytes(b"x")
+
+    worker = threading.Thread(target=churn, daemon=True)
+    stages.mkdir()
+    worker.start()
+    try:
+        for _ in range(300):
+            for entry in cache.entries(stages):
+                assert entry.size >= 0
+                (entry.path / ".size").unlink(missing_ok=True)  # sized again, by walking, next pass
+    finally:
+        stop.set()
+        worker.join(10)
