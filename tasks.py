@@ -169,12 +169,18 @@ def lint(c: Context) -> None:
     c.run(f"{PY} -m mypy builder agent")
 
 
-@task(help={"image": "image to benchmark", "skip_boot": "only build figures", "only": "one section alone: apps"})
-def bench(c: Context, image: str = "x86_64-iso", skip_boot: bool = False, only: str = "") -> None:
-    """Benchmark builds, sizes, boot time and memory; writes out/bench.json (--only apps: that section)."""
+@task(help={"image": "image to benchmark", "skip_boot": "only build figures",
+            "only": "one section alone: apps, or boot (the floor and Basalt side by side)",
+            "rounds": "--only boot: boots of each, alternating (default 3)",
+            "against": "--only boot: NAME=ISO, another built ISO booted in turn (e.g. an older commit's)"},
+      iterable=["against"])
+def bench(c: Context, image: str = "x86_64-iso", skip_boot: bool = False, only: str = "", rounds: int = 3,
+          against: list[str] | None = None) -> None:
+    """Benchmark builds, sizes, boot time and memory; writes out/bench.json (--only: that section)."""
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     c.run(f"{PY} -m builder.bench.bench --image {_quote(image)}" + (" --skip-boot" if skip_boot else "")
-          + (f" --only {_quote(only)}" if only else ""))
+          + (f" --only {_quote(only)} --rounds {int(rounds)}" if only else "")
+          + "".join(f" --against {_quote(a)}" for a in against or []))
 
 
 @task

@@ -25,8 +25,16 @@ class Architecture(enum.StrEnum):
         return {Architecture.X86_64: "q35", Architecture.ARM64: "virt"}[self]
 
     def to_qemu_cpu(self) -> str | None:
-        """-cpu for TCG: cortex-a57 (plain max is 2-3x slower under TCG; reference/arm-boot.md)."""
-        return {Architecture.X86_64: None, Architecture.ARM64: "cortex-a57"}[self]
+        """-cpu for TCG. x86: QEMU's qemu64 with RDRAND, which every x86 machine since 2012 has; without
+        it the kernel's random pool waits for jitter entropy (1 s more under TCG, and Python's start
+        waits with it: docs/architecture.md, "Boot time"). arm64: cortex-a57 (plain max is 2-3x slower
+        under TCG; reference/arm-boot.md), with a virtio RNG beside it (``qemu_devices``)."""
+        return {Architecture.X86_64: "qemu64,+rdrand", Architecture.ARM64: "cortex-a57"}[self]
+
+    def qemu_devices(self) -> list[str]:
+        """Devices a machine of this architecture has besides its disks and NIC: arm64 servers and
+        cloud VMs have a hardware RNG (here virtio's; the image's initramfs loads its driver)."""
+        return {Architecture.X86_64: [], Architecture.ARM64: ["-device", "virtio-rng-pci"]}[self]
 
     def grub_serial(self) -> bool:
         """GRUB drives the serial port itself (the PC's 16550, com0); elsewhere (arm64 EFI) the

@@ -12,7 +12,7 @@ import struct
 from agent import layout
 from agent.files import read_text
 from agent.log import log
-from agent.pid1 import hotplug
+from agent.pid1 import hotplug, modalias
 from agent.pid1.supervise import Service, spawn_wait
 
 KEY_POWER = 116
@@ -57,28 +57,61 @@ def device_aliases(sys_root: str = "/sys") -> list[str]:
     return sorted(out)
 
 
-class Coldplug:
-    def __init__(self) -> None:
-        self.seen_aliases: list[str] = []
+def loaded_modules() -> set[str]:
+    return {line.split()[0] for line in read_text("/proc/modules").splitlines() if line.strip()}
 
-    def run(self, passes: int = 1) -> bool:
-        """Load a driver for every device present.
+
+def modules_dir() -> str:
+    return f"/usr/lib/modules/{os.uname().release}"
+
+
+class Coldplug:
+    def __init__(self, index_path: str | None = None) -> None:
+        self.seen_aliases: list[str] = []
+        self.deferred: list[str] = []  # aliases whose late drivers wait for the run after ready
+        self.index_path = index_path or f"{modules_dir()}/{modalias.INDEX}"
+        self._index: dict[str, object] | bool | None = False  # False: not read yet
+
+    def index(self) -> dict[str, object] | None:
+        if self._index is False:
+            self._index = modalias.load(self.index_path)
+        return self._index  # type: ignore[return-value]
+
+    def load(self, aliases: list[str], early_only: bool = False, also: tuple[str, ...] = ()) -> None:
+        """modprobe what ``aliases`` want, and the modules ``also`` names. With the build's index
+        by module name (``early_only``: only what ready needs); without one, modprobe matches the
+        aliases itself (another kernel's tree)."""
+        index = self.index()
+        if index is None:
+            names = aliases
+        else:
+            early, late = modalias.resolve(index, aliases, early_only)
+            names = early + late
+        if names or also:
+            # Drivers that find no device of theirs (e.g. cpufreq in a VM) refuse to load: not an error.
+            spawn_wait([layout.BUSYBOX, "modprobe", "-a", "-q", *names, *also], quiet=True)
+
+    def run(self, passes: int = 1, before_ready: bool = False) -> bool:
+        """Load a driver for every device present (``before_ready``: only those ready needs, the
+        rest at the next run, after ready: agent/pid1/modalias.py).
 
         Drivers create devices that want drivers (a USB controller's devices, say), so a
         later pass catches those; returns whether new devices appeared since the last pass."""
-        before = set(read_text("/proc/modules").split("\n"))
+        before = loaded_modules()
         changed = False
+        pending = bool(self.deferred) and not before_ready
         for _ in range(passes):
             aliases = device_aliases()
-            if aliases == self.seen_aliases:
+            if aliases == self.seen_aliases and not pending:
                 break
-            changed = True
+            changed = changed or aliases != self.seen_aliases
             self.seen_aliases = aliases
-            # Drivers that find no device of theirs (e.g. cpufreq in a VM) refuse to load: not an error.
-            spawn_wait([layout.BUSYBOX, "modprobe", "-a", "-q", *aliases, "button", "evdev"], quiet=True)
-        loaded = sorted(line.split()[0] for line in set(read_text("/proc/modules").split("\n")) - before if line)
+            self.load(aliases, before_ready, ("button", "evdev"))
+            self.deferred = aliases if before_ready else []
+            pending = False
+        loaded = sorted(loaded_modules() - before)
         with open(layout.RUN_MODULES_LOADED, "a") as f:
-            f.write("".join(m + "\n" for m in loaded))
+            f.write("".join(m + "\n" for m in loaded) + ("# ready\n" if before_ready else ""))
         return changed
 
     def hotplug(self, events: list[dict[str, str]]) -> list[str]:
@@ -86,7 +119,7 @@ class Coldplug:
         new network interfaces."""
         wanted = hotplug.wanted(events)
         if wanted.aliases:
-            spawn_wait([layout.BUSYBOX, "modprobe", "-a", "-q", *wanted.aliases], quiet=True)
+            self.load(wanted.aliases)
         if any(e.get("LOST") for e in events):  # the socket overflowed: look at every device
             self.run(passes=2)
         if wanted.interfaces:

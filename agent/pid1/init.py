@@ -93,12 +93,12 @@ class Init:
         self.prov.site_index = self.errors.guard("site", site.load)  # type: ignore[assignment]
         early = site.needs_identity(self.prov.site_index)
         if early:  # per-device configs are chosen by MAC address: the network drivers first
-            self.phase("coldplug", self.coldplug.run)
+            self.phase("coldplug", self.coldplug.run, 1, True)
         self.prov.config = self.phase("config", self.prov.load) or {}  # type: ignore[assignment]
         self.phase("hostname", self.prov.set_hostname, self.prov.config)
         self.phase("initrd_modules", self.prov.run_phase, "initrd")
         if not early:
-            self.phase("coldplug", self.coldplug.run)
+            self.phase("coldplug", self.coldplug.run, 1, True)
         self.phase("watchdog", self.arm_watchdog)
         self.phase("containers", containers.prepare, self.supervisor, self.errors)
         self.phase("network", self.prov.network)

@@ -29,6 +29,7 @@ from typing import Any
 from agent.errors import BasaltError, Problem
 from builder import pipeline, plan
 from builder.arch import Architecture
+from builder.bench import floor
 from builder.download import cache_root
 from builder.imagedef import OUT, ROOT
 from builder.vm.qemu import ACCELS, IDLE, READY, Guest, free_port
@@ -179,6 +180,7 @@ def run(image: str, skip_boot: bool, skip_cold: bool) -> dict[str, Any]:
     results["initrd_mb"] = round((baseline / "initrd.img").stat().st_size / 1048576, 1)
     results["kernel_mb"] = round((baseline / "vmlinuz").stat().st_size / 1048576, 1)
     if not skip_boot:
+        results["floor"] = floor.side_by_side(iso, baseline / "rootfs" / "root/usr/bin/busybox")
         for firmware in ("bios", "uefi"):
             results[f"boot_{firmware}"] = boot(iso, firmware)
         with tempfile.TemporaryDirectory(prefix="basalt-bench-") as tmp:
@@ -451,14 +453,41 @@ def raspberry_pi(work: Path, skip_boot: bool, skip_cold: bool) -> dict[str, Any]
     return out
 
 
+DEBIAN_MINIMAL_ABOVE_FLOOR_MIB = 61.1  # issue 27: Debian 12 minimal (systemd) at its login prompt, measured alike
+
+
+def floor_rows(f: dict[str, Any] | None) -> list[tuple[str, str, str]]:
+    if not f:
+        return []
+    rows = [(f"the floor (own kernel + busybox init), {f['rounds']} boots, median: kernel start → its line",
+             f"{f['floor']['boot_ms']} ms", ""),
+            ("Basalt alternating with it (direct boot): kernel start → ready", f"{f['basalt']['boot_ms']} ms", ""),
+            ("Basalt ÷ floor", f"{f['ratio']}×", "≤ 1.5×"),
+            ("memory used: floor / Basalt at ready",
+             f"{f['floor']['mem_used_kb'] / 1024:.1f} / {f['basalt']['mem_used_kb'] / 1024:.1f} MiB", ""),
+            ("memory used at ready above the floor", f"{f['mem_above_floor_kb'] / 1024:.1f} MiB",
+             f"≤ {0.25 * DEBIAN_MINIMAL_ABOVE_FLOOR_MIB:.1f} MiB (0.25× Debian 12 minimal's "
+             f"{DEBIAN_MINIMAL_ABOVE_FLOOR_MIB})")]
+    rows += [(f"{name} alternating with it: kernel start → ready", f"{o['boot_ms']} ms", "")
+             for name, o in f.items() if name not in ("floor", "basalt") and isinstance(o, dict)]
+    rows += [(f"  timeline: {t['step']}", f"+{t['took_ms']} ms (at {t['at_ms']} ms)", "")
+             for t in f.get("timeline", [])]
+    return rows
+
+
 def table(r: dict[str, Any]) -> str:
     if "warm_rebuild_s" not in r:  # one section alone (--only)
+        if "floor" in r:
+            rows = floor_rows(r["floor"])
+            width = max(len(a) for a, _, _ in rows)
+            return "\n".join(f"{a:<{width}}  {b:>12}  {c}" for a, b, c in rows)
         return json.dumps(r, indent=2)
     rows = [("cold build (stage cache empty, downloads cached)", f"{r.get('cold_build_s', '-')} s", ""),
             ("warm rebuild after a config-only change", f"{r['warm_rebuild_s']} s", "≤ 30 s"),
             ("ISO size (no k3s)", f"{r['iso_mb']} MiB", "≤ 100 MB"),
             ("squashfs root", f"{r['squashfs_mb']} MiB", ""),
             ("initramfs", f"{r['initrd_mb']} MiB", ""), ("kernel", f"{r['kernel_mb']} MiB", "")]
+    rows += floor_rows(r.get("floor"))
     for fw in ("bios", "uefi"):
         b = r.get(f"boot_{fw}")
         if b:
@@ -569,10 +598,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image", default="x86_64-iso")
     parser.add_argument("--skip-boot", action="store_true")
     parser.add_argument("--skip-cold", action="store_true")
-    parser.add_argument("--only", choices=["apps"], help="one section alone")
+    parser.add_argument("--only", choices=["apps", "boot"], help="one section alone")
+    parser.add_argument("--rounds", type=int, default=3, help="--only boot: boots of each, alternating")
+    parser.add_argument("--against", action="append", default=[], metavar="NAME=MEDIUM",
+                        help="--only boot: another built medium (an ISO) booted in turn with the others")
     args = parser.parse_args(argv)
     try:
-        if args.only == "apps":
+        if args.only == "boot":
+            baseline = pipeline.build(plan.plan(args.image))
+            others = dict(a.split("=", 1) for a in args.against if "=" in a)
+            results = {"floor": floor.side_by_side(next(baseline.glob("*.iso")),
+                                                   baseline / "rootfs" / "root/usr/bin/busybox", args.rounds,
+                                                   {n: Path(p) for n, p in others.items()})}
+        elif args.only == "apps":
             with tempfile.TemporaryDirectory(prefix="basalt-bench-") as tmp:
                 results = {"apps": apps_controller(pipeline.build(plan.plan(args.image)), Path(tmp))}
         else:

@@ -17,6 +17,7 @@ import yaml
 
 from agent import layout
 from agent.errors import BasaltError, Problem
+from agent.pid1 import modalias
 from builder import host, progress
 from builder.backends import BACKENDS
 from builder.debian import blobs_by_role
@@ -137,6 +138,10 @@ def install_kernel(ctx: StageContext, root: Path, options: dict[str, Any]) -> No
     if config.is_file():  # for `basalt doctor` (Debian's kernels have no /proc/config.gz)
         shutil.copyfile(config, dest / "config")
     host.run(["depmod", "-b", str(root), release], "depmod")
+    # Which driver each device wants, indexed once here rather than matched against every
+    # pattern at each boot (agent/pid1/modalias.py).
+    (dest / modalias.INDEX).write_bytes(modalias.build((dest / "modules.alias").read_text(),
+                                                       (dest / "modules.dep").read_text()))
 
 
 def merge_usr(root: Path) -> None:

@@ -122,7 +122,8 @@ class Guest:
                 "-netdev", net, "-device", "virtio-net-pci,netdev=n0" + (f",mac={self.mac}" if self.mac else ""),
                 # x86: a hardware watchdog the node arms (agent/pid1/watchdog.py); its expiry resets the machine
                 *(["-device", "i6300esb", "-action", "watchdog=reset"] if x86 else []),
-                *(["-smbios", f"type=1,serial={self.serial}"] if self.serial and x86 else [])]
+                *(["-smbios", f"type=1,serial={self.serial}"] if self.serial and x86 else []),
+                *self.arch.qemu_devices()]
         cdroms = [*([self.iso] if self.iso is not None else []), *self.extra_cdroms]
         if cdroms and not x86:  # no IDE on virt: CDs on virtio-scsi
             argv += ["-device", "virtio-scsi-pci,id=scsi0"]

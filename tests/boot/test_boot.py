@@ -81,6 +81,16 @@ def test_console_shell_status_reaping_and_basalt_poweroff(edge7: Path, key: Path
         ats = [t["at_ms"] for t in s["timeline"]]
         assert ats == sorted(ats) and ats[0] > 0 and sum(t["took_ms"] for t in s["timeline"]) == s["ready_ms"]
         assert sh("basalt status").count("boot: kernel ") == 1
+        # Drivers before ready are what ready needs (the NIC, the watchdog); the PC speaker, the
+        # PS/2 mouse and SMBus come right after it (agent/pid1/modalias.py).
+        loaded = sh("cat /run/basalt/modules-loaded").split("\n")
+        before, after = loaded[:loaded.index("# ready")], loaded[loaded.index("# ready") + 1:]
+        assert {"virtio_net", "i6300esb", "button", "evdev"} <= set(before), loaded
+        assert not {"pcspkr", "psmouse", "i2c_i801", "qemu_fw_cfg"} & set(before), loaded
+        assert {"pcspkr", "psmouse", "i2c_i801"} <= set(after), loaded
+        # The random pool was ready before the agent's interpreter started (it would wait for it).
+        crng = float(sh("dmesg | sed -n 's/^\\[ *\\([0-9.]*\\)\\] random: crng init done/\\1/p'"))
+        assert crng * 1000 < s["phases"]["agent_start_ms"]
         assert sh("touch /etc/probe && echo writable") == "writable"  # /etc is a writable overlay
         assert "Read-only file system" in sh("touch /usr/probe 2>&1; true")  # the root is not
         assert sh("grep -c cgroup2 /proc/mounts") == "1"

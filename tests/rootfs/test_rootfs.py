@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,43 @@ def test_dib_backend_builds_a_basalt_root(tmp_path: Path) -> None:
     assert (root / "etc/debian_version").read_text().startswith("12")
     assert (root / "usr/bin/busybox").is_file()
     assert (out / "kernel/vmlinuz").stat().st_size > 1_000_000
+
+
+# Devices of the machines Basalt boots on (QEMU's q35 and virt, common NICs, USB sticks and
+# keyboards, a Pi 3's device-tree nodes), as their modalias files say.
+REAL_ALIASES = [
+    "acpi:PNP0A08:PNP0A03:", "acpi:LNXPWRBN:", "acpi:PNP0C0C:", "acpi:QEMU0002:", "acpi:PNP0501:",
+    "pci:v00008086d000025ABsv00001AF4sd00001100bc08sc80i00", "pci:v00008086d00002918sv00001AF4sd00001100bc06sc01i00",
+    "pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01", "pci:v00008086d00002930sv00001AF4sd00001100bc0Csc05i00",
+    "pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00", "pci:v00001234d00001111sv00001AF4sd00001100bc03sc00i00",
+    "pci:v00008086d000015B8sv00008086sd00002068bc02sc00i00", "pci:v00008086d000010D3sv00008086sd00000000bc02sc00i00",
+    "pci:v000010ECd00008168sv000010ECsd00000123bc02sc00i00", "pci:v00008086d0000A36Dsv00008086sd00007270bc0Csc03i30",
+    "pci:v0000144Dd0000A808sv0000144Dsd0000A801bc01sc08i02", "platform:pcspkr", "platform:iTCO_wdt",
+    "platform:i8042", "serio:ty01pr00id00ex00", "serio:ty06pr00id00ex00", "virtio:d00000001v00001AF4",
+    "virtio:d00000004v00001AF4", "scsi:t-0x05", "scsi:t-0x00",
+    "usb:v0BDAp8153d3000dc00dsc00dp00icFFisc00ip00in00", "usb:v0424pEC00d0200dcFFdsc00dp01icFFisc00ip00in00",
+    "usb:v1D6Bp0002d0601dc09dsc00dp01ic09isc00ip00in00", "usb:v0781p5581d0100dc00dsc00dp00ic08isc06ip50in00",
+    "usb:v046DpC52Bd1211dc00dsc00dp00ic03isc01ip01in00", "hid:b0003g0001v0000046Dp0000C52B",
+    "of:NrngT(null)Cbrcm,bcm2835-rng", "of:NwatchdogT(null)Cbrcm,bcm2835-pm-wdtCbrcm,bcm2835-pm",
+    "cpu:type:x86,ven0000fam0006mod003A:feature:,0000,0001,0002,0019,0068,0080,0081,0089,0091,0094,00C0,00E6",
+]
+
+
+def test_the_driver_index_answers_as_kmod_does() -> None:
+    """The index the build makes (agent/pid1/modalias.py) gives, for real devices, the modules
+    kmod's own modprobe resolves from the same tree's modules.alias."""
+    from agent.pid1 import modalias
+    root = pipeline.build(plan.plan("x86_64-iso"), until="rootfs") / "root"
+    release = next((root / "usr/lib/modules").iterdir())
+    index = modalias.load(str(release / modalias.INDEX))
+    assert index is not None
+    for alias in REAL_ALIASES:
+        kmod = subprocess.run(["modprobe", "-d", str(root), "-S", release.name, "-R", alias],
+                              capture_output=True, text=True, timeout=30).stdout.split()
+        early, late = modalias.resolve(index, [alias])
+        assert sorted(early + late) == sorted(set(kmod)), alias
+    early, late = modalias.resolve(index, REAL_ALIASES)
+    assert {"virtio_net", "i6300esb", "ahci", "e1000e", "r8169", "xhci_pci", "nvme", "usb_storage", "r8152",
+            "lpc_ich"} <= set(early)
+    assert {"pcspkr", "psmouse", "i2c_i801", "qemu_fw_cfg", "hid_generic", "crc32_pclmul"} <= set(late)
+    assert not set(early) & set(late)

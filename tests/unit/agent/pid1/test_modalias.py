@@ -1,0 +1,158 @@
+"""Drivers by modalias from the build's index, and the ones left for after ready (agent/pid1/modalias.py).
+
+The index is checked against kmod's own resolution on a real module tree in
+tests/rootfs/test_rootfs.py; here, made-up tables with known answers."""
+
+from __future__ import annotations
+
+import fnmatch
+import marshal
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.pid1 import devices, modalias
+
+ALIASES = """\
+# Aliases extracted from modules themselves.
+alias pci:v00008086d000025ABsv*sd*bc*sc*i* i6300esb
+alias pci:v00001AF4d*sv*sd*bc*sc*i* virtio_pci
+alias pci:v*d*sv*sd*bc01sc06i01* ahci
+alias pci:v00008086d00002930sv*sd*bc*sc*i* i2c_i801
+alias usb:v0BDAp8153d*dc*dsc*dp*ic*isc*ip*in* r8152
+alias usb:v0BDAp*d*dc*dsc*dp*icFFisc*ip*in* rtl_vendor
+alias usb:v*p*d*dc*dsc*dp*ic08isc06ip50in* usb_storage
+alias acpi*:PNP0C0C:* button
+alias acpi*:PNP0A03:* pci_root
+alias of:N*T*Cbrcm,bcm2835-rng rng_bcm
+alias of:N*T*Cbrcm,bcm2835-rngC* rng_bcm
+alias serio:ty01pr*id*ex* psmouse
+alias platform:pcspkr pcspkr
+alias virtio:d00000001v* virtio_net
+alias pci:v0000ABCDd00001[0-2]??sv*sd*bc*sc*i* ranged
+alias *:weird:* anywhere
+"""
+DEPS = """\
+kernel/drivers/watchdog/i6300esb.ko:
+kernel/drivers/virtio/virtio_pci.ko:
+kernel/drivers/ata/ahci.ko: kernel/drivers/ata/libahci.ko
+kernel/drivers/i2c/busses/i2c-i801.ko: kernel/drivers/i2c/i2c-smbus.ko
+kernel/drivers/net/usb/r8152.ko:
+kernel/drivers/net/usb/rtl-vendor.ko:
+kernel/drivers/usb/storage/usb-storage.ko:
+kernel/drivers/acpi/button.ko:
+kernel/drivers/pci/pci-root.ko:
+kernel/drivers/char/hw_random/rng-bcm.ko:
+kernel/drivers/input/mouse/psmouse.ko:
+kernel/drivers/input/misc/pcspkr.ko:
+kernel/drivers/net/virtio_net.ko:
+kernel/drivers/net/ranged.ko:
+kernel/drivers/misc/anywhere.ko:
+"""
+
+
+@pytest.fixture(scope="module")
+def index() -> dict[str, object]:
+    return marshal.loads(modalias.build(ALIASES, DEPS))
+
+
+@pytest.mark.parametrize("alias, early, late", [
+    ("pci:v00008086d000025ABsv00001AF4sd00001100bc08sc80i00", ["i6300esb"], []),  # vendor + device
+    ("pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00", ["virtio_pci"], []),  # vendor only
+    ("pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01", ["ahci"], []),  # by class
+    ("pci:v00008086d00002930sv00001AF4sd00001100bc0Csc05i00", [], ["i2c_i801"]),  # SMBus: after ready
+    ("usb:v0BDAp8153d3000dc00dsc00dp00icFFisc00ip00in00", ["r8152", "rtl_vendor"], []),
+    ("usb:v0781p5581d0100dc00dsc00dp00ic08isc06ip50in00", ["usb_storage"], []),
+    ("acpi:PNP0A08:PNP0A03:", ["pci_root"], []),  # the second of two IDs
+    ("acpi:LNXPWRBN:", [], []),
+    ("acpi:PNP0C0C:", [], ["button"]),
+    ("of:NrngT(null)Cbrcm,bcm2835-rng", ["rng_bcm"], []),
+    ("of:NrngT(null)Cbrcm,bcm2835-rngCbrcm,other", ["rng_bcm"], []),
+    ("of:NrngT(null)Cbrcm,bcm2835-rng-not", [], []),
+    ("serio:ty01pr00id00ex00", [], ["psmouse"]),
+    ("platform:pcspkr", [], ["pcspkr"]),
+    ("virtio:d00000001v00001AF4", ["virtio_net"], []),
+    ("pci:v0000ABCDd00001234sv0sd0bc0sc0i0", ["ranged"], []),  # [0-2]?? matched
+    ("pci:v0000ABCDd00001334sv0sd0bc0sc0i0", [], []),
+    ("x:weird:y", [], ["anywhere"]),  # a pattern whose bus is a wildcard is tried on every alias
+    ("nothing:at-all", [], []),
+])
+def test_resolve_by_index(index: dict[str, object], alias: str, early: list[str], late: list[str]) -> None:
+    assert modalias.resolve(index, [alias]) == (early, late)
+    # Before ready, only the early ones (the late patterns are not even tried).
+    assert modalias.resolve(index, [alias], early_only=True) == (early, [])
+    # The index gives what trying every pattern gives.
+    every = [m for line in ALIASES.splitlines() if line.startswith("alias ")
+             for _, p, m in [line.split()] if fnmatch.fnmatchcase(alias, p)]
+    assert sorted(set(early + late)) == sorted(set(every))
+
+
+def test_late_is_decided_by_where_the_module_lives() -> None:
+    assert modalias.is_late("kernel/drivers/input/misc/pcspkr.ko")
+    assert modalias.is_late("kernel/arch/x86/crypto/aesni-intel.ko")
+    assert modalias.is_late("kernel/drivers/i2c/busses/i2c-i801.ko")
+    assert not modalias.is_late("kernel/drivers/net/virtio_net.ko")
+    assert not modalias.is_late("kernel/drivers/watchdog/i6300esb.ko")
+    assert not modalias.is_late("kernel/drivers/char/hw_random/virtio-rng.ko")
+    assert not modalias.is_late("kernel/drivers/usb/host/xhci-pci.ko")
+    assert not modalias.is_late("kernel/drivers/mfd/lpc_ich.ko")  # it makes the iTCO watchdog's device
+
+
+@pytest.mark.parametrize("pattern, text", [
+    ("a*b", "axxb"), ("a*b", "axxbc"), ("a?c", "abc"), ("a?c", "ac"), ("[a-c]x", "bx"), ("[!a-c]x", "bx"),
+    ("[!a-c]x", "dx"), ("*", ""), ("", ""), ("", "a"), ("a[", "a["), ("a[]", "a["), ("**a", "ba"),
+    ("*a*b*c", "xaxbxc"), ("*a*b*c", "xaxcxb"), ("d0[0-2]*dc", "d01xdc"), ("[^a]", "b"),
+])
+def test_glob_is_fnmatch(pattern: str, text: str) -> None:
+    assert modalias.glob(pattern, text) == fnmatch.fnmatchcase(text, pattern.replace("[^", "[!"))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text("ab*?[]!-", max_size=8), st.text("ab-[]!", max_size=8))
+def test_glob_agrees_with_fnmatch_on_anything(pattern: str, text: str) -> None:
+    assert modalias.glob(pattern, text) == fnmatch.fnmatchcase(text, pattern)
+
+
+@pytest.mark.parametrize("content", [None, b"", b"junk", marshal.dumps([1, 2]), marshal.dumps({"format": 99})])
+def test_a_missing_or_foreign_index_is_none(tmp_path: Path, content: bytes | None) -> None:
+    path = tmp_path / "idx"
+    if content is not None:
+        path.write_bytes(content)
+    assert modalias.load(str(path)) is None
+
+
+def coldplug(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, aliases: list[str], with_index: bool = True
+             ) -> tuple[devices.Coldplug, list[list[str]]]:
+    calls: list[list[str]] = []
+    monkeypatch.setattr(devices, "spawn_wait", lambda argv, **kw: calls.append(list(argv[4:])) or 0)
+    monkeypatch.setattr(devices, "device_aliases", lambda: list(aliases))
+    monkeypatch.setattr(devices, "loaded_modules", lambda: {m for call in calls for m in call})
+    monkeypatch.setattr(devices.layout, "RUN_MODULES_LOADED", str(tmp_path / "modules-loaded"))
+    path = tmp_path / "index"
+    if with_index:
+        path.write_bytes(modalias.build(ALIASES, DEPS))
+    return devices.Coldplug(str(path)), calls
+
+
+PRESENT = ["platform:pcspkr", "pci:v00008086d000025ABsv00001AF4sd00001100bc08sc80i00", "virtio:d00000001v00001AF4"]
+
+
+def test_coldplug_leaves_late_drivers_for_after_ready(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    plug, calls = coldplug(tmp_path, monkeypatch, PRESENT)
+    assert plug.run(1, before_ready=True)
+    assert calls == [["i6300esb", "virtio_net", "button", "evdev"]]
+    # After ready: the same devices, and now their late drivers too (nothing new appeared).
+    assert not plug.run(passes=2)
+    assert calls[1] == ["i6300esb", "virtio_net", "pcspkr", "button", "evdev"]
+    assert not plug.run(passes=2) and len(calls) == 2  # nothing new: nothing run
+    record = (tmp_path / "modules-loaded").read_text().splitlines()
+    assert record[:record.index("# ready")] == ["button", "evdev", "i6300esb", "virtio_net"]
+    assert "pcspkr" in record[record.index("# ready"):]
+
+
+def test_coldplug_without_an_index_gives_modprobe_the_aliases(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    plug, calls = coldplug(tmp_path, monkeypatch, PRESENT, with_index=False)
+    plug.run(1, before_ready=True)
+    assert calls == [[*PRESENT, "button", "evdev"]]
