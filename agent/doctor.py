@@ -224,9 +224,24 @@ class Doctor:
             out.append(Result("warn", "memory", f"{mem_kb // 1024} MiB: a k3s server wants 2 GiB, an agent 512 MiB"))
         return out
 
+    def check_drivers(self) -> list[Result]:
+        """A device present whose only driver the image left out (its kernel.modules.profile)."""
+        from agent.pid1 import devices, modalias
+        index = modalias.load(self.path(f"usr/lib/modules/{self.release}/{modalias.INDEX}"))
+        if index is None:
+            return []
+        aliases = devices.device_aliases(self.path("sys"))
+        missing = [(a, m) for a, m in modalias.missing(index, aliases) if not any(modalias.resolve(index, [a]))]
+        if not missing:
+            return [Result("ok", "drivers", f"every device of the {len(aliases)} present that has a driver has it "
+                           "in this image")]
+        return [Result("warn", f"driver {module}", f"device {alias} wants {module}, which this image leaves out",
+                       f"build the image with kernel.modules.keep: [the path of {module}.ko], or "
+                       "kernel.modules.profile: all (docs/image-definition.md)") for alias, module in missing]
+
     def run(self) -> list[Result]:
         return [*self.check_kernel_config(), *self.check_modules(), *self.check_cgroups(), *self.check_sysctls(),
-                *self.check_swap(), *self.check_propagation(), *self.check_k3s()]
+                *self.check_swap(), *self.check_propagation(), *self.check_k3s(), *self.check_drivers()]
 
 
 def _module_name(path: str) -> str:

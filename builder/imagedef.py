@@ -54,6 +54,7 @@ class ImageDefinition:
     cmdline: str
     modules_exclude: tuple[str, ...]
     modules_keep: tuple[str, ...]
+    modules_profile: str  # a hardware class (builder/media/hardware.py): which modules the image keeps
     initramfs_modules: tuple[str, ...]
     initramfs_compression: str
     k3s: dict[str, Any]
@@ -163,6 +164,7 @@ def _typed(doc: Located) -> ImageDefinition:
         cmdline=kernel.get("cmdline", ""),
         modules_exclude=tuple(kernel.get("modules", {}).get("exclude", [])),
         modules_keep=tuple(kernel.get("modules", {}).get("keep", [])),
+        modules_profile=kernel.get("modules", {}).get("profile", "all"),
         initramfs_modules=tuple(kernel.get("initramfs", {}).get("modules", DEFAULT_INITRAMFS_MODULES)),
         initramfs_compression=kernel.get("initramfs", {}).get("compression", "gzip"),
         k3s=dict(v.get("k3s", {"enabled": False})), squashfs=dict(v.get("squashfs", {})),

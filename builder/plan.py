@@ -21,7 +21,7 @@ from agent.errors import BasaltError, Problem
 from builder import debian, signing
 from builder.download import sha256_file
 from builder.imagedef import OVERLAYS, ROOT, ImageDefinition, Output, load_image
-from builder.media import rpi
+from builder.media import hardware, rpi
 from builder.stages import BUILD, schema_for
 
 AGENT_DIR = ROOT / "agent"
@@ -175,6 +175,7 @@ def compile_plan(img: ImageDefinition, config_text: str | None = None, etc_apt: 
             "agent_digest": tree_digest(AGENT_DIR) + hashlib.sha256((ROOT / "config/config.schema.json").read_bytes())
             .hexdigest()[:16], "version": img.version,
             "modules_exclude": list(img.modules_exclude), "modules_keep": list(img.modules_keep),
+            "modules_profile": hardware.load(img.modules_profile), "initramfs_modules": list(img.initramfs_modules),
             "source_date_epoch": epoch, "k3s_charts": chart_files(img), "upgrade_key": key.public_text(),
             "upgrade_controller": img.upgrade_kubernetes, "controller_images": controller_images(img),
         }),

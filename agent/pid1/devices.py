@@ -81,7 +81,7 @@ class Coldplug:
         """modprobe what ``aliases`` want, and the modules ``also`` names. With the build's index
         by module name (``early_only``: only what ready needs); without one, modprobe matches the
         aliases itself (another kernel's tree)."""
-        index = self.index()
+        index = modalias.load(self.index_path)  # read at each use, not kept: a megabyte PID 1 rarely needs
         if index is None:
             names = aliases
         else:

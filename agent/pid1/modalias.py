@@ -19,7 +19,7 @@ from __future__ import annotations
 import marshal
 
 INDEX = "modules.basalt-alias"  # beside modules.alias in /usr/lib/modules/RELEASE
-FORMAT = 1
+FORMAT = 2
 
 # Kernel tree directories whose drivers ready does not need. Anything not listed loads before
 # ready (a driver nobody classified keeps today's behaviour).
@@ -74,17 +74,30 @@ def is_late(path: str) -> bool:
     return rel.startswith(LATE)
 
 
-def build(aliases: str, deps: str) -> bytes:
-    """The index (marshal) of a ``modules.alias`` and ``modules.dep`` text."""
+def _buckets(aliases: str) -> dict[str, list[tuple[str, str]]]:
     keys: dict[str, list[tuple[str, str]]] = {}
     for line in aliases.splitlines():
         parts = line.split()
         if len(parts) == 3 and parts[0] == "alias":
             keys.setdefault(_key_of_pattern(parts[1]), []).append((parts[1], parts[2]))
+    return keys
+
+
+def _packed(keys: dict[str, list[tuple[str, str]]]) -> dict[str, str]:
+    return {k: "\n".join(f"{p} {m}" for p, m in v) for k, v in keys.items()}
+
+
+def build(aliases: str, deps: str, absent: str = "") -> bytes:
+    """The index (marshal) of a ``modules.alias`` and ``modules.dep`` text; ``absent``: the alias
+    lines of the drivers the image left out (kernel.modules.profile), for ``missing``."""
+    keys = _buckets(aliases)
     late = sorted({module_name(line.split(":", 1)[0]) for line in deps.splitlines()
                    if line.strip() and is_late(line.split(":", 1)[0])})
     all_late = sorted(k for k, entries in keys.items() if all(m in late for _, m in entries))
-    return marshal.dumps({"format": FORMAT, "keys": keys, "late": late, "all_late": all_late})
+    # Each bucket one string ("PATTERN MODULE" lines), split only when a device asks for it: the
+    # whole index is about a megabyte on disk and in memory, not five as lists of pairs.
+    return marshal.dumps({"format": FORMAT, "keys": _packed(keys), "late": " ".join(late),
+                          "all_late": "\n".join(all_late), "absent": _packed(_buckets(absent))})
 
 
 def load(path: str) -> dict[str, object] | None:
@@ -152,19 +165,35 @@ def _one(pattern: str, p: int, ch: str) -> tuple[bool, int]:
     return hit != negate, end - p + 1
 
 
+def missing(index: dict[str, object], aliases: list[str]) -> list[tuple[str, str]]:
+    """(device's modalias, module) for each device whose driver the image left out."""
+    absent = index.get("absent") or {}
+    out: list[tuple[str, str]] = []
+    for alias in aliases:
+        for key in (*_keys(alias), "*"):
+            bucket = absent.get(key)  # type: ignore[attr-defined]
+            for line in bucket.split("\n") if bucket else ():
+                pattern, _, module = line.rpartition(" ")
+                if glob(pattern, alias) and (alias, module) not in out:
+                    out.append((alias, module))
+    return out
+
+
 def resolve(index: dict[str, object], aliases: list[str], early_only: bool = False) -> tuple[list[str], list[str]]:
     """The modules the devices' ``aliases`` want: (before ready, after ready), each in order.
     ``early_only``: the patterns of late drivers are not even tried (the second list is empty)."""
-    keys: dict[str, list[tuple[str, str]]] = index["keys"]  # type: ignore[assignment]
-    late = set(index["late"])  # type: ignore[call-overload]
-    all_late: set[str] = set(index["all_late"]) if early_only else set()  # type: ignore[call-overload]
+    keys: dict[str, str] = index["keys"]  # type: ignore[assignment]
+    late = set(str(index["late"]).split())
+    all_late = set(str(index["all_late"]).split("\n")) if early_only else set()
     early_out: list[str] = []
     late_out: list[str] = []
     for alias in aliases:
         for key in (*_keys(alias), "*"):
             if key in all_late:
                 continue
-            for pattern, module in keys.get(key, ()):
+            bucket = keys.get(key)
+            for line in bucket.split("\n") if bucket else ():
+                pattern, _, module = line.rpartition(" ")
                 if early_only and module in late:
                     continue
                 if glob(pattern, alias):

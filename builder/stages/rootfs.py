@@ -23,6 +23,7 @@ from builder.backends import BACKENDS
 from builder.debian import blobs_by_role
 from builder.download import sha256_file
 from builder.imagedef import OVERLAYS, ROOT
+from builder.media import hardware
 from builder.stages import StageContext
 from builder.stages.k3s import locked as k3s_locked
 
@@ -39,7 +40,8 @@ TOOLS = {"dpkg-deb": "dpkg", "depmod": "kmod"}
 SCHEMA: dict[str, Any] = {
     "type": "object", "additionalProperties": False,
     "required": ["backend", "arch", "suite", "sources", "prune", "overlays", "agent_digest", "version",
-                 "modules_exclude", "modules_keep", "source_date_epoch", "k3s_charts", "upgrade_key",
+                 "modules_exclude", "modules_keep", "modules_profile", "initramfs_modules",
+                 "source_date_epoch", "k3s_charts", "upgrade_key",
                  "upgrade_controller", "controller_images"],
     "properties": {
         "backend": {"enum": sorted(BACKENDS)},
@@ -49,6 +51,9 @@ SCHEMA: dict[str, Any] = {
         "agent_digest": {"type": "string"}, "version": {"type": "string"},
         "modules_exclude": {"type": "array", "items": {"type": "string"}},
         "modules_keep": {"type": "array", "items": {"type": "string"}},
+        # the hardware class's data (builder/media/hardware.py), so that editing it rebuilds
+        "modules_profile": {"type": "object", "required": ["name", "drivers", "devices", "dtbs", "except"]},
+        "initramfs_modules": {"type": "array", "items": {"type": "string"}},
         "source_date_epoch": {"type": "integer"},
         "k3s_charts": {"type": "array", "items": {"type": "object", "required": ["name", "path", "digest"]}},
         "upgrade_key": {"type": "string"},  # the minisign public key bundles are checked with
@@ -120,13 +125,24 @@ def install_kernel(ctx: StageContext, root: Path, options: dict[str, Any]) -> No
             shutil.rmtree(stale)
     (root / "boot").mkdir()
     dest = root / "usr/lib/modules" / release
+    # The hardware class decides which modules stay, from the whole kernel's tables.
+    host.run(["depmod", "-b", str(unpacked), release], "depmod (the whole kernel)")
+    full_aliases, full_deps = (src / "modules.alias").read_text(), (src / "modules.dep").read_text()
+    profile = options["modules_profile"]
+    wanted = hardware.select(profile, full_aliases, full_deps, options["initramfs_modules"],
+                             ctx.out / "kernel" / "dtbs")
     kept = dropped = 0
+    left_out: set[str] = set()
     for path in sorted(src.rglob("*")):
         rel = path.relative_to(src).as_posix()
         if path.is_dir():
             continue
-        if module_excluded(rel, options["modules_exclude"], options["modules_keep"]):
+        kept_by_class = not rel.endswith((".ko", ".ko.xz", ".ko.zst")) or rel in wanted
+        excluded = module_excluded(rel, options["modules_exclude"], options["modules_keep"])
+        if excluded or (not kept_by_class and not matches(rel, options["modules_keep"])):
             dropped += path.stat().st_size
+            if not excluded:  # the class left it out (not the definition's own exclude list)
+                left_out.add(modalias.module_name(rel))
             continue
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, dest / rel)
@@ -140,8 +156,11 @@ def install_kernel(ctx: StageContext, root: Path, options: dict[str, Any]) -> No
     host.run(["depmod", "-b", str(root), release], "depmod")
     # Which driver each device wants, indexed once here rather than matched against every
     # pattern at each boot (agent/pid1/modalias.py).
+    # The drivers the class left out are named in it, for `basalt doctor` to name a device's.
+    absent = "\n".join(line for line in full_aliases.splitlines()
+                       if line.startswith("alias ") and line.split()[-1] in left_out)
     (dest / modalias.INDEX).write_bytes(modalias.build((dest / "modules.alias").read_text(),
-                                                       (dest / "modules.dep").read_text()))
+                                                       (dest / "modules.dep").read_text(), absent))
 
 
 def merge_usr(root: Path) -> None:
@@ -166,10 +185,12 @@ def merge_usr(root: Path) -> None:
             (root / name).symlink_to(f"usr/{name}")
 
 
+def matches(rel: str, patterns: list[str]) -> bool:
+    return any(rel == p or rel.startswith(p.rstrip("/") + "/") or fnmatch.fnmatch(rel, p) for p in patterns)
+
+
 def module_excluded(rel: str, exclude: list[str], keep: list[str]) -> bool:
-    def hit(patterns: list[str]) -> bool:
-        return any(rel == p or rel.startswith(p.rstrip("/") + "/") or fnmatch.fnmatch(rel, p) for p in patterns)
-    return hit(exclude) and not hit(keep)
+    return matches(rel, exclude) and not matches(rel, keep)
 
 
 def prune(root: Path, patterns: list[str]) -> None:

@@ -114,3 +114,27 @@ def test_rotate_logs_keeps_two_generations_and_truncates_in_place(tmp_path: Path
     assert (tmp_path / "k3s.log.2").read_bytes() == b"b" * 2000
     assert not (tmp_path / "k3s.log.3").exists()
     assert rotate_logs(str(tmp_path), limit=1000, keep=2) == []  # small files are left alone
+
+
+def test_a_device_whose_driver_the_image_left_out_is_named(tmp_path: Path) -> None:
+    """kernel.modules.profile left a device's only driver out: doctor names the device and the module
+    (from the build's index, agent/pid1/modalias.py); a device whose driver is there is not named."""
+    from agent.pid1 import modalias
+    root = healthy(tmp_path)
+    index = modalias.build("alias pci:v00008086d000010D3sv*sd*bc*sc*i* e1000e\n",
+                           "kernel/drivers/net/ethernet/intel/e1000e/e1000e.ko:\n",
+                           absent="alias pci:v00008086d00001593sv*sd*bc*sc*i* ice\n"
+                                  "alias pci:v00008086d000010D3sv*sd*bc*sc*i* e1000e_old\n")
+    (root / f"usr/lib/modules/{RELEASE}/{modalias.INDEX}").write_bytes(index)
+    assert [(r.status, r.what) for r in doctor.Doctor(str(root)).run() if r.what.startswith("driver")] == \
+        [("ok", "drivers")]
+    for dev, alias in (("0000:00:02.0", "pci:v00008086d000010D3sv00008086sd00000000bc02sc00i00"),  # e1000e: here
+                       ("0000:00:03.0", "pci:v00008086d00001593sv00008086sd00000001bc02sc00i00")):  # ice: left out
+        d = root / "sys/bus/pci/devices" / dev
+        d.mkdir(parents=True)
+        (d / "modalias").write_text(alias + "\n")
+    found = [r for r in doctor.Doctor(str(root)).run() if r.what.startswith("driver")]
+    assert [(r.status, r.what, r.detail) for r in found] == [
+        ("warn", "driver ice", "device pci:v00008086d00001593sv00008086sd00000001bc02sc00i00 wants ice, "
+                               "which this image leaves out")]
+    assert "kernel.modules.keep" in found[0].fix and "kernel.modules.profile: all" in found[0].fix
