@@ -13,6 +13,21 @@ def section(config: dict[str, Any]) -> dict[str, Any]:
     return {**config.get("k3os", {}), **config.get("basalt", {})}
 
 
+def install_section(config: dict[str, Any]) -> dict[str, Any]:
+    """The ``install:`` keys, k3OS's section under basalt's."""
+    return {**(config.get("k3os") or {}).get("install", {}), **(config.get("basalt") or {}).get("install", {})}
+
+
+def install_wanted_at_boot(config: dict[str, Any], cmdline: str) -> bool:
+    """Does this live boot install by itself: a device and silent (k3OS's unattended form), or
+    ``basalt.mode=install`` / ``k3os.mode=install`` on the kernel command line? (Here, not in
+    agent/disk/install.py: PID 1 asks at every live boot, and the installer's imports are heavy.)"""
+    from agent.config import bootargs
+    s = install_section(config)
+    mode = set(bootargs.values(cmdline, "basalt.mode", "k3os.mode"))
+    return bool(s.get("device")) and (bool(s.get("silent")) or "install" in mode)
+
+
 HEALTH_TIMEOUT_S = 300  # upgrade.health_timeout's default
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO, cast
 
 from agent import files, http, layout, system
-from agent.config import bootargs
+from agent.config.section import install_section as section
 from agent.disk import blockdev, installplan, partitions, targets
 from agent.disk.targets import Host, Target, describe, listing, size_text
 from agent.errors import BasaltError, Problem
@@ -110,24 +110,11 @@ class Settings:
     debug: bool = False
 
 
-def section(config: dict[str, Any]) -> dict[str, Any]:
-    """The ``install:`` keys, k3OS's section under basalt's."""
-    return {**(config.get("k3os") or {}).get("install", {}), **(config.get("basalt") or {}).get("install", {})}
-
-
 def settings_from(config: dict[str, Any]) -> Settings:
     s = section(config)
     return Settings(device=s.get("device"), silent=bool(s.get("silent")), power_off=bool(s.get("power_off")),
                     reboot=bool(s.get("reboot")), no_format=bool(s.get("no_format")), force=bool(s.get("force")),
                     config_url=s.get("config_url"), iso_url=s.get("iso_url"), debug=bool(s.get("debug")))
-
-
-def wanted_at_boot(config: dict[str, Any], cmdline: str) -> bool:
-    """Does this live boot install by itself: a device and silent (k3OS's unattended form), or
-    ``basalt.mode=install`` / ``k3os.mode=install`` on the kernel command line?"""
-    s = section(config)
-    mode = set(bootargs.values(cmdline, "basalt.mode", "k3os.mode"))
-    return bool(s.get("device")) and (bool(s.get("silent")) or "install" in mode)
 
 
 # --- the config that goes to the disk ----------------------------------------------------------

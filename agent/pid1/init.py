@@ -176,8 +176,8 @@ class Init:
         basalt.mode=install): ``basalt install`` runs by itself, its messages on the console."""
         if self.prov.mode != "live":
             return
-        from agent.disk import install
-        if install.wanted_at_boot(self.prov.config, read_text("/proc/cmdline")):
+        from agent.config.section import install_wanted_at_boot
+        if install_wanted_at_boot(self.prov.config, read_text("/proc/cmdline")):
             log("unattended install: starting basalt install")
             pid = spawn([layout.AGENT, "install", "--unattended"], log_path="/dev/console")
             self.supervisor.watch(pid, self.install_done)

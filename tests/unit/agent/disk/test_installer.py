@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import datasources, sources
+from agent.config.section import install_wanted_at_boot
 from agent.disk import install, installplan, targets
 from agent.disk.partitions import Partition
 from agent.errors import BasaltError
@@ -156,7 +157,7 @@ def gathered(tmp_path: Path, cmdline: str) -> dict[str, object]:
 def test_when_a_live_boot_installs_by_itself(tmp_path: Path, cmdline: str, installs: bool,
                                              device: str | None) -> None:
     config = gathered(tmp_path, cmdline)
-    assert install.wanted_at_boot(config, cmdline) is installs
+    assert install_wanted_at_boot(config, cmdline) is installs
     assert install.settings_from(config).device == device
 
 
