@@ -38,41 +38,91 @@ SCHEMA: dict[str, Any] = {
 }
 
 
-def module_order(modules_dir: Path, wanted: list[str]) -> list[str]:
-    """Module files (relative to modules_dir) to insmod, dependencies first."""
+def _deps(modules_dir: Path) -> tuple[dict[str, list[str]], dict[str, str]]:
     deps: dict[str, list[str]] = {}
     by_name: dict[str, str] = {}
     for line in (modules_dir / "modules.dep").read_text().splitlines():
         path, _, rest = line.partition(":")
         deps[path] = rest.split()
         by_name[Path(path).name.split(".ko")[0].replace("-", "_")] = path
-    order: list[str] = []
+    return deps, by_name
 
-    def visit(path: str) -> None:
-        if path in order:
+
+def module_order(modules_dir: Path, wanted: list[str]) -> list[str]:
+    """Module files (relative to modules_dir) to insmod, dependencies first."""
+    order: list[str] = []
+    for _, _, files, _ in module_groups(modules_dir, wanted):
+        order += [f for f in files if f not in order]
+    return order
+
+
+# Buses whose devices are there when /init starts (or appear as their controller's driver
+# probes): a driver for them is loaded only when a device present wants it. Buses under a
+# controller (USB, SCSI, MMC): their drivers load once the bus exists (their devices come later).
+DEVICE_BUSES = ("pci", "virtio", "of", "acpi", "platform", "amba", "vmbus", "xen")
+CHILD_BUSES = ("usb", "scsi", "mmc", "sdio")
+
+
+def module_groups(modules_dir: Path, wanted: list[str]) -> list[tuple[str, str, list[str], list[str]]]:
+    """For each wanted module: (name, guard, its files dependencies first, the modalias patterns it
+    serves). ``guard``: ``always``
+    (no device of its own: file systems, loop), ``match`` (a present device must want it), or
+    ``bus:NAME`` (load once /sys/bus/NAME exists)."""
+    deps, by_name = _deps(modules_dir)
+    aliases: dict[str, list[str]] = {}
+    alias_file = modules_dir / "modules.alias"
+    for line in alias_file.read_text().splitlines() if alias_file.exists() else []:
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "alias":
+            aliases.setdefault(parts[2], []).append(parts[1])
+    groups = []
+
+    def visit(path: str, files: list[str]) -> None:
+        if path in files:
             return
         for dep in deps.get(path, []):
-            visit(dep)
-        order.append(path)
+            visit(dep, files)
+        files.append(path)
 
     builtin = (modules_dir / "modules.builtin").read_text() if (modules_dir / "modules.builtin").exists() else ""
     builtin_names = {Path(p).name.split(".ko")[0].replace("-", "_") for p in builtin.split()}
     for name in wanted:
         key = name.replace("-", "_")
         if key in by_name:
-            visit(by_name[key])
+            files: list[str] = []
+            visit(by_name[key], files)
+            own = aliases.get(key, [])
+            device = [a for a in own if a.split(":", 1)[0].rstrip("*") in DEVICE_BUSES]
+            child = [b for b in CHILD_BUSES if any(a.split(":", 1)[0].rstrip("*") == b for a in own)]
+            guard = "match" if device else f"bus:{child[0]}" if child else "always"
+            groups.append((key, guard, files, device))
         elif key not in builtin_names:
             raise BasaltError(Problem(f"initramfs module '{name}' is neither a module nor built into the kernel",
                                       hint="check kernel.initramfs.modules, and that kernel.modules.exclude "
                                            "does not drop it"))
-    return order
+    return groups
+
+
+def modmatch(groups: list[tuple[str, str, list[str], list[str]]]) -> str:
+    """The shell function ``match ALIAS``: adds to $wanted each module whose patterns take ALIAS."""
+    cases = [f'\tcase "$1" in {shell_patterns(patterns)}) wanted="${{wanted}}{name} " ;; esac'
+             for name, guard, _, patterns in groups if guard == "match"]
+    return "match() {\n\t:\n" + "\n".join(cases) + "\n}\n"
+
+
+def shell_patterns(patterns: list[str]) -> str:
+    """modalias patterns as one shell ``case`` pattern list (fnmatch's rules are the shell's)."""
+    for p in patterns:
+        if any(c in p for c in " |;&()<>\"$`'\n"):
+            raise BasaltError(Problem(f"modalias pattern {p!r} cannot be a shell pattern", hint="a kernel module "
+                                      "with an unusual alias: leave it out of kernel.initramfs.modules"))
+    return "|".join(patterns)
 
 
 def entries(rootfs: Path, options: dict[str, Any]) -> list[cpio.Entry]:
     t = options["source_date_epoch"]
     release = next((rootfs / "usr/lib/modules").iterdir()).name
     mdir = rootfs / "usr/lib/modules" / release
-    order = module_order(mdir, options["modules"])
     out = [cpio.directory(d, mtime=t) for d in ("bin", "dev", "proc", "sys", "run", "tmp", "medium",
                                                  "newroot", "lib", "lib/modules", "etc")]
     out += [cpio.chardev("dev/console", 5, 1, mtime=t), cpio.chardev("dev/null", 1, 3, 0o666, mtime=t),
@@ -81,12 +131,14 @@ def entries(rootfs: Path, options: dict[str, Any]) -> list[cpio.Entry]:
     out.append(cpio.symlink("bin/sh", "busybox", t))
     out.append(cpio.file("init", INIT.read_bytes(), 0o755, t))
     out.append(cpio.file("etc/layout.sh", layout.shell().encode(), 0o644, t))  # the on-device layout contract
-    load = []
-    for rel in order:
-        name = Path(rel).name
-        out.append(cpio.file(f"lib/modules/{name}", (mdir / rel).read_bytes(), 0o644, t))
-        load.append(name)
-    out.append(cpio.file("etc/modules", ("\n".join(load) + "\n").encode(), 0o644, t))
+    groups = module_groups(mdir, options["modules"])
+    for rel in module_order(mdir, options["modules"]):
+        out.append(cpio.file(f"lib/modules/{Path(rel).name}", (mdir / rel).read_bytes(), 0o644, t))
+    # /etc/modules: NAME GUARD FILE... (dependencies first); /etc/modmatch.sh: match ALIAS adds the
+    # names of the modules a device wants to $wanted (builder/initramfs/init loads by them).
+    lines = [" ".join([name, guard, *(Path(f).name for f in files)]) for name, guard, files, _ in groups]
+    out.append(cpio.file("etc/modules", ("\n".join(lines) + "\n").encode(), 0o644, t))
+    out.append(cpio.file("etc/modmatch.sh", modmatch(groups).encode(), 0o644, t))
     return out
 
 

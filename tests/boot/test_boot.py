@@ -88,6 +88,11 @@ def test_console_shell_status_reaping_and_basalt_poweroff(edge7: Path, key: Path
         assert {"virtio_net", "i6300esb", "button", "evdev"} <= set(before), loaded
         assert not {"pcspkr", "psmouse", "i2c_i801", "qemu_fw_cfg"} & set(before), loaded
         assert {"pcspkr", "psmouse", "i2c_i801"} <= set(after), loaded
+        # The initramfs loaded the controllers this machine has (AHCI for the CD, virtio), not the
+        # ones it lacks (NVMe, USB, PIIX IDE): builder/initramfs/init, "Drivers by need".
+        lsmod = {line.split()[0] for line in sh("cat /proc/modules").splitlines()}
+        assert {"ahci", "sr_mod", "isofs", "squashfs", "virtio_pci"} <= lsmod, lsmod
+        assert not {"nvme", "xhci_pci", "ehci_pci", "usb_storage", "ata_piix", "virtio_blk"} & lsmod, lsmod
         # The random pool was ready before the agent's interpreter started (it would wait for it).
         crng = float(sh("dmesg | sed -n 's/^\\[ *\\([0-9.]*\\)\\] random: crng init done/\\1/p'"))
         assert crng * 1000 < s["phases"]["agent_start_ms"]

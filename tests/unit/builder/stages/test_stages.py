@@ -6,6 +6,7 @@ import dataclasses
 import gzip
 import json
 import stat
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -77,6 +78,34 @@ def test_initramfs_module_order_puts_dependencies_first(tmp_path: Path) -> None:
                      "kernel/fs/isofs/isofs.ko"]
 
 
+def test_initramfs_loads_drivers_by_need(tmp_path: Path) -> None:
+    """Each module's guard and patterns, and the generated match() run by a real busybox sh: a
+    controller's driver only for a device that wants it, disk drivers once their bus exists."""
+    mdir = fake_modules(tmp_path)
+    (mdir / "modules.dep").write_text((mdir / "modules.dep").read_text() +
+                                      "kernel/drivers/ata/ahci.ko: kernel/drivers/scsi/scsi_mod.ko\n"
+                                      "kernel/drivers/nvme/host/nvme.ko:\n")
+    (mdir / "modules.alias").write_text(
+        "alias pci:v*d*sv*sd*bc01sc06i01* ahci\nalias pci:v00008086d00002922sv*sd*bc*sc*i* ahci\n"
+        "alias acpi*:LNRO0005:* ahci\nalias pci:v*d*sv*sd*bc01sc08i02* nvme\nalias scsi:t-0x05* sr_mod\n"
+        "alias usb:v*p*d*dc*dsc*dp*ic08isc06ip50in* usb_storage\nalias fs-isofs isofs\n")
+    groups = initramfs.module_groups(mdir, ["sr_mod", "ahci", "nvme", "usb_storage", "isofs"])
+    assert [(n, g) for n, g, _, _ in groups] == [("sr_mod", "bus:scsi"), ("ahci", "match"), ("nvme", "match"),
+                                                 ("usb_storage", "bus:usb"), ("isofs", "always")]
+    assert groups[1][2] == ["kernel/drivers/scsi/scsi_mod.ko", "kernel/drivers/ata/ahci.ko"]  # its needs first
+    script = initramfs.modmatch(groups) + "wanted=' '\nfor a in \"$@\"; do match \"$a\"; done\necho \"$wanted\""
+    ran = subprocess.run(["busybox", "sh", "-c", script, "sh", "pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01",
+                          "acpi:LNRO0005:", "pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00"],
+                         capture_output=True, text=True, timeout=30)
+    assert ran.stdout.split() == ["ahci", "ahci"]  # not nvme: no NVMe device
+
+
+@pytest.mark.parametrize("pattern", ["a b", "a|b", "a;reboot", "$(x)", "a`b`", "a\"b"])
+def test_initramfs_refuses_an_alias_that_is_not_a_shell_pattern(pattern: str) -> None:
+    with pytest.raises(BasaltError):
+        initramfs.shell_patterns(["pci:v*", pattern])
+
+
 def test_initramfs_unknown_module_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(BasaltError) as exc:
         initramfs.module_order(fake_modules(tmp_path), ["nosuch"])
@@ -96,7 +125,8 @@ def test_initramfs_archive_contents(tmp_path: Path) -> None:
     ctx = SimpleNamespace(input=lambda name: tmp_path, out=out)
     initramfs.run(ctx, {"modules": ["isofs"], "compression": "gzip", "init_digest": "x", "source_date_epoch": 7})
     parsed = read_cpio(gzip.decompress((out / "initrd.img").read_bytes()))
-    assert parsed["etc/modules"][1] == b"isofs.ko\n"
+    assert parsed["etc/modules"][1] == b"isofs always isofs.ko\n"
+    assert parsed["etc/modmatch.sh"][1] == b"match() {\n\t:\n\n}\n"
     assert parsed["lib/modules/isofs.ko"][1] == b"ko"
     assert parsed["init"][1] == initramfs.INIT.read_bytes()
     assert parsed["bin/busybox"][0] & 0o111
@@ -310,7 +340,8 @@ DOWNSTREAM_OF_ROOTFS = ["rootfs", "squashfs", "initramfs", "bundle", "iso"]
     ("kernel command line", ["iso"]),
     ("site config", ["iso"]),
     ("squashfs level", ["squashfs", "bundle", "iso"]),
-    ("initramfs modules", ["initramfs", "bundle", "iso"]),
+    # the root keeps the modules the initramfs loads, whatever its hardware class: rootfs reads the list
+    ("initramfs modules", ["rootfs", "squashfs", "initramfs", "bundle", "iso"]),
     ("k3s version", DOWNSTREAM_OF_ROOTFS),
     ("k3s binary", DOWNSTREAM_OF_ROOTFS),
     ("k3s binary moved", []),  # the same bytes from another path: nothing in the image changes
