@@ -39,6 +39,9 @@ def test_default_image_loads() -> None:
     assert "python3-minimal" in img.packages
 
 
+# the line in images/x86_64-iso.yaml the bad definitions replace
+CMDLINE_LINE = "  cmdline: console=tty0 console=ttyS0,115200 transparent_hugepage=madvise quiet"
+
 CMDLINE_HINT = ("kernel arguments, one space between: letters, digits and _.,:=/+@%- (a quote, #, $, ;, { or a line "
                 "break would be GRUB script in grub.cfg)")
 BAD = [
@@ -63,15 +66,15 @@ BAD = [
      "kernel.cmdline: root= is set by the boot loader, not the image definition",
      "remove root=...; the initramfs finds the root by label"),
     # GRUB script through the command line: a new menu entry, a comment cutting the boot line, a variable
-    (("  cmdline: console=tty0 console=ttyS0,115200 quiet",
+    ((CMDLINE_LINE,
       "  cmdline: \"quiet\\n}\\nmenuentry evil {\\nlinux /x init=/bin/sh\\n}\\n#\""),
      "cmdline:", "kernel.cmdline: 'quiet\\n}\\nmenuentry evil {\\nlinux /x init=/bin/sh\\n}\\n#' is not valid here",
      CMDLINE_HINT),
-    (("  cmdline: console=tty0 console=ttyS0,115200 quiet", "  cmdline: 'quiet # basalt.label'"), "cmdline:",
+    ((CMDLINE_LINE, "  cmdline: 'quiet # basalt.label'"), "cmdline:",
      "kernel.cmdline: 'quiet # basalt.label' is not valid here", CMDLINE_HINT),
-    (("  cmdline: console=tty0 console=ttyS0,115200 quiet", "  cmdline: 'quiet init=$evil'"), "cmdline:",
+    ((CMDLINE_LINE, "  cmdline: 'quiet init=$evil'"), "cmdline:",
      "kernel.cmdline: 'quiet init=$evil' is not valid here", CMDLINE_HINT),
-    (("  cmdline: console=tty0 console=ttyS0,115200 quiet", "  cmdline: 'quiet; reboot'"), "cmdline:",
+    ((CMDLINE_LINE, "  cmdline: 'quiet; reboot'"), "cmdline:",
      "kernel.cmdline: 'quiet; reboot' is not valid here", CMDLINE_HINT),
 ]
 
