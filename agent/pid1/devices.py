@@ -70,18 +70,16 @@ class Coldplug:
         self.seen_aliases: list[str] = []
         self.deferred: list[str] = []  # aliases whose late drivers wait for the run after ready
         self.index_path = index_path or f"{modules_dir()}/{modalias.INDEX}"
-        self._index: dict[str, object] | bool | None = False  # False: not read yet
 
     def index(self) -> dict[str, object] | None:
-        if self._index is False:
-            self._index = modalias.load(self.index_path)
-        return self._index  # type: ignore[return-value]
+        """Read at each run, not kept: a megabyte PID 1 needs at boot and at a hotplug."""
+        return modalias.load(self.index_path)
 
-    def load(self, aliases: list[str], early_only: bool = False, also: tuple[str, ...] = ()) -> None:
+    def load(self, index: dict[str, object] | None, aliases: list[str], early_only: bool = False,
+             also: tuple[str, ...] = ()) -> None:
         """modprobe what ``aliases`` want, and the modules ``also`` names. With the build's index
         by module name (``early_only``: only what ready needs); without one, modprobe matches the
         aliases itself (another kernel's tree)."""
-        index = modalias.load(self.index_path)  # read at each use, not kept: a megabyte PID 1 rarely needs
         if index is None:
             names = aliases
         else:
@@ -100,13 +98,15 @@ class Coldplug:
         before = loaded_modules()
         changed = False
         pending = bool(self.deferred) and not before_ready
-        for _ in range(passes):
+        index: dict[str, object] | None = None
+        for n in range(passes):
             aliases = device_aliases()
             if aliases == self.seen_aliases and not pending:
                 break
             changed = changed or aliases != self.seen_aliases
             self.seen_aliases = aliases
-            self.load(aliases, before_ready, ("button", "evdev"))
+            index = self.index() if n == 0 else index  # once per run, and only when there is work
+            self.load(index, aliases, before_ready, ("button", "evdev"))
             self.deferred = aliases if before_ready else []
             pending = False
         loaded = sorted(loaded_modules() - before)
@@ -119,7 +119,7 @@ class Coldplug:
         new network interfaces."""
         wanted = hotplug.wanted(events)
         if wanted.aliases:
-            self.load(wanted.aliases)
+            self.load(self.index(), wanted.aliases)
         if any(e.get("LOST") for e in events):  # the socket overflowed: look at every device
             self.run(passes=2)
         if wanted.interfaces:

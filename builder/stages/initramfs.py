@@ -48,10 +48,12 @@ def _deps(modules_dir: Path) -> tuple[dict[str, list[str]], dict[str, str]]:
     return deps, by_name
 
 
-def module_order(modules_dir: Path, wanted: list[str]) -> list[str]:
-    """Module files (relative to modules_dir) to insmod, dependencies first."""
+def module_order(modules_dir: Path, wanted: list[str],
+                 groups: list[tuple[str, str, list[str], list[str]]] | None = None) -> list[str]:
+    """Module files (relative to modules_dir) to insmod, dependencies first (``groups``: the
+    module_groups of ``wanted``, when already made)."""
     order: list[str] = []
-    for _, _, files, _ in module_groups(modules_dir, wanted):
+    for _, _, files, _ in groups if groups is not None else module_groups(modules_dir, wanted):
         order += [f for f in files if f not in order]
     return order
 
@@ -132,7 +134,7 @@ def entries(rootfs: Path, options: dict[str, Any]) -> list[cpio.Entry]:
     out.append(cpio.file("init", INIT.read_bytes(), 0o755, t))
     out.append(cpio.file("etc/layout.sh", layout.shell().encode(), 0o644, t))  # the on-device layout contract
     groups = module_groups(mdir, options["modules"])
-    for rel in module_order(mdir, options["modules"]):
+    for rel in module_order(mdir, options["modules"], groups):
         out.append(cpio.file(f"lib/modules/{Path(rel).name}", (mdir / rel).read_bytes(), 0o644, t))
     # /etc/modules: NAME GUARD FILE... (dependencies first); /etc/modmatch.sh: match ALIAS adds the
     # names of the modules a device wants to $wanted (builder/initramfs/init loads by them).
