@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 
 from agent import layout
+from agent.pid1 import modalias
 
 # Kernel options containers and k3s need; "a|b" is satisfied by either.
 KERNEL_OPTIONS = (
@@ -226,7 +227,7 @@ class Doctor:
 
     def check_drivers(self) -> list[Result]:
         """A device present whose only driver the image left out (its kernel.modules.profile)."""
-        from agent.pid1 import devices, modalias
+        from agent.pid1 import devices
         index = modalias.load(self.path(f"usr/lib/modules/{self.release}/{modalias.INDEX}"))
         if index is None:
             return []
@@ -246,8 +247,7 @@ class Doctor:
 
 def _module_name(path: str) -> str:
     """``kernel/net/bridge/br_netfilter.ko.xz`` -> ``br_netfilter`` (dashes are underscores)."""
-    base = path.strip().rsplit("/", 1)[-1]
-    return base.split(".ko", 1)[0].replace("-", "_")
+    return modalias.module_name(path.strip())
 
 
 def render(results: list[Result], release: str) -> str:

@@ -165,18 +165,24 @@ def _one(pattern: str, p: int, ch: str) -> tuple[bool, int]:
     return hit != negate, end - p + 1
 
 
+def _wanted_by(buckets: dict[str, str], alias: str, skip_keys: set[str] | frozenset[str] = frozenset(),
+               skip_modules: set[str] | frozenset[str] = frozenset()) -> list[str]:
+    """The modules of ``buckets`` whose patterns take ``alias``, in index order (each bucket is
+    split only when the alias is filed under its key)."""
+    out: list[str] = []
+    for key in (*_keys(alias), "*"):
+        bucket = buckets.get(key) if key not in skip_keys else None
+        for line in bucket.split("\n") if bucket else ():
+            pattern, _, module = line.rpartition(" ")
+            if module not in skip_modules and module not in out and glob(pattern, alias):
+                out.append(module)
+    return out
+
+
 def missing(index: dict[str, object], aliases: list[str]) -> list[tuple[str, str]]:
     """(device's modalias, module) for each device whose driver the image left out."""
-    absent = index.get("absent") or {}
-    out: list[tuple[str, str]] = []
-    for alias in aliases:
-        for key in (*_keys(alias), "*"):
-            bucket = absent.get(key)  # type: ignore[attr-defined]
-            for line in bucket.split("\n") if bucket else ():
-                pattern, _, module = line.rpartition(" ")
-                if glob(pattern, alias) and (alias, module) not in out:
-                    out.append((alias, module))
-    return out
+    absent: dict[str, str] = index.get("absent") or {}  # type: ignore[assignment]
+    return [(alias, module) for alias in aliases for module in _wanted_by(absent, alias)]
 
 
 def resolve(index: dict[str, object], aliases: list[str], early_only: bool = False) -> tuple[list[str], list[str]]:
@@ -188,16 +194,8 @@ def resolve(index: dict[str, object], aliases: list[str], early_only: bool = Fal
     early_out: list[str] = []
     late_out: list[str] = []
     for alias in aliases:
-        for key in (*_keys(alias), "*"):
-            if key in all_late:
-                continue
-            bucket = keys.get(key)
-            for line in bucket.split("\n") if bucket else ():
-                pattern, _, module = line.rpartition(" ")
-                if early_only and module in late:
-                    continue
-                if glob(pattern, alias):
-                    out = late_out if module in late else early_out
-                    if module not in out:
-                        out.append(module)
+        for module in _wanted_by(keys, alias, all_late, late if early_only else set()):
+            out = late_out if module in late else early_out
+            if module not in out:
+                out.append(module)
     return early_out, late_out
