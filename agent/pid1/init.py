@@ -53,10 +53,17 @@ class Timer:
         self.name, self.due, self.fire = name, due, fire
 
 
+def python_started() -> dict[str, int]:
+    """When the launcher (/usr/sbin/basalt, its STARTED) ran its first line: the interpreter's own
+    start, before the agent's imports."""
+    started = getattr(sys.modules.get("__main__"), "STARTED", None)
+    return {"python_start_ms": int(started * 1000)} if isinstance(started, float) else {}
+
+
 class Init:
     def __init__(self) -> None:
         self.errors = Errors()
-        self.phases: dict[str, int] = {"agent_start_ms": system.boot_ms()}
+        self.phases: dict[str, int] = {**python_started(), "agent_start_ms": system.boot_ms()}
         self.supervisor = Supervisor()
         self.args = bootargs.parse(read_text("/proc/cmdline"))
         self.version = read_text(layout.LIB_VERSION, "unknown").strip()

@@ -75,7 +75,7 @@ INITRAMFS_STEPS = {"init": "kernel (to the initramfs's /init)", "modules": "init
 def timeline(initramfs: str, phases: dict[str, int], ready_ms: int | None) -> list[dict[str, object]]:
     """From the kernel's start to ready: each step, when it ended and how long it took (ms). The
     initramfs's steps (its ``NAME=SECONDS`` line, bounded; junk left out), the interpreter's start
-    (switch_root to the agent's first line), each agent phase, then ready."""
+    (switch_root to Python's first line), the agent's imports, each agent phase, then ready."""
     marks: list[tuple[str, int]] = []
     for item in initramfs[:4096].split():
         name, _, value = item.partition("=")
@@ -86,8 +86,10 @@ def timeline(initramfs: str, phases: dict[str, int], ready_ms: int | None) -> li
                 continue
     steps = [(INITRAMFS_STEPS[n], at) for n, at in marks]
     for key, at in phases.items():
-        if key == "agent_start_ms":
-            steps.append(("interpreter start (switch_root to the agent's first line)", at))
+        if key == "python_start_ms":
+            steps.append(("interpreter start (switch_root to Python's first line)", at))
+        elif key == "agent_start_ms":
+            steps.append(("interpreter: the agent's imports (to its first line)", at))
         elif key.endswith("_done_ms"):
             steps.append((f"agent: {key.removesuffix('_done_ms').replace('_', ' ')}", at))
     if ready_ms is not None:

@@ -63,13 +63,21 @@ def module_order(modules_dir: Path, wanted: list[str],
 # controller (USB, SCSI, MMC): their drivers load once the bus exists (their devices come later).
 DEVICE_BUSES = ("pci", "virtio", "of", "acpi", "platform", "amba", "vmbus", "xen")
 CHILD_BUSES = ("usb", "scsi", "mmc", "sdio")
+# The module whose loading makes each such bus exist (the guard names it: ``bus:scsi=scsi_mod.ko``).
+BUS_CORE = {"usb": "usbcore", "scsi": "scsi_mod", "mmc": "mmc_core", "sdio": "mmc_core"}
+
+
+# /etc/modules's order: what is loaded without asking first, then drivers for present devices,
+# then drivers for their buses (one pass loads a controller, then the disk driver on its bus).
+GUARD_ORDER = {"always": 0, "match": 1, "bus": 2, "fs": 3}
 
 
 def module_groups(modules_dir: Path, wanted: list[str]) -> list[tuple[str, str, list[str], list[str]]]:
     """For each wanted module: (name, guard, its files dependencies first, the modalias patterns it
-    serves). ``guard``: ``always``
-    (no device of its own: file systems, loop), ``match`` (a present device must want it), or
-    ``bus:NAME`` (load once /sys/bus/NAME exists)."""
+    serves), in GUARD_ORDER. ``guard``: ``always`` (no device of its own: loop, checksums, code
+    pages), ``match`` (a present device must want it), ``bus:NAME=CORE.ko`` (load once /sys/bus/NAME
+    exists or a pass loads CORE.ko, which makes it), or ``fs:TYPE,...`` (a file system: loaded
+    just before a mount of one of its types)."""
     deps, by_name = _deps(modules_dir)
     aliases: dict[str, list[str]] = {}
     alias_file = modules_dir / "modules.alias"
@@ -96,13 +104,16 @@ def module_groups(modules_dir: Path, wanted: list[str]) -> list[tuple[str, str, 
             own = aliases.get(key, [])
             device = [a for a in own if a.split(":", 1)[0].rstrip("*") in DEVICE_BUSES]
             child = [b for b in CHILD_BUSES if any(a.split(":", 1)[0].rstrip("*") == b for a in own)]
-            guard = "match" if device else f"bus:{child[0]}" if child else "always"
+            types = sorted(a.removeprefix("fs-") for a in own if a.startswith("fs-"))
+            core = [Path(f).name for f in files if Path(f).name.split(".ko")[0] == BUS_CORE[child[0]]] if child else []
+            guard = "match" if device else f"bus:{child[0]}={''.join(core[:1])}" if child else \
+                f"fs:{','.join(types)}" if types else "always"
             groups.append((key, guard, files, device))
         elif key not in builtin_names:
             raise BasaltError(Problem(f"initramfs module '{name}' is neither a module nor built into the kernel",
                                       hint="check kernel.initramfs.modules, and that kernel.modules.exclude "
                                            "does not drop it"))
-    return groups
+    return sorted(groups, key=lambda g: GUARD_ORDER[g[1].partition(":")[0]])
 
 
 def modmatch(groups: list[tuple[str, str, list[str], list[str]]]) -> str:

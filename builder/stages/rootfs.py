@@ -242,7 +242,8 @@ def install_agent(root: Path, version: str) -> None:
     launcher = root / "usr/sbin/basalt"
     # -S skips site.py (a tenth of a second on a slow board); dist-packages is added by hand.
     # `basalt init` (PID 1) skips the CLI's argparse: it is on the boot's critical path.
-    launcher.write_text("#!/usr/bin/python3 -S\nimport sys\n"
+    # STARTED: when the interpreter ran its first line (the boot timeline's interpreter step).
+    launcher.write_text("#!/usr/bin/python3 -S\nimport sys, time\nSTARTED = time.clock_gettime(time.CLOCK_BOOTTIME)\n"
                         f"sys.path[:0] = ['{layout.LIB}', '/usr/lib/python3/dist-packages']\n"
                         "if sys.argv[1:] == ['init']:\n    from agent.pid1.init import main\n"
                         "else:\n    from agent.cli import main\n"

@@ -74,9 +74,10 @@ def test_console_shell_status_reaping_and_basalt_poweroff(edge7: Path, key: Path
             ["edge-7", "live", [], "running"]
         # the boot timeline: the initramfs's steps, the interpreter's start, each agent phase, ready
         steps = [t["step"] for t in s["timeline"]]
-        assert steps[:7] == ["kernel (to the initramfs's /init)", "initramfs: modules", "initramfs: boot medium found",
+        assert steps[:8] == ["kernel (to the initramfs's /init)", "initramfs: modules", "initramfs: boot medium found",
                              "initramfs: root mounted", "initramfs: state and writable layers",
-                             "initramfs: switch_root", "interpreter start (switch_root to the agent's first line)"]
+                             "initramfs: switch_root", "interpreter start (switch_root to Python's first line)",
+                             "interpreter: the agent's imports (to its first line)"]
         assert "agent: coldplug" in steps and steps[-1] == "ready" and s["timeline"][-1]["at_ms"] == s["ready_ms"]
         ats = [t["at_ms"] for t in s["timeline"]]
         assert ats == sorted(ats) and ats[0] > 0 and sum(t["took_ms"] for t in s["timeline"]) == s["ready_ms"]

@@ -88,11 +88,18 @@ def test_initramfs_loads_drivers_by_need(tmp_path: Path) -> None:
     (mdir / "modules.alias").write_text(
         "alias pci:v*d*sv*sd*bc01sc06i01* ahci\nalias pci:v00008086d00002922sv*sd*bc*sc*i* ahci\n"
         "alias acpi*:LNRO0005:* ahci\nalias pci:v*d*sv*sd*bc01sc08i02* nvme\nalias scsi:t-0x05* sr_mod\n"
-        "alias usb:v*p*d*dc*dsc*dp*ic08isc06ip50in* usb_storage\nalias fs-isofs isofs\n")
-    groups = initramfs.module_groups(mdir, ["sr_mod", "ahci", "nvme", "usb_storage", "isofs"])
-    assert [(n, g) for n, g, _, _ in groups] == [("sr_mod", "bus:scsi"), ("ahci", "match"), ("nvme", "match"),
-                                                 ("usb_storage", "bus:usb"), ("isofs", "always")]
-    assert groups[1][2] == ["kernel/drivers/scsi/scsi_mod.ko", "kernel/drivers/ata/ahci.ko"]  # its needs first
+        "alias usb:v*p*d*dc*dsc*dp*ic08isc06ip50in* usb_storage\nalias fs-iso9660 isofs\n"
+        "alias fs-ext4 ext4\nalias fs-ext2 ext4\n")
+    (mdir / "modules.builtin").write_text("")
+    (mdir / "modules.dep").write_text((mdir / "modules.dep").read_text() + "kernel/fs/ext4/ext4.ko:\n")
+    groups = initramfs.module_groups(mdir, ["sr_mod", "ext4", "ahci", "nvme", "usb_storage", "isofs"])
+    # In the order /init loads them: drivers for present devices, then for their buses; file
+    # systems by type, only when mounted.
+    assert [(n, g) for n, g, _, _ in groups] == [("ahci", "match"), ("nvme", "match"),
+                                                 ("sr_mod", "bus:scsi=scsi_mod.ko"), ("usb_storage", "bus:usb="),
+                                                 ("ext4", "fs:ext2,ext4"),
+                                                 ("isofs", "fs:iso9660")]
+    assert groups[0][2] == ["kernel/drivers/scsi/scsi_mod.ko", "kernel/drivers/ata/ahci.ko"]  # its needs first
     script = initramfs.modmatch(groups) + "wanted=' '\nfor a in \"$@\"; do match \"$a\"; done\necho \"$wanted\""
     ran = subprocess.run(["busybox", "sh", "-c", script, "sh", "pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01",
                           "acpi:LNRO0005:", "pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00"],
