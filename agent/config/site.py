@@ -31,11 +31,16 @@ SERIALS = ("/proc/device-tree/serial-number", "/sys/firmware/devicetree/base/ser
 
 def load(medium: str = layout.RUN_MEDIUM) -> dict[str, Any] | None:
     """The medium's site index, or None when it has none (or an empty reservation)."""
-    try:
+    data = b""
+    try:  # the index, then NUL padding to the reservation's end: read up to the first NUL only
         with open(medium + layout.MEDIUM_SITE, "rb") as f:
-            data = f.read().rstrip(b"\0").strip()
+            while chunk := f.read(1 << 16):
+                data += chunk.split(b"\0", 1)[0]
+                if b"\0" in chunk:
+                    break
     except OSError:
         return None
+    data = data.strip()
     if not data:
         return None
     import json

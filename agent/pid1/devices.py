@@ -13,7 +13,11 @@ from agent import layout
 from agent.files import read_text
 from agent.log import log
 from agent.pid1 import hotplug, modalias
-from agent.pid1.supervise import Service, spawn_wait
+from agent.pid1.supervise import Service, spawn
+
+TYPE_CHECKING = False  # typing is not imported on the boot path
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 KEY_POWER = 116
 EV_KEY = 1
@@ -65,61 +69,94 @@ def modules_dir() -> str:
     return f"/usr/lib/modules/{os.uname().release}"
 
 
+def start_modprobe(names: Callable[[], list[str]]) -> int:
+    """busybox modprobe -a for the modules ``names()`` gives, called in the child (its matching
+    work and memory never stay in PID 1); its pid. Drivers that find no device of theirs (e.g.
+    cpufreq in a VM) refuse to load: not an error, so quiet."""
+    def argv() -> list[str] | None:
+        wanted = names()
+        return [layout.BUSYBOX, "modprobe", "-a", "-q", *wanted] if wanted else None
+    return spawn(argv, env={"BASALT_QUIET": "1"})
+
+
+def reap(pid: int | None) -> None:
+    if pid is not None:
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:  # already reaped (PID 1's loop reaps any child)
+            pass
+
+
 class Coldplug:
     def __init__(self, index_path: str | None = None) -> None:
+        # a run started with wait=False: (modprobe's pid, the modules before it, before_ready)
+        self.running: tuple[int | None, set[str], bool] | None = None
         self.seen_aliases: list[str] = []
         self.deferred: list[str] = []  # aliases whose late drivers wait for the run after ready
         self.index_path = index_path or f"{modules_dir()}/{modalias.INDEX}"
 
-    def index(self) -> dict[str, object] | None:
-        """Read at each run, not kept: a megabyte PID 1 needs at boot and at a hotplug."""
-        return modalias.load(self.index_path)
-
-    def load(self, index: dict[str, object] | None, aliases: list[str], early_only: bool = False,
-             also: tuple[str, ...] = ()) -> None:
-        """modprobe what ``aliases`` want, and the modules ``also`` names. With the build's index
-        by module name (``early_only``: only what ready needs); without one, modprobe matches the
-        aliases itself (another kernel's tree)."""
+    def names(self, aliases: list[str], early_only: bool = False, also: tuple[str, ...] = ()) -> list[str]:
+        """The modules ``aliases`` want, and ``also``. From the build's index by module name
+        (``early_only``: only what ready needs), read here and dropped (a megabyte); without one,
+        the aliases themselves, for modprobe to match (another kernel's tree)."""
+        index = modalias.load(self.index_path)
         if index is None:
-            names = aliases
-        else:
-            early, late = modalias.resolve(index, aliases, early_only)
-            names = early + late
-        if names or also:
-            # Drivers that find no device of theirs (e.g. cpufreq in a VM) refuse to load: not an error.
-            spawn_wait([layout.BUSYBOX, "modprobe", "-a", "-q", *names, *also], quiet=True)
+            return [*aliases, *also]
+        early, late = modalias.resolve(index, aliases, early_only)
+        return [*early, *late, *also]
 
-    def run(self, passes: int = 1, before_ready: bool = False) -> bool:
+    def load(self, aliases: list[str], early_only: bool = False, also: tuple[str, ...] = ()) -> int:
+        """Start modprobe for what ``aliases`` want and the modules ``also`` names (its pid): the
+        index is read and matched in the child (``names``)."""
+        return start_modprobe(lambda: self.names(aliases, early_only, also))
+
+    def run(self, passes: int = 1, before_ready: bool = False, wait: bool = True) -> bool:
         """Load a driver for every device present (``before_ready``: only those ready needs, the
         rest at the next run, after ready: agent/pid1/modalias.py).
 
         Drivers create devices that want drivers (a USB controller's devices, say), so a
-        later pass catches those; returns whether new devices appeared since the last pass."""
+        later pass catches those; returns whether new devices appeared since the last pass.
+        ``wait=False``: the last pass's modprobe is left running (the boot reads its config
+        meanwhile); ``wait()`` finishes it."""
+        self.wait()
         before = loaded_modules()
         changed = False
         pending = bool(self.deferred) and not before_ready
-        index: dict[str, object] | None = None
+        pid: int | None = None
         for n in range(passes):
             aliases = device_aliases()
             if aliases == self.seen_aliases and not pending:
                 break
             changed = changed or aliases != self.seen_aliases
             self.seen_aliases = aliases
-            index = self.index() if n == 0 else index  # once per run, and only when there is work
-            self.load(index, aliases, before_ready, ("button", "evdev"))
+            pid = self.load(aliases, before_ready, ("button", "evdev"))
+            if wait or n < passes - 1:
+                reap(pid)
+                pid = None
             self.deferred = aliases if before_ready else []
             pending = False
+        self.running = (pid, before, before_ready)
+        if wait:
+            self.wait()
+        return changed
+
+    def wait(self) -> None:
+        """The run left running: its modprobe done, and what it loaded recorded."""
+        if self.running is None:
+            return
+        pid, before, before_ready = self.running
+        self.running = None
+        reap(pid)
         loaded = sorted(loaded_modules() - before)
         with open(layout.RUN_MODULES_LOADED, "a") as f:
             f.write("".join(m + "\n" for m in loaded) + ("# ready\n" if before_ready else ""))
-        return changed
 
     def hotplug(self, events: list[dict[str, str]]) -> list[str]:
         """Devices that appeared since boot (agent/pid1/hotplug.py): their drivers loaded; returns the
         new network interfaces."""
         wanted = hotplug.wanted(events)
         if wanted.aliases:
-            self.load(self.index(), wanted.aliases)
+            reap(self.load(wanted.aliases))
         if any(e.get("LOST") for e in events):  # the socket overflowed: look at every device
             self.run(passes=2)
         if wanted.interfaces:

@@ -95,17 +95,20 @@ class Init:
     def boot(self) -> None:
         self.early_mounts()
         self.errors.guard("ctrl-alt-del", system.disable_ctrl_alt_del)
+        # The drivers ready needs load while the state and the config are read (a second CPU,
+        # or the kernel's own waits); the watchdog and the network wait for them below.
+        self.phase("coldplug_start", self.coldplug.run, 1, True, False)
         self.phase("state", self.grow_state)
         from agent.config import site
         self.prov.site_index = self.errors.guard("site", site.load)  # type: ignore[assignment]
         early = site.needs_identity(self.prov.site_index)
         if early:  # per-device configs are chosen by MAC address: the network drivers first
-            self.phase("coldplug", self.coldplug.run, 1, True)
+            self.phase("coldplug", self.coldplug.wait)
         self.prov.config = self.phase("config", self.prov.load) or {}  # type: ignore[assignment]
         self.phase("hostname", self.prov.set_hostname, self.prov.config)
         self.phase("initrd_modules", self.prov.run_phase, "initrd")
         if not early:
-            self.phase("coldplug", self.coldplug.run, 1, True)
+            self.phase("coldplug", self.coldplug.wait)
         self.phase("watchdog", self.arm_watchdog)
         self.phase("containers", containers.prepare, self.supervisor, self.errors)
         self.phase("network", self.prov.network)

@@ -44,8 +44,11 @@ class Service:
         return min(30.0, 0.5 * 2 ** min(self.failures, 6))
 
 
-def spawn(argv: list[str], tty: str | None = None, env: dict[str, str] | None = None,
-          log_path: str | None = None) -> int:
+def spawn(argv: list[str] | Callable[[], list[str] | None], tty: str | None = None,
+          env: dict[str, str] | None = None, log_path: str | None = None) -> int:
+    """Start ``argv`` in a new session (its pid). ``argv`` may be a function the child calls to
+    get it (None: exit 0 with nothing to run): work PID 1 hands off, and whose memory goes with
+    the child."""
     pid = os.fork()
     if pid:
         return pid
@@ -72,10 +75,14 @@ def spawn(argv: list[str], tty: str | None = None, env: dict[str, str] | None = 
                 os.dup2(out, 1)
                 os.dup2(out, 2)
         os.chdir("/")
-        os.execve(argv[0], argv, {"PATH": PATH, "HOME": "/root", "TERM": "vt100", **(env or {})})
+        run = argv() if callable(argv) else argv
+        if run is None:
+            os._exit(0)
+        os.execve(run[0], run, {"PATH": PATH, "HOME": "/root", "TERM": "vt100", **(env or {})})
     except BaseException as exc:  # noqa: BLE001 - the child must never return into PID 1's loop
         try:
-            os.write(2, f"basalt: cannot start {argv[0]}: {exc}\n".encode())
+            what = argv[0] if isinstance(argv, list) and argv else "a command"
+            os.write(2, f"basalt: cannot start {what}: {exc}\n".encode())
         finally:
             os._exit(127)
     raise AssertionError("unreachable")

@@ -78,6 +78,13 @@ def test_an_unstamped_reservation_is_no_site_and_a_stale_choice_is_removed(tmp_p
     out.mkdir()
     (out / "config.yaml").write_text("hostname: stale\n")
     assert site.select(None, str(out)) is None and not (out / "config.yaml").exists()
+    # Read up to the padding only, in 64 KiB pieces: an index longer than one, or ending on a
+    # piece's edge, comes back whole.
+    big = stamp.index([], {"name": "big", "config": "hostname: big\n# " + "x" * 100000 + "\n"})
+    for pad in (bytes(4096), bytes((1 << 17) - len(big)), b""):
+        (medium / "basalt" / "site.json").write_bytes(big + pad)
+        loaded = site.load(str(medium))
+        assert loaded is not None and loaded["default"]["config"].startswith("hostname: big\n# xxx")
     (medium / "basalt" / "site.json").write_bytes(b'{"format": 99}')
     with pytest.raises(ValueError, match="not a format-1 site index: restamp it"):
         site.load(str(medium))

@@ -126,7 +126,7 @@ def test_a_missing_or_foreign_index_is_none(tmp_path: Path, content: bytes | Non
 def coldplug(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, aliases: list[str], with_index: bool = True
              ) -> tuple[devices.Coldplug, list[list[str]]]:
     calls: list[list[str]] = []
-    monkeypatch.setattr(devices, "spawn_wait", lambda argv, **kw: calls.append(list(argv[4:])) or 0)
+    monkeypatch.setattr(devices, "start_modprobe", lambda names: calls.append(names()))
     monkeypatch.setattr(devices, "device_aliases", lambda: list(aliases))
     monkeypatch.setattr(devices, "loaded_modules", lambda: {m for call in calls for m in call})
     monkeypatch.setattr(devices.layout, "RUN_MODULES_LOADED", str(tmp_path / "modules-loaded"))
@@ -156,3 +156,31 @@ def test_coldplug_without_an_index_gives_modprobe_the_aliases(tmp_path: Path, mo
     plug, calls = coldplug(tmp_path, monkeypatch, PRESENT, with_index=False)
     plug.run(1, before_ready=True)
     assert calls == [[*PRESENT, "button", "evdev"]]
+
+
+def test_coldplug_at_boot_leaves_modprobe_running_until_waited_for(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The boot's coldplug (wait=False) returns with modprobe still running, a real process here (a
+    script standing in for busybox, which would load modules on this machine); wait() reaps it and
+    only then records what was loaded. The driver index is read and matched in that child only."""
+    monkeypatch.setattr(devices, "device_aliases", lambda: list(PRESENT))
+    monkeypatch.setattr(devices, "loaded_modules", lambda: set(done.read_text().split()) if done.exists() else set())
+    monkeypatch.setattr(devices.layout, "RUN_MODULES_LOADED", str(tmp_path / "modules-loaded"))
+    done, fake = tmp_path / "done", tmp_path / "busybox"
+    fake.write_text(f"#!/bin/sh\nsleep 0.5\nshift 3\necho \"$@\" > {done}.new && mv {done}.new {done}\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(devices.layout, "BUSYBOX", str(fake))
+    index = tmp_path / "index"
+    index.write_bytes(modalias.build(ALIASES, DEPS))
+    plug = devices.Coldplug(str(index))
+    reads: list[str] = []  # the index is read in the child: never in this (PID 1's) process
+    real_load = modalias.load
+    monkeypatch.setattr(devices.modalias, "load", lambda path: reads.append(path) or real_load(path))
+    plug.run(1, before_ready=True, wait=False)
+    assert not done.exists() and plug.running is not None and not (tmp_path / "modules-loaded").exists()
+    plug.wait()
+    assert done.read_text().split() == ["i6300esb", "virtio_net", "button", "evdev"]
+    assert (tmp_path / "modules-loaded").read_text().splitlines() == ["button", "evdev", "i6300esb", "virtio_net",
+                                                                      "# ready"]
+    plug.wait()  # nothing left: nothing happens
+    assert plug.running is None and reads == []
