@@ -87,6 +87,12 @@ def reap(pid: int | None) -> None:
             pass
 
 
+# File systems the initramfs loads only for a mount it makes (ext4 for a state partition, vfat
+# for a boot partition): after ready, for whatever mounts them later (busybox mount without -t
+# tries only the types /proc/filesystems lists).
+FILE_SYSTEMS = ("ext4", "vfat", "isofs")
+
+
 class Coldplug:
     def __init__(self, index_path: str | None = None) -> None:
         # a run started with wait=False: (modprobe's pid, the modules before it, before_ready)
@@ -129,7 +135,7 @@ class Coldplug:
                 break
             changed = changed or aliases != self.seen_aliases
             self.seen_aliases = aliases
-            pid = self.load(aliases, before_ready, ("button", "evdev"))
+            pid = self.load(aliases, before_ready, ("button", "evdev", *(() if before_ready else FILE_SYSTEMS)))
             if wait or n < passes - 1:
                 reap(pid)
                 pid = None

@@ -262,6 +262,7 @@ class Init:
         poller.register(rfd, select.POLLIN)
         for fd in self.power_fds:
             poller.register(fd, select.POLLIN)
+        self.errors.guard("status", self.write_status)  # at ready, before anything slower
         self.errors.guard("late coldplug", self.late_coldplug)
         uevents = hotplug.open_socket()
         if uevents is not None:

@@ -117,10 +117,32 @@ def module_groups(modules_dir: Path, wanted: list[str]) -> list[tuple[str, str, 
 
 
 def modmatch(groups: list[tuple[str, str, list[str], list[str]]]) -> str:
-    """The shell function ``match ALIAS``: adds to $wanted each module whose patterns take ALIAS."""
-    cases = [f'\tcase "$1" in {shell_patterns(patterns)}) wanted="${{wanted}}{name} " ;; esac'
-             for name, guard, _, patterns in groups if guard == "match"]
-    return "match() {\n\t:\n" + "\n".join(cases) + "\n}\n"
+    """The shell function ``match ALIAS``: adds to $wanted each module whose patterns take ALIAS.
+    Patterns are tried only against aliases of their own bus (most devices — ACPI, platform, CPU —
+    want nothing here and pass one ``case`` on their way out)."""
+    by_bus: dict[str, list[tuple[str, list[str]]]] = {}
+    for name, guard, _, patterns in groups:
+        if guard != "match":
+            continue
+        buses: dict[str, list[str]] = {}
+        for p in patterns:
+            bus = p.split(":", 1)[0]
+            buses.setdefault("*" if any(w in bus for w in "*?[") else bus, []).append(p)
+        for bus, mine in buses.items():
+            by_bus.setdefault(bus, []).append((name, mine))
+
+    def cases(entries: list[tuple[str, list[str]]], indent: str) -> list[str]:
+        return [f'{indent}case "$1" in {shell_patterns(pats)}) wanted="${{wanted}}{name} " ;; esac'
+                for name, pats in entries]
+
+    lines = cases(by_bus.pop("*", []), "\t")
+    if by_bus:
+        lines.append('\tcase "$1" in')
+        for bus in sorted(by_bus):
+            shell_patterns([bus])
+            lines += [f"\t{bus}:*)", *cases(by_bus[bus], "\t\t"), "\t\t;;"]
+        lines.append("\tesac")
+    return "match() {\n\t:\n" + "\n".join(lines) + "\n}\n"
 
 
 def shell_patterns(patterns: list[str]) -> str:
