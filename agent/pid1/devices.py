@@ -87,18 +87,10 @@ def reap(pid: int | None) -> None:
             pass
 
 
-# File systems the initramfs loads only for a mount it makes (ext4 for a state partition, vfat
-# for a boot partition): by a second modprobe, beside the first run's drivers, done before ready
-# (busybox mount without -t tries only the types /proc/filesystems lists, so a mount typed the
-# moment SSH is up must find them).
-FILE_SYSTEMS = ("ext4", "vfat", "isofs")
-
-
 class Coldplug:
     def __init__(self, index_path: str | None = None) -> None:
         # a run started with wait=False: (modprobe's pid, the modules before it, before_ready)
         self.running: tuple[int | None, set[str], bool] | None = None
-        self.fs_pid: int | None = None  # the first run's modprobe of FILE_SYSTEMS
         self.seen_aliases: list[str] = []
         self.deferred: list[str] = []  # aliases whose late drivers wait for the run after ready
         self.index_path = index_path or f"{modules_dir()}/{modalias.INDEX}"
@@ -128,8 +120,6 @@ class Coldplug:
         meanwhile); ``wait()`` finishes it."""
         self.wait()
         before = loaded_modules()
-        if before_ready and (missing := [m for m in FILE_SYSTEMS if m not in before]):
-            self.fs_pid = start_modprobe(lambda: missing)
         changed = False
         pending = bool(self.deferred) and not before_ready
         pid: int | None = None
@@ -157,8 +147,6 @@ class Coldplug:
         pid, before, before_ready = self.running
         self.running = None
         reap(pid)
-        reap(self.fs_pid)
-        self.fs_pid = None
         loaded = sorted(loaded_modules() - before)
         with open(layout.RUN_MODULES_LOADED, "a") as f:
             f.write("".join(m + "\n" for m in loaded) + ("# ready\n" if before_ready else ""))

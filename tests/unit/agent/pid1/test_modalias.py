@@ -142,33 +142,20 @@ PRESENT = ["platform:pcspkr", "pci:v00008086d000025ABsv00001AF4sd00001100bc08sc8
 def test_coldplug_leaves_late_drivers_for_after_ready(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     plug, calls = coldplug(tmp_path, monkeypatch, PRESENT)
     assert plug.run(1, before_ready=True)
-    # the file systems by a modprobe of their own, beside the drivers ready needs
-    assert calls == [["ext4", "vfat", "isofs"], ["i6300esb", "virtio_net", "button", "evdev"]]
+    assert calls == [["i6300esb", "virtio_net", "button", "evdev"]]
     # After ready: the same devices, and now their late drivers too (nothing new appeared).
     assert not plug.run(passes=2)
-    assert calls[2] == ["i6300esb", "virtio_net", "pcspkr", "button", "evdev"]
-    assert not plug.run(passes=2) and len(calls) == 3  # nothing new: nothing run
+    assert calls[1] == ["i6300esb", "virtio_net", "pcspkr", "button", "evdev"]
+    assert not plug.run(passes=2) and len(calls) == 2  # nothing new: nothing run
     record = (tmp_path / "modules-loaded").read_text().splitlines()
-    assert record[:record.index("# ready")] == ["button", "evdev", "ext4", "i6300esb", "isofs", "vfat", "virtio_net"]
+    assert record[:record.index("# ready")] == ["button", "evdev", "i6300esb", "virtio_net"]
     assert "pcspkr" in record[record.index("# ready"):]
 
 
 def test_coldplug_without_an_index_gives_modprobe_the_aliases(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     plug, calls = coldplug(tmp_path, monkeypatch, PRESENT, with_index=False)
     plug.run(1, before_ready=True)
-    assert calls == [["ext4", "vfat", "isofs"], [*PRESENT, "button", "evdev"]]
-
-
-def test_file_systems_already_loaded_start_no_modprobe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A state partition made the initramfs load ext4: only what is missing is asked for."""
-    plug, calls = coldplug(tmp_path, monkeypatch, PRESENT)
-    calls.append(["ext4", "isofs"])  # loaded before the agent started
-    plug.run(1, before_ready=True)
-    assert calls[1:] == [["vfat"], ["i6300esb", "virtio_net", "button", "evdev"]]
-    plug, calls2 = coldplug(tmp_path, monkeypatch, PRESENT)
-    calls2.append(["ext4", "vfat", "isofs"])
-    plug.run(1, before_ready=True)
-    assert calls2[1:] == [["i6300esb", "virtio_net", "button", "evdev"]]
+    assert calls == [[*PRESENT, "button", "evdev"]]
 
 
 def test_coldplug_at_boot_leaves_modprobe_running_until_waited_for(tmp_path: Path,
@@ -180,7 +167,7 @@ def test_coldplug_at_boot_leaves_modprobe_running_until_waited_for(tmp_path: Pat
     monkeypatch.setattr(devices, "loaded_modules", lambda: set(done.read_text().split()) if done.exists() else set())
     monkeypatch.setattr(devices.layout, "RUN_MODULES_LOADED", str(tmp_path / "modules-loaded"))
     done, fake = tmp_path / "done", tmp_path / "busybox"
-    fake.write_text(f"#!/bin/sh\nsleep 0.5\nshift 3\necho \"$@\" >> {done}\n")  # two at once: appends
+    fake.write_text(f"#!/bin/sh\nsleep 0.5\nshift 3\necho \"$@\" > {done}.new && mv {done}.new {done}\n")
     fake.chmod(0o755)
     monkeypatch.setattr(devices.layout, "BUSYBOX", str(fake))
     index = tmp_path / "index"
@@ -192,9 +179,8 @@ def test_coldplug_at_boot_leaves_modprobe_running_until_waited_for(tmp_path: Pat
     plug.run(1, before_ready=True, wait=False)
     assert not done.exists() and plug.running is not None and not (tmp_path / "modules-loaded").exists()
     plug.wait()
-    # both modprobes done: the drivers and, beside them, the file systems
-    assert sorted(done.read_text().splitlines()) == ["ext4 vfat isofs", "i6300esb virtio_net button evdev"]
-    assert (tmp_path / "modules-loaded").read_text().splitlines() == [
-        "button", "evdev", "ext4", "i6300esb", "isofs", "vfat", "virtio_net", "# ready"]
+    assert done.read_text().split() == ["i6300esb", "virtio_net", "button", "evdev"]
+    assert (tmp_path / "modules-loaded").read_text().splitlines() == ["button", "evdev", "i6300esb", "virtio_net",
+                                                                      "# ready"]
     plug.wait()  # nothing left: nothing happens
     assert plug.running is None and reads == []
