@@ -40,7 +40,7 @@ def test_default_image_loads() -> None:
 
 
 # the line in images/x86_64-iso.yaml the bad definitions replace
-CMDLINE_LINE = "  cmdline: console=tty0 console=ttyS0,115200 transparent_hugepage=madvise quiet"
+CMDLINE_LINE = "  cmdline: console=tty0 console=ttyS0,115200 transparent_hugepage=never quiet"
 
 CMDLINE_HINT = ("kernel arguments, one space between: letters, digits and _.,:=/+@%- (a quote, #, $, ;, { or a line "
                 "break would be GRUB script in grub.cfg)")
