@@ -95,6 +95,9 @@ def test_console_shell_status_reaping_and_basalt_poweroff(edge7: Path, key: Path
         assert sh("mkdir -p /tmp/efi && mount -o ro,loop /run/basalt/medium/boot/grub/efi.img /tmp/efi && "
                   "grep -c vfat /proc/mounts; ls /tmp/efi; umount /tmp/efi") == "1\nEFI"
         assert {"ext4", "vfat"} <= {line.split()[0] for line in sh("cat /proc/modules").splitlines()}
+        # No huge pages, so no 44 MiB kept free for them (images/x86_64-iso.yaml, kernel.cmdline)
+        thp, min_free = sh("cat /sys/kernel/mm/transparent_hugepage/enabled /proc/sys/vm/min_free_kbytes").split("\n")
+        assert thp == "always madvise [never]" and int(min_free) < 8192, (thp, min_free)
         # The initramfs loaded the controllers this machine has (AHCI for the CD, virtio), not the
         # ones it lacks (NVMe, USB, PIIX IDE): builder/initramfs/init, "Drivers by need".
         lsmod = {line.split()[0] for line in sh("cat /proc/modules").splitlines()}
