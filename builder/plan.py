@@ -182,7 +182,7 @@ def compile_plan(img: ImageDefinition, config_text: str | None = None, etc_apt: 
         PlannedStage("squashfs", {
             "compression": img.squashfs.get("compression", "zstd"),
             "level": img.squashfs.get("level", 15),
-            "block_size_kb": img.squashfs.get("block_size_kb", 256),
+            "block_size_kb": img.squashfs.get("block_size_kb", 128),
             "source_date_epoch": epoch,
         }),
         PlannedStage("initramfs", {
