@@ -21,7 +21,8 @@ from agent.errors import BasaltError, Problem
 # The Debian package of each tool the builder runs (the default hint when one fails or is missing).
 PACKAGES = {
     "qemu-img": "qemu-utils", "mcopy": "mtools", "mmd": "mtools", "mformat": "mtools", "mdir": "mtools",
-    "minisign": "minisign", "xz": "xz-utils", "bmaptool": "bmap-tools", "mksquashfs": "squashfs-tools",
+    "minisign": "minisign", "xz": "xz-utils", "lz4": "lz4", "zstd": "zstd", "bmaptool": "bmap-tools",
+    "mksquashfs": "squashfs-tools",
     "grub-mkimage": "grub-common", "gpgv": "gpgv", "mkfs.ext4": "e2fsprogs", "mkfs.vfat": "dosfstools",
     "cp": "coreutils", "mmdebstrap": "mmdebstrap", "sfdisk": "fdisk", "dpkg-deb": "dpkg",
     "buildah": "buildah", "git": "git", "scp": "openssh-client", "ssh": "openssh-client",

@@ -166,7 +166,7 @@ def _typed(doc: Located) -> ImageDefinition:
         modules_keep=tuple(kernel.get("modules", {}).get("keep", [])),
         modules_profile=kernel.get("modules", {}).get("profile", "all"),
         initramfs_modules=tuple(kernel.get("initramfs", {}).get("modules", DEFAULT_INITRAMFS_MODULES)),
-        initramfs_compression=kernel.get("initramfs", {}).get("compression", "gzip"),
+        initramfs_compression=kernel.get("initramfs", {}).get("compression", "lz4"),
         k3s=dict(v.get("k3s", {"enabled": False})), squashfs=dict(v.get("squashfs", {})),
         signing_key=(Path(doc.source).parent / Path(v["upgrade"]["signing_key"]).expanduser()).resolve()
         if v.get("upgrade", {}).get("signing_key") else None,

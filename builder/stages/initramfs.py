@@ -24,14 +24,14 @@ SOURCES = ("builder/media/cpio.py", "agent/layout.py")
 VOLATILE = False
 INPUTS = ("rootfs",)
 PUBLISH = (("initrd.img", "initrd.img"),)
-TOOLS = {"zstd": "zstd"}
+TOOLS = {"zstd": "zstd", "lz4": "lz4"}
 INIT = Path(__file__).resolve().parent.parent / "initramfs" / "init"
 SCHEMA: dict[str, Any] = {
     "type": "object", "additionalProperties": False,
     "required": ["modules", "compression", "init_digest", "source_date_epoch"],
     "properties": {
         "modules": {"type": "array", "items": {"type": "string"}},
-        "compression": {"enum": ["gzip", "zstd"]},
+        "compression": {"enum": ["lz4", "gzip", "zstd"]},
         "init_digest": {"type": "string"},
         "source_date_epoch": {"type": "integer"},
     },
@@ -183,5 +183,7 @@ def run(ctx: StageContext, options: dict[str, Any]) -> None:
     dest = ctx.out / "initrd.img"
     if options["compression"] == "gzip":
         dest.write_bytes(gzip.compress(raw.getvalue(), compresslevel=9, mtime=0))
+    elif options["compression"] == "lz4":  # the kernel reads lz4's legacy format (-l) only
+        dest.write_bytes(host.run(["lz4", "-l", "-9", "-q", "-c"], "lz4", input=raw.getvalue()).stdout)
     else:
         dest.write_bytes(host.run(["zstd", "-19", "-q", "-c"], "zstd", input=raw.getvalue()).stdout)

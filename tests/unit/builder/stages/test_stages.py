@@ -107,6 +107,68 @@ def test_initramfs_loads_drivers_by_need(tmp_path: Path) -> None:
     assert ran.stdout.split() == ["ahci", "ahci"]  # not nvme: no NVMe device
 
 
+def init_functions(*names: str) -> str:
+    """These shell functions, as builder/initramfs/init defines them (each ends at a lone ``}``)."""
+    text = initramfs.INIT.read_text()
+    out = []
+    for name in names:
+        start = text.index(f"\n{name}() {{") + 1
+        out.append(text[start:text.index("\n}\n", start) + 3])
+    return "".join(out)
+
+
+AHCI = "pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01"
+VIRTIO_NET = "pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00"
+VIRTIO_SCSI = "virtio:d00000008v00001AF4"
+A = " async_probe=1"
+
+
+@pytest.mark.parametrize(("aliases", "before", "expected"), [
+    # one device for ahci, one for virtio_pci: both probe asynchronously, loaded first; no module
+    # that is not a driver waits; the CD driver, synchronous, waits for the AHCI ports
+    ([AHCI, VIRTIO_NET], "", ["scsi_mod.ko" + A, "libata.ko" + A, "ahci.ko" + A, "virtio.ko" + A,
+                              "virtio_pci.ko" + A, "loop.ko" + A, "cdrom.ko" + A, "sr_mod.ko"]),
+    # two AHCI controllers (the same alias twice): ahci synchronous, in the list's order
+    ([AHCI, VIRTIO_NET, AHCI], "", ["virtio.ko" + A, "virtio_pci.ko" + A, "loop.ko" + A, "scsi_mod.ko" + A,
+                                    "libata.ko" + A, "ahci.ko", "cdrom.ko" + A, "sr_mod.ko"]),
+    # two virtio devices: virtio_pci synchronous
+    ([VIRTIO_NET, AHCI, VIRTIO_NET], "", ["scsi_mod.ko" + A, "libata.ko" + A, "ahci.ko" + A, "loop.ko" + A,
+                                          "virtio.ko" + A, "virtio_pci.ko", "cdrom.ko" + A, "sr_mod.ko"]),
+    # two SCSI host drivers share the sd and sr names: both synchronous
+    ([VIRTIO_SCSI, AHCI], "", ["loop.ko" + A, "scsi_mod.ko" + A, "libata.ko" + A, "ahci.ko", "virtio.ko" + A,
+                               "virtio_scsi.ko", "cdrom.ko" + A, "sr_mod.ko"]),
+    # a SCSI host loaded in an earlier pass (sr_mod too): this one could race its disks
+    ([VIRTIO_SCSI], "loop.ko scsi_mod.ko libata.ko ahci.ko cdrom.ko sr_mod.ko", ["virtio.ko" + A, "virtio_scsi.ko"]),
+])
+def test_initramfs_probes_asynchronously_only_where_nothing_can_be_renamed(
+        tmp_path: Path, aliases: list[str], before: str, expected: list[str]) -> None:
+    """The init's own load_modules, run by a real busybox sh over a module list in /etc/modules's
+    format; insmod and the devices' aliases are stand-ins (no kernel to load into here). A second
+    pass over the same devices loads nothing."""
+    modlist = tmp_path / "modules"
+    modlist.write_text("loop always loop.ko\n"
+                       "ahci match scsi_mod.ko libata.ko ahci.ko\n"
+                       "virtio_pci match virtio.ko virtio_pci.ko\n"
+                       "virtio_scsi match scsi_mod.ko virtio.ko virtio_scsi.ko\n"
+                       "sr_mod bus:scsi=scsi_mod.ko scsi_mod.ko cdrom.ko sr_mod.ko\n")
+    match = ("match() {\n"
+             f"\tcase \"$1\" in {AHCI}) wanted=\"${{wanted}}ahci \" ;; esac\n"
+             "\tcase \"$1\" in pci:v00001AF4*) wanted=\"${wanted}virtio_pci \" ;; esac\n"
+             f"\tcase \"$1\" in {VIRTIO_SCSI}) wanted=\"${{wanted}}virtio_scsi \" ;; esac\n"
+             "}\n")
+    script = (init_functions("insmod_all", "one_device", "load_modules") + match +
+              'cat() { printf "%s\\n" $ALIASES; }\n'
+              'insmod() { echo "${1#/lib/modules/}${2:+ $2}"; }\n'
+              'modlist=$1 loaded=" $2 " known=" " drivers=" " async=" "\n'
+              'load_modules first\necho ---\nload_modules again\n')
+    ran = subprocess.run(["busybox", "sh", "-c", script, "sh", str(modlist), before], capture_output=True, text=True,
+                         timeout=30, env={"PATH": "/usr/bin:/bin", "ALIASES": " ".join(aliases)})
+    assert ran.returncode == 0, ran.stderr
+    first, _, again = ran.stdout.partition("---\n")
+    assert first.splitlines() == expected
+    assert again == ""
+
+
 @pytest.mark.parametrize("pattern", ["a b", "a|b", "a;reboot", "$(x)", "a`b`", "a\"b"])
 def test_initramfs_refuses_an_alias_that_is_not_a_shell_pattern(pattern: str) -> None:
     with pytest.raises(BasaltError):
@@ -119,7 +181,16 @@ def test_initramfs_unknown_module_is_a_clear_error(tmp_path: Path) -> None:
     assert "initramfs module 'nosuch' is neither a module nor built into the kernel" in exc.value.render()
 
 
-def test_initramfs_archive_contents(tmp_path: Path) -> None:
+def unpack_initrd(data: bytes, compression: str) -> bytes:
+    if compression == "gzip":
+        return gzip.decompress(data)
+    if compression == "lz4":  # the legacy frame, the only one the kernel unpacks
+        assert data[:4] == bytes.fromhex("02214c18")
+    return subprocess.run([compression, "-d", "-q", "-c"], input=data, capture_output=True, check=True).stdout
+
+
+@pytest.mark.parametrize("compression", ["lz4", "gzip", "zstd"])
+def test_initramfs_archive_contents(tmp_path: Path, compression: str) -> None:
     root = tmp_path / "root"
     (root / "usr/bin").mkdir(parents=True)
     (root / "usr/bin/busybox").write_bytes(b"\x7fELF-busybox")
@@ -130,8 +201,8 @@ def test_initramfs_archive_contents(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     ctx = SimpleNamespace(input=lambda name: tmp_path, out=out)
-    initramfs.run(ctx, {"modules": ["isofs"], "compression": "gzip", "init_digest": "x", "source_date_epoch": 7})
-    parsed = read_cpio(gzip.decompress((out / "initrd.img").read_bytes()))
+    initramfs.run(ctx, {"modules": ["isofs"], "compression": compression, "init_digest": "x", "source_date_epoch": 7})
+    parsed = read_cpio(unpack_initrd((out / "initrd.img").read_bytes(), compression))
     assert parsed["etc/modules"][1] == b"isofs always isofs.ko\n"
     assert parsed["etc/modmatch.sh"][1] == b"match() {\n\t:\n\n}\n"
     assert parsed["lib/modules/isofs.ko"][1] == b"ko"
