@@ -92,7 +92,13 @@ class Validator:
         if "const" in node and value != node["const"]:
             yield path, f"must be {json.dumps(node['const'])}", None
         if "enum" in node and value not in node["enum"]:
-            yield path, f"{value!r} is not one of {node['enum']!r}", None
+            if isinstance(value, bool) and any(isinstance(e, str) for e in node["enum"]):
+                # YAML 1.1 reads an unquoted yes/no/on/off as a boolean: say so, not "False is not one of"
+                words = "yes, on or true" if value else "no, off or false"
+                yield (path, f"{json.dumps(value)} (an unquoted {words}, which YAML reads as a boolean) is not one "
+                             f"of {node['enum']!r}", 'quote the word to mean the text, e.g. "no"')
+            else:
+                yield path, f"{value!r} is not one of {node['enum']!r}", None
         for kw in ("anyOf", "oneOf"):
             if kw in node and not any(not list(self.errors(value, sub, path)) for sub in node[kw]):
                 yield path, node.get("x-message", f"{value!r} does not match any allowed form"), node.get("x-hint")

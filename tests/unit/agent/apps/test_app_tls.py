@@ -502,6 +502,13 @@ NEEDS = ("hint: e.g. acme_directory: https://acme-v02.api.letsencrypt.org/direct
      ["site.yaml:2: app_tls.mode: 'letsencrypt' is not one of ['site-ca', 'acme', 'off']"]),
     ("app_tls:\n  mode: off\n", {"mode": "off"}, []),  # YAML 1.1's false: the word was meant
     ("app_tls:\n  mode: OFF\n", {"mode": "off"}, []),
+    ("app_tls:\n  mode: no\n", None,  # a boolean where a word was wanted: said as such, with the fix
+     ["site.yaml:2: app_tls.mode: false (an unquoted no, off or false, which YAML reads as a boolean) is not one of "
+      "['site-ca', 'acme', 'off']\nhint: quote the word to mean the text, e.g. \"no\""]),
+    ("app_tls:\n  mode: yes\n", None,
+     ["site.yaml:2: app_tls.mode: true (an unquoted yes, on or true, which YAML reads as a boolean) is not one of "
+      "['site-ca', 'acme', 'off']\nhint: quote the word to mean the text, e.g. \"no\""]),
+    ("app_tls:\n  mode: \"no\"\n", None, ["site.yaml:2: app_tls.mode: 'no' is not one of ['site-ca', 'acme', 'off']"]),
     ("app_tls: [site-ca]\n", None, ["site.yaml:1: app_tls: expected object, got array"]),
     ("app_tls:\n  acme_directory: https://" + "a" * 2100 + "\n", None,
      ["site.yaml:2: app_tls.acme_directory: must be at most 2048 characters"]),
