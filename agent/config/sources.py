@@ -116,7 +116,7 @@ def gather(cmdline: str, baked: str = BAKED, state: str = STATE, state_dir: str 
             parsed.append(json.loads(schema_raw))
         return parsed[0]
     merged = Merged()
-    digest = sha256()
+    digest = files.sha256()
     paths = [baked, site, state, *sorted(os.path.join(state_dir, f) for f in (os.listdir(state_dir)
                                    if os.path.isdir(state_dir) else []) if f.endswith(".yaml")), dropped]
     layers: list[tuple[str, LoadedConfig | Valid | list[Problem]]] = \
@@ -212,16 +212,6 @@ class Valid:
         self.value, self.problems, self.warnings = value, (), ()  # warned about at build time
 
 
-def sha256(data: bytes = b"") -> Any:
-    """hashlib.sha256 without hashlib's OpenSSL load (slow on the boot path)."""
-    try:
-        from _sha256 import sha256 as fast  # type: ignore[import-not-found]  # Python 3.11 (Debian 12)
-        return fast(data)
-    except ImportError:
-        import hashlib
-        return hashlib.sha256(data)
-
-
 def schema_bytes() -> bytes:
     from agent.config.bootargs import SCHEMA_PATHS
     for path in SCHEMA_PATHS:
@@ -232,7 +222,7 @@ def schema_bytes() -> bytes:
 
 
 def cache_key(schema_raw: bytes, data: bytes) -> str:
-    return str(sha256(sha256(schema_raw).digest() + data).hexdigest())
+    return str(files.sha256(files.sha256(schema_raw).digest() + data).hexdigest())
 
 
 def precompile(data: bytes, value: dict[str, Any], schema_raw: bytes) -> bytes:

@@ -12,7 +12,7 @@ Actions are plain tuples, so plans compare equal in tests:
 
 from __future__ import annotations
 
-from agent import layout
+from agent import files, layout
 from agent.config.content import decode
 from agent.config.section import section
 
@@ -215,7 +215,6 @@ def host_key_fingerprint(path: str = HOST_KEY) -> str:
     """``SHA256:...`` of a dropbear ed25519 host key (as ssh-keygen -l shows it): the key file is
     string "ssh-ed25519", string of 64 bytes (the private seed, then the public key)."""
     import base64
-    import hashlib
     import struct
     with open(path, "rb") as f:
         data = f.read()
@@ -229,7 +228,7 @@ def host_key_fingerprint(path: str = HOST_KEY) -> str:
         raise ValueError(f"{path}: not a dropbear ed25519 key")
     public = data[8 + n + 32:8 + n + 64]
     blob = struct.pack(">I", len(kind)) + kind + struct.pack(">I", 32) + public
-    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+    return "SHA256:" + base64.b64encode(files.sha256(blob).digest()).decode().rstrip("=")
 
 
 def plan_ssh_server(config: dict[str, Any], facts: dict[str, Any]) -> list[Action]:
