@@ -103,6 +103,8 @@ def test_console_shell_status_reaping_and_basalt_poweroff(edge7: Path, key: Path
         assert {"ahci", "sr_mod", "isofs", "squashfs", "virtio_pci"} <= lsmod, lsmod
         assert {"ext4", "vfat"} <= lsmod, lsmod  # loaded by the plain mount above
         assert not {"nvme", "xhci_pci", "ehci_pci", "usb_storage", "ata_piix", "virtio_blk"} & lsmod, lsmod
+        # QEMU's AHCI: libata was told not to sleep 200 ms before each link's debounce (qemu_ahci)
+        assert "FORCE: link flag 0x800 forced" in sh("dmesg | grep 'ata1: FORCE'")
         # The random pool was ready before the agent's interpreter started (it would wait for it).
         crng = float(sh("dmesg | sed -n 's/^\\[ *\\([0-9.]*\\)\\] random: crng init done/\\1/p'"))
         assert crng * 1000 < s["phases"]["agent_start_ms"]

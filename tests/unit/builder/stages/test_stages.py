@@ -121,22 +121,30 @@ AHCI = "pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01"
 VIRTIO_NET = "pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00"
 VIRTIO_SCSI = "virtio:d00000008v00001AF4"
 A = " async_probe=1"
+NODB = " force=nodbdelay"  # libata on QEMU's AHCI: no sleep before the links' debounce
+REAL_AHCI = "pci:v00008086d00002922sv00008086sd00007270bc01sc06i01"  # the same chip on a real board
 
 
 @pytest.mark.parametrize(("aliases", "before", "expected"), [
     # one device for ahci, one for virtio_pci: both probe asynchronously, loaded first; no module
     # that is not a driver waits; the CD driver, synchronous, waits for the AHCI ports
-    ([AHCI, VIRTIO_NET], "", ["scsi_mod.ko" + A, "libata.ko" + A, "ahci.ko" + A, "virtio.ko" + A,
+    ([AHCI, VIRTIO_NET], "", ["scsi_mod.ko" + A, "libata.ko" + A + NODB, "ahci.ko" + A, "virtio.ko" + A,
                               "virtio_pci.ko" + A, "loop.ko" + A, "cdrom.ko" + A, "sr_mod.ko"]),
     # two AHCI controllers (the same alias twice): ahci synchronous, in the list's order
     ([AHCI, VIRTIO_NET, AHCI], "", ["virtio.ko" + A, "virtio_pci.ko" + A, "loop.ko" + A, "scsi_mod.ko" + A,
-                                    "libata.ko" + A, "ahci.ko", "cdrom.ko" + A, "sr_mod.ko"]),
+                                    "libata.ko" + A + NODB, "ahci.ko", "cdrom.ko" + A, "sr_mod.ko"]),
     # two virtio devices: virtio_pci synchronous
-    ([VIRTIO_NET, AHCI, VIRTIO_NET], "", ["scsi_mod.ko" + A, "libata.ko" + A, "ahci.ko" + A, "loop.ko" + A,
+    ([VIRTIO_NET, AHCI, VIRTIO_NET], "", ["scsi_mod.ko" + A, "libata.ko" + A + NODB, "ahci.ko" + A, "loop.ko" + A,
                                           "virtio.ko" + A, "virtio_pci.ko", "cdrom.ko" + A, "sr_mod.ko"]),
     # two SCSI host drivers share the sd and sr names: both synchronous
-    ([VIRTIO_SCSI, AHCI], "", ["loop.ko" + A, "scsi_mod.ko" + A, "libata.ko" + A, "ahci.ko", "virtio.ko" + A,
+    ([VIRTIO_SCSI, AHCI], "", ["loop.ko" + A, "scsi_mod.ko" + A, "libata.ko" + A + NODB, "ahci.ko", "virtio.ko" + A,
                                "virtio_scsi.ko", "cdrom.ko" + A, "sr_mod.ko"]),
+    # a real board's AHCI: libata keeps its sleep before the debounce
+    ([REAL_AHCI], "", ["scsi_mod.ko" + A, "libata.ko" + A, "ahci.ko" + A, "loop.ko" + A, "cdrom.ko" + A,
+                       "sr_mod.ko"]),
+    # QEMU's virtio-net and a real AHCI: still no QEMU AHCI, the sleep stays
+    ([VIRTIO_NET, REAL_AHCI], "", ["scsi_mod.ko" + A, "libata.ko" + A, "ahci.ko" + A, "virtio.ko" + A,
+                                   "virtio_pci.ko" + A, "loop.ko" + A, "cdrom.ko" + A, "sr_mod.ko"]),
     # a SCSI host loaded in an earlier pass (sr_mod too): this one could race its disks
     ([VIRTIO_SCSI], "loop.ko scsi_mod.ko libata.ko ahci.ko cdrom.ko sr_mod.ko", ["virtio.ko" + A, "virtio_scsi.ko"]),
 ])
@@ -168,13 +176,13 @@ def load_modules_passes(tmp_path: Path, aliases: list[str], before: str, *passes
                        "sr_mod bus:scsi=scsi_mod.ko scsi_mod.ko cdrom.ko sr_mod.ko\n"
                        "isofs fs:iso9660 cdrom.ko isofs.ko\n")
     match = ("match() {\n"
-             f"\tcase \"$1\" in {AHCI}) wanted=\"${{wanted}}ahci \" ;; esac\n"
+             f"\tcase \"$1\" in {AHCI} | {REAL_AHCI}) wanted=\"${{wanted}}ahci \" ;; esac\n"
              "\tcase \"$1\" in pci:v00001AF4*) wanted=\"${wanted}virtio_pci \" ;; esac\n"
              f"\tcase \"$1\" in {VIRTIO_SCSI}) wanted=\"${{wanted}}virtio_scsi \" ;; esac\n"
              "}\n")
-    script = (init_functions("insmod_all", "one_device", "load_modules") + match +
+    script = (init_functions("insmod_all", "qemu_ahci", "one_device", "load_modules") + match +
               'cat() { printf "%s\\n" $ALIASES; }\n'
-              'insmod() { echo "${1#/lib/modules/}${2:+ $2}"; }\n'
+              'insmod() { f=$1; shift; echo "${f#/lib/modules/}${*:+ $*}"; }\n'
               'modlist=$1 loaded=" $2 " known=" " drivers=" " async=" "\n'
               'shift 2\nfor pass in "$@"; do load_modules "$pass"; echo ---; done\n')
     ran = subprocess.run(["busybox", "sh", "-c", script, "sh", str(modlist), before, *passes], capture_output=True,
