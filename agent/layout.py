@@ -82,6 +82,7 @@ LIB_K3S = LIB + "/k3s"  # k3s's read-only parts: version, images/, charts/
 LIB_K3S_VERSION = LIB_K3S + "/version"
 LIB_UPGRADE_CONTROLLER = LIB_K3S + "/system-upgrade-controller.yaml"  # with upgrade.kubernetes
 LIB_UPGRADE_KEY = LIB + "/upgrade.pub"  # the minisign public key upgrade bundles are checked with
+LIB_READAHEAD = LIB + "/readahead"  # what the boot reads first, read ahead by the initramfs (readahead.py)
 
 # On the state partition (or the live tmpfs).
 VAR_LIB = "/var/lib/basalt"
@@ -100,7 +101,7 @@ STATE_DIRS = ("var", "home", "root", "opt")  # bound from the state partition, s
 INITRAMFS = {"live_label": LIVE_LABEL, "state_label": STATE_LABEL, "root_image": MEDIUM_ROOT, "run": RUN,
              "run_mode": RUN_MODE, "run_medium": RUN_MEDIUM, "run_medium_device": RUN_MEDIUM_DEVICE,
              "run_state": RUN_STATE, "run_state_device": RUN_STATE_DEVICE, "run_rw": RUN_RW, "run_slot": RUN_SLOT,
-             "run_timeline": RUN_TIMELINE,
+             "run_timeline": RUN_TIMELINE, "readahead": LIB_READAHEAD,
              "state_dirs": " ".join(STATE_DIRS), "slot_a": SLOT_LABELS["a"], "slot_b": SLOT_LABELS["b"],
              "slot_a_number": str(SLOT_NUMBERS["a"]), "slot_b_number": str(SLOT_NUMBERS["b"])}
 

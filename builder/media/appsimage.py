@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import modulefinder
 import os
-import struct
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 from agent.apps import deploy
 from builder import host
 from builder.imagedef import ROOT
-from builder.media import oci
+from builder.media import elf, oci
 
 PYTHON = "usr/bin/python3"
 OPENSSL = "usr/bin/openssl"
@@ -28,65 +27,6 @@ SEEDS = ("encodings", "encodings.aliases", "encodings.utf_8", "encodings.latin_1
 DIST = "usr/lib/python3/dist-packages"  # Debian's python3-zeroconf (and its imports), for agent.apps.mdns
 # Found by modulefinder in code paths the controller never takes (a debugger's line editing).
 SKIP_EXTENSIONS = {"readline", "termios", "_curses", "_tkinter"}
-LIB_DIRS = ("usr/lib", "usr/lib64", "lib", "lib64")
-DT_NEEDED, PT_LOAD, PT_DYNAMIC, PT_INTERP = 1, 1, 2, 3
-DT_STRTAB = 5
-
-
-def elf_needs(data: bytes) -> tuple[list[str], str]:
-    """A 64-bit little-endian ELF file's DT_NEEDED libraries and its program interpreter."""
-    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
-        raise ValueError("not a 64-bit little-endian ELF file")
-    phoff, = struct.unpack_from("<Q", data, 0x20)
-    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
-    loads, dynamic, interp = [], None, ""
-    for i in range(phnum):
-        p_type, _, p_offset, p_vaddr, _, p_filesz, _, _ = struct.unpack_from("<IIQQQQQQ", data, phoff + i * phentsize)
-        if p_type == PT_LOAD:
-            loads.append((p_vaddr, p_offset, p_filesz))
-        elif p_type == PT_DYNAMIC:
-            dynamic = (p_offset, p_filesz)
-        elif p_type == PT_INTERP:
-            interp = data[p_offset:p_offset + p_filesz].rstrip(b"\0").decode()
-    if dynamic is None:
-        return [], interp
-    entries = [struct.unpack_from("<qQ", data, dynamic[0] + n) for n in range(0, dynamic[1], 16)]
-    strtab = next(v for t, v in entries if t == DT_STRTAB)
-    base = next(off + strtab - vaddr for vaddr, off, size in loads if vaddr <= strtab < vaddr + size)
-    return [data[base + v:data.index(b"\0", base + v)].decode() for t, v in entries if t == DT_NEEDED], interp
-
-
-def _resolve(root: Path, rel: str) -> str:
-    """``rel`` inside ``root`` with its symbolic links followed (inside the tree, not the host)."""
-    parts: list[str] = []
-    todo = [p for p in rel.strip("/").split("/") if p]
-    hops = 0
-    while todo:
-        part = todo.pop(0)
-        if part == "..":
-            parts = parts[:-1]
-            continue
-        here = root.joinpath(*parts, part)
-        if here.is_symlink():
-            hops += 1
-            if hops > 40:
-                raise ValueError(f"{rel}: too many symbolic links")
-            target = str(here.readlink())
-            todo = [p for p in target.split("/") if p] + todo
-            parts = [] if target.startswith("/") else parts
-            continue
-        parts.append(part)
-    return "/".join(parts)
-
-
-def _find_library(root: Path, name: str) -> str:
-    for d in LIB_DIRS:
-        for candidate in [root / d / name, *sorted((root / d).glob(f"*-linux-gnu*/{name}"))]:
-            if candidate.exists():
-                return str(candidate.relative_to(root))
-    raise FileNotFoundError(f"{name}: not in the image's library directories")
-
-
 def closure(root: Path) -> list[str]:
     """Every file the layer holds from ``root``, as paths relative to it (links kept as links)."""
     root = root.resolve()
@@ -111,21 +51,12 @@ def closure(root: Path) -> list[str]:
         if short in SKIP_EXTENSIONS:
             continue
         files.update(str(p.relative_to(root)) for p in sorted((stdlib / "lib-dynload").glob(f"{short}.cpython-*.so")))
-    elf = [_resolve(root, PYTHON), *(f for f in sorted(files) if f.endswith(".so"))]
+    programs = [PYTHON, *(f for f in sorted(files) if f.endswith(".so"))]
     files.add(PYTHON)
     if (root / OPENSSL).exists():  # the site CA's certificates (agent/apps/tls.py) are made with it
         files.add(OPENSSL)
-        elf.append(_resolve(root, OPENSSL))
-    seen: set[str] = set()
-    while elf:
-        lib = elf.pop()
-        if lib in seen:
-            continue
-        seen.add(lib)
-        needs, interp = elf_needs((root / lib).read_bytes())
-        for item in [*(_find_library(root, n) for n in needs), *([interp.lstrip("/")] if interp else [])]:
-            files.add(item)
-            elf.append(_resolve(root, item))
+        programs.append(OPENSSL)
+    files.update(elf.libraries(root, programs))
     return sorted(files)
 
 
@@ -146,7 +77,7 @@ def entries(root: Path) -> list[tuple[tarfile.TarInfo, bytes | None]]:
             here = root / d
             if here.is_symlink():  # merged /usr: lib64 → usr/lib64
                 out.append(oci.entry(d, tarfile.SYMTYPE, 0o777, link=str(here.readlink())))
-                add_path(_resolve(root, d), directory=True)
+                add_path(elf.resolve(root, d), directory=True)
             else:
                 out.append(oci.entry(d, tarfile.DIRTYPE))
 
@@ -158,7 +89,7 @@ def entries(root: Path) -> list[tuple[tarfile.TarInfo, bytes | None]]:
         if directory:
             return
         head, _, tail = rel.rpartition("/")
-        real = f"{_resolve(root, head)}/{tail}" if head else tail
+        real = f"{elf.resolve(root, head)}/{tail}" if head else tail
         if real != rel:  # through a linked directory (lib64/…): the entry goes where the link points
             add_path(real)
             return

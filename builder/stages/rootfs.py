@@ -23,14 +23,15 @@ from builder.backends import BACKENDS
 from builder.debian import blobs_by_role
 from builder.download import sha256_file
 from builder.imagedef import OVERLAYS, ROOT
-from builder.media import hardware
+from builder.media import hardware, readahead
 from builder.stages import StageContext
 from builder.stages.k3s import locked as k3s_locked
 
 NAME = "rootfs"
 VERSION = 1
 SOURCES = ("builder/backends.py", "builder/debian.py", "builder/stages/k3s.py", "agent/layout.py",
-           "builder/media/suc.py", "builder/media/appsimage.py", "builder/media/oci.py")
+           "builder/media/suc.py", "builder/media/appsimage.py", "builder/media/oci.py",
+           "builder/media/elf.py", "builder/media/readahead.py")
 VOLATILE = False
 INPUTS = ("fetch", "k3s")
 # The config schema this image's agent validates with, for editors (docs/config.md, "Editors").
@@ -322,6 +323,8 @@ def finish(root: Path, epoch: int) -> None:
     (root / "root").chmod(0o700)
     bundle_ca_certificates(root)
     compile_python(root)
+    if (root / layout.AGENT.lstrip("/")).exists():
+        readahead.write(root)
     for path in [root, *root.rglob("*")]:
         os.utime(path, (epoch, epoch), follow_symlinks=False)
 

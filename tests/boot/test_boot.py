@@ -105,6 +105,11 @@ def test_console_shell_status_reaping_and_basalt_poweroff(edge7: Path, key: Path
         assert not {"nvme", "xhci_pci", "ehci_pci", "usb_storage", "ata_piix", "virtio_blk"} & lsmod, lsmod
         # QEMU's AHCI: libata was told not to sleep 200 ms before each link's debounce (qemu_ahci)
         assert "FORCE: link flag 0x800 forced" in sh("dmesg | grep 'ata1: FORCE'")
+        # The initramfs read the boot's read-ahead list in the background: every file it names is in
+        # the root, and the reader has finished (reaped by PID 1, not left running)
+        assert sh("cd / && ls $(cat /usr/lib/basalt/readahead) | wc -l") == \
+            sh("wc -l < /usr/lib/basalt/readahead") != "0"
+        assert sh("ps -o comm | grep -cx cat || true") == "0"
         # The random pool was ready before the agent's interpreter started (it would wait for it).
         crng = float(sh("dmesg | sed -n 's/^\\[ *\\([0-9.]*\\)\\] random: crng init done/\\1/p'"))
         assert crng * 1000 < s["phases"]["agent_start_ms"]

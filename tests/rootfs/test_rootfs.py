@@ -112,3 +112,38 @@ def test_the_driver_index_answers_as_kmod_does() -> None:
     ice = "pci:v00008086d00001593sv00008086sd00000001bc02sc00i00"
     assert modalias.resolve(index, [ice]) == ([], []) and modalias.missing(index, [ice]) == [(ice, "ice")]
     assert not list(release.glob("kernel/drivers/net/ethernet/intel/ice/*.ko"))
+
+
+# Run by the tree's own interpreter: what its import system loaded from a file, each as the file read
+# (the compiled form where one was used), in the order imported; frozen and built-in modules read none.
+LOADED = """import sys
+sys.path[:0] = ['/usr/lib/basalt', '/usr/lib/python3/dist-packages']
+import agent.pid1.init
+files = []
+for name, module in list(sys.modules.items()):
+    spec = module.__spec__
+    if spec is None or spec.origin in (None, 'built-in', 'frozen'):
+        continue
+    files.append(getattr(module, '__cached__', None) or spec.origin)
+print('\\n'.join(files))
+"""
+
+
+def test_the_boot_read_ahead_list_is_what_the_interpreter_reads() -> None:
+    """The read-ahead list the build writes (builder/media/readahead.py, read by the initramfs)
+    names, after the interpreter and its libraries, exactly the module files the tree's own
+    Python loads when it starts ``basalt init`` (run in the tree with chroot), and only files there."""
+    from agent import layout
+    from builder.media import elf
+    root = pipeline.build(plan.plan("x86_64-iso"), until="rootfs") / "root"
+    listed = (root / layout.LIB_READAHEAD.lstrip("/")).read_text().splitlines()
+    ran = subprocess.run(["/usr/sbin/chroot", str(root), "/usr/bin/python3", "-S", "-c", LOADED],
+                         capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin"})
+    assert ran.returncode == 0, ran.stderr
+    loaded = [elf.resolve(root, f) for f in ran.stdout.split()]
+    modules = [f for f in listed if ("python3" in f and f != "usr/bin/python3.11") or f.startswith("usr/lib/basalt/")]
+    assert sorted(modules) == sorted(loaded)
+    assert listed[:listed.index("usr/bin/python3.11")] == list(dict.fromkeys(
+        elf.resolve(root, lib) for lib in elf.libraries(root, ["usr/bin/python3"])))
+    assert "usr/lib/basalt/agent/pid1/__pycache__/init.cpython-311.pyc" in listed
+    assert all((root / f).is_file() and not (root / f).is_symlink() for f in listed)
