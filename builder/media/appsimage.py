@@ -16,7 +16,7 @@ from typing import Any
 from agent.apps import deploy
 from builder import host
 from builder.imagedef import ROOT
-from builder.media import elf, oci
+from builder.media import elf, oci, pytree
 
 PYTHON = "usr/bin/python3"
 OPENSSL = "usr/bin/openssl"
@@ -30,7 +30,8 @@ SKIP_EXTENSIONS = {"readline", "termios", "_curses", "_tkinter"}
 def closure(root: Path) -> list[str]:
     """Every file the layer holds from ``root``, as paths relative to it (links kept as links)."""
     root = root.resolve()
-    stdlib = sorted((root / "usr/lib").glob("python3.[0-9]*"))[-1]
+    stdlib = pytree.stdlib(root)
+    assert stdlib is not None, f"{root}: no usr/lib/python3.N"
     dist = root / DIST
     finder = modulefinder.ModuleFinder(path=[str(ROOT), str(stdlib), str(dist)], excludes=["yaml"])
     for seed in SEEDS:
@@ -42,8 +43,7 @@ def closure(root: Path) -> list[str]:
         if path is None or not (path.is_relative_to(stdlib) or path.is_relative_to(dist)):
             continue
         files.add(str(path.relative_to(root)))
-        tag = stdlib.name.replace("python", "cpython-").replace(".", "")  # python3.11 → cpython-311
-        cached = path.parent / "__pycache__" / f"{path.stem}.{tag}.pyc"
+        cached = pytree.cached(path, stdlib)
         if cached.exists():
             files.add(str(cached.relative_to(root)))
     for name in sorted(finder.badmodules):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from agent import layout
 from agent.errors import BasaltError, Problem
-from builder.media import elf
+from builder.media import elf, pytree
 
 PYTHON = "usr/bin/python3"
 # Loaded by the interpreter before the agent's first line (Python 3.11's start without site)
@@ -72,7 +72,7 @@ def imported_at_load(tree: ast.Module, package: str) -> list[str]:
     return out
 
 
-def _find(root: Path, dirs: list[Path], name: str) -> tuple[Path, bool] | None:
+def _find(dirs: list[Path], name: str) -> tuple[Path, bool] | None:
     """Where module ``name`` is in the tree (its source, or an extension), and whether it is a package."""
     rel = name.replace(".", "/")
     for d in dirs:
@@ -90,8 +90,9 @@ def modules(root: Path, seeds: tuple[str, ...]) -> list[str]:
     """The files (paths in ``root``) of the modules importing ``seeds`` loads, in the order they
     are first imported: a module's compiled form where it has one, else its source; an extension
     module as itself."""
-    stdlib = sorted((root / "usr/lib").glob("python3.[0-9]*"))[-1]
-    tag = stdlib.name.replace("python", "cpython-").replace(".", "")  # python3.11 → cpython-311
+    stdlib = pytree.stdlib(root)
+    if stdlib is None:
+        raise BasaltError(Problem(f"{root}: no usr/lib/python3.N in the image", hint="the agent needs python3-minimal"))
     dirs = [*(root / d for d in SEARCH), stdlib]
     out: list[str] = []
     seen: set[str] = set()
@@ -105,14 +106,14 @@ def modules(root: Path, seeds: tuple[str, ...]) -> list[str]:
                                       hint="the agent's start imports too much: import in the function that needs it"))
         if "." in name:
             load(name.rpartition(".")[0])  # a package before its modules
-        found = _find(root, dirs, name)
+        found = _find(dirs, name)
         if found is None:  # built in, frozen, or a name that is no module (from X import function)
             return
         path, package = found
         if path.suffix == ".so":
             out.append(str(path.relative_to(root)))
             return
-        cached = path.parent / "__pycache__" / f"{path.stem}.{tag}.pyc"
+        cached = pytree.cached(path, stdlib)
         out.append(str((cached if cached.is_file() else path).relative_to(root)))
         tree = ast.parse(path.read_bytes(), str(path))
         for wanted in imported_at_load(tree, name if package else name.rpartition(".")[0]):

@@ -23,7 +23,7 @@ from builder.backends import BACKENDS
 from builder.debian import blobs_by_role
 from builder.download import sha256_file
 from builder.imagedef import OVERLAYS, ROOT
-from builder.media import hardware, readahead
+from builder.media import hardware, pytree, readahead
 from builder.stages import StageContext
 from builder.stages.k3s import locked as k3s_locked
 
@@ -31,7 +31,8 @@ NAME = "rootfs"
 VERSION = 1
 SOURCES = ("builder/backends.py", "builder/debian.py", "builder/stages/k3s.py", "agent/layout.py",
            "builder/media/suc.py", "builder/media/appsimage.py", "builder/media/oci.py",
-           "builder/media/elf.py", "builder/media/readahead.py")
+           "builder/media/elf.py", "builder/media/readahead.py",
+           "builder/media/pytree.py")
 VOLATILE = False
 INPUTS = ("fetch", "k3s")
 # The config schema this image's agent validates with, for editors (docs/config.md, "Editors").
@@ -342,16 +343,16 @@ def compile_python(root: Path) -> None:
 
     Unchecked-hash pycs are reproducible and never rewritten; they need a host
     interpreter of the target's minor version (same bytecode), else we skip."""
-    libs = sorted((root / "usr/lib").glob("python3.*"))
-    if not libs:
+    lib = pytree.stdlib(root)
+    if lib is None:
         return
-    target = libs[-1].name  # python3.11
+    target = lib.name  # python3.11
     ours = f"python{sys.version_info.major}.{sys.version_info.minor}"
     interpreter = shutil.which(target) or (sys.executable if ours == target else None)
     if interpreter is None:
         progress.warn(f"no host {target}: the image's Python modules are not precompiled (slower agent start)")
         return
-    dirs = [str(d) for d in (libs[-1], root / "usr/lib/python3/dist-packages", root / layout.LIB.lstrip("/"))
+    dirs = [str(d) for d in (lib, root / "usr/lib/python3/dist-packages", root / layout.LIB.lstrip("/"))
             if d.is_dir()]
     host.run([interpreter, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash",
               "-s", str(root), "-p", "/", *dirs], "precompiling the image's Python modules")
