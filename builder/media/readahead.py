@@ -144,6 +144,7 @@ def write(root: Path) -> Path:
     """``layout.LIB_READAHEAD`` in ``root``, one path (relative to the root) per line."""
     files = plain(boot_files(root))
     dest = root / layout.LIB_READAHEAD.lstrip("/")
+    dest.unlink(missing_ok=True)  # a link an overlay left there is replaced, never written through
     dest.write_text("".join(f"{f}\n" for f in files))
     return dest
 

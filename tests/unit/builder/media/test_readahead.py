@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from agent import layout
 from agent.errors import BasaltError
 from builder.media import elf, readahead
 
@@ -111,3 +112,22 @@ def test_the_interpreters_loader_and_libraries_come_first_each_file_once(tmp_pat
     assert files[len(set(libraries)) + 1:] == [
         "usr/lib/python3.11/encodings/__init__.py", "usr/lib/basalt/agent/__init__.py",
         "usr/lib/basalt/agent/pid1/__init__.py", "usr/lib/basalt/agent/pid1/init.py"]
+
+
+def test_the_list_replaces_a_link_an_overlay_left_at_its_place(tmp_path: Path) -> None:
+    """An overlay's link at /usr/lib/basalt/readahead (to a file outside the tree) is replaced by the
+    list; the file it pointed at is untouched."""
+    root = tree(tmp_path, {"usr/lib/python3.11/encodings/__init__.py": "", "usr/lib/basalt/agent/__init__.py": "",
+                           "usr/lib/basalt/agent/pid1/__init__.py": "", "usr/lib/basalt/agent/pid1/init.py": ""})
+    outside = tmp_path / "outside"
+    outside.write_text("host file\n")
+    dest = root / layout.LIB_READAHEAD.lstrip("/")
+    dest.symlink_to(outside)
+    static = Path("/usr/bin/busybox")  # a static ELF stands in for the interpreter: no libraries to copy
+    if not static.is_file():
+        pytest.skip("no host busybox")
+    (root / "usr/bin").mkdir(parents=True)
+    shutil.copyfile(static, root / "usr/bin/python3")
+    assert readahead.write(root) == dest
+    assert not dest.is_symlink() and dest.read_text().splitlines()[0] == "usr/bin/python3"
+    assert outside.read_text() == "host file\n"
