@@ -16,7 +16,7 @@ from typing import Any
 from agent.apps import deploy
 from builder import host
 from builder.imagedef import ROOT
-from builder.media import elf, oci, pytree
+from builder.media import elf, oci, pytree, tree
 
 PYTHON = "usr/bin/python3"
 OPENSSL = "usr/bin/openssl"
@@ -77,7 +77,7 @@ def entries(root: Path) -> list[tuple[tarfile.TarInfo, bytes | None]]:
             here = root / d
             if here.is_symlink():  # merged /usr: lib64 → usr/lib64
                 out.append(oci.entry(d, tarfile.SYMTYPE, 0o777, link=str(here.readlink())))
-                add_path(elf.resolve(root, d), directory=True)
+                add_path(tree.resolve(root, d), directory=True)
             else:
                 out.append(oci.entry(d, tarfile.DIRTYPE))
 
@@ -89,7 +89,7 @@ def entries(root: Path) -> list[tuple[tarfile.TarInfo, bytes | None]]:
         if directory:
             return
         head, _, tail = rel.rpartition("/")
-        real = f"{elf.resolve(root, head)}/{tail}" if head else tail
+        real = f"{tree.resolve(root, head)}/{tail}" if head else tail
         if real != rel:  # through a linked directory (lib64/…): the entry goes where the link points
             add_path(real)
             return

@@ -9,6 +9,8 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+from builder.media.tree import resolve
+
 LIB_DIRS = ("usr/lib", "usr/lib64", "lib", "lib64")
 DT_NEEDED, PT_LOAD, PT_DYNAMIC, PT_INTERP = 1, 1, 2, 3
 DT_STRTAB = 5
@@ -37,34 +39,12 @@ def needs(data: bytes) -> tuple[list[str], str]:
     return [data[base + v:data.index(b"\0", base + v)].decode() for t, v in entries if t == DT_NEEDED], interp
 
 
-def resolve(root: Path, rel: str) -> str:
-    """``rel`` inside ``root`` with its symbolic links followed (inside the tree, not the host)."""
-    parts: list[str] = []
-    todo = [p for p in rel.strip("/").split("/") if p]
-    hops = 0
-    while todo:
-        part = todo.pop(0)
-        if part == "..":
-            parts = parts[:-1]
-            continue
-        here = root.joinpath(*parts, part)
-        if here.is_symlink():
-            hops += 1
-            if hops > 40:
-                raise ValueError(f"{rel}: too many symbolic links")
-            target = str(here.readlink())
-            todo = [p for p in target.split("/") if p] + todo
-            parts = [] if target.startswith("/") else parts
-            continue
-        parts.append(part)
-    return "/".join(parts)
-
-
 def find_library(root: Path, name: str) -> str:
     for d in LIB_DIRS:
         for candidate in [root / d / name, *sorted((root / d).glob(f"*-linux-gnu*/{name}"))]:
-            if candidate.exists():
-                return str(candidate.relative_to(root))
+            rel = str(candidate.relative_to(root))
+            if (root / resolve(root, rel)).exists():  # a link followed in the tree, not on the host
+                return rel
     raise FileNotFoundError(f"{name}: not in the image's library directories")
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from agent import layout
 from agent.errors import BasaltError, Problem
-from builder.media import elf, pytree
+from builder.media import elf, pytree, tree
 
 PYTHON = "usr/bin/python3"
 # Loaded by the interpreter before the agent's first line (Python 3.11's start without site)
@@ -72,17 +72,21 @@ def imported_at_load(tree: ast.Module, package: str) -> list[str]:
     return out
 
 
-def _find(dirs: list[Path], name: str) -> tuple[Path, bool] | None:
-    """Where module ``name`` is in the tree (its source, or an extension), and whether it is a package."""
+def _find(root: Path, dirs: list[str], name: str) -> tuple[Path, bool] | None:
+    """Where module ``name`` is in the tree (its source, or an extension), and whether it is a
+    package. ``dirs``: the search path, relative to ``root``; links are followed in the tree (a
+    link to a host file is never read as the image's)."""
     rel = name.replace(".", "/")
     for d in dirs:
-        if (d / rel / "__init__.py").is_file():
-            return d / rel / "__init__.py", True
-        if (d / f"{rel}.py").is_file():
-            return d / f"{rel}.py", False
-        found = sorted(d.glob(f"{rel}.cpython-*.so")) or sorted((d / "lib-dynload").glob(f"{rel}.cpython-*.so"))
-        if found:
-            return found[0], False
+        for candidate, package in ((f"{d}/{rel}/__init__.py", True), (f"{d}/{rel}.py", False)):
+            if tree.is_file(root, candidate):
+                return tree.path(root, candidate), package
+        base = tree.path(root, d)
+        found = sorted(base.glob(f"{rel}.cpython-*.so")) or sorted((base / "lib-dynload").glob(f"{rel}.cpython-*.so"))
+        for so in found:
+            real = tree.path(root, str(so.relative_to(root)))
+            if real.is_file():
+                return real, False
     return None
 
 
@@ -93,7 +97,7 @@ def modules(root: Path, seeds: tuple[str, ...]) -> list[str]:
     stdlib = pytree.stdlib(root)
     if stdlib is None:
         raise BasaltError(Problem(f"{root}: no usr/lib/python3.N in the image", hint="the agent needs python3-minimal"))
-    dirs = [*(root / d for d in SEARCH), stdlib]
+    dirs = [*SEARCH, str(stdlib.relative_to(root))]
     out: list[str] = []
     seen: set[str] = set()
 
@@ -106,17 +110,17 @@ def modules(root: Path, seeds: tuple[str, ...]) -> list[str]:
                                       hint="the agent's start imports too much: import in the function that needs it"))
         if "." in name:
             load(name.rpartition(".")[0])  # a package before its modules
-        found = _find(dirs, name)
+        found = _find(root, dirs, name)
         if found is None:  # built in, frozen, or a name that is no module (from X import function)
             return
         path, package = found
         if path.suffix == ".so":
             out.append(str(path.relative_to(root)))
             return
-        cached = pytree.cached(path, stdlib)
-        out.append(str((cached if cached.is_file() else path).relative_to(root)))
-        tree = ast.parse(path.read_bytes(), str(path))
-        for wanted in imported_at_load(tree, name if package else name.rpartition(".")[0]):
+        cached = str(pytree.cached(path, stdlib).relative_to(root))
+        out.append(cached if tree.is_file(root, cached) else str(path.relative_to(root)))
+        package_name = name if package else name.rpartition(".")[0]
+        for wanted in imported_at_load(ast.parse(path.read_bytes(), str(path)), package_name):
             load(wanted)
 
     for seed in seeds:
@@ -133,7 +137,7 @@ def boot_files(root: Path) -> list[str]:
     files: list[str] = []
     read: set[str] = set()
     for item in [*interpreter, *python, *elf.libraries(root, extensions)]:
-        real = elf.resolve(root, item)  # one file under two names (a loader's link) is read once
+        real = tree.resolve(root, item)  # one file under two names (a loader's link) is read once
         if real not in read:
             read.add(real)
             files.append(real)
@@ -143,10 +147,8 @@ def boot_files(root: Path) -> list[str]:
 def write(root: Path) -> Path:
     """``layout.LIB_READAHEAD`` in ``root``, one path (relative to the root) per line."""
     files = plain(boot_files(root))
-    dest = root / layout.LIB_READAHEAD.lstrip("/")
-    dest.unlink(missing_ok=True)  # a link an overlay left there is replaced, never written through
-    dest.write_text("".join(f"{f}\n" for f in files))
-    return dest
+    # a link an overlay left there is replaced, never written through
+    return tree.write(root, layout.LIB_READAHEAD, "".join(f"{f}\n" for f in files))
 
 
 def plain(files: list[str]) -> list[str]:

@@ -23,7 +23,7 @@ from builder.backends import BACKENDS
 from builder.debian import blobs_by_role
 from builder.download import sha256_file
 from builder.imagedef import OVERLAYS, ROOT
-from builder.media import hardware, pytree, readahead
+from builder.media import hardware, pytree, readahead, tree
 from builder.stages import StageContext
 from builder.stages.k3s import locked as k3s_locked
 
@@ -32,7 +32,7 @@ VERSION = 1
 SOURCES = ("builder/backends.py", "builder/debian.py", "builder/stages/k3s.py", "agent/layout.py",
            "builder/media/suc.py", "builder/media/appsimage.py", "builder/media/oci.py",
            "builder/media/elf.py", "builder/media/readahead.py",
-           "builder/media/pytree.py")
+           "builder/media/pytree.py", "builder/media/tree.py")
 VOLATILE = False
 INPUTS = ("fetch", "k3s")
 # The config schema this image's agent validates with, for editors (docs/config.md, "Editors").
@@ -84,7 +84,7 @@ def run(ctx: StageContext, options: dict[str, Any]) -> None:
             apply_overlay(OVERLAYS / overlay["name"], root)
     with progress.step("Installing the agent"):
         install_agent(root, options["version"])
-        (root / layout.LIB_UPGRADE_KEY.lstrip("/")).write_text(options["upgrade_key"])
+        tree.write(root, layout.LIB_UPGRADE_KEY, options["upgrade_key"])
     lock = k3s_locked(ctx.input("k3s"), ctx.store)
     if lock["enabled"]:
         with progress.step(f"Installing k3s {lock['version']}"):
@@ -94,8 +94,8 @@ def run(ctx: StageContext, options: dict[str, Any]) -> None:
         with progress.step("Building the apps controller's image"):
             from agent.apps import deploy
             from builder.media import appsimage
-            appsimage.build(root, root / K3S_SHARE / "images" / deploy.IMAGE_FILE, options["version"],
-                            options["arch"])  # Debian's names are OCI's (amd64, arm64)
+            out = tree.write(root, f"{K3S_SHARE}/images/{deploy.IMAGE_FILE}", b"")  # a plain file, not a link
+            appsimage.build(root, out, options["version"], options["arch"])  # Debian's names are OCI's
     finish(root, options["source_date_epoch"])
 
 
@@ -123,10 +123,12 @@ def install_kernel(ctx: StageContext, root: Path, options: dict[str, Any]) -> No
     # The image's kernel is this one: a backend that installed its own (diskimage-builder
     # does) must not leave a second, unpruned module tree or kernel behind.
     for stale in (root / "usr/lib/modules", root / "boot"):
-        if stale.is_dir() and not stale.is_symlink():
+        if stale.is_symlink():
+            stale.unlink()
+        elif stale.is_dir():
             shutil.rmtree(stale)
     (root / "boot").mkdir()
-    dest = root / "usr/lib/modules" / release
+    dest = tree.mkdir(root, f"usr/lib/modules/{release}")
     # The hardware class decides which modules stay, from the whole kernel's tables.
     host.run(["depmod", "-b", str(unpacked), release], "depmod (the whole kernel)")
     full_aliases, full_deps = (src / "modules.alias").read_text(), (src / "modules.dep").read_text()
@@ -154,14 +156,14 @@ def install_kernel(ctx: StageContext, root: Path, options: dict[str, Any]) -> No
         (root / "lib").symlink_to("usr/lib")
     config = unpacked / "boot" / f"config-{release}"
     if config.is_file():  # for `basalt doctor` (Debian's kernels have no /proc/config.gz)
-        shutil.copyfile(config, dest / "config")
+        tree.copy(root, f"usr/lib/modules/{release}/config", config)
     host.run(["depmod", "-b", str(root), release], "depmod")
     # Which driver each device wants, indexed once here rather than matched against every
     # pattern at each boot (agent/pid1/modalias.py).
     # The drivers the class left out are named in it, for `basalt doctor` to name a device's.
     absent = "\n".join(line for line in full_aliases.splitlines()
                        if line.startswith("alias ") and line.split()[-1] in left_out)
-    (dest / modalias.INDEX).write_bytes(modalias.build((dest / "modules.alias").read_text(),
+    tree.write(root, f"usr/lib/modules/{release}/{modalias.INDEX}", modalias.build((dest / "modules.alias").read_text(),
                                                        (dest / "modules.dep").read_text(), absent))
 
 
@@ -206,57 +208,48 @@ def prune(root: Path, patterns: list[str]) -> None:
 
 def apply_overlay(overlay: Path, root: Path) -> None:
     spec = yaml.safe_load((overlay / "overlay.yaml").read_text()) or {}
-    tree = overlay / "rootfs"
-    if tree.is_dir():
-        for src in sorted(tree.rglob("*")):
-            dest = root / src.relative_to(tree)
+    files = overlay / "rootfs"
+    if files.is_dir():  # in the tree's own terms: a link the tree (or this overlay) has is followed in it
+        for src in sorted(files.rglob("*")):
+            rel = src.relative_to(files).as_posix()
             if src.is_symlink():
-                dest.unlink(missing_ok=True)
-                dest.symlink_to(os.readlink(src))
+                tree.symlink(root, rel, os.readlink(src))
             elif src.is_dir():
-                dest.mkdir(parents=True, exist_ok=True)
+                tree.mkdir(root, rel)
             else:
-                dest.unlink(missing_ok=True)
-                shutil.copyfile(src, dest)
-                dest.chmod(0o755 if src.stat().st_mode & 0o111 else 0o644)
+                tree.copy(root, rel, src, 0o755 if src.stat().st_mode & 0o111 else 0o644)
     for name in spec.get("busybox_applets", []):
-        link = root / "usr/bin" / name
-        if not link.exists() and not (root / "usr/sbin" / name).exists():
-            link.symlink_to("busybox")
+        if not tree.path(root, f"usr/bin/{name}").exists() and not tree.path(root, f"usr/sbin/{name}").exists():
+            tree.symlink(root, f"usr/bin/{name}", "busybox")
     for name in spec.get("busybox_sbin_applets", []):  # where the kernel runs them (e.g. /sbin/modprobe)
-        link = root / "usr/sbin" / name
-        if not link.exists():
-            link.symlink_to("../bin/busybox")
-    for path, mode in spec.get("modes", {}).items():
-        (root / path).chmod(int(str(mode), 8))
+        if not tree.path(root, f"usr/sbin/{name}").exists():
+            tree.symlink(root, f"usr/sbin/{name}", "../bin/busybox")
+    for rel, mode in spec.get("modes", {}).items():
+        tree.path(root, rel).chmod(int(str(mode), 8))
 
 
 def install_agent(root: Path, version: str) -> None:
-    lib = root / layout.LIB.lstrip("/")
-    dest = lib / "agent"
-    shutil.rmtree(dest, ignore_errors=True)
-    dest.mkdir(parents=True)
+    agent = f"{layout.LIB}/agent"
+    stale = tree.path(root, agent)
+    if stale.is_dir():
+        shutil.rmtree(stale)
     for src in sorted(p for p in (ROOT / "agent").rglob("*.py") if "__pycache__" not in p.parts):
-        (dest / src.relative_to(ROOT / "agent")).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dest / src.relative_to(ROOT / "agent"))
-    (root / layout.LIB_VERSION.lstrip("/")).write_text(version + "\n")
-    shutil.copyfile(ROOT / "config" / "config.schema.json", root / layout.LIB_SCHEMA.lstrip("/"))
-    launcher = root / "usr/sbin/basalt"
+        tree.copy(root, f"{agent}/{src.relative_to(ROOT / 'agent').as_posix()}", src)
+    tree.write(root, layout.LIB_VERSION, version + "\n")
+    tree.copy(root, layout.LIB_SCHEMA, ROOT / "config" / "config.schema.json")
     # -S skips site.py (a tenth of a second on a slow board); dist-packages is added by hand.
     # `basalt init` (PID 1) skips the CLI's argparse: it is on the boot's critical path.
     # STARTED: when the interpreter ran its first line (the boot timeline's interpreter step).
-    launcher.write_text("#!/usr/bin/python3 -S\nimport sys, time\nSTARTED = time.clock_gettime(time.CLOCK_BOOTTIME)\n"
-                        f"sys.path[:0] = ['{layout.LIB}', '/usr/lib/python3/dist-packages']\n"
-                        "if sys.argv[1:] == ['init']:\n    from agent.pid1.init import main\n"
-                        "else:\n    from agent.cli import main\n"
-                        "sys.exit(main())\n")
-    launcher.chmod(0o755)
+    tree.write(root, "usr/sbin/basalt",
+               "#!/usr/bin/python3 -S\nimport sys, time\nSTARTED = time.clock_gettime(time.CLOCK_BOOTTIME)\n"
+               f"sys.path[:0] = ['{layout.LIB}', '/usr/lib/python3/dist-packages']\n"
+               "if sys.argv[1:] == ['init']:\n    from agent.pid1.init import main\n"
+               "else:\n    from agent.cli import main\n"
+               "sys.exit(main())\n", 0o755)
     os_release = (f'NAME="Basalt"\nID=basalt\nID_LIKE=debian\nVERSION="{version}"\nVERSION_ID="{version}"\n'
                   f'PRETTY_NAME="Basalt {version}"\nHOME_URL="https://basalt.invalid/"\n')
-    (root / "usr/lib/os-release").write_text(os_release)
-    etc = root / "etc/os-release"
-    etc.unlink(missing_ok=True)
-    etc.symlink_to("../usr/lib/os-release")
+    tree.write(root, "usr/lib/os-release", os_release)
+    tree.symlink(root, "etc/os-release", "../usr/lib/os-release")
 
 
 K3S_LINKS = ("kubectl", "crictl", "ctr")
@@ -267,11 +260,10 @@ def install_upgrade_controller(root: Path, images: dict[str, str] | None) -> Non
     """The system-upgrade-controller's manifest (the k3s server deploys it) and, when given, its
     images into the air-gap set (re-verified as copied)."""
     from builder.media import suc
-    (root / layout.LIB_UPGRADE_CONTROLLER.lstrip("/")).write_text(suc.manifest())
+    tree.write(root, layout.LIB_UPGRADE_CONTROLLER, suc.manifest())
     if images:
-        dest = root / layout.LIB_K3S.lstrip("/") / "images" / f"system-upgrade-controller-{suc.VERSION}.tar"
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(images["path"], dest)
+        dest = tree.copy(root, f"{layout.LIB_K3S}/images/system-upgrade-controller-{suc.VERSION}.tar",
+                         Path(images["path"]))
         if sha256_file(dest) != images["digest"]:
             raise BasaltError(Problem(f"{images['path']} changed while the image was built", hint="build again"))
 
@@ -279,31 +271,28 @@ def install_upgrade_controller(root: Path, images: dict[str, str] | None) -> Non
 def install_k3s(root: Path, lock: dict[str, Any], charts: list[dict[str, str]]) -> None:
     """/usr/bin/k3s and its tool links (a tool the image already has, e.g. Debian's ctr, is
     kept); air-gap images and bundled charts under /usr/lib/basalt/k3s, version stamped."""
-    dest = root / "usr/bin/k3s"
     with progress.step(f"Copying k3s ({lock['binary']['size'] / 1048576:.0f} MiB)"):
-        copy_verified(Path(lock["binary"]["path"]), dest, lock["binary"]["sha256"])
-    dest.chmod(0o755)
+        copy_verified(root, "usr/bin/k3s", Path(lock["binary"]["path"]), lock["binary"]["sha256"], 0o755)
     for name in K3S_LINKS:
-        link = root / "usr/bin" / name
-        if not link.exists() and not link.is_symlink() and not (root / "usr/sbin" / name).exists():
-            link.symlink_to("k3s")
-    share = root / K3S_SHARE
-    (share / "images").mkdir(parents=True, exist_ok=True)
-    (share / "charts").mkdir(exist_ok=True)
+        link = tree.path(root, f"usr/bin/{name}")
+        if not link.exists() and not link.is_symlink() and not tree.path(root, f"usr/sbin/{name}").exists():
+            tree.symlink(root, f"usr/bin/{name}", "k3s")
+    tree.mkdir(root, f"{K3S_SHARE}/images")
+    tree.mkdir(root, f"{K3S_SHARE}/charts")
     if lock.get("airgap"):
-        copy_verified(Path(lock["airgap"]["path"]), share / "images" / lock["airgap"]["file"], lock["airgap"]["sha256"])
+        copy_verified(root, f"{K3S_SHARE}/images/{lock['airgap']['file']}", Path(lock["airgap"]["path"]),
+                      lock["airgap"]["sha256"])
     for chart in charts:
-        copy_verified(Path(chart["path"]), share / "charts" / chart["name"], chart["digest"])
-    (share / "version").write_text(lock["version"] + "\n")
+        copy_verified(root, f"{K3S_SHARE}/charts/{chart['name']}", Path(chart["path"]), chart["digest"])
+    tree.write(root, f"{K3S_SHARE}/version", lock["version"] + "\n")
 
 
-def copy_verified(src: Path, dest: Path, sha256: str) -> None:
-    """Copy ``src`` and check the copy: what lands in the image is what was verified."""
-    shutil.copyfile(src, dest)
+def copy_verified(root: Path, rel: str, src: Path, sha256: str, mode: int = 0o644) -> None:
+    """Copy ``src`` to ``rel`` in ``root`` and check the copy: what lands in the image is what was verified."""
+    dest = tree.copy(root, rel, src, mode)
     if sha256_file(dest) != sha256:
         raise BasaltError(Problem(f"{src}: changed since it was verified (sha256 differs)",
                                   hint="remove it from the cache (~/.cache/basalt/blobs) and build again"))
-    dest.chmod(0o644)
 
 
 def finish(root: Path, epoch: int) -> None:
@@ -315,16 +304,18 @@ def finish(root: Path, epoch: int) -> None:
         else:
             path.unlink(missing_ok=True)
     dev = root / "dev"
-    if dev.is_dir():
+    if dev.is_symlink():
+        dev.unlink()
+    elif dev.is_dir():
         shutil.rmtree(dev)
     for d in SKELETON:
-        (root / d).mkdir(parents=True, exist_ok=True)
-    (root / "tmp").chmod(0o1777)
-    (root / "var/tmp").chmod(0o1777)
-    (root / "root").chmod(0o700)
+        tree.mkdir(root, d)
+    tree.mkdir(root, "tmp", 0o1777)
+    tree.mkdir(root, "var/tmp", 0o1777)
+    tree.mkdir(root, "root", 0o700)
     bundle_ca_certificates(root)
     compile_python(root)
-    if (root / layout.AGENT.lstrip("/")).exists():
+    if tree.path(root, layout.AGENT).exists():
         readahead.write(root)
     for path in [root, *root.rglob("*")]:
         os.utime(path, (epoch, epoch), follow_symlinks=False)
@@ -333,9 +324,7 @@ def finish(root: Path, epoch: int) -> None:
 def bundle_ca_certificates(root: Path) -> None:
     certs = sorted((root / "usr/share/ca-certificates").rglob("*.crt"))
     if certs:
-        out = root / "etc/ssl/certs/ca-certificates.crt"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(b"".join(c.read_bytes() for c in certs))
+        tree.write(root, "etc/ssl/certs/ca-certificates.crt", b"".join(c.read_bytes() for c in certs))
 
 
 def compile_python(root: Path) -> None:

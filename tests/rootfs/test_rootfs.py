@@ -134,16 +134,16 @@ def test_the_boot_read_ahead_list_is_what_the_interpreter_reads() -> None:
     names, after the interpreter and its libraries, exactly the module files the tree's own
     Python loads when it starts ``basalt init`` (run in the tree with chroot), and only files there."""
     from agent import layout
-    from builder.media import elf
+    from builder.media import elf, tree
     root = pipeline.build(plan.plan("x86_64-iso"), until="rootfs") / "root"
     listed = (root / layout.LIB_READAHEAD.lstrip("/")).read_text().splitlines()
     ran = subprocess.run(["/usr/sbin/chroot", str(root), "/usr/bin/python3", "-S", "-c", LOADED],
                          capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin"})
     assert ran.returncode == 0, ran.stderr
-    loaded = [elf.resolve(root, f) for f in ran.stdout.split()]
+    loaded = [tree.resolve(root, f) for f in ran.stdout.split()]
     modules = [f for f in listed if ("python3" in f and f != "usr/bin/python3.11") or f.startswith("usr/lib/basalt/")]
     assert sorted(modules) == sorted(loaded)
     assert listed[:listed.index("usr/bin/python3.11")] == list(dict.fromkeys(
-        elf.resolve(root, lib) for lib in elf.libraries(root, ["usr/bin/python3"])))
+        tree.resolve(root, lib) for lib in elf.libraries(root, ["usr/bin/python3"])))
     assert "usr/lib/basalt/agent/pid1/__pycache__/init.cpython-311.pyc" in listed
     assert all((root / f).is_file() and not (root / f).is_symlink() for f in listed)

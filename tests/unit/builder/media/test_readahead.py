@@ -12,6 +12,7 @@ import pytest
 from agent import layout
 from agent.errors import BasaltError
 from builder.media import elf, readahead
+from builder.media.tree import resolve
 
 
 @pytest.mark.parametrize(("source", "package", "expected"), [
@@ -100,12 +101,12 @@ def test_the_interpreters_loader_and_libraries_come_first_each_file_once(tmp_pat
     triplet = root / "usr/lib/x86_64-linux-gnu"
     triplet.mkdir(parents=True)
     for lib in elf.libraries(host, ["usr/bin/python3.11"]):  # each under the name asked for
-        shutil.copyfile(host / elf.resolve(host, lib), triplet / Path(lib).name)
+        shutil.copyfile(host / resolve(host, lib), triplet / Path(lib).name)
     (root / "usr/lib64").mkdir()
     (root / "usr/lib64/ld-linux-x86-64.so.2").symlink_to("/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2")
     (root / "lib64").symlink_to("usr/lib64")
     files = readahead.boot_files(root)
-    libraries = [elf.resolve(root, lib) for lib in elf.libraries(root, ["usr/bin/python3"])]
+    libraries = [resolve(root, lib) for lib in elf.libraries(root, ["usr/bin/python3"])]
     assert files[:len(set(libraries)) + 1] == [*dict.fromkeys(libraries), "usr/bin/python3.11"]
     assert any("ld-linux" in f for f in files[:1]) and any("/libc.so" in f for f in files)
     assert len(files) == len(set(files))
