@@ -74,6 +74,8 @@ class Init:
         self.power_fds: list[int] = []
         self.ready_ms = 0
         self.runtime_pending = False
+        self.grow_plan: tuple[str, int, int] | None = None
+        self.grow_pid: int | None = None
         self.runtime_deadline = 0.0
         self.runtime_poll_at = 0.0
         self.idle_at: float | None = None
@@ -140,13 +142,36 @@ class Init:
         self.prov.mode = read_text(layout.RUN_MODE, "live").strip() or "live"
 
     def grow_state(self) -> None:
-        """On an installed disk, the state partition takes the rest of the disk (first boot)."""
+        """On an installed disk, whether the state partition should take the rest of the disk (the
+        first boot of a flashed image): sysfs reads only. The growth itself runs after the ready
+        line (start_growth): nothing before ready needs the room."""
         device = read_text(layout.RUN_STATE_DEVICE).strip()
         if device and self.prov.mode == "installed":
+            from agent.disk import growstate
+            self.grow_plan = growstate.needed(device)
+
+    def start_growth(self) -> None:
+        """Grow the state partition in a child forked from PID 1: the partition tables' code and
+        what it imports (ctypes, dataclasses, hashlib: ~7 MiB) go with the child instead of staying
+        in PID 1 for good. The runtime phase (k3s) waits for it (runtime_check)."""
+        if self.grow_plan is None:
+            return
+        device = read_text(layout.RUN_STATE_DEVICE).strip()
+
+        def grow() -> None:
             from agent.disk import growstate
             said = growstate.grow(device, layout.RUN_STATE)
             if said:
                 log(said)
+        self.grow_pid = spawn(grow, log_path=layout.RUN_LOG + "/grow-state.log")
+        self.supervisor.watch(self.grow_pid, self.growth_done)
+
+    def growth_done(self, code: int) -> None:
+        self.grow_pid = None
+        if code != 0:
+            self.errors.add("state", f"growing the state partition failed (exit {code}; see "
+                                     f"{layout.RUN_LOG}/grow-state.log)")
+            log(f"error: growing the state partition failed (exit {code}); it keeps its size")
 
     def arm_watchdog(self) -> None:
         """After the coldplug (it loads the driver); on a trial boot the main loop must keep turning
@@ -211,7 +236,7 @@ class Init:
     # --- timers -------------------------------------------------------------
     def runtime_check(self, now: float) -> bool:
         network_up = os.path.exists(layout.RUN_NETWORK_UP)
-        if not (network_up or now >= self.runtime_deadline):
+        if self.grow_pid is not None or not (network_up or now >= self.runtime_deadline):
             self.runtime_poll_at = now + RUNTIME_POLL_S  # the DHCP hook touches a file: look again soon
             return False
         self.runtime_pending = False
@@ -235,6 +260,10 @@ class Init:
     def idle_report(self, now: float) -> bool:
         self.idle_at = None
         log(f"idle mem_used_kb={system.mem_used_kb()} rss_kb={status.rss_kb()}")
+        if "basalt.debug" in self.args:  # what holds PID 1's memory: the modules it has imported
+            loaded = sorted(sys.modules)
+            native = [n for n in loaded if str(getattr(sys.modules[n], "__file__", "")).endswith(".so")]
+            log(f"idle modules={len(loaded)} native={' '.join(native)} all={' '.join(loaded)}")
         return False
 
     # --- the loop -----------------------------------------------------------
@@ -325,6 +354,7 @@ def main() -> int:
         init.supervisor.add(Service("rescue", ["/bin/sh", "-l"], tty="/dev/console"))
     log(f"ready version={init.version} boot_ms={init.ready_ms or system.boot_ms()} "
         f"mem_used_kb={system.mem_used_kb()} errors={len(init.errors)}")
+    init.errors.guard("state", init.start_growth)
     init.errors.guard("unattended install", init.unattended_install)
     init.errors.guard("health", init.health)
     while True:

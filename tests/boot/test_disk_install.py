@@ -87,7 +87,7 @@ def test_the_installed_disk_boots_alone(installed: tuple[Path, str], key: Path, 
         assert m.group(4) == "0", guest.tail()
         assert re.search(r"nocloud seed on /dev/\w+ not read: an installed node reads a seed only when its "
                          r"config's data_sources names nocloud", guest.console()), guest.console()[-3000:]
-        assert "state partition /dev/vda5 grown to" in guest.console()
+        guest.wait_for("state partition /dev/vda5 grown to", 120)  # after ready, in a child of PID 1
         guest.wait_ssh(key)  # the key came from the seed, through the installed config
 
         def sh(cmd: str) -> str:

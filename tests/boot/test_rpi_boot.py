@@ -108,12 +108,12 @@ def test_the_pi_card_boots_under_raspi3b_through_u_boot_and_grub(rpi_card: Path,
     with Guest(None, arch=Architecture.ARM64, board="rpi", boot_disk=card, boot_disk_mib=CARD_MIB) as guest:
         m = guest.wait_for(READY.pattern + r" errors=(\d+)", BOOT_TIMEOUT)
         assert m.group(4) == "0", guest.console()[-4000:]
+        guest.wait_for("state partition /dev/mmcblk0p4 grown to", 180)  # after ready, in a child of PID 1
         console = guest.console()
         assert "devicetree: board" in console  # the card's u-boot.bin (rpi_arm64: the DT it is handed)
         assert "Scanning mmc 0:1..." in console  # its distro boot, on the card's boot partition
         assert "Booting /efi\\boot\\bootaa64.efi" in console  # U-Boot found the card's GRUB
         assert "Booting `Basalt (slot a)'" in console
-        assert "state partition /dev/mmcblk0p4 grown to" in console
         # Unarmed unless the config asks: QEMU's raspi3b resets at once when it is (agent/pid1/watchdog.py).
         assert "basalt: watchdog (Broadcom BCM2835 Watchdog timer) left unarmed" in console
         # The dropped config's hostname, in the getty's prompt on the header console.
