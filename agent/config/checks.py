@@ -193,9 +193,11 @@ def apps(c: Checked) -> Iterator[Problem]:
 
 def app_tls(c: Checked) -> Iterator[Problem]:
     """``app_tls:``: ACME needs its directory and contact; they are unused in another mode."""
+    t = c.value.get("app_tls") or {}
+    if not t:
+        return  # the default mode, nothing to check (and the TLS module not imported on the boot path)
     from agent.apps import tls
     from agent.errors import BasaltError
-    t = c.value.get("app_tls") or {}
     mode = t.get("mode", tls.DEFAULT_MODE)
     if mode == "acme":
         missing = [k for k in ("acme_directory", "acme_email") if not t.get(k)]

@@ -15,7 +15,6 @@ value with a trailing newline never passes a pattern that ends in ``$``.
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 from collections.abc import Iterator
@@ -156,6 +155,7 @@ class Validator:
             if key in props:
                 yield from self.errors(item, props[key], (*path, key))
             elif extra is False:
+                import difflib  # only for a key that is not in the schema: not on a good config's path
                 close = difflib.get_close_matches(key, list(props), n=1)
                 hint = f"did you mean '{close[0]}'?" if close else f"valid keys here: {', '.join(sorted(props))}"
                 yield (*path, key), f"unknown key '{key}'", hint

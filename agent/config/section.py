@@ -8,6 +8,9 @@ if TYPE_CHECKING:
     from typing import Any
 
 
+K3S_KEYS = frozenset({"server_url", "token", "k3s_args", "labels", "taints"})  # the section's keys for k3s
+
+
 def section(config: dict[str, Any]) -> dict[str, Any]:
     """The k3OS/Basalt section, ``basalt:`` winning over ``k3os:`` key by key."""
     return {**config.get("k3os", {}), **config.get("basalt", {})}

@@ -115,7 +115,8 @@ def select(index: dict[str, Any] | None, out: str = layout.RUN_SITE, net: str = 
            serials: tuple[str, ...] = SERIALS) -> dict[str, Any] | None:
     """Write the chosen config (or remove a stale one); returns the match, None when unstamped."""
     config, match_path = f"{out}/config.yaml", f"{out}/match.json"
-    for stale in (config, match_path):
+    sidecar = f"{out}/config.bin"  # the config precompiled by the stamp (sources.precompiled checks its key)
+    for stale in (config, sidecar, match_path):
         if os.path.exists(stale):
             os.unlink(stale)
     if index is None:
@@ -134,6 +135,13 @@ def select(index: dict[str, Any] | None, out: str = layout.RUN_SITE, net: str = 
         if not isinstance(text, str):
             raise ValueError(f"{layout.MEDIUM_SITE}: site {entry.get('name')!r} has no config text")
         files.write_atomic(config, text, 0o600)
+        compiled = entry.get("compiled")
+        if isinstance(compiled, str):
+            import binascii
+            try:
+                files.write_atomic(sidecar, binascii.a2b_base64(compiled), 0o600)
+            except (binascii.Error, ValueError):
+                pass  # not base64: the YAML is parsed and checked as usual
     import json
     files.write_atomic(match_path, json.dumps(match))
     return match

@@ -14,7 +14,7 @@ import json
 from dataclasses import replace
 
 from agent import layout
-from agent.config.section import section
+from agent.config.section import K3S_KEYS, section
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ def wanted(config: dict[str, Any]) -> bool:
     """Does the config ask for anything k3s-specific (an error on an image without k3s)?"""
     sec = section(config)
     k3s = config.get("k3s", {})
-    return k3s.get("enabled", True) and (bool({"server_url", "token", "k3s_args", "labels", "taints"} & set(sec))
+    return k3s.get("enabled", True) and (bool(K3S_KEYS & set(sec))
                                          or bool(set(k3s) - {"enabled"}))
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from agent import files, layout
 from agent.config.content import decode
-from agent.config.section import section
+from agent.config.section import K3S_KEYS, section
 
 TYPE_CHECKING = False  # typing, base64 and gzip cost a tenth of a second each under emulation
 if TYPE_CHECKING:
@@ -349,7 +349,7 @@ def plan_wifi(config: dict[str, Any], facts: dict[str, Any]) -> list[Action]:
 
 
 def plan_k3s_files(config: dict[str, Any], facts: dict[str, Any]) -> list[Action]:
-    if not facts.get("k3s") and "k3s" not in config and not section(config):
+    if not facts.get("k3s") and "k3s" not in config and not K3S_KEYS & set(section(config)):
         return []  # an image without k3s and a config without k3s keys: skip the import
     from agent.modules import k3s
     return k3s.plan_files(config, facts)

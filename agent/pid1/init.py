@@ -37,6 +37,14 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+# What the boot imports inside functions on its way to ready (a config's sources, the stamped site,
+# the config modules, first-boot growth), besides what this module imports when it loads: the
+# build's read-ahead list names their files too (builder/media/readahead.py reads this tuple from
+# the image's own copy of this file). A boot with basalt.debug logs what it imported by ready, and
+# the boot test checks that the list has each one's file.
+BOOT_IMPORTS = ("agent.config.site", "agent.config.datasources", "agent.config.sources", "agent.config.section",
+                "agent.config.content", "agent.http", "agent.modules.plans", "agent.modules.actions",
+                "agent.disk.growstate", "json", "base64", "_crypt")
 RUNTIME_WAIT_S = 120.0  # the runtime phase runs after this even without a network
 RUNTIME_POLL_S = 0.5
 IDLE_REPORT_S = 5.0
@@ -127,6 +135,7 @@ class Init:
         self.ready_ms = system.boot_ms()
         if "basalt.debug" in self.args:
             log("phases " + " ".join(f"{k}={v}" for k, v in self.phases.items()))
+            log_modules("ready")  # what the boot imported: the read-ahead list should name their files
 
     def early_mounts(self) -> None:
         """What the initramfs did not already mount (it normally mounts all of these)."""
@@ -261,9 +270,7 @@ class Init:
         self.idle_at = None
         log(f"idle mem_used_kb={system.mem_used_kb()} rss_kb={status.rss_kb()}")
         if "basalt.debug" in self.args:  # what holds PID 1's memory: the modules it has imported
-            loaded = sorted(sys.modules)
-            native = [n for n in loaded if str(getattr(sys.modules[n], "__file__", "")).endswith(".so")]
-            log(f"idle modules={len(loaded)} native={' '.join(native)} all={' '.join(loaded)}")
+            log_modules("idle")
         return False
 
     # --- the loop -----------------------------------------------------------
@@ -332,6 +339,13 @@ class Init:
             except Exception:  # noqa: BLE001 - never leave the loop
                 log("error in main loop: " + format_exception())
                 time.sleep(1)
+
+
+def log_modules(when: str) -> None:
+    """The modules PID 1 has imported (basalt.debug): all, and the native ones apart."""
+    loaded = sorted(sys.modules)
+    native = [n for n in loaded if str(getattr(sys.modules[n], "__file__", "")).endswith(".so")]
+    log(f"modules at {when}: {len(loaded)}; native: {' '.join(native)}; all: {' '.join(loaded)}")
 
 
 def report_host_key() -> None:

@@ -34,9 +34,20 @@ from builder.media import disk
 
 def index(configs: list[dict[str, Any]], default: dict[str, Any] | None, image: str = "") -> bytes:
     """The site index agent/config/site.py reads: ``default`` ({name, config}) and per-device entries
-    ({name, config, macs, serials})."""
-    return json.dumps({"format": FORMAT, "image": image, "default": default, "devices": configs},
-                      sort_keys=True).encode()
+    ({name, config, macs, serials}). Each entry also carries its config precompiled (``compiled``:
+    the sidecar agent/config/sources.py reads, base64), keyed to this tree's config schema, so that
+    a node built from this tree skips the YAML parser and the validator at every boot (seconds
+    under emulation); a node with another schema ignores it and parses the YAML."""
+    import base64
+
+    from builder.imagedef import ROOT
+    from builder.media.medium import precompiled_config
+    schema_raw = (ROOT / "config" / "config.schema.json").read_bytes()
+
+    def compiled(entry: dict[str, Any]) -> dict[str, Any]:
+        return {**entry, "compiled": base64.b64encode(precompiled_config(entry["config"], schema_raw)).decode()}
+    return json.dumps({"format": FORMAT, "image": image, "default": compiled(default) if default else None,
+                       "devices": [compiled(c) for c in configs]}, sort_keys=True).encode()
 
 
 def kind_of(path: Path) -> str:

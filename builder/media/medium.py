@@ -17,12 +17,12 @@ def marker_name(name: str, version: str, config: str | None, kind: str = "") -> 
     return f"id-{digest[:16]}"
 
 
-def precompiled_config(text: str, tree: Path) -> bytes:
+def precompiled_config(text: str, schema_raw: bytes) -> bytes:
     """The site config's normalised value for the node to use without parsing it again, keyed
-    to the schema the image carries (agent/config/sources.py)."""
+    to ``schema_raw``, the schema the image carries (agent/config/sources.py): a node whose schema
+    differs ignores it and parses the YAML."""
     from agent.config.sources import precompile
     from agent.config.validate import check_text
-    schema_raw = (tree / layout.LIB_SCHEMA.lstrip("/")).read_bytes()
     loaded = check_text(text, "config.yaml")
     if loaded.problems:  # the plan validated it already; this is the same check
         raise BasaltError(loaded.problems)
@@ -36,5 +36,6 @@ def files(name: str, version: str, config: str | None, rootfs_tree: Path,
            layout.MEDIUM_VERSION: (version + "\n").encode()}
     if config is not None:
         out[layout.MEDIUM_CONFIG] = config.encode()
-        out[layout.MEDIUM_CONFIG_BIN] = precompiled_config(config, rootfs_tree)
+        schema_raw = (rootfs_tree / layout.LIB_SCHEMA.lstrip("/")).read_bytes()
+        out[layout.MEDIUM_CONFIG_BIN] = precompiled_config(config, schema_raw)
     return out

@@ -28,7 +28,7 @@ ENTRY = "agent.pid1.init"  # what /usr/sbin/basalt imports for "basalt init"
 SEARCH = (layout.LIB.lstrip("/"), "usr/lib/python3/dist-packages")  # the agent's sys.path, before the stdlib
 # Frozen into Python 3.11 (Python/frozen.c): imported from the interpreter itself, never from a file
 FROZEN = frozenset({"abc", "codecs", "io", "_collections_abc", "_sitebuiltins", "genericpath", "ntpath",
-                    "posixpath", "os", "os.path", "site", "stat", "importlib", "importlib._bootstrap",
+                    "posixpath", "os", "os.path", "site", "stat", "importlib._bootstrap",
                     "importlib._bootstrap_external", "importlib.util", "importlib.machinery", "runpy",
                     "zipimport"})
 MAX_MODULES = 400  # an import graph larger than this is not a boot's
@@ -128,11 +128,29 @@ def modules(root: Path, seeds: tuple[str, ...]) -> list[str]:
     return out
 
 
+def boot_imports(root: Path) -> tuple[str, ...]:
+    """``BOOT_IMPORTS`` of the tree's own ``agent/pid1/init.py``: what the boot imports inside
+    functions before ready (a literal tuple of names; none when the file has no such tuple)."""
+    found = _find(root, list(SEARCH), ENTRY)
+    if found is None:
+        return ()
+    for node in ast.parse(found[0].read_bytes()).body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "BOOT_IMPORTS"
+                                                for t in node.targets):
+            names = ast.literal_eval(node.value)
+            if not isinstance(names, tuple) or not all(isinstance(n, str) and n.replace(".", "").replace(
+                    "_", "").isalnum() for n in names):
+                raise BasaltError(Problem(f"{found[0]}: BOOT_IMPORTS is not a tuple of module names",
+                                          hint="BOOT_IMPORTS = (\"agent.config.site\", ...)"))
+            return names
+    return ()
+
+
 def boot_files(root: Path) -> list[str]:
     """The list, in the order the boot reads the files: paths relative to ``root``."""
     # the loader and the libraries first (the loader maps them before the interpreter's code runs)
     interpreter = [*elf.libraries(root, [PYTHON]), PYTHON]
-    python = modules(root, (*STARTUP, ENTRY))
+    python = modules(root, (*STARTUP, ENTRY, *boot_imports(root)))
     extensions = [f for f in python if f.endswith(".so")]
     files: list[str] = []
     read: set[str] = set()

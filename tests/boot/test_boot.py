@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agent import layout
 from builder import pipeline, plan
 from builder.download import BlobStore
 from builder.stages import StageContext
@@ -26,6 +28,26 @@ def status(guest: Guest, key: Path) -> dict[str, Any]:
     """``basalt status --json``, read over SSH (the serial console is for the ready line and logs:
     a long read-back there can be garbled under load)."""
     return json.loads(guest.ssh("basalt status --json", key))  # type: ignore[no-any-return]
+
+
+# In the guest: which of the modules named on the command line the read-ahead list lacks (by
+# their compiled file, source or extension; built-in and frozen ones are read from no file).
+UNLISTED = """
+import importlib.util, sys
+sys.path[:0] = ['/usr/lib/basalt', '/usr/lib/python3/dist-packages']
+listed = set(open('/usr/lib/basalt/readahead').read().split())
+missing = []
+for name in sys.argv[1:]:
+    spec = importlib.util.find_spec(name) if name != '__main__' else None
+    if spec is None or spec.origin in (None, 'built-in', 'frozen'):
+        continue
+    files = {spec.origin.lstrip('/')}
+    if spec.origin.endswith('.py'):
+        files.add(importlib.util.cache_from_source(spec.origin).lstrip('/'))
+    if not files & listed:
+        missing.append(name)
+print(' '.join(missing) or 'none')
+"""
 
 
 def iso_of(out: Path) -> Path:
@@ -57,7 +79,8 @@ def pub(key: Path) -> str:
 
 def test_console_shell_status_reaping_and_basalt_poweroff(edge7: Path, key: Path, qemu_available: None) -> None:
     out = edge7
-    with Guest(iso_of(out), firmware="direct") as guest:  # the ISO's own kernel, initramfs and command line
+    # the ISO's own kernel, initramfs and command line; basalt.debug: PID 1 logs what it imported
+    with Guest(iso_of(out), firmware="direct", append="basalt.debug") as guest:
         guest.wait_for(READY, BOOT_TIMEOUT)
         guest.wait_for(r"edge-7:/# ", 60)  # the live console shell, prompt showing the configured hostname
         idle = guest.wait_for(IDLE, 60)  # the agent's last unprompted console line
@@ -110,6 +133,11 @@ def test_console_shell_status_reaping_and_basalt_poweroff(edge7: Path, key: Path
         assert sh("cd / && ls $(cat /usr/lib/basalt/readahead) | wc -l") == \
             sh("wc -l < /usr/lib/basalt/readahead") != "0"
         assert sh("ps -o comm | grep -cx cat || true") == "0"
+        # ... and it names the file of every module the boot imported by ready, the lazy imports
+        # too (BOOT_IMPORTS in agent/pid1/init.py): the config's and the config modules' code.
+        imported = sh(f"sed -n 's/.*modules at ready: [0-9]*; native: [^;]*; all: //p' {layout.RUN_AGENT_LOG}")
+        assert "agent.config.sources" in imported.split() and "agent.modules.plans" in imported.split(), imported
+        assert sh(f"python3 -S -c {shlex.quote(UNLISTED)} {imported}") == "none"
         # The random pool was ready before the agent's interpreter started (it would wait for it).
         crng = float(sh("dmesg | sed -n 's/^\\[ *\\([0-9.]*\\)\\] random: crng init done/\\1/p'"))
         assert crng * 1000 < s["phases"]["agent_start_ms"]

@@ -119,6 +119,8 @@ def test_the_driver_index_answers_as_kmod_does() -> None:
 LOADED = """import sys
 sys.path[:0] = ['/usr/lib/basalt', '/usr/lib/python3/dist-packages']
 import agent.pid1.init
+for name in agent.pid1.init.BOOT_IMPORTS:
+    __import__(name)  # not importlib, which the boot does not import
 files = []
 for name, module in list(sys.modules.items()):
     spec = module.__spec__
@@ -132,7 +134,8 @@ print('\\n'.join(files))
 def test_the_boot_read_ahead_list_is_what_the_interpreter_reads() -> None:
     """The read-ahead list the build writes (builder/media/readahead.py, read by the initramfs)
     names, after the interpreter and its libraries, exactly the module files the tree's own
-    Python loads when it starts ``basalt init`` (run in the tree with chroot), and only files there."""
+    Python loads when it starts ``basalt init`` and imports what the boot imports later
+    (``BOOT_IMPORTS``; run in the tree with chroot), and only files there."""
     from agent import layout
     from builder.media import elf, tree
     root = pipeline.build(plan.plan("x86_64-iso"), until="rootfs") / "root"
