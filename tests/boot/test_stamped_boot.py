@@ -55,6 +55,8 @@ def check_node(guest: Guest, key: Path, name: str) -> dict[str, object]:
     assert "k3os.server_url = 'https://10.0.2.100:6443'    # /run/basalt/site/config.yaml" in shown.splitlines()
     assert f"k3os.labels.site = '{name}'" in shown
     assert guest.ssh("stat -c '%a %U' /run/basalt/site/config.yaml", key) == "600 root"
+    # ... with its precompiled form beside it (the stamp's): no YAML parser on the boot path
+    assert guest.ssh("stat -c '%a %U' /run/basalt/site/config.bin", key) == "600 root"
     assert guest.ssh("grep -c K10-fleet /run/basalt/site/config.yaml", key) == "1"  # in force, on the node only
     assert SECRET not in shown and SECRET not in guest.console()
     assert SECRET not in guest.ssh("cat /run/basalt/log/*.log /run/basalt/agent.log 2>/dev/null; true", key)

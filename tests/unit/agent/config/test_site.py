@@ -131,3 +131,40 @@ def test_config_show_redacts_secrets(path: tuple[str | int, ...], value: object,
 
 def test_the_site_index_file_name_is_the_layouts() -> None:
     assert os.path.basename(layout.MEDIUM_SITE) == "site.json" and layout.RUN_SITE_CONFIG == sources.SITE
+
+
+def test_a_stamped_config_comes_precompiled_and_a_bad_or_foreign_one_is_parsed(tmp_path: Path) -> None:
+    """Each stamped entry carries its config precompiled (the stamp validated it): the node writes
+    it beside the chosen config.yaml and the merge takes it without the YAML parser. One whose
+    key does not match (another schema, a config edited after stamping) or that is not base64
+    is ignored, and the YAML is parsed and checked as usual."""
+    text = "hostname: from-stamp\nwrite_files:\n  - path: /etc/x\n    content: '1'\n"
+    index = json.loads(stamp.index([], {"name": "one", "config": text}))
+    net, serials = fake_sys(tmp_path, {"eth0": "52:54:00:00:0a:01"})
+    out = tmp_path / "run"
+    site.select(index, str(out), net, serials)
+    sidecar = out / "config.bin"
+    assert stat.S_IMODE(sidecar.stat().st_mode) == 0o600
+    raw = sources.schema_bytes()
+    assert sources.precompiled(str(out / "config.yaml"), text.encode(), raw) == \
+        {"hostname": "from-stamp", "write_files": [{"path": "/etc/x", "content": "1"}]}
+
+    def merged_hostname() -> str:
+        merged = sources.gather("", str(tmp_path / "none.yaml"), str(tmp_path / "none.yaml"), str(tmp_path / "none"),
+                                datasource_dirs=(), known_good=str(tmp_path / "kg"), rejected=str(tmp_path / "rj"),
+                                dropped=str(tmp_path / "none.yaml"), site=str(out / "config.yaml"))
+        assert not merged.problems
+        return str(merged.value["hostname"])
+    # The sidecar is what the merge used: one saying otherwise (same key) wins over the YAML.
+    sidecar.write_bytes(sources.precompile(text.encode(), {"hostname": "from-sidecar"}, raw))
+    assert merged_hostname() == "from-sidecar"
+    for hostile in ("not base64 at all!", "", json.dumps({"x": 1})):
+        site.select({**index, "default": {**index["default"], "compiled": hostile}}, str(out), net, serials)
+        assert merged_hostname() == "from-stamp"
+    # a sidecar for other text (the config edited after stamping) is ignored
+    other = json.loads(stamp.index([], {"name": "one", "config": "hostname: stamped-before\n"}))["default"]["compiled"]
+    site.select({**index, "default": {**index["default"], "compiled": other}}, str(out), net, serials)
+    assert sidecar.is_file() and merged_hostname() == "from-stamp"
+    # an index from before precompiling (no "compiled") still works, and leaves no stale sidecar
+    site.select({**index, "default": {"name": "one", "config": text}}, str(out), net, serials)
+    assert not sidecar.exists() and merged_hostname() == "from-stamp"
