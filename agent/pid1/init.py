@@ -76,6 +76,7 @@ class Init:
         self.args = bootargs.parse(read_text("/proc/cmdline"))
         self.version = read_text(layout.LIB_VERSION, "unknown").strip()
         self.prov = Provisioner(self.supervisor, self.errors, self.phases, self.version)
+        self.prov.debug = "basalt.debug" in self.args
         self.coldplug = devices.Coldplug()
         self.action: str | None = None
         self.watchdog: watchdog.Watchdog | None = None

@@ -34,6 +34,7 @@ class Provisioner:
         self.base_tables: dict[str, str] = {}  # the image's passwd/group, before users: added to them
         self.trying: object = None  # control.Trial: an unconfirmed "config apply --try"
         self.runtime_done = False
+        self.debug = False  # basalt.debug: each config module's time on the console
 
     def load(self) -> dict[str, object]:
         """Merge the config sources (see sources.py); problems are logged and kept in the status."""
@@ -95,11 +96,15 @@ class Provisioner:
             return []
         from agent.modules import actions, plans
         before = len(self.errors)
-        for name, planned in plans.plan_phase(phase, self.config, self.facts()):
+        started = system.boot_ms()
+        for name, planned in plans.plan_phase(phase, self.config, self.facts()):  # each planned as it comes
             if name in skip:
                 continue
             for error in actions.apply(planned, run_command, services=self.supervisor):
                 self.errors.add(f"{phase}/{name}", error)
+            if self.debug:  # planned and applied
+                log(f"module {phase}/{name}: {len(planned)} actions, {system.boot_ms() - started} ms")
+                started = system.boot_ms()
         if phase == "runtime" and "scripts" not in skip:
             for script in getattr(self.merged, "scripts", []):
                 code = run_command([script])
