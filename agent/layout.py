@@ -91,6 +91,7 @@ STATE_CONFIG_D = VAR_LIB + "/config.d"
 KNOWN_GOOD = VAR_LIB + "/last-known-good.json"
 REJECTED = VAR_LIB + "/rejected.json"  # a config trial that was not confirmed
 SSH_STATE = VAR_LIB + "/ssh"  # the SSH host keys
+SSH_HOST_KEY = SSH_STATE + "/dropbear_ed25519_host_key"
 HTTP_DATASOURCE = VAR_LIB + "/datasource/http"
 PERSISTENT_LOG = "/var/log/basalt"  # RUN_LOG links here when /var is the state partition
 UPGRADE_STATE = VAR_LIB + "/upgrade.json"  # slots' versions, failed versions, the last upgrade's result

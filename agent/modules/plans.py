@@ -208,7 +208,7 @@ def plan_ssh_keys_remote(config: dict[str, Any], facts: dict[str, Any]) -> list[
     return _plan_keys(config, facts, fetch=True)
 
 
-HOST_KEY = f"{SSH_STATE}/dropbear_ed25519_host_key"
+HOST_KEY = layout.SSH_HOST_KEY
 
 
 def host_key_fingerprint(path: str = HOST_KEY) -> str:

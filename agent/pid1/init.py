@@ -351,8 +351,8 @@ def log_modules(when: str) -> None:
 
 def report_host_key() -> None:
     """The SSH host key's fingerprint on the console, to check a first login against."""
-    from agent.modules import plans
-    if os.path.exists(plans.HOST_KEY):
+    if os.path.exists(layout.SSH_HOST_KEY):  # the config modules imported only when there is one
+        from agent.modules import plans
         log(f"ssh host key: ED25519 {plans.host_key_fingerprint()}")
 
 
