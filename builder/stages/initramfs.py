@@ -67,6 +67,13 @@ CHILD_BUSES = ("usb", "scsi", "mmc", "sdio")
 BUS_CORE = {"usb": "usbcore", "scsi": "scsi_mod", "mmc": "mmc_core", "sdio": "mmc_core"}
 
 
+# Modules a file system's mount asks the kernel for by name (no modinfo dependency says so), so
+# they load with that file system (fs:TYPE) rather than at every boot: the code pages vfat names
+# files with (its defaults: codepage 437, iocharset ascii) and the checksum ext4 checks its
+# metadata with. The initramfs has no modprobe for the kernel to call; after switch_root the
+# kernel loads them itself for a later mount.
+FS_HELPERS = {"nls_cp437": ("vfat",), "nls_ascii": ("vfat",), "crc32c_generic": ("ext4",)}
+
 # /etc/modules's order: what is loaded without asking first, then drivers for present devices,
 # then drivers for their buses (one pass loads a controller, then the disk driver on its bus).
 GUARD_ORDER = {"always": 0, "match": 1, "bus": 2, "fs": 3}
@@ -74,10 +81,10 @@ GUARD_ORDER = {"always": 0, "match": 1, "bus": 2, "fs": 3}
 
 def module_groups(modules_dir: Path, wanted: list[str]) -> list[tuple[str, str, list[str], list[str]]]:
     """For each wanted module: (name, guard, its files dependencies first, the modalias patterns it
-    serves), in GUARD_ORDER. ``guard``: ``always`` (no device of its own: loop, checksums, code
-    pages), ``match`` (a present device must want it), ``bus:NAME=CORE.ko`` (load once /sys/bus/NAME
-    exists or a pass loads CORE.ko, which makes it), or ``fs:TYPE,...`` (a file system: loaded
-    just before a mount of one of its types)."""
+    serves), in GUARD_ORDER. ``guard``: ``always`` (no device of its own: loop), ``match`` (a
+    present device must want it), ``bus:NAME=CORE.ko`` (load once /sys/bus/NAME exists or a pass
+    loads CORE.ko, which makes it), or ``fs:TYPE,...`` (a file system, or what its mount asks the
+    kernel for, FS_HELPERS: loaded just before a mount of one of its types)."""
     deps, by_name = _deps(modules_dir)
     aliases: dict[str, list[str]] = {}
     alias_file = modules_dir / "modules.alias"
@@ -104,7 +111,7 @@ def module_groups(modules_dir: Path, wanted: list[str]) -> list[tuple[str, str, 
             own = aliases.get(key, [])
             device = [a for a in own if a.split(":", 1)[0].rstrip("*") in DEVICE_BUSES]
             child = [b for b in CHILD_BUSES if any(a.split(":", 1)[0].rstrip("*") == b for a in own)]
-            types = sorted(a.removeprefix("fs-") for a in own if a.startswith("fs-"))
+            types = sorted(a.removeprefix("fs-") for a in own if a.startswith("fs-")) or list(FS_HELPERS.get(key, ()))
             core = [Path(f).name for f in files if Path(f).name.split(".ko")[0] == BUS_CORE[child[0]]] if child else []
             guard = "match" if device else f"bus:{child[0]}={''.join(core[:1])}" if child else \
                 f"fs:{','.join(types)}" if types else "always"

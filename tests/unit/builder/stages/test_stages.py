@@ -91,15 +91,19 @@ def test_initramfs_loads_drivers_by_need(tmp_path: Path) -> None:
         "alias usb:v*p*d*dc*dsc*dp*ic08isc06ip50in* usb_storage\nalias fs-iso9660 isofs\n"
         "alias fs-ext4 ext4\nalias fs-ext2 ext4\n")
     (mdir / "modules.builtin").write_text("")
-    (mdir / "modules.dep").write_text((mdir / "modules.dep").read_text() + "kernel/fs/ext4/ext4.ko:\n")
-    groups = initramfs.module_groups(mdir, ["sr_mod", "ext4", "ahci", "nvme", "usb_storage", "isofs"])
-    # In the order /init loads them: drivers for present devices, then for their buses; file
-    # systems by type, only when mounted.
-    assert [(n, g) for n, g, _, _ in groups] == [("ahci", "match"), ("nvme", "match"),
+    (mdir / "modules.dep").write_text((mdir / "modules.dep").read_text() + "kernel/fs/ext4/ext4.ko:\n"
+                                      "kernel/crypto/crc32c_generic.ko:\nkernel/fs/nls/nls_cp437.ko:\n"
+                                      "kernel/drivers/block/loop.ko:\n")
+    groups = initramfs.module_groups(mdir, ["loop", "sr_mod", "ext4", "crc32c_generic", "ahci", "nvme",
+                                            "usb_storage", "isofs", "nls_cp437"])
+    # In the order /init loads them: what no device asks for, drivers for present devices, then
+    # for their buses; file systems by type, only when mounted, with what their mount asks the
+    # kernel for by name (a checksum, a code page).
+    assert [(n, g) for n, g, _, _ in groups] == [("loop", "always"), ("ahci", "match"), ("nvme", "match"),
                                                  ("sr_mod", "bus:scsi=scsi_mod.ko"), ("usb_storage", "bus:usb="),
-                                                 ("ext4", "fs:ext2,ext4"),
-                                                 ("isofs", "fs:iso9660")]
-    assert groups[0][2] == ["kernel/drivers/scsi/scsi_mod.ko", "kernel/drivers/ata/ahci.ko"]  # its needs first
+                                                 ("ext4", "fs:ext2,ext4"), ("crc32c_generic", "fs:ext4"),
+                                                 ("isofs", "fs:iso9660"), ("nls_cp437", "fs:vfat")]
+    assert groups[1][2] == ["kernel/drivers/scsi/scsi_mod.ko", "kernel/drivers/ata/ahci.ko"]  # its needs first
     script = initramfs.modmatch(groups) + "wanted=' '\nfor a in \"$@\"; do match \"$a\"; done\necho \"$wanted\""
     ran = subprocess.run(["busybox", "sh", "-c", script, "sh", "pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01",
                           "acpi:LNRO0005:", "pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00"],
