@@ -115,6 +115,8 @@ def test_console_shell_status_reaping_and_basalt_poweroff(edge7: Path, key: Path
         # File systems load when first mounted (/etc/filesystems: busybox mount without -t tries
         # those, and the kernel runs modprobe for each): the ISO's FAT image, by a plain mount.
         assert not {"ext4", "vfat", "isofs"} & set(loaded), loaded
+        # One loop device, the root's (loop max_loop=1); the plain mount below makes the next on demand
+        assert sh("ls /sys/block | grep loop") == "loop0"
         assert sh("mkdir -p /tmp/efi && mount -o ro,loop /run/basalt/medium/boot/grub/efi.img /tmp/efi && "
                   "grep -c vfat /proc/mounts; ls /tmp/efi; umount /tmp/efi") == "1\nEFI"
         # No huge pages, so no 44 MiB kept free for them (images/x86_64-iso.yaml, kernel.cmdline)
