@@ -126,6 +126,7 @@ VIRTIO_NET = "pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00"
 VIRTIO_SCSI = "virtio:d00000008v00001AF4"
 A = " async_probe=1"
 NODB = " force=nodbdelay"  # libata on QEMU's AHCI: no sleep before the links' debounce
+LOOP = " max_loop=1"  # the root's loop device only; more on demand
 REAL_AHCI = "pci:v00008086d00002922sv00008086sd00007270bc01sc06i01"  # the same chip on a real board
 
 
@@ -133,22 +134,23 @@ REAL_AHCI = "pci:v00008086d00002922sv00008086sd00007270bc01sc06i01"  # the same 
     # one device for ahci, one for virtio_pci: both probe asynchronously, loaded first; no module
     # that is not a driver waits; the CD driver, synchronous, waits for the AHCI ports
     ([AHCI, VIRTIO_NET], "", ["scsi_mod.ko" + A, "libata.ko" + A + NODB, "ahci.ko" + A, "virtio.ko" + A,
-                              "virtio_pci.ko" + A, "loop.ko" + A, "cdrom.ko" + A, "sr_mod.ko"]),
+                              "virtio_pci.ko" + A, "loop.ko" + A + LOOP, "cdrom.ko" + A, "sr_mod.ko"]),
     # two AHCI controllers (the same alias twice): ahci synchronous, in the list's order
-    ([AHCI, VIRTIO_NET, AHCI], "", ["virtio.ko" + A, "virtio_pci.ko" + A, "loop.ko" + A, "scsi_mod.ko" + A,
+    ([AHCI, VIRTIO_NET, AHCI], "", ["virtio.ko" + A, "virtio_pci.ko" + A, "loop.ko" + A + LOOP, "scsi_mod.ko" + A,
                                     "libata.ko" + A + NODB, "ahci.ko", "cdrom.ko" + A, "sr_mod.ko"]),
     # two virtio devices: virtio_pci synchronous
-    ([VIRTIO_NET, AHCI, VIRTIO_NET], "", ["scsi_mod.ko" + A, "libata.ko" + A + NODB, "ahci.ko" + A, "loop.ko" + A,
-                                          "virtio.ko" + A, "virtio_pci.ko", "cdrom.ko" + A, "sr_mod.ko"]),
+    ([VIRTIO_NET, AHCI, VIRTIO_NET], "", ["scsi_mod.ko" + A, "libata.ko" + A + NODB, "ahci.ko" + A,
+                                          "loop.ko" + A + LOOP, "virtio.ko" + A, "virtio_pci.ko", "cdrom.ko" + A,
+                                          "sr_mod.ko"]),
     # two SCSI host drivers share the sd and sr names: both synchronous
-    ([VIRTIO_SCSI, AHCI], "", ["loop.ko" + A, "scsi_mod.ko" + A, "libata.ko" + A + NODB, "ahci.ko", "virtio.ko" + A,
-                               "virtio_scsi.ko", "cdrom.ko" + A, "sr_mod.ko"]),
+    ([VIRTIO_SCSI, AHCI], "", ["loop.ko" + A + LOOP, "scsi_mod.ko" + A, "libata.ko" + A + NODB, "ahci.ko",
+                               "virtio.ko" + A, "virtio_scsi.ko", "cdrom.ko" + A, "sr_mod.ko"]),
     # a real board's AHCI: libata keeps its sleep before the debounce
-    ([REAL_AHCI], "", ["scsi_mod.ko" + A, "libata.ko" + A, "ahci.ko" + A, "loop.ko" + A, "cdrom.ko" + A,
+    ([REAL_AHCI], "", ["scsi_mod.ko" + A, "libata.ko" + A, "ahci.ko" + A, "loop.ko" + A + LOOP, "cdrom.ko" + A,
                        "sr_mod.ko"]),
     # QEMU's virtio-net and a real AHCI: still no QEMU AHCI, the sleep stays
     ([VIRTIO_NET, REAL_AHCI], "", ["scsi_mod.ko" + A, "libata.ko" + A, "ahci.ko" + A, "virtio.ko" + A,
-                                   "virtio_pci.ko" + A, "loop.ko" + A, "cdrom.ko" + A, "sr_mod.ko"]),
+                                   "virtio_pci.ko" + A, "loop.ko" + A + LOOP, "cdrom.ko" + A, "sr_mod.ko"]),
     # a SCSI host loaded in an earlier pass (sr_mod too): this one could race its disks
     ([VIRTIO_SCSI], "loop.ko scsi_mod.ko libata.ko ahci.ko cdrom.ko sr_mod.ko", ["virtio.ko" + A, "virtio_scsi.ko"]),
 ])
@@ -166,7 +168,7 @@ def test_initramfs_fallback_pass_loads_every_driver_synchronously(tmp_path: Path
     """The pass the init makes when the medium is not there after 3 s: every driver, whatever
     the devices want (here none), each probing synchronously; file systems still wait for their mount."""
     assert load_modules_passes(tmp_path, [], "", "all").splitlines() == [
-        "loop.ko" + A, "scsi_mod.ko" + A, "libata.ko" + A, "ahci.ko", "virtio.ko" + A, "virtio_pci.ko",
+        "loop.ko" + A + LOOP, "scsi_mod.ko" + A, "libata.ko" + A, "ahci.ko", "virtio.ko" + A, "virtio_pci.ko",
         "virtio_scsi.ko", "cdrom.ko" + A, "sr_mod.ko", "---"]
 
 
