@@ -83,7 +83,7 @@ class Init:
         self.power_fds: list[int] = []
         self.ready_ms = 0
         self.runtime_pending = False
-        self.grow_plan: tuple[str, int, int] | None = None
+        self.grow_device: str | None = None  # the state partition, when it is to grow after ready
         self.grow_pid: int | None = None
         self.runtime_deadline = 0.0
         self.runtime_poll_at = 0.0
@@ -158,15 +158,15 @@ class Init:
         device = read_text(layout.RUN_STATE_DEVICE).strip()
         if device and self.prov.mode == "installed":
             from agent.disk import growstate
-            self.grow_plan = growstate.needed(device)
+            self.grow_device = device if growstate.needed(device) else None
 
     def start_growth(self) -> None:
         """Grow the state partition in a child forked from PID 1: the partition tables' code and
         what it imports (ctypes, dataclasses, hashlib: ~7 MiB) go with the child instead of staying
         in PID 1 for good. The runtime phase (k3s) waits for it (runtime_check)."""
-        if self.grow_plan is None:
+        device = self.grow_device
+        if device is None:
             return
-        device = read_text(layout.RUN_STATE_DEVICE).strip()
 
         def grow() -> None:
             from agent.disk import growstate
