@@ -273,9 +273,9 @@ def install_k3s(root: Path, lock: dict[str, Any], charts: list[dict[str, str]]) 
     kept); air-gap images and bundled charts under /usr/lib/basalt/k3s, version stamped."""
     with progress.step(f"Copying k3s ({lock['binary']['size'] / 1048576:.0f} MiB)"):
         copy_verified(root, "usr/bin/k3s", Path(lock["binary"]["path"]), lock["binary"]["sha256"], 0o755)
-    for name in K3S_LINKS:
-        link = tree.path(root, f"usr/bin/{name}")
-        if not link.exists() and not link.is_symlink() and not tree.path(root, f"usr/sbin/{name}").exists():
+    bin_dir = tree.path(root, "usr/bin")
+    for name in K3S_LINKS:  # anything at the name, a dangling link too, is kept
+        if not os.path.lexists(bin_dir / name) and not tree.path(root, f"usr/sbin/{name}").exists():
             tree.symlink(root, f"usr/bin/{name}", "k3s")
     tree.mkdir(root, f"{K3S_SHARE}/images")
     tree.mkdir(root, f"{K3S_SHARE}/charts")

@@ -127,3 +127,26 @@ def test_the_agent_goes_into_the_tree_past_a_planted_link(world: tuple[Path, Pat
     assert (root / "usr/sbin/basalt").read_text().startswith("#!/usr/bin/python3 -S")
     assert os.readlink(root / "etc/os-release") == "../usr/lib/os-release"
     untouched(host)
+
+
+def test_k3s_goes_into_the_tree_and_its_tool_links_keep_what_is_there(world: tuple[Path, Path],
+                                                                     tmp_path: Path) -> None:
+    """k3s's binary, version and tool links land in the tree: a planted link at the binary's name
+    (to a host file) is replaced, an existing tool (a dangling link included) is kept."""
+    import hashlib
+    root, host = world
+    (root / "usr/bin").mkdir()
+    (root / "usr/sbin").mkdir()
+    (root / "usr/bin/k3s").symlink_to(host / "victim")
+    (root / "usr/bin/ctr").symlink_to("/nonexistent/ctr")  # dangling in the tree: kept
+    binary = tmp_path / "k3s-bin"
+    binary.write_bytes(b"\x7fELF stand-in")
+    lock = {"version": "v1.33.3+k3s1",
+            "binary": {"path": str(binary), "sha256": hashlib.sha256(binary.read_bytes()).hexdigest(), "size": 14}}
+    rootfs.install_k3s(root, lock, [])
+    k3s = root / "usr/bin/k3s"
+    assert not k3s.is_symlink() and k3s.read_bytes() == b"\x7fELF stand-in" and k3s.stat().st_mode & 0o777 == 0o755
+    assert os.readlink(root / "usr/bin/kubectl") == "k3s" and os.readlink(root / "usr/bin/crictl") == "k3s"
+    assert os.readlink(root / "usr/bin/ctr") == "/nonexistent/ctr"
+    assert (root / rootfs.K3S_SHARE / "version").read_text() == "v1.33.3+k3s1\n"
+    untouched(host)
