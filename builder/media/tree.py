@@ -15,6 +15,9 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import BinaryIO
+
+from agent.errors import BasaltError, Problem
 
 MAX_LINKS = 40  # as the kernel's own walk
 
@@ -34,7 +37,9 @@ def resolve(root: Path, rel: str) -> str:
         if here.is_symlink():
             hops += 1
             if hops > MAX_LINKS:
-                raise ValueError(f"{rel}: too many symbolic links")
+                raise BasaltError(Problem(
+                    f"{root}/{rel}: too many symbolic links (a loop?) on the way",
+                    hint="fix the link in the overlay or package that made it"))
             target = os.readlink(here)
             todo = [p for p in target.split("/") if p and p != "."] + todo
             parts = [] if target.startswith("/") else parts
@@ -75,24 +80,29 @@ def _replaceable(root: Path, rel: str) -> tuple[Path, str]:
     return d, name
 
 
-def write(root: Path, rel: str, data: bytes | str, mode: int = 0o644) -> Path:
-    """Write ``data`` to ``rel`` in ``root``: a new file (a link at its place is replaced)."""
+def _create(root: Path, rel: str, mode: int) -> tuple[Path, BinaryIO]:
+    """A new file at ``rel`` in ``root`` (a link at its place is replaced), open for writing,
+    created exclusively and without following a link, with ``mode`` whatever the umask."""
     d, name = _replaceable(root, rel)
     fd = os.open(d / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    with os.fdopen(fd, "wb") as f:
+    os.fchmod(fd, mode)
+    return d / name, os.fdopen(fd, "wb")
+
+
+def write(root: Path, rel: str, data: bytes | str, mode: int = 0o644) -> Path:
+    """Write ``data`` to ``rel`` in ``root``: a new file (a link at its place is replaced)."""
+    written, f = _create(root, rel, mode)
+    with f:
         f.write(data.encode() if isinstance(data, str) else data)
-        os.fchmod(f.fileno(), mode)  # whatever the umask took away
-    return d / name
+    return written
 
 
 def copy(root: Path, rel: str, src: Path, mode: int = 0o644) -> Path:
     """Copy the host file ``src`` to ``rel`` in ``root`` (as ``write``)."""
-    d, name = _replaceable(root, rel)
-    fd = os.open(d / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    with os.fdopen(fd, "wb") as f, open(src, "rb") as s:
+    written, f = _create(root, rel, mode)
+    with f, open(src, "rb") as s:
         shutil.copyfileobj(s, f, 1 << 20)
-        os.fchmod(f.fileno(), mode)
-    return d / name
+    return written
 
 
 def symlink(root: Path, rel: str, target: str) -> Path:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent import layout
+from agent.errors import BasaltError
 from builder.media import tree
 from builder.stages import rootfs
 
@@ -66,8 +67,10 @@ def test_a_link_loop_is_refused(world: tuple[Path, Path]) -> None:
     root, host = world
     (root / "etc/a").symlink_to("b")
     (root / "etc/b").symlink_to("a")
-    with pytest.raises(ValueError, match="too many symbolic links"):
+    with pytest.raises(BasaltError) as e:
         tree.write(root, "etc/a/f", "x")
+    assert "/root/etc/a: too many symbolic links" in str(e.value)
+    assert "fix the link in the overlay" in e.value.problems[0].hint
     untouched(host)
 
 
