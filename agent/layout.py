@@ -14,6 +14,7 @@ BOOT_LABEL = "BASALT_BOOT"  # a disk's boot partition (the ESP, FAT): its GPT na
 SLOTS = ("a", "b")
 SLOT_LABELS = {"a": "BASALT_A", "b": "BASALT_B"}  # GPT partition names (a squashfs has no label)
 SLOT_NUMBERS = {"a": 2, "b": 3}  # on an MBR disk (no names): the slot's partition number on the boot disk
+STATE_NUMBER = 4  # on an MBR disk: the state partition's number
 BIOS_LABEL = "BIOS_BOOT"  # GPT: GRUB's core image for BIOS
 STATE_LABEL = "BASALT_STATE"  # ext4: /var, /home, /root, /opt, persistent config, k3s data, logs
 
@@ -77,6 +78,7 @@ K3S_BINARY = "/usr/bin/k3s"
 LIB = "/usr/lib/basalt"
 LIB_VERSION = LIB + "/version"
 LIB_SCHEMA = LIB + "/config.schema.json"
+LIB_AGENT_DIGEST = LIB + "/agent.sha256"  # of the agent's code: a config validated by other code is checked again
 LIB_SERVICES = LIB + "/services.d"  # {"argv": [...], "env": {...}} per file
 LIB_K3S = LIB + "/k3s"  # k3s's read-only parts: version, images/, charts/
 LIB_K3S_VERSION = LIB_K3S + "/version"
@@ -89,6 +91,7 @@ VAR_LIB = "/var/lib/basalt"
 STATE_CONFIG = VAR_LIB + "/config.yaml"
 STATE_CONFIG_D = VAR_LIB + "/config.d"
 KNOWN_GOOD = VAR_LIB + "/last-known-good.json"
+CONFIG_CACHE = VAR_LIB + "/validated-config.bin"  # sources validated at an earlier boot (config/sources.py)
 REJECTED = VAR_LIB + "/rejected.json"  # a config trial that was not confirmed
 SSH_STATE = VAR_LIB + "/ssh"  # the SSH host keys
 SSH_HOST_KEY = SSH_STATE + "/dropbear_ed25519_host_key"
@@ -104,7 +107,8 @@ INITRAMFS = {"live_label": LIVE_LABEL, "state_label": STATE_LABEL, "root_image":
              "run_state": RUN_STATE, "run_state_device": RUN_STATE_DEVICE, "run_rw": RUN_RW, "run_slot": RUN_SLOT,
              "run_timeline": RUN_TIMELINE, "readahead": LIB_READAHEAD,
              "state_dirs": " ".join(STATE_DIRS), "slot_a": SLOT_LABELS["a"], "slot_b": SLOT_LABELS["b"],
-             "slot_a_number": str(SLOT_NUMBERS["a"]), "slot_b_number": str(SLOT_NUMBERS["b"])}
+             "slot_a_number": str(SLOT_NUMBERS["a"]), "slot_b_number": str(SLOT_NUMBERS["b"]),
+             "state_number": str(STATE_NUMBER)}
 
 
 def shell() -> str:

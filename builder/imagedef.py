@@ -57,6 +57,7 @@ class ImageDefinition:
     modules_profile: str  # a hardware class (builder/media/hardware.py): which modules the image keeps
     initramfs_modules: tuple[str, ...]
     initramfs_compression: str
+    initramfs_readahead: bool
     k3s: dict[str, Any]
     squashfs: dict[str, Any]
     outputs: tuple[Output, ...]
@@ -167,6 +168,7 @@ def _typed(doc: Located) -> ImageDefinition:
         modules_profile=kernel.get("modules", {}).get("profile", "all"),
         initramfs_modules=tuple(kernel.get("initramfs", {}).get("modules", DEFAULT_INITRAMFS_MODULES)),
         initramfs_compression=kernel.get("initramfs", {}).get("compression", "lz4"),
+        initramfs_readahead=kernel.get("initramfs", {}).get("readahead", True),
         k3s=dict(v.get("k3s", {"enabled": False})), squashfs=dict(v.get("squashfs", {})),
         signing_key=(Path(doc.source).parent / Path(v["upgrade"]["signing_key"]).expanduser()).resolve()
         if v.get("upgrade", {}).get("signing_key") else None,

@@ -187,6 +187,7 @@ def compile_plan(img: ImageDefinition, config_text: str | None = None, etc_apt: 
         }),
         PlannedStage("initramfs", {
             "modules": list(img.initramfs_modules), "compression": img.initramfs_compression,
+            "readahead": img.initramfs_readahead,
             "init_digest": hashlib.sha256(INITRAMFS_INIT.read_bytes()).hexdigest(),
             "source_date_epoch": epoch,
         }),

@@ -32,6 +32,8 @@ STATE = layout.STATE_CONFIG
 STATE_DIR = layout.STATE_CONFIG_D
 KNOWN_GOOD = layout.KNOWN_GOOD
 REJECTED = layout.REJECTED
+CACHE = layout.CONFIG_CACHE
+CACHE_MAX = 4 << 20  # bytes: far above any node's sources, and never more read
 SITE = layout.RUN_SITE_CONFIG  # chosen from the medium's stamped configs at boot (agent/config/site.py)
 DROPPED = layout.RUN_MEDIUM + layout.MEDIUM_SITE_CONFIG  # put on the boot partition from a laptop
 
@@ -101,13 +103,83 @@ def _record(value: Any, path: PathKey, name: str, origin: dict[PathKey, str]) ->
         origin[path] = name
 
 
+class Cache:
+    """The sources a node validated at an earlier boot, so that it need not parse and check them
+    again: the state file, ``config.d``, a config dropped on the boot partition, user-data (a
+    build's or a stamp's config has its own sidecar). Each is keyed like a sidecar, by its bytes'
+    and the schema's hashes, and by the agent's code (``layout.LIB_AGENT_DIGEST``), so a changed
+    source, schema or validator (an upgrade) is checked again. Only a source with no problem and
+    no warning is kept. The file (0600: configs hold secrets) starts with the sha256 of the rest,
+    checked before it is unmarshalled; anything else is ignored, as if there were no cache."""
+
+    def __init__(self, path: str | None, code: bytes):
+        self.path, self.code = path, code
+        self.entries: dict[str, Any] = {}
+        self.used: dict[str, Any] = {}
+        if path and code:
+            self.entries = self._read(path)
+
+    @staticmethod
+    def _read(path: str) -> dict[str, Any]:
+        import marshal
+        try:
+            with open(path, "rb") as f:
+                data = f.read(CACHE_MAX + 1)
+        except OSError:
+            return {}
+        if len(data) > CACHE_MAX or files.sha256(data[32:]).digest() != data[:32]:
+            return {}
+        try:
+            entries = marshal.loads(data[32:])
+        except (ValueError, EOFError, TypeError):
+            return {}
+        return entries if isinstance(entries, dict) else {}
+
+    def key(self, schema_raw: bytes, data: bytes) -> str:
+        return cache_key(schema_raw + b"\0" + self.code, data)
+
+    def get(self, path: str, key: str) -> dict[str, Any] | None:
+        entry = self.entries.get(path)
+        if isinstance(entry, dict) and entry.get("key") == key and isinstance(entry.get("value"), dict):
+            self.used[path] = entry
+            return entry["value"]  # type: ignore[no-any-return]
+        return None
+
+    def put(self, path: str, key: str, value: dict[str, Any]) -> None:
+        self.used[path] = {"key": key, "value": value}
+
+    def save(self) -> None:
+        """Keep what this gathering used or validated (a source gone is forgotten); written only
+        when that changed."""
+        if not self.path or not self.code or self.used == self.entries:
+            return
+        import marshal
+        try:
+            payload = marshal.dumps(self.used, 4)
+        except ValueError:  # not plain data: nothing kept rather than a half
+            return
+        if len(payload) + 32 <= CACHE_MAX:
+            files.write_atomic(self.path, files.sha256(payload).digest() + payload, 0o600, makedirs=True)
+
+
+def agent_digest() -> bytes:
+    try:
+        with open(layout.LIB_AGENT_DIGEST, "rb") as f:
+            return f.read().strip()
+    except OSError:
+        return b""  # not an installed agent (a checkout): no cache
+
+
 def gather(cmdline: str, baked: str = BAKED, state: str = STATE, state_dir: str = STATE_DIR,
            datasource_dirs: tuple[str, ...] | None = None, known_good: str = KNOWN_GOOD,
-           rejected: str = REJECTED, dropped: str = DROPPED, site: str = SITE) -> Merged:
+           rejected: str = REJECTED, dropped: str = DROPPED, site: str = SITE, cache: str | None = CACHE,
+           code: bytes | None = None) -> Merged:
     """Every source in order, each validated alone; see the module docstring for what a
-    problem in one of them does."""
+    problem in one of them does. ``cache``: where validated sources are remembered (``Cache``),
+    ``code``: the agent's code identity it is keyed by (default: the installed agent's)."""
     from agent.config.datasources import DIRS, is_script
     schema_raw = schema_bytes()
+    known = Cache(cache, agent_digest() if code is None else code)
     parsed: list[dict[str, Any]] = []
 
     def schema() -> dict[str, Any]:  # parsed on first use: precompiled sources never need it
@@ -120,14 +192,14 @@ def gather(cmdline: str, baked: str = BAKED, state: str = STATE, state_dir: str 
     paths = [baked, site, state, *sorted(os.path.join(state_dir, f) for f in (os.listdir(state_dir)
                                    if os.path.isdir(state_dir) else []) if f.endswith(".yaml")), dropped]
     layers: list[tuple[str, LoadedConfig | Valid | list[Problem]]] = \
-        [(path, _load(path, schema, schema_raw)) for path in paths[:2]]
+        [(path, _load(path, schema, schema_raw, known)) for path in paths[:2]]
     cmd = cmdline_config(cmdline, set(schema()["properties"])) if has_config_args(cmdline) else {}
     if cmd:
         from agent.config.validate import check
         from agent.config.yamlsource import Located
         layers.append(("kernel command line", check(Located(cmd, "kernel command line"), schema())))
         digest.update(repr(sorted(cmd.items())).encode())
-    layers += [(path, _load(path, schema, schema_raw)) for path in paths[2:]]
+    layers += [(path, _load(path, schema, schema_raw, known)) for path in paths[2:]]
     for directory in DIRS if datasource_dirs is None else datasource_dirs:
         meta, user = os.path.join(directory, "meta-data"), os.path.join(directory, "user-data")
         if os.path.isfile(meta):
@@ -136,12 +208,13 @@ def gather(cmdline: str, baked: str = BAKED, state: str = STATE, state_dir: str 
             merged.scripts.append(user)
             paths.append(user)
         elif os.path.isfile(user):
-            layers.append((user, _load(user, schema, schema_raw)))
+            layers.append((user, _load(user, schema, schema_raw, known)))
     for path in paths + [name for name, _ in layers if name not in paths]:
         if os.path.isfile(path):
             with open(path, "rb") as f:
                 digest.update(path.encode() + b"\0" + f.read() + b"\0")
     merged.digest = digest.hexdigest()
+    known.save()
     for name, loaded in layers:  # in merge order, so problems are reported in that order too
         if isinstance(loaded, list):
             merged.problems.extend(loaded)
@@ -168,11 +241,13 @@ def save_known_good(merged: Merged, path: str = KNOWN_GOOD) -> None:
     """Remember ``merged`` (which validated and applied) as the config to fall back to."""
     try:
         with open(path + ".digest") as f:
-            if f.read() == merged.digest:
-                return  # unchanged: spare the flash a write (and the boot a json import)
+            unchanged = f.read() == merged.digest
+        if unchanged:
+            os.chmod(path, 0o600)  # one an older version wrote world-readable
+            return  # unchanged: spare the flash a write (and the boot a json import)
     except OSError:
         pass
-    files.write_json(path, merged.known_good(), makedirs=True)
+    files.write_json(path, merged.known_good(), 0o600, makedirs=True)  # a config holds secrets
     files.write_atomic(path + ".digest", merged.digest)
 
 
@@ -248,19 +323,28 @@ def precompiled(path: str, data: bytes, schema_raw: bytes) -> dict[str, Any] | N
     return value if isinstance(value, dict) else None
 
 
-def _load(path: str, schema: Callable[[], dict[str, Any]], schema_raw: bytes) -> LoadedConfig | Valid | list[Problem]:
+def _load(path: str, schema: Callable[[], dict[str, Any]], schema_raw: bytes,
+          known: Cache | None = None) -> LoadedConfig | Valid | list[Problem]:
     """The checked source, or the problems that make it unusable ([] when it does not exist)."""
     if not os.path.isfile(path):
         return []
     with open(path, "rb") as f:
-        cached = precompiled(path, f.read(), schema_raw)
+        data = f.read()
+    cached = precompiled(path, data, schema_raw)
+    if cached is not None:
+        return Valid(cached)
+    key = known.key(schema_raw, data) if known is not None and known.code else ""
+    cached = known.get(path, key) if known is not None and key else None
     if cached is not None:
         return Valid(cached)
     from agent.config.validate import check
     from agent.config.yamlsource import load
     from agent.errors import BasaltError
     try:
-        return check(load(path, strict=False), schema())
+        checked = check(load(path, strict=False), schema())
+        if known is not None and key and not checked.problems and not checked.warnings:
+            known.put(path, key, checked.value)
+        return checked
     except BasaltError as exc:  # a YAML syntax error: the whole source is unusable
         return list(exc.problems)
     except Exception as exc:  # noqa: BLE001 - a fault in the validator costs this source, not the node's config

@@ -37,8 +37,10 @@ def layout_for(options: dict[str, Any], boot: object = None, slot_a: object = No
               Partition(layout.SLOT_LABELS["b"], LINUX_DATA, options["slot_mib"]),
               Partition(layout.STATE_LABEL, LINUX_DATA, options["state_mib"], state)]
     disk = Disk(table, tuple(parts), seed=f"{options['name']}-{options['version']}")
-    assert table == "gpt" or [disk.index(layout.SLOT_LABELS[s]) for s in layout.SLOTS] == \
-        [layout.SLOT_NUMBERS[s] for s in layout.SLOTS]  # the initramfs finds MBR slots by number
+    assert table == "gpt" or ([disk.index(layout.SLOT_LABELS[s]) for s in layout.SLOTS] ==
+                              [layout.SLOT_NUMBERS[s] for s in layout.SLOTS] and
+                              disk.index(layout.STATE_LABEL) == layout.STATE_NUMBER), \
+        "the initramfs finds an MBR disk's slots and state partition by number"
     return disk
 
 

@@ -28,10 +28,11 @@ TOOLS = {"zstd": "zstd", "lz4": "lz4"}
 INIT = Path(__file__).resolve().parent.parent / "initramfs" / "init"
 SCHEMA: dict[str, Any] = {
     "type": "object", "additionalProperties": False,
-    "required": ["modules", "compression", "init_digest", "source_date_epoch"],
+    "required": ["modules", "compression", "readahead", "init_digest", "source_date_epoch"],
     "properties": {
         "modules": {"type": "array", "items": {"type": "string"}},
         "compression": {"enum": ["lz4", "gzip", "zstd"]},
+        "readahead": {"type": "boolean"},
         "init_digest": {"type": "string"},
         "source_date_epoch": {"type": "integer"},
     },
@@ -173,6 +174,8 @@ def entries(rootfs: Path, options: dict[str, Any]) -> list[cpio.Entry]:
     out.append(cpio.symlink("bin/sh", "busybox", t))
     out.append(cpio.file("init", INIT.read_bytes(), 0o755, t))
     out.append(cpio.file("etc/layout.sh", layout.shell().encode(), 0o644, t))  # the on-device layout contract
+    # the image's choices for /init (kernel.initramfs in the image definition)
+    out.append(cpio.file("etc/options.sh", f"read_ahead='{'1' if options['readahead'] else ''}'\n".encode(), 0o644, t))
     groups = module_groups(mdir, options["modules"])
     for rel in module_order(mdir, options["modules"], groups):
         out.append(cpio.file(f"lib/modules/{Path(rel).name}", (mdir / rel).read_bytes(), 0o644, t))

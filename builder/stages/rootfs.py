@@ -7,6 +7,7 @@ Output: ``root/`` (the inspectable tree that squashfs packs) and
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import os
 import shutil
 import sys
@@ -233,10 +234,14 @@ def install_agent(root: Path, version: str) -> None:
     stale = tree.path(root, agent)
     if stale.is_dir():
         shutil.rmtree(stale)
+    code = hashlib.sha256()
     for src in sorted(p for p in (ROOT / "agent").rglob("*.py") if "__pycache__" not in p.parts):
-        tree.copy(root, f"{agent}/{src.relative_to(ROOT / 'agent').as_posix()}", src)
+        rel = src.relative_to(ROOT / "agent").as_posix()
+        tree.copy(root, f"{agent}/{rel}", src)
+        code.update(rel.encode() + b"\0" + src.read_bytes() + b"\0")
     tree.write(root, layout.LIB_VERSION, version + "\n")
     tree.copy(root, layout.LIB_SCHEMA, ROOT / "config" / "config.schema.json")
+    tree.write(root, layout.LIB_AGENT_DIGEST, code.hexdigest() + "\n")  # a node's validated-config cache's key
     # -S skips site.py (a tenth of a second on a slow board); dist-packages is added by hand.
     # `basalt init` (PID 1) skips the CLI's argparse: it is on the boot's critical path.
     # STARTED: when the interpreter ran its first line (the boot timeline's interpreter step).

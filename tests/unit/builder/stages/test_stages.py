@@ -229,13 +229,17 @@ def test_initramfs_archive_contents(tmp_path: Path, compression: str) -> None:
     out = tmp_path / "out"
     out.mkdir()
     ctx = SimpleNamespace(input=lambda name: tmp_path, out=out)
-    initramfs.run(ctx, {"modules": ["isofs"], "compression": compression, "init_digest": "x", "source_date_epoch": 7})
+    initramfs.run(ctx, {"modules": ["isofs"], "compression": compression, "readahead": True, "init_digest": "x",
+                        "source_date_epoch": 7})
     parsed = read_cpio(unpack_initrd((out / "initrd.img").read_bytes(), compression))
     assert parsed["etc/modules"][1] == b"isofs always isofs.ko\n"
     assert parsed["etc/modmatch.sh"][1] == b"match() {\n\t:\n\n}\n"
     assert parsed["lib/modules/isofs.ko"][1] == b"ko"
     assert parsed["init"][1] == initramfs.INIT.read_bytes()
     assert parsed["bin/busybox"][0] & 0o111
+    assert parsed["etc/options.sh"][1] == b"read_ahead='1'\n"
+    off = initramfs.entries(tmp_path / "root", {"modules": ["isofs"], "readahead": False, "source_date_epoch": 7})
+    assert next(e for e in off if e.name == "etc/options.sh").data == b"read_ahead=''\n"  # the init's test: -n
 
 
 @pytest.mark.parametrize(("path", "name"), [
