@@ -128,6 +128,10 @@ def test_ssh_provisioning_trial_apply_and_known_good_fallback(built_iso: Path, k
         known_good = json.loads(root("cat /var/lib/basalt/last-known-good.json"))
         assert known_good["config"]["hostname"] == "site-b"
         assert known_good["sources"][-1] == "/var/lib/basalt/config.yaml"
+        # Both hold the config's secrets: root's only. The validated source is remembered (and
+        # the edit below, a changed source, is validated again at the next boot).
+        assert root("stat -c '%a %U' /var/lib/basalt/last-known-good.json /var/lib/basalt/validated-config.bin") == \
+            "600 root\n600 root"
         # An operator's typo, then a power cycle.
         root("printf 'hostname: bad_name!\nusers:\n- name: ops\n  shell: nope\n' > /var/lib/basalt/config.yaml")
         assert guest.powerdown(90), guest.tail()
