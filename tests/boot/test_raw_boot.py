@@ -9,12 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shlex
 from pathlib import Path
 
 import pytest
 
 from builder import pipeline, plan
 from builder.vm.qemu import READY, Guest
+from tests.initsh import init_functions
 
 BOOT_TIMEOUT = 300
 DISK_MIB = 2048
@@ -44,6 +46,12 @@ def test_raw_image_boots_from_slot_a_and_grows_its_state_partition(
             return guest.ssh(cmd, key)
 
         assert sh("cat /run/basalt/slot /run/basalt/mode") == "a\ninstalled"
+        # The initramfs finds the slot and the state partition beside its boot partition by GPT
+        # name (not number: the BIOS boot partition comes first), in this guest's real sysfs.
+        beside = shlex.quote(init_functions("partition_numbered", "partition_beside") +
+                             'partition_beside /dev/vda2 BASALT_A 2; partition_beside /dev/vda2 BASALT_STATE 4')
+        assert sh(f"busybox sh -c {beside}") == "/dev/vda3\n/dev/vda5"
+        assert sh("grep ' /run/basalt/state ' /proc/mounts | cut -d' ' -f1") == "/dev/vda5"
         status = json.loads(sh("basalt status --json"))
         assert status["slot"] == "a" and status["slots"]["b"] == {"state": "empty"}
         assert status["slots"]["a"]["state"] == "active" and status["slots"]["a"]["image"] == "x86_64-raw"

@@ -128,6 +128,9 @@ def test_the_pi_card_boots_under_raspi3b_through_u_boot_and_grub(rpi_card: Path,
         assert sh("hostname") == "pi-from-laptop"  # the dropped config wins over the baked one
         assert sh("awk '$3 == \"squashfs\" {print $1}' /proc/mounts") == "/dev/mmcblk0p2"
         assert sh("cat /run/basalt/slot /run/basalt/mode").split() == ["a", "installed"]
+        # The dropped config, validated at this boot, is remembered for the next (root's only).
+        assert sh("stat -c %a /var/lib/basalt/validated-config.bin") == "600"
+        assert sh("grep -c basalt-config.yaml /var/lib/basalt/validated-config.bin") == "1"
         # Only what is asserted crosses the serial line (long lines there are fragile).
         fields = sh("basalt status --json | python3 -c 'import json, sys; s = json.load(sys.stdin); "
                     "print(\"/run/basalt/medium/basalt-config.yaml\" in s[\"config_sources\"], "

@@ -19,6 +19,7 @@ from builder.imagedef import load_image
 from builder.media import cpio, grub
 from builder.plan import PlannedStage, compile_plan
 from builder.stages import Stage, initramfs, iso, rootfs, squashfs
+from tests.initsh import init_functions
 
 
 def read_cpio(data: bytes) -> dict[str, tuple[int, bytes, tuple[int, int]]]:
@@ -109,16 +110,6 @@ def test_initramfs_loads_drivers_by_need(tmp_path: Path) -> None:
                           "acpi:LNRO0005:", "pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00"],
                          capture_output=True, text=True, timeout=30)
     assert ran.stdout.split() == ["ahci", "ahci"]  # not nvme: no NVMe device
-
-
-def init_functions(*names: str) -> str:
-    """These shell functions, as builder/initramfs/init defines them (each ends at a lone ``}``)."""
-    text = initramfs.INIT.read_text()
-    out = []
-    for name in names:
-        start = text.index(f"\n{name}() {{") + 1
-        out.append(text[start:text.index("\n}\n", start) + 3])
-    return "".join(out)
 
 
 AHCI = "pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01"
