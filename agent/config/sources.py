@@ -159,7 +159,10 @@ class Cache:
         except ValueError:  # not plain data: nothing kept rather than a half
             return
         if len(payload) + 32 <= CACHE_MAX:
-            files.write_atomic(self.path, files.sha256(payload).digest() + payload, 0o600, makedirs=True)
+            try:
+                files.write_atomic(self.path, files.sha256(payload).digest() + payload, 0o600, makedirs=True)
+            except OSError:  # a read-only state partition, a user's `basalt config show`: only slower
+                pass
 
 
 def agent_digest() -> bytes:
@@ -243,7 +246,10 @@ def save_known_good(merged: Merged, path: str = KNOWN_GOOD) -> None:
         with open(path + ".digest") as f:
             unchanged = f.read() == merged.digest
         if unchanged:
-            os.chmod(path, 0o600)  # one an older version wrote world-readable
+            try:
+                os.chmod(path, 0o600)  # one an older version wrote world-readable
+            except OSError:
+                pass  # a read-only state partition: nothing else to do either
             return  # unchanged: spare the flash a write (and the boot a json import)
     except OSError:
         pass

@@ -148,3 +148,28 @@ def test_a_cache_damaged_after_it_was_written_is_not_believed(tmp_path: Path) ->
     assert data.count(b"edge-1") == 1
     (tmp_path / "cache.bin").write_bytes(data.replace(b"edge-1", b"edge-X"))
     assert gather(tmp_path).value == {"hostname": "edge-1"}
+
+
+def test_a_cache_that_cannot_be_written_costs_nothing_but_time(tmp_path: Path) -> None:
+    """A state partition gone read-only, or `basalt config show` run by a user: the config is
+    still gathered, whole."""
+    (tmp_path / "state.yaml").write_text("hostname: edge-1\n")
+    merged = sources.gather("", str(tmp_path / "none.yaml"), str(tmp_path / "state.yaml"), str(tmp_path / "d"),
+                            datasource_dirs=(), known_good=str(tmp_path / "lkg.json"),
+                            rejected=str(tmp_path / "rejected.json"), dropped=str(tmp_path / "dropped.yaml"),
+                            site=str(tmp_path / "site.yaml"), cache=str(tmp_path / "state.yaml" / "cache.bin"),
+                            code=b"code-1")  # its directory is a file: every write fails
+    assert merged.value == {"hostname": "edge-1"} and merged.problems == []
+
+
+def test_an_unchanged_known_good_on_a_read_only_partition_is_left_alone(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "state.yaml").write_text("hostname: edge-1\n")
+    merged = gather(tmp_path)
+    sources.save_known_good(merged, str(tmp_path / "lkg.json"))
+
+    def read_only(*args: object, **kw: object) -> None:
+        raise OSError(30, "Read-only file system")
+    monkeypatch.setattr(os, "chmod", read_only)
+    monkeypatch.setattr(files, "write_atomic", read_only)
+    sources.save_known_good(merged, str(tmp_path / "lkg.json"))  # unchanged: no write, no error
