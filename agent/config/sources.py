@@ -114,10 +114,9 @@ class Cache:
 
     def __init__(self, path: str | None, code: bytes):
         self.path, self.code = path, code
-        self.entries: dict[str, Any] = {}
+        self.on = bool(path and code)  # no file, or no agent identity (a checkout): no cache
+        self.entries: dict[str, Any] = self._read(path) if self.on and path else {}
         self.used: dict[str, Any] = {}
-        if path and code:
-            self.entries = self._read(path)
 
     @staticmethod
     def _read(path: str) -> dict[str, Any]:
@@ -136,22 +135,24 @@ class Cache:
         return entries if isinstance(entries, dict) else {}
 
     def key(self, schema_raw: bytes, data: bytes) -> str:
-        return cache_key(schema_raw + b"\0" + self.code, data)
+        """The source's key ("" when there is no cache: nothing is found or kept under it)."""
+        return cache_key(schema_raw + b"\0" + self.code, data) if self.on else ""
 
     def get(self, path: str, key: str) -> dict[str, Any] | None:
-        entry = self.entries.get(path)
+        entry = self.entries.get(path) if key else None
         if isinstance(entry, dict) and entry.get("key") == key and isinstance(entry.get("value"), dict):
             self.used[path] = entry
             return entry["value"]  # type: ignore[no-any-return]
         return None
 
     def put(self, path: str, key: str, value: dict[str, Any]) -> None:
-        self.used[path] = {"key": key, "value": value}
+        if key:
+            self.used[path] = {"key": key, "value": value}
 
     def save(self) -> None:
         """Keep what this gathering used or validated (a source gone is forgotten); written only
         when that changed."""
-        if not self.path or not self.code or self.used == self.entries:
+        if not self.on or not self.path or self.used == self.entries:
             return
         import marshal
         try:
@@ -330,7 +331,7 @@ def precompiled(path: str, data: bytes, schema_raw: bytes) -> dict[str, Any] | N
 
 
 def _load(path: str, schema: Callable[[], dict[str, Any]], schema_raw: bytes,
-          known: Cache | None = None) -> LoadedConfig | Valid | list[Problem]:
+          known: Cache) -> LoadedConfig | Valid | list[Problem]:
     """The checked source, or the problems that make it unusable ([] when it does not exist)."""
     if not os.path.isfile(path):
         return []
@@ -339,8 +340,8 @@ def _load(path: str, schema: Callable[[], dict[str, Any]], schema_raw: bytes,
     cached = precompiled(path, data, schema_raw)
     if cached is not None:
         return Valid(cached)
-    key = known.key(schema_raw, data) if known is not None and known.code else ""
-    cached = known.get(path, key) if known is not None and key else None
+    key = known.key(schema_raw, data)
+    cached = known.get(path, key)
     if cached is not None:
         return Valid(cached)
     from agent.config.validate import check
@@ -348,7 +349,7 @@ def _load(path: str, schema: Callable[[], dict[str, Any]], schema_raw: bytes,
     from agent.errors import BasaltError
     try:
         checked = check(load(path, strict=False), schema())
-        if known is not None and key and not checked.problems and not checked.warnings:
+        if not checked.problems and not checked.warnings:
             known.put(path, key, checked.value)
         return checked
     except BasaltError as exc:  # a YAML syntax error: the whole source is unusable
