@@ -7,7 +7,7 @@ vendor and product, or the bus), so the agent matches each device against a hand
 modprobe for module names only.
 
 It also says which drivers the boot does not need before the ready line (``LATE``, by where the
-module lives in the kernel tree): a PC speaker, a PS/2 mouse, SMBus, sensors, CPU crypto
+module lives in the kernel tree): a PC speaker, a PS/2 mouse, SMBus, sensors, PWM outputs, CPU crypto
 helpers. Those load right after ready; everything else (storage, network, USB, watchdogs,
 hardware RNGs, and what a board's devices hang from) loads before, as it always did.
 
@@ -28,7 +28,8 @@ LATE = ("arch/", "crypto/", "sound/", "drivers/input/", "drivers/i2c/", "drivers
         "drivers/thermal/", "drivers/platform/", "drivers/leds/", "drivers/iio/", "drivers/misc/",
         "drivers/staging/", "drivers/bluetooth/", "drivers/parport/", "drivers/acpi/", "drivers/crypto/",
         "drivers/firmware/qemu_fw_cfg", "drivers/gnss/", "drivers/accel/", "drivers/powercap/",
-        "drivers/char/agp/", "drivers/char/tpm/", "drivers/char/ppdev", "drivers/char/lp", "drivers/char/nvram")
+        "drivers/char/agp/", "drivers/char/tpm/", "drivers/char/ppdev", "drivers/char/lp", "drivers/char/nvram",
+        "drivers/pwm/")
 
 
 def _keys(text: str) -> tuple[str, ...]:

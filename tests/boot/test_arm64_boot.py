@@ -19,6 +19,7 @@ from builder.arch import Architecture
 from builder.vm.qemu import READY, Guest
 from tests.bundles import forged
 from tests.conftest import Server
+from tests.guestsh import CRNG_READY_AT, crng_ready_before
 
 BOOT_TIMEOUT = 400
 DISK_MIB = 2048
@@ -71,6 +72,10 @@ def test_arm64_efi_image_boots_under_virt_with_aavmf_and_upgrades(
         assert sh("cat /run/basalt/slot /run/basalt/mode") == "a\ninstalled"
         status = json.loads(sh("basalt status --json"))
         assert status["slots"]["a"]["image"] == "arm64-efi" and status["slots"]["b"] == {"state": "empty"}
+        # The random pool was ready before the agent's interpreter started (the firmware's seed from
+        # the virtio RNG, then the driver in the initramfs), or Python's start would wait for it.
+        crng = sh(CRNG_READY_AT)
+        assert crng_ready_before(crng, status["phases"]["python_start_ms"]), (crng, status["phases"])
         # doctor on arm64: the kernel has what k3s needs; this image (no k3s) has not loaded it.
         doctor = json.loads(guest.ssh("basalt doctor --json", key, timeout=120, check=False))
         checks = {c["what"]: c for c in doctor["checks"]}

@@ -93,6 +93,7 @@ def test_late_is_decided_by_where_the_module_lives() -> None:
     assert modalias.is_late("kernel/drivers/input/misc/pcspkr.ko")
     assert modalias.is_late("kernel/arch/x86/crypto/aesni-intel.ko")
     assert modalias.is_late("kernel/drivers/i2c/busses/i2c-i801.ko")
+    assert modalias.is_late("kernel/drivers/pwm/pwm-bcm2835.ko")  # a Pi's PWM outputs (0.1 s of its coldplug)
     assert not modalias.is_late("kernel/drivers/net/virtio_net.ko")
     assert not modalias.is_late("kernel/drivers/watchdog/i6300esb.ko")
     assert not modalias.is_late("kernel/drivers/char/hw_random/virtio-rng.ko")
