@@ -69,7 +69,7 @@ def rss_kb() -> int:
 # The initramfs's steps (builder/initramfs/init ``mark``), in the order it takes them.
 INITRAMFS_STEPS = {"init": "kernel (to the initramfs's /init)", "modules": "initramfs: modules",
                    "medium": "initramfs: boot medium found", "root": "initramfs: root mounted",
-                   "state": "initramfs: state and writable layers", "switch_root": "initramfs: switch_root"}
+                   "state": "initramfs: state partition", "switch_root": "initramfs: mounts and switch_root"}
 
 
 def timeline(initramfs: str, phases: dict[str, int], ready_ms: int | None) -> list[dict[str, object]]:

@@ -99,8 +99,9 @@ def test_console_shell_status_reaping_and_basalt_poweroff(edge7: Path, key: Path
         # the boot timeline: the initramfs's steps, the interpreter's start, each agent phase, ready
         steps = [t["step"] for t in s["timeline"]]
         assert steps[:8] == ["kernel (to the initramfs's /init)", "initramfs: modules", "initramfs: boot medium found",
-                             "initramfs: root mounted", "initramfs: state and writable layers",
-                             "initramfs: switch_root", "interpreter start (switch_root to Python's first line)",
+                             "initramfs: root mounted", "initramfs: state partition",
+                             "initramfs: mounts and switch_root",
+                             "interpreter start (switch_root to Python's first line)",
                              "interpreter: the agent's imports (to its first line)"]
         assert "agent: coldplug" in steps and steps[-1] == "ready" and s["timeline"][-1]["at_ms"] == s["ready_ms"]
         ats = [t["at_ms"] for t in s["timeline"]]

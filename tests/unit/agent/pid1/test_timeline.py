@@ -19,7 +19,7 @@ def test_the_timeline_from_the_kernel_to_ready() -> None:
     assert [(t["step"], t["at_ms"], t["took_ms"]) for t in got] == [
         ("kernel (to the initramfs's /init)", 3040, 3040), ("initramfs: modules", 5100, 2060),
         ("initramfs: boot medium found", 5300, 200), ("initramfs: root mounted", 5420, 120),
-        ("initramfs: state and writable layers", 5500, 80), ("initramfs: switch_root", 5610, 110),
+        ("initramfs: state partition", 5500, 80), ("initramfs: mounts and switch_root", 5610, 110),
         ("interpreter start (switch_root to Python's first line)", 6610, 1000),
         ("interpreter: the agent's imports (to its first line)", 9000, 2390),
         ("agent: state", 9100, 100), ("agent: coldplug", 11000, 1900), ("agent: network", 11200, 200),
