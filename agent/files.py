@@ -49,12 +49,10 @@ def read_text(path: str, default: str = "") -> str:
 
 def read_json(path: str) -> dict[str, Any]:
     """The JSON object in the file; {} when it is missing, unreadable, not JSON or not an object."""
-    if not os.path.exists(path):
-        return {}  # without importing json
-    import json
+    from agent import jsontext  # not json: PID 1 reads these at boot
     try:
-        with open(path) as f:
-            data = json.load(f)
+        with open(path, "rb") as f:
+            data = jsontext.loads(f.read())
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
@@ -229,5 +227,12 @@ def write_atomic(path: str, data: bytes | str, mode: int = 0o644, owner: tuple[i
 
 
 def write_json(path: str, value: object, mode: int = 0o644, makedirs: bool = False, **dump: Any) -> None:
-    import json
-    write_atomic(path, json.dumps(value, **dump), mode, makedirs=makedirs)
+    """``value`` as JSON (``json.dumps``'s options: ``dump``); without any, as ``json.dumps(value,
+    indent=1)`` writes it, without importing json (PID 1 writes these at boot)."""
+    if dump:
+        import json
+        text = json.dumps(value, **dump)
+    else:
+        from agent import jsontext
+        text = jsontext.dumps(value)
+    write_atomic(path, text, mode, makedirs=makedirs)

@@ -43,9 +43,9 @@ def load(medium: str = layout.RUN_MEDIUM) -> dict[str, Any] | None:
     data = data.strip()
     if not data:
         return None
-    import json
+    from agent import jsontext
     try:
-        index = json.loads(data)
+        index = jsontext.loads(data)
     except ValueError as exc:
         raise ValueError(f"{layout.MEDIUM_SITE} on the boot medium is not JSON ({exc}): restamp it with "
                          "'inv configure'") from None
@@ -142,8 +142,8 @@ def select(index: dict[str, Any] | None, out: str = layout.RUN_SITE, net: str = 
                 files.write_atomic(sidecar, binascii.a2b_base64(compiled), 0o600)
             except (binascii.Error, ValueError):
                 pass  # not base64: the YAML is parsed and checked as usual
-    import json
-    files.write_atomic(match_path, json.dumps(match))
+    from agent import jsontext
+    files.write_atomic(match_path, jsontext.dumps(match))
     return match
 
 

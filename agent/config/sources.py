@@ -188,8 +188,8 @@ def gather(cmdline: str, baked: str = BAKED, state: str = STATE, state_dir: str 
 
     def schema() -> dict[str, Any]:  # parsed on first use: precompiled sources never need it
         if not parsed:
-            import json
-            parsed.append(json.loads(schema_raw))
+            from agent import jsontext
+            parsed.append(jsontext.loads(schema_raw))
         return parsed[0]
     merged = Merged()
     digest = files.sha256()

@@ -53,7 +53,7 @@ def prepare(supervisor: Supervisor, errors: Errors) -> None:
             os.makedirs(d, 0o700, exist_ok=True)
             if spawn_wait([layout.BUSYBOX, "mount", "-t", "tmpfs", "-o", "mode=0700", "tmpfs", d], quiet=True) != 0:
                 errors.add("containers", f"cannot mount a tmpfs on {d}")
-    import json
+    from agent import jsontext
     for name in services:
-        spec = json.loads(read_text(f"{layout.LIB_SERVICES}/{name}"))
+        spec = jsontext.loads(read_text(f"{layout.LIB_SERVICES}/{name}"))
         supervisor.ensure(name[:-5], spec["argv"], spec.get("env"))

@@ -5,58 +5,13 @@ from __future__ import annotations
 
 from agent import files, layout
 from agent.files import read_text
+from agent.jsontext import dumps
 
 
 def write(fields: dict[str, object], path: str = layout.RUN_STATUS) -> None:
     status = {**fields, "slot": read_text(layout.RUN_SLOT, str(fields.get("mode", "live"))).strip(),
               "state_device": read_text(layout.RUN_STATE_DEVICE).strip()}
     files.write_atomic(path, dumps(status))
-
-
-_SHORT = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b", "\f": "\\f"}
-
-
-def _string(text: str) -> str:
-    out = []
-    for ch in text:
-        if ch in _SHORT:
-            out.append(_SHORT[ch])
-        elif " " <= ch <= "~":
-            out.append(ch)
-        elif ord(ch) > 0xFFFF:  # a surrogate pair, as JSON spells it
-            n = ord(ch) - 0x10000
-            out.append(f"\\u{0xD800 | (n >> 10):04x}\\u{0xDC00 | (n & 0x3FF):04x}")
-        else:
-            out.append(f"\\u{ord(ch):04x}")
-    return '"' + "".join(out) + '"'
-
-
-def dumps(value: object, level: int = 0) -> str:
-    """``json.dumps(value, indent=1)``, character for character, without importing json (it brings
-    re, enum and functools: 1.3 MB of PID 1's memory for one file written now and then)."""
-    pad, inner = "\n" + " " * level, "\n" + " " * (level + 1)
-    if value is None or value is True or value is False:
-        return {None: "null", True: "true", False: "false"}[value]
-    if isinstance(value, int):
-        return int.__repr__(value)
-    if isinstance(value, float):
-        if value != value:
-            return "NaN"
-        if value in (float("inf"), float("-inf")):
-            return "Infinity" if value > 0 else "-Infinity"
-        return float.__repr__(value)
-    if isinstance(value, str):
-        return _string(value)
-    if isinstance(value, (list, tuple)):
-        if not value:
-            return "[]"
-        return "[" + ",".join(inner + dumps(v, level + 1) for v in value) + pad + "]"
-    if isinstance(value, dict):
-        if not value:
-            return "{}"
-        return "{" + ",".join(inner + _string(k if isinstance(k, str) else dumps(k)) + ": " + dumps(v, level + 1)
-                              for k, v in value.items()) + pad + "}"
-    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 def rss_kb() -> int:
