@@ -213,8 +213,9 @@ HOST_KEY = layout.SSH_HOST_KEY
 
 def host_key_fingerprint(path: str = HOST_KEY) -> str:
     """``SHA256:...`` of a dropbear ed25519 host key (as ssh-keygen -l shows it): the key file is
-    string "ssh-ed25519", string of 64 bytes (the private seed, then the public key)."""
-    import base64
+    string "ssh-ed25519", string of 64 bytes (the private seed, then the public key). PID 1 logs it
+    at every boot: binascii, not base64 (which imports re, enum and functools, kept for good)."""
+    import binascii
     import struct
     with open(path, "rb") as f:
         data = f.read()
@@ -228,7 +229,7 @@ def host_key_fingerprint(path: str = HOST_KEY) -> str:
         raise ValueError(f"{path}: not a dropbear ed25519 key")
     public = data[8 + n + 32:8 + n + 64]
     blob = struct.pack(">I", len(kind)) + kind + struct.pack(">I", 32) + public
-    return "SHA256:" + base64.b64encode(files.sha256(blob).digest()).decode().rstrip("=")
+    return "SHA256:" + binascii.b2a_base64(files.sha256(blob).digest(), newline=False).decode().rstrip("=")
 
 
 def plan_ssh_server(config: dict[str, Any], facts: dict[str, Any]) -> list[Action]:
