@@ -34,6 +34,7 @@ class Provisioner:
         self.base_tables: dict[str, str] = {}  # the image's passwd/group, before users: added to them
         self.trying: object = None  # control.Trial: an unconfirmed "config apply --try"
         self.runtime_done = False
+        self.network_applied: list[object] | None = None  # the network plan last applied without an error
         self.debug = False  # basalt.debug: each config module's time on the console
 
     def load(self) -> dict[str, object]:
@@ -162,11 +163,19 @@ class Provisioner:
             f.write(system.hosts_text(self.hostname))
 
     def network(self) -> None:
-        """DHCP on every wired interface, or what ``network:`` says (static, VLAN)."""
+        """DHCP on every wired interface, or what ``network:`` says (static, VLAN). A plan the same
+        as the last one applied without an error is not applied again: applying flushes a static
+        interface's addresses before adding them back, a gap in which the node has no default route
+        (the drivers loaded after ready, a datasource read again, a config apply that leaves the
+        network as it was)."""
         from agent.modules import actions, plans
-        for error in actions.apply(plans.plan_network(self.config, self.facts()), run_command,
-                                   services=self.supervisor):
+        planned: list[object] = list(plans.plan_network(self.config, self.facts()))
+        if planned == self.network_applied:
+            return
+        errors = actions.apply(planned, run_command, services=self.supervisor)  # type: ignore[arg-type]
+        for error in errors:
             self.errors.add("network", error)
+        self.network_applied = None if errors else planned
 
 
 def run_command(argv: list[str]) -> int:
