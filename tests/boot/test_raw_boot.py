@@ -47,10 +47,12 @@ def test_raw_image_boots_from_slot_a_and_grows_its_state_partition(
 
         assert sh("cat /run/basalt/slot /run/basalt/mode") == "a\ninstalled"
         # The initramfs finds the slot and the state partition beside its boot partition by GPT
-        # name (not number: the BIOS boot partition comes first), in this guest's real sysfs.
-        beside = shlex.quote(init_functions("partition_numbered", "partition_beside") +
-                             'partition_beside /dev/vda2 BASALT_A 2; partition_beside /dev/vda2 BASALT_STATE 4')
-        assert sh(f"busybox sh -c {beside}") == "/dev/vda3\n/dev/vda5"
+        # name (not number: the BIOS boot partition comes first), in this guest's real sysfs, and
+        # reads the state partition's label from the real device.
+        beside = shlex.quote(init_functions("partition_numbered", "partition_beside", "ext4_label") +
+                             'partition_beside /dev/vda2 BASALT_A 2; partition_beside /dev/vda2 BASALT_STATE 4; '
+                             'x=$(ext4_label /dev/vda5); echo "$x"')
+        assert sh(f"busybox sh -c {beside}") == "/dev/vda3\n/dev/vda5\nBASALT_STATE"
         assert sh("grep ' /run/basalt/state ' /proc/mounts | cut -d' ' -f1") == "/dev/vda5"
         status = json.loads(sh("basalt status --json"))
         assert status["slot"] == "a" and status["slots"]["b"] == {"state": "empty"}
