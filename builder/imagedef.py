@@ -113,8 +113,9 @@ def load_image(name_or_path: str) -> ImageDefinition:
 
 def load_document(path: Path, seen: tuple[Path, ...] = ()) -> Located:
     """The definition at ``path`` with its ``extends`` chain merged in: mappings merge key by
-    key, anything else (lists included) the extending file replaces. A base is checked on its
-    own first, so problems left are in the extending file, and carry its line numbers."""
+    key, a list written as ``{append: [...], remove: [...]}`` edits the base's list, anything else
+    (a list written out included) the extending file replaces. A base is checked on its own
+    first, so problems left are in the extending file, and carry its line numbers."""
     doc = load(path)
     if not isinstance(doc.value, dict):
         raise BasaltError(doc.problem([], "an image definition must be a mapping",
@@ -134,14 +135,61 @@ def load_document(path: Path, seen: tuple[Path, ...] = ()) -> Located:
     problems = validate(base, load_schema("image")) + [p for check in CHECKS for p in check(base)]
     if problems:
         raise BasaltError(problems)
-    value = _merge(base.value, {k: v for k, v in doc.value.items() if k != "extends"})
-    return Located(value, doc.source, doc.lines)
+    lines = dict(doc.lines)
+    problems = []
+    value = _merge(base.value, {k: v for k, v in doc.value.items() if k != "extends"}, (), doc, base_name,
+                   lines, problems)
+    if problems:
+        raise BasaltError(problems)
+    return Located(value, doc.source, lines)
 
 
-def _merge(base: Any, over: Any) -> Any:
+LIST_EDITS = ("append", "remove")
+
+
+def _merge(base: Any, over: Any, path: tuple[str | int, ...], doc: Located, base_name: str,
+           lines: dict[tuple[str | int, ...], int], problems: list[Problem]) -> Any:
     if isinstance(base, dict) and isinstance(over, dict):
-        return {**base, **{k: _merge(base[k], v) if k in base else v for k, v in over.items()}}
+        return {**base, **{k: _merge(base.get(k), v, (*path, k), doc, base_name, lines, problems)
+                           for k, v in over.items()}}
+    if isinstance(base, list) and isinstance(over, dict):
+        return _edit_list(base, over, path, doc, base_name, lines, problems)
+    if isinstance(over, dict) and over and over.keys() <= set(LIST_EDITS):
+        problems.append(doc.problem(path, f"{base_name} has no list here to edit",
+                                    "write the whole list instead of append:/remove:"))
     return over
+
+
+def _edit_list(base: list[Any], edit: dict[str, Any], path: tuple[str | int, ...], doc: Located, base_name: str,
+               lines: dict[tuple[str | int, ...], int], problems: list[Problem]) -> list[Any]:
+    """The base's list less ``edit['remove']``, then ``edit['append']``; each appended item's
+    lines are moved to its place in the merged list, so a problem in it points at its own line."""
+    found = len(problems)
+    for key in edit:
+        if key not in LIST_EDITS:
+            problems.append(doc.problem((*path, key), f"'{key}' is not a list edit",
+                                        "the base's list is edited with append: and remove:, or replaced by a list"))
+    for key in LIST_EDITS:
+        if key in edit and not isinstance(edit[key], list):
+            problems.append(doc.problem((*path, key), "must be a list",
+                                        f"e.g. {key}: [item, ...]"))
+    if len(problems) > found:
+        return base
+    removed = edit.get("remove", [])
+    for i, item in enumerate(removed):
+        if item not in base:
+            problems.append(doc.problem((*path, "remove", i), f"'{item}' is not in {base_name}'s list",
+                                        "remove only what the base has (a typo?)"))
+    kept = [item for item in base if item not in removed]
+    for i, item in enumerate(edit.get("append", [])):
+        if item in kept:
+            problems.append(doc.problem((*path, "append", i), f"'{item}' is already in {base_name}'s list",
+                                        "drop it here: the base's list has it"))
+        at = (*path, "append", i)
+        for where, line in doc.lines.items():
+            if where[:len(at)] == at:
+                lines[(*path, len(kept) + i, *where[len(at):])] = line
+    return kept + list(edit.get("append", []))
 
 
 def _typed(doc: Located) -> ImageDefinition:

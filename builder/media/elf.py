@@ -1,11 +1,13 @@
 """ELF programs in an image's root tree, read without running them (an arm64 tree is read the same
 way on an x86 host): the libraries a program needs (DT_NEEDED) and its loader (PT_INTERP), found in
 the tree's library directories with its symbolic links followed inside the tree. Used for the apps
-controller's image (builder/media/appsimage.py) and the boot's read-ahead list
-(builder/media/readahead.py)."""
+controller's image (builder/media/appsimage.py), the boot's read-ahead list
+(builder/media/readahead.py) and the root's check that nothing lost a library it needs
+(builder/stages/rootfs.py)."""
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 
@@ -13,11 +15,19 @@ from builder.media.tree import resolve
 
 LIB_DIRS = ("usr/lib", "usr/lib64", "lib", "lib64")
 DT_NEEDED, PT_LOAD, PT_DYNAMIC, PT_INTERP = 1, 1, 2, 3
-DT_STRTAB = 5
+DT_STRTAB, DT_RPATH, DT_RUNPATH = 5, 15, 29
+ET_EXEC, ET_DYN = 2, 3
 
 
 def needs(data: bytes) -> tuple[list[str], str]:
     """A 64-bit little-endian ELF file's DT_NEEDED libraries and its program interpreter."""
+    strings, interp = _dynamic(data)
+    return strings.get(DT_NEEDED, []), interp
+
+
+def _dynamic(data: bytes) -> tuple[dict[int, list[str]], str]:
+    """The string entries of a 64-bit little-endian ELF file's dynamic section, by tag, and its
+    program interpreter."""
     if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
         raise ValueError("not a 64-bit little-endian ELF file")
     phoff, = struct.unpack_from("<Q", data, 0x20)
@@ -32,11 +42,51 @@ def needs(data: bytes) -> tuple[list[str], str]:
         elif p_type == PT_INTERP:
             interp = data[p_offset:p_offset + p_filesz].rstrip(b"\0").decode()
     if dynamic is None:
-        return [], interp
+        return {}, interp
     entries = [struct.unpack_from("<qQ", data, dynamic[0] + n) for n in range(0, dynamic[1], 16)]
     strtab = next(v for t, v in entries if t == DT_STRTAB)
     base = next(off + strtab - vaddr for vaddr, off, size in loads if vaddr <= strtab < vaddr + size)
-    return [data[base + v:data.index(b"\0", base + v)].decode() for t, v in entries if t == DT_NEEDED], interp
+    strings: dict[int, list[str]] = {}
+    for tag, value in entries:
+        if tag in (DT_NEEDED, DT_RPATH, DT_RUNPATH):
+            strings.setdefault(tag, []).append(data[base + value:data.index(b"\0", base + value)].decode())
+    return strings, interp
+
+
+def missing(root: Path, skip: tuple[str, ...] = ("usr/lib/modules", "usr/lib/firmware")) -> list[tuple[str, str]]:
+    """Each (program or library, library it needs) in ``root`` whose library the tree lacks: a
+    library a prune pattern or an excluded package took away from something still there. Searched
+    where the tree's loader looks: its library directories, and the file's own ``$ORIGIN``
+    run paths (glibc's charset converters)."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root)
+        if rel_dir.startswith(skip):
+            dirnames[:] = []
+            continue
+        for name in sorted(filenames):
+            path = os.path.join(dirpath, name)
+            if os.path.islink(path) or not os.path.isfile(path):
+                continue
+            with open(path, "rb") as f:
+                head = f.read(18)
+            if head[:6] != b"\x7fELF\x02\x01" or head[16] not in (ET_EXEC, ET_DYN):
+                continue  # not a 64-bit program or library (firmware for another CPU, a module)
+            try:
+                with open(path, "rb") as f:
+                    strings, _ = _dynamic(f.read())
+            except (ValueError, struct.error, StopIteration):
+                continue  # no dynamic section the loader could read either: nothing it would load
+            origin = any(p == "$ORIGIN" for tag in (DT_RUNPATH, DT_RPATH) for entry in strings.get(tag, [])
+                         for p in entry.split(":"))
+            for lib in strings.get(DT_NEEDED, []):
+                if origin and (root / resolve(root, os.path.join(rel_dir, lib))).exists():
+                    continue
+                try:
+                    find_library(root, lib)
+                except FileNotFoundError:
+                    out.append((os.path.normpath(os.path.join(rel_dir, name)), lib))
+    return sorted(out)
 
 
 def find_library(root: Path, name: str) -> str:

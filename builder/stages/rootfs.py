@@ -97,7 +97,29 @@ def run(ctx: StageContext, options: dict[str, Any]) -> None:
             from builder.media import appsimage
             out = tree.write(root, f"{K3S_SHARE}/images/{deploy.IMAGE_FILE}", b"")  # a plain file, not a link
             appsimage.build(root, out, options["version"], options["arch"])  # Debian's names are OCI's
+    with progress.step("Checking every program's libraries"):
+        check_libraries(root, options["prune"])
     finish(root, options["source_date_epoch"])
+
+
+def check_libraries(root: Path, patterns: list[str]) -> None:
+    """Every program and library left in the root finds the libraries it needs: a prune pattern
+    or an excluded package that took one away fails the build, not the node at run time."""
+    from builder.media import elf
+    problems = []
+    for program, lib in elf.missing(root):
+        took = [p for p in patterns if fnmatch.fnmatch(f"usr/lib/{_triplet(root)}/{lib}", p)]
+        why = f"rootfs.prune '{took[0]}' removes it" if took else "no installed package has it"
+        problems.append(Problem(f"/{program} needs {lib}, which the image does not have: {why}",
+                                hint="keep the library (take the pattern out of rootfs.prune; an image that extends "
+                                     "another: rootfs.prune: {remove: [PATTERN]}), prune the program too, or add the "
+                                     "package that has the library"))
+    if problems:
+        raise BasaltError(problems)
+
+
+def _triplet(root: Path) -> str:
+    return next((d.name for d in sorted((root / "usr/lib").glob("*-linux-gnu")) if d.is_dir()), "*-linux-gnu")
 
 
 def manifest(options: dict[str, Any], tree: Path) -> dict[str, Any]:

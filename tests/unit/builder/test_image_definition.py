@@ -199,9 +199,18 @@ def test_example_site_configs_are_valid() -> None:
         assert load_site_config(str(example))
 
 
-def test_extends_merges_mappings_and_replaces_lists() -> None:
+def test_extends_merges_mappings_and_edits_lists() -> None:
     base, img = load_image("x86_64-iso"), load_image("x86_64-containerd")
     assert img.packages == (*base.packages, "containerd", "runc")
+    k3s_image = load_image("x86_64-k3s")
+    assert k3s_image.exclude == tuple(e for e in base.exclude if e != "openssl")  # remove:
+    assert k3s_image.packages == (*base.packages, "openssl", "python3-zeroconf")
+    rpi = load_image("rpi")  # through arm64-efi: the edits apply to the chain's merged list
+    readline = "usr/lib/*-linux-gnu/libreadline.so*"
+    assert rpi.prune[:len(base.prune) - 1] == tuple(p for p in base.prune if p != readline)
+    assert rpi.prune[len(base.prune) - 1] == "usr/lib/firmware/brcm/bcm43xx*"
+    assert "usr/lib/*-linux-gnu/gconv" in rpi.prune and readline not in rpi.prune
+    assert rpi.packages == (*base.packages, "wpasupplicant", "firmware-brcm80211")
     assert img.overlays == ("base", "containers", "containerd")
     assert (img.kernel_package, img.cmdline, img.modules_exclude) == \
         (base.kernel_package, base.cmdline, base.modules_exclude)  # inherited mappings
@@ -231,3 +240,34 @@ def test_extends_unknown_or_cyclic(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     with pytest.raises(BasaltError) as exc:
         load_image(str(path))
     assert exc.value.problems[0].render().splitlines()[0] == f"{path}:1: extends: {message}"
+
+
+LIST_EDITS = [  # (the extending file's body, its line with the problem, the rendered first line)
+    ("packages:\n  append: tzdata\n", 4, "packages.append: must be a list"),
+    ("packages:\n  add: [curl]\n", 4, "packages.add: 'add' is not a list edit"),
+    ("packages:\n  remove: [busybox-static, nosuch]\n", 4, "packages.remove[1]: 'nosuch' is not in x86_64-iso's list"),
+    ("packages:\n  append:\n    - curl\n    - tzdata\n", 6,
+     "packages.append[1]: 'tzdata' is already in x86_64-iso's list"),
+    ("kernel:\n  modules:\n    keep: {append: [kernel/fs/xfs]}\n", 5,
+     "kernel.modules.keep: x86_64-iso has no list here to edit"),
+    ("description: {remove: [x]}\n", 3, "description: x86_64-iso has no list here to edit"),
+    # an appended item's own problem points at its own line, not the list's
+    ("packages:\n  append:\n    - curl\n    - Not A Package\n", 6, "packages[10]: 'Not A Package' is not valid here"),
+]
+
+
+@pytest.mark.parametrize(("body", "line", "message"), LIST_EDITS)
+def test_list_edit_problems(tmp_path: Path, body: str, line: int, message: str) -> None:
+    path = write(tmp_path, "extends: x86_64-iso\nname: variant\n" + body)
+    with pytest.raises(BasaltError) as exc:
+        load_image(str(path))
+    rendered = [p.render().splitlines()[0] for p in exc.value.problems]
+    assert rendered == [f"{path}:{line}: {message}"], rendered
+
+
+def test_list_edit_without_extends_is_a_schema_problem(tmp_path: Path) -> None:
+    path = write(tmp_path, replace("packages:\n", "packages:\n  append: [curl]\nunused:\n"))
+    with pytest.raises(BasaltError) as exc:
+        load_image(str(path))
+    first = exc.value.problems[0].render().splitlines()[0]
+    assert first.startswith(f"{path}:{line_of(GOOD, 'packages:')}: packages:"), first
