@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 from builder.media.tree import resolve
@@ -53,13 +54,12 @@ def _dynamic(data: bytes) -> tuple[dict[int, list[str]], str]:
     return strings, interp
 
 
-def missing(root: Path, skip: tuple[str, ...] = ("usr/lib/modules", "usr/lib/firmware")) -> list[tuple[str, str]]:
-    """Each (program or library, library it needs) in ``root`` whose library the tree lacks: a
-    library a prune pattern or an excluded package took away from something still there. Searched
-    where the tree's loader looks: its library directories, and the file's own ``$ORIGIN``
-    run paths (glibc's charset converters)."""
-    out = []
+def programs(root: Path, skip: tuple[str, ...] = ("usr/lib/modules", "usr/lib/firmware")) \
+        -> Iterator[tuple[str, dict[int, list[str]]]]:
+    """Each 64-bit ELF program and shared library in ``root`` (its path in the tree, its dynamic
+    string entries by tag), in a stable order; links are not followed, ``skip`` trees not read."""
     for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
         rel_dir = os.path.relpath(dirpath, root)
         if rel_dir.startswith(skip):
             dirnames[:] = []
@@ -77,15 +77,32 @@ def missing(root: Path, skip: tuple[str, ...] = ("usr/lib/modules", "usr/lib/fir
                     strings, _ = _dynamic(f.read())
             except (ValueError, struct.error, StopIteration):
                 continue  # no dynamic section the loader could read either: nothing it would load
-            origin = any(p == "$ORIGIN" for tag in (DT_RUNPATH, DT_RPATH) for entry in strings.get(tag, [])
-                         for p in entry.split(":"))
-            for lib in strings.get(DT_NEEDED, []):
-                if origin and (root / resolve(root, os.path.join(rel_dir, lib))).exists():
-                    continue
-                try:
-                    find_library(root, lib)
-                except FileNotFoundError:
-                    out.append((os.path.normpath(os.path.join(rel_dir, name)), lib))
+            yield os.path.normpath(os.path.join(rel_dir, name)), strings
+
+
+def missing(root: Path) -> list[tuple[str, str]]:
+    """Each (program or library, library it needs) in ``root`` whose library the tree lacks: a
+    library a prune pattern or an excluded package took away from something still there. Searched
+    where the tree's loader looks: the file's own run paths (``$ORIGIN``: glibc's charset
+    converters; a private directory: systemd's, sudo's), then the library directories."""
+    found = list(programs(root))
+    paths = {rel: [entry.replace("${ORIGIN}", "$ORIGIN").replace("$ORIGIN", "/" + os.path.dirname(rel))
+                   for tag in (DT_RUNPATH, DT_RPATH) for value in strings.get(tag, []) for entry in value.split(":")]
+             for rel, strings in found}
+    # A library in a directory some program's run path names is loaded beside that program's own
+    # libraries, which satisfy its needs by name (systemd's libsystemd-core needs libsystemd-shared)
+    private = {os.path.normpath(d).lstrip("/") for run_path in paths.values() for d in run_path}
+    out = []
+    for rel, strings in found:
+        here = os.path.dirname(rel)
+        run_path = paths[rel] + (["/" + here] if here in private else [])
+        for lib in strings.get(DT_NEEDED, []):
+            if any(d.startswith("/") and (root / resolve(root, f"{d}/{lib}")).exists() for d in run_path):
+                continue
+            try:
+                find_library(root, lib)
+            except FileNotFoundError:
+                out.append((rel, lib))
     return sorted(out)
 
 

@@ -70,6 +70,27 @@ def test_origin_run_path(tmp_path: Path) -> None:
     assert elf.missing(tmp_path) == [(f"{LIBDIR}/gconv/sub/EUC-KR.so", "libKSC.so")]
 
 
+def test_a_private_run_path(tmp_path: Path) -> None:
+    """systemd's programs find their shared library in a directory of its own (an absolute run
+    path), read inside the tree, never on the host that has the same directory."""
+    shared = HOST_LIBS / "systemd/libsystemd-shared-252.so"
+    if not Path("/usr/bin/journalctl").exists() or not shared.exists():
+        pytest.skip("this host has no systemd 252 journalctl")
+    host_tree(tmp_path)
+    put(tmp_path, "usr/bin/journalctl", Path("/usr/bin/journalctl"))
+    assert ("usr/bin/journalctl", "libsystemd-shared-252.so") in elf.missing(tmp_path)
+    put(tmp_path, f"{LIBDIR}/systemd/libsystemd-shared-252.so", shared)
+    assert not [m for m in elf.missing(tmp_path) if m[0] == "usr/bin/journalctl"]
+    # a library beside it in that directory, with no run path of its own, is loaded into such a
+    # program and finds it there by name (libsystemd-core)
+    core = HOST_LIBS / "systemd/libsystemd-core-252.so"
+    if core.exists():
+        put(tmp_path, f"{LIBDIR}/systemd/libsystemd-core-252.so", core)
+        assert not [m for m in elf.missing(tmp_path) if m[1] == "libsystemd-shared-252.so"]
+        (tmp_path / "usr/bin/journalctl").unlink()  # no run path names the directory any more
+        assert (f"{LIBDIR}/systemd/libsystemd-core-252.so", "libsystemd-shared-252.so") in elf.missing(tmp_path)
+
+
 @pytest.mark.parametrize("content", [
     b"",                                      # empty
     b"\x7fELF",                               # a magic and nothing else
