@@ -176,20 +176,30 @@ def _edit_list(base: list[Any], edit: dict[str, Any], path: tuple[str | int, ...
     if len(problems) > found:
         return base
     removed = edit.get("remove", [])
+    in_base = {_key(item) for item in base}
     for i, item in enumerate(removed):
-        if item not in base:
+        if _key(item) not in in_base:
             problems.append(doc.problem((*path, "remove", i), f"'{item}' is not in {base_name}'s list",
                                         "remove only what the base has (a typo?)"))
-    kept = [item for item in base if item not in removed]
-    for i, item in enumerate(edit.get("append", [])):
-        if item in kept:
+    gone = {_key(item) for item in removed}
+    kept = [item for item in base if _key(item) not in gone]
+    in_kept = {_key(item) for item in kept}
+    appended = edit.get("append", [])
+    for i, item in enumerate(appended):
+        if _key(item) in in_kept:
             problems.append(doc.problem((*path, "append", i), f"'{item}' is already in {base_name}'s list",
                                         "drop it here: the base's list has it"))
-        at = (*path, "append", i)
-        for where, line in doc.lines.items():
-            if where[:len(at)] == at:
-                lines[(*path, len(kept) + i, *where[len(at):])] = line
-    return kept + list(edit.get("append", []))
+    at = (*path, "append")  # one pass over the line map, however long the lists (a definition is bounded)
+    for where, line in doc.lines.items():
+        if where[:len(at)] == at and len(where) > len(at) and isinstance(where[len(at)], int):
+            lines[(*path, len(kept) + int(where[len(at)]), *where[len(at) + 1:])] = line
+    return kept + list(appended)
+
+
+def _key(item: Any) -> str:
+    """An item's identity for list edits, hashable whatever it is (a mapping in ``outputs``)."""
+    import json
+    return json.dumps(item, sort_keys=True, default=str)
 
 
 def _typed(doc: Located) -> ImageDefinition:

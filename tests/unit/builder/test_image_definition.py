@@ -271,3 +271,25 @@ def test_list_edit_without_extends_is_a_schema_problem(tmp_path: Path) -> None:
         load_image(str(path))
     first = exc.value.problems[0].render().splitlines()[0]
     assert first.startswith(f"{path}:{line_of(GOOD, 'packages:')}: packages:"), first
+
+
+def test_list_edits_on_mappings_and_long_lists(tmp_path: Path) -> None:
+    """Items that are mappings (outputs) are compared whole; a long edit is one pass (the loader
+    bounds a document to 20,000 values: a quadratic edit of that would take minutes)."""
+    many = "".join(f"    - usr/share/extra{i}\n" for i in range(9000))
+    path = write(tmp_path, "extends: x86_64-iso\nname: variant\noutputs:\n  append:\n"
+                           "    - {format: raw, firmware: [bios]}\nrootfs:\n  prune:\n    append:\n" + many)
+    from builder.imagedef import load_document
+    doc = load_document(path)
+    base = load_image("x86_64-iso")
+    assert doc.value["outputs"][-1] == {"format": "raw", "firmware": ["bios"]}
+    assert len(doc.value["rootfs"]["prune"]) == len(base.prune) + 9000
+    last = ("rootfs", "prune", len(base.prune) + 8999)
+    assert doc.value["rootfs"]["prune"][last[2]] == "usr/share/extra8999" and doc.line_of(last) == 9 + 8999
+    again = write(tmp_path, "extends: x86_64-iso\nname: variant\noutputs:\n  append:\n"
+                            "    - {format: iso, firmware: [bios, uefi]}\n")
+    with pytest.raises(BasaltError) as exc:
+        load_image(str(again))
+    item = "{'format': 'iso', 'firmware': ['bios', 'uefi']}"
+    assert exc.value.problems[0].render().splitlines()[0] == \
+        f"{again}:5: outputs.append[0]: '{item}' is already in x86_64-iso's list"
