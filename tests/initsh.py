@@ -72,6 +72,9 @@ def _code_only(text: str) -> str:
 KEYWORDS = {"if", "then", "else", "elif", "fi", "while", "until", "do", "done", "esac", "{", "}", "!", "exec", "setsid"}
 BUILTINS = {"[", ":", ".", "set", "shift", "export", "local", "return", "continue", "break", "read", "wait", "echo",
             "printf", "test", "true", "false", "cd", "eval", "exit", "trap", "unset", "command"}
+# a redirection that opens, duplicates or closes a descriptor (exec 3<> FIFO, 3>&-, 2>&1): no
+# command, and its & is no list operator
+REDIRECT_FD = re.compile(r"(?<![\w$])\d*(?:<>|[<>]&(?:-|\d+))")
 # a case branch's patterns (a|b), at a line's start, after ;; or after ``in``
 CASE_PATTERNS = re.compile(r"(^|;;|\bin)([ \t]*)[^\s()|;]+(?:[ \t]*\|[ \t]*[^\s()|;]+)*\)", re.M)
 
@@ -83,7 +86,8 @@ def programs(text: str, functions: Collection[str] = ()) -> set[str]:
     files it sources)."""
     defined = set(re.findall(r"^(\w+)\(\) \{", text, re.M)) | set(functions)
     found: set[str] = set()
-    for segment in re.split(r";;|;|\|\||&&|\||&|\n", CASE_PATTERNS.sub(r"\1\n", _code_only(text))):
+    code = REDIRECT_FD.sub(" >fd ", CASE_PATTERNS.sub(r"\1\n", _code_only(text)))
+    for segment in re.split(r";;|;|\|\||&&|\||&|\n", code):
         words = segment.split()
         while words:
             word = words.pop(0)

@@ -43,6 +43,7 @@ def test_every_program_the_init_runs_is_an_applet_of_its_busybox() -> None:
     ('exec switch_root /newroot /usr/sbin/basalt init', {"switch_root"}),
     ('chroot /newroot /usr/bin/env true; f() { sort; }', {"chroot", "/usr/bin/env", "sort"}),
     ('[ -n "$slot" ] || echo "$(uname)" | tr a b', {"uname", "tr"}),
+    ('mkfifo /run/t && exec 3<> /run/t && t=1; read -t 1 -u 3 _; exec 3>&-; ls >&2 2>&1 x', {"mkfifo", "ls"}),
 ])
 def test_the_reading_of_a_script_finds_each_program_it_calls(script: str, expected: set[str]) -> None:
     assert programs(script) == expected

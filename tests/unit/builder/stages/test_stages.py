@@ -126,16 +126,17 @@ REAL_AHCI = "pci:v00008086d00002922sv00008086sd00007270bc01sc06i01"  # the same 
     # that is not a driver waits; the CD driver, synchronous, waits for the AHCI ports
     ([AHCI, VIRTIO_NET], "", ["scsi_mod.ko" + A, "libata.ko" + A + NODB, "ahci.ko" + A, "virtio.ko" + A,
                               "virtio_pci.ko" + A, "loop.ko" + A + LOOP, "cdrom.ko" + A, "sr_mod.ko"]),
-    # two AHCI controllers (the same alias twice): ahci synchronous, in the list's order
+    # two AHCI controllers (the same alias twice): ahci synchronous, in the list's order, after
+    # every library of the pass (cdrom's too: none waits behind a driver for the probes in flight)
     ([AHCI, VIRTIO_NET, AHCI], "", ["virtio.ko" + A, "virtio_pci.ko" + A, "loop.ko" + A + LOOP, "scsi_mod.ko" + A,
-                                    "libata.ko" + A + NODB, "ahci.ko", "cdrom.ko" + A, "sr_mod.ko"]),
+                                    "libata.ko" + A + NODB, "cdrom.ko" + A, "ahci.ko", "sr_mod.ko"]),
     # two virtio devices: virtio_pci synchronous
     ([VIRTIO_NET, AHCI, VIRTIO_NET], "", ["scsi_mod.ko" + A, "libata.ko" + A + NODB, "ahci.ko" + A,
-                                          "loop.ko" + A + LOOP, "virtio.ko" + A, "virtio_pci.ko", "cdrom.ko" + A,
+                                          "loop.ko" + A + LOOP, "virtio.ko" + A, "cdrom.ko" + A, "virtio_pci.ko",
                                           "sr_mod.ko"]),
     # two SCSI host drivers share the sd and sr names: both synchronous
-    ([VIRTIO_SCSI, AHCI], "", ["loop.ko" + A + LOOP, "scsi_mod.ko" + A, "libata.ko" + A + NODB, "ahci.ko",
-                               "virtio.ko" + A, "virtio_scsi.ko", "cdrom.ko" + A, "sr_mod.ko"]),
+    ([VIRTIO_SCSI, AHCI], "", ["loop.ko" + A + LOOP, "scsi_mod.ko" + A, "libata.ko" + A + NODB, "virtio.ko" + A,
+                               "cdrom.ko" + A, "ahci.ko", "virtio_scsi.ko", "sr_mod.ko"]),
     # a real board's AHCI: libata keeps its sleep before the debounce
     ([REAL_AHCI], "", ["scsi_mod.ko" + A, "libata.ko" + A, "ahci.ko" + A, "loop.ko" + A + LOOP, "cdrom.ko" + A,
                        "sr_mod.ko"]),
@@ -159,8 +160,8 @@ def test_initramfs_fallback_pass_loads_every_driver_synchronously(tmp_path: Path
     """The pass the init makes when the medium is not there after 3 s: every driver, whatever
     the devices want (here none), each probing synchronously; file systems still wait for their mount."""
     assert load_modules_passes(tmp_path, [], "", "all").splitlines() == [
-        "loop.ko" + A + LOOP, "scsi_mod.ko" + A, "libata.ko" + A, "ahci.ko", "virtio.ko" + A, "virtio_pci.ko",
-        "virtio_scsi.ko", "cdrom.ko" + A, "sr_mod.ko", "---"]
+        "loop.ko" + A + LOOP, "scsi_mod.ko" + A, "libata.ko" + A, "virtio.ko" + A, "cdrom.ko" + A, "ahci.ko",
+        "virtio_pci.ko", "virtio_scsi.ko", "sr_mod.ko", "---"]
 
 
 def load_modules_passes(tmp_path: Path, aliases: list[str], before: str, *passes: str) -> str:
