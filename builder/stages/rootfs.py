@@ -24,7 +24,7 @@ from builder.backends import BACKENDS
 from builder.debian import blobs_by_role
 from builder.download import sha256_file
 from builder.imagedef import OVERLAYS, ROOT
-from builder.media import hardware, pytree, readahead, tree
+from builder.media import elf, hardware, pytree, readahead, tree
 from builder.stages import StageContext
 from builder.stages.k3s import locked as k3s_locked
 
@@ -105,10 +105,10 @@ def run(ctx: StageContext, options: dict[str, Any]) -> None:
 def check_libraries(root: Path, patterns: list[str]) -> None:
     """Every program and library left in the root finds the libraries it needs: a prune pattern
     or an excluded package that took one away fails the build, not the node at run time."""
-    from builder.media import elf
+    triplet = next((d.name for d in sorted((root / "usr/lib").glob("*-linux-gnu")) if d.is_dir()), "*-linux-gnu")
     problems = []
     for program, lib in elf.missing(root):
-        took = [p for p in patterns if fnmatch.fnmatch(f"usr/lib/{_triplet(root)}/{lib}", p)]
+        took = [p for p in patterns if fnmatch.fnmatch(f"usr/lib/{triplet}/{lib}", p)]
         why = f"rootfs.prune '{took[0]}' removes it" if took else "no installed package has it"
         problems.append(Problem(f"/{program} needs {lib}, which the image does not have: {why}",
                                 hint="keep the library (take the pattern out of rootfs.prune; an image that extends "
@@ -116,10 +116,6 @@ def check_libraries(root: Path, patterns: list[str]) -> None:
                                      "package that has the library"))
     if problems:
         raise BasaltError(problems)
-
-
-def _triplet(root: Path) -> str:
-    return next((d.name for d in sorted((root / "usr/lib").glob("*-linux-gnu")) if d.is_dir()), "*-linux-gnu")
 
 
 def manifest(options: dict[str, Any], tree: Path) -> dict[str, Any]:

@@ -51,9 +51,10 @@ def unloaded_libraries(root: Path) -> set[str]:
     """The shared libraries directly in the tree's multiarch library directory that nothing in the
     tree loads (by DT_NEEDED, links followed inside the tree)."""
     from builder.media import elf, tree
-    loaded = {tree.resolve(root, elf.find_library(root, lib))
-              for _, strings in elf.programs(root) for lib in strings.get(elf.DT_NEEDED, [])}
-    return {rel.rsplit("/", 1)[1] for rel, _ in elf.programs(root)
+    found = list(elf.programs(root))
+    loaded = {tree.resolve(root, elf.find_library(root, lib)) for _, strings in found
+              for lib in strings.get(elf.DT_NEEDED, [])}
+    return {rel.rsplit("/", 1)[1] for rel, _ in found
             if rel.startswith("usr/lib/x86_64-linux-gnu/") and rel.count("/") == 3 and rel not in loaded}
 
 
