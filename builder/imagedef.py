@@ -48,6 +48,7 @@ class ImageDefinition:
     exclude: tuple[str, ...]
     backend: str
     prune: tuple[str, ...]
+    unused_libraries: tuple[str, ...]  # rootfs.unused_libraries: removed when nothing in the root loads them
     overlays: tuple[str, ...]
     kernel_package: str
     kernel_deb: Path | None  # a local kernel package used instead of kernel_package's
@@ -218,6 +219,7 @@ def _typed(doc: Located) -> ImageDefinition:
         packages=tuple(v["packages"]), exclude=tuple(v.get("exclude", [])),
         backend=v.get("rootfs", {}).get("backend", "mmdebstrap"),
         prune=tuple(v.get("rootfs", {}).get("prune", DEFAULT_PRUNE)),
+        unused_libraries=tuple(v.get("rootfs", {}).get("unused_libraries", [])),
         overlays=tuple(v.get("overlays", ["base"])), kernel_package=kernel["package"],
         kernel_deb=(Path(doc.source).parent / kernel["deb"]).resolve() if "deb" in kernel else None,
         cmdline=kernel.get("cmdline", ""),

@@ -170,7 +170,7 @@ def compile_plan(img: ImageDefinition, config_text: str | None = None, etc_apt: 
         PlannedStage("k3s", k3s_options(img, k3s_binary, k3s_artifacts)),
         PlannedStage("rootfs", {
             "backend": img.backend, "arch": str(img.arch), "suite": img.suite, "sources": source_list,
-            "prune": list(img.prune),
+            "prune": list(img.prune), "unused_libraries": list(img.unused_libraries),
             "overlays": [{"name": n, "digest": tree_digest(OVERLAYS / n)} for n in img.overlays],
             "agent_digest": tree_digest(AGENT_DIR) + hashlib.sha256((ROOT / "config/config.schema.json").read_bytes())
             .hexdigest()[:16], "version": img.version,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from builder.media.tree import resolve
@@ -80,30 +80,63 @@ def programs(root: Path, skip: tuple[str, ...] = ("usr/lib/modules", "usr/lib/fi
             yield os.path.normpath(os.path.join(rel_dir, name)), strings
 
 
-def missing(root: Path) -> list[tuple[str, str]]:
-    """Each (program or library, library it needs) in ``root`` whose library the tree lacks: a
-    library a prune pattern or an excluded package took away from something still there. Searched
-    where the tree's loader looks: the file's own run paths (``$ORIGIN``: glibc's charset
-    converters; a private directory: systemd's, sudo's), then the library directories."""
-    found = list(programs(root))
+def _linker(root: Path, found: list[tuple[str, dict[int, list[str]]]]) -> Callable[[str, str], str | None]:
+    """Where the tree's loader finds library ``lib`` for file ``rel`` (the library's resolved path
+    in the tree, or None): the file's own run paths (``$ORIGIN``: glibc's charset converters; a
+    private directory: systemd's, sudo's), a private directory some program's run path names when
+    the file lives in it (ld.so loads libsystemd-core beside the libsystemd-shared its program
+    loaded), then the library directories."""
     paths = {rel: [entry.replace("${ORIGIN}", "$ORIGIN").replace("$ORIGIN", "/" + os.path.dirname(rel))
                    for tag in (DT_RUNPATH, DT_RPATH) for value in strings.get(tag, []) for entry in value.split(":")]
              for rel, strings in found}
-    # A library in a directory some program's run path names is loaded beside that program's own
-    # libraries, which satisfy its needs by name (systemd's libsystemd-core needs libsystemd-shared)
     private = {os.path.normpath(d).lstrip("/") for run_path in paths.values() for d in run_path}
-    out = []
-    for rel, strings in found:
+
+    def locate(rel: str, lib: str) -> str | None:
         here = os.path.dirname(rel)
-        run_path = paths[rel] + (["/" + here] if here in private else [])
-        for lib in strings.get(DT_NEEDED, []):
-            if any(d.startswith("/") and (root / resolve(root, f"{d}/{lib}")).exists() for d in run_path):
-                continue
-            try:
-                find_library(root, lib)
-            except FileNotFoundError:
-                out.append((rel, lib))
-    return sorted(out)
+        for d in paths.get(rel, []) + (["/" + here] if here in private else []):
+            if d.startswith("/"):
+                target = resolve(root, f"{d}/{lib}")
+                if (root / target).exists():
+                    return target
+        try:
+            return resolve(root, find_library(root, lib))
+        except FileNotFoundError:
+            return None
+    return locate
+
+
+def missing(root: Path) -> list[tuple[str, str]]:
+    """Each (program or library, library it needs) in ``root`` whose library the tree lacks: a
+    library a prune pattern or an excluded package took away from something still there."""
+    found = list(programs(root))
+    locate = _linker(root, found)
+    return sorted((rel, lib) for rel, strings in found for lib in strings.get(DT_NEEDED, [])
+                  if locate(rel, lib) is None)
+
+
+def prune_unused(root: Path, patterns: list[str]) -> list[str]:
+    """Remove each shared library matching ``patterns`` (globs relative to ``root``) that nothing
+    left in the tree loads, with the links to it beside it, until none is left to remove (a
+    library only another removed one loaded goes too); the removed files, in order. Only what is
+    loaded by name (DT_NEEDED) counts: a library a program opens at run time must not match."""
+    removed: list[str] = []
+    while True:
+        found = list(programs(root))
+        locate = _linker(root, found)
+        loaded = {locate(rel, lib) for rel, strings in found for lib in strings.get(DT_NEEDED, [])}
+        unused = sorted({str(p.relative_to(root)) for pattern in patterns for p in root.glob(pattern)
+                         if p.is_file() and not p.is_symlink() and str(p.relative_to(root)) not in loaded})
+        elf_files = {rel for rel, _ in found}
+        unused = [rel for rel in unused if rel in elf_files]  # ELF libraries only
+        if not unused:
+            return removed
+        for rel in unused:
+            directory = (root / rel).parent
+            for link in directory.iterdir():
+                if link.is_symlink() and resolve(root, str(link.relative_to(root))) == rel:
+                    link.unlink()
+            (root / rel).unlink()
+            removed.append(rel)
 
 
 def find_library(root: Path, name: str) -> str:

@@ -42,7 +42,8 @@ INSPECT = "rootfs"  # out/<image>/rootfs links to this stage's tree (not an arti
 TOOLS = {"dpkg-deb": "dpkg", "depmod": "kmod"}
 SCHEMA: dict[str, Any] = {
     "type": "object", "additionalProperties": False,
-    "required": ["backend", "arch", "suite", "sources", "prune", "overlays", "agent_digest", "version",
+    "required": ["backend", "arch", "suite", "sources", "prune", "unused_libraries", "overlays", "agent_digest",
+                 "version",
                  "modules_exclude", "modules_keep", "modules_profile", "initramfs_modules",
                  "source_date_epoch", "k3s_charts", "upgrade_key",
                  "upgrade_controller", "controller_images"],
@@ -50,6 +51,7 @@ SCHEMA: dict[str, Any] = {
         "backend": {"enum": sorted(BACKENDS)},
         "arch": {"type": "string"}, "suite": {"type": "string"}, "sources": {"type": "array"},
         "prune": {"type": "array", "items": {"type": "string"}},
+        "unused_libraries": {"type": "array", "items": {"type": "string"}},
         "overlays": {"type": "array", "items": {"type": "object", "required": ["name", "digest"]}},
         "agent_digest": {"type": "string"}, "version": {"type": "string"},
         "modules_exclude": {"type": "array", "items": {"type": "string"}},
@@ -97,6 +99,9 @@ def run(ctx: StageContext, options: dict[str, Any]) -> None:
             from builder.media import appsimage
             out = tree.write(root, f"{K3S_SHARE}/images/{deploy.IMAGE_FILE}", b"")  # a plain file, not a link
             appsimage.build(root, out, options["version"], options["arch"])  # Debian's names are OCI's
+    if options["unused_libraries"]:
+        with progress.step("Pruning the libraries nothing loads"):
+            elf.prune_unused(root, options["unused_libraries"])
     with progress.step("Checking every program's libraries"):
         check_libraries(root, options["prune"])
     finish(root, options["source_date_epoch"])

@@ -127,3 +127,47 @@ def test_the_build_fails_naming_the_prune_pattern(tmp_path: Path) -> None:
     assert exc.value.problems[0].message.endswith("no installed package has it")
     put(tmp_path, f"{LIBDIR}/libz.so.1", HOST_LIBS / "libz.so.1")
     check_libraries(tmp_path, ["usr/lib/*-linux-gnu/libz.so*"])  # nothing missing: no error
+
+
+def library_with_links(root: Path, real: str, *links: str) -> None:
+    """A host library under its real name, with the links a package ships beside it."""
+    put(root, f"{LIBDIR}/{real}", HOST_LIBS / real)
+    for link in links:
+        os.symlink(real, root / LIBDIR / link)
+
+
+UNUSED = [f"usr/lib/*-linux-gnu/{g}" for g in ("libexpat*.so*", "libformw.so*", "libncursesw.so*", "libtinfo.so*")]
+
+
+def test_unused_libraries_go_with_their_links_and_what_only_they_loaded(tmp_path: Path) -> None:
+    needed = ["libexpatw.so.1.8.10", "libformw.so.6.4", "libncursesw.so.6.4", "libtinfo.so.6.4"]
+    if not all((HOST_LIBS / n).exists() for n in needed):
+        pytest.skip("this host lacks expat's or ncurses' libraries")
+    host_tree(tmp_path)
+    put(tmp_path, "usr/bin/python3.11", Path("/usr/bin/python3.11"))  # loads libexpat.so.1, libm, libz
+    for lib in ("libm.so.6", "libz.so.1", "libexpat.so.1"):
+        put(tmp_path, f"{LIBDIR}/{lib}", HOST_LIBS / lib)
+    library_with_links(tmp_path, "libexpatw.so.1.8.10", "libexpatw.so.1", "libexpatw.so")
+    library_with_links(tmp_path, "libformw.so.6.4", "libformw.so.6")  # loads ncursesw and tinfo
+    library_with_links(tmp_path, "libncursesw.so.6.4", "libncursesw.so.6")
+    library_with_links(tmp_path, "libtinfo.so.6.4", "libtinfo.so.6")
+    removed = elf.prune_unused(tmp_path, UNUSED)
+    # formw and expatw first; ncursesw and tinfo once formw, which alone loaded them, is gone
+    assert removed == [f"{LIBDIR}/libexpatw.so.1.8.10", f"{LIBDIR}/libformw.so.6.4",
+                       f"{LIBDIR}/libncursesw.so.6.4", f"{LIBDIR}/libtinfo.so.6.4"]
+    assert sorted(p.name for p in (tmp_path / LIBDIR).iterdir()) == [
+        "ld-linux-x86-64.so.2", "libc.so.6", "libexpat.so.1", "libm.so.6", "libz.so.1"]  # python's, and no link left
+    assert elf.missing(tmp_path) == []
+
+
+def test_a_library_a_program_loads_is_kept(tmp_path: Path) -> None:
+    if not (HOST_LIBS / "libtinfo.so.6.4").exists() or not Path("/usr/bin/less").exists():
+        pytest.skip("this host lacks less or libtinfo")
+    host_tree(tmp_path)
+    library_with_links(tmp_path, "libtinfo.so.6.4", "libtinfo.so.6")
+    put(tmp_path, "usr/bin/less", Path("/usr/bin/less"))  # a package added: it loads libtinfo.so.6
+    assert elf.prune_unused(tmp_path, UNUSED) == []
+    assert (tmp_path / LIBDIR / "libtinfo.so.6").is_symlink() and elf.missing(tmp_path) == []
+    (tmp_path / "usr/bin/less").unlink()
+    assert elf.prune_unused(tmp_path, UNUSED) == [f"{LIBDIR}/libtinfo.so.6.4"]
+    assert not (tmp_path / LIBDIR / "libtinfo.so.6").is_symlink()
