@@ -114,6 +114,15 @@ def missing(root: Path) -> list[tuple[str, str]]:
                   if locate(rel, lib) is None)
 
 
+def loaded(root: Path, found: list[tuple[str, dict[int, list[str]]]] | None = None) -> set[str]:
+    """Every file in ``root`` some program or library in it loads by name (DT_NEEDED), as the
+    tree's loader finds it (``found``: ``programs(root)``, when the caller has it already)."""
+    found = list(programs(root)) if found is None else found
+    locate = _linker(root, found)
+    return {target for rel, strings in found for lib in strings.get(DT_NEEDED, [])
+            if (target := locate(rel, lib)) is not None}
+
+
 def prune_unused(root: Path, patterns: list[str]) -> list[str]:
     """Remove each shared library matching ``patterns`` (globs relative to ``root``) that nothing
     left in the tree loads, with the links to it beside it, until none is left to remove (a
@@ -122,10 +131,9 @@ def prune_unused(root: Path, patterns: list[str]) -> list[str]:
     removed: list[str] = []
     while True:
         found = list(programs(root))
-        locate = _linker(root, found)
-        loaded = {locate(rel, lib) for rel, strings in found for lib in strings.get(DT_NEEDED, [])}
+        needed = loaded(root, found)
         unused = sorted({str(p.relative_to(root)) for pattern in patterns for p in root.glob(pattern)
-                         if p.is_file() and not p.is_symlink() and str(p.relative_to(root)) not in loaded})
+                         if p.is_file() and not p.is_symlink() and str(p.relative_to(root)) not in needed})
         elf_files = {rel for rel, _ in found}
         unused = [rel for rel in unused if rel in elf_files]  # ELF libraries only
         if not unused:

@@ -116,7 +116,8 @@ def check_libraries(root: Path, patterns: list[str]) -> None:
         took = [p for p in patterns if fnmatch.fnmatch(f"usr/lib/{triplet}/{lib}", p)]
         why = f"rootfs.prune '{took[0]}' removes it" if took else "no installed package has it"
         problems.append(Problem(f"/{program} needs {lib}, which the image does not have: {why}",
-                                hint="keep the library (take the pattern out of rootfs.prune; an image that extends "
+                                hint="keep the library (take the pattern out of rootfs.prune, or move it to "
+                                     "rootfs.unused_libraries, which keeps what something loads; an image that extends "
                                      "another: rootfs.prune: {remove: [PATTERN]}), prune the program too, or add the "
                                      "package that has the library"))
     if problems:

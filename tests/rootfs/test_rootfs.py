@@ -49,11 +49,10 @@ OPENED_BY_NAME = {
 
 def unloaded_libraries(root: Path) -> set[str]:
     """The shared libraries directly in the tree's multiarch library directory that nothing in the
-    tree loads (by DT_NEEDED, links followed inside the tree)."""
-    from builder.media import elf, tree
+    tree loads (by DT_NEEDED, found as the tree's loader finds them: builder/media/elf.py)."""
+    from builder.media import elf
     found = list(elf.programs(root))
-    loaded = {tree.resolve(root, elf.find_library(root, lib)) for _, strings in found
-              for lib in strings.get(elf.DT_NEEDED, [])}
+    loaded = elf.loaded(root, found)
     return {rel.rsplit("/", 1)[1] for rel, _ in found
             if rel.startswith("usr/lib/x86_64-linux-gnu/") and rel.count("/") == 3 and rel not in loaded}
 
@@ -63,9 +62,10 @@ def test_mmdebstrap_backend_builds_exact_locked_set() -> None:
     out = pipeline.build(compiled, until="rootfs")
     root = out / "root"
     check_basalt_tree(root)
-    # Every library left is loaded by something, or opened by name (a library nothing loads is a
-    # prune to add to images/x86_64-iso.yaml; the build itself fails on one taken from a user)
-    assert unloaded_libraries(root) <= set(OPENED_BY_NAME), sorted(unloaded_libraries(root) - set(OPENED_BY_NAME))
+    # Every library left is loaded by something, or opened by name (a library nothing loads belongs
+    # in images/x86_64-iso.yaml's rootfs.unused_libraries; the build fails on one taken from a user)
+    unloaded = unloaded_libraries(root)
+    assert unloaded <= set(OPENED_BY_NAME), sorted(unloaded - set(OPENED_BY_NAME))
     assert (root / "bin").is_symlink() and os.readlink(root / "bin") == "usr/bin"  # merged /usr
     assert (root / "usr/bin/sh").is_symlink() and os.readlink(root / "usr/bin/sh") == "busybox"
     # The kernel's on-demand module loader (/proc/sys/kernel/modprobe, /sbin -> usr/sbin) exists.
