@@ -1,19 +1,26 @@
-"""The on-device ``basalt`` command."""
+"""The on-device ``basalt`` command.
+
+``basalt status``, ``version``, ``health`` and the power commands are what scripts, monitors and
+PID 1 run most, on nodes where a Python import read cold from the squashfs is slow (a Pi, an
+emulated machine): they import neither argparse (nor the shutil, gettext and locale it brings
+along) nor the apps CLI (HTTP, Kubernetes). Their plain spellings (``PLAIN``) skip the parser;
+everything else goes through it, and ``app`` adds its arguments only when it is the command."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import signal
 import sys
-from pathlib import Path
-from typing import Any
 
 from agent import files, layout, system
 from agent.errors import BasaltError
 
-STATUS = Path(layout.RUN_STATUS)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from typing import Any
+
+STATUS = layout.RUN_STATUS
 
 
 def cmd_power(args: argparse.Namespace) -> int:
@@ -33,10 +40,12 @@ def boot_timeline(steps: list[dict[str, Any]]) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    if not STATUS.is_file():
+    try:
+        with open(STATUS, "rb") as f:
+            status = json.loads(f.read())
+    except FileNotFoundError:
         raise BasaltError.simple("no status yet: the agent is not running as PID 1",
-                                 hint="basalt status works on a booted Basalt node")
-    status = json.loads(STATUS.read_text())
+                                 hint="basalt status works on a booted Basalt node") from None
     status["uptime_ms"] = system.boot_ms()
     status["mem_used_kb"] = system.mem_used_kb()
     status["addresses"] = addresses()
@@ -139,7 +148,9 @@ def addresses() -> list[str]:
 
 def request(command: str, timeout: float = 300.0, **fields: object) -> dict[str, object]:
     """Ask PID 1 (which owns the services) to apply or confirm, and wait for its answer."""
+    import signal
     import time
+    from pathlib import Path
     if os.geteuid() != 0:
         raise BasaltError.simple(f"basalt config {command}: permission denied", hint="run it as root")
     ident = int(time.time() * 1000) % 10**9
@@ -159,6 +170,8 @@ def request(command: str, timeout: float = 300.0, **fields: object) -> dict[str,
 
 def try_seconds(text: str) -> float:
     """argparse's type for --try: its message, not a traceback, for nan, inf, -5 or 'soon'."""
+    import argparse
+
     from agent.pid1.control import trial_seconds
     try:
         return trial_seconds(text)
@@ -168,7 +181,7 @@ def try_seconds(text: str) -> float:
 
 def cmd_apply(args: argparse.Namespace) -> int:
     from agent.config import sources
-    merged = sources.gather(Path("/proc/cmdline").read_text(), known_good="/nonexistent", rejected="/nonexistent")
+    merged = sources.gather(files.read_text("/proc/cmdline"), known_good="/nonexistent", rejected="/nonexistent")
     if merged.problems:  # checked here too, so the problems print with their lines and hints
         print("\n".join(p.render() for p in merged.problems), file=sys.stderr)
         print("basalt config apply: nothing applied; the config in force stays", file=sys.stderr)
@@ -209,7 +222,7 @@ def cmd_config(args: argparse.Namespace) -> int:
         return cmd_confirm(args)
     if args.config_command == "show":
         from agent.config import sources
-        merged = sources.gather(Path("/proc/cmdline").read_text())
+        merged = sources.gather(files.read_text("/proc/cmdline"))
         print(sources.show(merged) or "(no config)")
         if merged.fallback:
             print(f"last known-good in use: {merged.fallback}", file=sys.stderr)
@@ -218,7 +231,7 @@ def cmd_config(args: argparse.Namespace) -> int:
         return 1 if merged.problems else 0
     if not args.file:  # every source this node reads, as the agent reads them
         from agent.config import sources
-        merged = sources.gather(Path("/proc/cmdline").read_text(), known_good="/nonexistent",
+        merged = sources.gather(files.read_text("/proc/cmdline"), known_good="/nonexistent",
                                 rejected="/nonexistent")
         for warning in merged.warnings:
             print(warning.render(), file=sys.stderr)
@@ -245,7 +258,7 @@ def cmd_install(args: argparse.Namespace) -> int:
         print(targets.listing(host))
         return 0
     from agent.config import sources
-    settings = install.settings_from(sources.gather(Path("/proc/cmdline").read_text()).value)
+    settings = install.settings_from(sources.gather(files.read_text("/proc/cmdline")).value)
     if not args.unattended:
         for name in ("device", "config_url", "iso_url"):
             if getattr(args, name):
@@ -257,8 +270,7 @@ def cmd_install(args: argparse.Namespace) -> int:
 
 
 def cmd_version(args: argparse.Namespace) -> int:
-    path = Path(layout.LIB_VERSION)
-    print(path.read_text().strip() if path.is_file() else "unknown")
+    print(files.read_text(layout.LIB_VERSION).strip() or "unknown")
     return 0
 
 
@@ -276,7 +288,29 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def main(argv: list[str] | None = None) -> int:
+class Args:
+    """Parsed arguments (argparse.Namespace's part the commands read), for ``PLAIN``."""
+
+    def __init__(self, **fields: object) -> None:
+        self.__dict__.update(fields)
+
+
+# argv spellings that need no parser, and what argparse makes of them: what scripts, monitors and
+# PID 1 run (``health``: the upgrade gate after each boot of an installed node)
+PLAIN: dict[tuple[str, ...], dict[str, object]] = {
+    ("status",): {"command": "status", "json": False}, ("status", "--json"): {"command": "status", "json": True},
+    ("version",): {"command": "version"}, ("health",): {"command": "health"},
+    **{(name,): {"command": name} for name in system.POWER_SIGNALS},
+}
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    from agent.apps import cli as apps_cli
+    return apps_cli.main(args)
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    import argparse
     parser = argparse.ArgumentParser(prog="basalt", description="Basalt node agent")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -318,15 +352,23 @@ def main(argv: list[str] | None = None) -> int:
     rb = sub.add_parser("rollback", help="commit the other slot (a version that passed its gate here) and reboot")
     rb.add_argument("--no-reboot", action="store_true", help="switch, but do not reboot now")
     sub.add_parser("health", help=argparse.SUPPRESS)  # started by PID 1 after each boot of an installed node
-    from agent.apps import cli as apps_cli
-    apps_cli.add_arguments(sub.add_parser("app", help="apps: run, stage, promote, weight, scale, ps, logs, rm"))
-    args = parser.parse_args(argv)
+    apps = sub.add_parser("app", help="apps: run, stage, promote, weight, scale, ps, logs, rm")
+    if next((a for a in argv if not a.startswith("-")), "") == "app":  # the command: its arguments
+        from agent.apps import cli as apps_cli
+        apps_cli.add_arguments(apps)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    plain = PLAIN.get(tuple(argv))
+    args: argparse.Namespace = Args(debug=False, **plain) if plain else parse(argv)  # type: ignore[assignment]
     if args.command == "init":
         from agent.pid1 import init
         return init.main()
     handlers = {"status": cmd_status, "version": cmd_version, "config": cmd_config, "doctor": cmd_doctor,
                 "install": cmd_install, "upgrade": cmd_upgrade, "rollback": cmd_rollback, "health": cmd_health,
-                "app": apps_cli.main,
+                "app": cmd_app,
                 **{n: cmd_power for n in system.POWER_SIGNALS}}
     try:
         return handlers[args.command](args)

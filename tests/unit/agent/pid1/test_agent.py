@@ -101,6 +101,32 @@ def test_status_reads_the_agents_file(tmp_path: Path, monkeypatch: pytest.Monkey
     assert "Basalt 1.0 (live mode) on edge" in text and "error: x: y" in text
 
 
+@pytest.mark.parametrize("argv", sorted(cli.PLAIN))
+def test_plain_spellings_are_what_the_parser_makes_of_them(argv: tuple[str, ...]) -> None:
+    assert vars(cli.parse(list(argv))) == {"debug": False, **cli.PLAIN[argv]}
+
+
+@pytest.mark.parametrize(("argv", "imported"), [
+    (["version"], set()),
+    (["status", "--json"], set()),
+    (["--debug", "version"], {"argparse"}),  # any other spelling goes through the parser
+    (["--debug", "status", "--json"], {"argparse"}),
+    (["app", "--dry-run", "ps"], {"argparse", "agent.apps.cli"}),
+    (["--debug", "app", "--dry-run", "ps"], {"argparse", "agent.apps.cli"}),
+])
+def test_what_a_command_imports(argv: list[str], imported: set[str], tmp_path: Path) -> None:
+    """``basalt status`` and ``version`` (what scripts and monitors run) import neither argparse nor
+    the apps CLI (HTTP and Kubernetes: 1.6 s of a node's first ``basalt status`` under emulation);
+    ``app`` gets its arguments when it is the command, wherever it stands."""
+    status = tmp_path / "status.json"
+    status.write_text(json.dumps({"version": "1"}))
+    code = ("import sys; from agent import cli; cli.STATUS = sys.argv[1]; code = cli.main(sys.argv[2:]); "
+            "print(sorted(m for m in ('argparse', 'agent.apps.cli') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-S", "-c", code, str(status), *argv], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[4], timeout=60)
+    assert proc.stdout.splitlines()[-1] == repr(sorted(imported)), proc.stderr
+
+
 def test_status_without_agent_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(cli, "STATUS", tmp_path / "missing.json")
