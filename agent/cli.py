@@ -8,11 +8,10 @@ everything else goes through it, and ``app`` adds its arguments only when it is 
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
-from agent import files, layout, system
+from agent import files, jsontext, layout, system
 from agent.errors import BasaltError
 
 TYPE_CHECKING = False
@@ -42,7 +41,7 @@ def boot_timeline(steps: list[dict[str, Any]]) -> str:
 def cmd_status(args: argparse.Namespace) -> int:
     try:
         with open(STATUS, "rb") as f:
-            status = json.loads(f.read())
+            status = jsontext.loads(f.read())
     except FileNotFoundError:
         raise BasaltError.simple("no status yet: the agent is not running as PID 1",
                                  hint="basalt status works on a booted Basalt node") from None
@@ -52,7 +51,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if status.get("mode") == "installed":
         status.update(upgrade_status())
     if args.json:
-        print(json.dumps(status, indent=2))
+        print(jsontext.dumps(status, indent=2))
         return 0
     print(f"Basalt {status['version']} ({status['mode']} mode) on {status['hostname']}")
     print(f"ready after {status['ready_ms']} ms; up {status['uptime_ms'] // 1000} s; "
@@ -133,13 +132,8 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 def addresses() -> list[str]:
     """``iface address/prefix`` for every address but loopback's (busybox ip)."""
-    import subprocess
-    try:
-        out = subprocess.run(["ip", "-o", "addr", "show"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
     rows = []
-    for line in out.splitlines():
+    for line in (system.output(["ip", "-o", "addr", "show"]) or "").splitlines():
         fields = line.split()
         if len(fields) > 3 and fields[1].rstrip(":") != "lo" and fields[2] in ("inet", "inet6"):
             rows.append(f"{fields[1].rstrip(':')}={fields[3]}")
@@ -148,6 +142,7 @@ def addresses() -> list[str]:
 
 def request(command: str, timeout: float = 300.0, **fields: object) -> dict[str, object]:
     """Ask PID 1 (which owns the services) to apply or confirm, and wait for its answer."""
+    import json
     import signal
     import time
     from pathlib import Path
@@ -275,6 +270,7 @@ def cmd_version(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
+    import json
     from dataclasses import asdict
 
     from agent import doctor

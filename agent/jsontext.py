@@ -2,7 +2,7 @@
 memory kept for good, and their import on the boot's path, for a few small files read and written
 at boot (the status file, the stamped site index, the services' specs).
 
-``dumps`` writes exactly what ``json.dumps(value, indent=1)`` writes. ``loads`` reads with the json
+``dumps`` writes exactly what ``json.dumps(value, indent=N)`` writes (N: 1 by default). ``loads`` reads with the json
 package's own C scanner (``_json``), so it takes and refuses exactly what ``json.loads`` does, with
 the same errors (an error, rare, imports json to make its exception); bytes must be UTF-8."""
 
@@ -32,9 +32,9 @@ def _string(text: str) -> str:
     return '"' + "".join(out) + '"'
 
 
-def dumps(value: object, level: int = 0) -> str:
-    """``json.dumps(value, indent=1)``, character for character."""
-    pad, inner = "\n" + " " * level, "\n" + " " * (level + 1)
+def dumps(value: object, indent: int = 1, level: int = 0) -> str:
+    """``json.dumps(value, indent=indent)``, character for character."""
+    pad, inner = "\n" + " " * (indent * level), "\n" + " " * (indent * (level + 1))
     if value is None or value is True or value is False:
         return {None: "null", True: "true", False: "false"}[value]
     if isinstance(value, int):
@@ -50,12 +50,12 @@ def dumps(value: object, level: int = 0) -> str:
     if isinstance(value, (list, tuple)):
         if not value:
             return "[]"
-        return "[" + ",".join(inner + dumps(v, level + 1) for v in value) + pad + "]"
+        return "[" + ",".join(inner + dumps(v, indent, level + 1) for v in value) + pad + "]"
     if isinstance(value, dict):
         if not value:
             return "{}"
-        return "{" + ",".join(inner + _string(k if isinstance(k, str) else dumps(k)) + ": " + dumps(v, level + 1)
-                              for k, v in value.items()) + pad + "}"
+        return "{" + ",".join(inner + _string(k if isinstance(k, str) else dumps(k)) + ": "
+                              + dumps(v, indent, level + 1) for k, v in value.items()) + pad + "}"
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 

@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
-import json
 import os
-from typing import Any
 
-from agent import files, layout
+from agent import files, jsontext, layout
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 BUILD_INFO = "build.json"  # in each slot's directory on the boot partition, written with the slot
 
@@ -23,9 +25,11 @@ def describe(medium: str = layout.RUN_MEDIUM, booted: str | None = None) -> dict
     out: dict[str, dict[str, Any]] = {}
     for slot in layout.SLOTS:
         try:
-            with open(os.path.join(medium + layout.slot_dir(slot), BUILD_INFO)) as f:
-                info = json.load(f)
+            with open(os.path.join(medium + layout.slot_dir(slot), BUILD_INFO), "rb") as f:
+                info = jsontext.loads(f.read())
         except (OSError, ValueError):
+            info = None
+        if not isinstance(info, dict):
             out[slot] = {"state": "empty"}
             continue
         out[slot] = {"state": "active" if slot == booted else "inactive",
@@ -54,13 +58,7 @@ def other(slot: str) -> str:
 
 
 def build_info(slot: str, medium: str | None = None) -> dict[str, Any]:
-    medium = medium or layout.RUN_MEDIUM
-    try:
-        with open(os.path.join(medium + layout.slot_dir(slot), BUILD_INFO)) as f:
-            info = json.load(f)
-        return info if isinstance(info, dict) else {}
-    except (OSError, ValueError):
-        return {}
+    return files.read_json(os.path.join((medium or layout.RUN_MEDIUM) + layout.slot_dir(slot), BUILD_INFO))
 
 
 def device(slot: str, sys_block: str = "/sys/class/block", medium_device: str | None = None) -> str:
@@ -107,15 +105,7 @@ class writable_boot:
 def load_state(path: str | None = None) -> dict[str, Any]:
     """The upgrade record on the state partition: ``committed`` (each slot's version that passed
     its gate), ``failed`` versions with their reasons, ``last`` (the last result) and ``history``."""
-    path = path or layout.UPGRADE_STATE
-    try:
-        with open(path) as f:
-            state = json.load(f)
-        if isinstance(state, dict):
-            return state
-    except (OSError, ValueError):
-        pass
-    return {}
+    return files.read_json(path or layout.UPGRADE_STATE)
 
 
 def save_state(state: dict[str, Any], path: str | None = None) -> None:

@@ -1,5 +1,5 @@
 """JSON for PID 1 without the json package (agent/jsontext.py): ``dumps`` writes exactly what
-``json.dumps(value, indent=1)`` writes, ``loads`` takes and refuses exactly what ``json.loads`` does."""
+``json.dumps(value, indent=N)`` writes, ``loads`` takes and refuses exactly what ``json.loads`` does."""
 
 from __future__ import annotations
 
@@ -22,8 +22,9 @@ values = st.recursive(
 
 
 @settings(max_examples=300, deadline=None)
-@given(values)
-def test_dumps_is_json_dumps(value: object) -> None:
+@given(values, st.sampled_from([1, 2, 4]))
+def test_dumps_is_json_dumps(value: object, indent: int) -> None:
+    assert jsontext.dumps(value, indent) == json.dumps(value, indent=indent)
     assert jsontext.dumps(value) == json.dumps(value, indent=1)
 
 

@@ -109,19 +109,19 @@ def test_plain_spellings_are_what_the_parser_makes_of_them(argv: tuple[str, ...]
 @pytest.mark.parametrize(("argv", "imported"), [
     (["version"], set()),
     (["status", "--json"], set()),
-    (["--debug", "version"], {"argparse"}),  # any other spelling goes through the parser
-    (["--debug", "status", "--json"], {"argparse"}),
-    (["app", "--dry-run", "ps"], {"argparse", "agent.apps.cli"}),
-    (["--debug", "app", "--dry-run", "ps"], {"argparse", "agent.apps.cli"}),
+    (["--debug", "status", "--json"], {"argparse", "re"}),  # any other spelling goes through the parser
+    (["app", "--dry-run", "ps"], {"argparse", "re", "json", "subprocess", "agent.apps.cli"}),
+    (["--debug", "app", "--dry-run", "ps"], {"argparse", "re", "json", "subprocess", "agent.apps.cli"}),
 ])
 def test_what_a_command_imports(argv: list[str], imported: set[str], tmp_path: Path) -> None:
     """``basalt status`` and ``version`` (what scripts and monitors run) import neither argparse nor
-    the apps CLI (HTTP and Kubernetes: 1.6 s of a node's first ``basalt status`` under emulation);
-    ``app`` gets its arguments when it is the command, wherever it stands."""
+    the apps CLI (HTTP and Kubernetes: 1.6 s of a node's first ``basalt status`` under emulation),
+    nor json, re or subprocess (0.5 s more); ``app`` gets its arguments when it is the command,
+    wherever it stands."""
     status = tmp_path / "status.json"
     status.write_text(json.dumps({"version": "1"}))
     code = ("import sys; from agent import cli; cli.STATUS = sys.argv[1]; code = cli.main(sys.argv[2:]); "
-            "print(sorted(m for m in ('argparse', 'agent.apps.cli') if m in sys.modules))")
+            "print(sorted(m for m in ('argparse', 're', 'json', 'subprocess', 'agent.apps.cli') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-S", "-c", code, str(status), *argv], capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parents[4], timeout=60)
     assert proc.stdout.splitlines()[-1] == repr(sorted(imported)), proc.stderr
@@ -138,3 +138,27 @@ def test_status_without_agent_is_a_clear_error(tmp_path: Path, monkeypatch: pyte
 def test_hosts_file_names_the_host() -> None:
     assert system.hosts_text("edge-1").splitlines() == [
         "127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback", "127.0.1.1\tedge-1"]
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["echo", "hi"], "hi\n"),
+    (["sh", "-c", "echo out; echo err >&2"], "out\n"),  # stderr is discarded
+    (["cat"], ""),  # no input: /dev/null, never the caller's
+    (["sh", "-c", "head -c 300000 /dev/zero | tr '\\0' x"], "x" * 300000),  # more than a pipe holds
+    (["sh", "-c", "echo partial; exit 3"], None),  # a failure is None, not half an answer
+    (["/nonexistent/program"], None),
+    (["no-such-program-anywhere"], None),
+    (["sleep", "30"], None),  # past the timeout: killed
+    (["sh", "-c", "echo x; exec >&-; sleep 30"], None),  # its output closed, still running: killed
+], ids=["echo", "stderr", "no-input", "large", "fails", "no-file", "not-on-path", "timeout", "closed-early"])
+def test_output_of_a_program_without_subprocess(argv: list[str], expected: str | None, tmp_path: Path) -> None:
+    started = time.monotonic()
+    assert system.output(argv, timeout=0.5) == expected
+    assert time.monotonic() - started < 5
+
+
+def test_a_program_past_its_timeout_is_gone(tmp_path: Path) -> None:
+    marker = tmp_path / "still-running"
+    assert system.output(["sh", "-c", f"sleep 1; touch {marker}"], timeout=0.2) is None
+    time.sleep(1.5)
+    assert not marker.exists()
