@@ -2,9 +2,10 @@
 memory kept for good, and their import on the boot's path, for a few small files read and written
 at boot (the status file, the stamped site index, the services' specs).
 
-``dumps`` writes exactly what ``json.dumps(value, indent=N)`` writes (N: 1 by default). ``loads`` reads with the json
-package's own C scanner (``_json``), so it takes and refuses exactly what ``json.loads`` does, with
-the same errors (an error, rare, imports json to make its exception); bytes must be UTF-8."""
+``dumps`` writes exactly what ``json.dumps(value, indent=N)`` writes (N: 1 unless given; the
+``basalt status --json`` output is N=2). ``loads`` reads with the json package's own C scanner
+(``_json``), so it takes and refuses exactly what ``json.loads`` does, with the same errors (an
+error, rare, imports json to make its exception); bytes must be UTF-8."""
 
 from __future__ import annotations
 

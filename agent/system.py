@@ -115,10 +115,11 @@ def mem_used_kb() -> int:
     return info["MemTotal"] - info.get("MemAvailable", info["MemFree"])
 
 
-def output(argv: list[str], timeout: float = 10.0) -> str | None:
+def output(argv: list[str], timeout: float = 10.0, limit: int = 1 << 20) -> str | None:
     """A program's standard output (stderr discarded, no input), or None when it cannot be started,
-    fails or runs past ``timeout`` seconds (it is killed). Without the subprocess module, whose import
-    (locale, re, enum, threading) is 0.3 s of a node's first ``basalt status`` under emulation."""
+    fails, writes more than ``limit`` bytes or runs past ``timeout`` seconds (then it is killed).
+    Without the subprocess module, whose import (locale, re, enum, threading) is 0.3 s of a node's
+    first ``basalt status`` under emulation. Not for PID 1, whose reaper takes every child."""
     import select
     read_end, write_end = os.pipe()
     try:
@@ -139,12 +140,16 @@ def output(argv: list[str], timeout: float = 10.0) -> str | None:
             if not chunk:
                 break
             chunks.append(chunk)
+            limit -= len(chunk)
+            if limit < 0:
+                deadline = 0.0  # too much: killed below
+                break
     while not (ended := os.waitpid(pid, os.WNOHANG))[0]:  # its output closed: its exit, within the time
         if time.monotonic() > deadline:
             os.kill(pid, _signal.SIGKILL)
             os.waitpid(pid, 0)
             return None
         time.sleep(0.01)
-    if os.waitstatus_to_exitcode(ended[1]) != 0:
+    if os.waitstatus_to_exitcode(ended[1]) != 0 or limit < 0:
         return None
     return b"".join(chunks).decode(errors="replace")

@@ -150,10 +150,13 @@ def test_hosts_file_names_the_host() -> None:
     (["no-such-program-anywhere"], None),
     (["sleep", "30"], None),  # past the timeout: killed
     (["sh", "-c", "echo x; exec >&-; sleep 30"], None),  # its output closed, still running: killed
-], ids=["echo", "stderr", "no-input", "large", "fails", "no-file", "not-on-path", "timeout", "closed-early"])
+    (["sh", "-c", "head -c 3000000 /dev/zero | tr '\\0' x"], None),  # more than its limit (2 MB here)
+    (["sh", "-c", "yes"], None),  # output without end: killed at the limit, not at the timeout
+], ids=["echo", "stderr", "no-input", "large", "fails", "no-file", "not-on-path", "timeout", "closed-early",
+        "over-limit", "endless"])
 def test_output_of_a_program_without_subprocess(argv: list[str], expected: str | None, tmp_path: Path) -> None:
     started = time.monotonic()
-    assert system.output(argv, timeout=0.5) == expected
+    assert system.output(argv, timeout=0.5 if argv[-1] != "yes" else 30, limit=2_000_000) == expected
     assert time.monotonic() - started < 5
 
 
