@@ -470,6 +470,9 @@ def floor_rows(f: dict[str, Any] | None) -> list[tuple[str, str, str]]:
              f"{DEBIAN_MINIMAL_ABOVE_FLOOR_MIB})")]
     rows += [(f"{name} alternating with it: kernel start → ready", f"{o['boot_ms']} ms", "")
              for name, o in f.items() if name not in ("floor", "basalt") and isinstance(o, dict)]
+    rows += [(f"{'Basalt' if name == 'basalt' else name}: `basalt status --json` once ready, first / again",
+              f"{o['status_first_ms']} / {o['status_again_ms']} ms", "")
+             for name, o in f.items() if name != "floor" and isinstance(o, dict) and "status_first_ms" in o]
     rows += [(f"  timeline: {t['step']}", f"+{t['took_ms']} ms (at {t['at_ms']} ms)", "")
              for t in f.get("timeline", [])]
     return rows
