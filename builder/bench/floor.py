@@ -22,7 +22,7 @@ from builder.media import cpio
 from builder.vm import bootfiles
 from builder.vm.qemu import READY, Guest
 
-LINE = r"floor: uptime=(\d+\.\d+) mem_used_kb=(\d+)"
+LINE = r"floor: uptime=(\d+\.\d+) mem_used_kb=(\d+)(?=\D)"
 # The one line; /proc first, for the uptime and /proc/meminfo. MemTotal - MemAvailable, as the
 # agent's ready line counts it (agent/system.py mem_used_kb).
 INIT = """#!/bin/busybox sh

@@ -25,8 +25,10 @@ from builder.imagedef import ImageDefinition
 from builder.vm import bootfiles
 from builder.vm.bootfiles import disk_format, qemu_img
 
-READY = re.compile(r"basalt: ready version=(\S+) boot_ms=(\d+) mem_used_kb=(\d+)")
-IDLE = re.compile(r"basalt: idle mem_used_kb=(\d+) rss_kb=(\d+)")
+# Each ends at the first non-digit after its last number: the console is read while it is being
+# written, and a line cut mid-number ("errors=1" of "errors=12") must not match.
+READY = re.compile(r"basalt: ready version=(\S+) boot_ms=(\d+) mem_used_kb=(\d+) errors=(\d+)(?=\D)")
+IDLE = re.compile(r"basalt: idle mem_used_kb=(\d+) rss_kb=(\d+)(?=\D)")
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 # UEFI firmware per architecture: (code, variables template, Debian package)
@@ -324,7 +326,7 @@ class Guest:
         # Typed with '' inside, so the echoed command line (which may wrap anywhere) never
         # matches the markers the shell prints.
         self.send(f"echo {begin[:6]}''{begin[6:]}; {command}; echo {end[:6]}''{end[6:]} $?\n")
-        m = self.wait_for(re.compile(re.escape(end) + r" (\d+)"), timeout, start)
+        m = self.wait_for(re.compile(re.escape(end) + r" (\d+)(?=\D)"), timeout, start)
         text = self.console()[start:m.start()]
         b = re.search(r"(?m)^" + re.escape(begin) + r"\r?$", text)
         return (text[b.end():] if b else text).replace("\r", "").strip()

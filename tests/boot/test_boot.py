@@ -62,7 +62,7 @@ def test_boots_to_ready_and_powers_off(built_iso: Path, firmware: str, qemu_avai
         m = guest.wait_for(READY, BOOT_TIMEOUT)
         assert m.group(1) == version
         assert 0 < int(m.group(2)) and 0 < int(m.group(3)) < 512 * 1024
-        assert "errors=0" in guest.console()[m.start():m.start() + 200]
+        assert m.group(4) == "0", guest.tail()
         assert guest.powerdown(90), f"no clean power-off; console tail:\n{guest.tail()}"
         assert guest.proc is not None and guest.proc.returncode == 0
         assert "basalt: poweroff now" in guest.console()
@@ -174,7 +174,7 @@ DIRECT = "console=ttyS0,115200 quiet basalt.label=BASALT basalt.mode=live"
 def test_kernel_command_line_config_overrides_baked(edge7: Path, key: Path, qemu_available: None) -> None:
     cmdline = f"{DIRECT} basalt.hostname=from-cmdline"
     with Guest(iso_of(edge7), direct=(edge7 / "vmlinuz", edge7 / "initrd.img", cmdline)) as guest:
-        assert "errors=0" in guest.wait_for(READY.pattern + r" errors=\d+", BOOT_TIMEOUT).group(0)
+        assert "errors=0" in guest.wait_for(READY, BOOT_TIMEOUT).group(0)
         guest.wait_for(r"from-cmdline:/# ", 60)
         guest.wait_ssh(key)
         shown = guest.ssh("basalt config show", key)
@@ -190,7 +190,7 @@ def test_invalid_config_source_is_left_out_and_the_node_still_boots(edge7: Path,
     with Guest(iso_of(edge7), direct=(edge7 / "vmlinuz", edge7 / "initrd.img", cmdline)) as guest:
         error = "kernel command line: hostname: 'bad_name!' is not valid here"
         guest.wait_for(re.escape(f"basalt: error: config: {error}"), BOOT_TIMEOUT)
-        assert "errors=1" in guest.wait_for(READY.pattern + r" errors=\d+", BOOT_TIMEOUT).group(0)
+        assert "errors=1" in guest.wait_for(READY, BOOT_TIMEOUT).group(0)
         guest.wait_for(r"edge-7:/# ", 60)  # the baked config still applies
         guest.wait_ssh(key)
         s = status(guest, key)
@@ -237,7 +237,7 @@ def test_config_modules_apply_at_boot(build: Build, key: Path, qemu_available: N
     out = build("x86_64-iso", PROVISION.format(b64=base64.b64encode(b"encoded\n").decode(), pub=pub(key),
                                                gzb64=base64.b64encode(gzip.compress(b"zipped\n", mtime=0)).decode()))
     with Guest(iso_of(out), firmware="direct") as guest:
-        assert "errors=0" in guest.wait_for(READY.pattern + r" errors=\d+", BOOT_TIMEOUT).group(0)
+        assert "errors=0" in guest.wait_for(READY, BOOT_TIMEOUT).group(0)
         guest.wait_for(r"provisioned:/# ", 60)
         guest.wait_ssh(key)
 
