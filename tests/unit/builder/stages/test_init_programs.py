@@ -16,8 +16,8 @@ import pytest
 from builder.stages import initramfs
 from tests.initsh import init_functions, programs
 
-# The image's modmatch.sh (written by the initramfs stage, sourced by /init) defines match().
-SOURCED_FUNCTIONS = {"match"}
+# The image's modmatch.sh (written by the initramfs stage, sourced by /init) defines match() and matchable().
+SOURCED_FUNCTIONS = {"match", "matchable"}
 
 
 def applets() -> set[str]:
