@@ -161,6 +161,25 @@ def modmatch(groups: list[tuple[str, str, list[str], list[str]]]) -> str:
             "matchable() {\n" + check + "\treturn 1\n}\n")
 
 
+def fsmods(groups: list[tuple[str, str, list[str], list[str]]]) -> str:
+    """The shell function ``fs_modules TYPE...``: sets $fs to the modules of these file systems,
+    each type's groups in /etc/modules's order (what a mount of it asks the kernel for with them).
+    Written out here, /init neither reads the module list again nor starts a subshell for it."""
+    by_type: dict[str, list[str]] = {}
+    for _, guard, files, _ in groups:
+        if not guard.startswith("fs:"):
+            continue
+        for fstype in guard.removeprefix("fs:").split(","):
+            if not fstype.replace("_", "").isalnum() or not fstype.isascii():
+                raise BasaltError(Problem(f"file system type {fstype!r} cannot be a shell word",
+                                          hint="a kernel module with an unusual fs- alias: leave it out of "
+                                               "kernel.initramfs.modules"))
+            by_type.setdefault(fstype, []).extend(Path(f).name for f in files)
+    lines = [f'\t\t{fstype}) fs="$fs {" ".join(mods)}" ;;' for fstype, mods in sorted(by_type.items())]
+    body = "\t\tcase $type in\n" + "\n".join(lines) + "\n\t\tesac\n" if lines else "\t\t:\n"
+    return "fs_modules() {\n\tfs=\n\tfor type in \"$@\"; do\n" + body + "\tdone\n}\n"
+
+
 def shell_patterns(patterns: list[str]) -> str:
     """modalias patterns as one shell ``case`` pattern list (fnmatch's rules are the shell's)."""
     for p in patterns:
@@ -188,10 +207,11 @@ def entries(rootfs: Path, options: dict[str, Any]) -> list[cpio.Entry]:
     for rel in module_order(mdir, options["modules"], groups):
         out.append(cpio.file(f"lib/modules/{Path(rel).name}", (mdir / rel).read_bytes(), 0o644, t))
     # /etc/modules: NAME GUARD FILE... (dependencies first); /etc/modmatch.sh: match ALIAS adds the
-    # names of the modules a device wants to $wanted (builder/initramfs/init loads by them).
+    # names of the modules a device wants to $wanted (builder/initramfs/init loads by them), and
+    # fs_modules TYPE... sets $fs to a file system's.
     lines = [" ".join([name, guard, *(Path(f).name for f in files)]) for name, guard, files, _ in groups]
     out.append(cpio.file("etc/modules", ("\n".join(lines) + "\n").encode(), 0o644, t))
-    out.append(cpio.file("etc/modmatch.sh", modmatch(groups).encode(), 0o644, t))
+    out.append(cpio.file("etc/modmatch.sh", (modmatch(groups) + fsmods(groups)).encode(), 0o644, t))
     return out
 
 

@@ -203,6 +203,35 @@ def load_modules_passes(tmp_path: Path, aliases: list[str], before: str, *passes
     return ran.stdout
 
 
+def test_initramfs_fs_modules_are_each_types_groups_in_the_lists_order(tmp_path: Path) -> None:
+    """fs_modules TYPE... (generated): for each type, the files of every group whose guard names
+    it, in /etc/modules's order, as /init read them from the list before; nothing for a type
+    no module serves."""
+    groups = [("loop", "always", ["kernel/drivers/block/loop.ko"], []),
+              ("ext4", "fs:ext2,ext3,ext4", ["kernel/lib/crc16.ko", "kernel/fs/jbd2/jbd2.ko",
+                                              "kernel/fs/ext4/ext4.ko"], []),
+              ("crc32c_generic", "fs:ext4", ["kernel/crypto/crc32c_generic.ko"], []),
+              ("isofs", "fs:iso9660", ["kernel/drivers/cdrom/cdrom.ko", "kernel/fs/isofs/isofs.ko"], []),
+              ("vfat", "fs:vfat", ["kernel/fs/fat/fat.ko", "kernel/fs/fat/vfat.ko"], []),
+              ("nls_cp437", "fs:vfat", ["kernel/fs/nls/nls_cp437.ko"], [])]
+    script = initramfs.fsmods(groups) + ('set -f\nfor t in "$@"; do fs_modules $t; echo "$t:$fs"; done\n'
+                                         'fs_modules vfat ext4; echo "both:$fs"')
+    ran = subprocess.run(["busybox", "sh", "-c", script, "sh", "ext4", "ext2", "vfat", "iso9660", "xfs", "loop", "*"],
+                         capture_output=True, text=True, timeout=30)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.splitlines() == [
+        "ext4: crc16.ko jbd2.ko ext4.ko crc32c_generic.ko", "ext2: crc16.ko jbd2.ko ext4.ko",
+        "vfat: fat.ko vfat.ko nls_cp437.ko", "iso9660: cdrom.ko isofs.ko", "xfs:", "loop:", "*:",
+        "both: fat.ko vfat.ko nls_cp437.ko crc16.ko jbd2.ko ext4.ko crc32c_generic.ko"]
+    assert initramfs.fsmods([]) == "fs_modules() {\n\tfs=\n\tfor type in \"$@\"; do\n\t\t:\n\tdone\n}\n"
+
+
+@pytest.mark.parametrize("fstype", ["a b", "a|b", "x)", "*", "a;reboot", "$(x)", "ext4\nreboot", "ext\u00e9"])
+def test_initramfs_refuses_a_file_system_type_that_is_not_a_shell_word(fstype: str) -> None:
+    with pytest.raises(BasaltError):
+        initramfs.fsmods([("odd", f"fs:ext4,{fstype}", ["kernel/fs/odd.ko"], [])])
+
+
 @pytest.mark.parametrize("pattern", ["a b", "a|b", "a;reboot", "$(x)", "a`b`", "a\"b"])
 def test_initramfs_refuses_an_alias_that_is_not_a_shell_pattern(pattern: str) -> None:
     with pytest.raises(BasaltError):
@@ -239,7 +268,8 @@ def test_initramfs_archive_contents(tmp_path: Path, compression: str) -> None:
                         "source_date_epoch": 7})
     parsed = read_cpio(unpack_initrd((out / "initrd.img").read_bytes(), compression))
     assert parsed["etc/modules"][1] == b"isofs always isofs.ko\n"
-    assert parsed["etc/modmatch.sh"][1] == b"match() {\n\t:\n\n}\nmatchable() {\n\treturn 1\n}\n"
+    assert parsed["etc/modmatch.sh"][1] == (b"match() {\n\t:\n\n}\nmatchable() {\n\treturn 1\n}\n"
+                                           + initramfs.fsmods([]).encode())
     assert parsed["lib/modules/isofs.ko"][1] == b"ko"
     assert parsed["init"][1] == initramfs.INIT.read_bytes()
     assert parsed["bin/busybox"][0] & 0o111
