@@ -127,9 +127,7 @@ def module_groups(modules_dir: Path, wanted: list[str]) -> list[tuple[str, str, 
 def modmatch(groups: list[tuple[str, str, list[str], list[str]]]) -> str:
     """The shell function ``match ALIAS``: adds to $wanted each module whose patterns take ALIAS.
     Patterns are tried only against aliases of their own bus (most devices — ACPI, platform, CPU —
-    want nothing here and pass one ``case`` on their way out). And ``matchable ALIAS``: false only
-    for an alias no pattern can take (another bus), which /init passes over before it looks the
-    alias up among those it has matched (two thirds of a PC's devices: the look-up is the cost)."""
+    want nothing here and pass one ``case`` on their way out)."""
     by_bus: dict[str, list[tuple[str, list[str]]]] = {}
     for name, guard, _, patterns in groups:
         if guard != "match":
@@ -145,20 +143,14 @@ def modmatch(groups: list[tuple[str, str, list[str], list[str]]]) -> str:
         return [f'{indent}case "$1" in {shell_patterns(pats)}) wanted="${{wanted}}{name} " ;; esac'
                 for name, pats in entries]
 
-    anywhere = by_bus.pop("*", [])
-    lines = cases(anywhere, "\t")
+    lines = cases(by_bus.pop("*", []), "\t")
     if by_bus:
         lines.append('\tcase "$1" in')
         for bus in sorted(by_bus):
             shell_patterns([bus])
             lines += [f"\t{bus}:*)", *cases(by_bus[bus], "\t\t"), "\t\t;;"]
         lines.append("\tesac")
-    # An alias of a bus named above starts with "BUS:"; one a pattern whose bus is itself a
-    # pattern takes is tried against that whole pattern: exactly the aliases match() can take
-    takes = [f"{bus}:*" for bus in sorted(by_bus)] + [p for _, pats in anywhere for p in pats]
-    check = f'\tcase "$1" in {shell_patterns(takes)}) return 0 ;; esac\n' if takes else ""
-    return ("match() {\n\t:\n" + "\n".join(lines) + "\n}\n"
-            "matchable() {\n" + check + "\treturn 1\n}\n")
+    return "match() {\n\t:\n" + "\n".join(lines) + "\n}\n"
 
 
 def fsmods(groups: list[tuple[str, str, list[str], list[str]]]) -> str:

@@ -16,9 +16,9 @@ import pytest
 from builder.stages import initramfs
 from tests.initsh import init_functions, programs
 
-# The image's modmatch.sh (written by the initramfs stage, sourced by /init) defines match(),
-# matchable() and fs_modules().
-SOURCED_FUNCTIONS = {"match", "matchable", "fs_modules"}
+# The image's modmatch.sh (written by the initramfs stage, sourced by /init) defines match() and
+# fs_modules().
+SOURCED_FUNCTIONS = {"match", "fs_modules"}
 
 
 def applets() -> set[str]:

@@ -110,19 +110,6 @@ def test_initramfs_loads_drivers_by_need(tmp_path: Path) -> None:
                           "acpi:LNRO0005:", "pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00"],
                          capture_output=True, text=True, timeout=30)
     assert ran.stdout.split() == ["ahci", "ahci"]  # not nvme: no NVMe device
-    # matchable: false exactly where match takes nothing (the init skips those aliases)
-    aliases = ["pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01", "acpi:LNRO0005:", "acpiX:LNRO0005:",
-               "pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00", "acpi:PNP0A03:", "platform:serial8250",
-               "cpu:type:x86,ven0000fam0006mod003C:feature:,0000,0001", "scsi:t-0x05", "pcie:x", "usb:v1p2d3"]
-    script = initramfs.modmatch(groups) + ('for a in "$@"; do wanted=" "; match "$a"\n'
-                                           'if matchable "$a"; then m=yes; else m=no; fi; echo "$a $m$wanted"; done')
-    ran = subprocess.run(["busybox", "sh", "-c", script, "sh", *aliases], capture_output=True, text=True, timeout=30)
-    assert ran.returncode == 0, ran.stderr
-    assert ran.stdout.splitlines() == [
-        "pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01 yes ahci ", "acpi:LNRO0005: yes ahci ",
-        "acpiX:LNRO0005: yes ahci ", "pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00 yes ",
-        "acpi:PNP0A03: no ", "platform:serial8250 no ", "cpu:type:x86,ven0000fam0006mod003C:feature:,0000,0001 no ",
-        "scsi:t-0x05 no ", "pcie:x no ", "usb:v1p2d3 no "]
 
 
 AHCI = "pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01"
@@ -190,12 +177,11 @@ def load_modules_passes(tmp_path: Path, aliases: list[str], before: str, *passes
              f"\tcase \"$1\" in {AHCI} | {REAL_AHCI}) wanted=\"${{wanted}}ahci \" ;; esac\n"
              "\tcase \"$1\" in pci:v00001AF4*) wanted=\"${wanted}virtio_pci \" ;; esac\n"
              f"\tcase \"$1\" in {VIRTIO_SCSI}) wanted=\"${{wanted}}virtio_scsi \" ;; esac\n"
-             "}\n"
-             'matchable() {\n\tcase "$1" in pci:* | virtio:*) return 0 ;; esac\n\treturn 1\n}\n')
+             "}\n")
     script = (init_functions("insmod_all", "qemu_ahci", "one_device", "load_modules") + match +
               'cat() { printf "%s\\n" $ALIASES; }\n'
               'insmod() { f=$1; shift; echo "${f#/lib/modules/}${*:+ $*}"; }\n'
-              'modlist=$1 loaded=" $2 " known=" " drivers=" " async=" "\n'
+              'modlist=$1 loaded=" $2 " drivers=" " async=" "\n'
               'shift 2\nfor pass in "$@"; do load_modules "$pass"; echo ---; done\n')
     ran = subprocess.run(["busybox", "sh", "-c", script, "sh", str(modlist), before, *passes], capture_output=True,
                          text=True, timeout=30, env={"PATH": "/usr/bin:/bin", "ALIASES": " ".join(aliases)})
@@ -268,8 +254,7 @@ def test_initramfs_archive_contents(tmp_path: Path, compression: str) -> None:
                         "source_date_epoch": 7})
     parsed = read_cpio(unpack_initrd((out / "initrd.img").read_bytes(), compression))
     assert parsed["etc/modules"][1] == b"isofs always isofs.ko\n"
-    assert parsed["etc/modmatch.sh"][1] == (b"match() {\n\t:\n\n}\nmatchable() {\n\treturn 1\n}\n"
-                                           + initramfs.fsmods([]).encode())
+    assert parsed["etc/modmatch.sh"][1] == b"match() {\n\t:\n\n}\n" + initramfs.fsmods([]).encode()
     assert parsed["lib/modules/isofs.ko"][1] == b"ko"
     assert parsed["init"][1] == initramfs.INIT.read_bytes()
     assert parsed["bin/busybox"][0] & 0o111
