@@ -80,6 +80,7 @@ class Init:
         self.coldplug = devices.Coldplug()
         self.action: str | None = None
         self.watchdog: watchdog.Watchdog | None = None
+        self.watchdog_seen: str | None = None  # the identity arm_watchdog last decided on ("": none)
         self.power_fds: list[int] = []
         self.ready_ms = 0
         self.runtime_pending = False
@@ -185,9 +186,15 @@ class Init:
 
     def arm_watchdog(self) -> None:
         """After the coldplug (it loads the driver); on a trial boot the main loop must keep turning
-        until the health gate's verdict can be acted on (agent/pid1/watchdog.py)."""
-        from agent.config.section import health_timeout, section
+        until the health gate's verdict can be acted on (agent/pid1/watchdog.py). Again after the
+        late coldplug and each hotplug, while none is armed: a watchdog whose device a first driver
+        makes gets its own driver only then (an Intel chipset's TCO timer, iTCO_wdt, behind lpc_ich
+        or the SMBus driver). Each device is decided on once."""
         name = watchdog.identity()
+        if self.watchdog is not None or name == self.watchdog_seen:
+            return
+        self.watchdog_seen = name
+        from agent.config.section import health_timeout, section
         if not watchdog.wanted(section(self.prov.config).get("watchdog"), name):
             if name:
                 log(f"watchdog ({name}) left unarmed (basalt.watchdog: true arms it; docs/upgrades.md)")
@@ -210,11 +217,13 @@ class Init:
         interface they brought (a USB NIC behind a USB controller)."""
         if self.coldplug.run(passes=2):
             self.prov.network()
+        self.errors.guard("watchdog", self.arm_watchdog)
         self.phases["late_coldplug_done_ms"] = system.boot_ms()
 
     def hotplug(self, events: list[dict[str, str]]) -> None:
         if self.coldplug.hotplug(events):
             self.prov.network()
+        self.errors.guard("watchdog", self.arm_watchdog)
 
     def unattended_install(self) -> None:
         """A live boot whose config says to install (install.device and install.silent, or

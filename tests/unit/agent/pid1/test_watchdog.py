@@ -68,3 +68,73 @@ def test_which_drivers_are_armed(tmp_path: Path) -> None:
     sysfs.mkdir()
     (sysfs / "identity").write_text(pi + "\n")
     assert watchdog.identity(str(sysfs)) == pi
+
+
+class Board:
+    """A board's watchdog as PID 1 sees it: its sysfs identity and its device, files here."""
+
+    def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.sysfs, self.device = tmp_path / "sys-watchdog0", tmp_path / "watchdog0"
+        real_identity, real_start = watchdog.identity, watchdog.start
+        monkeypatch.setattr(watchdog, "identity", lambda: real_identity(str(self.sysfs)))
+        self.started: list[float | None] = []
+
+        def start(limit: float | None) -> watchdog.Watchdog | None:
+            self.started.append(limit)
+            return real_start(limit, str(self.device))
+        monkeypatch.setattr(watchdog, "start", start)
+        monkeypatch.setattr(watchdog.Watchdog, "run", lambda self: None)  # no feeding thread in a test
+
+    def appears(self, identity: str) -> None:
+        self.sysfs.mkdir()
+        (self.sysfs / "identity").write_text(identity + "\n")
+        self.device.write_bytes(b"")
+
+
+def init_with(config: dict[str, object], args: dict[str, str]) -> object:
+    """PID 1's boot object with only what arm_watchdog reads (the rest of __init__ reads the node)."""
+    from agent.log import Errors
+    from agent.pid1.init import Init
+    init = Init.__new__(Init)
+    init.watchdog, init.watchdog_seen, init.args, init.errors = None, None, args, Errors()
+    init.prov = type("Prov", (), {"config": config})()
+    return init
+
+
+@pytest.mark.parametrize("config, armed", [({}, True), ({"basalt": {"watchdog": False}}, False)])
+def test_a_watchdog_whose_driver_comes_after_ready_is_armed_then_and_decided_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config: dict[str, object], armed: bool) -> None:
+    """An Intel board's TCO timer: lpc_ich (before ready) makes its device, iTCO_wdt binds it in the
+    late coldplug. PID 1 arms it then, with the trial boot's limit; each device is decided on once."""
+    said: list[str] = []
+    monkeypatch.setattr("agent.pid1.init.log", said.append)
+    board = Board(tmp_path, monkeypatch)
+    init = init_with(config, {"basalt.trial": "1"})
+    init.arm_watchdog()  # the boot's watchdog phase: no device yet
+    assert init.watchdog is None and said == []
+    before = list(board.started)  # asked to start where nothing is (config allowing): no watchdog
+    board.appears("iTCO_wdt")
+    init.arm_watchdog()  # after the late coldplug
+    init.arm_watchdog()  # a hotplug later: nothing more
+    if armed:
+        assert init.watchdog is not None and board.started[len(before):] == [300.0 + watchdog.GRACE_S]
+        assert fed(board.device) == 1
+        assert said == ["watchdog (iTCO_wdt) armed: 60s, trial boot: the main loop must turn within 360s"], said
+    else:
+        assert init.watchdog is None and board.started == before and fed(board.device) == 0
+        assert said == ["watchdog (iTCO_wdt) left unarmed (basalt.watchdog: true arms it; docs/upgrades.md)"], said
+
+
+def test_an_armed_watchdog_is_kept_when_a_second_one_appears(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """QEMU's q35: the i6300esb armed before ready; the chipset's iTCO_wdt (watchdog1) after it changes nothing."""
+    said: list[str] = []
+    monkeypatch.setattr("agent.pid1.init.log", said.append)
+    board = Board(tmp_path, monkeypatch)
+    board.appears("i6300ESB timer")
+    init = init_with({}, {})
+    init.arm_watchdog()
+    first = init.watchdog
+    assert first is not None and said == ["watchdog (i6300ESB timer) armed: 60s"]
+    (board.sysfs / "identity").write_text("iTCO_wdt\n")  # whatever watchdog0 says now
+    init.arm_watchdog()
+    assert init.watchdog is first and len(said) == 1 and len(board.started) == 1
