@@ -148,7 +148,7 @@ REAL_AHCI = "pci:v00008086d00002922sv00008086sd00007270bc01sc06i01"  # the same 
 ])
 def test_initramfs_probes_asynchronously_only_where_nothing_can_be_renamed(
         tmp_path: Path, aliases: list[str], before: str, expected: list[str]) -> None:
-    """The init's own load_modules, run by a real busybox sh over a module list in /etc/modules's
+    """The init's own load_modules, run by a real busybox sh over a module list in $modlist's
     format; insmod and the devices' aliases are stand-ins (no kernel to load into here). A second
     pass over the same devices loads nothing."""
     first, _, again = load_modules_passes(tmp_path, aliases, before, "first", "again").partition("---\n")
@@ -166,13 +166,12 @@ def test_initramfs_fallback_pass_loads_every_driver_synchronously(tmp_path: Path
 
 def load_modules_passes(tmp_path: Path, aliases: list[str], before: str, *passes: str) -> str:
     """What insmod was asked, pass by pass (each ends with ---), with ``before`` already loaded."""
-    modlist = tmp_path / "modules"
-    modlist.write_text("loop always loop.ko\n"
-                       "ahci match scsi_mod.ko libata.ko ahci.ko\n"
-                       "virtio_pci match virtio.ko virtio_pci.ko\n"
-                       "virtio_scsi match scsi_mod.ko virtio.ko virtio_scsi.ko\n"
-                       "sr_mod bus:scsi=scsi_mod.ko scsi_mod.ko cdrom.ko sr_mod.ko\n"
-                       "isofs fs:iso9660 cdrom.ko isofs.ko\n")
+    modlist = initramfs.modlist([("loop", "always", ["loop.ko"], []),
+                                 ("ahci", "match", ["scsi_mod.ko", "libata.ko", "ahci.ko"], []),
+                                 ("virtio_pci", "match", ["virtio.ko", "virtio_pci.ko"], []),
+                                 ("virtio_scsi", "match", ["scsi_mod.ko", "virtio.ko", "virtio_scsi.ko"], []),
+                                 ("sr_mod", "bus:scsi=scsi_mod.ko", ["scsi_mod.ko", "cdrom.ko", "sr_mod.ko"], []),
+                                 ("isofs", "fs:iso9660", ["cdrom.ko", "isofs.ko"], [])])
     match = ("match() {\n"
              f"\tcase \"$1\" in {AHCI} | {REAL_AHCI}) wanted=\"${{wanted}}ahci \" ;; esac\n"
              "\tcase \"$1\" in pci:v00001AF4*) wanted=\"${wanted}virtio_pci \" ;; esac\n"
@@ -180,10 +179,11 @@ def load_modules_passes(tmp_path: Path, aliases: list[str], before: str, *passes
              "}\n")
     script = (init_functions("insmod_all", "qemu_ahci", "one_device", "load_modules") + match +
               'cat() { printf "%s\\n" $ALIASES; }\n'
-              'insmod() { f=$1; shift; echo "${f#/lib/modules/}${*:+ $*}"; }\n'
-              'modlist=$1 loaded=" $2 " drivers=" " async=" "\n'
-              'shift 2\nfor pass in "$@"; do load_modules "$pass"; echo ---; done\n')
-    ran = subprocess.run(["busybox", "sh", "-c", script, "sh", str(modlist), before, *passes], capture_output=True,
+              'insmod() { f=$1; shift; echo "${f#/lib/modules/}${*:+ $*}"; }\n' + modlist +
+              'loaded=" $1 " drivers=" " async=" "\n'
+              'shift 1\nfor pass in "$@"; do load_modules "$pass"; echo ---; done\n'
+              'case "$IFS" in " \t\n") ;; *) echo "IFS left changed" ;; esac\n')
+    ran = subprocess.run(["busybox", "sh", "-c", script, "sh", before, *passes], capture_output=True,
                          text=True, timeout=30, env={"PATH": "/usr/bin:/bin", "ALIASES": " ".join(aliases)})
     assert ran.returncode == 0, ran.stderr
     return ran.stdout
@@ -191,7 +191,7 @@ def load_modules_passes(tmp_path: Path, aliases: list[str], before: str, *passes
 
 def test_initramfs_fs_modules_are_each_types_groups_in_the_lists_order(tmp_path: Path) -> None:
     """fs_modules TYPE... (generated): for each type, the files of every group whose guard names
-    it, in /etc/modules's order, as /init read them from the list before; nothing for a type
+    it, in the module list's order, as /init read them from the list before; nothing for a type
     no module serves."""
     groups = [("loop", "always", ["kernel/drivers/block/loop.ko"], []),
               ("ext4", "fs:ext2,ext3,ext4", ["kernel/lib/crc16.ko", "kernel/fs/jbd2/jbd2.ko",
@@ -216,6 +216,26 @@ def test_initramfs_fs_modules_are_each_types_groups_in_the_lists_order(tmp_path:
 def test_initramfs_refuses_a_file_system_type_that_is_not_a_shell_word(fstype: str) -> None:
     with pytest.raises(BasaltError):
         initramfs.fsmods([("odd", f"fs:ext4,{fstype}", ["kernel/fs/odd.ko"], [])])
+
+
+@pytest.mark.parametrize("word", ["a b", "a'b", "a\nreboot", "$(x)", "a`b`", "*", "a;b", "a|b", "", "\u00e9"])
+def test_initramfs_refuses_a_module_list_word_that_is_not_a_shell_word(word: str) -> None:
+    for group in [(word, "always", ["kernel/x.ko"], []), ("x", word, ["kernel/x.ko"], []),
+                  ("x", "always", [f"kernel/{word}.ko" if word else ""], [])]:
+        with pytest.raises(BasaltError):
+            initramfs.modlist([group])
+
+
+def test_initramfs_module_list_is_one_line_per_group() -> None:
+    """$modlist in busybox sh: a line per group, its words as /init splits them."""
+    text = initramfs.modlist([("sr_mod", "bus:scsi=scsi_mod.ko", ["kernel/drivers/scsi/scsi_mod.ko",
+                                                                  "kernel/drivers/scsi/sr_mod.ko"], []),
+                              ("ext4", "fs:ext2,ext3,ext4", ["kernel/lib/crc-t10dif.ko", "kernel/fs/ext4/ext4.ko"],
+                               [])])
+    ran = subprocess.run(["busybox", "sh", "-c", text + "IFS='\n'; for l in $modlist; do echo \"[$l]\"; done"],
+                         capture_output=True, text=True, timeout=30)
+    assert ran.stdout.splitlines() == ["[sr_mod bus:scsi=scsi_mod.ko scsi_mod.ko sr_mod.ko]",
+                                       "[ext4 fs:ext2,ext3,ext4 crc-t10dif.ko ext4.ko]"], ran
 
 
 @pytest.mark.parametrize("pattern", ["a b", "a|b", "a;reboot", "$(x)", "a`b`", "a\"b"])
@@ -253,8 +273,9 @@ def test_initramfs_archive_contents(tmp_path: Path, compression: str) -> None:
     initramfs.run(ctx, {"modules": ["isofs"], "compression": compression, "readahead": True, "init_digest": "x",
                         "source_date_epoch": 7})
     parsed = read_cpio(unpack_initrd((out / "initrd.img").read_bytes(), compression))
-    assert parsed["etc/modules"][1] == b"isofs always isofs.ko\n"
-    assert parsed["etc/modmatch.sh"][1] == b"match() {\n\t:\n\n}\n" + initramfs.fsmods([]).encode()
+    assert "etc/modules" not in parsed  # the list is $modlist, not a file /init reads a byte at a time
+    assert parsed["etc/modmatch.sh"][1] == b"modlist='isofs always isofs.ko'\nmatch() {\n\t:\n\n}\n" + \
+        initramfs.fsmods([]).encode()
     assert parsed["lib/modules/isofs.ko"][1] == b"ko"
     assert parsed["init"][1] == initramfs.INIT.read_bytes()
     assert parsed["bin/busybox"][0] & 0o111
