@@ -116,7 +116,7 @@ def select(profile: dict[str, Any], aliases: str, deps: str, wanted: list[str],
             needs[path] = rest.split()
     if profile["name"] == ALL:
         return set(needs)
-    early, late = modalias.resolve(marshal_index(aliases, deps), devices(profile, dtbs))
+    early, late = modalias.resolve(index_of(aliases, deps), devices(profile, dtbs))
     by_device = {*early, *late}
     wanted_names = {w.replace("-", "_") for w in wanted}
     keep = {path for name, path in paths.items() if name in wanted_names or name in by_device
@@ -130,6 +130,9 @@ def select(profile: dict[str, Any], aliases: str, deps: str, wanted: list[str],
     return keep
 
 
-def marshal_index(aliases: str, deps: str) -> dict[str, object]:
-    import marshal
-    return marshal.loads(modalias.build(aliases, deps))  # type: ignore[no-any-return]
+def index_of(aliases: str, deps: str) -> modalias.Index:
+    index = modalias.parse(modalias.build(aliases, deps))
+    if index is None:  # the index's offsets are little-endian, read in the machine's order
+        raise BasaltError(Problem("the driver index cannot be read on this build host (big-endian)",
+                                  hint="build on a little-endian machine (x86_64, arm64)"))
+    return index

@@ -54,8 +54,10 @@ kernel/drivers/misc/anywhere.ko:
 
 
 @pytest.fixture(scope="module")
-def index() -> dict[str, object]:
-    return marshal.loads(modalias.build(ALIASES, DEPS))
+def index() -> modalias.Index:
+    parsed = modalias.parse(modalias.build(ALIASES, DEPS))
+    assert parsed is not None
+    return parsed
 
 
 @pytest.mark.parametrize("alias, early, late", [
@@ -105,6 +107,9 @@ def test_late_is_decided_by_where_the_module_lives() -> None:
     ("a*b", "axxb"), ("a*b", "axxbc"), ("a?c", "abc"), ("a?c", "ac"), ("[a-c]x", "bx"), ("[!a-c]x", "bx"),
     ("[!a-c]x", "dx"), ("*", ""), ("", ""), ("", "a"), ("a[", "a["), ("a[]", "a["), ("**a", "ba"),
     ("*a*b*c", "xaxbxc"), ("*a*b*c", "xaxcxb"), ("d0[0-2]*dc", "d01xdc"), ("[^a]", "b"),
+    ("ab*ba", "aba"), ("a*a", "a"), ("a**a", "aa"), ("*ab*ab", "abab"), ("*", "x"), ("ab", "abc"),
+    ("cpu:type:x86,ven*fam*mod*:feature:*0089*", "cpu:type:x86,ven0002fam000Fmod006Bstp0001:feature:,0088,0089"),
+    ("cpu:type:x86,ven*fam*mod*:feature:*0099*", "cpu:type:x86,ven0002fam000Fmod006Bstp0001:feature:,0088,0089"),
 ])
 def test_glob_is_fnmatch(pattern: str, text: str) -> None:
     assert modalias.glob(pattern, text) == fnmatch.fnmatchcase(text, pattern.replace("[^", "[!"))
@@ -116,12 +121,43 @@ def test_glob_agrees_with_fnmatch_on_anything(pattern: str, text: str) -> None:
     assert modalias.glob(pattern, text) == fnmatch.fnmatchcase(text, pattern)
 
 
-@pytest.mark.parametrize("content", [None, b"", b"junk", marshal.dumps([1, 2]), marshal.dumps({"format": 99})])
-def test_a_missing_or_foreign_index_is_none(tmp_path: Path, content: bytes | None) -> None:
+@settings(max_examples=1000, deadline=None)
+@given(st.text("ab*", max_size=10), st.text("ab", max_size=10))
+def test_glob_of_literal_pieces_agrees_with_fnmatch(pattern: str, text: str) -> None:
+    """Stars and literal pieces only: the string methods' path (overlapping pieces, a piece at both ends)."""
+    assert modalias.glob(pattern, text) == fnmatch.fnmatchcase(text, pattern)
+
+
+GOOD = modalias.build(ALIASES, DEPS, "alias pci:v00008086d00001592sv*sd*bc*sc*i* ice\n")
+
+
+@pytest.mark.parametrize("content", [
+    None, b"", b"junk", marshal.dumps([1, 2]), marshal.dumps({"format": 99}),  # foreign
+    modalias.MAGIC, GOOD[:len(modalias.MAGIC) + 6],  # cut in its header
+    modalias.MAGIC + (2).to_bytes(4, "little") + GOOD[len(modalias.MAGIC) + 4:],  # format 2's number
+    GOOD[:len(modalias.MAGIC) + 8] + b"\xff" * 8 + GOOD[len(modalias.MAGIC) + 16:],  # its header not marshal
+    GOOD[:-8], GOOD[:len(GOOD) // 2],  # cut in its tables
+    GOOD[:len(modalias.MAGIC) + 4] + (len(GOOD)).to_bytes(4, "little") + GOOD[len(modalias.MAGIC) + 8:],  # too long
+])
+def test_a_missing_foreign_or_cut_index_is_none(tmp_path: Path, content: bytes | None) -> None:
     path = tmp_path / "idx"
     if content is not None:
         path.write_bytes(content)
     assert modalias.load(str(path)) is None
+
+
+def test_every_bucket_is_found_in_place_and_nothing_else() -> None:
+    """The sorted tables: each key's bucket by binary search, a key between or beyond them none."""
+    index = modalias.parse(GOOD)
+    assert index is not None
+    buckets = {k: "\n".join(f"{p} {m}" for p, m in v) for k, v in modalias._buckets(ALIASES).items()}
+    assert len(buckets) > 10
+    for key, bucket in buckets.items():
+        assert index.keys.get(key) == bucket
+    for key in ("", "a", "pci:v00008086d000025AA", "pci:v00008086d000025AC", "zzz", "\u00e9", "pci:v0000ABCD"):
+        assert index.keys.get(key) == buckets.get(key)
+    assert index.absent.get("pci:v00008086d00001592") == "pci:v00008086d00001592sv*sd*bc*sc*i* ice"
+    assert index.absent.get("pci:v00008086d000025AB") is None
 
 
 def coldplug(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, aliases: list[str], with_index: bool = True
