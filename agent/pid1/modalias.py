@@ -17,6 +17,7 @@ Standard library C modules only: it is on the boot path.
 from __future__ import annotations
 
 import marshal
+import zlib
 
 INDEX = "modules.basalt-alias"  # beside modules.alias in /usr/lib/modules/RELEASE
 FORMAT = 3
@@ -93,26 +94,43 @@ def _u32(*values: int) -> bytes:
     return b"".join(v.to_bytes(4, "little") for v in values)
 
 
+def _slots(keys: list[bytes]) -> list[int]:
+    """An open-addressing hash table of ``keys`` (CRC-32, linear probing, at most half full):
+    each slot 0 (empty) or a key's number + 1."""
+    size = 8
+    while size < 2 * len(keys):
+        size *= 2
+    slots = [0] * size
+    for number, key in enumerate(keys):
+        at = zlib.crc32(key) & (size - 1)
+        while slots[at]:
+            at = (at + 1) & (size - 1)
+        slots[at] = number + 1
+    return slots
+
+
 def _table(buckets: dict[str, str]) -> bytes:
-    """Buckets sorted by key, read in place (``Table``): N; N+1 key offsets; N+1 bucket offsets
-    (little-endian u32); the keys; the buckets; padded to 4 bytes."""
+    """Buckets read in place (``Table``), as little-endian u32s then bytes: N; the hash table's
+    size and slots; N+1 key offsets; N+1 bucket offsets; the keys (sorted); the buckets; padded
+    to 4 bytes."""
     keys = sorted(buckets)
     encoded = [k.encode() for k in keys], [buckets[k].encode() for k in keys]
+    slots = _slots(encoded[0])
     offsets = []
     for items in encoded:
         at = [0]
         for item in items:
             at.append(at[-1] + len(item))
         offsets.append(_u32(*at))
-    out = _u32(len(keys)) + offsets[0] + offsets[1] + b"".join(encoded[0]) + b"".join(encoded[1])
+    out = _u32(len(keys), len(slots), *slots) + offsets[0] + offsets[1] + b"".join(encoded[0]) + b"".join(encoded[1])
     return out + b"\0" * (-len(out) % 4)
 
 
 def build(aliases: str, deps: str, absent: str = "") -> bytes:
     """The index of a ``modules.alias`` and ``modules.dep`` text; ``absent``: the alias lines of the
     drivers the image left out (kernel.modules.profile), for ``missing``. Each bucket is one string
-    ("PATTERN MODULE" lines) found by a binary search of the sorted keys where it lies in the file:
-    reading the index makes no object per key (a marshalled dict of its 6,800 buckets took longer
+    ("PATTERN MODULE" lines) found through a hash table where it lies in the file: reading the
+    index makes no object per key (a marshalled dict of its 6,800 buckets took longer
     to load than the rest of a coldplug pass's matching)."""
     keys = _buckets(aliases)
     late = sorted({module_name(line.split(":", 1)[0]) for line in deps.splitlines()
@@ -124,17 +142,20 @@ def build(aliases: str, deps: str, absent: str = "") -> bytes:
 
 
 class Table:
-    """A table ``_table`` wrote, in place in the index's bytes: ``get`` decodes one bucket."""
+    """A table ``_table`` wrote, in place in the index's bytes: ``get`` hashes the key, compares
+    the key in its slot (and the next ones while full), and decodes that one bucket."""
 
     def __init__(self, data: bytes, at: int) -> None:
-        n = int.from_bytes(data[at:at + 4], "little")
+        n, size = int.from_bytes(data[at:at + 4], "little"), int.from_bytes(data[at + 4:at + 8], "little")
+        if size & (size - 1) or size < 2 * n or at + 8 + 4 * size + 8 * (n + 1) > len(data):
+            raise ValueError("not a table")
         view = memoryview(data)
-        self.n, self.data = n, data
-        self.key_at = at + 4 + 8 * (n + 1)
-        if self.key_at > len(data):
-            raise ValueError("truncated")
-        self.key_offsets = view[at + 4:at + 4 + 4 * (n + 1)].cast("I")
-        self.bucket_offsets = view[at + 4 + 4 * (n + 1):self.key_at].cast("I")
+        self.n, self.data, self.mask = n, data, size - 1
+        self.slots = view[at + 8:at + 8 + 4 * size].cast("I")
+        offsets = at + 8 + 4 * size
+        self.key_at = offsets + 8 * (n + 1)
+        self.key_offsets = view[offsets:offsets + 4 * (n + 1)].cast("I")
+        self.bucket_offsets = view[offsets + 4 * (n + 1):self.key_at].cast("I")
         self.bucket_at = self.key_at + self.key_offsets[n]
         self.end = self.bucket_at + self.bucket_offsets[n]
         self.end += -self.end % 4
@@ -146,17 +167,16 @@ class Table:
 
     def get(self, key: str) -> str | None:
         want = key.encode()
-        lo, hi = 0, self.n
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if self.key(mid) < want:
-                lo = mid + 1
-            else:
-                hi = mid
-        if lo == self.n or self.key(lo) != want:
-            return None
-        return self.data[self.bucket_at + self.bucket_offsets[lo]:
-                         self.bucket_at + self.bucket_offsets[lo + 1]].decode(errors="replace")
+        at = zlib.crc32(want) & self.mask
+        for _ in range(self.mask + 1):  # a table at most half full ends in an empty slot
+            number = self.slots[at]
+            if not number or number > self.n:
+                return None
+            if self.key(number - 1) == want:
+                return self.data[self.bucket_at + self.bucket_offsets[number - 1]:
+                                 self.bucket_at + self.bucket_offsets[number]].decode(errors="replace")
+            at = (at + 1) & self.mask
+        return None
 
 
 class Index:

@@ -103,6 +103,24 @@ def test_late_is_decided_by_where_the_module_lives() -> None:
     assert not modalias.is_late("kernel/drivers/mfd/lpc_ich.ko")  # it makes the iTCO watchdog's device
 
 
+def test_a_table_of_many_keys_finds_each_past_its_collisions() -> None:
+    buckets = {f"pci:v{n:08X}d{n * 7:08X}": f"pci:v{n:08X}d{n * 7:08X}sv*sd*bc*sc*i* m{n}" for n in range(3000)}
+    table = modalias.Table(modalias._table(buckets), 0)
+    assert table.mask + 1 == 8192 and all(table.get(k) == v for k, v in buckets.items())
+    assert [table.get(f"pci:v{n:08X}d{n * 7 + 1:08X}") for n in range(3000)] == [None] * 3000
+
+
+def test_a_table_whose_slots_point_past_its_keys_answers_none() -> None:
+    """A damaged table (a slot naming a key it does not have) is never read past its end."""
+    data = bytearray(modalias._table({"pci": "pci:v* a", "usb": "usb:v* b"}))
+    slots = [int.from_bytes(data[8 + 4 * i:12 + 4 * i], "little") for i in range(8)]
+    for i, number in enumerate(slots):
+        if number:
+            data[8 + 4 * i:12 + 4 * i] = (99).to_bytes(4, "little")
+    table = modalias.Table(bytes(data), 0)
+    assert table.get("pci") is None and table.get("usb") is None
+
+
 @pytest.mark.parametrize("pattern, text", [
     ("a*b", "axxb"), ("a*b", "axxbc"), ("a?c", "abc"), ("a?c", "ac"), ("[a-c]x", "bx"), ("[!a-c]x", "bx"),
     ("[!a-c]x", "dx"), ("*", ""), ("", ""), ("", "a"), ("a[", "a["), ("a[]", "a["), ("**a", "ba"),
@@ -147,7 +165,7 @@ def test_a_missing_foreign_or_cut_index_is_none(tmp_path: Path, content: bytes |
 
 
 def test_every_bucket_is_found_in_place_and_nothing_else() -> None:
-    """The sorted tables: each key's bucket by binary search, a key between or beyond them none."""
+    """The tables: each key's bucket through its hash table, a key it does not hold none."""
     index = modalias.parse(GOOD)
     assert index is not None
     buckets = {k: "\n".join(f"{p} {m}" for p, m in v) for k, v in modalias._buckets(ALIASES).items()}
