@@ -20,7 +20,7 @@ import marshal
 import zlib
 
 INDEX = "modules.basalt-alias"  # beside modules.alias in /usr/lib/modules/RELEASE
-FORMAT = 3
+FORMAT = 4
 MAGIC = b"basalt-modalias\0"
 
 # Kernel tree directories whose drivers ready does not need. Anything not listed loads before
@@ -32,6 +32,12 @@ LATE = ("arch/", "crypto/", "sound/", "drivers/input/", "drivers/i2c/", "drivers
         "drivers/firmware/qemu_fw_cfg", "drivers/gnss/", "drivers/accel/", "drivers/powercap/",
         "drivers/char/agp/", "drivers/char/tpm/", "drivers/char/ppdev", "drivers/char/lp", "drivers/char/nvram",
         "drivers/pwm/")
+# Late drivers that make the device of a board's watchdog: an Intel 100-series or later PCH's TCO
+# timer (iTCO_wdt) is made by its SMBus function's driver. They load before ready only where the
+# drivers loaded by then made no watchdog (agent/pid1/devices.py: Coldplug.watchdog_drivers). The
+# rootfs tier checks this list against the kernel's modules: each late module naming a watchdog
+# driver's device is here.
+WATCHDOG_MAKERS = ("i2c_i801",)
 
 
 def _keys(text: str) -> tuple[str, ...]:
@@ -67,6 +73,26 @@ def _key_of_pattern(pattern: str) -> str:
     return bus if bus and not any(w in bus for w in wild) else "*"
 
 
+def normalize(text: str) -> str:
+    """An alias as kmod compares it: ``-`` is ``_`` outside a ``[...]`` set, in a device's alias and
+    in a pattern alike (the device ``platform:simatic-ipc-wdt`` is its driver's
+    ``platform:simatic_ipc_wdt``)."""
+    if "-" not in text:
+        return text
+    if "[" not in text:
+        return text.replace("-", "_")
+    out, inside = [], False
+    for ch in text:
+        if inside:
+            inside = ch != "]"
+        elif ch == "[":
+            inside = True
+        elif ch == "-":
+            ch = "_"
+        out.append(ch)
+    return "".join(out)
+
+
 def module_name(path: str) -> str:
     return path.rsplit("/", 1)[-1].split(".ko", 1)[0].replace("-", "_")
 
@@ -82,7 +108,8 @@ def _buckets(aliases: str) -> dict[str, list[tuple[str, str]]]:
     for line in aliases.splitlines():
         parts = line.split()
         if len(parts) == 3 and parts[0] == "alias":
-            keys.setdefault(_key_of_pattern(parts[1]), []).append((parts[1], parts[2]))
+            pattern = normalize(parts[1])
+            keys.setdefault(_key_of_pattern(pattern), []).append((pattern, parts[2]))
     return keys
 
 
@@ -293,6 +320,7 @@ def _wanted_by(buckets: Table, alias: str, skip_keys: set[str] | frozenset[str] 
                skip_modules: set[str] | frozenset[str] = frozenset()) -> list[str]:
     """The modules of ``buckets`` whose patterns take ``alias``, in index order (each bucket is
     split only when the alias is filed under its key)."""
+    alias = normalize(alias)
     out: list[str] = []
     for key in (*_keys(alias), "*"):
         bucket = buckets.get(key) if key not in skip_keys else None
