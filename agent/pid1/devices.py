@@ -89,21 +89,23 @@ def reap(pid: int | None) -> None:
 
 class Coldplug:
     def __init__(self, index_path: str | None = None) -> None:
-        # a run started with wait=False: (modprobe's pid, the modules before it, before_ready)
-        self.running: tuple[int | None, set[str], bool] | None = None
+        # a run started with wait=False: (modprobe's pid, the modules before it)
+        self.running: tuple[int | None, set[str]] | None = None
         self.seen_aliases: list[str] = []
         self.deferred: list[str] = []  # aliases whose late drivers wait for the run after ready
         self.index_path = index_path or f"{modules_dir()}/{modalias.INDEX}"
 
-    def names(self, aliases: list[str], early_only: bool = False, also: tuple[str, ...] = ()) -> list[str]:
+    def names(self, aliases: list[str], early_only: bool = False, also: tuple[str, ...] = (),
+              only: tuple[str, ...] = ()) -> list[str]:
         """The modules ``aliases`` want, and ``also``. From the build's index by module name
-        (``early_only``: only what ready needs), read here and dropped (a megabyte); without one,
-        the aliases themselves, for modprobe to match (another kernel's tree)."""
+        (``early_only``: only what ready needs; ``only``: only those of these modules, early or
+        late), read here and dropped (a megabyte); without one, the aliases themselves, for
+        modprobe to match (another kernel's tree; with ``only``, nothing)."""
         index = modalias.load(self.index_path)
         if index is None:
-            return [*aliases, *also]
-        early, late = modalias.resolve(index, aliases, early_only)
-        return [*early, *late, *also]
+            return [] if only else [*aliases, *also]
+        early, late = modalias.resolve(index, aliases, early_only and not only)
+        return [m for m in (*early, *late) if not only or m in only] + list(also)
 
     def load(self, aliases: list[str], early_only: bool = False, also: tuple[str, ...] = ()) -> int:
         """Start modprobe for what ``aliases`` want and the modules ``also`` names (its pid): the
@@ -135,7 +137,7 @@ class Coldplug:
                 pid = None
             self.deferred = aliases if before_ready else []
             pending = False
-        self.running = (pid, before, before_ready)
+        self.running = (pid, before)
         if wait:
             self.wait()
         return changed
@@ -144,12 +146,42 @@ class Coldplug:
         """The run left running: its modprobe done, and what it loaded recorded."""
         if self.running is None:
             return
-        pid, before, before_ready = self.running
+        pid, before = self.running
         self.running = None
         reap(pid)
         loaded = sorted(loaded_modules() - before)
         with open(layout.RUN_MODULES_LOADED, "a") as f:
-            f.write("".join(m + "\n" for m in loaded) + ("# ready\n" if before_ready else ""))
+            f.write("".join(m + "\n" for m in loaded))
+
+    def mark_ready(self) -> None:
+        """The record's line between the drivers loaded before ready and those after."""
+        with open(layout.RUN_MODULES_LOADED, "a") as f:
+            f.write("# ready\n")
+
+    def watchdog_drivers(self, found: Callable[[], bool]) -> None:
+        """Before ready, where the drivers loaded so far made no watchdog (``found``): an Intel
+        chipset's TCO timer is a device another driver makes. The drivers of the devices that
+        appeared since the boot's pass (lpc_ich's TCO device: iTCO_wdt); if that finds none, the
+        late drivers that make one (modalias.WATCHDOG_MAKERS: a 100-series or later PCH's SMBus
+        function), then the drivers of what they made. A board whose watchdog the boot's pass
+        found never comes here."""
+        self.wait()
+        before = loaded_modules()
+        for makers in ((), modalias.WATCHDOG_MAKERS):
+            if makers:
+                loaded = loaded_modules()
+                reap(start_modprobe(lambda: self.names(self.seen_aliases, only=makers)))
+                if loaded_modules() == loaded:
+                    break
+            aliases = device_aliases()
+            new = sorted(set(aliases) - set(self.seen_aliases))
+            self.seen_aliases = aliases  # their late drivers still load after ready (self.deferred)
+            if new:
+                reap(self.load(new, early_only=True))
+            if found():
+                break
+        self.running = (None, before)
+        self.wait()
 
     def hotplug(self, events: list[dict[str, str]]) -> list[str]:
         """Devices that appeared since boot (agent/pid1/hotplug.py): their drivers loaded; returns the

@@ -121,7 +121,7 @@ class Init:
         self.phase("initrd_modules", self.prov.run_phase, "initrd")
         if not early:
             self.phase("coldplug", self.coldplug.wait)
-        self.phase("watchdog", self.arm_watchdog)
+        self.phase("watchdog", self.arm_watchdog, True)
         self.phase("containers", containers.prepare, self.supervisor, self.errors)
         self.phase("network", self.prov.network)
         self.phase("boot_modules", self.prov.run_phase, "boot")
@@ -134,6 +134,7 @@ class Init:
         self.errors.guard("ssh host key", report_host_key)
         self.phase("consoles", self.consoles)
         self.phase("power_button", self.power_button)
+        self.errors.guard("modules record", self.coldplug.mark_ready)
         self.ready_ms = system.boot_ms()
         if "basalt.debug" in self.args:
             log("phases " + " ".join(f"{k}={v}" for k, v in self.phases.items()))
@@ -184,18 +185,23 @@ class Init:
                                      f"{layout.RUN_LOG}/grow-state.log)")
             log(f"error: growing the state partition failed (exit {code}); it keeps its size")
 
-    def arm_watchdog(self) -> None:
+    def arm_watchdog(self, before_ready: bool = False) -> None:
         """After the coldplug (it loads the driver); on a trial boot the main loop must keep turning
-        until the health gate's verdict can be acted on (agent/pid1/watchdog.py). Again after the
-        late coldplug and each hotplug, while none is armed: a watchdog whose device a first driver
-        makes gets its own driver only then (an Intel chipset's TCO timer, iTCO_wdt, behind lpc_ich
-        or the SMBus driver). Each device is decided on once."""
+        until the health gate's verdict can be acted on (agent/pid1/watchdog.py). Where the boot's
+        coldplug made none, the drivers of a watchdog whose device another driver makes come first
+        (an Intel chipset's TCO timer, iTCO_wdt, behind lpc_ich or the SMBus driver: the coldplug's
+        watchdog_drivers). Again after the late coldplug and each hotplug, while none is armed.
+        Each device is decided on once."""
         name = watchdog.identity()
         if self.watchdog is not None or name == self.watchdog_seen:
             return
-        self.watchdog_seen = name
         from agent.config.section import health_timeout, section
-        if not watchdog.wanted(section(self.prov.config).get("watchdog"), name):
+        setting = section(self.prov.config).get("watchdog")
+        if before_ready and not name and setting is not False:
+            self.coldplug.watchdog_drivers(lambda: bool(watchdog.identity()))
+            name = watchdog.identity()
+        self.watchdog_seen = name
+        if not watchdog.wanted(setting, name):
             if name:
                 log(f"watchdog ({name}) left unarmed (basalt.watchdog: true arms it; docs/upgrades.md)")
             return

@@ -174,12 +174,12 @@ DIRECT = "console=ttyS0,115200 quiet basalt.label=BASALT basalt.mode=live"
 def test_kernel_command_line_config_overrides_baked(edge7: Path, key: Path, qemu_available: None) -> None:
     cmdline = f"{DIRECT} basalt.hostname=from-cmdline"
     # Without QEMU's i6300esb card the machine's only watchdog is its chipset's TCO timer, as on an
-    # Intel board: lpc_ich (before ready) makes its device, iTCO_wdt binds it after ready.
+    # Intel board: lpc_ich (the boot's coldplug) makes its device, and PID 1's watchdog phase loads
+    # iTCO_wdt for it and arms it before the ready line (agent/pid1/devices.py: watchdog_drivers).
     with Guest(iso_of(edge7), direct=(edge7 / "vmlinuz", edge7 / "initrd.img", cmdline), i6300esb=False) as guest:
-        ready = guest.wait_for(READY, BOOT_TIMEOUT)
+        armed = guest.wait_for(r"basalt: watchdog \(iTCO_wdt\) armed: 60s\n", BOOT_TIMEOUT)
+        ready = guest.wait_for(READY, BOOT_TIMEOUT, armed.end())
         assert "errors=0" in ready.group(0)
-        # PID 1 arms it once the late coldplug has loaded its driver (agent/pid1/init.py: arm_watchdog)
-        guest.wait_for(r"basalt: watchdog \(iTCO_wdt\) armed: 60s\n", 120, start=ready.end())
         guest.wait_for(r"from-cmdline:/# ", 60)
         guest.wait_ssh(key)
         shown = guest.ssh("basalt config show", key)
@@ -189,6 +189,9 @@ def test_kernel_command_line_config_overrides_baked(edge7: Path, key: Path, qemu
         assert status(guest, key)["config_sources"] == ["/run/basalt/medium/basalt/config.yaml", "kernel command line"]
         tco = guest.ssh("cd /sys/class/watchdog/watchdog0 && cat identity state timeout", key)
         assert tco == "iTCO_wdt\nactive\n60", tco
+        loaded = guest.ssh("cat /run/basalt/modules-loaded", key).split("\n")
+        before = loaded[:loaded.index("# ready")]
+        assert {"lpc_ich", "iTCO_wdt"} <= set(before) and "i2c_i801" not in before, loaded  # ICH9: no SMBus driver
 
 
 def test_invalid_config_source_is_left_out_and_the_node_still_boots(edge7: Path, key: Path,

@@ -116,6 +116,9 @@ REAL_ALIASES = [
     "usb:v046DpC52Bd1211dc00dsc00dp00ic03isc01ip01in00", "hid:b0003g0001v0000046Dp0000C52B",
     "of:NrngT(null)Cbrcm,bcm2835-rng", "of:NwatchdogT(null)Cbrcm,bcm2835-pm-wdtCbrcm,bcm2835-pm",
     "cpu:type:x86,ven0000fam0006mod003A:feature:,0000,0001,0002,0019,0068,0080,0081,0089,0091,0094,00C0,00E6",
+    # "-" and "_" are one character to kmod: each spelled as its pattern is not
+    "platform:simatic-ipc-wdt", "platform:dmi_ipmi_si", "platform:kempld_gpio", "platform:iTCO-wdt",
+    "pci:v00008086d0000A123sv00008086sd00007270bc0Csc05i00",  # a 100-series PCH's SMBus function
 ]
 
 
@@ -144,6 +147,37 @@ def test_the_driver_index_answers_as_kmod_does() -> None:
     ice = "pci:v00008086d00001593sv00008086sd00000001bc02sc00i00"
     assert modalias.resolve(index, [ice]) == ([], []) and modalias.missing(index, [ice]) == [(ice, "ice")]
     assert not list(release.glob("kernel/drivers/net/ethernet/intel/ice/*.ko"))
+
+
+def test_the_late_drivers_that_make_a_watchdog_are_the_ones_listed() -> None:
+    """modalias.WATCHDOG_MAKERS, from the tree: a late module (after ready) whose file names the
+    device of a watchdog driver (a ``platform:`` alias of a module under drivers/watchdog/, either
+    spelling) makes a board's watchdog, so it is listed, and each listed module is such a one.
+    On x86 that is the SMBus driver of a 100-series or later PCH (its TCO timer, iTCO_wdt); lpc_ich
+    and intel_pmc_bxt make it too, and load before ready anyway."""
+    from agent.pid1 import modalias
+    root = pipeline.build(plan.plan("x86_64-iso"), until="rootfs") / "root"
+    release = next((root / "usr/lib/modules").iterdir())
+    index = modalias.load(str(release / modalias.INDEX))
+    assert index is not None
+    paths = {modalias.module_name(line.split(":", 1)[0]): line.split(":", 1)[0]
+             for line in (release / "modules.dep").read_text().splitlines() if line.strip()}
+    names = set()
+    for line in (release / "modules.alias").read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1].startswith("platform:") and \
+                paths.get(parts[2], "").startswith("kernel/drivers/watchdog/"):
+            names |= {parts[1].removeprefix("platform:")} | {parts[1].removeprefix("platform:").replace("_", "-")}
+    assert "iTCO_wdt" in names
+    makers, early = set(), set()
+    for module, path in paths.items():
+        if path.startswith("kernel/drivers/watchdog/"):
+            continue
+        data = (release / path).read_bytes()
+        if any(b"\0" + n.encode() + b"\0" in data for n in names):
+            (makers if module in index.late.split() else early).add(module)
+    assert makers == set(modalias.WATCHDOG_MAKERS), makers
+    assert {"lpc_ich", "intel_pmc_bxt"} <= early, early
 
 
 # Run by the tree's own interpreter: what its import system loaded from a file, each as the file read

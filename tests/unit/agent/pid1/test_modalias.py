@@ -198,6 +198,7 @@ def test_coldplug_leaves_late_drivers_for_after_ready(tmp_path: Path, monkeypatc
     plug, calls = coldplug(tmp_path, monkeypatch, PRESENT)
     assert plug.run(1, before_ready=True)
     assert calls == [["i6300esb", "virtio_net", "button", "evdev"]]
+    plug.mark_ready()
     # After ready: the same devices, and now their late drivers too (nothing new appeared).
     assert not plug.run(passes=2)
     assert calls[1] == ["i6300esb", "virtio_net", "pcspkr", "button", "evdev"]
@@ -235,7 +236,86 @@ def test_coldplug_at_boot_leaves_modprobe_running_until_waited_for(tmp_path: Pat
     assert not done.exists() and plug.running is not None and not (tmp_path / "modules-loaded").exists()
     plug.wait()
     assert done.read_text().split() == ["i6300esb", "virtio_net", "button", "evdev"]
-    assert (tmp_path / "modules-loaded").read_text().splitlines() == ["button", "evdev", "i6300esb", "virtio_net",
-                                                                      "# ready"]
+    assert (tmp_path / "modules-loaded").read_text().splitlines() == ["button", "evdev", "i6300esb", "virtio_net"]
     plug.wait()  # nothing left: nothing happens
     assert plug.running is None and reads == []
+
+
+@pytest.mark.parametrize("alias, modules", [
+    ("platform:simatic-ipc-wdt", ["simatic_ipc_wdt"]),  # the driver's pattern is spelled with "_"
+    ("platform:simatic_ipc_wdt", ["simatic_ipc_wdt"]),
+    ("platform:dmi_ipmi_si", ["ipmi_si"]),  # and this one with "-"
+    ("platform:dmi-ipmi-si", ["ipmi_si"]),
+    ("of:NsensorT(null)Cvendor,temp_sensor", ["vendor_temp"]),
+    ("platform:simatic.ipc.wdt", []),  # only "-" and "_" are one character
+    ("platform:simatic-ipc", []),
+    ("pci:v0000ABCDd00001-00sv00001AF4sd00001100bc02sc00i00", []),  # "-" is no digit in a [0-2] set
+])
+def test_dash_and_underscore_are_one_character_as_kmod_has_it(alias: str, modules: list[str]) -> None:
+    """kmod's rule (the rootfs tier checks it against kmod's modprobe on the real tree): "-" and
+    "_" outside a [...] set are the same character, in a device's alias and in a pattern."""
+    extra = ("alias platform:simatic_ipc_wdt simatic_ipc_wdt\nalias platform:dmi-ipmi-si ipmi_si\n"
+             "alias of:N*T*Cvendor,temp-sensor vendor_temp\nalias of:N*T*Cvendor,temp-sensorC* vendor_temp\n")
+    deps = ("kernel/drivers/watchdog/simatic-ipc-wdt.ko:\nkernel/drivers/char/ipmi/ipmi_si.ko:\n"
+            "kernel/drivers/hwmon/vendor-temp.ko:\n")
+    index = modalias.parse(modalias.build(ALIASES + extra, DEPS + deps))
+    assert index is not None
+    early, late = modalias.resolve(index, [alias])
+    assert early + late == modules
+
+
+@pytest.mark.parametrize("text, normal", [
+    ("platform:a-b_c", "platform:a_b_c"), ("pci:v0000ABCDd00001[0-2]??-x", "pci:v0000ABCDd00001[0-2]??_x"),
+    ("usb:v[!-]p-", "usb:v[!-]p_"), ("plain", "plain"), ("[a-", "[a-"), ("a-[", "a_["), ("", ""),
+])
+def test_normalize_leaves_sets_alone(text: str, normal: str) -> None:
+    assert modalias.normalize(text) == normal
+
+
+# An Intel board's TCO timer: ICH9 (QEMU's q35) has lpc_ich make its device; a 100-series or later
+# PCH has its SMBus function's driver (i2c_i801, a late driver) make it. iTCO_wdt drives it.
+TCO_ALIASES = ALIASES + """\
+alias pci:v00008086d00002918sv*sd*bc*sc*i* lpc_ich
+alias pci:v00008086d0000A123sv*sd*bc*sc*i* i2c_i801
+alias platform:iTCO_wdt iTCO_wdt
+"""
+TCO_DEPS = DEPS + "kernel/drivers/mfd/lpc_ich.ko:\nkernel/drivers/watchdog/iTCO_wdt.ko:\n"
+LPC = "pci:v00008086d00002918sv00001AF4sd00001100bc06sc01i00"
+ICH9_SMBUS = "pci:v00008086d00002930sv00001AF4sd00001100bc0Csc05i00"
+PCH_SMBUS = "pci:v00008086d0000A123sv00008086sd00007270bc0Csc05i00"
+VIRTIO_NET = "virtio:d00000001v00001AF4"
+
+
+@pytest.mark.parametrize("board, present, maker, before, runs", [
+    ("ICH9: lpc_ich (before ready) made it", [LPC, ICH9_SMBUS, "platform:pcspkr"], "lpc_ich",
+     ["iTCO_wdt", "lpc_ich"], [["lpc_ich", "button", "evdev"], ["iTCO_wdt"]]),
+    ("PCH: the SMBus driver makes it", [PCH_SMBUS, "platform:pcspkr"], "i2c_i801",
+     ["i2c_i801", "iTCO_wdt"], [["button", "evdev"], ["i2c_i801"], ["iTCO_wdt"]]),
+    ("no watchdog at all", [VIRTIO_NET, "platform:pcspkr"], None,
+     ["virtio_net"], [["virtio_net", "button", "evdev"], []]),
+])
+def test_a_watchdog_another_driver_makes_gets_its_driver_before_ready(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, board: str, present: list[str], maker: str | None,
+        before: list[str], runs: list[list[str]]) -> None:
+    """Coldplug.watchdog_drivers, where the boot's pass made no watchdog: the drivers of the devices
+    that appeared since (the TCO device lpc_ich made), else the late drivers that make one
+    (modalias.WATCHDOG_MAKERS), then the drivers of what they made; none where there is nothing."""
+    calls: list[list[str]] = []
+    loaded = lambda: {m for call in calls for m in call}  # noqa: E731
+    monkeypatch.setattr(devices, "start_modprobe", lambda names: calls.append(names()))
+    monkeypatch.setattr(devices, "device_aliases",
+                        lambda: sorted([*present, *(["platform:iTCO_wdt"] if maker in loaded() else [])]))
+    monkeypatch.setattr(devices, "loaded_modules", loaded)
+    monkeypatch.setattr(devices.layout, "RUN_MODULES_LOADED", str(tmp_path / "modules-loaded"))
+    index = tmp_path / "index"
+    index.write_bytes(modalias.build(TCO_ALIASES, TCO_DEPS))
+    plug = devices.Coldplug(str(index))
+    plug.run(1, before_ready=True)
+    plug.watchdog_drivers(lambda: "iTCO_wdt" in loaded())
+    assert calls == runs, board
+    plug.mark_ready()
+    plug.run(passes=2)  # after ready: the late drivers (the PC speaker; ICH9's SMBus driver)
+    record = (tmp_path / "modules-loaded").read_text().splitlines()
+    assert sorted(record[:record.index("# ready")]) == sorted({*before, "button", "evdev"}), board
+    assert "pcspkr" in record[record.index("# ready"):]
+    assert ("i2c_i801" in record[record.index("# ready"):]) == (board.startswith("ICH9")), record

@@ -91,26 +91,71 @@ class Board:
         self.device.write_bytes(b"")
 
 
-def init_with(config: dict[str, object], args: dict[str, str]) -> object:
+class Coldplug:
+    """The coldplug's watchdog_drivers (agent/pid1/devices.py, tested in test_modalias.py): the
+    driver it loads makes ``makes`` appear on ``board``, or nothing (None)."""
+
+    def __init__(self, board: Board, makes: str | None) -> None:
+        self.board, self.makes, self.calls = board, makes, 0
+
+    def watchdog_drivers(self, found: object) -> None:
+        self.calls += 1
+        if self.makes:
+            self.board.appears(self.makes)
+
+
+def init_with(config: dict[str, object], args: dict[str, str], coldplug: Coldplug | None = None) -> object:
     """PID 1's boot object with only what arm_watchdog reads (the rest of __init__ reads the node)."""
     from agent.log import Errors
     from agent.pid1.init import Init
     init = Init.__new__(Init)
     init.watchdog, init.watchdog_seen, init.args, init.errors = None, None, args, Errors()
     init.prov = type("Prov", (), {"config": config})()
+    init.coldplug = coldplug
     return init
+
+
+@pytest.mark.parametrize("config, present, makes, calls, said", [
+    ({}, None, "iTCO_wdt", 1, ["watchdog (iTCO_wdt) armed: 60s, trial boot: the main loop must turn within 360s"]),
+    ({"basalt": {"watchdog": True}}, None, "iTCO_wdt", 1,
+     ["watchdog (iTCO_wdt) armed: 60s, trial boot: the main loop must turn within 360s"]),
+    ({"basalt": {"watchdog": False}}, None, "iTCO_wdt", 0, []),  # none wanted: no driver loaded for one
+    ({}, "i6300ESB timer", "iTCO_wdt", 0,  # the boot's coldplug found one: nothing more
+     ["watchdog (i6300ESB timer) armed: 60s, trial boot: the main loop must turn within 360s"]),
+    ({}, None, None, 1, []),  # a board with none: looked for once
+])
+def test_before_ready_a_watchdog_another_driver_makes_is_looked_for_and_armed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config: dict[str, object], present: str | None,
+        makes: str | None, calls: int, said: list[str]) -> None:
+    """The boot's watchdog phase: where the boot's coldplug made no watchdog and the config does
+    not refuse one, the coldplug looks for a watchdog another driver makes (an Intel board's TCO
+    timer), and one found is armed before the ready line, with the trial's limit."""
+    logged: list[str] = []
+    monkeypatch.setattr("agent.pid1.init.log", logged.append)
+    board = Board(tmp_path, monkeypatch)
+    if present:
+        board.appears(present)
+    plug = Coldplug(board, makes)
+    init = init_with(config, {"basalt.trial": "1"}, plug)
+    init.arm_watchdog(True)
+    assert plug.calls == calls and logged == said
+    assert (init.watchdog is not None) == bool(said)
+    assert (fed(board.device) if board.device.exists() else 0) == int(bool(said))
+    init.arm_watchdog()  # after the late coldplug: nothing new
+    assert plug.calls == calls and logged == said
 
 
 @pytest.mark.parametrize("config, armed", [({}, True), ({"basalt": {"watchdog": False}}, False)])
 def test_a_watchdog_whose_driver_comes_after_ready_is_armed_then_and_decided_once(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config: dict[str, object], armed: bool) -> None:
-    """An Intel board's TCO timer: lpc_ich (before ready) makes its device, iTCO_wdt binds it in the
-    late coldplug. PID 1 arms it then, with the trial boot's limit; each device is decided on once."""
+    """A watchdog whose driver comes only after ready (its device made by a late driver that is no
+    WATCHDOG_MAKERS, or hotplugged): PID 1 arms it then, with the trial boot's limit; each device
+    is decided on once."""
     said: list[str] = []
     monkeypatch.setattr("agent.pid1.init.log", said.append)
     board = Board(tmp_path, monkeypatch)
-    init = init_with(config, {"basalt.trial": "1"})
-    init.arm_watchdog()  # the boot's watchdog phase: no device yet
+    init = init_with(config, {"basalt.trial": "1"}, Coldplug(board, None))
+    init.arm_watchdog(True)  # the boot's watchdog phase: no device yet, and none another driver makes
     assert init.watchdog is None and said == []
     before = list(board.started)  # asked to start where nothing is (config allowing): no watchdog
     board.appears("iTCO_wdt")
@@ -132,7 +177,7 @@ def test_an_armed_watchdog_is_kept_when_a_second_one_appears(tmp_path: Path, mon
     board = Board(tmp_path, monkeypatch)
     board.appears("i6300ESB timer")
     init = init_with({}, {})
-    init.arm_watchdog()
+    init.arm_watchdog(True)
     first = init.watchdog
     assert first is not None and said == ["watchdog (i6300ESB timer) armed: 60s"]
     (board.sysfs / "identity").write_text("iTCO_wdt\n")  # whatever watchdog0 says now
