@@ -48,11 +48,11 @@ def console_services(args: dict[str, str], mode: str) -> list[Service]:
     return out
 
 
-def device_aliases(sys_root: str = "/sys") -> list[str]:
-    """The modalias of every device present now."""
+def device_aliases(sys_root: str = "/sys", buses: tuple[str, ...] = ()) -> list[str]:
+    """The modalias of every device present now (on ``buses``, or all)."""
     out = set()
     bus_root = sys_root + "/bus"
-    for bus in sorted(os.listdir(bus_root)) if os.path.isdir(bus_root) else []:
+    for bus in buses or (sorted(os.listdir(bus_root)) if os.path.isdir(bus_root) else []):
         devices = f"{bus_root}/{bus}/devices"
         for dev in sorted(os.listdir(devices)) if os.path.isdir(devices) else []:
             value = read_text(f"{devices}/{dev}/modalias").strip()
@@ -95,17 +95,15 @@ class Coldplug:
         self.deferred: list[str] = []  # aliases whose late drivers wait for the run after ready
         self.index_path = index_path or f"{modules_dir()}/{modalias.INDEX}"
 
-    def names(self, aliases: list[str], early_only: bool = False, also: tuple[str, ...] = (),
-              only: tuple[str, ...] = ()) -> list[str]:
+    def names(self, aliases: list[str], early_only: bool = False, also: tuple[str, ...] = ()) -> list[str]:
         """The modules ``aliases`` want, and ``also``. From the build's index by module name
-        (``early_only``: only what ready needs; ``only``: only those of these modules, early or
-        late), read here and dropped (a megabyte); without one, the aliases themselves, for
-        modprobe to match (another kernel's tree; with ``only``, nothing)."""
+        (``early_only``: only what ready needs), read here and dropped (a megabyte); without one,
+        the aliases themselves, for modprobe to match (another kernel's tree)."""
         index = modalias.load(self.index_path)
         if index is None:
-            return [] if only else [*aliases, *also]
-        early, late = modalias.resolve(index, aliases, early_only and not only)
-        return [m for m in (*early, *late) if not only or m in only] + list(also)
+            return [*aliases, *also]
+        early, late = modalias.resolve(index, aliases, early_only)
+        return [*early, *late, *also]
 
     def load(self, aliases: list[str], early_only: bool = False, also: tuple[str, ...] = ()) -> int:
         """Start modprobe for what ``aliases`` want and the modules ``also`` names (its pid): the
@@ -160,26 +158,28 @@ class Coldplug:
 
     def watchdog_drivers(self, found: Callable[[], bool]) -> None:
         """Before ready, where the drivers loaded so far made no watchdog (``found``): an Intel
-        chipset's TCO timer is a device another driver makes. The drivers of the devices that
-        appeared since the boot's pass (lpc_ich's TCO device: iTCO_wdt); if that finds none, the
-        late drivers that make one (modalias.WATCHDOG_MAKERS: a 100-series or later PCH's SMBus
-        function), then the drivers of what they made. A board whose watchdog the boot's pass
-        found never comes here."""
+        chipset's TCO timer is a platform device another driver makes, and the index's header
+        (modalias.Watchdogs) says which. Where a driver that makes one is loaded (lpc_ich), the
+        watchdog drivers of the platform devices present (iTCO_wdt); where none is found then, the
+        late drivers that make one for a device present (i2c_i801, a 100-series or later PCH's
+        SMBus function) load now, and the watchdog drivers after them. A board without such a
+        driver pays one read of the header."""
+        hints = modalias.watchdogs(self.index_path)
+        if hints is None:
+            return
         self.wait()
         before = loaded_modules()
-        for makers in ((), modalias.WATCHDOG_MAKERS):
-            if makers:
-                loaded = loaded_modules()
-                reap(start_modprobe(lambda: self.names(self.seen_aliases, only=makers)))
-                if loaded_modules() == loaded:
-                    break
-            aliases = device_aliases()
-            new = sorted(set(aliases) - set(self.seen_aliases))
-            self.seen_aliases = aliases  # their late drivers still load after ready (self.deferred)
-            if new:
-                reap(self.load(new, early_only=True))
-            if found():
-                break
+
+        def bind() -> None:
+            wanted = hints.wanted(hints.devices, device_aliases(buses=("platform",)))
+            if wanted:
+                reap(start_modprobe(lambda: wanted))
+        if hints.early_makers & before:
+            bind()
+        makers = hints.wanted(hints.late_makers, self.seen_aliases)
+        if makers and not found():
+            reap(start_modprobe(lambda: makers))
+            bind()
         self.running = (None, before)
         self.wait()
 

@@ -32,12 +32,6 @@ LATE = ("arch/", "crypto/", "sound/", "drivers/input/", "drivers/i2c/", "drivers
         "drivers/firmware/qemu_fw_cfg", "drivers/gnss/", "drivers/accel/", "drivers/powercap/",
         "drivers/char/agp/", "drivers/char/tpm/", "drivers/char/ppdev", "drivers/char/lp", "drivers/char/nvram",
         "drivers/pwm/")
-# Late drivers that make the device of a board's watchdog: an Intel 100-series or later PCH's TCO
-# timer (iTCO_wdt) is made by its SMBus function's driver. They load before ready only where the
-# drivers loaded by then made no watchdog (agent/pid1/devices.py: Coldplug.watchdog_drivers). The
-# rootfs tier checks this list against the kernel's modules: each late module naming a watchdog
-# driver's device is here.
-WATCHDOG_MAKERS = ("i2c_i801",)
 
 
 def _keys(text: str) -> tuple[str, ...]:
@@ -153,9 +147,20 @@ def _table(buckets: dict[str, str]) -> bytes:
     return out + b"\0" * (-len(out) % 4)
 
 
-def build(aliases: str, deps: str, absent: str = "") -> bytes:
+def watchdog_devices(aliases: str, deps: str) -> list[tuple[str, str]]:
+    """(pattern, module): the platform devices of the watchdog drivers (drivers/watchdog/), whose
+    device another driver makes (``platform:iTCO_wdt``: an Intel chipset's TCO timer)."""
+    watchdogs = {module_name(line.split(":", 1)[0]) for line in deps.splitlines()
+                 if line.startswith("kernel/drivers/watchdog/")}
+    return [(normalize(parts[1]), parts[2]) for parts in (line.split() for line in aliases.splitlines())
+            if len(parts) == 3 and parts[0] == "alias" and parts[1].startswith("platform:") and parts[2] in watchdogs]
+
+
+def build(aliases: str, deps: str, absent: str = "", makers: tuple[str, ...] = ()) -> bytes:
     """The index of a ``modules.alias`` and ``modules.dep`` text; ``absent``: the alias lines of the
-    drivers the image left out (kernel.modules.profile), for ``missing``. Each bucket is one string
+    drivers the image left out (kernel.modules.profile), for ``missing``; ``makers``: the modules
+    that make a watchdog driver's device (builder/media/hardware.py: watchdog_makers), for
+    ``Watchdogs``. Each bucket is one string
     ("PATTERN MODULE" lines) found through a hash table where it lies in the file: reading the
     index makes no object per key (a marshalled dict of its 6,800 buckets took longer
     to load than the rest of a coldplug pass's matching)."""
@@ -163,7 +168,10 @@ def build(aliases: str, deps: str, absent: str = "") -> bytes:
     late = sorted({module_name(line.split(":", 1)[0]) for line in deps.splitlines()
                    if line.strip() and is_late(line.split(":", 1)[0])})
     all_late = sorted(k for k, entries in keys.items() if all(m in late for _, m in entries))
-    header = marshal.dumps((" ".join(late), "\n".join(all_late)))
+    lines = lambda pairs: "\n".join(f"{p} {m}" for p, m in pairs)  # noqa: E731
+    late_makers = [(p, m) for entries in keys.values() for p, m in entries if m in makers and m in late]
+    header = marshal.dumps((" ".join(late), "\n".join(all_late), lines(watchdog_devices(aliases, deps)),
+                            " ".join(sorted(m for m in makers if m not in late)), lines(late_makers)))
     header += b"\0" * (-len(header) % 4)
     return MAGIC + _u32(FORMAT, len(header)) + header + _table(_packed(keys)) + _table(_packed(_buckets(absent)))
 
@@ -217,7 +225,7 @@ class Index:
         if int.from_bytes(data[at:at + 4], "little") != FORMAT:
             raise ValueError("another format")
         size = int.from_bytes(data[at + 4:at + 8], "little")
-        late, all_late = marshal.loads(data[at + 8:at + 8 + size])
+        late, all_late = marshal.loads(data[at + 8:at + 8 + size])[:2]
         self.late, self.all_late = str(late), str(all_late)
         self.keys = Table(data, at + 8 + size)
         self.absent = Table(data, self.keys.end)
@@ -231,6 +239,44 @@ def parse(data: bytes) -> Index | None:
     try:
         return Index(data)
     except (ValueError, TypeError, EOFError, IndexError):
+        return None
+
+
+class Watchdogs:
+    """What the index's header says of watchdogs whose device another driver makes: the watchdog
+    drivers' platform devices (``devices``), the drivers that load before ready and make one
+    (``early_makers``: lpc_ich on an ICH chipset), and the patterns of those that load after it
+    (``late_makers``: i2c_i801, the SMBus function of a 100-series or later PCH)."""
+
+    def __init__(self, header: tuple[object, ...]) -> None:
+        pairs = lambda text: [tuple(line.rsplit(" ", 1)) for line in str(text).split("\n") if " " in line]  # noqa: E731
+        self.devices: list[tuple[str, str]] = pairs(header[2])  # type: ignore[assignment]
+        self.early_makers = set(str(header[3]).split())
+        self.late_makers: list[tuple[str, str]] = pairs(header[4])  # type: ignore[assignment]
+
+    @staticmethod
+    def wanted(pairs: list[tuple[str, str]], aliases: list[str]) -> list[str]:
+        """The modules of ``pairs`` whose pattern takes one of ``aliases``, in order."""
+        out: list[str] = []
+        for alias in aliases:
+            alias = normalize(alias)
+            out += [m for p, m in pairs if m not in out and glob(p, alias)]
+        return out
+
+
+def watchdogs(path: str) -> Watchdogs | None:
+    """The index's watchdog part, reading its header only (16 kB, not the megabyte): for PID 1."""
+    import sys
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(MAGIC) + 8)
+            size = int.from_bytes(head[len(MAGIC) + 4:], "little")
+            if not head.startswith(MAGIC) or len(head) < len(MAGIC) + 8 or sys.byteorder != "little" \
+                    or int.from_bytes(head[len(MAGIC):len(MAGIC) + 4], "little") != FORMAT or size > 1 << 20:
+                return None
+            body = f.read(size)
+            return Watchdogs(marshal.loads(body)) if len(body) == size else None
+    except (OSError, ValueError, TypeError, EOFError, IndexError):
         return None
 
 

@@ -130,6 +130,32 @@ def select(profile: dict[str, Any], aliases: str, deps: str, wanted: list[str],
     return keep
 
 
+def watchdog_makers(release: Path, aliases: str, deps: str) -> tuple[str, ...]:
+    """The modules of the tree at ``release`` that make a watchdog driver's device: those whose
+    file names one of the drivers' platform devices (modalias.watchdog_devices), either spelling
+    — an Intel chipset's TCO timer, ``iTCO_wdt``, is made by lpc_ich, intel_pmc_bxt or the SMBus
+    driver i2c_i801. Modules compressed in a way the standard library cannot read (zstd) name
+    nothing: their watchdog is armed after ready, when its driver comes."""
+    import gzip
+    import lzma
+    names = {p.removeprefix("platform:") for p, _ in modalias.watchdog_devices(aliases, deps)
+             if not any(w in p for w in "*?[")}
+    needles = {b"\0" + v.encode() + b"\0" for n in names for v in (n, n.replace("_", "-"))}
+    makers = []
+    for line in deps.splitlines():
+        path = line.split(":", 1)[0]
+        if not path or path.startswith("kernel/drivers/watchdog/"):
+            continue
+        data = (release / path).read_bytes()
+        if path.endswith(".xz"):
+            data = lzma.decompress(data)
+        elif path.endswith(".gz"):
+            data = gzip.decompress(data)
+        if any(needle in data for needle in needles):
+            makers.append(modalias.module_name(path))
+    return tuple(sorted(makers))
+
+
 def index_of(aliases: str, deps: str) -> modalias.Index:
     index = modalias.parse(modalias.build(aliases, deps))
     if index is None:  # the index's offsets are little-endian, read in the machine's order

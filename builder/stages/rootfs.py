@@ -188,8 +188,9 @@ def install_kernel(ctx: StageContext, root: Path, options: dict[str, Any]) -> No
     # The drivers the class left out are named in it, for `basalt doctor` to name a device's.
     absent = "\n".join(line for line in full_aliases.splitlines()
                        if line.startswith("alias ") and line.split()[-1] in left_out)
-    tree.write(root, f"usr/lib/modules/{release}/{modalias.INDEX}", modalias.build((dest / "modules.alias").read_text(),
-                                                       (dest / "modules.dep").read_text(), absent))
+    aliases, deps = (dest / "modules.alias").read_text(), (dest / "modules.dep").read_text()
+    makers = hardware.watchdog_makers(dest, aliases, deps)
+    tree.write(root, f"usr/lib/modules/{release}/{modalias.INDEX}", modalias.build(aliases, deps, absent, makers))
 
 
 def merge_usr(root: Path) -> None:

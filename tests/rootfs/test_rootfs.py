@@ -149,35 +149,25 @@ def test_the_driver_index_answers_as_kmod_does() -> None:
     assert not list(release.glob("kernel/drivers/net/ethernet/intel/ice/*.ko"))
 
 
-def test_the_late_drivers_that_make_a_watchdog_are_the_ones_listed() -> None:
-    """modalias.WATCHDOG_MAKERS, from the tree: a late module (after ready) whose file names the
-    device of a watchdog driver (a ``platform:`` alias of a module under drivers/watchdog/, either
-    spelling) makes a board's watchdog, so it is listed, and each listed module is such a one.
-    On x86 that is the SMBus driver of a 100-series or later PCH (its TCO timer, iTCO_wdt); lpc_ich
-    and intel_pmc_bxt make it too, and load before ready anyway."""
+def test_the_index_names_the_drivers_that_make_a_watchdog() -> None:
+    """The index's watchdog part (modalias.Watchdogs, from builder/media/hardware.py's
+    watchdog_makers) on the real tree: the TCO timer's platform device and its driver; lpc_ich,
+    intel_pmc_bxt and lpc_sch (before ready) and i2c_i801 (after it) make a watchdog's device, and
+    the SMBus functions of q35's ICH9 and of a 100-series PCH are i2c_i801's."""
     from agent.pid1 import modalias
     root = pipeline.build(plan.plan("x86_64-iso"), until="rootfs") / "root"
     release = next((root / "usr/lib/modules").iterdir())
-    index = modalias.load(str(release / modalias.INDEX))
-    assert index is not None
-    paths = {modalias.module_name(line.split(":", 1)[0]): line.split(":", 1)[0]
-             for line in (release / "modules.dep").read_text().splitlines() if line.strip()}
-    names = set()
-    for line in (release / "modules.alias").read_text().splitlines():
-        parts = line.split()
-        if len(parts) == 3 and parts[1].startswith("platform:") and \
-                paths.get(parts[2], "").startswith("kernel/drivers/watchdog/"):
-            names |= {parts[1].removeprefix("platform:")} | {parts[1].removeprefix("platform:").replace("_", "-")}
-    assert "iTCO_wdt" in names
-    makers, early = set(), set()
-    for module, path in paths.items():
-        if path.startswith("kernel/drivers/watchdog/"):
-            continue
-        data = (release / path).read_bytes()
-        if any(b"\0" + n.encode() + b"\0" in data for n in names):
-            (makers if module in index.late.split() else early).add(module)
-    assert makers == set(modalias.WATCHDOG_MAKERS), makers
-    assert {"lpc_ich", "intel_pmc_bxt"} <= early, early
+    hints = modalias.watchdogs(str(release / modalias.INDEX))
+    assert hints is not None
+    assert ("platform:iTCO_wdt", "iTCO_wdt") in hints.devices
+    drivers = {p.stem.replace("-", "_") for p in release.glob("kernel/drivers/watchdog/*.ko")}
+    assert {m for _, m in hints.devices} <= drivers
+    assert {"lpc_ich", "intel_pmc_bxt", "lpc_sch"} <= hints.early_makers, hints.early_makers
+    assert {m for _, m in hints.late_makers} == {"i2c_i801"}
+    smbus = ["pci:v00008086d00002930sv00001AF4sd00001100bc0Csc05i00",  # ICH9's, then a 100-series PCH's
+             "pci:v00008086d0000A123sv00008086sd00007270bc0Csc05i00"]
+    assert [hints.wanted(hints.late_makers, [a]) for a in smbus] == [["i2c_i801"], ["i2c_i801"]]
+    assert hints.wanted(hints.devices, ["platform:iTCO_wdt", "platform:pcspkr"]) == ["iTCO_wdt"]
 
 
 # Run by the tree's own interpreter: what its import system loaded from a file, each as the file read

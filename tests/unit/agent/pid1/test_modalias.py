@@ -292,30 +292,60 @@ VIRTIO_NET = "virtio:d00000001v00001AF4"
     ("PCH: the SMBus driver makes it", [PCH_SMBUS, "platform:pcspkr"], "i2c_i801",
      ["i2c_i801", "iTCO_wdt"], [["button", "evdev"], ["i2c_i801"], ["iTCO_wdt"]]),
     ("no watchdog at all", [VIRTIO_NET, "platform:pcspkr"], None,
-     ["virtio_net"], [["virtio_net", "button", "evdev"], []]),
+     ["virtio_net"], [["virtio_net", "button", "evdev"]]),
 ])
 def test_a_watchdog_another_driver_makes_gets_its_driver_before_ready(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, board: str, present: list[str], maker: str | None,
         before: list[str], runs: list[list[str]]) -> None:
-    """Coldplug.watchdog_drivers, where the boot's pass made no watchdog: the drivers of the devices
-    that appeared since (the TCO device lpc_ich made), else the late drivers that make one
-    (modalias.WATCHDOG_MAKERS), then the drivers of what they made; none where there is nothing."""
+    """Coldplug.watchdog_drivers, where the boot's pass made no watchdog: with a driver that makes
+    one loaded (lpc_ich), the watchdog drivers of the platform devices present; else the late
+    drivers that make one for a device present (i2c_i801), then those; nothing where neither is."""
     calls: list[list[str]] = []
     loaded = lambda: {m for call in calls for m in call}  # noqa: E731
+    buses: list[tuple[str, ...]] = []
+
+    def device_aliases(buses_: tuple[str, ...] = ()) -> list[str]:
+        buses.append(buses_)
+        made = ["platform:iTCO_wdt"] if maker in loaded() else []
+        return sorted(a for a in [*present, *made] if not buses_ or a.split(":")[0] in buses_)
     monkeypatch.setattr(devices, "start_modprobe", lambda names: calls.append(names()))
-    monkeypatch.setattr(devices, "device_aliases",
-                        lambda: sorted([*present, *(["platform:iTCO_wdt"] if maker in loaded() else [])]))
+    monkeypatch.setattr(devices, "device_aliases", lambda buses=(): device_aliases(buses))
     monkeypatch.setattr(devices, "loaded_modules", loaded)
     monkeypatch.setattr(devices.layout, "RUN_MODULES_LOADED", str(tmp_path / "modules-loaded"))
     index = tmp_path / "index"
-    index.write_bytes(modalias.build(TCO_ALIASES, TCO_DEPS))
+    index.write_bytes(modalias.build(TCO_ALIASES, TCO_DEPS, makers=("i2c_i801", "lpc_ich")))
     plug = devices.Coldplug(str(index))
     plug.run(1, before_ready=True)
     plug.watchdog_drivers(lambda: "iTCO_wdt" in loaded())
     assert calls == runs, board
+    assert buses[1:] == ([("platform",)] if maker else []), buses  # only the platform bus is looked at
     plug.mark_ready()
     plug.run(passes=2)  # after ready: the late drivers (the PC speaker; ICH9's SMBus driver)
     record = (tmp_path / "modules-loaded").read_text().splitlines()
     assert sorted(record[:record.index("# ready")]) == sorted({*before, "button", "evdev"}), board
     assert "pcspkr" in record[record.index("# ready"):]
     assert ("i2c_i801" in record[record.index("# ready"):]) == (board.startswith("ICH9")), record
+
+
+def test_the_watchdog_part_is_read_from_the_header_alone(tmp_path: Path) -> None:
+    """modalias.watchdogs reads the header only, and a file that is not this format's index
+    (cut, foreign, another format, a header claiming more than the file) is none."""
+    good = modalias.build(TCO_ALIASES, TCO_DEPS, makers=("i2c_i801", "lpc_ich"))
+    header_end = len(modalias.MAGIC) + 8 + int.from_bytes(good[len(modalias.MAGIC) + 4:len(modalias.MAGIC) + 8],
+                                                          "little")
+    path = tmp_path / "index"
+    path.write_bytes(good[:header_end])  # the tables cut off: the header is all it reads
+    hints = modalias.watchdogs(str(path))
+    assert hints is not None
+    assert hints.devices == [("platform:iTCO_wdt", "iTCO_wdt")]
+    assert hints.early_makers == {"lpc_ich"}
+    assert hints.late_makers == [("pci:v00008086d00002930sv*sd*bc*sc*i*", "i2c_i801"),
+                                 ("pci:v00008086d0000A123sv*sd*bc*sc*i*", "i2c_i801")]
+    assert hints.wanted(hints.late_makers, [VIRTIO_NET, PCH_SMBUS]) == ["i2c_i801"]
+    assert hints.wanted(hints.devices, ["platform:iTCO-wdt"]) == ["iTCO_wdt"]  # either spelling
+    other_format = modalias.MAGIC + (3).to_bytes(4, "little") + good[len(modalias.MAGIC) + 4:]
+    too_long = modalias.MAGIC + (4).to_bytes(4, "little") + (1 << 30).to_bytes(4, "little")
+    for bad in (b"", good[:10], good[:header_end - 1], good[:header_end - 8], b"x" * 100, other_format, too_long):
+        path.write_bytes(bad)
+        assert modalias.watchdogs(str(path)) is None, bad[:40]
+    assert modalias.watchdogs(str(tmp_path / "absent")) is None

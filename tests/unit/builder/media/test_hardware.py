@@ -120,3 +120,26 @@ def test_an_unknown_class_is_refused_with_the_known_ones() -> None:
     with pytest.raises(BasaltError) as e:
         hardware.load("x86-gneric")
     assert "no hardware class 'x86-gneric'" in e.value.render() and "x86-generic" in e.value.render()
+
+
+def test_watchdog_makers_are_the_modules_naming_a_watchdog_drivers_device(tmp_path: Path) -> None:
+    """hardware.watchdog_makers: a module whose file names a watchdog driver's platform device (in
+    either spelling, as a whole string; xz- and gzip-compressed modules too) makes it."""
+    import gzip
+    import lzma
+    files = {
+        "kernel/drivers/watchdog/iTCO_wdt.ko": b"\0alias=platform:iTCO_wdt\0iTCO_wdt\0",  # the driver itself
+        "kernel/drivers/watchdog/ie6xx_wdt.ko": b"\0ie6xx_wdt\0",
+        "kernel/drivers/mfd/lpc_ich.ko": b"ELF\0iTCO_wdt\0gpio_ich\0",
+        "kernel/drivers/i2c/busses/i2c-i801.ko.xz": lzma.compress(b"\0i2c\0iTCO_wdt\0"),
+        "kernel/drivers/mfd/lpc_sch.ko.gz": gzip.compress(b"\0ie6xx-wdt\0"),  # the other spelling
+        "kernel/drivers/mfd/near.ko": b"\0iTCO_wdt_old\0xiTCO_wdt\0",  # not the whole string
+        "kernel/drivers/net/e1000e.ko": b"\0e1000e\0",
+    }
+    for path, data in files.items():
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_bytes(data)
+    deps = "".join(f"{path}:\n" for path in files)
+    aliases = "alias platform:iTCO_wdt iTCO_wdt\nalias platform:ie6xx_wdt ie6xx_wdt\nalias pci:v00008086d* e1000e\n"
+    assert hardware.watchdog_makers(tmp_path, aliases, deps) == ("i2c_i801", "lpc_ich", "lpc_sch")
+    assert hardware.watchdog_makers(tmp_path, "alias pci:v00008086d* e1000e\n", deps) == ()  # no watchdog driver
