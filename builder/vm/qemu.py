@@ -85,7 +85,8 @@ class Guest:
     mac: str = ""  # the NIC's MAC address (default: QEMU's 52:54:00:12:34:56)
     serial: str = ""  # x86: the machine's serial number (SMBIOS type 1: DMI product_serial)
     # x86: QEMU's i6300esb watchdog card; without it the only watchdog is q35's chipset TCO timer
-    # (iTCO_wdt, behind lpc_ich), as on an Intel board
+    # (iTCO_wdt, behind lpc_ich), as on an Intel board, whose reboot strap it then has (QEMU's q35
+    # straps it off: a TCO timer that expires does not reset the machine)
     i6300esb: bool = True
     # A board's card (boot_disk) booted the board's way: "rpi" runs QEMU's raspi3b with U-Boot and
     # the device tree taken from the card's boot partition, the card as its SD card (padded to a
@@ -127,6 +128,7 @@ class Guest:
                 "-netdev", net, "-device", "virtio-net-pci,netdev=n0" + (f",mac={self.mac}" if self.mac else ""),
                 # x86: a hardware watchdog the node arms (agent/pid1/watchdog.py); its expiry resets the machine
                 *(["-device", "i6300esb"] if x86 and self.i6300esb else []),
+                *(["-global", "ICH9-LPC.noreboot=false"] if x86 and not self.i6300esb else []),
                 *(["-action", "watchdog=reset"] if x86 else []),
                 *(["-smbios", f"type=1,serial={self.serial}"] if self.serial and x86 else []),
                 *self.arch.qemu_devices()]
