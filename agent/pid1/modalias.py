@@ -214,17 +214,24 @@ class Table:
         return None
 
 
+def _header_size(head: bytes) -> int:
+    """The size of the header that follows ``head`` (the magic, the format, the size); ValueError
+    where it is not this format's index, or on a big-endian machine (the offsets are read in the
+    machine's order)."""
+    import sys
+    at = len(MAGIC)
+    if sys.byteorder != "little" or not head.startswith(MAGIC) or len(head) < at + 8 \
+            or int.from_bytes(head[at:at + 4], "little") != FORMAT:
+        raise ValueError("not an index of this format")
+    return int.from_bytes(head[at + 4:at + 8], "little")
+
+
 class Index:
     """The build's index, read: the buckets of the image's drivers (``keys``) and of those it left
     out (``absent``), the late modules' names and the keys whose every driver is late."""
 
     def __init__(self, data: bytes) -> None:
-        if not data.startswith(MAGIC) or len(data) < len(MAGIC) + 8:
-            raise ValueError("not an index")
-        at = len(MAGIC)
-        if int.from_bytes(data[at:at + 4], "little") != FORMAT:
-            raise ValueError("another format")
-        size = int.from_bytes(data[at + 4:at + 8], "little")
+        size, at = _header_size(data), len(MAGIC)
         late, all_late = marshal.loads(data[at + 8:at + 8 + size])[:2]
         self.late, self.all_late = str(late), str(all_late)
         self.keys = Table(data, at + 8 + size)
@@ -233,9 +240,6 @@ class Index:
 
 def parse(data: bytes) -> Index | None:
     """The index in ``data``, or None when it is none (or another format, or cut short)."""
-    import sys
-    if sys.byteorder != "little":  # the offsets are read in the machine's order
-        return None
     try:
         return Index(data)
     except (ValueError, TypeError, EOFError, IndexError):
@@ -266,13 +270,10 @@ class Watchdogs:
 
 def watchdogs(path: str) -> Watchdogs | None:
     """The index's watchdog part, reading its header only (16 kB, not the megabyte): for PID 1."""
-    import sys
     try:
         with open(path, "rb") as f:
-            head = f.read(len(MAGIC) + 8)
-            size = int.from_bytes(head[len(MAGIC) + 4:], "little")
-            if not head.startswith(MAGIC) or len(head) < len(MAGIC) + 8 or sys.byteorder != "little" \
-                    or int.from_bytes(head[len(MAGIC):len(MAGIC) + 4], "little") != FORMAT or size > 1 << 20:
+            size = _header_size(f.read(len(MAGIC) + 8))
+            if size > 1 << 20:
                 return None
             body = f.read(size)
             return Watchdogs(marshal.loads(body)) if len(body) == size else None
