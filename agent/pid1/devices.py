@@ -176,8 +176,8 @@ class Coldplug:
                 reap(start_modprobe(lambda: wanted))
         if hints.early_makers & before:
             bind()
-        makers = hints.wanted(hints.late_makers, self.seen_aliases)
-        if makers and not found():
+        makers = [] if found() else hints.wanted(hints.late_makers, self.seen_aliases)
+        if makers:
             reap(start_modprobe(lambda: makers))
             bind()
         self.running = (None, before)
