@@ -206,10 +206,12 @@ class Init:
                 log(f"watchdog ({name}) left unarmed (basalt.watchdog: true arms it; docs/upgrades.md)")
             return
         limit = health_timeout(self.prov.config) + watchdog.GRACE_S if "basalt.trial" in self.args else None
-        self.watchdog = watchdog.start(limit)
-        if self.watchdog is not None:
+        self.watchdog = dog = watchdog.start(limit, name=name)
+        if dog is not None:
+            second = f", resets within {dog.reset_s}s of the last feed (second expiry)" \
+                if dog.reset_s != dog.timeout_s else ""
             trial = f", trial boot: the main loop must turn within {limit:.0f}s" if limit else ""
-            log(f"watchdog ({name or watchdog.DEVICE}) armed: {self.watchdog.timeout_s}s{trial}")
+            log(f"watchdog ({name or watchdog.DEVICE}) armed: {dog.timeout_s}s{second}{trial}")
 
     def consoles(self) -> None:
         for svc in devices.console_services(self.args, self.prov.mode):

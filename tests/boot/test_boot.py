@@ -177,7 +177,8 @@ def test_kernel_command_line_config_overrides_baked(edge7: Path, key: Path, qemu
     # Intel board: lpc_ich (the boot's coldplug) makes its device, and PID 1's watchdog phase loads
     # iTCO_wdt for it and arms it before the ready line (agent/pid1/devices.py: watchdog_drivers).
     with Guest(iso_of(edge7), direct=(edge7 / "vmlinuz", edge7 / "initrd.img", cmdline), i6300esb=False) as guest:
-        armed = guest.wait_for(r"basalt: watchdog \(iTCO_wdt\) armed: 60s\n", BOOT_TIMEOUT)
+        armed = guest.wait_for(r"basalt: watchdog \(iTCO_wdt\) armed: 60s, resets within 120s of the last feed "
+                               r"\(second expiry\)\n", BOOT_TIMEOUT)
         ready = guest.wait_for(READY, BOOT_TIMEOUT, armed.end())
         assert "errors=0" in ready.group(0)
         guest.wait_for(r"from-cmdline:/# ", 60)
