@@ -107,8 +107,19 @@ def _buckets(aliases: str) -> dict[str, list[tuple[str, str]]]:
     return keys
 
 
+def _lines(pairs: list[tuple[str, str]]) -> str:
+    """(pattern, module) pairs as a bucket's text: a "PATTERN MODULE" line each (read by _pairs)."""
+    return "\n".join(f"{p} {m}" for p, m in pairs)
+
+
+def _pairs(text: str) -> list[tuple[str, str]]:
+    """A bucket's text (_lines) as (pattern, module) pairs."""
+    return [(pattern, module) for pattern, _, module in (line.rpartition(" ") for line in text.split("\n"))
+            if pattern]
+
+
 def _packed(keys: dict[str, list[tuple[str, str]]]) -> dict[str, str]:
-    return {k: "\n".join(f"{p} {m}" for p, m in v) for k, v in keys.items()}
+    return {k: _lines(v) for k, v in keys.items()}
 
 
 def _u32(*values: int) -> bytes:
@@ -168,10 +179,9 @@ def build(aliases: str, deps: str, absent: str = "", makers: tuple[str, ...] = (
     late = sorted({module_name(line.split(":", 1)[0]) for line in deps.splitlines()
                    if line.strip() and is_late(line.split(":", 1)[0])})
     all_late = sorted(k for k, entries in keys.items() if all(m in late for _, m in entries))
-    lines = lambda pairs: "\n".join(f"{p} {m}" for p, m in pairs)  # noqa: E731
     late_makers = [(p, m) for entries in keys.values() for p, m in entries if m in makers and m in late]
-    header = marshal.dumps((" ".join(late), "\n".join(all_late), lines(watchdog_devices(aliases, deps)),
-                            " ".join(sorted(m for m in makers if m not in late)), lines(late_makers)))
+    header = marshal.dumps((" ".join(late), "\n".join(all_late), _lines(watchdog_devices(aliases, deps)),
+                            " ".join(sorted(m for m in makers if m not in late)), _lines(late_makers)))
     header += b"\0" * (-len(header) % 4)
     return MAGIC + _u32(FORMAT, len(header)) + header + _table(_packed(keys)) + _table(_packed(_buckets(absent)))
 
@@ -253,10 +263,9 @@ class Watchdogs:
     (``late_makers``: i2c_i801, the SMBus function of a 100-series or later PCH)."""
 
     def __init__(self, header: tuple[object, ...]) -> None:
-        pairs = lambda text: [tuple(line.rsplit(" ", 1)) for line in str(text).split("\n") if " " in line]  # noqa: E731
-        self.devices: list[tuple[str, str]] = pairs(header[2])  # type: ignore[assignment]
+        self.devices = _pairs(str(header[2]))
         self.early_makers = set(str(header[3]).split())
-        self.late_makers: list[tuple[str, str]] = pairs(header[4])  # type: ignore[assignment]
+        self.late_makers = _pairs(str(header[4]))
 
     @staticmethod
     def wanted(pairs: list[tuple[str, str]], aliases: list[str]) -> list[str]:
@@ -371,6 +380,7 @@ def _wanted_by(buckets: Table, alias: str, skip_keys: set[str] | frozenset[str] 
     out: list[str] = []
     for key in (*_keys(alias), "*"):
         bucket = buckets.get(key) if key not in skip_keys else None
+        # the lines split here, not by _pairs: a coldplug pass's hot path (a list less per bucket)
         for line in bucket.split("\n") if bucket else ():
             pattern, _, module = line.rpartition(" ")
             if module not in skip_modules and module not in out and glob(pattern, alias):
